@@ -1,0 +1,59 @@
+# The doors every newcomer and every check uses. `make test` is what CI runs (.ci/run).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: venv test test-unit test-integration test-e2e lint crds crds-check cluster-up cluster-down \
+        binaries demo bench clean
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+## Everything CI runs: lint, types, CRD drift, unit, integration, e2e.
+test: lint crds-check test-unit test-integration test-e2e
+
+lint: venv
+	$(BIN)/ruff check operator tests bench
+	$(BIN)/mypy
+
+test-unit: venv
+	$(BIN)/pytest tests/unit
+
+# The dev cluster is started once (or reused) by the session fixture and stopped by .ci/run.
+test-integration: venv binaries
+	$(BIN)/pytest tests/integration
+
+test-e2e: venv binaries
+	$(BIN)/pytest tests/e2e
+
+## Regenerate crds/ and docs/api-reference.md from the pydantic models.
+crds: venv
+	$(BIN)/python -m modelplane.api.crdgen --write
+
+## Fail when the committed CRD or API reference differs from a fresh generation.
+crds-check: venv
+	$(BIN)/python -m modelplane.api.crdgen --check
+
+binaries:
+	bash hack/devcluster/build.sh >/dev/null
+
+cluster-up: venv binaries
+	$(BIN)/modelplane cluster up
+
+cluster-down: venv
+	$(BIN)/modelplane cluster down
+
+demo: venv binaries
+	$(BIN)/modelplane demo
+
+bench: venv
+	$(BIN)/python -m bench.autoscale --quick
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
