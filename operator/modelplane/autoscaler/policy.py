@@ -1,0 +1,401 @@
+"""The scaling policy: observation + spec + previous state → desired replicas, a reason and new state.
+
+Pure and deterministic: the handlers scrape the pods, build an ``Observation``, call ``decide`` and
+apply ``Decision.desired_replicas``; the benchmark (``bench/autoscale``) calls the same function in
+virtual time. The rules, in the order ``decide`` applies them (docs/autoscaling.md explains why):
+
+1. Metrics first. Any ready pod whose metrics are missing, older than ``metrics_max_age`` or garbled
+   (negative, NaN, KV use outside 0..1) → hold the last decision, reason ``MetricsUnavailable``.
+2. Demand = waiting + running requests over the ready pods + requests held by the activator.
+3. Per-replica target ``T = c + targetQueueDepth``: a replica is *full* when it runs ``c``
+   requests at once, and ``targetQueueDepth`` is how many may wait per replica on top of that.
+   ``c`` is ``replica_concurrency`` (the engine's ``maxNumSeqs``) except on a pod whose KV cache is
+   saturated (≥ ``kv_cache_threshold``), where what it runs now is all it can run.
+   Recommendation ``ceil(demand / T)``.
+4. KV cache as a second signal: when the mean KV use is above the threshold, recommend enough
+   replicas to bring it under (``ceil(Σ kv / threshold)``), even with no queue yet.
+5. Starting capacity counts: pods not Ready yet are part of ``current_replicas``, and while they
+   start each is credited with also clearing ``cold_start_backlog_credit × T`` of the backlog that
+   piles up during a cold start, so that backlog does not buy replicas that are idle once the
+   starting ones serve.
+6. Scale up at once, at most to ``max(current × scale_up_max_factor, current + scale_up_max_add)``.
+7. Scale down slowly: to the highest recommendation within the ``scaleDownDelay`` window, by at most
+   ``max(scale_down_min_step, scale_down_max_percent % of current)`` per ``scale_down_period``.
+   With ``targetUSDPerMillionTokens`` set, an idle queue and a measured cost above the target, the
+   window is skipped towards the fleet size that meets the target (reason ``TargetCost``), never
+   below what the running requests need.
+8. Scale to zero after ``scaleToZeroAfter`` without demand (only with ``minReplicas`` 0); back to
+   at least one replica on any demand, including requests the activator holds.
+9. Clamp to ``minReplicas``, ``maxReplicas``, then the budget (``maxHourlyUSD`` / $ per replica-hour),
+   which wins over ``minReplicas``: money is the hard limit.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+from modelplane.autoscaler import cost
+
+_EPS = 1e-9
+
+
+class Reason(StrEnum):
+    """Why the desired replica count is what it is (becomes a condition reason and an Event)."""
+
+    SCALE_UP = "ScaleUp"
+    SCALE_DOWN = "ScaleDown"
+    HOLD = "Hold"
+    BUDGET_CAP = "BudgetCap"
+    MAX_REPLICAS = "MaxReplicas"
+    MIN_REPLICAS = "MinReplicas"
+    SCALE_TO_ZERO = "ScaleToZero"
+    ACTIVATE_FROM_ZERO = "ActivateFromZero"
+    METRICS_UNAVAILABLE = "MetricsUnavailable"
+    TARGET_COST = "TargetCost"
+
+
+#: Reasons that mean "the fleet would be larger without a limit" (the ``ScalingLimited`` condition).
+LIMITING_REASONS = frozenset({Reason.BUDGET_CAP, Reason.MAX_REPLICAS})
+
+
+@dataclass(frozen=True)
+class PodMetrics:
+    """What one ready pod's ``/metrics`` said (see ``modelplane.autoscaler.metrics``)."""
+
+    waiting: float  #: vllm:num_requests_waiting
+    running: float  #: vllm:num_requests_running
+    kv_cache_usage: float  #: vllm:kv_cache_usage_perc, 0..1
+    generation_tokens: float  #: vllm:generation_tokens_total (a counter)
+    scraped_at: float  #: when the page was read, on the same clock as ``Observation.now``
+
+
+@dataclass(frozen=True)
+class ReadyPod:
+    name: str
+    metrics: PodMetrics | None  #: None when the scrape failed or the page could not be parsed
+
+
+@dataclass(frozen=True)
+class StartingPod:
+    """A pod of the deployment that exists but is not Ready yet (pulling, loading, compiling)."""
+
+    name: str
+    age_seconds: float
+
+
+@dataclass(frozen=True)
+class Observation:
+    """The world as the autoscaler sees it at ``now`` (seconds on a monotonic clock)."""
+
+    now: float
+    #: Replicas the workload is asked to run now (ready + starting); the last applied decision.
+    current_replicas: int
+    ready: tuple[ReadyPod, ...] = ()
+    starting: tuple[StartingPod, ...] = ()
+    #: Requests the activator holds because no replica is ready to take them.
+    activator_pending: int = 0
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """``spec.scaling`` in seconds and dollars, plus what the plan knows and the policy's tunables."""
+
+    min_replicas: int = 1
+    max_replicas: int = 4
+    target_queue_depth: float = 4.0
+    scale_down_delay: float = 300.0
+    #: None: never scale to zero (a ``minReplicas`` of 0 then behaves as 1).
+    scale_to_zero_after: float | None = 900.0
+    max_hourly_usd: float | None = None
+    target_usd_per_million_tokens: float | None = None
+    #: $/hour of one replica (GPUs per replica × $/GPU-hour, ``cost.replica_hourly_usd``); 0 = unknown.
+    usd_per_replica_hour: float = 0.0
+    #: Requests a replica runs at once when full: the engine's ``maxNumSeqs`` (vLLM default 256).
+    replica_concurrency: int = 256
+    kv_cache_threshold: float = 0.9
+    #: Metrics older than this are stale (a few scrape intervals).
+    metrics_max_age: float = 30.0
+    scale_up_max_factor: float = 2.0
+    scale_up_max_add: int = 4
+    scale_down_max_percent: float = 50.0
+    scale_down_min_step: int = 1
+    scale_down_period: float = 30.0
+    cold_start_backlog_credit: float = 1.0
+    #: $/Mtok is measured over at least this long, so one busy scrape does not swing it.
+    cost_window: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.min_replicas < 0 or self.max_replicas < 1 or self.min_replicas > self.max_replicas:
+            raise ValueError(f"need 0 <= minReplicas <= maxReplicas and maxReplicas >= 1, got "
+                             f"{self.min_replicas}..{self.max_replicas}")
+        if self.target_queue_depth < 0 or self.replica_concurrency < 1:
+            raise ValueError("targetQueueDepth must be >= 0 and replica_concurrency >= 1")
+        to_zero = self.scale_to_zero_after
+        if self.scale_down_delay < 0 or (to_zero is not None and to_zero < 0):
+            raise ValueError("durations must be >= 0")
+        if not 0 < self.kv_cache_threshold <= 1:
+            raise ValueError(f"kv_cache_threshold must be in (0, 1], got {self.kv_cache_threshold}")
+        if self.usd_per_replica_hour < 0:
+            raise ValueError("usd_per_replica_hour must be >= 0")
+
+    @property
+    def budget_replicas(self) -> int | None:
+        """Replicas ``maxHourlyUSD`` pays for; None without a cap or without a known price."""
+        if self.max_hourly_usd is None or self.usd_per_replica_hour <= 0:
+            return None
+        return math.floor(self.max_hourly_usd / self.usd_per_replica_hour + _EPS)
+
+
+@dataclass(frozen=True)
+class PolicyState:
+    """What ``decide`` remembers between calls; start with ``PolicyState()``."""
+
+    #: (time, recommendation) within the scale-down window, oldest first.
+    recommendations: tuple[tuple[float, int], ...] = ()
+    last_desired: int | None = None
+    last_scale_at: float | None = None
+    last_scale_down_at: float | None = None
+    #: Since when demand has been zero; None while there is demand.
+    idle_since: float | None = None
+    token_sample: cost.TokenSample | None = None
+    usd_per_million_tokens: float | None = None
+    tokens_per_second: float | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    desired_replicas: int
+    reason: Reason
+    message: str  #: for people: the inputs and the rule that decided
+    state: PolicyState  #: pass to the next ``decide``
+    recommended: int  #: what demand alone asked for, before windows, rates and limits
+    demand: float = 0.0
+    waiting: float = 0.0
+    running: float = 0.0
+    ready: int = 0
+    starting: int = 0
+    activator_pending: int = 0
+    hourly_usd: float = 0.0  #: the fleet asked for now (ready + starting)
+    desired_hourly_usd: float = 0.0
+    usd_per_million_tokens: float | None = None
+    inputs: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def limited(self) -> bool:
+        """True when a limit (maxReplicas, budget) keeps the fleet smaller than demand asks."""
+        return self.reason in LIMITING_REASONS
+
+
+def _metric_problems(obs: Observation, spec: PolicySpec) -> list[str]:
+    problems = []
+    for pod in obs.ready:
+        m = pod.metrics
+        if m is None:
+            problems.append(f"no metrics from {pod.name}")
+            continue
+        values = (m.waiting, m.running, m.kv_cache_usage, m.generation_tokens, m.scraped_at)
+        if not all(math.isfinite(v) for v in values) or min(values[:4]) < 0 or m.kv_cache_usage > 1 + 1e-6:
+            problems.append(f"garbled metrics from {pod.name}")
+        elif obs.now - m.scraped_at > spec.metrics_max_age:
+            problems.append(f"metrics of {pod.name} are {obs.now - m.scraped_at:.0f}s old")
+    return problems
+
+
+def _ceil(x: float) -> int:
+    return max(0, math.ceil(x - _EPS))
+
+
+def _clamp_hold(desired: int, spec: PolicySpec) -> int:
+    desired = min(max(desired, spec.min_replicas), spec.max_replicas)
+    cap = spec.budget_replicas
+    return desired if cap is None else min(desired, cap)
+
+
+def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
+    """The desired replica count for ``obs``; see the module docstring for the rules."""
+    now, current = obs.now, obs.current_replicas
+    price = spec.usd_per_replica_hour
+    if state.last_desired is None and current > 0:
+        # A fresh state (first call, or the operator restarted): the window starts now, so a restart
+        # never drops replicas faster than a full window allows.
+        state = replace(state, recommendations=((now, current),))
+
+    problems = _metric_problems(obs, spec)
+    if problems:
+        held = _clamp_hold(state.last_desired if state.last_desired is not None else current, spec)
+        return Decision(
+            desired_replicas=held, reason=Reason.METRICS_UNAVAILABLE,
+            message=f"holding {held} replicas: {'; '.join(problems)}",
+            state=replace(state, last_desired=held), recommended=held,
+            ready=len(obs.ready), starting=len(obs.starting), activator_pending=obs.activator_pending,
+            hourly_usd=current * price, desired_hourly_usd=held * price,
+            usd_per_million_tokens=state.usd_per_million_tokens)
+
+    metrics = [p.metrics for p in obs.ready if p.metrics is not None]
+    waiting = sum(m.waiting for m in metrics)
+    running = sum(m.running for m in metrics)
+    held_requests = max(0, obs.activator_pending)
+    demand = waiting + running + held_requests
+    n_ready, n_starting = len(obs.ready), len(obs.starting)
+
+    # Capacity of one replica: the configured concurrency, except where the KV cache is the limit.
+    conc = spec.replica_concurrency
+    per_pod = [min(conc, max(1.0, m.running)) if m.kv_cache_usage >= spec.kv_cache_threshold else conc
+               for m in metrics]
+    capacity = sum(per_pod) / len(per_pod) if per_pod else float(conc)
+    target = capacity + spec.target_queue_depth
+
+    recommended = _ceil(demand / target)
+    if n_starting and recommended > current:
+        credited = demand - n_starting * target * spec.cold_start_backlog_credit
+        recommended = max(current, _ceil(credited / target))
+    kv_sum = sum(m.kv_cache_usage for m in metrics)
+    kv_mean = kv_sum / len(metrics) if metrics else 0.0
+    if metrics and kv_mean > spec.kv_cache_threshold:
+        recommended = max(recommended, _ceil(kv_sum / spec.kv_cache_threshold))
+    if demand > 0:
+        recommended = max(recommended, 1)
+
+    # Cost measured from the token counters, over at least ``cost_window``.
+    usd_mtok, tok_s, sample = state.usd_per_million_tokens, state.tokens_per_second, state.token_sample
+    if metrics:
+        now_sample = cost.TokenSample.of(now, {p.name: p.metrics.generation_tokens
+                                               for p in obs.ready if p.metrics is not None})
+        if sample is None:
+            sample = now_sample
+        elif now - sample.at >= spec.cost_window:
+            tok_s = cost.tokens_per_second_between(sample, now_sample)
+            usd_mtok = cost.usd_per_million_tokens_between(sample, now_sample, hourly_usd=current * price)
+            sample = now_sample
+
+    idle_since = None if demand > 0 else (state.idle_since if state.idle_since is not None else now)
+    idle_for = now - idle_since if idle_since is not None else 0.0
+    may_be_zero = spec.min_replicas == 0 and spec.scale_to_zero_after is not None and (
+        (current == 0 and demand == 0) or (idle_since is not None and idle_for >= spec.scale_to_zero_after))
+    floor = 0 if may_be_zero else max(spec.min_replicas, 1)
+
+    window_start = now - spec.scale_down_delay
+    recs = tuple((t, r) for t, r in state.recommendations if t >= window_start) + ((now, recommended),)
+    last_down = state.last_scale_down_at
+    why = ""
+
+    if recommended > current:
+        bound = max(_ceil(current * spec.scale_up_max_factor), current + spec.scale_up_max_add)
+        desired = min(recommended, bound)
+        reason = Reason.ACTIVATE_FROM_ZERO if current == 0 else Reason.SCALE_UP
+        if desired < recommended:
+            why = f"; scale-up bounded to {desired} this step"
+    elif recommended == current:
+        desired, reason = current, Reason.HOLD
+    else:
+        goal = max(r for _, r in recs)
+        reason = Reason.SCALE_DOWN
+        why = f"; highest recommendation in the {spec.scale_down_delay:.0f}s window {goal}"
+        target_cost = spec.target_usd_per_million_tokens
+        if (target_cost is not None and price > 0 and waiting == 0 and held_requests == 0
+                and usd_mtok is not None and tok_s is not None and usd_mtok > target_cost):
+            for_target = math.floor(tok_s * 3600 / 1e6 * target_cost / price + _EPS)
+            cost_goal = max(recommended, for_target, _ceil(running / conc))
+            if cost_goal < goal:
+                goal, reason = cost_goal, Reason.TARGET_COST
+                why = (f"; ${usd_mtok:.3f}/Mtok above the target ${target_cost:.3f}, idle queue: "
+                       f"towards {cost_goal}")
+        if may_be_zero and current > 0 and demand == 0:
+            desired, reason = 0, Reason.SCALE_TO_ZERO
+            why = f"; no demand for {idle_for:.0f}s"
+        elif goal >= current:
+            desired, reason = current, Reason.HOLD
+        elif last_down is not None and now - last_down < spec.scale_down_period:
+            desired, reason = current, Reason.HOLD
+            why += f"; next scale-down in {spec.scale_down_period - (now - last_down):.0f}s"
+        else:
+            step = max(spec.scale_down_min_step,
+                       math.floor(current * spec.scale_down_max_percent / 100 + _EPS))
+            desired = max(goal, current - step)
+
+    # Limits: min (or the scale-to-zero floor), max, then the budget, which wins over min.
+    if desired < floor:
+        desired, reason = floor, Reason.MIN_REPLICAS
+        why = f"; floor {floor}"
+        if current == 0 and spec.min_replicas == 0:
+            reason = Reason.ACTIVATE_FROM_ZERO
+    if desired > spec.max_replicas or (recommended > spec.max_replicas and desired >= spec.max_replicas):
+        desired, reason = spec.max_replicas, Reason.MAX_REPLICAS
+        why = f"; maxReplicas {spec.max_replicas}"
+    cap = spec.budget_replicas
+    if cap is not None and (desired > cap or (recommended > cap and desired >= cap)):
+        desired, reason = cap, Reason.BUDGET_CAP
+        why = (f"; maxHourlyUSD ${spec.max_hourly_usd:g} pays for {cap} replicas at "
+               f"${price:.2f}/replica-hour")
+        if cap < spec.min_replicas:
+            why += f", below minReplicas {spec.min_replicas}"
+    if desired == current and reason in (Reason.SCALE_UP, Reason.SCALE_DOWN, Reason.TARGET_COST):
+        reason = Reason.HOLD
+
+    new_state = PolicyState(
+        recommendations=recs,
+        last_desired=desired,
+        last_scale_at=now if desired != current else state.last_scale_at,
+        last_scale_down_at=now if desired < current else last_down,
+        idle_since=idle_since,
+        token_sample=sample,
+        usd_per_million_tokens=usd_mtok,
+        tokens_per_second=tok_s,
+    )
+    message = (f"{current}→{desired} ({reason.value}): demand {demand:g} (waiting {waiting:g}, running "
+               f"{running:g}, held {held_requests}) on {n_ready} ready + {n_starting} starting; "
+               f"per-replica target {target:g} (capacity {capacity:g} + queue {spec.target_queue_depth:g}); "
+               f"KV mean {kv_mean:.2f}; recommends {recommended}{why}")
+    return Decision(
+        desired_replicas=desired, reason=reason, message=message, state=new_state,
+        recommended=recommended, demand=demand, waiting=waiting, running=running,
+        ready=n_ready, starting=n_starting, activator_pending=held_requests,
+        hourly_usd=current * price, desired_hourly_usd=desired * price, usd_per_million_tokens=usd_mtok,
+        inputs={"demand": demand, "waiting": waiting, "running": running, "kvCacheMean": kv_mean,
+                "perReplicaTarget": target, "capacity": capacity, "idleSeconds": idle_for},
+    )
+
+
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?$")
+
+
+def parse_duration(value: str | float | int) -> float:
+    """Seconds in a duration like ``"30s"``, ``"5m"``, ``"1h30m"`` (a bare number is seconds)."""
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"duration must be >= 0, got {value}")
+        return float(value)
+    text = value.strip()
+    match = _DURATION.match(text)
+    if not text or match is None or not any(match.groups()):
+        raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 5m, 1h30m)")
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    return hours * 3600 + minutes * 60 + seconds
+
+
+def policy_spec_from_scaling(scaling: Mapping[str, Any], *, usd_per_replica_hour: float,
+                             replica_concurrency: int = 256, **tunables: Any) -> PolicySpec:
+    """A ``PolicySpec`` from ``spec.scaling`` as a camelCase dict (``model_dump(by_alias=True)``).
+
+    ``usd_per_replica_hour`` comes from the plan (``cost.replica_hourly_usd``) and
+    ``replica_concurrency`` from ``spec.engine.maxNumSeqs`` (vLLM's default 256 when unset).
+    """
+    cost_spec: Mapping[str, Any] = scaling.get("cost") or {}
+    to_zero = scaling.get("scaleToZeroAfter", "15m")
+    return PolicySpec(
+        min_replicas=int(scaling.get("minReplicas", 1)),
+        max_replicas=int(scaling.get("maxReplicas", 4)),
+        target_queue_depth=float(scaling.get("targetQueueDepth", 4)),
+        scale_down_delay=parse_duration(scaling.get("scaleDownDelay", "5m")),
+        scale_to_zero_after=None if to_zero is None else parse_duration(to_zero),
+        max_hourly_usd=cost_spec.get("maxHourlyUSD"),
+        target_usd_per_million_tokens=cost_spec.get("targetUSDPerMillionTokens"),
+        usd_per_replica_hour=usd_per_replica_hour,
+        replica_concurrency=replica_concurrency,
+        **tunables,
+    )
