@@ -1,0 +1,162 @@
+"""Live analysis of one traffic step: does the canary serve as well as stable under real traffic?
+
+Input: each revision's metric increase over the step's window (``promtext.delta`` of the snapshots
+taken at the window's start and end, summed over the revision's pods with ``promtext.merge``) plus
+the failed requests the proxy/pods counted in the window (a plain int the caller provides, because
+vLLM's success counter does not see requests that never reached the engine).
+
+Per revision: requests = successes + errors, error rate = errors / requests, TTFT p95 from the
+``vllm:time_to_first_token_seconds`` buckets (Prometheus ``histogram_quantile``).
+
+Outcomes, checked in this order:
+
+* INCONCLUSIVE — the canary served fewer than ``min_requests`` in the window (too little evidence
+  either way; the state machine holds the weight and extends the window);
+* FAIL — the canary's error rate is *significantly* above ``max_error_rate`` (its Wilson lower bound
+  at ``confidence`` is above it, so one unlucky error among 20 requests does not roll back), or
+  significantly above stable's rate plus ``error_rate_margin``; or its TTFT p95 is above
+  ``max_ttft_p95`` or above ``ttft_ratio`` × stable's p95 + ``ttft_slack_seconds`` (the slack keeps
+  histogram bucket granularity at millisecond latencies from deciding);
+* INCONCLUSIVE — the canary's observed error rate is above a limit but not significantly (more
+  requests will tell);
+* PASS — otherwise. Comparisons against stable are made only when stable served ``min_requests``
+  too; otherwise only the absolute thresholds apply.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from modelplane.promtext import MetricSnapshot, histogram_quantile
+from modelplane.rollout.stats import wilson_lower_bound
+
+SUCCESS_COUNTER = "vllm:request_success_total"
+TTFT_HISTOGRAM = "vllm:time_to_first_token_seconds"
+
+
+class Outcome(StrEnum):
+    PASS = "Pass"
+    FAIL = "Fail"
+    INCONCLUSIVE = "Inconclusive"
+
+
+@dataclass(frozen=True)
+class AnalysisThresholds:
+    """What the canary must meet; the first two come from ``spec.rollout.evaluation.analysis``."""
+
+    max_error_rate: float | None = None
+    max_ttft_p95: float | None = None
+    min_requests: int = 20
+    ttft_ratio: float = 1.5  #: canary p95 above this × stable p95 (+ slack) fails
+    ttft_slack_seconds: float = 0.05
+    error_rate_margin: float = 0.02  #: canary rate significantly above stable's + this fails
+    confidence: float = 0.95
+
+    @classmethod
+    def from_spec(cls, analysis: Mapping[str, Any] | None) -> AnalysisThresholds:
+        """From ``spec.rollout.evaluation.analysis`` as a camelCase dict; tune the rest with ``replace``."""
+        analysis = analysis or {}
+        max_error = analysis.get("maxErrorRate")
+        max_ttft = analysis.get("maxTTFTSecondsP95")
+        return cls(
+            max_error_rate=float(max_error) if isinstance(max_error, int | float) else None,
+            max_ttft_p95=float(max_ttft) if isinstance(max_ttft, int | float) else None,
+        )
+
+
+@dataclass(frozen=True)
+class WindowStats:
+    """One revision's traffic in the window."""
+
+    requests: int
+    errors: int
+    error_rate: float  #: 0 when there were no requests
+    ttft_p95: float | None  #: None when the histogram is missing or empty
+
+    @classmethod
+    def from_window(cls, window: MetricSnapshot, *, errors: int) -> WindowStats:
+        """From a window's metric increase (``promtext.delta``) and the failed requests counted."""
+        successes = int(round(window.counter(SUCCESS_COUNTER)))
+        requests = successes + max(0, errors)
+        p95 = histogram_quantile(0.95, window.buckets(TTFT_HISTOGRAM))
+        return cls(
+            requests=requests,
+            errors=max(0, errors),
+            error_rate=errors / requests if requests else 0.0,
+            ttft_p95=None if math.isnan(p95) else p95,
+        )
+
+
+@dataclass(frozen=True)
+class AnalysisResult:
+    outcome: Outcome
+    reason: str
+    canary: WindowStats
+    stable: WindowStats
+
+
+def analyse(canary: WindowStats, stable: WindowStats, thresholds: AnalysisThresholds) -> AnalysisResult:
+    """Decide one window; pure."""
+    t = thresholds
+
+    def result(outcome: Outcome, reason: str) -> AnalysisResult:
+        return AnalysisResult(outcome=outcome, reason=reason, canary=canary, stable=stable)
+
+    if canary.requests < t.min_requests:
+        return result(Outcome.INCONCLUSIVE,
+                      f"canary served {canary.requests} requests in the window, fewer than {t.min_requests}")
+    compare = stable.requests >= t.min_requests
+    error_low = wilson_lower_bound(canary.errors, canary.requests, confidence=t.confidence)
+    rate = f"canary error rate {canary.error_rate:.2%} ({canary.errors}/{canary.requests})"
+
+    failures: list[str] = []
+    doubts: list[str] = []
+    if t.max_error_rate is not None and canary.error_rate > t.max_error_rate:
+        if error_low > t.max_error_rate:
+            failures.append(f"{rate} is above maxErrorRate {t.max_error_rate:.2%}")
+        else:
+            doubts.append(f"{rate} is above maxErrorRate {t.max_error_rate:.2%}, not yet significantly")
+    if compare and canary.error_rate > stable.error_rate + t.error_rate_margin:
+        limit = stable.error_rate + t.error_rate_margin
+        if error_low > limit:
+            failures.append(f"{rate} is above stable's {stable.error_rate:.2%} + {t.error_rate_margin:.2%}")
+        else:
+            doubts.append(f"{rate} is above stable's {stable.error_rate:.2%}, not yet significantly")
+    if canary.ttft_p95 is not None:
+        p95 = f"canary TTFT p95 {canary.ttft_p95:.3f}s"
+        if t.max_ttft_p95 is not None and canary.ttft_p95 > t.max_ttft_p95:
+            failures.append(f"{p95} is above maxTTFTSecondsP95 {t.max_ttft_p95:.3f}s")
+        if compare and stable.ttft_p95 is not None:
+            limit = t.ttft_ratio * stable.ttft_p95 + t.ttft_slack_seconds
+            if canary.ttft_p95 > limit:
+                failures.append(f"{p95} is above {t.ttft_ratio:g}× stable's {stable.ttft_p95:.3f}s")
+    elif t.max_ttft_p95 is not None:
+        doubts.append("the canary exposes no TTFT histogram for the window")
+
+    if failures:
+        return result(Outcome.FAIL, "; ".join(failures))
+    if doubts:
+        return result(Outcome.INCONCLUSIVE, "; ".join(doubts))
+    ttft = f", TTFT p95 {canary.ttft_p95:.3f}s" if canary.ttft_p95 is not None else ""
+    versus = "" if compare else " (stable served too few requests to compare)"
+    return result(Outcome.PASS, f"{rate}{ttft} within limits{versus}")
+
+
+def analyse_window(
+    *,
+    canary_window: MetricSnapshot,
+    canary_errors: int,
+    stable_window: MetricSnapshot,
+    stable_errors: int,
+    thresholds: AnalysisThresholds,
+) -> AnalysisResult:
+    """Convenience: window increases (``promtext.delta``/``merge``) and error counts → decision."""
+    return analyse(
+        WindowStats.from_window(canary_window, errors=canary_errors),
+        WindowStats.from_window(stable_window, errors=stable_errors),
+        thresholds,
+    )
