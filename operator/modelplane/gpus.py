@@ -34,23 +34,38 @@ class GPUType:
     bf16_tflops: float
     bandwidth_gbps: float
     fp8: bool  #: native FP8 tensor cores (Hopper, Ada)
+    #: Memory as CUDA reports it (``nvidia-smi``, and the ``nvidia.com/gpu.memory`` label), in MiB.
+    #: The planner sizes against this, not the marketing figure in ``memory_gib`` (an "80GB" H100
+    #: has 79.6 GiB, a "24GB" L4 22.5 GiB). 0 = unknown: the planner falls back to ``memory_gib``.
+    memory_mib: int = 0
+
+    @property
+    def usable_memory_gib(self) -> float:
+        """Memory of one GPU in GiB as vLLM sees it (``torch.cuda.mem_get_info`` total)."""
+        return self.memory_mib / 1024 if self.memory_mib > 0 else self.memory_gib
 
 
 GPU_TYPES: Mapping[str, GPUType] = {
     g.name: g
     for g in (
         GPUType("nvidia-h100-80gb", "NVIDIA-H100-80GB-HBM3", 80, 2.69,
-                "RunPod on-demand H100 SXM (FACTS.md; CoreWeave $6.16)", 989, 3350, True),
+                "RunPod on-demand H100 SXM (FACTS.md; CoreWeave $6.16)", 989, 3350, True,
+                memory_mib=81559),
         GPUType("nvidia-h200-141gb", "NVIDIA-H200", 141, 5.41,
-                "AWS capacity block H200 (FACTS.md; CoreWeave $6.31)", 989, 4800, True),
+                "AWS capacity block H200 (FACTS.md; CoreWeave $6.31)", 989, 4800, True,
+                memory_mib=143771),
         GPUType("nvidia-a100-80gb", "NVIDIA-A100-SXM4-80GB", 80, 1.84,
-                "AWS capacity block A100 80GB (FACTS.md; CoreWeave $2.70)", 312, 2039, False),
+                "AWS capacity block A100 80GB (FACTS.md; CoreWeave $2.70)", 312, 2039, False,
+                memory_mib=81920),
         GPUType("nvidia-l40s", "NVIDIA-L40S", 48, 1.91,
-                "RunPod L40S (FACTS.md; CoreWeave $2.25)", 362, 864, True),
+                "RunPod L40S (FACTS.md; CoreWeave $2.25)", 362, 864, True,
+                memory_mib=46068),
         GPUType("nvidia-l4", "NVIDIA-L4", 24, 0.80,
-                "AWS/GCP L4 low end (FACTS.md: $0.70-1.10)", 121, 300, True),
+                "AWS/GCP L4 low end (FACTS.md: $0.70-1.10)", 121, 300, True,
+                memory_mib=23034),
         GPUType("nvidia-a10g", "NVIDIA-A10G", 24, 1.006,
-                "AWS g5.xlarge (FACTS.md)", 125, 600, False),
+                "AWS g5.xlarge (FACTS.md)", 125, 600, False,
+                memory_mib=23028),
     )
 }
 
