@@ -1,0 +1,405 @@
+"""The Kubernetes API client: the only module that talks to the API server.
+
+A small asyncio client over aiohttp, so Kubernetes I/O never blocks kopf's event loop and every
+call carries a timeout. It speaks only what modelplane needs: get, list, watch, create, delete, and
+server-side apply (one field manager, ``modelplane``) on the main resource and on ``/status``.
+Errors are typed (``NotFound``, ``Conflict``, ``Forbidden``, ``Invalid``) so callers can treat a
+404 on delete or a 409 on create as the outcomes they are.
+
+Credentials come from a kubeconfig (client certificates, bearer tokens, CA data or files) or from
+the in-cluster ServiceAccount mount.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import ssl
+import tempfile
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+from urllib.parse import urlencode
+
+import aiohttp
+import yaml
+
+Obj = dict[str, Any]
+
+#: Default per-request timeout; a watch sets its own.
+REQUEST_TIMEOUT_SECONDS = 30.0
+FIELD_MANAGER = "modelplane"
+
+SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+# --- resources --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Resource:
+    """Where a kind lives in the API: group, version, plural, and whether it is namespaced."""
+
+    group: str
+    version: str
+    plural: str
+    kind: str
+    namespaced: bool = True
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    def path(self, *, namespace: str | None = None, name: str | None = None,
+             subresource: str | None = None) -> str:
+        base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        if self.namespaced and namespace:
+            base += f"/namespaces/{namespace}"
+        base += f"/{self.plural}"
+        if name:
+            base += f"/{name}"
+            if subresource:
+                base += f"/{subresource}"
+        return base
+
+
+NAMESPACES = Resource("", "v1", "namespaces", "Namespace", namespaced=False)
+NODES = Resource("", "v1", "nodes", "Node", namespaced=False)
+PODS = Resource("", "v1", "pods", "Pod")
+SERVICES = Resource("", "v1", "services", "Service")
+CONFIGMAPS = Resource("", "v1", "configmaps", "ConfigMap")
+SECRETS = Resource("", "v1", "secrets", "Secret")
+EVENTS = Resource("", "v1", "events", "Event")
+SERVICEACCOUNTS = Resource("", "v1", "serviceaccounts", "ServiceAccount")
+DEPLOYMENTS = Resource("apps", "v1", "deployments", "Deployment")
+REPLICASETS = Resource("apps", "v1", "replicasets", "ReplicaSet")
+JOBS = Resource("batch", "v1", "jobs", "Job")
+PDBS = Resource("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget")
+CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions",
+                "CustomResourceDefinition", namespaced=False)
+ROLES = Resource("rbac.authorization.k8s.io", "v1", "roles", "Role")
+ROLEBINDINGS = Resource("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding")
+CLUSTERROLES = Resource("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole",
+                        namespaced=False)
+CLUSTERROLEBINDINGS = Resource("rbac.authorization.k8s.io", "v1", "clusterrolebindings",
+                               "ClusterRoleBinding", namespaced=False)
+LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease")
+MODELDEPLOYMENTS = Resource("modelplane.dev", "v1alpha1", "modeldeployments", "ModelDeployment")
+
+_KNOWN: dict[tuple[str, str], Resource] = {
+    (r.api_version, r.kind): r
+    for r in (NAMESPACES, NODES, PODS, SERVICES, CONFIGMAPS, SECRETS, EVENTS, SERVICEACCOUNTS,
+              DEPLOYMENTS, REPLICASETS, JOBS, PDBS, CRDS, ROLES, ROLEBINDINGS, CLUSTERROLES,
+              CLUSTERROLEBINDINGS, LEASES, MODELDEPLOYMENTS)
+}
+
+
+def resource_for(obj: Mapping[str, Any]) -> Resource:
+    """The resource of a manifest, from its apiVersion and kind."""
+    key = (str(obj.get("apiVersion", "")), str(obj.get("kind", "")))
+    try:
+        return _KNOWN[key]
+    except KeyError:
+        raise ValueError(f"modelplane's client does not know {key[1]} in {key[0]}") from None
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+class ApiError(Exception):
+    """The API server answered with an error status."""
+
+    def __init__(self, status: int, reason: str, message: str, body: Obj | None = None) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+        self.body = body or {}
+
+
+class NotFound(ApiError):
+    pass
+
+
+class Conflict(ApiError):
+    pass
+
+
+class Forbidden(ApiError):
+    pass
+
+
+class Invalid(ApiError):
+    pass
+
+
+_ERRORS: dict[int, type[ApiError]] = {404: NotFound, 409: Conflict, 403: Forbidden, 422: Invalid}
+
+
+# --- configuration ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KubeConfig:
+    """How to reach and authenticate to one API server."""
+
+    server: str
+    ca_data: bytes | None = None
+    cert_data: bytes | None = None
+    key_data: bytes | None = None
+    token: str | None = None
+    token_file: str | None = None
+    insecure: bool = False
+    namespace: str = "default"
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+def _data_or_file(entry: Mapping[str, Any], key: str, base: Path) -> bytes | None:
+    if entry.get(f"{key}-data"):
+        return base64.b64decode(str(entry[f"{key}-data"]))
+    if entry.get(key):
+        path = Path(str(entry[key]))
+        return (path if path.is_absolute() else base / path).read_bytes()
+    return None
+
+
+def load_kubeconfig(path: str | os.PathLike[str] | None = None, *,
+                    context: str | None = None) -> KubeConfig:
+    """Read a kubeconfig file (``$KUBECONFIG`` or ``~/.kube/config`` when no path is given)."""
+    if path is None:
+        env = os.environ.get("KUBECONFIG", "")
+        path = env.split(os.pathsep)[0] if env else Path.home() / ".kube" / "config"
+    p = Path(path)
+    try:
+        doc = yaml.safe_load(p.read_text()) or {}
+    except OSError as exc:
+        raise ValueError(f"cannot read kubeconfig {p}: {exc.strerror}") from exc
+    ctx_name = context or doc.get("current-context")
+    contexts = {c["name"]: c.get("context", {}) for c in doc.get("contexts") or []}
+    if ctx_name not in contexts:
+        raise ValueError(f"kubeconfig {p} has no context {ctx_name!r}")
+    ctx = contexts[ctx_name]
+    clusters = {c["name"]: c.get("cluster", {}) for c in doc.get("clusters") or []}
+    users = {u["name"]: u.get("user", {}) for u in doc.get("users") or []}
+    cluster = clusters.get(ctx.get("cluster"), {})
+    user = users.get(ctx.get("user"), {})
+    base = p.parent
+    return KubeConfig(
+        server=str(cluster["server"]).rstrip("/"),
+        ca_data=_data_or_file(cluster, "certificate-authority", base),
+        cert_data=_data_or_file(user, "client-certificate", base),
+        key_data=_data_or_file(user, "client-key", base),
+        token=user.get("token"),
+        token_file=user.get("tokenFile"),
+        insecure=bool(cluster.get("insecure-skip-tls-verify", False)),
+        namespace=str(ctx.get("namespace") or "default"),
+    )
+
+
+def in_cluster_config() -> KubeConfig:
+    """The ServiceAccount credentials mounted into a pod."""
+    host = os.environ.get("KUBERNETES_SERVICE_HOST")
+    port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+    if not host:
+        raise ValueError("not running in a cluster: KUBERNETES_SERVICE_HOST is not set")
+    if ":" in host:
+        host = f"[{host}]"
+    return KubeConfig(
+        server=f"https://{host}:{port}",
+        ca_data=(SA_DIR / "ca.crt").read_bytes(),
+        token_file=str(SA_DIR / "token"),
+        namespace=(SA_DIR / "namespace").read_text().strip(),
+    )
+
+
+def auto_config() -> KubeConfig:
+    """In-cluster credentials inside a pod, otherwise the kubeconfig."""
+    if os.environ.get("KUBERNETES_SERVICE_HOST") and (SA_DIR / "token").exists():
+        return in_cluster_config()
+    return load_kubeconfig()
+
+
+def _ssl_context(cfg: KubeConfig) -> ssl.SSLContext | bool:
+    if not cfg.server.startswith("https"):
+        return False
+    if cfg.insecure:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    elif cfg.ca_data:
+        ctx = ssl.create_default_context(cadata=cfg.ca_data.decode())
+    else:
+        ctx = ssl.create_default_context()
+    if cfg.cert_data and cfg.key_data:
+        # ssl can only load a client certificate from files; keep them private and short-lived.
+        with tempfile.TemporaryDirectory(prefix="modelplane-tls-") as tmp:
+            cert, key = Path(tmp) / "tls.crt", Path(tmp) / "tls.key"
+            cert.write_bytes(cfg.cert_data)
+            key.touch(mode=0o600)
+            key.write_bytes(cfg.key_data)
+            ctx.load_cert_chain(str(cert), str(key))
+    return ctx
+
+
+# --- the client -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    type: str  #: ADDED, MODIFIED, DELETED, BOOKMARK
+    object: Obj
+
+
+class Kube:
+    """An async Kubernetes client. Use as ``async with Kube(cfg) as kube: ...``."""
+
+    def __init__(self, config: KubeConfig | None = None, *,
+                 timeout: float = REQUEST_TIMEOUT_SECONDS) -> None:
+        self.config = config or auto_config()
+        self._timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+        #: Writes made through this client (create, apply, patch, delete), for tests and metrics.
+        self.writes = 0
+
+    async def __aenter__(self) -> Kube:
+        connector = aiohttp.TCPConnector(ssl=_ssl_context(self.config), limit=32)
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=self._timeout))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _headers(self, content_type: str | None = None) -> dict[str, str]:
+        headers = {"Accept": "application/json", "User-Agent": "modelplane"}
+        token = self.config.token
+        if self.config.token_file:
+            # Projected ServiceAccount tokens rotate: read the file on each request.
+            token = Path(self.config.token_file).read_text().strip()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        if content_type:
+            headers["Content-Type"] = content_type
+        return headers
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("Kube client used outside 'async with'")
+        return self._session
+
+    async def request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
+                      body: Any = None, content_type: str = "application/json",
+                      timeout: float | None = None) -> Obj:
+        """One API call; raises a typed ``ApiError`` on an error status."""
+        url = self.config.server + path
+        if params:
+            url += "?" + urlencode({k: v for k, v in params.items() if v is not None})
+        data = None if body is None else (body if isinstance(body, (str, bytes))
+                                          else json.dumps(body))
+        kwargs: dict[str, Any] = {}
+        if timeout is not None:
+            kwargs["timeout"] = aiohttp.ClientTimeout(total=timeout)
+        if method != "GET":
+            self.writes += 1
+        async with self.session.request(method, url, data=data, headers=self._headers(
+                content_type if data is not None else None), **kwargs) as resp:
+            text = await resp.text()
+            payload: Obj = {}
+            if text:
+                try:
+                    payload = json.loads(text)
+                except ValueError:
+                    payload = {"message": text}
+            if resp.status >= 400:
+                cls = _ERRORS.get(resp.status, ApiError)
+                raise cls(resp.status, str(payload.get("reason", resp.reason)),
+                          str(payload.get("message", text)), payload)
+            return payload
+
+    # --- verbs ----------------------------------------------------------------------------
+
+    async def get(self, resource: Resource, name: str, *, namespace: str | None = None,
+                  subresource: str | None = None) -> Obj | None:
+        """The object, or None when it does not exist."""
+        try:
+            return await self.request("GET", resource.path(namespace=namespace, name=name,
+                                                             subresource=subresource))
+        except NotFound:
+            return None
+
+    async def list(self, resource: Resource, *, namespace: str | None = None,
+                   label_selector: str | None = None,
+                   field_selector: str | None = None) -> list[Obj]:
+        result = await self.list_raw(resource, namespace=namespace, label_selector=label_selector,
+                                     field_selector=field_selector)
+        return cast(list[Obj], result.get("items") or [])
+
+    async def list_raw(self, resource: Resource, *, namespace: str | None = None,
+                       label_selector: str | None = None,
+                       field_selector: str | None = None) -> Obj:
+        return await self.request("GET", resource.path(namespace=namespace), params={
+            "labelSelector": label_selector, "fieldSelector": field_selector})
+
+    async def create(self, obj: Mapping[str, Any], *, namespace: str | None = None) -> Obj:
+        res = resource_for(obj)
+        ns = namespace or obj.get("metadata", {}).get("namespace")
+        return await self.request("POST", res.path(namespace=ns), body=dict(obj))
+
+    async def apply(self, obj: Mapping[str, Any], *, field_manager: str = FIELD_MANAGER,
+                    subresource: str | None = None, force: bool = True) -> Obj:
+        """Server-side apply: the fields in ``obj`` become owned by ``field_manager``."""
+        res = resource_for(obj)
+        meta = obj.get("metadata", {})
+        path = res.path(namespace=meta.get("namespace"), name=meta["name"],
+                        subresource=subresource)
+        return await self.request(
+            "PATCH", path, body=dict(obj), content_type="application/apply-patch+yaml",
+            params={"fieldManager": field_manager, "force": "true" if force else None})
+
+    async def patch(self, resource: Resource, name: str, patch: Mapping[str, Any], *,
+                    namespace: str | None = None, subresource: str | None = None,
+                    field_manager: str = FIELD_MANAGER) -> Obj:
+        """A JSON merge patch (for annotations and the like, never for spec of our own CR)."""
+        return await self.request(
+            "PATCH", resource.path(namespace=namespace, name=name, subresource=subresource),
+            body=dict(patch), content_type="application/merge-patch+json",
+            params={"fieldManager": field_manager})
+
+    async def delete(self, resource: Resource, name: str, *, namespace: str | None = None,
+                     propagation: str = "Background") -> bool:
+        """Delete; False when it was already gone (a 404 is an outcome, not a failure)."""
+        try:
+            await self.request("DELETE", resource.path(namespace=namespace, name=name),
+                               body={"propagationPolicy": propagation})
+            return True
+        except NotFound:
+            return False
+
+    async def watch(self, resource: Resource, *, namespace: str | None = None,
+                    label_selector: str | None = None, field_selector: str | None = None,
+                    resource_version: str | None = None,
+                    timeout_seconds: int = 60) -> AsyncIterator[WatchEvent]:
+        """Stream watch events until the server closes the watch after ``timeout_seconds``."""
+        params = {"watch": "true", "labelSelector": label_selector,
+                  "fieldSelector": field_selector, "resourceVersion": resource_version,
+                  "timeoutSeconds": timeout_seconds, "allowWatchBookmarks": "true"}
+        url = self.config.server + resource.path(namespace=namespace) + "?" + urlencode(
+            {k: v for k, v in params.items() if v is not None})
+        async with self.session.get(url, headers=self._headers(), timeout=aiohttp.ClientTimeout(
+                total=timeout_seconds + 10, sock_read=timeout_seconds + 10)) as resp:
+            if resp.status >= 400:
+                text = await resp.text()
+                raise _ERRORS.get(resp.status, ApiError)(resp.status, resp.reason or "", text)
+            async for line in resp.content:
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                yield WatchEvent(type=str(event["type"]), object=event["object"])

@@ -1,0 +1,122 @@
+"""pytest fixtures for tests that run against the dev cluster (integration and e2e).
+
+- ``cluster``: session-scoped. Starts the dev cluster once (or reuses the one already running in
+  the run directory), with a short pod-ready delay so tests don't wait on emulated model loads.
+  ``MODELPLANE_TEST_KUBECONFIG`` points the tests at another cluster instead (a user's kind).
+  A cluster that fails to start fails the tests: it is never a reason to skip.
+- ``kube``: an async API client for one test.
+- ``namespace``: a fresh namespace per test, deleted afterwards. When the test failed, the objects
+  and events in it and the tails of the control-plane logs are printed first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modelplane import kube
+from modelplane.devcluster import DevCluster, Options
+
+
+@dataclass(frozen=True)
+class ClusterHandle:
+    kubeconfig: Path
+    kubectl: str
+    dev: DevCluster | None  #: None when the tests run against an external cluster
+
+    def run_kubectl(self, *args: str, check: bool = True, input_: str | None = None,
+                    env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        full_env = dict(os.environ, KUBECONFIG=str(self.kubeconfig))
+        full_env.update(env or {})
+        return subprocess.run([self.kubectl, *args], capture_output=True, text=True, check=check,
+                              input=input_, env=full_env, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[ClusterHandle]:
+    external = os.environ.get("MODELPLANE_TEST_KUBECONFIG")
+    if external:
+        yield ClusterHandle(Path(external), os.environ.get("KUBECTL", "kubectl"), None)
+        return
+    dev = DevCluster()
+    state = dev.up(Options(profile="default", pod_ready_delay="2s", pod_ready_jitter="1s"))
+    yield ClusterHandle(Path(state.kubeconfig), str(Path(state.bin_dir) / "kubectl"), dev)
+    # Left running on purpose: the next pytest run (e2e after integration) reuses it in seconds.
+    # `make cluster-down` and .ci/run stop it.
+
+
+@pytest.fixture
+async def kube_client(cluster: ClusterHandle) -> AsyncIterator[kube.Kube]:
+    async with kube.Kube(kube.load_kubeconfig(cluster.kubeconfig)) as client:
+        yield client
+
+
+def _namespace_name(nodeid: str) -> str:
+    digest = hashlib.sha1(f"{nodeid}{time.time()}".encode()).hexdigest()[:8]
+    stem = nodeid.split("::")[-1].split("[")[0].replace("_", "-").lower()[:40].strip("-")
+    return f"t-{stem}-{digest}"
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
+def dump_namespace(cluster: ClusterHandle, namespace: str) -> str:
+    """Objects, events and control-plane log tails: what a person needs to see a failure."""
+    parts = []
+    for args in (("get", "all,modeldeployments,pdb,configmaps,events", "-n", namespace, "-o", "wide"),
+                 ("get", "modeldeployments", "-n", namespace, "-o", "yaml"),
+                 ("get", "nodes", "-o", "wide")):
+        result = cluster.run_kubectl(*args, check=False)
+        parts.append(f"$ kubectl {' '.join(args)}\n{result.stdout}{result.stderr}")
+    if cluster.dev is not None:
+        for component in ("kube-scheduler", "kube-controller-manager", "kwok", "sim-agent",
+                          "operator"):
+            log = cluster.dev.log_file(component)
+            if log.exists():
+                tail = log.read_text(errors="replace").splitlines()[-25:]
+                parts.append(f"--- last lines of {log}\n" + "\n".join(tail))
+    return "\n".join(parts)
+
+
+@pytest.fixture
+async def namespace(request: pytest.FixtureRequest, cluster: ClusterHandle,
+                    kube_client: kube.Kube) -> AsyncIterator[str]:
+    name = _namespace_name(request.node.nodeid)
+    await kube_client.create({"apiVersion": "v1", "kind": "Namespace",
+                              "metadata": {"name": name, "labels": {"modelplane.dev/test": "true"}}})
+    yield name
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed:
+        print(f"\n===== dump of namespace {name} =====\n{dump_namespace(cluster, name)}")
+    await kube_client.delete(kube.NAMESPACES, name)
+
+
+async def wait_for(check: Callable[[], Any], *, timeout: float, what: str,
+                   interval: float = 0.25) -> Any:
+    """Poll ``check`` (sync or async) until it returns something truthy, or fail after ``timeout``."""
+    import asyncio
+    import inspect
+
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = check()
+        if inspect.isawaitable(last):
+            last = await last
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}; last: {last!r}")
+        await asyncio.sleep(interval)
