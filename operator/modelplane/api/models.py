@@ -1,0 +1,827 @@
+"""The ModelDeployment API, ``modelplane.dev/v1alpha1``: spec, status and the object wrapper.
+
+These models are the single source of truth for the API. ``modelplane.api.crdgen`` turns them into
+the CRD's structural schema and the API reference, so every ``description`` here is what
+``kubectl explain`` prints: each says the default, the unit, what the field does and its range.
+
+Validation lives in two places that must agree: Python validators here (used by the operator and
+the tests) and CEL rules (``x-kubernetes-validations``, declared next to the field they guard with
+``rules(...)``) that the API server runs. Bad input is refused by the API server before it reaches
+the operator; the Python side exists so that tools and tests can say the same thing offline.
+Field names are snake_case in Python and camelCase on the wire (``alias_generator``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Final, Literal, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
+
+from modelplane.gpus import GPU_TYPE_NAMES
+
+GROUP: Final = "modelplane.dev"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = "modelplane.dev/v1alpha1"
+KIND: Final = "ModelDeployment"
+PLURAL = "modeldeployments"
+SINGULAR = "modeldeployment"
+SHORT_NAME = "md"
+CATEGORIES: tuple[str, ...] = ("modelplane",)
+FIELD_MANAGER = "modelplane"
+
+DEFAULT_IMAGE = "vllm/vllm-openai:v0.11.0"
+
+# --- patterns shared by the Python validators and the CRD (RE2 and Rust regex both accept them) ---
+
+#: A DNS-1123 subdomain: the names of Secrets, ConfigMaps and PersistentVolumeClaims.
+DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+#: A DNS-1035 label: the ModelDeployment's own name, because it also names its Service.
+DNS1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+#: Go-style durations restricted to what people write: "30s", "5m", "1h30m", "500ms".
+DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+#: A Kubernetes resource quantity ("500m", "16Gi", "1.5", "2e3").
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+#: An environment variable name, as Kubernetes accepts it.
+ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+#: A condition reason (metav1.Condition): CamelCase, machine-readable.
+REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+
+_PATH = r"(/[^\s]*)?"
+#: One pattern per source scheme, with the example the refusal message shows.
+SOURCE_SCHEMES: Mapping[str, tuple[str, str]] = {
+    "hf": (r"^hf://([A-Za-z0-9][A-Za-z0-9._-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9._-]{0,95}$",
+           "hf://<org>/<name>, e.g. hf://meta-llama/Llama-3.1-8B-Instruct"),
+    "s3": (r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]" + _PATH + "$",
+           "s3://<bucket>/<path>, the bucket a valid S3 bucket name"),
+    "gs": (r"^gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]" + _PATH + "$",
+           "gs://<bucket>/<path>, the bucket a valid GCS bucket name"),
+    "pvc": (r"^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*" + _PATH + "$",
+            "pvc://<claim>/<path>, the claim a DNS-1123 name in the same namespace"),
+    "oci": (r"^oci://[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?(/[a-z0-9]([a-z0-9._-]*[a-z0-9])?)+"
+            r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|@sha256:[a-f0-9]{64})?$",
+            "oci://<registry>/<repository>[:<tag>|@sha256:<digest>]"),
+}
+SOURCE_MAX_LENGTH = 1024
+
+#: vLLM flags the operator sets itself and that ``extraArgs`` must not override: probes and the
+#: Service use the port, clients use the served name, and the GPU count is the tensor-parallel size.
+MANAGED_FLAGS: tuple[str, ...] = ("--port", "--served-model-name", "--tensor-parallel-size", "-tp")
+
+
+def rules(*items: tuple[str, str] | tuple[str, str, str]) -> dict[str, Any]:
+    """CEL rules for the CRD, as ``json_schema_extra``: each ``(rule, message[, fieldPath])``."""
+    out: list[dict[str, str]] = []
+    for item in items:
+        rule: dict[str, str] = {"rule": item[0], "message": item[1]}
+        if len(item) == 3:
+            rule["fieldPath"] = item[2]
+        out.append(rule)
+    return {"x-kubernetes-validations": out}
+
+
+_ACRONYMS = {"usd": "USD", "ttft": "TTFT", "gib": "GiB"}
+
+
+def to_camel(name: str) -> str:
+    """snake_case → the camelCase JSON name, keeping the acronyms people expect (hourlyUSD)."""
+    first, *rest = name.split("_")
+    return first + "".join(_ACRONYMS.get(word, word.capitalize()) for word in rest)
+
+
+class _Model(BaseModel):
+    """Common configuration: camelCase on the wire, unknown fields refused (typos are errors)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class _SpecModel(_Model):
+    """Spec values are the user's and immutable to the operator."""
+
+    model_config = ConfigDict(frozen=True)
+
+
+# --- reusable field types ---
+
+def _check_source(value: str) -> str:
+    scheme = value.split("://", 1)[0] if "://" in value else ""
+    if scheme not in SOURCE_SCHEMES:
+        raise ValueError(f"source must start with one of {', '.join(s + '://' for s in SOURCE_SCHEMES)}")
+    pattern, example = SOURCE_SCHEMES[scheme]
+    if not re.match(pattern, value):
+        raise ValueError(f"malformed {scheme}:// source: expected {example}")
+    return value
+
+
+def _source_rules() -> dict[str, Any]:
+    return rules(*(
+        (f"!self.startsWith('{scheme}://') || self.matches(r'{pattern}')",
+         f"malformed {scheme}:// source: expected {example}")
+        for scheme, (pattern, example) in SOURCE_SCHEMES.items()
+    ))
+
+
+def _check_gpu_type(value: str) -> str:
+    if value not in GPU_TYPE_NAMES:
+        raise ValueError(f"unknown GPU type {value!r}; known: {', '.join(GPU_TYPE_NAMES)}")
+    return value
+
+
+#: A GPU type from the catalog in ``modelplane.gpus``; adding one there adds it to the CRD's enum.
+GPUTypeName = Annotated[str, AfterValidator(_check_gpu_type),
+                        WithJsonSchema({"type": "string", "enum": list(GPU_TYPE_NAMES)})]
+ObjectName = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS1123_SUBDOMAIN)]
+Duration = Annotated[str, Field(min_length=2, max_length=32, pattern=DURATION_PATTERN)]
+#: int or string, like Kubernetes resource quantities (``cpu: 4`` and ``memory: 16Gi``).
+Quantity = (Annotated[StrictInt, Field(ge=0)]
+            | Annotated[str, Field(max_length=64, pattern=QUANTITY_PATTERN, examples=["7500m", "64Gi"])])
+GPUCount = Annotated[StrictInt, Field(ge=1, le=8)] | Literal["auto"]
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def duration_seconds(value: str) -> float:
+    """Seconds in a duration string such as ``"1h30m"`` or ``"500ms"``."""
+    if not re.fullmatch(DURATION_PATTERN, value):
+        raise ValueError(f"not a duration: {value!r} (expected e.g. 30s, 5m, 1h30m)")
+    return sum(float(number) * _DURATION_UNITS[unit]
+               for number, unit in re.findall(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)", value))
+
+
+# --- enums ---
+
+class Quantization(StrEnum):
+    """Weight quantization vLLM applies (``--quantization``)."""
+
+    FP8 = "fp8"
+    AWQ = "awq"
+    GPTQ = "gptq"
+
+
+class DType(StrEnum):
+    """Activation and weight dtype (``--dtype``)."""
+
+    AUTO = "auto"
+    BFLOAT16 = "bfloat16"
+    FLOAT16 = "float16"
+
+
+class ScalingMode(StrEnum):
+    """Who decides the replica count."""
+
+    BUILTIN = "Builtin"
+    EXTERNAL = "External"
+
+
+class Phase(StrEnum):
+    """The one-word summary of a ModelDeployment's state."""
+
+    PENDING = "Pending"
+    READY = "Ready"
+    PROGRESSING = "Progressing"
+    DEGRADED = "Degraded"
+    SCALED_TO_ZERO = "ScaledToZero"
+    FAILED = "Failed"
+
+
+class ConditionStatus(StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class ConditionType(StrEnum):
+    """The condition types the operator maintains."""
+
+    READY = "Ready"
+    PROGRESSING = "Progressing"
+    DEGRADED = "Degraded"
+    SCALING_LIMITED = "ScalingLimited"
+    EVALUATING = "Evaluating"
+
+
+# --- spec ---
+
+class ModelHints(_SpecModel):
+    """Model shape for the GPU planner, for when the operator cannot read the model's config.json
+    (private buckets, OCI images). Each hint overrides what config.json says."""
+
+    model_config = ConfigDict(json_schema_extra=rules(
+        ("!has(self.activeParametersBillions) || !has(self.parametersBillions) || "
+         "self.activeParametersBillions <= self.parametersBillions",
+         "activeParametersBillions must be <= parametersBillions", ".activeParametersBillions"),
+        ("!has(self.numKeyValueHeads) || !has(self.numAttentionHeads) || "
+         "self.numKeyValueHeads <= self.numAttentionHeads",
+         "numKeyValueHeads must be <= numAttentionHeads", ".numKeyValueHeads"),
+    ))
+
+    parameters_billions: StrictFloat | None = Field(
+        default=None, gt=0, le=10000,
+        description="Total parameters, in billions (e.g. 8.03 for Llama 3.1 8B). Sizes the weights. "
+                    "Range (0, 10000].")
+    active_parameters_billions: StrictFloat | None = Field(
+        default=None, gt=0, le=10000,
+        description="Parameters active per token, in billions, for mixture-of-experts models "
+                    "(e.g. 13 for Mixtral 8x7B). At most parametersBillions. Unset: all parameters.")
+    num_layers: StrictInt | None = Field(
+        default=None, ge=1, le=1000,
+        description="Transformer layers (num_hidden_layers). Sizes the KV cache. 1-1000.")
+    hidden_size: StrictInt | None = Field(
+        default=None, ge=1, le=1_000_000, description="Hidden dimension (hidden_size). 1-1000000.")
+    num_attention_heads: StrictInt | None = Field(
+        default=None, ge=1, le=4096, description="Attention heads per layer. 1-4096.")
+    num_key_value_heads: StrictInt | None = Field(
+        default=None, ge=1, le=4096,
+        description="Key/value heads per layer (grouped-query attention); at most numAttentionHeads. "
+                    "Sizes the KV cache. Unset: numAttentionHeads.")
+    head_dim: StrictInt | None = Field(
+        default=None, ge=1, le=4096,
+        description="Dimension of one attention head. Unset: hiddenSize / numAttentionHeads.")
+    num_experts: StrictInt | None = Field(
+        default=None, ge=1, le=4096,
+        description="Experts in each mixture-of-experts layer. Unset: a dense model.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if (self.active_parameters_billions is not None and self.parameters_billions is not None
+                and self.active_parameters_billions > self.parameters_billions):
+            raise ValueError("activeParametersBillions must be <= parametersBillions")
+        if (self.num_key_value_heads is not None and self.num_attention_heads is not None
+                and self.num_key_value_heads > self.num_attention_heads):
+            raise ValueError("numKeyValueHeads must be <= numAttentionHeads")
+        return self
+
+
+class ModelSpec(_SpecModel):
+    """Which model to serve, at which revision, under which name."""
+
+    source: Annotated[str, AfterValidator(_check_source)] = Field(
+        max_length=SOURCE_MAX_LENGTH, pattern=r"^(hf|s3|gs|pvc|oci)://",
+        json_schema_extra=_source_rules(),
+        description="Where the weights are. hf://<org>/<name> (Hugging Face Hub), s3://<bucket>/<path>, "
+                    "gs://<bucket>/<path> (streamed by vLLM's Run:ai model streamer), "
+                    "pvc://<claim>/<path> (a PersistentVolumeClaim in the same namespace, mounted "
+                    "read-only), oci://<registry>/<repository>:<tag> (an image holding the model under "
+                    "/models, mounted as an image volume). Required.")
+    revision: str = Field(
+        default="main", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$",
+        description="The model revision: a Hugging Face branch, tag or commit (passed as --revision), "
+                    "or for other schemes a label you change when the weights at the source change. "
+                    "Default main. Pin a commit in production; changing it starts a rollout.")
+    served_name: str | None = Field(
+        default=None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$",
+        description="The OpenAI `model` name clients send (--served-model-name). "
+                    "Default: the ModelDeployment's metadata.name.")
+    credentials_secret: ObjectName | None = Field(
+        default=None,
+        description="Name of a Secret in the same namespace whose key HF_TOKEN holds the Hugging Face token "
+                    "(or, for s3:// and gs://, whose keys are passed as environment variables). "
+                    "The operator references it; it never reads, logs or copies the value. Optional.")
+    hints: ModelHints | None = Field(
+        default=None,
+        description="Model shape for the GPU planner when config.json cannot be read. Optional.")
+
+
+class EnvVar(_SpecModel):
+    """One environment variable of the vLLM container."""
+
+    name: str = Field(min_length=1, max_length=256, pattern=ENV_NAME_PATTERN,
+                      description="Variable name, e.g. VLLM_ATTENTION_BACKEND.")
+    value: str = Field(default="", max_length=32768, description="Variable value. Default empty.")
+
+
+def _managed_flags_rule() -> tuple[str, str]:
+    tests = " || ".join(f"a == '{flag}' || a.startsWith('{flag}=')" for flag in MANAGED_FLAGS)
+    return (f"!self.exists(a, {tests})",
+            f"extraArgs must not set {', '.join(MANAGED_FLAGS)}: the operator sets them from typed fields")
+
+
+class EngineSpec(_SpecModel):
+    """The vLLM engine: typed fields for what the operator plans around, extraArgs for the rest."""
+
+    image: str = Field(
+        default=DEFAULT_IMAGE, min_length=1, max_length=512, pattern=r"^[^\s]+$",
+        description=f"The vLLM OpenAI-server image. Default {DEFAULT_IMAGE}.")
+    max_model_len: StrictInt | None = Field(
+        default=None, ge=1, le=16_777_216,
+        description="Maximum context length in tokens (--max-model-len). Sizes the KV cache the planner "
+                    "reserves. Default: the model's own maximum. 1-16777216.")
+    quantization: Quantization | None = Field(
+        default=None,
+        description="Weight quantization (--quantization): fp8 (8-bit weights), awq or gptq (4-bit "
+                    "weights; the checkpoint must be quantized that way). Default: none, the checkpoint's "
+                    "own precision.")
+    dtype: DType = Field(
+        default=DType.AUTO,
+        description="Weight and activation dtype (--dtype): auto, bfloat16 or float16. Default auto "
+                    "(the checkpoint's dtype; the planner assumes bfloat16).")
+    gpu_memory_utilization: StrictFloat = Field(
+        default=0.9, gt=0, le=1,
+        description="Fraction of each GPU's memory vLLM may use for weights, activations and KV cache "
+                    "(--gpu-memory-utilization). Default 0.9. Range (0, 1].")
+    max_num_seqs: StrictInt | None = Field(
+        default=None, ge=1, le=65536,
+        description="Maximum concurrent sequences per replica (--max-num-seqs). The planner sizes the KV "
+                    "cache for this concurrency. Default: vLLM's (256). 1-65536.")
+    extra_args: list[Annotated[str, Field(max_length=1024)]] = Field(
+        default_factory=list, max_length=64,
+        json_schema_extra=rules(_managed_flags_rule()),
+        description="More vLLM arguments, appended after the ones the operator derives (so they win for "
+                    "flags it does not manage), e.g. [\"--enable-prefix-caching\"]. At most 64.")
+    env: list[EnvVar] = Field(
+        default_factory=list, max_length=64,
+        json_schema_extra={
+            "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"],
+            **rules(("!self.exists(e, e.name == 'HF_TOKEN')",
+                     "set HF_TOKEN through spec.model.credentialsSecret, never as a plain env value")),
+        },
+        description="Extra environment variables for the vLLM container (names unique; HF_TOKEN is not "
+                    "allowed here, use model.credentialsSecret). At most 64.")
+
+    @model_validator(mode="after")
+    def _checks(self) -> Self:
+        for arg in self.extra_args:
+            for flag in MANAGED_FLAGS:
+                if arg == flag or arg.startswith(flag + "="):
+                    raise ValueError(f"extraArgs must not set {flag}: the operator sets it from typed fields")
+        names = [e.name for e in self.env]
+        if len(names) != len(set(names)):
+            raise ValueError("env names must be unique")
+        if "HF_TOKEN" in names:
+            raise ValueError("env: set HF_TOKEN through spec.model.credentialsSecret, never as a plain value")
+        return self
+
+
+class GPUSpec(_SpecModel):
+    """GPUs for each replica."""
+
+    count: GPUCount = Field(
+        default="auto",
+        description="GPUs per replica, 1-8, which is also vLLM's tensor-parallel size; or \"auto\" to let "
+                    "the planner pick the smallest count whose memory holds the weights and the KV cache. "
+                    "Default auto.")
+    types: list[GPUTypeName] | None = Field(
+        default=None, min_length=1, max_length=len(GPU_TYPE_NAMES),
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+        description="GPU types the pods may run on, in no particular order; the planner picks the "
+                    f"cheapest that fits. Known: {', '.join(GPU_TYPE_NAMES)}. Default: any of them.")
+
+
+class ModelCacheSpec(_SpecModel):
+    """Where downloaded weights are kept (vLLM --download-dir)."""
+
+    model_config = ConfigDict(json_schema_extra=rules(
+        ("!(has(self.pvc) && has(self.sizeLimit))",
+         "sizeLimit applies to the emptyDir cache; size a PVC on the claim itself", ".sizeLimit"),
+    ))
+
+    pvc: ObjectName | None = Field(
+        default=None,
+        description="Name of a PersistentVolumeClaim in the same namespace to cache weights across restarts "
+                    "(ReadWriteMany when replicas share it). Default: an emptyDir per pod.")
+    size_limit: Quantity | None = Field(
+        default=None,
+        description="Size limit of the emptyDir cache, a quantity such as 100Gi. Default: none. "
+                          "Not allowed with pvc.")
+
+
+class ResourcesSpec(_SpecModel):
+    """Compute for each replica."""
+
+    gpu: GPUSpec = Field(default_factory=GPUSpec, description="GPU count and allowed types per replica.")
+    cpu: Quantity | None = Field(
+        default=None,
+        description="CPU request and limit of the vLLM container, a quantity such as 8 or \"7500m\". "
+                          "Default: none (no request).")
+    memory: Quantity | None = Field(
+        default=None, description="Memory request and limit of the vLLM container, a quantity such as 64Gi. "
+                          "Default: none (no request).")
+    model_cache: ModelCacheSpec | None = Field(
+        default=None, description="The model cache volume. Default: an emptyDir per pod.")
+
+
+class CostSpec(_SpecModel):
+    """Budget limits the built-in autoscaler keeps to."""
+
+    max_hourly_usd: StrictFloat | None = Field(
+        default=None, gt=0, le=1_000_000,
+        description="Ceiling on the GPU cost of all replicas, in US dollars per hour; the autoscaler never "
+                    "scales above it (and says so in the ScalingLimited condition). Default: no ceiling.")
+    target_usd_per_million_tokens: StrictFloat | None = Field(
+        default=None, gt=0, le=1_000_000,
+        description="Target cost in US dollars per million generated tokens; the autoscaler removes "
+                    "replicas that push the cost above it when queues allow. Default: no target.")
+
+
+class ScalingSpec(_SpecModel):
+    """How many replicas run, and who decides."""
+
+    model_config = ConfigDict(json_schema_extra=rules(
+        ("self.minReplicas <= self.maxReplicas", "minReplicas must be <= maxReplicas", ".minReplicas"),
+        ("!has(self.scaleToZeroAfter) || self.minReplicas == 0",
+         "scaleToZeroAfter needs minReplicas: 0", ".scaleToZeroAfter"),
+    ))
+
+    mode: ScalingMode = Field(
+        default=ScalingMode.BUILTIN,
+        description="Builtin: the operator's autoscaler sets replicas from queue depth, cold starts and the "
+                    "budget. External: an HPA or KEDA sets spec.replicas through the /scale subresource. "
+                    "Default Builtin.")
+    min_replicas: StrictInt = Field(
+        default=1, ge=0, le=1000,
+        description="Fewest replicas (Builtin mode). 0 allows scaling to zero (with scaleToZeroAfter). "
+                    "Default 1. 0-1000.")
+    max_replicas: StrictInt = Field(
+        default=4, ge=1, le=1000,
+        description="Most replicas (Builtin mode). Default 4. 1-1000, >= minReplicas.")
+    target_queue_depth: StrictFloat = Field(
+        default=4, gt=0, le=10000,
+        description="Waiting requests per ready replica the autoscaler aims for; more scales up. Default 4. "
+                    "Range (0, 10000].")
+    scale_to_zero_after: Duration | None = Field(
+        default=None,
+        description="Idle time (no requests running or waiting) after which the last replica is removed, "
+                    "e.g. 15m. Only with minReplicas 0. Default: never.")
+    scale_down_delay: Duration = Field(
+        default="5m",
+        description="How long a lower replica count must be wanted before replicas are removed, so short "
+                    "lulls do not cost a cold start. Default 5m.")
+    cost: CostSpec | None = Field(default=None, description="Budget limits. Optional.")
+
+    @model_validator(mode="after")
+    def _checks(self) -> Self:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"minReplicas ({self.min_replicas}) must be <= "
+                             f"maxReplicas ({self.max_replicas})")
+        if self.scale_to_zero_after is not None and self.min_replicas != 0:
+            raise ValueError("scaleToZeroAfter needs minReplicas: 0")
+        return self
+
+
+class RolloutStep(_SpecModel):
+    """One canary step: send this share of traffic to the new revision, then wait."""
+
+    weight: StrictInt = Field(
+        ge=1, le=100,
+        description="Percent of replicas (and so of traffic) on the new revision during this step, 1-100. "
+                    "Steps must increase strictly. Required.")
+    pause: Duration = Field(
+        default="5m",
+        description="How long to hold this step while live analysis runs, e.g. 10m. Default 5m.")
+
+
+class SuiteRef(_SpecModel):
+    """A ConfigMap holding the evaluation suite."""
+
+    config_map: ObjectName = Field(description="Name of the ConfigMap in the same namespace. Required.")
+    key: str = Field(
+        default="suite.jsonl", min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$",
+        description="Key in the ConfigMap whose value is the suite, one JSON case per line. "
+                    "Default suite.jsonl.")
+
+
+class EvaluatorSpec(_SpecModel):
+    """A custom evaluator run as a Job; it receives the canary and stable endpoints in its environment."""
+
+    image: str = Field(min_length=1, max_length=512, pattern=r"^[^\s]+$",
+                       description="The evaluator's container image. Required.")
+    command: list[Annotated[str, Field(max_length=1024)]] = Field(
+        default_factory=list, max_length=32, description="Entrypoint override. Default: the image's.")
+    args: list[Annotated[str, Field(max_length=1024)]] = Field(
+        default_factory=list, max_length=64, description="Arguments. Default: none.")
+
+
+class AnalysisSpec(_SpecModel):
+    """Live metrics the canary must keep to during each step's pause."""
+
+    max_error_rate: StrictFloat | None = Field(
+        default=None, ge=0, le=1,
+        description="Largest share of failed requests on the canary, 0-1 (e.g. 0.01). Default: not checked.")
+    max_ttft_seconds_p95: StrictFloat | None = Field(
+        default=None, gt=0, le=3600,
+        description="Largest 95th-percentile time to first token on the canary, in seconds. "
+                    "Default: not checked.")
+
+
+class EvaluationSpec(_SpecModel):
+    """The gate a new revision passes before it gets traffic: a suite scored on canary and stable."""
+
+    model_config = ConfigDict(json_schema_extra=rules(
+        ("has(self.suiteRef) || has(self.evaluator)", "evaluation needs suiteRef or evaluator"),
+    ))
+
+    suite_ref: SuiteRef | None = Field(
+        default=None, description="The suite to run. Needed unless evaluator is set.")
+    min_score: StrictFloat | None = Field(
+        default=None, ge=0, le=1,
+        description="Lowest acceptable canary score, 0-1. Default: no absolute floor.")
+    max_regression: StrictFloat = Field(
+        default=0.02, ge=0, le=1,
+        description="Largest acceptable drop of the canary's score below the stable revision's on the same "
+                    "suite, 0-1, judged at the given confidence. Default 0.02.")
+    confidence: StrictFloat = Field(
+        default=0.95, ge=0.5, lt=1,
+        description="Confidence of the statistical gate (lower bound of the score difference). "
+                    "Default 0.95. Range [0.5, 1).")
+    concurrency: StrictInt = Field(
+        default=4, ge=1, le=256, description="Suite requests in flight at once. Default 4. 1-256.")
+    timeout_seconds: StrictInt = Field(
+        default=60, ge=1, le=3600,
+        description="Timeout of one suite request, in seconds. Default 60. 1-3600.")
+    evaluator: EvaluatorSpec | None = Field(
+        default=None, description="A custom evaluator Job instead of the built-in suite runner. Optional.")
+    analysis: AnalysisSpec | None = Field(
+        default=None, description="Live metric checks during each step's pause. Optional.")
+
+    @model_validator(mode="after")
+    def _checks(self) -> Self:
+        if self.suite_ref is None and self.evaluator is None:
+            raise ValueError("evaluation needs suiteRef or evaluator")
+        return self
+
+
+class RolloutSpec(_SpecModel):
+    """How a new revision replaces the serving one."""
+
+    steps: list[RolloutStep] = Field(
+        default_factory=list, max_length=10,
+        json_schema_extra=rules(
+            ("self.all(i, s, i == 0 || self[i - 1].weight < s.weight)",
+             "rollout step weights must increase strictly"),
+        ),
+        description="Canary steps, weights strictly increasing and at most 100. After the last step the "
+                    "new revision is promoted to all replicas. Empty (default): promote as soon as the "
+                    "new revision is ready and has passed evaluation. At most 10.")
+    evaluation: EvaluationSpec | None = Field(
+        default=None, description="The evaluation gate. Default: none (readiness only).")
+
+    @model_validator(mode="after")
+    def _checks(self) -> Self:
+        weights = [s.weight for s in self.steps]
+        if any(a >= b for a, b in zip(weights, weights[1:], strict=False)):
+            raise ValueError(f"rollout step weights must increase strictly, got {weights}")
+        return self
+
+
+class ModelDeploymentSpec(_SpecModel):
+    """What to serve and how: the user's side of the object. The operator never writes it."""
+
+    model_config = ConfigDict(json_schema_extra=rules(
+        ("!has(self.replicas) || self.scaling.mode == 'External'",
+         "replicas may only be set with scaling.mode: External (the built-in autoscaler owns it otherwise)",
+         ".replicas"),
+    ))
+
+    model: ModelSpec = Field(description="The model to serve. Required.")
+    engine: EngineSpec = Field(default_factory=EngineSpec, description="The vLLM engine settings.")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Compute per replica.")
+    replicas: StrictInt | None = Field(
+        default=None, ge=0, le=1000,
+        description="Replica count set by an external autoscaler (HPA, KEDA) through the /scale subresource. "
+                    "Only with scaling.mode External. Default: scaling.minReplicas. 0-1000.")
+    scaling: ScalingSpec = Field(default_factory=ScalingSpec, description="Autoscaling.")
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="How revision changes roll out.")
+
+    @model_validator(mode="after")
+    def _checks(self) -> Self:
+        if self.replicas is not None and self.scaling.mode != ScalingMode.EXTERNAL:
+            raise ValueError("replicas may only be set with scaling.mode: External")
+        return self
+
+
+# --- status ---
+
+class Condition(_Model):
+    """One observation about the object, as in metav1.Condition."""
+
+    type: str = Field(
+        min_length=1, max_length=316,
+        description="Condition type: Ready, Progressing, Degraded, ScalingLimited or Evaluating.")
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(min_length=1, max_length=1024, pattern=REASON_PATTERN,
+                        description="CamelCase reason a person can act on, e.g. InsufficientGPU.")
+    message: str = Field(default="", max_length=32768, description="Human-readable detail, with the numbers.")
+    last_transition_time: datetime = Field(description="When status last changed.")
+    observed_generation: StrictInt | None = Field(
+        default=None, ge=0, description="metadata.generation the condition was computed from.")
+
+
+class StableStatus(_Model):
+    """The revision serving most traffic."""
+
+    revision: str | None = Field(default=None, description="Model revision.")
+    source: str | None = Field(default=None, description="Model source URI.")
+    deployment: str | None = Field(default=None, description="Name of its Deployment.")
+
+
+class CanaryStatus(_Model):
+    """The revision being rolled out, while a rollout is under way."""
+
+    revision: str | None = Field(default=None, description="Model revision of the canary.")
+    weight: StrictInt | None = Field(
+        default=None, ge=0, le=100, description="Percent of replicas on the canary now.")
+    step: StrictInt | None = Field(
+        default=None, ge=0, description="Index of the current rollout step (0-based).")
+    phase: str | None = Field(
+        default=None, description="Rollout phase, e.g. Evaluating, Progressing, Paused.")
+    eval_score: StrictFloat | None = Field(
+        default=None, description="Canary score on the evaluation suite, 0-1.")
+    baseline_score: StrictFloat | None = Field(
+        default=None, description="Stable revision's score on the same suite.")
+    lower_bound: StrictFloat | None = Field(
+        default=None, description="Lower confidence bound of canary minus stable score.")
+    cases: StrictInt | None = Field(default=None, ge=0, description="Suite cases scored.")
+    failing_cases: list[str] = Field(
+        default_factory=list, max_length=20, description="IDs of (up to 20) cases the canary failed.")
+    decision: str | None = Field(
+        default=None, description="Latest gate decision, e.g. Continue, Promote, Rollback.")
+    reason: str | None = Field(default=None, description="Why, with the numbers.")
+    summary: str | None = Field(default=None, description="Short text for kubectl get, e.g. \"rev-b 10%\".")
+
+
+class PlanMemory(_Model):
+    """Per-GPU memory accounting of the plan, in GiB."""
+
+    weights_gib: StrictFloat | None = Field(default=None, description="Model weights per GPU, GiB.")
+    kv_cache_gib: StrictFloat | None = Field(default=None, description="KV cache reserved per GPU, GiB.")
+    overhead_gib: StrictFloat | None = Field(
+        default=None, description="Activations and runtime overhead per GPU, GiB.")
+    required_gib: StrictFloat | None = Field(default=None, description="Total needed per GPU, GiB.")
+    available_gib: StrictFloat | None = Field(
+        default=None, description="Usable per GPU (memory x gpuMemoryUtilization), GiB.")
+
+
+class PlanStatus(_Model):
+    """The GPU plan: the shape every replica gets."""
+
+    gpu_type: str | None = Field(default=None, description="Chosen GPU type.")
+    gpus_per_replica: StrictInt | None = Field(default=None, ge=0, description="GPUs per replica.")
+    tensor_parallel_size: StrictInt | None = Field(
+        default=None, ge=0, description="vLLM tensor-parallel size.")
+    hourly_usd_per_replica: StrictFloat | None = Field(
+        default=None, description="GPU cost of one replica, USD/hour.")
+    shape: str | None = Field(
+        default=None, description="Short form for kubectl get, e.g. \"2x nvidia-h100-80gb\".")
+    memory: PlanMemory | None = Field(default=None, description="Memory accounting.")
+    reason: str | None = Field(default=None, description="Why this plan, or why none fits.")
+
+
+class CostStatus(_Model):
+    """What the deployment costs."""
+
+    hourly_usd: StrictFloat | None = Field(
+        default=None, description="GPU cost of the running replicas, USD/hour.")
+    desired_hourly_usd: StrictFloat | None = Field(
+        default=None, description="GPU cost at the desired replicas, USD/hour.")
+    usd_per_million_tokens: StrictFloat | None = Field(
+        default=None, description="Recent cost per million generated tokens, USD.")
+
+
+class ScalingDecision(_Model):
+    """One decision of the built-in autoscaler, with its inputs."""
+
+    time: datetime | None = Field(default=None, description="When it was made.")
+    desired_replicas: StrictInt | None = Field(default=None, ge=0, description="Replicas it asked for.")
+    reason: str | None = Field(default=None, description="Why, with the numbers.")
+    queue_depth: StrictFloat | None = Field(default=None, description="Waiting requests per ready replica.")
+    running_requests: StrictFloat | None = Field(default=None, description="Running requests, all replicas.")
+    kv_cache_usage: StrictFloat | None = Field(default=None, description="Mean KV cache usage, 0-1.")
+
+
+class AutoscalerStatus(_Model):
+    """What the built-in autoscaler last did."""
+
+    last_decision: ScalingDecision | None = Field(default=None, description="The latest decision.")
+
+
+class RolloutRecord(_Model):
+    """A finished rollout."""
+
+    revision: str | None = Field(default=None, description="Revision rolled out.")
+    decision: str | None = Field(default=None, description="Promoted, RolledBack or Aborted.")
+    eval_score: StrictFloat | None = Field(default=None, description="Canary score.")
+    baseline_score: StrictFloat | None = Field(default=None, description="Stable score.")
+    started_at: datetime | None = Field(default=None, description="When it started.")
+    finished_at: datetime | None = Field(default=None, description="When it ended.")
+    reason: str | None = Field(default=None, description="Why it ended so.")
+
+
+class ModelDeploymentStatus(_Model):
+    """What the operator observes and decides: its only writable surface on the object."""
+
+    observed_generation: StrictInt | None = Field(
+        default=None, ge=0, description="metadata.generation this status reflects.")
+    phase: Phase = Field(
+        default=Phase.PENDING, description="Pending, Ready, Progressing, Degraded, ScaledToZero or Failed.")
+    replicas: StrictInt = Field(default=0, ge=0, description="vLLM pods that exist, all revisions.")
+    ready_replicas: StrictInt = Field(default=0, ge=0, description="vLLM pods ready to serve, all revisions.")
+    desired_replicas: StrictInt = Field(
+        default=0, ge=0, description="Replicas wanted now (autoscaler or spec.replicas).")
+    selector: str | None = Field(
+        default=None, description="Label selector of the server pods, for the /scale subresource (HPA).")
+    conditions: list[Condition] = Field(
+        default_factory=list, max_length=16,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+        description="Ready, Progressing, Degraded, ScalingLimited, Evaluating.")
+    stable: StableStatus | None = Field(default=None, description="The serving revision.")
+    canary: CanaryStatus | None = Field(default=None, description="The revision being rolled out, if any.")
+    plan: PlanStatus | None = Field(default=None, description="The GPU plan.")
+    cost: CostStatus | None = Field(default=None, description="Cost now and at the desired replicas.")
+    autoscaler: AutoscalerStatus | None = Field(
+        default=None, description="The built-in autoscaler's last decision.")
+    rollout_history: list[RolloutRecord] = Field(
+        default_factory=list, max_length=20,
+        description="The last (up to 20) finished rollouts, newest last.")
+    endpoint: str | None = Field(default=None, description="OpenAI-compatible base URL inside the cluster.")
+    serving_revision: str | None = Field(
+        default=None,
+        description="The model revision serving traffic; differs from spec.model.revision after a "
+                          "rollback until the spec is changed.")
+    desired_revision_live: StrictBool | None = Field(
+        default=None, description="True when spec.model.revision is the revision serving traffic.")
+
+
+# --- the object ---
+
+class InvalidSpecError(ValueError):
+    """A ModelDeployment that fails validation; the message names each failing field's path."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{path}: {msg}" for path, msg in problems))
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        # pydantic adds union members (int, constrained-int, literal['auto']) to the location;
+        # field names never contain "-" or "[".
+        elif part in ("int", "str", "float", "bool") or "[" in part or "-" in part:
+            continue
+        else:
+            path += f".{part}" if path else part
+    return path or "<root>"
+
+
+class ModelDeployment(BaseModel):
+    """A ModelDeployment object as the API server returns it."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    api_version: Literal["modelplane.dev/v1alpha1"] = Field(default=API_VERSION, description="API version.")
+    kind: Literal["ModelDeployment"] = Field(default=KIND, description="Kind.")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Object metadata.")
+    spec: ModelDeploymentSpec
+    status: ModelDeploymentStatus | None = None
+
+    @model_validator(mode="after")
+    def _name(self) -> Self:
+        name = self.metadata.get("name")
+        if isinstance(name, str) and not (len(name) <= 63 and re.match(DNS1035_LABEL, name)):
+            raise ValueError("metadata.name must be a DNS-1035 label of at most 63 characters "
+                             "(lowercase letters, digits, '-', starting with a letter): it names the Service")
+        return self
+
+    @classmethod
+    def parse(cls, obj: Mapping[str, Any]) -> ModelDeployment:
+        """Validate a raw object; raises InvalidSpecError naming each failing field path."""
+        try:
+            return cls.model_validate(dict(obj))
+        except ValidationError as exc:
+            problems = [(_field_path(tuple(e["loc"])), e["msg"]) for e in exc.errors()]
+            raise InvalidSpecError(problems) from None
+
+    @property
+    def name(self) -> str:
+        return str(self.metadata.get("name", ""))
+
+    @property
+    def namespace(self) -> str:
+        return str(self.metadata.get("namespace", ""))
+
+    @property
+    def uid(self) -> str:
+        return str(self.metadata.get("uid", ""))
+
+    @property
+    def served_name(self) -> str:
+        """The OpenAI model name: spec.model.servedName, defaulting to metadata.name."""
+        return self.spec.model.served_name or self.name
