@@ -1,0 +1,611 @@
+"""The GPU planner: the cheapest GPU shape that holds a model, and why.
+
+``plan_request_from_spec`` turns a raw ModelDeployment spec (plus, when the handler could read it,
+the model's config.json) into a ``PlanRequest``; ``build_plan`` turns that and the GPU catalog into
+a ``Plan``. Both are pure: the handler reads the world (config.json, nodes, prices), calls them, and
+writes ``Plan.to_status()`` to ``status.plan``.
+
+A shape is one GPU type times a number of GPUs on one node, used as vLLM's tensor-parallel size.
+Among the allowed GPU types the planner takes, for each type, the fewest GPUs whose tensor-parallel
+split vLLM accepts and whose per-GPU memory need fits, then the cheapest of those per hour. When no
+single node can hold the model it says so, with the smallest multi-node shape that would (tensor
+parallel within a node, pipeline stages across nodes), for a condition message: multi-node serving
+is not built yet.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Any
+
+from modelplane.gpus import COUNT_LABEL, GPU_RESOURCE, PRODUCT_LABEL, GPUType, by_product
+from modelplane.planner.arch import ModelArch, ModelArchError, Precision, arch_from_hints
+from modelplane.planner.catalog import match_model, normalize_model_name
+from modelplane.planner.memory import (
+    AVERAGE_SEQUENCE_TOKENS,
+    DEFAULT_BATCHED_TOKENS,
+    MemoryEstimate,
+    estimate_memory,
+    kv_tokens,
+)
+
+#: GPUs per node when the cluster's nodes are unknown: the common 8-GPU server (DGX/HGX, p5, a3).
+DEFAULT_MAX_GPUS_PER_NODE = 8
+#: How many nodes the multi-node suggestion may span before giving up.
+MAX_SUGGESTED_NODES = 16
+SOURCE_SCHEMES: tuple[str, ...] = ("hf", "s3", "gs", "pvc", "oci")
+
+
+class PlanReason(StrEnum):
+    """Why a plan is what it is; becomes a condition reason."""
+
+    FITS = "Fits"
+    FIXED_COUNT_TOO_SMALL = "FixedCountTooSmall"  #: count: N given, the model does not fit on N GPUs
+    FIXED_COUNT_INVALID = "FixedCountInvalid"  #: N is not a tensor-parallel size the model allows
+    FIXED_COUNT_EXCEEDS_NODE = "FixedCountExceedsNode"  #: no allowed node has N GPUs
+    NO_SINGLE_NODE_FITS = "NoSingleNodeFits"
+    UNKNOWN_MODEL_SIZE = "UnknownModelSize"  #: no config.json, catalog entry or sufficient hints
+    UNKNOWN_CONTEXT_LENGTH = "UnknownContextLength"  #: no maxModelLen and no model max to default to
+    CONTEXT_EXCEEDS_MODEL = "ContextExceedsModel"  #: vLLM refuses maxModelLen > the model's max
+    NO_ALLOWED_GPU_TYPE = "NoAllowedGPUType"  #: unknown type names, or none of them in the cluster
+
+
+class SpecError(ValueError):
+    """A spec field the planner cannot use; ``field`` is its dotted path."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class NodeShape:
+    """GPU nodes of one kind in the cluster."""
+
+    gpu_type: str  #: catalog name
+    gpus_per_node: int
+    nodes: int = 1
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """Everything the planner needs, taken from the spec; no Kubernetes types."""
+
+    source: str
+    model_name: str  #: display name
+    arch: ModelArch | None
+    arch_source: str  #: "config.json", "hints", "catalog (NAME)", "catalog (NAME) + hints" or "none"
+    arch_note: str = ""  #: why the preferred source was not used, for the reason text
+    precision: Precision | None = None  #: None: the checkpoint's own precision
+    max_model_len: int | None = None  #: None: the model's max_position_embeddings, as vLLM does
+    max_num_seqs: int | None = None
+    gpu_memory_utilization: float = 0.9
+    gpu_count: int | None = None  #: None: "auto"
+    gpu_types: tuple[str, ...] = ()  #: empty: every type in the catalog
+    kv_cache_bytes: float = 2.0  #: 1 with --kv-cache-dtype fp8
+    batched_tokens: int = DEFAULT_BATCHED_TOKENS
+    allow_long_context: bool = False  #: VLLM_ALLOW_LONG_MAX_MODEL_LEN or rope overrides set
+
+
+@dataclass(frozen=True)
+class ShapeOption:
+    """One candidate shape and its memory estimate."""
+
+    gpu_type: str
+    gpus: int
+    usd_per_hour: float  #: per replica
+    memory: MemoryEstimate
+    nodes: int = 1
+
+    @property
+    def label(self) -> str:
+        across = f" across {self.nodes} nodes" if self.nodes > 1 else ""
+        return f"{self.gpus}x {self.gpu_type}{across}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The planner's answer. When ``fits`` is False, ``gpu_type``/``gpus_per_replica`` describe the
+    shape the message talks about (the requested count, or the largest one-node shape), not a
+    recommendation; ``smallest_shape`` is the shape that would fit, if any."""
+
+    fits: bool
+    reason_code: PlanReason
+    reason: str
+    model: str
+    arch_source: str
+    precision: Precision | None
+    max_model_len: int | None
+    kv_tokens: int
+    gpu_type: str | None
+    gpus_per_replica: int
+    tensor_parallel_size: int
+    usd_per_hour_per_replica: float
+    memory: MemoryEstimate | None
+    smallest_shape: str | None = None
+    startup_budget_seconds: int = 0
+    #: The cheapest fitting shape of each other allowed GPU type, cheapest first.
+    alternatives: tuple[ShapeOption, ...] = ()
+
+    @property
+    def shape(self) -> str:
+        return f"{self.gpus_per_replica}x {self.gpu_type}" if self.gpu_type and self.gpus_per_replica else ""
+
+    def to_status(self) -> dict[str, Any]:
+        """``status.plan`` as the API defines it (camelCase keys; absent values left out)."""
+        status: dict[str, Any] = {"reason": self.reason}
+        if self.gpu_type is not None and self.gpus_per_replica > 0:
+            status.update(
+                gpuType=self.gpu_type,
+                gpusPerReplica=self.gpus_per_replica,
+                tensorParallelSize=self.tensor_parallel_size,
+                hourlyUSDPerReplica=round(self.usd_per_hour_per_replica, 4),
+                shape=self.shape,
+            )
+        if self.memory is not None:
+            m = self.memory
+            status["memory"] = {
+                "weightsGiB": round(m.weights_gib, 1),
+                "kvCacheGiB": round(m.kv_cache_gib, 1),
+                "overheadGiB": round(m.overhead_gib, 1),
+                "requiredGiB": round(m.required_gib, 1),
+                "availableGiB": round(m.available_gib, 1),
+            }
+        return status
+
+
+# --- startup budget --------------------------------------------------------------------------------
+
+#: From shared/FACTS.md (cold starts): Llama-3.1-8B (16 GB) downloads in 61 s, loads in 33 s, and
+#: spends 10 + 42 + 54 s in dynamo, compilation and CUDA graph capture; tensor parallelism adds a
+#: ~60 s peer-to-peer check (vLLM issue 19824); 72B on TP4 took ~17 min end to end (vLLM PR 45551).
+DOWNLOAD_BYTES_PER_SECOND = 250e6
+LOAD_BYTES_PER_SECOND = 0.5e9
+ENGINE_INIT_SECONDS = 150
+MULTI_GPU_SECONDS = 60
+STARTUP_SAFETY_FACTOR = 1.5
+#: Never less than the 10 minutes the Gateway API inference extension's vLLM manifest allows.
+MIN_STARTUP_SECONDS = 600
+
+
+def startup_budget_seconds(*, checkpoint_bytes: float, gpu_bytes_per_rank: float, gpus: int) -> int:
+    """Seconds a new replica may take from container start to serving (for the startupProbe).
+
+    An uncached start: download the checkpoint, load each rank's shard (in parallel), compile and
+    capture CUDA graphs, plus the multi-GPU check; times 1.5, at least 600 s, rounded up to 30 s.
+    """
+    seconds = (checkpoint_bytes / DOWNLOAD_BYTES_PER_SECOND + gpu_bytes_per_rank / LOAD_BYTES_PER_SECOND
+               + ENGINE_INIT_SECONDS + (MULTI_GPU_SECONDS if gpus > 1 else 0))
+    budget = max(MIN_STARTUP_SECONDS, seconds * STARTUP_SAFETY_FACTOR)
+    return int(math.ceil(budget / 30) * 30)
+
+
+# --- formatting ------------------------------------------------------------------------------------
+
+
+def format_tokens(tokens: int) -> str:
+    """131072 -> "128k", 1048576 -> "1M", 430000 -> "430000"."""
+    if tokens >= 1 << 20 and tokens % (1 << 20) == 0:
+        return f"{tokens >> 20}M"
+    if tokens >= 1024 and tokens % 1024 == 0:
+        return f"{tokens >> 10}k"
+    return str(tokens)
+
+
+def _usd(value: float) -> str:
+    return f"${value:.2f}/h"
+
+
+# --- the planner -----------------------------------------------------------------------------------
+
+
+def _max_gpus_per_node(names: Sequence[str], node_shapes: Sequence[NodeShape] | None) -> dict[str, int]:
+    if node_shapes is None:
+        return {n: DEFAULT_MAX_GPUS_PER_NODE for n in names}
+    most: dict[str, int] = {}
+    for shape in node_shapes:
+        if shape.gpu_type in names and shape.gpus_per_node > 0 and shape.nodes > 0:
+            most[shape.gpu_type] = max(most.get(shape.gpu_type, 0), shape.gpus_per_node)
+    return most
+
+
+def _option(request: PlanRequest, arch: ModelArch, precision: Precision, gpu: GPUType, *, tp: int,
+            tokens: int, pp: int = 1) -> ShapeOption:
+    memory = estimate_memory(arch, precision=precision, gpu_memory_gib=gpu.usable_memory_gib,
+                             gpu_memory_utilization=request.gpu_memory_utilization, tp=tp, pp=pp,
+                             kv_tokens=tokens, kv_bytes=request.kv_cache_bytes,
+                             max_num_seqs=request.max_num_seqs, batched_tokens=request.batched_tokens)
+    return ShapeOption(gpu_type=gpu.name, gpus=tp * pp, usd_per_hour=tp * pp * gpu.usd_per_hour,
+                       memory=memory, nodes=pp)
+
+
+def _cost_key(option: ShapeOption) -> tuple[float, int, float, str]:
+    # Cheapest first; then fewer GPUs; then more headroom; then by name, so ties are stable.
+    headroom = option.memory.per_gpu_available_gib - option.memory.per_gpu_required_gib
+    return (round(option.usd_per_hour, 6), option.gpus, -headroom, option.gpu_type)
+
+
+def _valid_sizes(arch: ModelArch, limit: int) -> list[int]:
+    return [n for n in range(1, limit + 1) if arch.valid_tensor_parallel(n)]
+
+
+def _smallest_multi_node(request: PlanRequest, arch: ModelArch, precision: Precision,
+                         gpus: Mapping[str, GPUType], per_node: Mapping[str, int],
+                         tokens: int) -> ShapeOption | None:
+    """The cheapest shape spanning several whole nodes (TP within a node, PP across) that fits."""
+    found: list[ShapeOption] = []
+    for name, limit in per_node.items():
+        sizes = _valid_sizes(arch, limit)
+        if not sizes:
+            continue
+        tp = sizes[-1]
+        for nodes in range(2, min(MAX_SUGGESTED_NODES, arch.num_layers) + 1):
+            option = _option(request, arch, precision, gpus[name], tp=tp, tokens=tokens, pp=nodes)
+            if option.memory.fits:
+                found.append(option)
+                break
+    return min(found, key=_cost_key) if found else None
+
+
+def _describe_need(model: str, precision: Precision, memory: MemoryEstimate, context: int,
+                   max_num_seqs: int | None) -> str:
+    seqs = f" and {max_num_seqs} sequences" if max_num_seqs else ""
+    return (f"{model} {precision.label} needs {memory.required_gib:.1f} GiB with "
+            f"{format_tokens(context)} context{seqs}")
+
+
+def _not_fitting(request: PlanRequest, code: PlanReason, reason: str, *, precision: Precision | None = None,
+                 tokens: int = 0, gpu_type: str | None = None, gpus: int = 0, usd: float = 0.0,
+                 memory: MemoryEstimate | None = None, smallest: str | None = None) -> Plan:
+    return Plan(fits=False, reason_code=code, reason=reason, model=request.model_name,
+                arch_source=request.arch_source, precision=precision, max_model_len=request.max_model_len,
+                kv_tokens=tokens, gpu_type=gpu_type, gpus_per_replica=gpus,
+                tensor_parallel_size=gpus, usd_per_hour_per_replica=usd, memory=memory,
+                smallest_shape=smallest)
+
+
+def build_plan(request: PlanRequest, catalog: Mapping[str, GPUType], *,
+               node_shapes: Sequence[NodeShape] | None = None) -> Plan:
+    """The cheapest one-node GPU shape for ``request`` among ``catalog``'s allowed types.
+
+    ``node_shapes`` describes the cluster's GPU nodes when known: a GPU type then needs at least one
+    node to be considered, and a shape may use at most as many GPUs as its largest node has. Without
+    it every allowed type is considered with up to ``DEFAULT_MAX_GPUS_PER_NODE`` GPUs.
+    """
+    names = list(request.gpu_types) or list(catalog)
+    unknown = [n for n in names if n not in catalog]
+    if unknown:
+        return _not_fitting(request, PlanReason.NO_ALLOWED_GPU_TYPE,
+                            f"unknown GPU types {', '.join(unknown)}; known: {', '.join(catalog)}")
+    per_node = _max_gpus_per_node(names, node_shapes)
+    if not per_node:
+        return _not_fitting(request, PlanReason.NO_ALLOWED_GPU_TYPE,
+                            f"no node in the cluster has any of the allowed GPU types ({', '.join(names)})")
+    fixed = request.gpu_count
+    cheapest_type = min(per_node, key=lambda n: (catalog[n].usd_per_hour, n))
+
+    arch = request.arch
+    if arch is None:
+        note = f": {request.arch_note}" if request.arch_note else ""
+        return _not_fitting(
+            request, PlanReason.UNKNOWN_MODEL_SIZE,
+            f"cannot size {request.source}{note}; make its config.json readable (credentialsSecret), or "
+            f"set spec.model.hints (parametersBillions, numLayers, hiddenSize, numAttentionHeads)",
+            gpu_type=cheapest_type if fixed else None, gpus=fixed or 0,
+            usd=(fixed or 0) * catalog[cheapest_type].usd_per_hour)
+    precision = request.precision or arch.native_precision
+    model_max = arch.max_position_embeddings
+    context = request.max_model_len or model_max
+    if context is None:
+        return _not_fitting(request, PlanReason.UNKNOWN_CONTEXT_LENGTH,
+                            f"{request.model_name}: the model's context length is unknown; "
+                            f"set spec.engine.maxModelLen", precision=precision)
+    if model_max is not None and context > model_max and not request.allow_long_context:
+        return _not_fitting(request, PlanReason.CONTEXT_EXCEEDS_MODEL,
+                            f"spec.engine.maxModelLen {context} exceeds {request.model_name}'s "
+                            f"{model_max} positions; vLLM refuses it unless VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 "
+                            f"is set (with rope scaling)", precision=precision)
+    tokens = kv_tokens(max_model_len=context, max_num_seqs=request.max_num_seqs)
+
+    if fixed is not None:
+        return _plan_fixed(request, arch, precision, catalog, per_node, context, tokens, fixed, node_shapes)
+    return _plan_auto(request, arch, precision, catalog, per_node, context, tokens)
+
+
+def _finish(request: PlanRequest, arch: ModelArch, precision: Precision, context: int, tokens: int,
+            chosen: ShapeOption, others: Sequence[ShapeOption], reason: str) -> Plan:
+    per_rank = arch.weight_bytes(precision) / chosen.gpus
+    return Plan(fits=True, reason_code=PlanReason.FITS, reason=reason, model=request.model_name,
+                arch_source=request.arch_source, precision=precision, max_model_len=context,
+                kv_tokens=tokens, gpu_type=chosen.gpu_type, gpus_per_replica=chosen.gpus,
+                tensor_parallel_size=chosen.gpus, usd_per_hour_per_replica=chosen.usd_per_hour,
+                memory=chosen.memory,
+                startup_budget_seconds=startup_budget_seconds(
+                    checkpoint_bytes=arch.weight_bytes(arch.native_precision),
+                    gpu_bytes_per_rank=per_rank, gpus=chosen.gpus),
+                alternatives=tuple(others))
+
+
+def _capacity_note(option: ShapeOption) -> str:
+    capacity = option.memory.kv_capacity_tokens
+    return (f"; its KV cache holds ~{format_tokens(capacity)} tokens "
+            f"(~{capacity // AVERAGE_SEQUENCE_TOKENS} sequences of {AVERAGE_SEQUENCE_TOKENS} tokens)")
+
+
+def _plan_auto(request: PlanRequest, arch: ModelArch, precision: Precision, catalog: Mapping[str, GPUType],
+               per_node: Mapping[str, int], context: int, tokens: int) -> Plan:
+    fitting: list[ShapeOption] = []
+    largest: list[ShapeOption] = []  # the biggest one-node shape of each type, for the message
+    for name, limit in per_node.items():
+        sizes = _valid_sizes(arch, limit)
+        for tp in sizes:
+            option = _option(request, arch, precision, catalog[name], tp=tp, tokens=tokens)
+            if option.memory.fits:
+                fitting.append(option)
+                break
+        else:
+            if sizes:
+                largest.append(_option(request, arch, precision, catalog[name], tp=sizes[-1], tokens=tokens))
+    if fitting:
+        fitting.sort(key=_cost_key)
+        chosen, others = fitting[0], fitting[1:]
+        need = _describe_need(request.model_name, precision, chosen.memory, context, request.max_num_seqs)
+        reason = f"{need}: {chosen.label} at {_usd(chosen.usd_per_hour)} is the cheapest shape that fits"
+        if others:
+            reason += f"; next {others[0].label} {_usd(others[0].usd_per_hour)}"
+        return _finish(request, arch, precision, context, tokens, chosen, others,
+                       reason + _capacity_note(chosen))
+
+    multi = _smallest_multi_node(request, arch, precision, catalog, per_node, tokens)
+    closest = max(largest, key=lambda o: (o.memory.available_gib, -o.usd_per_hour)) if largest else None
+    if closest is None:
+        return _not_fitting(request, PlanReason.NO_SINGLE_NODE_FITS,
+                            f"{request.model_name}: no tensor-parallel size up to the node size divides its "
+                            f"{arch.num_attention_heads} attention heads", precision=precision, tokens=tokens)
+    need = _describe_need(request.model_name, precision, closest.memory, context, request.max_num_seqs)
+    reason = (f"{need}: no allowed GPU type holds it on one node (the largest, {closest.label}, offers "
+              f"{closest.memory.available_gib:.1f} GiB)")
+    if multi is not None:
+        reason += (f"; the smallest shape that would is {multi.label} ({_usd(multi.usd_per_hour)}), "
+                   f"and multi-node serving is not supported yet")
+    if closest.memory.kv_capacity_tokens > 0 and request.max_num_seqs is None:
+        reason += (f"; {closest.label} would fit with spec.engine.maxModelLen up to "
+                   f"{closest.memory.kv_capacity_tokens}")
+    return _not_fitting(request, PlanReason.NO_SINGLE_NODE_FITS, reason, precision=precision, tokens=tokens,
+                        gpu_type=closest.gpu_type, gpus=closest.gpus, usd=closest.usd_per_hour,
+                        memory=closest.memory, smallest=multi.label if multi else None)
+
+
+def _plan_fixed(request: PlanRequest, arch: ModelArch, precision: Precision, catalog: Mapping[str, GPUType],
+                per_node: Mapping[str, int], context: int, tokens: int, count: int,
+                node_shapes: Sequence[NodeShape] | None) -> Plan:
+    if not arch.valid_tensor_parallel(count):
+        sizes = ", ".join(str(n) for n in _valid_sizes(arch, max(per_node.values())))
+        kv = "" if arch.is_mla else f" and {arch.num_kv_heads} KV heads"
+        return _not_fitting(request, PlanReason.FIXED_COUNT_INVALID,
+                            f"resources.gpu.count {count} is not a tensor-parallel size vLLM accepts for "
+                            f"{request.model_name} ({arch.num_attention_heads} attention heads{kv}); "
+                            f"use one of {sizes}", precision=precision, tokens=tokens)
+    candidates = [name for name, limit in per_node.items() if count <= limit]
+    if not candidates:
+        most = max(per_node.values())
+        return _not_fitting(request, PlanReason.FIXED_COUNT_EXCEEDS_NODE,
+                            f"resources.gpu.count {count} exceeds the {most} GPUs of the largest allowed "
+                            f"node; multi-node serving is not supported yet", precision=precision,
+                            tokens=tokens)
+    options = sorted((_option(request, arch, precision, catalog[n], tp=count, tokens=tokens)
+                      for n in candidates), key=_cost_key)
+    fitting = [o for o in options if o.memory.fits]
+    if fitting:
+        chosen = fitting[0]
+        need = _describe_need(request.model_name, precision, chosen.memory, context, request.max_num_seqs)
+        reason = f"{need}: the requested {chosen.label} fits at {_usd(chosen.usd_per_hour)}"
+        return _finish(request, arch, precision, context, tokens, chosen, fitting[1:],
+                       reason + _capacity_note(chosen))
+    closest = max(options, key=lambda o: (o.memory.available_gib, -o.usd_per_hour))
+    need = _describe_need(request.model_name, precision, closest.memory, context, request.max_num_seqs)
+    reason = (f"{need} but resources.gpu.count {count} offers at most {closest.memory.available_gib:.1f} GiB "
+              f"({closest.label})")
+    auto = build_plan(replace(request, gpu_count=None), catalog, node_shapes=node_shapes)
+    suggestion: str | None = None
+    if auto.fits:
+        suggestion = auto.shape
+        reason += f"; {auto.shape} would fit ({_usd(auto.usd_per_hour_per_replica)})"
+    elif auto.smallest_shape:
+        suggestion = auto.smallest_shape
+        reason += f"; it needs {auto.smallest_shape}, and multi-node serving is not supported yet"
+    return _not_fitting(request, PlanReason.FIXED_COUNT_TOO_SMALL, reason, precision=precision, tokens=tokens,
+                        gpu_type=closest.gpu_type, gpus=count, usd=closest.usd_per_hour,
+                        memory=closest.memory, smallest=suggestion)
+
+
+# --- from the spec ---------------------------------------------------------------------------------
+
+
+def _mapping(value: Any, field: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise SpecError(field, f"must be a mapping, got {type(value).__name__}")
+    return value
+
+
+def _opt_int(section: Mapping[str, Any], key: str, field: str, minimum: int = 1) -> int | None:
+    value = section.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise SpecError(field, f"must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _opt_number(section: Mapping[str, Any], key: str, field: str) -> float | None:
+    value = section.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise SpecError(field, f"must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _flag_value(args: Sequence[str], flag: str) -> str | None:
+    """The value of ``--flag VALUE`` or ``--flag=VALUE`` in vLLM arguments (the last one wins)."""
+    found: str | None = None
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            found = args[i + 1]
+        elif arg.startswith(flag + "="):
+            found = arg.split("=", 1)[1]
+    return found
+
+
+_HINT_FIELDS: Mapping[str, bool] = {  # name -> integer-valued
+    "parametersBillions": False, "activeParametersBillions": False, "numLayers": True, "hiddenSize": True,
+    "numAttentionHeads": True, "numKeyValueHeads": True, "headDim": True, "numExperts": True,
+}
+
+
+def plan_request_from_spec(spec: Mapping[str, Any], *, config_arch: ModelArch | None = None,
+                           config_note: str = "") -> PlanRequest:
+    """A ``PlanRequest`` from a raw ModelDeployment ``spec`` dict.
+
+    The model's facts come, in order of preference, from ``config_arch`` (the config.json the handler
+    read, see ``planner.source``), from ``spec.model.hints`` (laid over the catalog entry when the
+    source matches one), or from the built-in catalog. ``config_note`` says why config.json was not
+    read, for the reason text. Raises ``SpecError`` naming the field when the spec is malformed.
+    """
+    model = _mapping(spec.get("model"), "spec.model")
+    source = model.get("source")
+    if not isinstance(source, str) or not source.strip():
+        raise SpecError("spec.model.source", "is required (hf://org/name, s3://, gs://, pvc://, oci://)")
+    scheme = source.split("://", 1)[0] if "://" in source else ""
+    if scheme not in SOURCE_SCHEMES:
+        schemes = ", ".join(s + "://" for s in SOURCE_SCHEMES)
+        raise SpecError("spec.model.source", f"must start with one of {schemes}, got {source!r}")
+    hints = _mapping(model.get("hints"), "spec.model.hints")
+    for key in hints:
+        if key not in _HINT_FIELDS:
+            raise SpecError(f"spec.model.hints.{key}", f"unknown hint; known: {', '.join(_HINT_FIELDS)}")
+        if _HINT_FIELDS[key]:
+            _opt_int(hints, key, f"spec.model.hints.{key}")
+        else:
+            _opt_number(hints, key, f"spec.model.hints.{key}")
+
+    engine = _mapping(spec.get("engine"), "spec.engine")
+    max_model_len = _opt_int(engine, "maxModelLen", "spec.engine.maxModelLen")
+    max_num_seqs = _opt_int(engine, "maxNumSeqs", "spec.engine.maxNumSeqs")
+    quantization = engine.get("quantization")
+    if quantization not in (None, "fp8", "awq", "gptq"):
+        raise SpecError("spec.engine.quantization", f"must be fp8, awq or gptq, got {quantization!r}")
+    dtype = engine.get("dtype", "auto")
+    if dtype not in (None, "auto", "bfloat16", "float16"):
+        raise SpecError("spec.engine.dtype", f"must be auto, bfloat16 or float16, got {dtype!r}")
+    utilization = engine.get("gpuMemoryUtilization", 0.9)
+    if isinstance(utilization, bool) or not isinstance(utilization, int | float) or not 0 < utilization <= 1:
+        raise SpecError("spec.engine.gpuMemoryUtilization", f"must be in (0, 1], got {utilization!r}")
+    extra_args = engine.get("extraArgs") or []
+    if not isinstance(extra_args, list) or not all(isinstance(a, str) for a in extra_args):
+        raise SpecError("spec.engine.extraArgs", "must be a list of strings")
+    env = engine.get("env") or []
+    if not isinstance(env, list) or not all(isinstance(e, Mapping) for e in env):
+        raise SpecError("spec.engine.env", "must be a list of {name, value}")
+
+    resources = _mapping(spec.get("resources"), "spec.resources")
+    gpu = _mapping(resources.get("gpu"), "spec.resources.gpu")
+    count_value = gpu.get("count", "auto")
+    count: int | None
+    if count_value in (None, "auto"):
+        count = None
+    elif isinstance(count_value, int) and not isinstance(count_value, bool) and count_value >= 1:
+        count = count_value
+    else:
+        raise SpecError("spec.resources.gpu.count", f'must be "auto" or an integer >= 1, got {count_value!r}')
+    types = gpu.get("types") or []
+    if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
+        raise SpecError("spec.resources.gpu.types", "must be a list of GPU type names")
+
+    # The model's facts, in order of preference.
+    match = match_model(source)
+    display = match.entry.name if match else (normalize_model_name(source)[0] or source)
+    arch: ModelArch | None = None
+    arch_source = "none"
+    note = config_note
+    if config_arch is not None:
+        arch, arch_source, display = config_arch, "config.json", config_arch.name or display
+    elif hints:
+        try:
+            arch = arch_from_hints(hints, name=display, base=match.arch if match else None)
+            arch_source = f"catalog ({match.entry.name}) + hints" if match else "hints"
+        except ModelArchError as err:
+            note = "; ".join(n for n in (config_note, str(err)) if n)
+    elif match is not None:
+        arch, arch_source = match.arch, f"catalog ({match.entry.name})"
+    else:
+        missing = "not in the built-in catalog, and no spec.model.hints"
+        note = "; ".join(n for n in (config_note, missing) if n)
+
+    precision: Precision | None = None
+    if quantization == "fp8":
+        precision = Precision.FP8
+    elif quantization in ("awq", "gptq"):
+        precision = Precision.INT4
+    elif arch is not None and arch.native_precision in (Precision.BF16, Precision.FP16):
+        if dtype == "float16":
+            precision = Precision.FP16
+        elif dtype == "bfloat16":
+            precision = Precision.BF16
+
+    kv_dtype = (_flag_value(extra_args, "--kv-cache-dtype") or "auto").lower()
+    batched = _flag_value(extra_args, "--max-num-batched-tokens")
+    env_long = any(e.get("name") == "VLLM_ALLOW_LONG_MAX_MODEL_LEN"
+                   and str(e.get("value", "")).lower() in ("1", "true") for e in env)
+    rope_override = any(a.startswith(("--hf-overrides", "--rope-scaling")) for a in extra_args)
+    return PlanRequest(
+        source=source,
+        model_name=display,
+        arch=arch,
+        arch_source=arch_source,
+        arch_note=note,
+        precision=precision,
+        max_model_len=max_model_len,
+        max_num_seqs=max_num_seqs,
+        gpu_memory_utilization=float(utilization),
+        gpu_count=count,
+        gpu_types=tuple(types),
+        kv_cache_bytes=1.0 if kv_dtype.startswith("fp8") else 2.0,
+        batched_tokens=int(batched) if batched and batched.isdigit() else DEFAULT_BATCHED_TOKENS,
+        allow_long_context=env_long or rope_override,
+    )
+
+
+def node_shapes_from_nodes(nodes: Iterable[Mapping[str, Any]]) -> tuple[NodeShape, ...]:
+    """The cluster's GPU node shapes from raw Node objects, for ``build_plan(node_shapes=...)``.
+
+    A node counts when it is schedulable and its ``nvidia.com/gpu.product`` label names a catalog
+    GPU; its GPU count is the allocatable ``nvidia.com/gpu`` (else the ``nvidia.com/gpu.count``
+    label).
+    """
+    counter: Counter[tuple[str, int]] = Counter()
+    for node in nodes:
+        metadata = node.get("metadata") or {}
+        labels = metadata.get("labels") or {}
+        if (node.get("spec") or {}).get("unschedulable"):
+            continue
+        gpu = by_product(str(labels.get(PRODUCT_LABEL, "")))
+        if gpu is None:
+            continue
+        allocatable = (node.get("status") or {}).get("allocatable") or {}
+        raw = allocatable.get(GPU_RESOURCE, labels.get(COUNT_LABEL, "0"))
+        try:
+            count = int(str(raw))
+        except ValueError:
+            continue
+        if count > 0:
+            counter[(gpu.name, count)] += 1
+    return tuple(NodeShape(gpu_type=name, gpus_per_node=gpus, nodes=n)
+                 for (name, gpus), n in sorted(counter.items()))
