@@ -173,7 +173,8 @@ def render_text(results: Sequence[Result], out: TextIO) -> None:
         verdict = "fits" if plan.fits else "DOES NOT FIT"
         if plan.gpu_type:
             print(f"  plan:    {verdict} ({plan.reason_code.value}): {plan.shape}, tensor parallel "
-                  f"{plan.tensor_parallel_size}, ${plan.usd_per_hour_per_replica:.2f}/h per replica", file=out)
+                  f"{plan.tensor_parallel_size}, ${plan.usd_per_hour_per_replica:.2f}/h per replica",
+                  file=out)
         else:
             print(f"  plan:    {verdict} ({plan.reason_code.value})", file=out)
         if plan.memory is not None:
@@ -236,6 +237,7 @@ def register(subparsers: Any) -> None:
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
     )
     parser.add_argument("-f", "--file", required=True, help="manifest (multi-document YAML), or - for stdin")
-    parser.add_argument("--prices", help="YAML/JSON mapping of GPU type to $ per GPU-hour, overriding defaults")
+    parser.add_argument("--prices",
+                        help="YAML/JSON mapping of GPU type to $ per GPU-hour, overriding the defaults")
     parser.add_argument("-o", "--output", choices=("text", "json", "yaml"), default="text")
     parser.set_defaults(func=run)

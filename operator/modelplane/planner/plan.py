@@ -333,7 +333,7 @@ def _finish(request: PlanRequest, arch: ModelArch, precision: Precision, context
 
 def _capacity_note(option: ShapeOption) -> str:
     capacity = option.memory.kv_capacity_tokens
-    return (f"; its KV cache holds ~{format_tokens(capacity)} tokens "
+    return (f"; its KV cache holds ~{capacity >> 10}k tokens "
             f"(~{capacity // AVERAGE_SEQUENCE_TOKENS} sequences of {AVERAGE_SEQUENCE_TOKENS} tokens)")
 
 
@@ -374,8 +374,9 @@ def _plan_auto(request: PlanRequest, arch: ModelArch, precision: Precision, cata
         reason += (f"; the smallest shape that would is {multi.label} ({_usd(multi.usd_per_hour)}), "
                    f"and multi-node serving is not supported yet")
     if closest.memory.kv_capacity_tokens > 0 and request.max_num_seqs is None:
-        reason += (f"; {closest.label} would fit with spec.engine.maxModelLen up to "
-                   f"{closest.memory.kv_capacity_tokens}")
+        longest = closest.memory.kv_capacity_tokens // 1024 * 1024  # a round figure, rounded down
+        if longest > 0:
+            reason += f"; {closest.label} would fit with spec.engine.maxModelLen up to {longest}"
     return _not_fitting(request, PlanReason.NO_SINGLE_NODE_FITS, reason, precision=precision, tokens=tokens,
                         gpu_type=closest.gpu_type, gpus=closest.gpus, usd=closest.usd_per_hour,
                         memory=closest.memory, smallest=multi.label if multi else None)
