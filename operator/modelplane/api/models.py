@@ -290,9 +290,10 @@ class ModelSpec(_SpecModel):
                     "Default: the ModelDeployment's metadata.name.")
     credentials_secret: ObjectName | None = Field(
         default=None,
-        description="Name of a Secret in the same namespace whose key HF_TOKEN holds the Hugging Face token "
-                    "(or, for s3:// and gs://, whose keys are passed as environment variables). "
-                    "The operator references it; it never reads, logs or copies the value. Optional.")
+        description="Name of a Secret in the same namespace. hf:// and pvc://: its key HF_TOKEN becomes the "
+                    "Hugging Face token; s3:// and gs://: all its keys become environment variables "
+                    "(e.g. AWS_ACCESS_KEY_ID); oci://: it is the image pull secret. The operator only "
+                    "references it; it never reads, logs or copies the value. Optional.")
     hints: ModelHints | None = Field(
         default=None,
         description="Model shape for the GPU planner when config.json cannot be read. Optional.")
@@ -400,6 +401,12 @@ class ModelCacheSpec(_SpecModel):
         description="Size limit of the emptyDir cache, a quantity such as 100Gi. Default: none. "
                           "Not allowed with pvc.")
 
+    @model_validator(mode="after")
+    def _checks(self) -> Self:
+        if self.pvc is not None and self.size_limit is not None:
+            raise ValueError("sizeLimit applies to the emptyDir cache; size a PVC on the claim itself")
+        return self
+
 
 class ResourcesSpec(_SpecModel):
     """Compute for each replica."""
@@ -407,11 +414,11 @@ class ResourcesSpec(_SpecModel):
     gpu: GPUSpec = Field(default_factory=GPUSpec, description="GPU count and allowed types per replica.")
     cpu: Quantity | None = Field(
         default=None,
-        description="CPU request and limit of the vLLM container, a quantity such as 8 or \"7500m\". "
-                          "Default: none (no request).")
+        description="CPU request of the vLLM container, a quantity such as 8 or \"7500m\" (no limit: "
+                    "a CPU limit throttles the tokenizer and scheduler threads). Default: none.")
     memory: Quantity | None = Field(
-        default=None, description="Memory request and limit of the vLLM container, a quantity such as 64Gi. "
-                          "Default: none (no request).")
+        default=None,
+        description="Memory request and limit of the vLLM container, a quantity such as 64Gi. Default: none.")
     model_cache: ModelCacheSpec | None = Field(
         default=None, description="The model cache volume. Default: an emptyDir per pod.")
 
@@ -563,7 +570,7 @@ class RolloutSpec(_SpecModel):
         default_factory=list, max_length=10,
         json_schema_extra=rules(
             ("self.all(i, s, i == 0 || self[i - 1].weight < s.weight)",
-             "rollout step weights must increase strictly"),
+             "steps must have strictly increasing weights"),
         ),
         description="Canary steps, weights strictly increasing and at most 100. After the last step the "
                     "new revision is promoted to all replicas. Empty (default): promote as soon as the "
@@ -575,7 +582,7 @@ class RolloutSpec(_SpecModel):
     def _checks(self) -> Self:
         weights = [s.weight for s in self.steps]
         if any(a >= b for a, b in zip(weights, weights[1:], strict=False)):
-            raise ValueError(f"rollout step weights must increase strictly, got {weights}")
+            raise ValueError(f"steps must have strictly increasing weights, got {weights}")
         return self
 
 
@@ -806,7 +813,9 @@ class ModelDeployment(BaseModel):
         try:
             return cls.model_validate(dict(obj))
         except ValidationError as exc:
-            problems = [(_field_path(tuple(e["loc"])), e["msg"]) for e in exc.errors()]
+            # "Value error, " is pydantic's prefix for a validator's message; the message says it all.
+            problems = [(_field_path(tuple(e["loc"])), e["msg"].removeprefix("Value error, "))
+                        for e in exc.errors()]
             raise InvalidSpecError(problems) from None
 
     @property
