@@ -1,0 +1,761 @@
+"""The rollout state machine: one table row per transition, plus scenarios and the status round trip."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from modelplane.rollout.analysis import AnalysisResult, Outcome, WindowStats
+from modelplane.rollout.machine import (
+    DEFAULT_SETTINGS,
+    Action,
+    BeginAnalysisWindow,
+    CancelEvaluation,
+    Command,
+    Decision,
+    DeployCanary,
+    EmitEvent,
+    EvalResult,
+    HistoryEntry,
+    InconclusivePolicy,
+    Inputs,
+    ManualControl,
+    Phase,
+    Promote,
+    Reason,
+    RecordHistory,
+    Rollback,
+    RolloutState,
+    RunAnalysis,
+    SetWeight,
+    StartEvaluation,
+    SwitchStable,
+    advance,
+    parse_control,
+    replicas_for,
+    split_replicas,
+    window_end,
+)
+from modelplane.rollout.spec import RolloutSpec, Step
+from modelplane.rollout.stats import evaluate_gate, outcomes_from_pairs
+
+T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+SPEC = RolloutSpec(steps=(Step(10, 300), Step(50, 600)), evaluation=True, analysis=True, min_score=0.8)
+NO_EVAL = replace(SPEC, evaluation=False)
+NO_STEPS = replace(SPEC, steps=())
+NO_ANALYSIS = replace(SPEC, analysis=False)
+ROLLBACK_ON_INCONCLUSIVE = replace(DEFAULT_SETTINGS, on_inconclusive=InconclusivePolicy.ROLLBACK)
+
+PASS_EVAL = EvalResult(
+    passed=True, reason="ok", canary_score=0.9, stable_score=0.88, lower_bound=-0.01, cases=300
+)
+FAIL_EVAL = EvalResult(
+    passed=False,
+    reason="worse",
+    canary_score=0.7,
+    stable_score=0.88,
+    lower_bound=-0.22,
+    cases=300,
+    failing_case_ids=tuple(f"c{i}" for i in range(30)),
+)
+_W = WindowStats(requests=100, errors=0, error_rate=0.0, ttft_p95=0.2)
+PASS_WINDOW = AnalysisResult(Outcome.PASS, "fine", _W, _W)
+FAIL_WINDOW = AnalysisResult(Outcome.FAIL, "errors", _W, _W)
+UNSURE_WINDOW = AnalysisResult(Outcome.INCONCLUSIVE, "too few", _W, _W)
+
+
+def st(phase: Phase, **fields: Any) -> RolloutState:
+    """A state mid-rollout of r2 over stable r1, entered at T0."""
+    base = RolloutState(
+        phase=phase, stable_revision="r1", canary_revision="r2", started_at=T0, phase_since=T0
+    )
+    if phase in (Phase.STEPPING, Phase.ANALYZING, Phase.PAUSED):
+        base = replace(base, weight=10)
+    if phase is Phase.ANALYZING:
+        base = replace(base, step_started_at=T0)
+    if phase is Phase.EVALUATING:
+        base = replace(base, evaluation_attempts=1)
+    if phase is Phase.PROMOTING:
+        base = replace(base, weight=100, decision=Decision.PROMOTED, reason=Reason.STEPS_COMPLETE)
+    if phase is Phase.ROLLING_BACK:
+        base = replace(base, decision=Decision.ROLLED_BACK, reason=Reason.ANALYSIS_FAILED)
+    if phase in (Phase.IDLE, Phase.PROMOTED, Phase.ROLLED_BACK, Phase.ABORTED):
+        base = replace(base, canary_revision=None)
+    return replace(base, **fields)
+
+
+def obs(**fields: Any) -> Inputs:
+    fields.setdefault("desired_revision", "r2")
+    return Inputs(**fields)
+
+
+def ctl(command: Command, **fields: Any) -> Inputs:
+    return obs(control=ManualControl(command, f"{command.value}@1"), **fields)
+
+
+@dataclass(frozen=True)
+class Row:
+    state: RolloutState
+    inputs: Inputs
+    phase: Phase
+    actions: list[type]
+    spec: RolloutSpec | None = SPEC
+    after: timedelta = timedelta(seconds=10)
+    expect: dict[str, Any] | None = None
+    settings: Any = DEFAULT_SETTINGS
+
+
+ROWS = {
+    # --- settled phases ---------------------------------------------------------------------------
+    "first-revision-becomes-stable": Row(
+        RolloutState(),
+        obs(desired_revision="r1"),
+        Phase.IDLE,
+        [SwitchStable, EmitEvent],
+        expect={"stable_revision": "r1", "reason": Reason.INITIAL_DEPLOY},
+    ),
+    "no-desired-revision-does-nothing": Row(st(Phase.IDLE), Inputs(), Phase.IDLE, []),
+    "unchanged-revision-does-nothing": Row(st(Phase.IDLE), obs(desired_revision="r1"), Phase.IDLE, []),
+    "revision-change-starts-canary-at-weight-0": Row(
+        st(Phase.IDLE),
+        obs(),
+        Phase.DEPLOYING,
+        [DeployCanary, SetWeight, EmitEvent],
+        expect={
+            "canary_revision": "r2",
+            "weight": 0,
+            "stable_revision": "r1",
+            "started_at": T0 + timedelta(seconds=10),
+        },
+    ),
+    "no-rollout-spec-switches-directly": Row(
+        st(Phase.IDLE),
+        obs(),
+        Phase.IDLE,
+        [SwitchStable, RecordHistory, EmitEvent],
+        spec=None,
+        expect={"stable_revision": "r2", "decision": Decision.DIRECT},
+    ),
+    "rejected-revision-is-not-retried": Row(
+        st(Phase.ROLLED_BACK, rejected_revision="r2"), obs(), Phase.ROLLED_BACK, []
+    ),
+    "new-revision-after-rollback-starts-again": Row(
+        st(Phase.ROLLED_BACK, rejected_revision="r2"),
+        obs(desired_revision="r3"),
+        Phase.DEPLOYING,
+        [DeployCanary, SetWeight, EmitEvent],
+        expect={"canary_revision": "r3", "rejected_revision": None},
+    ),
+    "new-revision-after-abort-starts-again": Row(
+        st(Phase.ABORTED, rejected_revision="r2"),
+        obs(desired_revision="r3"),
+        Phase.DEPLOYING,
+        [DeployCanary, SetWeight, EmitEvent],
+    ),
+    "new-revision-after-promotion-starts-again": Row(
+        st(Phase.PROMOTED), obs(desired_revision="r3"), Phase.DEPLOYING, [DeployCanary, SetWeight, EmitEvent]
+    ),
+    # --- deploying ------------------------------------------------------------------------------
+    "deploying-waits-for-the-canary": Row(st(Phase.DEPLOYING), obs(), Phase.DEPLOYING, []),
+    "canary-ready-starts-evaluation-before-any-traffic": Row(
+        st(Phase.DEPLOYING),
+        obs(canary_ready_replicas=1, canary_present=True),
+        Phase.EVALUATING,
+        [StartEvaluation, EmitEvent],
+        expect={"weight": 0, "evaluation_attempts": 1},
+    ),
+    "canary-ready-without-evaluation-steps": Row(
+        st(Phase.DEPLOYING),
+        obs(canary_ready_replicas=1),
+        Phase.STEPPING,
+        [SetWeight, EmitEvent],
+        spec=NO_EVAL,
+        expect={"weight": 10, "step": 0},
+    ),
+    "canary-ready-without-evaluation-or-steps-promotes": Row(
+        st(Phase.DEPLOYING),
+        obs(canary_ready_replicas=1),
+        Phase.PROMOTING,
+        [Promote, EmitEvent],
+        spec=replace(NO_EVAL, steps=()),
+    ),
+    "canary-ready-with-pending-pause-pauses-at-0": Row(
+        st(Phase.DEPLOYING, hold=True),
+        obs(canary_ready_replicas=1),
+        Phase.PAUSED,
+        [EmitEvent],
+        spec=NO_EVAL,
+        expect={"weight": 0},
+    ),
+    "canary-never-ready-rolls-back": Row(
+        st(Phase.DEPLOYING),
+        obs(),
+        Phase.ROLLING_BACK,
+        [SetWeight, Rollback, EmitEvent],
+        after=timedelta(hours=2),
+        expect={"reason": Reason.CANARY_NOT_READY, "decision": Decision.ROLLED_BACK},
+    ),
+    # --- evaluating -----------------------------------------------------------------------------
+    "gate-passed-enters-first-step": Row(
+        st(Phase.EVALUATING),
+        obs(evaluation=PASS_EVAL),
+        Phase.STEPPING,
+        [EmitEvent, SetWeight, EmitEvent],
+        expect={"weight": 10, "eval_score": 0.9, "baseline_score": 0.88, "eval_cases": 300},
+    ),
+    "gate-failed-rolls-back-with-scores": Row(
+        st(Phase.EVALUATING),
+        obs(evaluation=FAIL_EVAL),
+        Phase.ROLLING_BACK,
+        [SetWeight, Rollback, EmitEvent],
+        expect={
+            "reason": Reason.EVALUATION_FAILED,
+            "eval_score": 0.7,
+            "eval_lower_bound": -0.22,
+            "failing_case_ids": tuple(f"c{i}" for i in range(20)),
+        },
+    ),
+    "gate-passed-with-pending-pause-pauses": Row(
+        st(Phase.EVALUATING, hold=True),
+        obs(evaluation=PASS_EVAL),
+        Phase.PAUSED,
+        [EmitEvent, EmitEvent],
+        expect={"weight": 0},
+    ),
+    "gate-passed-without-steps-promotes": Row(
+        st(Phase.EVALUATING),
+        obs(evaluation=PASS_EVAL),
+        Phase.PROMOTING,
+        [EmitEvent, Promote, EmitEvent],
+        spec=NO_STEPS,
+    ),
+    "evaluation-running-waits": Row(st(Phase.EVALUATING), obs(evaluation_running=True), Phase.EVALUATING, []),
+    "evaluation-error-retries": Row(
+        st(Phase.EVALUATING),
+        obs(evaluation_error="stable unreachable"),
+        Phase.EVALUATING,
+        [StartEvaluation, EmitEvent],
+        expect={"evaluation_attempts": 2},
+    ),
+    "evaluation-lost-after-restart-reruns": Row(
+        st(Phase.EVALUATING),
+        obs(evaluation_running=False),
+        Phase.EVALUATING,
+        [StartEvaluation, EmitEvent],
+        expect={"evaluation_attempts": 2},
+    ),
+    "evaluation-errors-exhausted-roll-back": Row(
+        st(Phase.EVALUATING, evaluation_attempts=3),
+        obs(evaluation_error="boom"),
+        Phase.ROLLING_BACK,
+        [SetWeight, Rollback, EmitEvent],
+        expect={"reason": Reason.EVALUATION_ERROR},
+    ),
+    "evaluation-timeout-rolls-back": Row(
+        st(Phase.EVALUATING),
+        obs(evaluation_running=True),
+        Phase.ROLLING_BACK,
+        [CancelEvaluation, SetWeight, Rollback, EmitEvent],
+        after=timedelta(hours=2),
+        expect={"reason": Reason.EVALUATION_TIMEOUT},
+    ),
+    # --- stepping -------------------------------------------------------------------------------
+    "stepping-waits-for-canary-replicas": Row(
+        st(Phase.STEPPING, weight=50), obs(total_replicas=10, canary_ready_replicas=2), Phase.STEPPING, []
+    ),
+    "stepping-replicas-ready-opens-window": Row(
+        st(Phase.STEPPING, weight=50),
+        obs(total_replicas=10, canary_ready_replicas=5),
+        Phase.ANALYZING,
+        [BeginAnalysisWindow, EmitEvent],
+        expect={"step_started_at": T0 + timedelta(seconds=10)},
+    ),
+    "stepping-replicas-never-ready-rolls-back": Row(
+        st(Phase.STEPPING, weight=50),
+        obs(total_replicas=10, canary_ready_replicas=2),
+        Phase.ROLLING_BACK,
+        [SetWeight, Rollback, EmitEvent],
+        after=timedelta(hours=2),
+        expect={"reason": Reason.CANARY_NOT_READY},
+    ),
+    # --- analyzing ------------------------------------------------------------------------------
+    "window-not-over-waits": Row(st(Phase.ANALYZING), obs(), Phase.ANALYZING, [], after=timedelta(minutes=4)),
+    "window-over-asks-for-analysis": Row(
+        st(Phase.ANALYZING), obs(), Phase.ANALYZING, [RunAnalysis], after=timedelta(minutes=5)
+    ),
+    "analysis-pass-next-step": Row(
+        st(Phase.ANALYZING),
+        obs(analysis=PASS_WINDOW),
+        Phase.STEPPING,
+        [EmitEvent, SetWeight, EmitEvent],
+        after=timedelta(minutes=5),
+        expect={"step": 1, "weight": 50, "window_extensions": 0},
+    ),
+    "analysis-pass-on-last-step-promotes": Row(
+        st(Phase.ANALYZING, step=1, weight=50),
+        obs(analysis=PASS_WINDOW),
+        Phase.PROMOTING,
+        [EmitEvent, Promote, EmitEvent],
+        after=timedelta(minutes=10),
+        expect={"reason": Reason.STEPS_COMPLETE},
+    ),
+    "analysis-fail-rolls-back": Row(
+        st(Phase.ANALYZING),
+        obs(analysis=FAIL_WINDOW),
+        Phase.ROLLING_BACK,
+        [SetWeight, Rollback, EmitEvent],
+        after=timedelta(minutes=5),
+        expect={"reason": Reason.ANALYSIS_FAILED, "weight": 0},
+    ),
+    "analysis-inconclusive-holds-and-extends": Row(
+        st(Phase.ANALYZING),
+        obs(analysis=UNSURE_WINDOW),
+        Phase.ANALYZING,
+        [EmitEvent],
+        after=timedelta(minutes=5),
+        expect={"window_extensions": 1, "weight": 10, "step_started_at": T0},
+    ),
+    "extended-window-not-over-waits": Row(
+        st(Phase.ANALYZING, window_extensions=1), obs(), Phase.ANALYZING, [], after=timedelta(minutes=9)
+    ),
+    "extended-window-over-asks-again": Row(
+        st(Phase.ANALYZING, window_extensions=1),
+        obs(),
+        Phase.ANALYZING,
+        [RunAnalysis],
+        after=timedelta(minutes=10),
+    ),
+    "inconclusive-after-max-extensions-pauses": Row(
+        st(Phase.ANALYZING, window_extensions=3),
+        obs(analysis=UNSURE_WINDOW),
+        Phase.PAUSED,
+        [EmitEvent],
+        after=timedelta(minutes=20),
+        expect={"reason": Reason.ANALYSIS_INCONCLUSIVE, "weight": 10},
+    ),
+    "inconclusive-after-max-extensions-rolls-back-if-so-set": Row(
+        st(Phase.ANALYZING, window_extensions=3),
+        obs(analysis=UNSURE_WINDOW),
+        Phase.ROLLING_BACK,
+        [SetWeight, Rollback, EmitEvent],
+        after=timedelta(minutes=20),
+        settings=ROLLBACK_ON_INCONCLUSIVE,
+        expect={"reason": Reason.ANALYSIS_INCONCLUSIVE},
+    ),
+    "lost-window-snapshot-restarts-window": Row(
+        st(Phase.ANALYZING),
+        obs(analysis_window_open=False),
+        Phase.ANALYZING,
+        [BeginAnalysisWindow, EmitEvent],
+        after=timedelta(minutes=3),
+        expect={"step_started_at": T0 + timedelta(minutes=3)},
+    ),
+    "without-analysis-pause-elapses-to-next-step": Row(
+        st(Phase.ANALYZING),
+        obs(),
+        Phase.STEPPING,
+        [SetWeight, EmitEvent],
+        spec=NO_ANALYSIS,
+        after=timedelta(minutes=5),
+        expect={"step": 1},
+    ),
+    "steps-removed-mid-rollout-promotes": Row(
+        st(Phase.ANALYZING, step=1),
+        obs(),
+        Phase.PROMOTING,
+        [Promote, EmitEvent],
+        spec=replace(SPEC, steps=(Step(10, 300),)),
+    ),
+    # --- paused ---------------------------------------------------------------------------------
+    "paused-stays-paused": Row(st(Phase.PAUSED), obs(), Phase.PAUSED, [], after=timedelta(days=1)),
+    # --- promoting and rolling back -------------------------------------------------------------
+    "promoting-waits-for-new-stable": Row(
+        st(Phase.PROMOTING), obs(stable_revision_live="r1", canary_present=True), Phase.PROMOTING, []
+    ),
+    "promoting-waits-for-canary-removal": Row(
+        st(Phase.PROMOTING), obs(stable_revision_live="r2", canary_present=True), Phase.PROMOTING, []
+    ),
+    "promotion-completes": Row(
+        st(Phase.PROMOTING, eval_score=0.9),
+        obs(stable_revision_live="r2"),
+        Phase.PROMOTED,
+        [RecordHistory, EmitEvent],
+        expect={"stable_revision": "r2", "canary_revision": None, "weight": 0, "decision": Decision.PROMOTED},
+    ),
+    "new-revision-during-promotion-waits-for-it": Row(
+        st(Phase.PROMOTING),
+        obs(desired_revision="r3", stable_revision_live="r1", canary_present=True),
+        Phase.PROMOTING,
+        [],
+    ),
+    "rolling-back-waits-for-canary-removal": Row(
+        st(Phase.ROLLING_BACK), obs(canary_present=True), Phase.ROLLING_BACK, []
+    ),
+    "rollback-completes": Row(
+        st(Phase.ROLLING_BACK),
+        obs(),
+        Phase.ROLLED_BACK,
+        [RecordHistory, EmitEvent],
+        expect={"rejected_revision": "r2", "canary_revision": None, "stable_revision": "r1"},
+    ),
+    "abort-completes": Row(
+        st(Phase.ROLLING_BACK, decision=Decision.ABORTED, reason=Reason.ABORTED),
+        obs(),
+        Phase.ABORTED,
+        [RecordHistory, EmitEvent],
+        expect={"rejected_revision": "r2"},
+    ),
+    "revert-completes-without-rejecting": Row(
+        st(Phase.ROLLING_BACK, decision=Decision.ABORTED, reason=Reason.SPEC_REVERTED),
+        obs(desired_revision="r1"),
+        Phase.ABORTED,
+        [RecordHistory, EmitEvent],
+        expect={"rejected_revision": None},
+    ),
+    # --- the spec changes during a rollout ------------------------------------------------------
+    "new-revision-supersedes-canary": Row(
+        st(Phase.ANALYZING),
+        obs(desired_revision="r3"),
+        Phase.DEPLOYING,
+        [Rollback, RecordHistory, DeployCanary, SetWeight, EmitEvent],
+        expect={"canary_revision": "r3", "weight": 0, "stable_revision": "r1"},
+    ),
+    "new-revision-supersedes-evaluation": Row(
+        st(Phase.EVALUATING),
+        obs(desired_revision="r3"),
+        Phase.DEPLOYING,
+        [CancelEvaluation, Rollback, RecordHistory, DeployCanary, SetWeight, EmitEvent],
+    ),
+    "spec-back-to-stable-aborts-canary": Row(
+        st(Phase.STEPPING),
+        obs(desired_revision="r1"),
+        Phase.ROLLING_BACK,
+        [SetWeight, Rollback, EmitEvent],
+        expect={"decision": Decision.ABORTED, "reason": Reason.SPEC_REVERTED},
+    ),
+    "new-revision-and-rollout-removed-switch-directly": Row(
+        st(Phase.ANALYZING),
+        obs(desired_revision="r3"),
+        Phase.IDLE,
+        [Rollback, RecordHistory, SwitchStable, EmitEvent],
+        spec=None,
+        expect={"stable_revision": "r3"},
+    ),
+    "rollout-removed-mid-rollout-promotes": Row(
+        st(Phase.ANALYZING),
+        obs(),
+        Phase.PROMOTING,
+        [Promote, EmitEvent],
+        spec=None,
+        expect={"reason": Reason.GATE_REMOVED},
+    ),
+    # --- manual controls ------------------------------------------------------------------------
+    "pause-while-analyzing": Row(
+        st(Phase.ANALYZING),
+        ctl(Command.PAUSE),
+        Phase.PAUSED,
+        [EmitEvent],
+        expect={"weight": 10, "handled_control": "pause@1"},
+    ),
+    "pause-while-stepping": Row(st(Phase.STEPPING), ctl(Command.PAUSE), Phase.PAUSED, [EmitEvent]),
+    "pause-while-evaluating-is-pending": Row(
+        st(Phase.EVALUATING), ctl(Command.PAUSE), Phase.EVALUATING, [EmitEvent], expect={"hold": True}
+    ),
+    "pause-while-deploying-is-pending": Row(
+        st(Phase.DEPLOYING), ctl(Command.PAUSE), Phase.DEPLOYING, [EmitEvent], expect={"hold": True}
+    ),
+    "pause-without-rollout-is-ignored": Row(
+        st(Phase.IDLE),
+        ctl(Command.PAUSE),
+        Phase.IDLE,
+        [EmitEvent],
+        expect={"reason": None, "handled_control": "pause@1"},
+    ),
+    "resume-restarts-current-step": Row(
+        st(Phase.PAUSED, step=1, weight=50),
+        ctl(Command.RESUME),
+        Phase.STEPPING,
+        [EmitEvent, SetWeight, EmitEvent],
+        expect={"step": 1, "weight": 50, "window_extensions": 0},
+    ),
+    "resume-before-traffic-enters-first-step": Row(
+        st(Phase.PAUSED, weight=0, hold=True),
+        ctl(Command.RESUME),
+        Phase.STEPPING,
+        [EmitEvent, SetWeight, EmitEvent],
+        expect={"step": 0, "weight": 10, "hold": False},
+    ),
+    "resume-cancels-pending-pause": Row(
+        st(Phase.EVALUATING, hold=True),
+        ctl(Command.RESUME),
+        Phase.EVALUATING,
+        [EmitEvent],
+        expect={"hold": False},
+    ),
+    "resume-after-rollback-retries-revision": Row(
+        st(Phase.ROLLED_BACK, rejected_revision="r2"),
+        ctl(Command.RESUME),
+        Phase.DEPLOYING,
+        [DeployCanary, SetWeight, EmitEvent],
+        expect={"reason": Reason.RETRY, "rejected_revision": None},
+    ),
+    "resume-without-pause-is-ignored": Row(
+        st(Phase.ANALYZING), ctl(Command.RESUME), Phase.ANALYZING, [EmitEvent]
+    ),
+    "promote-while-analyzing-skips-steps": Row(
+        st(Phase.ANALYZING),
+        ctl(Command.PROMOTE),
+        Phase.PROMOTING,
+        [Promote, EmitEvent],
+        expect={"reason": Reason.MANUAL_PROMOTE, "weight": 100},
+    ),
+    "promote-while-paused": Row(
+        st(Phase.PAUSED), ctl(Command.PROMOTE), Phase.PROMOTING, [Promote, EmitEvent]
+    ),
+    "promote-while-evaluating-skips-gate": Row(
+        st(Phase.EVALUATING), ctl(Command.PROMOTE), Phase.PROMOTING, [CancelEvaluation, Promote, EmitEvent]
+    ),
+    "promote-before-canary-ready-is-ignored": Row(
+        st(Phase.DEPLOYING), ctl(Command.PROMOTE), Phase.DEPLOYING, [EmitEvent]
+    ),
+    "promote-without-rollout-is-ignored": Row(
+        st(Phase.PROMOTED), ctl(Command.PROMOTE), Phase.PROMOTED, [EmitEvent]
+    ),
+    "abort-while-stepping": Row(
+        st(Phase.STEPPING),
+        ctl(Command.ABORT),
+        Phase.ROLLING_BACK,
+        [SetWeight, Rollback, EmitEvent],
+        expect={"decision": Decision.ABORTED, "reason": Reason.ABORTED},
+    ),
+    "abort-while-evaluating": Row(
+        st(Phase.EVALUATING),
+        ctl(Command.ABORT),
+        Phase.ROLLING_BACK,
+        [CancelEvaluation, SetWeight, Rollback, EmitEvent],
+    ),
+    "abort-while-paused": Row(
+        st(Phase.PAUSED), ctl(Command.ABORT), Phase.ROLLING_BACK, [SetWeight, Rollback, EmitEvent]
+    ),
+    "abort-without-rollout-is-ignored": Row(
+        st(Phase.ROLLED_BACK), ctl(Command.ABORT), Phase.ROLLED_BACK, [EmitEvent]
+    ),
+    "handled-control-is-not-replayed": Row(
+        st(Phase.ANALYZING, handled_control="abort@1"), ctl(Command.ABORT), Phase.ANALYZING, []
+    ),
+}
+
+
+@pytest.mark.parametrize("row", list(ROWS.values()), ids=list(ROWS))
+def test_transition(row: Row) -> None:
+    new, actions = advance(row.state, row.inputs, row.spec, T0 + row.after, row.settings)
+    assert new.phase is row.phase
+    assert [type(a) for a in actions] == row.actions
+    for name, value in (row.expect or {}).items():
+        assert getattr(new, name) == value, name
+    if row.inputs.control is not None:
+        assert new.handled_control == row.inputs.control.id
+
+
+def test_every_phase_is_covered_by_a_row() -> None:
+    assert {row.state.phase for row in ROWS.values()} == set(Phase)
+    assert {row.phase for row in ROWS.values()} == set(Phase)
+
+
+def test_advance_is_pure_and_repeatable() -> None:
+    state, inputs = st(Phase.ANALYZING), obs(analysis=PASS_WINDOW)
+    now = T0 + timedelta(minutes=5)
+    assert advance(state, inputs, SPEC, now) == advance(state, inputs, SPEC, now)
+
+
+def events(actions: tuple[Action, ...]) -> list[EmitEvent]:
+    return [a for a in actions if isinstance(a, EmitEvent)]
+
+
+def test_rollback_event_and_status_say_why_the_revision_is_not_live() -> None:
+    state, _ = advance(st(Phase.EVALUATING), obs(evaluation=FAIL_EVAL), SPEC, T0)
+    state, actions = advance(state, obs(), SPEC, T0 + timedelta(seconds=30))
+    assert state.phase is Phase.ROLLED_BACK
+    assert "r2 is not live" in state.message and "evaluation gate failed: worse" in state.message
+    assert events(actions)[0].type == "Warning"
+    entry = state.history[-1]
+    assert (entry.revision, entry.decision, entry.eval_score, entry.baseline_score) == (
+        "r2",
+        Decision.ROLLED_BACK,
+        0.7,
+        0.88,
+    )
+
+
+# --- scenarios: drive the machine as a handler would ------------------------------------------
+
+
+def run(
+    state: RolloutState,
+    spec: RolloutSpec | None,
+    script: list[tuple[timedelta, Inputs]],
+    restart: bool = False,
+) -> tuple[RolloutState, list[Action]]:
+    """Feed inputs in order; with ``restart``, round-trip the state through JSON status between ticks."""
+    performed: list[Action] = []
+    for offset, inputs in script:
+        if restart:
+            state = RolloutState.from_status(json.loads(json.dumps(state.to_status())))
+        state, actions = advance(state, inputs, spec, T0 + offset)
+        performed += actions
+    return state, performed
+
+
+def happy_script() -> list[tuple[timedelta, Inputs]]:
+    m = timedelta(minutes=1)
+    return [
+        (0 * m, obs(desired_revision="r1")),
+        (1 * m, obs()),  # spec moved to r2
+        (2 * m, obs(canary_present=True, canary_ready_replicas=1)),
+        (3 * m, obs(canary_present=True, canary_ready_replicas=1, evaluation_running=True)),
+        (9 * m, obs(canary_present=True, canary_ready_replicas=1, evaluation=PASS_EVAL)),
+        (10 * m, obs(total_replicas=4, canary_present=True, canary_ready_replicas=1)),
+        (15 * m, obs(canary_present=True, canary_ready_replicas=1)),  # window over → RunAnalysis
+        (15 * m, obs(canary_present=True, canary_ready_replicas=1, analysis=PASS_WINDOW)),
+        (16 * m, obs(total_replicas=4, canary_present=True, canary_ready_replicas=2)),
+        (26 * m, obs(canary_present=True, canary_ready_replicas=2, analysis=PASS_WINDOW)),
+        (27 * m, obs(canary_present=True, stable_revision_live="r1")),
+        (28 * m, obs(canary_present=False, stable_revision_live="r2")),
+    ]
+
+
+@pytest.mark.parametrize("restart", [False, True], ids=["straight", "restart-every-tick"])
+def test_happy_path_promotes_through_every_step(restart: bool) -> None:
+    state, actions = run(RolloutState(), SPEC, happy_script(), restart=restart)
+    assert state.phase is Phase.PROMOTED and state.stable_revision == "r2"
+    weights = [a.weight for a in actions if isinstance(a, SetWeight)]
+    assert weights == [0, 10, 50]
+    first_eval = next(i for i, a in enumerate(actions) if isinstance(a, StartEvaluation))
+    first_traffic = next(i for i, a in enumerate(actions) if isinstance(a, SetWeight) and a.weight > 0)
+    assert first_eval < first_traffic  # evaluation before any user traffic
+    assert [type(a) for a in actions].count(RunAnalysis) == 1
+    assert state.history[-1].decision is Decision.PROMOTED
+
+
+def test_restart_mid_rollout_reaches_the_same_decision() -> None:
+    script = happy_script()[:7] + [
+        (timedelta(minutes=15), obs(canary_present=True, canary_ready_replicas=1, analysis=FAIL_WINDOW)),
+        (timedelta(minutes=16), obs()),
+    ]
+    straight, _ = run(RolloutState(), SPEC, script)
+    restarted, _ = run(RolloutState(), SPEC, script, restart=True)
+    assert straight == restarted
+    assert straight.phase is Phase.ROLLED_BACK and straight.reason is Reason.ANALYSIS_FAILED
+
+
+def test_status_round_trip_is_exact() -> None:
+    entry = HistoryEntry(
+        "r0", Decision.PROMOTED, Reason.STEPS_COMPLETE, "ok", T0, T0 + timedelta(hours=1), 0.9, 0.88, -0.01
+    )
+    state = st(
+        Phase.ANALYZING,
+        window_extensions=2,
+        eval_score=0.91,
+        baseline_score=0.9,
+        eval_lower_bound=-0.012,
+        eval_cases=300,
+        failing_case_ids=("a", "b"),
+        hold=False,
+        handled_control="pause@x",
+        rejected_revision="r0",
+        reason=Reason.WINDOW_EXTENDED,
+        message="m",
+        history=(entry,),
+    )
+    status = json.loads(json.dumps(state.to_status()))
+    assert set(status) == {"stable", "canary", "rolloutHistory"}
+    assert RolloutState.from_status(status) == state
+    assert RolloutState.from_status(None) == RolloutState()
+
+
+def test_history_is_bounded() -> None:
+    state = RolloutState(stable_revision="r0")
+    for i in range(1, 15):
+        state, _ = advance(state, obs(desired_revision=f"r{i}"), None, T0 + timedelta(minutes=i))
+    assert len(state.history) == DEFAULT_SETTINGS.history_limit
+    assert state.history[-1].revision == "r14"
+
+
+def test_gate_result_feeds_the_machine() -> None:
+    gate = evaluate_gate(outcomes_from_pairs([(True, True)] * 280 + [(False, True)] * 20), min_score=0.8)
+    result = EvalResult.from_gate(gate)
+    state, _ = advance(st(Phase.EVALUATING), obs(evaluation=result), SPEC, T0)
+    assert state.phase is Phase.ROLLING_BACK
+    assert state.eval_score == pytest.approx(280 / 300) and state.baseline_score == 1.0
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("total", "weight", "split"),
+    [
+        pytest.param(10, 0, (10, 0), id="no-traffic"),
+        pytest.param(10, 100, (0, 10), id="all-traffic"),
+        pytest.param(10, 10, (9, 1), id="exact-10pct"),
+        pytest.param(10, 25, (7, 3), id="round-half-up"),
+        pytest.param(4, 10, (3, 1), id="canary-at-least-one"),
+        pytest.param(4, 99, (1, 3), id="stable-at-least-one"),
+        pytest.param(3, 50, (1, 2), id="nearest-of-1.5"),
+        pytest.param(1, 10, (1, 1), id="single-replica-runs-both"),
+        pytest.param(0, 50, (0, 0), id="scaled-to-zero"),
+        pytest.param(20, 33, (13, 7), id="20-at-33pct"),
+    ],
+)
+def test_split_replicas(total: int, weight: int, split: tuple[int, int]) -> None:
+    assert split_replicas(total, weight) == split
+    stable, canary = split
+    if total >= 2:
+        assert stable + canary == total
+
+
+def test_split_realises_the_nearest_weight() -> None:
+    for total in range(2, 41):
+        for weight in range(1, 100):
+            _, canary = split_replicas(total, weight)
+            best = min(range(1, total), key=lambda c: abs(c / total - weight / 100))
+            assert abs(canary / total - weight / 100) <= abs(best / total - weight / 100) + 1e-12
+
+
+@pytest.mark.parametrize(
+    ("state", "split"),
+    [
+        pytest.param(st(Phase.EVALUATING), (6, 1), id="evaluation-replica-beside-stable"),
+        pytest.param(st(Phase.PAUSED, weight=0), (6, 1), id="paused-before-traffic"),
+        pytest.param(st(Phase.ANALYZING, weight=50), (3, 3), id="step"),
+        pytest.param(st(Phase.ROLLING_BACK), (6, 0), id="rolling-back"),
+        pytest.param(st(Phase.IDLE), (6, 0), id="idle"),
+    ],
+)
+def test_replicas_for(state: RolloutState, split: tuple[int, int]) -> None:
+    assert replicas_for(state, 6) == split
+
+
+@pytest.mark.parametrize(
+    ("value", "control"),
+    [
+        ("promote@2026-11-26T10:00:00Z", ManualControl(Command.PROMOTE, "promote@2026-11-26T10:00:00Z")),
+        ("Pause", ManualControl(Command.PAUSE, "Pause")),
+        ("explode@1", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_parse_control(value: str | None, control: ManualControl | None) -> None:
+    assert parse_control(value) == control
+
+
+def test_window_end_counts_extensions_with_a_minimum() -> None:
+    quick = RolloutSpec(steps=(Step(10, 0),), analysis=True)
+    state = st(Phase.ANALYZING, window_extensions=2)
+    assert window_end(state, quick) == T0 + timedelta(minutes=2)
+    assert window_end(state, SPEC) == T0 + timedelta(minutes=15)
