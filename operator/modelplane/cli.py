@@ -16,6 +16,7 @@ from collections.abc import Sequence
 #: Modules that contribute subcommands, in the order ``--help`` lists them.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "modelplane.devcluster.cli",
+    "modelplane.run",
     "modelplane.planner.cli",
 )
 

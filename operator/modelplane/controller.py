@@ -1,0 +1,239 @@
+"""The reconcile loop's shell: read the world, call the pure core, apply the result, write status.
+
+kopf's event handlers feed this controller the ModelDeployments they see (``observe``) and poke it
+when a child changes (``poke_owner``). ``run`` reconciles a poked object at once and every object
+every ``resync_seconds`` (the autoscaler's beat). A per-object lock keeps two reconciles of one
+object from interleaving. Everything that decides lives in ``modelplane.reconcile`` and the cores
+it calls; this module does I/O only: list children, scrape metrics, apply, delete, post Events.
+
+Writes are made only when something changed: a child is applied when its rendered content hash
+differs from the hash it carries, and status is written when it differs from what the object has,
+so a resync of an unchanged object makes no write at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+
+from modelplane import kube, opmetrics, scrape
+from modelplane import reconcile as core
+from modelplane.api.models import FIELD_MANAGER, GROUP, KIND, VERSION
+from modelplane.autoscaler.policy import PolicyState
+
+log = logging.getLogger("modelplane.controller")
+
+Key = tuple[str, str]  # (namespace, name)
+
+
+@dataclass
+class Settings:
+    """Operator settings (``modelplane run`` flags and the chart's values)."""
+
+    resync_seconds: float = 2.0
+    scrape_timeout_seconds: float = 2.0
+    #: Nodes change rarely; reading them on every reconcile would be wasted load.
+    nodes_cache_seconds: float = 30.0
+    prices: Mapping[str, float] = field(default_factory=dict)
+    max_concurrent_reconciles: int = 8
+
+
+@dataclass
+class _Memory:
+    """What the controller remembers per object between reconciles (lost on restart, by design:
+    the autoscaler then starts from the replicas it finds, the rollout from status)."""
+
+    policy: PolicyState = field(default_factory=PolicyState)
+    last_status_hash: str | None = None
+
+
+class Controller:
+    def __init__(self, client: kube.Kube, settings: Settings | None = None) -> None:
+        self.kube = client
+        self.settings = settings or Settings()
+        self.known: dict[Key, dict[str, Any]] = {}
+        self.memory: dict[Key, _Memory] = {}
+        self._locks: dict[Key, asyncio.Lock] = {}
+        self._dirty: set[Key] = set()
+        self._wake = asyncio.Event()
+        self._nodes: tuple[float, list[dict[str, Any]]] = (0.0, [])
+        self._http: aiohttp.ClientSession | None = None
+        self._instance = f"{socket.gethostname()}-{os.getpid()}"
+        self.alive_at = time.monotonic()
+
+    # --- feeding --------------------------------------------------------------------------
+
+    def observe(self, event_type: str, body: dict[str, Any]) -> None:
+        meta = body.get("metadata") or {}
+        key = (str(meta.get("namespace")), str(meta.get("name")))
+        if event_type == "DELETED":
+            self.known.pop(key, None)
+            self.memory.pop(key, None)
+            opmetrics.forget(*key)
+            return
+        self.known[key] = body
+        self._dirty.add(key)
+        self._wake.set()
+
+    def poke_owner(self, namespace: str | None, labels: Mapping[str, str]) -> None:
+        owner = labels.get("modelplane.dev/model-deployment")
+        if namespace and owner and (namespace, owner) in self.known:
+            self._dirty.add((namespace, owner))
+            self._wake.set()
+
+    # --- the loop -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Reconcile poked objects at once and all of them every ``resync_seconds``; forever."""
+        self._http = aiohttp.ClientSession()
+        semaphore = asyncio.Semaphore(self.settings.max_concurrent_reconciles)
+        next_resync = time.monotonic()
+        try:
+            while True:
+                self.alive_at = time.monotonic()
+                timeout = max(0.0, next_resync - time.monotonic())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+                self._wake.clear()
+                if time.monotonic() >= next_resync:
+                    keys = set(self.known)
+                    next_resync = time.monotonic() + self.settings.resync_seconds
+                else:
+                    keys = set(self._dirty)
+                self._dirty.clear()
+
+                async def one(key: Key) -> None:
+                    async with semaphore:
+                        await self.reconcile(key)
+
+                await asyncio.gather(*(one(k) for k in sorted(keys)))
+        finally:
+            await self._http.close()
+
+    async def reconcile(self, key: Key) -> None:
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            body = self.known.get(key)
+            if body is None or body.get("metadata", {}).get("deletionTimestamp"):
+                return
+            started = time.monotonic()
+            try:
+                await self._reconcile(key, body)
+                opmetrics.RECONCILES.labels(*key, "ok").inc()
+            except kube.NotFound:
+                # Deleted under us (or its namespace is going): owner references clean up.
+                opmetrics.RECONCILES.labels(*key, "gone").inc()
+            except Exception as exc:
+                # Logged with the object and retried on the next beat; never swallowed silently.
+                opmetrics.RECONCILES.labels(*key, "error").inc()
+                opmetrics.RECONCILE_ERRORS.labels(*key, type(exc).__name__).inc()
+                log.exception("reconcile of %s/%s failed: %s", key[0], key[1], exc)
+            finally:
+                opmetrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
+
+    # --- one reconcile --------------------------------------------------------------------
+
+    async def _reconcile(self, key: Key, body: dict[str, Any]) -> None:
+        namespace, name = key
+        selector = f"modelplane.dev/model-deployment={name}"
+        deployments, services, pdbs, pods, events, nodes = await asyncio.gather(
+            self.kube.list(kube.DEPLOYMENTS, namespace=namespace, label_selector=selector),
+            self.kube.list(kube.SERVICES, namespace=namespace, label_selector=selector),
+            self.kube.list(kube.PDBS, namespace=namespace, label_selector=selector),
+            self.kube.list(kube.PODS, namespace=namespace, label_selector=selector),
+            self.kube.list(kube.EVENTS, namespace=namespace,
+                           field_selector="reason=FailedScheduling"),
+            self._cached_nodes(),
+        )
+        observed = core.Observed(
+            body=body, deployments=tuple(deployments), services=tuple(services),
+            pdbs=tuple(pdbs), pods=tuple(pods), events=tuple(events), nodes=tuple(nodes),
+            now=datetime.now(UTC), monotonic=time.monotonic())
+        memory = self.memory.setdefault(key, _Memory())
+        prepared = core.prepare(observed, prices=self.settings.prices)
+
+        metrics: tuple[scrape.ScrapeResult, ...] = ()
+        if prepared.scrape_targets and self._http is not None:
+            metrics = tuple(await scrape.scrape_all(
+                self._http, prepared.scrape_targets, served_name=prepared.served_name,
+                timeout=self.settings.scrape_timeout_seconds))
+            for scraped in metrics:
+                if scraped.error:
+                    opmetrics.SCRAPE_ERRORS.labels(namespace, name).inc()
+                    log.debug("scrape %s: %s", scraped.pod, scraped.error)
+
+        result = core.finish(prepared, observed, metrics=metrics, policy_state=memory.policy)
+        memory.policy = result.policy_state
+
+        for child in result.apply:
+            await self.kube.apply(child)
+            opmetrics.API_WRITES.labels(child["kind"], "apply").inc()
+        for resource, child_name in result.delete:
+            if await self.kube.delete(resource, child_name, namespace=namespace):
+                opmetrics.API_WRITES.labels(resource.kind, "delete").inc()
+        if result.status is not None:
+            await self.kube.apply({"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND,
+                                   "metadata": {"name": name, "namespace": namespace},
+                                   "status": result.status},
+                                  subresource="status", field_manager=FIELD_MANAGER)
+            opmetrics.API_WRITES.labels(KIND, "status").inc()
+        for event in result.events:
+            await self.post_event(body, event)
+        self._export(key, result)
+
+    def _export(self, key: Key, result: core.Result) -> None:
+        status = result.effective_status
+        phase = str(status.get("phase") or "Unknown")
+        for labels in list(opmetrics.PHASE._metrics):  # noqa: SLF001
+            if labels[:2] == key and labels[2] != phase:
+                opmetrics.PHASE.remove(*labels)
+        opmetrics.PHASE.labels(*key, phase).set(1)
+        opmetrics.DESIRED_REPLICAS.labels(*key).set(float(status.get("desiredReplicas") or 0))
+        opmetrics.READY_REPLICAS.labels(*key).set(float(status.get("readyReplicas") or 0))
+        opmetrics.HOURLY_USD.labels(*key).set(float((status.get("cost") or {}).get("hourlyUSD") or 0))
+        if result.queue_depth is not None:
+            opmetrics.QUEUE_DEPTH.labels(*key).set(result.queue_depth)
+        for event in result.events:
+            if event.scaling:
+                opmetrics.SCALE_DECISIONS.labels(*key, event.reason).inc()
+            if event.rollout:
+                opmetrics.ROLLOUT_DECISIONS.labels(*key, event.reason).inc()
+
+    async def _cached_nodes(self) -> list[dict[str, Any]]:
+        fetched_at, nodes = self._nodes
+        if time.monotonic() - fetched_at > self.settings.nodes_cache_seconds or not nodes:
+            nodes = await self.kube.list(kube.NODES)
+            self._nodes = (time.monotonic(), nodes)
+        return nodes
+
+    async def post_event(self, body: Mapping[str, Any], event: core.EventSpec) -> None:
+        """A core/v1 Event on the ModelDeployment, as `kubectl describe` shows it."""
+        meta = body["metadata"]
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        try:
+            await self.kube.create({
+                "apiVersion": "v1", "kind": "Event",
+                "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+                "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND,
+                                   "name": meta["name"], "namespace": meta["namespace"],
+                                   "uid": meta.get("uid")},
+                "type": event.type, "reason": event.reason, "message": event.message[:1024],
+                "source": {"component": "modelplane"}, "reportingComponent": "modelplane",
+                "reportingInstance": self._instance, "firstTimestamp": now, "lastTimestamp": now,
+                "count": 1, "action": event.reason,
+            })
+            opmetrics.API_WRITES.labels("Event", "create").inc()
+        except kube.ApiError as exc:
+            # An Event is a courtesy: losing one must not fail the reconcile that made the change.
+            log.warning("could not post event %s on %s/%s: %s", event.reason, meta["namespace"],
+                        meta["name"], exc)

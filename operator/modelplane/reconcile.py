@@ -1,0 +1,432 @@
+"""The reconcile core: observed world → children to apply or delete, status, Events. Pure.
+
+``prepare`` parses the spec and plans the GPU shape; the controller then scrapes the ready pods it
+names; ``finish`` runs the autoscaler, decides which revision's Deployment serves, renders the
+children and builds the status. Nothing here does I/O or reads a clock: time comes in
+``Observed``. The controller applies what comes out, and only what changed:
+
+- a child is in ``Result.apply`` only when its content hash differs from the one it carries;
+- ``Result.status`` is None when the status would not change.
+
+A change of the model (source or revision) without ``spec.rollout`` switches directly: the new
+revision's Deployment starts beside the old one, which keeps serving until a new replica is Ready
+and is deleted then. (Rollouts behind the evaluation gate drive the same two Deployments through
+``modelplane.rollout``.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from modelplane import gpus, health, kube, render
+from modelplane.api.models import (
+    Condition,
+    ConditionStatus,
+    InvalidSpecError,
+    ModelDeployment,
+    ModelDeploymentStatus,
+    Phase,
+    ScalingMode,
+)
+from modelplane.autoscaler import policy
+from modelplane.planner.plan import NodeShape, Plan, SpecError, build_plan, plan_request_from_spec
+from modelplane.scrape import ScrapeResult, ScrapeTarget
+
+Obj = Mapping[str, Any]
+
+#: Annotation on each child with the hash of what the operator last rendered for it.
+APPLIED_HASH = "modelplane.dev/applied-hash"
+
+
+class Reason(StrEnum):
+    """Condition reasons of the reconcile itself (problems with pods: ``health.Reason``)."""
+
+    INVALID_SPEC = "InvalidSpec"
+    ALL_REPLICAS_READY = "AllReplicasReady"
+    REPLICAS_STARTING = "ReplicasStarting"
+    SCALED_TO_ZERO = "ScaledToZero"
+    SWITCHING_REVISION = "SwitchingRevision"
+    STABLE = "Stable"
+    HEALTHY = "Healthy"
+    WITHIN_LIMITS = "WithinLimits"
+    APPLIED = "Applied"
+    DELETED = "Deleted"
+    PLANNED = "Planned"
+
+
+@dataclass(frozen=True)
+class Observed:
+    body: Obj
+    deployments: tuple[Obj, ...] = ()
+    services: tuple[Obj, ...] = ()
+    pdbs: tuple[Obj, ...] = ()
+    pods: tuple[Obj, ...] = ()
+    events: tuple[Obj, ...] = ()
+    nodes: tuple[Obj, ...] = ()
+    now: datetime = datetime(1970, 1, 1)
+    monotonic: float = 0.0  #: the autoscaler's clock
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    type: str  #: Normal | Warning
+    reason: str
+    message: str
+    scaling: bool = False
+    rollout: bool = False
+
+
+@dataclass(frozen=True)
+class Prepared:
+    md: ModelDeployment | None
+    invalid: str | None = None
+    plan: Plan | None = None
+    #: Render with this many GPUs per replica; None when nothing may be rendered.
+    gpus_per_replica: int | None = None
+    tensor_parallel_size: int = 1
+    gpu_type: str | None = None
+    startup_budget_seconds: int = render.DEFAULT_STARTUP_BUDGET_SECONDS
+    served_name: str | None = None
+    scrape_targets: tuple[ScrapeTarget, ...] = ()
+
+
+@dataclass(frozen=True)
+class Result:
+    apply: tuple[dict[str, Any], ...] = ()
+    delete: tuple[tuple[kube.Resource, str], ...] = ()
+    status: dict[str, Any] | None = None  #: None: unchanged, nothing to write
+    effective_status: dict[str, Any] = field(default_factory=dict)
+    events: tuple[EventSpec, ...] = ()
+    policy_state: policy.PolicyState = field(default_factory=policy.PolicyState)
+    queue_depth: float | None = None
+
+
+# --- prepare: spec and plan -----------------------------------------------------------------------
+
+
+def node_shapes(nodes: Sequence[Obj]) -> list[NodeShape]:
+    """The cluster's GPU node shapes (type, GPUs per node, how many such nodes) for the planner."""
+    counts: dict[tuple[str, int], int] = {}
+    for node in nodes:
+        labels = node.get("metadata", {}).get("labels") or {}
+        gpu = gpus.by_product(str(labels.get(gpus.PRODUCT_LABEL, "")))
+        alloc = int((node.get("status", {}).get("allocatable") or {}).get(gpus.GPU_RESOURCE, 0))
+        if gpu is not None and alloc > 0:
+            counts[(gpu.name, alloc)] = counts.get((gpu.name, alloc), 0) + 1
+    return [NodeShape(gpu_type=t, gpus_per_node=n, nodes=c) for (t, n), c in sorted(counts.items())]
+
+
+def prepare(observed: Observed, *, prices: Mapping[str, float]) -> Prepared:
+    try:
+        md = ModelDeployment.parse(observed.body)
+    except InvalidSpecError as exc:
+        return Prepared(md=None, invalid=str(exc))
+    spec_raw = md.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+    try:
+        request = plan_request_from_spec(spec_raw)
+    except SpecError as exc:
+        return Prepared(md=md, invalid=str(exc))
+    catalog = gpus.with_prices(prices)
+    shapes = node_shapes(observed.nodes)
+    plan = build_plan(request, catalog, node_shapes=shapes or None)
+    served = md.spec.model.served_name or md.name
+    targets = tuple(
+        ScrapeTarget(pod=p["metadata"]["name"], ip=p["status"]["podIP"], port=render.PORT)
+        for p in observed.pods
+        if health.is_ready(p) and (p.get("status") or {}).get("podIP"))
+    budget = plan.startup_budget_seconds or render.DEFAULT_STARTUP_BUDGET_SECONDS
+    count = md.spec.resources.gpu.count
+    if plan.fits:
+        return Prepared(md=md, plan=plan, gpus_per_replica=plan.gpus_per_replica,
+                        tensor_parallel_size=plan.tensor_parallel_size, gpu_type=plan.gpu_type,
+                        startup_budget_seconds=budget, served_name=served, scrape_targets=targets)
+    if count != "auto":
+        # The user fixed the count: render it and let the scheduler speak (InsufficientGPU names
+        # the numbers); the plan's reason still shows in status.plan.
+        return Prepared(md=md, plan=plan, gpus_per_replica=int(count),
+                        tensor_parallel_size=int(count), gpu_type=None,
+                        startup_budget_seconds=budget, served_name=served, scrape_targets=targets)
+    return Prepared(md=md, plan=plan, served_name=served, scrape_targets=targets)
+
+
+# --- finish: replicas, revisions, children, status -----------------------------------------------
+
+
+def content_hash(manifest: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True, separators=(",", ":"))
+                          .encode()).hexdigest()[:16]
+
+
+def _with_hash(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    out = json.loads(json.dumps(manifest))
+    out["metadata"].setdefault("annotations", {})[APPLIED_HASH] = content_hash(manifest)
+    return dict(out)
+
+
+def _ready_replicas(deployment: Obj | None) -> int:
+    if deployment is None:
+        return 0
+    return int((deployment.get("status") or {}).get("readyReplicas") or 0)
+
+
+def _spec_replicas(deployment: Obj | None) -> int:
+    if deployment is None:
+        return 0
+    return int((deployment.get("spec") or {}).get("replicas") or 0)
+
+
+def _autoscale(prepared: Prepared, observed: Observed, metrics: Sequence[ScrapeResult],
+               state: policy.PolicyState, current: int) -> tuple[int, policy.Decision | None]:
+    md = prepared.md
+    assert md is not None
+    scaling = md.spec.scaling
+    if scaling.mode == ScalingMode.EXTERNAL:
+        # HPA or KEDA writes spec.replicas through /scale; the built-in autoscaler steps aside.
+        return (md.spec.replicas if md.spec.replicas is not None else max(current, 1)), None
+    plan = prepared.plan
+    usd = plan.usd_per_hour_per_replica if plan is not None and plan.fits else 0.0
+    spec = policy.policy_spec_from_scaling(
+        md.spec.scaling.model_dump(mode="json", by_alias=True, exclude_none=True),
+        usd_per_replica_hour=usd, replica_concurrency=md.spec.engine.max_num_seqs or 256)
+    by_pod = {m.pod: m for m in metrics}
+    ready, starting = [], []
+    for pod in observed.pods:
+        meta = pod.get("metadata") or {}
+        if meta.get("deletionTimestamp"):
+            continue
+        name = str(meta.get("name"))
+        if health.is_ready(pod):
+            result = by_pod.get(name)
+            ready.append(policy.ReadyPod(name=name, metrics=result.metrics if result else None))
+        else:
+            started = health.parse_time(meta.get("creationTimestamp"))
+            age = (observed.now - started).total_seconds() if started else 0.0
+            starting.append(policy.StartingPod(name=name, age_seconds=age))
+    obs = policy.Observation(now=observed.monotonic, current_replicas=current,
+                             ready=tuple(ready), starting=tuple(starting))
+    decision = policy.decide(obs, spec, state)
+    return decision.desired_replicas, decision
+
+
+def _condition(type_: str, status: bool, reason: str, message: str, *, now: datetime,
+               generation: int | None, previous: Mapping[str, Condition]) -> Condition:
+    value = ConditionStatus.TRUE if status else ConditionStatus.FALSE
+    prev = previous.get(type_)
+    # The transition time moves only when the status flips, as Kubernetes conventions ask.
+    since = prev.last_transition_time if prev is not None and prev.status == value else now
+    return Condition(type=type_, status=value, reason=reason, message=message,
+                     last_transition_time=since, observed_generation=generation)
+
+
+def _normalise(status: Mapping[str, Any]) -> dict[str, Any]:
+    """A status as the API would hand it back, so that equal statuses compare equal."""
+    try:
+        model = ModelDeploymentStatus.model_validate(dict(status))
+    except ValueError:
+        return {}
+    return dict(model.model_dump(mode="json", by_alias=True, exclude_none=True))
+
+
+def finish(prepared: Prepared, observed: Observed, *, metrics: Sequence[ScrapeResult] = (),
+           policy_state: policy.PolicyState | None = None) -> Result:
+    policy_state = policy_state or policy.PolicyState()
+    body = observed.body
+    meta = body.get("metadata") or {}
+    generation = meta.get("generation")
+    now = observed.now.replace(microsecond=0)
+    old_status = dict(body.get("status") or {})
+    try:
+        previous_conditions = {c.type: c for c in ModelDeploymentStatus.model_validate(
+            old_status).conditions}
+    except ValueError:
+        previous_conditions = {}
+
+    def cond(type_: str, status: bool, reason: str, message: str) -> Condition:
+        return _condition(type_, status, reason, message, now=now, generation=generation,
+                          previous=previous_conditions)
+
+    events: list[EventSpec] = []
+    md = prepared.md
+    if md is None or prepared.invalid is not None:
+        message = f"the spec cannot be served: {prepared.invalid}"
+        status = ModelDeploymentStatus(
+            observed_generation=generation, phase=Phase.FAILED,
+            conditions=[cond("Ready", False, Reason.INVALID_SPEC, message),
+                        cond("Degraded", True, Reason.INVALID_SPEC, message)])
+        return _result(status, old_status, events=[EventSpec("Warning", Reason.INVALID_SPEC, message)],
+                       policy_state=policy_state)
+
+    # --- which revision serves -----------------------------------------------------------
+    name = md.name
+    source, revision = md.spec.model.source, md.spec.model.revision
+    desired_dep = render.deployment_name(name, source, revision)
+    deployments = {d["metadata"]["name"]: d for d in observed.deployments}
+    old_deps = [d for n, d in sorted(deployments.items()) if n != desired_dep]
+    switching = bool(old_deps) and _ready_replicas(deployments.get(desired_dep)) < 1
+
+    current = _spec_replicas(deployments.get(desired_dep))
+    if switching:
+        # While the new revision starts, the old one's replicas are what the fleet is.
+        current = max(current, max(_spec_replicas(d) for d in old_deps))
+    desired, decision = _autoscale(prepared, observed, metrics, policy_state, current)
+    new_policy_state = decision.state if decision is not None else policy_state
+    if decision is not None and decision.desired_replicas != (policy_state.last_desired
+                                                              if policy_state.last_desired is not None
+                                                              else current):
+        events.append(EventSpec("Normal", decision.reason, decision.message, scaling=True))
+
+    # --- children ----------------------------------------------------------------------------
+    apply: list[dict[str, Any]] = []
+    delete: list[tuple[kube.Resource, str]] = []
+    plan = prepared.plan
+    if prepared.gpus_per_replica is not None:
+        workload = render.WorkloadPlan(
+            role=render.Role.STABLE, source=source, revision=revision, replicas=desired,
+            gpu_type=prepared.gpu_type, gpus_per_replica=prepared.gpus_per_replica,
+            tensor_parallel_size=prepared.tensor_parallel_size,
+            startup_budget_seconds=prepared.startup_budget_seconds)
+        existing = {(c["kind"], c["metadata"]["name"]): c
+                    for c in (*observed.deployments, *observed.services, *observed.pdbs)}
+        for child in render.build_children(md, md.spec, [workload]):
+            manifest = _with_hash(child)
+            have = existing.get((child["kind"], child["metadata"]["name"]))
+            have_hash = ((have or {}).get("metadata", {}).get("annotations") or {}).get(APPLIED_HASH)
+            if have_hash != manifest["metadata"]["annotations"][APPLIED_HASH]:
+                apply.append(manifest)
+                verb = "updated" if have else "created"
+                detail = f" ({desired} replicas)" if child["kind"] == "Deployment" else ""
+                events.append(EventSpec("Normal", Reason.APPLIED,
+                                        f"{verb} {child['kind']} {child['metadata']['name']}{detail}"))
+        if not switching:
+            for dep in old_deps:
+                delete.append((kube.DEPLOYMENTS, dep["metadata"]["name"]))
+                events.append(EventSpec("Normal", Reason.DELETED,
+                                        f"deleted Deployment {dep['metadata']['name']}: revision "
+                                        f"{revision} serves now"))
+
+    # --- status ---------------------------------------------------------------------------------
+    counts = health.count_pods(observed.pods)
+    problem = health.first_problem(observed.pods, nodes=observed.nodes, events=observed.events,
+                                   now=observed.now,
+                                   startup_budget_seconds=prepared.startup_budget_seconds)
+    conditions: list[Condition] = []
+    if plan is not None and prepared.gpus_per_replica is None:
+        phase = Phase.FAILED
+        conditions += [cond("Ready", False, plan.reason_code, plan.reason),
+                       cond("Degraded", True, plan.reason_code, plan.reason)]
+    else:
+        ready_ok = desired >= 1 and counts.ready >= desired and problem is None
+        if problem is not None:
+            phase = Phase.DEGRADED
+            conditions.append(cond("Ready", counts.ready >= 1 and counts.ready >= desired,
+                                   problem.reason, problem.message))
+            conditions.append(cond("Degraded", True, problem.reason, problem.message))
+        else:
+            if desired == 0 and counts.total == 0:
+                phase = Phase.SCALED_TO_ZERO
+                conditions.append(cond("Ready", False, Reason.SCALED_TO_ZERO,
+                                       "no replicas: scaled to zero until requests arrive"))
+            elif ready_ok and not switching:
+                phase = Phase.READY
+                conditions.append(cond("Ready", True, Reason.ALL_REPLICAS_READY,
+                                       f"{counts.ready}/{desired} replicas ready"))
+            else:
+                phase = Phase.PROGRESSING
+                conditions.append(cond("Ready", False, Reason.REPLICAS_STARTING,
+                                       f"{counts.ready}/{desired} replicas ready"))
+            conditions.append(cond("Degraded", False, Reason.HEALTHY, "no problem seen"))
+        progressing = switching or counts.ready != desired or counts.total != desired
+        if switching:
+            conditions.append(cond("Progressing", True, Reason.SWITCHING_REVISION,
+                                   f"starting revision {revision}; the previous revision serves "
+                                   "until a new replica is ready"))
+        else:
+            conditions.append(cond("Progressing", progressing,
+                                   Reason.REPLICAS_STARTING if progressing else Reason.STABLE,
+                                   f"{counts.ready}/{desired} replicas ready"))
+    if decision is not None:
+        conditions.append(cond("ScalingLimited", decision.limited,
+                               decision.reason if decision.limited else Reason.WITHIN_LIMITS,
+                               decision.message))
+
+    serving_dep = old_deps[0] if switching else deployments.get(desired_dep)
+    serving_rev = (serving_dep or {}).get("metadata", {}).get("annotations", {}).get(
+        render.ANNOTATION_REVISION, revision) if switching else revision
+    gpus_per = prepared.gpus_per_replica or 0
+    replica_usd = plan.usd_per_hour_per_replica if plan is not None and plan.fits else 0.0
+    status_doc: dict[str, Any] = {
+        "observedGeneration": generation,
+        "phase": phase,
+        "replicas": counts.total,
+        "readyReplicas": counts.ready,
+        "desiredReplicas": desired,
+        "selector": render.selector_string(md),
+        "conditions": [c.model_dump(mode="json", by_alias=True, exclude_none=True)
+                       for c in conditions],
+        "stable": {"revision": serving_rev,
+                   "source": source if not switching else
+                   (serving_dep or {}).get("metadata", {}).get("annotations", {}).get(
+                       render.ANNOTATION_SOURCE, source),
+                   "deployment": (serving_dep or {}).get("metadata", {}).get("name", desired_dep)},
+        "endpoint": render.endpoint(md),
+        "servingRevision": serving_rev,
+        "desiredRevisionLive": serving_rev == revision and not switching,
+    }
+    if plan is not None:
+        status_doc["plan"] = plan.to_status()
+        if prepared.gpus_per_replica is not None and not plan.fits:
+            status_doc["plan"]["gpusPerReplica"] = gpus_per
+            status_doc["plan"]["tensorParallelSize"] = prepared.tensor_parallel_size
+            status_doc["plan"]["shape"] = f"{gpus_per}x any allowed GPU"
+    cost: dict[str, Any] = {"hourlyUSD": round(counts.total * replica_usd, 4),
+                            "desiredHourlyUSD": round(desired * replica_usd, 4)}
+    if decision is not None and decision.usd_per_million_tokens is not None:
+        cost["usdPerMillionTokens"] = round(decision.usd_per_million_tokens, 4)
+    elif isinstance(old_status.get("cost"), Mapping) and "usdPerMillionTokens" in old_status["cost"]:
+        cost["usdPerMillionTokens"] = old_status["cost"]["usdPerMillionTokens"]
+    status_doc["cost"] = cost
+    queue_depth = None
+    if decision is not None:
+        queue_depth = decision.waiting / decision.ready if decision.ready else decision.waiting
+        previous_decision = (old_status.get("autoscaler") or {}).get("lastDecision") or {}
+        changed = previous_decision.get("desiredReplicas") != decision.desired_replicas or \
+            previous_decision.get("reason") != decision.reason
+        status_doc["autoscaler"] = {"lastDecision": {
+            # Only a new decision gets a new time: a resync that decides the same writes nothing.
+            "time": now.isoformat().replace("+00:00", "Z") if changed or not previous_decision
+            else previous_decision.get("time"),
+            "desiredReplicas": decision.desired_replicas,
+            "reason": f"{decision.reason}: {decision.message}" if changed or not previous_decision
+            else previous_decision.get("reason"),
+            "queueDepth": round(queue_depth, 3),
+            "runningRequests": round(decision.running, 3),
+        }}
+    status = ModelDeploymentStatus.model_validate(
+        {k: v for k, v in status_doc.items() if v is not None})
+    if plan is not None and (old_status.get("plan") or {}).get("reason") != plan.reason:
+        events.append(EventSpec("Normal" if plan.fits else "Warning",
+                                Reason.PLANNED if plan.fits else plan.reason_code, plan.reason))
+    if problem is not None and not any(
+            c.get("type") == "Degraded" and c.get("reason") == problem.reason
+            for c in old_status.get("conditions") or []):
+        events.append(EventSpec("Warning", problem.reason, problem.message))
+    return _result(status, old_status, events=events, policy_state=new_policy_state, apply=apply,
+                   delete=delete, queue_depth=queue_depth)
+
+
+def _result(status: ModelDeploymentStatus, old_status: Mapping[str, Any], *,
+            events: list[EventSpec], policy_state: policy.PolicyState,
+            apply: Sequence[dict[str, Any]] = (), delete: Sequence[tuple[kube.Resource, str]] = (),
+            queue_depth: float | None = None) -> Result:
+    new = dict(status.model_dump(mode="json", by_alias=True, exclude_none=True))
+    unchanged = _normalise(old_status) == new
+    return Result(apply=tuple(apply), delete=tuple(delete), status=None if unchanged else new,
+                  effective_status=new, events=tuple(events), policy_state=policy_state,
+                  queue_depth=queue_depth)
+

@@ -1,0 +1,119 @@
+"""``modelplane run``: the operator process — kopf, the controller loop, and /healthz + /metrics.
+
+The three run side by side on one event loop. /healthz answers 200 while the controller's loop
+has turned within the last minute, so a wedged operator is restarted by its liveness probe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import kopf
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from modelplane import kube, opmetrics
+from modelplane.controller import Controller, Settings
+
+log = logging.getLogger("modelplane")
+
+#: The controller loop turns every resync interval; a minute of silence means it is stuck.
+LIVENESS_SECONDS = 60.0
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "run", help="run the operator against the current kubeconfig (or in-cluster credentials)")
+    parser.add_argument("--namespace", "-n", action="append", default=[],
+                        help="watch only this namespace (repeatable); default: all namespaces")
+    parser.add_argument("--metrics-port", type=int, default=8080,
+                        help="port of /healthz and /metrics (default 8080; 0 disables)")
+    parser.add_argument("--metrics-host", default="0.0.0.0",
+                        help="address /healthz and /metrics listen on (default 0.0.0.0)")
+    parser.add_argument("--resync-seconds", type=float, default=2.0,
+                        help="how often every ModelDeployment is reconciled and its pods scraped")
+    parser.add_argument("--prices", type=Path, default=None,
+                        help="JSON or YAML file mapping GPU type to $/GPU-hour (provider prices)")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    parser.set_defaults(func=main)
+
+
+def load_prices(path: Path | None) -> dict[str, float]:
+    if path is None:
+        return {}
+    import yaml
+
+    from modelplane import gpus
+
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise SystemExit(f"{path}: expected a mapping of GPU type to $/GPU-hour")
+    prices = {str(k): float(v) for k, v in data.items()}
+    gpus.with_prices(prices)  # refuses unknown types and negative prices, naming them
+    return prices
+
+
+async def serve_http(controller: Controller, host: str, port: int) -> web.AppRunner:
+    async def healthz(_: web.Request) -> web.Response:
+        age = time.monotonic() - controller.alive_at
+        ok = age < LIVENESS_SECONDS
+        return web.Response(status=200 if ok else 503, text=json.dumps(
+            {"ok": ok, "loopAgeSeconds": round(age, 1), "modelDeployments": len(controller.known)}),
+            content_type="application/json")
+
+    async def metrics(_: web.Request) -> web.Response:
+        body = generate_latest(opmetrics.REGISTRY)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
+
+
+async def operate(args: argparse.Namespace) -> None:
+    import modelplane.handlers  # noqa: F401 — registers the kopf handlers
+
+    settings = Settings(resync_seconds=args.resync_seconds, prices=load_prices(args.prices))
+    async with kube.Kube(kube.auto_config()) as client:
+        controller = Controller(client, settings)
+        runner = None
+        if args.metrics_port:
+            runner = await serve_http(controller, args.metrics_host, args.metrics_port)
+            log.info("serving /healthz and /metrics on %s:%d", args.metrics_host, args.metrics_port)
+        loop_task = asyncio.create_task(controller.run(), name="modelplane-controller")
+        try:
+            # One replica by default; HA runs several with kopf peering: the chart's
+            # `ha.enabled` sets MODELPLANE_PEERING to the name of the peering object.
+            peering = os.environ.get("MODELPLANE_PEERING")
+            await kopf.operator(
+                clusterwide=not args.namespace, namespaces=list(args.namespace),
+                standalone=not peering, peering_name=peering,
+                memo=kopf.Memo(controller=controller))
+        finally:
+            loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop_task
+            if runner is not None:
+                await runner.cleanup()
+
+
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(operate(args))
+    except KeyboardInterrupt:
+        pass
+    return 0
