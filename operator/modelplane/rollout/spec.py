@@ -48,6 +48,8 @@ def parse_duration(value: str | float | int | None) -> float:
     text = value.strip()
     if not text:
         return 0.0
+    if re.fullmatch(r"\d+(?:\.\d+)?", text):
+        return float(text)
     match = _DURATION.match(text)
     if match is None or not any(match.groups()):
         raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 5m, 1h30m)")
