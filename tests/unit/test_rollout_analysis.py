@@ -59,7 +59,8 @@ def test_parse_snapshot_keeps_counters_gauges_histograms() -> None:
     assert snap.counter("vllm:request_success_total", model_name="other") == 0
     assert snap.gauges[("vllm:num_requests_running", (("model_name", "m"),))] == 3
     buckets = snap.buckets("vllm:time_to_first_token_seconds")
-    assert buckets[-1] == (math.inf, 100) and buckets[0] == (0.01, 0)
+    assert buckets[-1] == (math.inf, 100.0)
+    assert buckets[0] == (0.01, 0.0)
     assert snap.taken_at == 12.0
 
 
