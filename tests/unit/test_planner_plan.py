@@ -1,0 +1,254 @@
+"""The planner's decisions and messages: reason codes, fixed counts, node shapes, the spec adapter."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from modelplane import gpus
+from modelplane.planner import (
+    NodeShape,
+    PlanReason,
+    Precision,
+    SpecError,
+    build_plan,
+    estimate_memory,
+    kv_tokens,
+    match_model,
+    node_shapes_from_nodes,
+    plan_request_from_spec,
+    startup_budget_seconds,
+)
+from modelplane.planner.plan import format_tokens
+
+H100, H200, A100, L40S, L4 = ("nvidia-h100-80gb", "nvidia-h200-141gb", "nvidia-a100-80gb", "nvidia-l40s",
+                              "nvidia-l4")
+LLAMA_8B = "hf://meta-llama/Llama-3.1-8B-Instruct"
+LLAMA_70B = "hf://meta-llama/Llama-3.1-70B-Instruct"
+
+
+def md(source: str = LLAMA_8B, *, hints: dict[str, Any] | None = None, count: Any = None,
+       types: list[str] | None = None, **engine: Any) -> dict[str, Any]:
+    model: dict[str, Any] = {"source": source}
+    if hints is not None:
+        model["hints"] = hints
+    gpu: dict[str, Any] = {}
+    if count is not None:
+        gpu["count"] = count
+    if types is not None:
+        gpu["types"] = types
+    return {"model": model, "engine": engine, "resources": {"gpu": gpu}}
+
+
+def plan_for(spec: dict[str, Any], node_shapes: list[NodeShape] | None = None) -> Any:
+    return build_plan(plan_request_from_spec(spec), gpus.GPU_TYPES, node_shapes=node_shapes)
+
+
+@pytest.mark.parametrize(("spec", "code", "in_reason"), [
+    (md(maxModelLen=8192), PlanReason.FITS, "cheapest shape that fits"),
+    (md(LLAMA_70B, quantization="fp8", maxModelLen=131072, count=1, types=[H100]),
+     PlanReason.FIXED_COUNT_TOO_SMALL, "2x nvidia-h100-80gb would fit ($5.38/h)"),
+    (md(LLAMA_70B, count=3), PlanReason.FIXED_COUNT_INVALID, "use one of 1, 2, 4, 8"),
+    (md(count=16), PlanReason.FIXED_COUNT_EXCEEDS_NODE, "exceeds the 8 GPUs"),
+    (md("hf://deepseek-ai/DeepSeek-R1", types=[H100]), PlanReason.NO_SINGLE_NODE_FITS,
+     "16x nvidia-h100-80gb across 2 nodes"),
+    (md("hf://acme/secret"), PlanReason.UNKNOWN_MODEL_SIZE, "set spec.model.hints"),
+    (md("hf://acme/secret", hints={"parametersBillions": 7}), PlanReason.UNKNOWN_MODEL_SIZE,
+     "missing spec.model.hints: numLayers, hiddenSize, numAttentionHeads"),
+    (md("hf://acme/secret", hints={"parametersBillions": 7, "numLayers": 32, "hiddenSize": 4096,
+                                   "numAttentionHeads": 32}),
+     PlanReason.UNKNOWN_CONTEXT_LENGTH, "set spec.engine.maxModelLen"),
+    (md(maxModelLen=262144), PlanReason.CONTEXT_EXCEEDS_MODEL, "VLLM_ALLOW_LONG_MAX_MODEL_LEN"),
+    (md(types=["nvidia-b200"]), PlanReason.NO_ALLOWED_GPU_TYPE, "unknown GPU types nvidia-b200"),
+    (md("hf://meta-llama/Llama-4-Scout-17B-16E-Instruct"), PlanReason.NO_SINGLE_NODE_FITS,
+     "would fit with spec.engine.maxModelLen up to"),
+], ids=["fits", "fixed-too-small", "fixed-invalid-tp", "fixed-exceeds-node", "no-single-node",
+        "unknown-model", "incomplete-hints", "unknown-context", "context-too-long", "unknown-gpu-type",
+        "default-10m-context"])
+def test_reason_codes(spec: dict[str, Any], code: PlanReason, in_reason: str) -> None:
+    plan = plan_for(spec)
+    assert plan.reason_code is code
+    assert plan.fits is (code is PlanReason.FITS)
+    assert in_reason in plan.reason
+
+
+def test_fixed_count_that_fits_is_kept() -> None:
+    plan = plan_for(md(LLAMA_70B, quantization="fp8", maxModelLen=131072, count=4, types=[H100]))
+    assert plan.fits and plan.gpus_per_replica == 4 and plan.tensor_parallel_size == 4
+    assert "the requested 4x nvidia-h100-80gb fits" in plan.reason
+
+
+def test_fixed_count_picks_the_cheapest_type_it_fits_on() -> None:
+    plan = plan_for(md(count=1, maxModelLen=8192))
+    assert (plan.gpu_type, plan.gpus_per_replica) == (L4, 1)
+
+
+def test_unknown_model_with_fixed_count_still_names_a_shape() -> None:
+    """The handler may render a user's explicit count even when the model cannot be sized."""
+    plan = plan_for(md("hf://acme/secret", count=2, types=[L40S, H100]))
+    assert plan.reason_code is PlanReason.UNKNOWN_MODEL_SIZE and not plan.fits
+    assert (plan.gpu_type, plan.gpus_per_replica) == (L40S, 2)
+
+
+def test_long_context_allowed_with_the_env_override() -> None:
+    spec = md(maxModelLen=262144, env=[{"name": "VLLM_ALLOW_LONG_MAX_MODEL_LEN", "value": "1"}])
+    assert plan_for(spec).fits
+
+
+@pytest.mark.parametrize(("shapes", "want"), [
+    ([NodeShape(L4, 1), NodeShape(H100, 8)], (H100, 1)),  # L4 nodes hold one GPU: 2xL4 impossible
+    ([NodeShape(L4, 2), NodeShape(H100, 8)], (L4, 2)),
+    ([NodeShape(L40S, 4, nodes=3)], (L40S, 1)),
+], ids=["one-gpu-l4-nodes", "two-gpu-l4-nodes", "only-l40s-in-cluster"])
+def test_node_shapes_bound_the_choice(shapes: list[NodeShape], want: tuple[str, int]) -> None:
+    plan = plan_for(md(maxModelLen=131072), node_shapes=shapes)
+    assert plan.fits and (plan.gpu_type, plan.gpus_per_replica) == want
+
+
+def test_no_node_of_an_allowed_type() -> None:
+    plan = plan_for(md(types=[H200]), node_shapes=[NodeShape(L4, 1)])
+    assert plan.reason_code is PlanReason.NO_ALLOWED_GPU_TYPE
+    assert "no node in the cluster" in plan.reason
+
+
+def test_node_shapes_from_nodes() -> None:
+    def node(product: str, count: str, *, unschedulable: bool = False,
+             allocatable: bool = True) -> dict[str, Any]:
+        labels = {gpus.PRODUCT_LABEL: product, gpus.COUNT_LABEL: count}
+        return {"metadata": {"name": "n", "labels": labels}, "spec": {"unschedulable": unschedulable},
+                "status": {"allocatable": {gpus.GPU_RESOURCE: count} if allocatable else {}}}
+
+    nodes = [node("NVIDIA-H100-80GB-HBM3", "8"), node("NVIDIA-H100-80GB-HBM3", "8"),
+             node("NVIDIA-L4", "1", allocatable=False), node("NVIDIA-L4", "4", unschedulable=True),
+             node("Tesla-T4", "1"), {"metadata": {"name": "cpu"}}]
+    assert node_shapes_from_nodes(nodes) == (NodeShape(H100, 8, nodes=2), NodeShape(L4, 1, nodes=1))
+
+
+def test_status_has_exactly_the_api_fields() -> None:
+    status = plan_for(md(maxModelLen=8192)).to_status()
+    assert set(status) == {"gpuType", "gpusPerReplica", "tensorParallelSize", "hourlyUSDPerReplica", "shape",
+                           "memory", "reason"}
+    assert set(status["memory"]) == {"weightsGiB", "kvCacheGiB", "overheadGiB", "requiredGiB", "availableGiB"}
+    assert status["shape"] == "1x nvidia-l4" and status["hourlyUSDPerReplica"] == 0.8
+    assert status["memory"]["requiredGiB"] <= status["memory"]["availableGiB"]
+    assert set(plan_for(md("hf://acme/secret")).to_status()) == {"reason"}
+
+
+@pytest.mark.parametrize(("max_model_len", "max_num_seqs", "want"), [
+    (8192, None, 8192),  # one full-length sequence
+    (131072, None, 131072),
+    (8192, 1, 8192),
+    (8192, 64, 64 * 1024),  # 64 sequences at 1024 tokens each
+    (512, 64, 64 * 512),  # an average sequence cannot exceed the context
+    (131072, 16, 131072),  # never less than one full-length sequence
+], ids=["default", "default-long", "one-seq", "concurrency", "short-context", "at-least-one-full"])
+def test_kv_tokens(max_model_len: int, max_num_seqs: int | None, want: int) -> None:
+    assert kv_tokens(max_model_len=max_model_len, max_num_seqs=max_num_seqs) == want
+
+
+def test_more_concurrency_needs_a_bigger_shape() -> None:
+    small = plan_for(md(maxModelLen=8192))
+    busy = plan_for(md(maxModelLen=8192, maxNumSeqs=256))
+    assert small.fits and busy.fits
+    assert busy.memory is not None and small.memory is not None
+    assert busy.memory.kv_cache_gib == pytest.approx(32.0)  # 256 x 1024 tokens x 128 KiB
+    assert busy.usd_per_hour_per_replica > small.usd_per_hour_per_replica
+
+
+def test_fp8_kv_cache_halves_the_kv_memory() -> None:
+    base = plan_for(md(maxModelLen=131072, types=[H100]))
+    fp8 = plan_for(md(maxModelLen=131072, types=[H100], extraArgs=["--kv-cache-dtype", "fp8"]))
+    assert base.memory is not None and fp8.memory is not None
+    assert fp8.memory.kv_cache_gib == pytest.approx(base.memory.kv_cache_gib / 2)
+
+
+@pytest.mark.parametrize(("quantization", "dtype", "want"), [
+    (None, "auto", None), (None, "float16", Precision.FP16), ("fp8", "auto", Precision.FP8),
+    ("awq", "auto", Precision.INT4), ("gptq", "bfloat16", Precision.INT4),
+], ids=["native", "fp16", "fp8", "awq", "gptq"])
+def test_precision_from_spec(quantization: str | None, dtype: str, want: Precision | None) -> None:
+    assert plan_request_from_spec(md(quantization=quantization, dtype=dtype)).precision is want
+
+
+def test_config_json_arch_wins_over_hints_and_catalog() -> None:
+    match = match_model("hf://Qwen/Qwen3-8B")
+    assert match is not None
+    request = plan_request_from_spec(md(hints={"parametersBillions": 100}), config_arch=match.arch)
+    assert request.arch_source == "config.json" and request.arch is match.arch
+    hinted = plan_request_from_spec(md(hints={"parametersBillions": 9}))
+    assert hinted.arch_source == "catalog (Llama-3.1-8B) + hints"
+    assert hinted.arch is not None and hinted.arch.total_params == 9e9
+
+
+def test_config_note_reaches_the_reason() -> None:
+    request = plan_request_from_spec(md("hf://acme/secret"), config_note="Unauthorized: gated")
+    plan = build_plan(request, gpus.GPU_TYPES)
+    assert "Unauthorized: gated" in plan.reason
+
+
+@pytest.mark.parametrize(("spec", "field"), [
+    ({}, "spec.model.source"),
+    ({"model": {"source": "http://example.com/model"}}, "spec.model.source"),
+    ({"model": "hf://a/b"}, "spec.model"),
+    (md(maxModelLen="8k"), "spec.engine.maxModelLen"),
+    (md(maxModelLen=0), "spec.engine.maxModelLen"),
+    (md(maxNumSeqs=-1), "spec.engine.maxNumSeqs"),
+    (md(quantization="int3"), "spec.engine.quantization"),
+    (md(dtype="float32"), "spec.engine.dtype"),
+    (md(gpuMemoryUtilization=1.5), "spec.engine.gpuMemoryUtilization"),
+    (md(extraArgs="--foo"), "spec.engine.extraArgs"),
+    (md(count=0), "spec.resources.gpu.count"),
+    (md(count="two"), "spec.resources.gpu.count"),
+    (md(types="nvidia-l4"), "spec.resources.gpu.types"),
+    (md(hints={"parametersBillions": "seven"}), "spec.model.hints.parametersBillions"),
+    (md(hints={"numLayers": 3.5}), "spec.model.hints.numLayers"),
+    (md(hints={"layers": 32}), "spec.model.hints.layers"),
+], ids=["no-model", "bad-scheme", "model-not-mapping", "len-string", "len-zero", "seqs-negative",
+        "quantization", "dtype", "utilization", "extra-args", "count-zero", "count-word", "types-string",
+        "hint-string", "hint-float-layers", "hint-unknown"])
+def test_spec_errors_name_the_field(spec: dict[str, Any], field: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        plan_request_from_spec(spec)
+    assert caught.value.field == field
+    assert str(caught.value).startswith(field + ": ")
+
+
+@pytest.mark.parametrize(("checkpoint_gb", "gpus_", "want_min", "want_max"), [
+    (16, 1, 600, 600),  # 8B: ~250 s uncached x 1.5 stays under the 600 s floor
+    (145, 4, 1020, 1500),  # 72B BF16 TP4: ~17 min observed (vLLM PR 45551)
+    (73, 8, 600, 900),  # 70B FP8 TP8: ~3.5 min with cached weights (vLLM issue 19824)
+    (690, 8, 3600, 6000),  # DeepSeek-R1: a 690 GB download dominates
+], ids=["8b", "72b-tp4", "70b-fp8-tp8", "deepseek-r1"])
+def test_startup_budget(checkpoint_gb: float, gpus_: int, want_min: int, want_max: int) -> None:
+    budget = startup_budget_seconds(checkpoint_bytes=checkpoint_gb * 1e9,
+                                    gpu_bytes_per_rank=checkpoint_gb * 1e9 / gpus_, gpus=gpus_)
+    assert want_min <= budget <= want_max and budget % 30 == 0
+
+
+def test_startup_budget_grows_with_the_model() -> None:
+    small = plan_for(md(maxModelLen=8192))
+    large = plan_for(md("hf://deepseek-ai/DeepSeek-R1", types=[H200]))
+    assert small.startup_budget_seconds == 600
+    assert large.startup_budget_seconds > small.startup_budget_seconds
+
+
+@pytest.mark.parametrize(("tokens", "text"), [
+    (4096, "4k"), (131072, "128k"), (1048576, "1M"), (430000, "430000"), (163840, "160k"), (100, "100"),
+], ids=lambda v: str(v))
+def test_format_tokens(tokens: int, text: str) -> None:
+    assert format_tokens(tokens) == text
+
+
+def test_memory_estimate_splits_across_ranks() -> None:
+    match = match_model(LLAMA_70B)
+    assert match is not None
+    one = estimate_memory(match.arch, precision=Precision.FP8, gpu_memory_gib=80, gpu_memory_utilization=0.9,
+                          tp=1, kv_tokens=131072)
+    two = estimate_memory(match.arch, precision=Precision.FP8, gpu_memory_gib=80, gpu_memory_utilization=0.9,
+                          tp=2, kv_tokens=131072)
+    assert two.weights_gib == pytest.approx(one.weights_gib)
+    assert two.kv_cache_gib == pytest.approx(one.kv_cache_gib)
+    assert two.per_gpu_required_gib < one.per_gpu_required_gib
+    assert two.available_gib == pytest.approx(2 * one.available_gib)
+    assert not one.fits and two.fits
