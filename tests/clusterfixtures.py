@@ -120,3 +120,92 @@ async def wait_for(check: Callable[[], Any], *, timeout: float, what: str,
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}; last: {last!r}")
         await asyncio.sleep(interval)
+
+
+CRD_PATH = Path(__file__).resolve().parents[1] / "crds" / "modeldeployments.modelplane.dev.yaml"
+
+
+@pytest.fixture(scope="session")
+def crds(cluster: ClusterHandle) -> Path:
+    """The generated CRD, installed with kubectl (server-side) and established."""
+    cluster.run_kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_PATH))
+    cluster.run_kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                        "crd/modeldeployments.modelplane.dev")
+    return CRD_PATH
+
+
+@dataclass
+class OperatorHandle:
+    process: subprocess.Popen[bytes]
+    metrics_url: str
+    log: Path
+
+    def metrics_text(self) -> str:
+        import urllib.request
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as resp:
+            return str(resp.read().decode())
+
+    def writes(self) -> float:
+        """Total writes the operator made to the API server, from its own /metrics."""
+        total = 0.0
+        for line in self.metrics_text().splitlines():
+            if line.startswith("modelplane_api_writes_total{"):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+
+def start_operator(cluster: ClusterHandle, log: Path, *, resync: float = 1.0,
+                   extra_env: dict[str, str] | None = None) -> OperatorHandle:
+    """``modelplane run`` as its own process, as it runs in production (no in-process shortcuts)."""
+    import socket
+    import sys
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, KUBECONFIG=str(cluster.kubeconfig), PYTHONUNBUFFERED="1")
+    env.update(extra_env or {})
+    log.parent.mkdir(parents=True, exist_ok=True)
+    out = log.open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "modelplane.cli", "run", "--metrics-host", "127.0.0.1",
+         "--metrics-port", str(port), "--resync-seconds", str(resync)],
+        stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    out.close()
+    handle = OperatorHandle(proc, f"http://127.0.0.1:{port}/metrics", log)
+    deadline = time.monotonic() + 30
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(f"the operator exited with {proc.returncode}; see {log}:\n"
+                                 + log.read_text(errors="replace")[-3000:])
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
+                return handle
+        except OSError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError(f"the operator's /healthz did not answer in 30 s; see {log}") \
+                    from None
+            time.sleep(0.2)
+
+
+def stop_operator(handle: OperatorHandle) -> None:
+    import signal
+
+    if handle.process.poll() is None:
+        os.killpg(handle.process.pid, signal.SIGTERM)
+        try:
+            handle.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(handle.process.pid, signal.SIGKILL)
+            handle.process.wait(timeout=5)
+
+
+@pytest.fixture(scope="session")
+def operator(cluster: ClusterHandle, crds: Path) -> Iterator[OperatorHandle]:
+    log = (cluster.dev.log_file("operator") if cluster.dev is not None
+           else Path("/tmp/modelplane-operator.log"))
+    handle = start_operator(cluster, log)
+    yield handle
+    stop_operator(handle)

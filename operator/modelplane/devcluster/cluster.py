@@ -43,6 +43,8 @@ KWOK_ANNOTATION = "kwok.x-k8s.io/node"
 POD_CIDR = "127.64.0.0/16"
 SERVICE_CIDR = "10.96.0.0/16"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+#: Every process of a running cluster: the binaries, then the simulator's pod agent.
+PROCESSES = (*COMPONENTS, "sim-agent")
 
 
 class DevClusterError(RuntimeError):
@@ -396,7 +398,7 @@ class DevCluster:
     def running_pids(self) -> dict[str, int]:
         """Components whose recorded process is still alive (and is still ours)."""
         alive = {}
-        for component in COMPONENTS + ("sim-agent",):
+        for component in PROCESSES:
             pid = self._read_pid(component)
             if pid is not None and self._is_ours(pid):
                 alive[component] = pid
@@ -404,7 +406,7 @@ class DevCluster:
 
     def is_healthy(self) -> bool:
         state = self.state()
-        if state is None or set(self.running_pids()) < set(COMPONENTS):
+        if state is None or set(self.running_pids()) < set(PROCESSES):
             return False
         try:
             return asyncio.run(self._readyz()) == "ok"
@@ -475,6 +477,9 @@ class DevCluster:
                        component="kube-controller-manager")
             self._wait(f"{len(nodes)} nodes Ready", deadline,
                        lambda: asyncio.run(self._nodes_ready(len(nodes))), component="kwok")
+            self.start_process("sim-agent", [
+                sys.executable, "-m", "modelplane.devcluster.agent",
+                f"--kubeconfig={self.kubeconfig}", f"--load-seconds={ready_ms / 1000}"])
         except BaseException:
             self._log(f"start failed; stopping what was started (logs kept in {self.run_dir}/logs)")
             self.down(remove=False, quiet=True)
@@ -490,7 +495,7 @@ class DevCluster:
         """Stop every component by its pid; safe to call twice. Returns what was stopped."""
         stopped = []
         # Reverse start order: the node faker and the workers first, etcd last.
-        for component in ("sim-agent", *reversed(COMPONENTS)):
+        for component in reversed(PROCESSES):
             pid = self._read_pid(component)
             if pid is not None and self._is_ours(pid):
                 self._terminate(pid)

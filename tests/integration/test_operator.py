@@ -1,0 +1,217 @@
+"""The operator against the dev cluster's real control plane: the CRD, children, scheduling on
+the allowed GPU types, status, revision switches, InsufficientGPU, cleanup, and zero writes on a
+resync of an unchanged object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import time
+from typing import Any
+
+import pytest
+
+from modelplane import gpus, kube
+from tests.clusterfixtures import OperatorHandle, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def manifest(name: str, **overrides: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "model": {"source": "hf://meta-llama/Llama-3.1-8B-Instruct", "revision": "rev-a"},
+        "engine": {"maxModelLen": 8192},
+        "resources": {"gpu": {"count": "auto", "types": ["nvidia-l40s"]}},
+        "scaling": {"minReplicas": 1, "maxReplicas": 2},
+    }
+    for path, value in overrides.items():
+        node = spec
+        keys = path.split("__")
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = value
+    return {"apiVersion": "modelplane.dev/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": name}, "spec": spec}
+
+
+async def get_md(client: kube.Kube, ns: str, name: str) -> dict[str, Any]:
+    md = await client.get(kube.MODELDEPLOYMENTS, name, namespace=ns)
+    assert md is not None
+    return md
+
+
+def condition(md: dict[str, Any], type_: str) -> dict[str, Any]:
+    for cond in (md.get("status") or {}).get("conditions") or []:
+        if cond["type"] == type_:
+            return dict(cond)
+    return {}
+
+
+async def wait_phase(client: kube.Kube, ns: str, name: str, phase: str, *,
+                     timeout: float = 90) -> dict[str, Any]:
+    async def check() -> dict[str, Any] | None:
+        md = await get_md(client, ns, name)
+        status = md.get("status") or {}
+        if status.get("phase") == phase and status.get("observedGeneration") == \
+                md["metadata"]["generation"]:
+            return md
+        return None
+
+    result: dict[str, Any] = await wait_for(check, timeout=timeout, what=f"{name} phase {phase}")
+    return result
+
+
+async def test_a_model_deployment_gets_children_on_the_allowed_gpus_and_turns_ready(
+        kube_client: kube.Kube, namespace: str, operator: OperatorHandle) -> None:
+    await kube_client.create(manifest("chat"), namespace=namespace)
+    md = await wait_phase(kube_client, namespace, "chat", "Ready")
+    status = md["status"]
+    assert status["readyReplicas"] == status["desiredReplicas"] == 1
+    assert condition(md, "Ready")["status"] == "True"
+    assert status["plan"]["gpuType"] == "nvidia-l40s"
+    assert status["endpoint"] == f"http://chat.{namespace}.svc:8000/v1"
+    assert status["stable"]["revision"] == "rev-a"
+
+    deployments = await kube_client.list(kube.DEPLOYMENTS, namespace=namespace)
+    assert len(deployments) == 1
+    dep = deployments[0]
+    assert dep["metadata"]["ownerReferences"][0]["uid"] == md["metadata"]["uid"]
+    assert await kube_client.get(kube.SERVICES, "chat", namespace=namespace) is not None
+    assert await kube_client.get(kube.PDBS, "chat", namespace=namespace) is not None
+    pods = await kube_client.list(kube.PODS, namespace=namespace)
+    assert len(pods) == 1
+    node = await kube_client.get(kube.NODES, pods[0]["spec"]["nodeName"])
+    assert node is not None
+    assert node["metadata"]["labels"][gpus.PRODUCT_LABEL] == "NVIDIA-L40S"
+    container = pods[0]["spec"]["containers"][0]
+    assert container["resources"]["limits"][gpus.GPU_RESOURCE] == "1"
+    assert "--served-model-name" in container["args"]
+
+    events = await kube_client.list(kube.EVENTS, namespace=namespace,
+                                    field_selector="involvedObject.name=chat")
+    reasons = {e["reason"] for e in events}
+    assert "Applied" in reasons, reasons
+
+
+async def test_a_resync_of_an_unchanged_object_makes_no_write(
+        kube_client: kube.Kube, namespace: str, operator: OperatorHandle) -> None:
+    await kube_client.create(manifest("quiet"), namespace=namespace)
+    await wait_phase(kube_client, namespace, "quiet", "Ready")
+
+    # Settled: no write for three resync beats of the operator (1 s each).
+    last = {"writes": operator.writes(), "since": time.monotonic()}
+
+    def settled() -> bool:
+        now = operator.writes()
+        if now != last["writes"]:
+            last.update(writes=now, since=time.monotonic())
+            return False
+        return time.monotonic() - last["since"] >= 3
+
+    await wait_for(settled, timeout=60, what="the operator to stop writing", interval=0.5)
+    # Now watch everything the operator could touch in the namespace over several resyncs.
+    resources = (kube.DEPLOYMENTS, kube.SERVICES, kube.PDBS, kube.MODELDEPLOYMENTS)
+    versions = {}
+    for res in resources:
+        versions[res] = (await kube_client.list_raw(res, namespace=namespace))["metadata"][
+            "resourceVersion"]
+    writes_before = operator.writes()
+    seen: list[str] = []
+
+    async def watch(res: kube.Resource) -> None:
+        async for event in kube_client.watch(res, namespace=namespace,
+                                             resource_version=versions[res], timeout_seconds=5):
+            if event.type != "BOOKMARK":
+                seen.append(f"{event.type} {res.kind} {event.object['metadata']['name']}")
+
+    await asyncio.gather(*(watch(r) for r in resources))
+    assert seen == []
+    assert operator.writes() == writes_before
+
+
+async def test_a_revision_change_switches_to_a_new_deployment_and_removes_the_old(
+        kube_client: kube.Kube, namespace: str, operator: OperatorHandle) -> None:
+    await kube_client.create(manifest("switch"), namespace=namespace)
+    await wait_phase(kube_client, namespace, "switch", "Ready")
+    old = [d["metadata"]["name"] for d in await kube_client.list(kube.DEPLOYMENTS,
+                                                                  namespace=namespace)]
+    md = await get_md(kube_client, namespace, "switch")
+    changed = copy.deepcopy(md)
+    changed["spec"]["model"]["revision"] = "rev-b"
+    await kube_client.request("PUT", kube.MODELDEPLOYMENTS.path(namespace=namespace, name="switch"),
+                              body=changed)
+
+    async def switched() -> list[str] | None:
+        names = [d["metadata"]["name"] for d in await kube_client.list(kube.DEPLOYMENTS,
+                                                                        namespace=namespace)]
+        return names if len(names) == 1 and names != old else None
+
+    new = await wait_for(switched, timeout=90, what="the new revision's Deployment to replace the old")
+    md = await wait_phase(kube_client, namespace, "switch", "Ready")
+    assert md["status"]["stable"]["revision"] == "rev-b"
+    assert md["status"]["stable"]["deployment"] == new[0]
+    assert md["status"]["desiredRevisionLive"] is True
+    pods = await kube_client.list(kube.PODS, namespace=namespace)
+    assert {p["metadata"]["labels"]["modelplane.dev/revision-hash"] for p in pods
+            if not p["metadata"].get("deletionTimestamp")} == {new[0].rsplit("-", 1)[1]}
+
+
+async def test_a_request_larger_than_any_node_shows_insufficient_gpu_with_the_numbers(
+        kube_client: kube.Kube, namespace: str, operator: OperatorHandle) -> None:
+    # L4 nodes have one GPU each; two per replica cannot be scheduled anywhere.
+    await kube_client.create(manifest("toobig", resources__gpu={"count": 2, "types": ["nvidia-l4"]}),
+                             namespace=namespace)
+    md = await wait_phase(kube_client, namespace, "toobig", "Degraded")
+    degraded = condition(md, "Degraded")
+    assert degraded["reason"] == "InsufficientGPU"
+    assert "asks for 2 nvidia.com/gpu" in degraded["message"]
+    assert "offers 1" in degraded["message"]
+    assert condition(md, "Ready")["status"] == "False"
+    warnings = [e for e in await kube_client.list(kube.EVENTS, namespace=namespace,
+                                                  field_selector="involvedObject.name=toobig")
+                if e["reason"] == "InsufficientGPU"]
+    assert warnings and warnings[0]["type"] == "Warning"
+
+
+async def test_deleting_the_model_deployment_removes_its_children(
+        kube_client: kube.Kube, namespace: str, operator: OperatorHandle) -> None:
+    await kube_client.create(manifest("gone"), namespace=namespace)
+    await wait_phase(kube_client, namespace, "gone", "Ready")
+    await kube_client.delete(kube.MODELDEPLOYMENTS, "gone", namespace=namespace)
+
+    async def all_gone() -> bool:
+        left = [*(await kube_client.list(kube.DEPLOYMENTS, namespace=namespace)),
+                *(await kube_client.list(kube.SERVICES, namespace=namespace)),
+                *(await kube_client.list(kube.PDBS, namespace=namespace)),
+                *(await kube_client.list(kube.PODS, namespace=namespace))]
+        return not left
+
+    await wait_for(all_gone, timeout=90, what="the garbage collector to remove the children")
+
+
+async def test_the_operator_never_writes_spec_labels_or_annotations(
+        kube_client: kube.Kube, namespace: str, operator: OperatorHandle) -> None:
+    body = manifest("hands-off")
+    body["metadata"]["labels"] = {"team": "a"}
+    body["metadata"]["annotations"] = {"owner": "gitops"}
+    created = await kube_client.create(body, namespace=namespace)
+    md = await wait_phase(kube_client, namespace, "hands-off", "Ready")
+    assert md["spec"] == created["spec"]
+    assert md["metadata"]["labels"] == {"team": "a"}
+    assert md["metadata"]["annotations"] == {"owner": "gitops"}
+    assert not md["metadata"].get("finalizers")
+    managers = {(f["manager"], f.get("subresource", "")) for f in md["metadata"]["managedFields"]}
+    assert ("modelplane", "status") in managers
+    assert not any(m == "modelplane" and sub == "" for m, sub in managers)
+    assert md["metadata"]["generation"] == created["metadata"]["generation"]
+
+
+def test_operator_metrics_count_reconciles(operator: OperatorHandle) -> None:
+    deadline = time.monotonic() + 30
+    while "modelplane_reconciles_total{" not in operator.metrics_text():
+        assert time.monotonic() < deadline, "no reconcile counted"
+        time.sleep(0.5)
+    text = operator.metrics_text()
+    assert "modelplane_reconcile_duration_seconds_bucket" in text
+    assert "modelplane_modeldeployments{" in text
