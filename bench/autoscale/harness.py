@@ -216,7 +216,8 @@ def run(trace: Trace, policy: Autoscaler, config: SimConfig, *, initial_replicas
             out.replicas.append(len(serving))
             out.ready.append(sum(1 for p in serving if p.engine is not None))
             out.queue.append(len(held) + sum(p.engine.num_waiting for p in serving if p.engine is not None))
-        if i >= len(requests) and not held and all(p.outstanding == 0 for p in pods) and now >= trace.duration:
+        drained = i >= len(requests) and not held and all(p.outstanding == 0 for p in pods)
+        if drained and now >= trace.duration:
             break
     del last_desired
     ttfts = [ft - arrival[k] for k, ft in enumerate(first_token) if ft is not None]

@@ -29,7 +29,7 @@ from modelplane.sim.profiles import params_for
 GPU = "nvidia-h100-80gb"
 GPUS_PER_REPLICA = 2
 MAX_MODEL_LEN = 8192
-MAX_NUM_SEQS = 256
+MAX_NUM_SEQS = 32
 TARGET_QUEUE_DEPTH = 4.0
 MIN_REPLICAS, MAX_REPLICAS = 1, 16
 COLD_START = 90.0
@@ -109,15 +109,9 @@ def verdicts(results: Sequence[RunResult]) -> list[Verdict]:
         rows = {r.policy: r for r in results if r.trace == name}
         ours = rows["modelplane"]
         others = [r for p, r in rows.items() if p not in ("modelplane", "oracle")]
-        beaten = all(ours.gpu_hours < r.gpu_hours or ours.slo_attainment < r.slo_attainment - 1e-9
+        # Like for like: fewer GPU-hours than each of them AND an SLO attainment at least as good.
+        fewest = all(ours.gpu_hours < r.gpu_hours and ours.slo_attainment >= r.slo_attainment - 0.005
                      for r in others)
-        # "At equal or better SLO": a cheaper baseline with a worse SLO is not a like-for-like win.
-        cheaper_with_worse_slo = [r for r in others if r.gpu_hours <= ours.gpu_hours
-                                  and r.slo_attainment < ours.slo_attainment]
-        fewest = beaten or all(r in cheaper_with_worse_slo for r in others
-                               if r.gpu_hours <= ours.gpu_hours)
-        fewest = fewest and all(ours.gpu_hours < r.gpu_hours for r in others
-                                if r.slo_attainment >= ours.slo_attainment)
         static = rows["static peak"]
         oracle = rows["oracle"]
         out.append(Verdict(

@@ -1,0 +1,72 @@
+"""``python -m bench.autoscale [--quick|--full] [--trace FILE --time-scale F --rate-scale R]``.
+
+Runs every policy on the synthetic traces and a replayed CSV (the bundled sample unless ``--trace``
+is given), prints the table, writes it into bench/README.md between the RESULTS markers and one PNG
+per trace under bench/autoscale/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from bench.autoscale import run, traces
+
+HERE = Path(__file__).resolve().parent
+README = HERE.parent / "README.md"
+BEGIN, END = "<!-- RESULTS:BEGIN -->", "<!-- RESULTS:END -->"
+
+
+def build_traces(args: argparse.Namespace) -> list[traces.Trace]:
+    duration = 1800.0 if args.quick else 4 * 3600.0
+    out = [traces.steady(duration, rate=12.0), traces.diurnal(duration, low=2.0, high=24.0),
+           traces.bursty(duration, base=6.0, spike=24.0)]
+    path = Path(args.trace) if args.trace else HERE / "sample_trace.csv"
+    rate_scale = args.rate_scale if args.rate_scale is not None else (4.0 if not args.trace else 1.0)
+    out.append(traces.load_csv(path, time_scale=args.time_scale, rate_scale=rate_scale))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.autoscale", description=__doc__)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", default=True, help="30-minute traces (default)")
+    mode.add_argument("--full", dest="quick", action="store_false", help="4-hour traces")
+    parser.add_argument("--trace", help="CSV with TIMESTAMP,ContextTokens,GeneratedTokens (Azure format)")
+    parser.add_argument("--time-scale", type=float, default=1.0,
+                        help="multiply the trace's time offsets (0.5 replays an hour in 30 minutes)")
+    parser.add_argument("--rate-scale", type=float, default=None,
+                        help="multiply the request rate (default 4 for the bundled sample, else 1)")
+    parser.add_argument("--workers", type=int, default=None, help="processes (default: up to 2)")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave README and PNGs alone")
+    args = parser.parse_args(argv)
+
+    started = time.perf_counter()
+    trace_list = build_traces(args)
+    results = run.run_all(trace_list, workers=args.workers)
+    elapsed = time.perf_counter() - started
+    table = run.markdown_table(results)
+    verdict = run.verdict_lines(results)
+    traces_md = "\n".join(f"- `{t.name}`: {t.description}; {len(t.requests)} requests over "
+                          f"{t.duration / 60:.0f} min" for t in trace_list)
+    section = (f"{BEGIN}\nMode: {'quick' if args.quick else 'full'}; {elapsed:.0f} s on this machine.\n\n"
+               f"{traces_md}\n\n{table}\n\nTargets (ours):\n\n{verdict}\n{END}")
+    print(section)
+    if not args.no_write:
+        for path in run.plot(results, HERE / "results"):
+            print(f"wrote {path.relative_to(HERE.parent.parent)}")
+        text = README.read_text() if README.exists() else f"{BEGIN}\n{END}\n"
+        if BEGIN in text and END in text:
+            head, rest = text.split(BEGIN, 1)
+            text = head + section + rest.split(END, 1)[1]
+        else:
+            text += "\n" + section + "\n"
+        README.write_text(text)
+        print(f"updated {README.relative_to(HERE.parent.parent)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
