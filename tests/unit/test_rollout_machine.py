@@ -143,6 +143,13 @@ ROWS = {
     "rejected-revision-is-not-retried": Row(
         st(Phase.ROLLED_BACK, rejected_revision="r2"), obs(), Phase.ROLLED_BACK, []
     ),
+    "spec-back-to-stable-after-rollback-clears-rejection": Row(
+        st(Phase.ROLLED_BACK, rejected_revision="r2"),
+        obs(desired_revision="r1"),
+        Phase.ROLLED_BACK,
+        [],
+        expect={"rejected_revision": None},
+    ),
     "new-revision-after-rollback-starts-again": Row(
         st(Phase.ROLLED_BACK, rejected_revision="r2"),
         obs(desired_revision="r3"),

@@ -507,7 +507,10 @@ def _settled(state: RolloutState, desired: str, spec: RolloutSpec | None, now: d
         new = replace(state, phase=Phase.IDLE, stable_revision=desired, phase_since=now,
                       reason=Reason.INITIAL_DEPLOY, message=message)
         return new, (SwitchStable(desired), _event(Reason.INITIAL_DEPLOY, message))
-    if desired in (state.stable_revision, state.rejected_revision):
+    if desired == state.stable_revision:
+        # The spec no longer asks for a rejected revision, so the status stops reporting it.
+        return (replace(state, rejected_revision=None) if state.rejected_revision else state), ()
+    if desired == state.rejected_revision:
         return state, ()
     if spec is None:
         message = f"revision {desired} replaces {state.stable_revision} directly (no spec.rollout)"
