@@ -226,19 +226,29 @@ def replica_capacity(params: EngineParams, trace: Trace, *, requests: int = 1500
 
     engine = EngineModel(params)
     sample = trace.requests[:: max(1, len(trace.requests) // requests)][:requests]
-    for k, r in enumerate(sample):
-        prompt = min(r.prompt_tokens, params.max_model_len - 1)
-        output = max(1, min(r.output_tokens, params.max_model_len - prompt))
-        engine.submit(str(k), prompt, output, 0.0, output_tokens=output)
+    if not sample:
+        raise ValueError("an empty trace has no request sizes to measure with")
+    submitted = 0
+
+    def top_up(now: float) -> None:
+        # Keep a queue as deep as the batch, cycling through the sample, so the replica stays saturated.
+        nonlocal submitted
+        while engine.num_waiting < params.max_num_seqs:
+            r = sample[submitted % len(sample)]
+            prompt = min(r.prompt_tokens, params.max_model_len - 1)
+            output = max(1, min(r.output_tokens, params.max_model_len - prompt))
+            engine.submit(str(submitted), prompt, output, now, output_tokens=output)
+            submitted += 1
+
     done = 0
     t = 0.0
+    top_up(t)
     while t < warmup + measure:
         t += 1.0
         finished = sum(1 for e in engine.advance(t) if e.kind is EventKind.FINISHED)
         if t > warmup:
             done += finished
-        if engine.num_waiting == 0:
-            raise ValueError("capacity sample too small to keep the replica saturated")
+        top_up(t)
     return done / measure
 
 
