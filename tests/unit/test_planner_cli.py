@@ -1,0 +1,140 @@
+"""``modelplane plan -f FILE``: output formats, fleet cost lines, and exit codes 0 / 1 / 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from modelplane import cli as main_cli
+from modelplane.planner import cli
+
+FITS = """
+apiVersion: v1
+kind: Secret
+metadata: {name: hf-token}
+stringData: {HF_TOKEN: not-read}
+---
+apiVersion: modelplane.dev/v1alpha1
+kind: ModelDeployment
+metadata: {name: support-chat, namespace: team-a}
+spec:
+  model: {source: hf://meta-llama/Llama-3.1-8B-Instruct, credentialsSecret: hf-token}
+  engine: {maxModelLen: 16384}
+  resources: {gpu: {count: auto, types: [nvidia-l40s, nvidia-h100-80gb]}}
+  scaling: {minReplicas: 1, maxReplicas: 8, cost: {maxHourlyUSD: 10}}
+"""
+DOES_NOT_FIT = FITS + """
+---
+apiVersion: modelplane.dev/v1alpha1
+kind: ModelDeployment
+metadata: {name: r1, namespace: team-b}
+spec:
+  model: {source: hf://deepseek-ai/DeepSeek-R1}
+  resources: {gpu: {types: [nvidia-h100-80gb]}}
+"""
+BAD_FIELD = FITS + """
+---
+apiVersion: modelplane.dev/v1alpha1
+kind: ModelDeployment
+metadata: {name: broken, namespace: team-c}
+spec:
+  model: {source: hf://Qwen/Qwen3-8B}
+  engine: {maxModelLen: lots}
+"""
+
+
+def run(tmp_path: Path, manifest: str, *extra: str) -> int:
+    path = tmp_path / "deploy.yaml"
+    path.write_text(manifest)
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    args = parser.parse_args(["plan", "-f", str(path), *extra])
+    code: int = args.func(args)
+    return code
+
+
+@pytest.mark.parametrize(("manifest", "code"), [
+    (FITS, 0),
+    (DOES_NOT_FIT, 1),
+    (BAD_FIELD, 2),
+    ("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n", 2),
+    ("key: [unclosed\n", 2),
+    ("- just\n- a list\n", 2),
+], ids=["fits", "does-not-fit", "bad-field", "no-modeldeployment", "not-yaml", "not-an-object"])
+def test_exit_codes(tmp_path: Path, manifest: str, code: int) -> None:
+    assert run(tmp_path, manifest) == code
+
+
+def test_text_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(tmp_path, DOES_NOT_FIT) == 1
+    out = capsys.readouterr().out
+    assert ("team-a/support-chat  hf://meta-llama/Llama-3.1-8B-Instruct  "
+            "(sized from catalog (Llama-3.1-8B))") in out
+    assert "plan:    fits (Fits): 1x nvidia-l40s, tensor parallel 1, $1.91/h per replica" in out
+    assert "fleet:   $1.91-$15.28/h (1-8 replicas); maxHourlyUSD $10 pays for 5 replicas" in out
+    assert "startup: up to 600 s" in out
+    assert "team-b/r1" in out and "DOES NOT FIT (NoSingleNodeFits)" in out
+    assert "16x nvidia-h100-80gb across 2 nodes" in out
+
+
+def test_bad_input_names_the_document_and_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(tmp_path, BAD_FIELD) == 2
+    err = capsys.readouterr().err
+    assert "document 3 (ModelDeployment team-c/broken): spec.engine.maxModelLen: must be an integer" in err
+
+
+@pytest.mark.parametrize("fmt", ["json", "yaml"])
+def test_structured_output(tmp_path: Path, capsys: pytest.CaptureFixture[str], fmt: str) -> None:
+    assert run(tmp_path, DOES_NOT_FIT, "-o", fmt) == 1
+    out = capsys.readouterr().out
+    results = json.loads(out) if fmt == "json" else yaml.safe_load(out)
+    chat, r1 = results
+    assert chat["fits"] is True and chat["reasonCode"] == "Fits"
+    assert chat["plan"]["gpuType"] == "nvidia-l40s" and chat["plan"]["gpusPerReplica"] == 1
+    assert chat["cost"] == {"hourlyUSDPerReplica": 1.91, "replicas": {"min": 1, "max": 8},
+                            "hourlyUSD": {"min": 1.91, "max": 15.28}, "maxHourlyUSD": 10.0,
+                            "replicasWithinBudget": 5}
+    assert r1["fits"] is False and r1["smallestShape"] == "16x nvidia-h100-80gb across 2 nodes"
+
+
+def test_prices_file_changes_the_choice(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("nvidia-h100-80gb: 1.50\nnvidia-l40s: 2.25\n")
+    assert run(tmp_path, FITS, "--prices", str(prices), "-o", "json") == 0
+    (chat,) = json.loads(capsys.readouterr().out)
+    assert chat["plan"]["gpuType"] == "nvidia-h100-80gb" and chat["plan"]["hourlyUSDPerReplica"] == 1.5
+
+
+@pytest.mark.parametrize("prices", ["nvidia-b300: 9\n", "[1, 2]\n", "nvidia-l4: cheap\n", "nvidia-l4: -1\n"],
+                         ids=["unknown-type", "not-a-mapping", "not-a-number", "negative"])
+def test_bad_prices_file(tmp_path: Path, capsys: pytest.CaptureFixture[str], prices: str) -> None:
+    path = tmp_path / "prices.yaml"
+    path.write_text(prices)
+    assert run(tmp_path, FITS, "--prices", str(path)) == 2
+    assert "prices.yaml" in capsys.readouterr().err
+
+
+def test_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    args = parser.parse_args(["plan", "-f", str(tmp_path / "absent.yaml")])
+    assert args.func(args) == 2
+    assert "absent.yaml" in capsys.readouterr().err
+
+
+def test_external_scaling_uses_spec_replicas(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    manifest = FITS.replace("scaling: {minReplicas: 1, maxReplicas: 8, cost: {maxHourlyUSD: 10}}",
+                            "replicas: 3\n  scaling: {mode: External}")
+    assert run(tmp_path, manifest) == 0
+    assert "fleet:   $5.73/h (3 replicas)" in capsys.readouterr().out
+
+
+def test_registered_in_the_modelplane_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "deploy.yaml"
+    path.write_text(FITS)
+    assert main_cli.main(["plan", "-f", str(path), "-o", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["name"] == "support-chat"
