@@ -1,0 +1,182 @@
+"""The pure reconcile core, case by case: what is applied, deleted, and what status says."""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from modelplane import reconcile, render
+from modelplane.reconcile import APPLIED_HASH, Observed
+
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+
+
+def md(revision: str = "rev-a", **spec_overrides: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "model": {"source": "hf://meta-llama/Llama-3.1-8B-Instruct", "revision": revision},
+        "engine": {"maxModelLen": 8192},
+        "resources": {"gpu": {"count": "auto", "types": ["nvidia-l40s"]}},
+        "scaling": {"minReplicas": 1, "maxReplicas": 3},
+    }
+    spec.update(spec_overrides)
+    return {"apiVersion": "modelplane.dev/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": "chat", "namespace": "ns", "uid": "uid-1", "generation": 2},
+            "spec": spec}
+
+
+def run(body: dict[str, Any], **observed: Any) -> reconcile.Result:
+    obs = Observed(body=body, now=NOW, monotonic=1000.0, **observed)
+    return reconcile.finish(reconcile.prepare(obs, prices={}), obs)
+
+
+def materialise(result: reconcile.Result, *, ready: int) -> dict[str, tuple[dict[str, Any], ...]]:
+    """The children as the API server would hold them after applying ``result``."""
+    deployments, services, pdbs = [], [], []
+    for child in result.apply:
+        obj = copy.deepcopy(child)
+        if obj["kind"] == "Deployment":
+            obj["status"] = {"readyReplicas": ready, "replicas": obj["spec"]["replicas"]}
+            deployments.append(obj)
+        elif obj["kind"] == "Service":
+            services.append(obj)
+        else:
+            pdbs.append(obj)
+    return {"deployments": tuple(deployments), "services": tuple(services), "pdbs": tuple(pdbs)}
+
+
+def pod(name: str, *, ready: bool, revision_hash: str = "x", node: str | None = "kwok-l40s-0",
+        unschedulable: str | None = None, gpus: int = 1) -> dict[str, Any]:
+    conds = [{"type": "Ready", "status": "True" if ready else "False"}]
+    if unschedulable:
+        conds.append({"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                      "message": unschedulable})
+    spec: dict[str, Any] = {"containers": [{"name": "vllm", "resources": {"limits": {"nvidia.com/gpu": str(gpus)}}}]}
+    if node:
+        spec["nodeName"] = node
+    return {"metadata": {"name": name, "labels": {"modelplane.dev/revision-hash": revision_hash},
+                         "creationTimestamp": "2026-11-26T11:59:00Z"},
+            "spec": spec,
+            "status": {"phase": "Running" if node else "Pending", "conditions": conds,
+                       "podIP": "127.64.0.5" if node else None,
+                       "startTime": (NOW - timedelta(seconds=30)).isoformat()}}
+
+
+def cond(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == type_)
+
+
+def test_a_new_model_deployment_gets_a_deployment_service_and_pdb() -> None:
+    result = run(md())
+    assert [(c["kind"], c["metadata"]["name"]) for c in result.apply] == [
+        ("Deployment", render.deployment_name("chat", "hf://meta-llama/Llama-3.1-8B-Instruct", "rev-a")),
+        ("Service", "chat"), ("PodDisruptionBudget", "chat")]
+    assert all(APPLIED_HASH in c["metadata"]["annotations"] for c in result.apply)
+    assert result.apply[0]["spec"]["replicas"] == 1
+    assert result.status is not None
+    assert result.status["phase"] == "Progressing"
+    assert result.status["observedGeneration"] == 2
+    assert result.status["plan"]["shape"] == "1x nvidia-l40s"
+    assert result.status["cost"]["desiredHourlyUSD"] == pytest.approx(1.91)
+    assert {e.reason for e in result.events} >= {"Applied", "Planned"}
+
+
+def test_an_unchanged_world_makes_no_write() -> None:
+    first = run(md())
+    children = materialise(first, ready=1)
+    pods = (pod("p1", ready=True),)
+    second = run(md(), pods=pods, **children)
+    body = md()
+    body["status"] = second.effective_status
+    third = run(body, pods=pods, **children)
+    assert third.apply == ()
+    assert third.delete == ()
+    assert third.status is None
+    assert second.effective_status["phase"] == "Ready"
+
+
+def test_a_revision_change_starts_the_new_deployment_and_keeps_the_old_until_ready() -> None:
+    old = materialise(run(md("rev-a")), ready=1)
+    result = run(md("rev-b"), pods=(pod("old-1", ready=True),), **old)
+    new_name = render.deployment_name("chat", "hf://meta-llama/Llama-3.1-8B-Instruct", "rev-b")
+    assert [c["metadata"]["name"] for c in result.apply if c["kind"] == "Deployment"] == [new_name]
+    assert result.delete == ()
+    assert result.status is not None
+    assert cond(result.status, "Progressing")["reason"] == "SwitchingRevision"
+    assert result.status["servingRevision"] == "rev-a"
+    assert result.status["desiredRevisionLive"] is False
+
+
+def test_once_the_new_revision_is_ready_the_old_deployment_is_deleted() -> None:
+    old = materialise(run(md("rev-a")), ready=1)
+    new = materialise(run(md("rev-b")), ready=1)
+    both = {"deployments": old["deployments"] + new["deployments"], "services": new["services"],
+            "pdbs": new["pdbs"]}
+    result = run(md("rev-b"), pods=(pod("new-1", ready=True),), **both)
+    assert [name for _, name in result.delete] == [old["deployments"][0]["metadata"]["name"]]
+    assert result.status is not None and result.status["servingRevision"] == "rev-b"
+
+
+def test_unschedulable_gpu_pods_make_the_deployment_degraded_with_insufficient_gpu() -> None:
+    nodes = ({"metadata": {"name": "kwok-l40s-0", "labels": {"nvidia.com/gpu.product": "NVIDIA-L40S"}},
+              "status": {"allocatable": {"nvidia.com/gpu": "4"}}},)
+    body = md(resources={"gpu": {"count": 8, "types": ["nvidia-l40s"]}})
+    result = run(body, nodes=nodes,
+                 pods=(pod("p1", ready=False, node=None, gpus=8,
+                           unschedulable="0/1 nodes are available: 1 Insufficient nvidia.com/gpu."),))
+    assert result.status is not None
+    assert result.status["phase"] == "Degraded"
+    degraded = cond(result.status, "Degraded")
+    assert degraded["reason"] == "InsufficientGPU"
+    assert "asks for 8" in degraded["message"] and "offers 4" in degraded["message"]
+    assert any(e.type == "Warning" and e.reason == "InsufficientGPU" for e in result.events)
+    # A fixed count is rendered even when the planner doubts it: the scheduler has the last word.
+    assert any(c["kind"] == "Deployment" for c in result.apply)
+
+
+def test_a_model_no_allowed_gpu_can_hold_fails_without_creating_pods() -> None:
+    body = md(model={"source": "hf://deepseek-ai/DeepSeek-R1", "revision": "main"},
+              resources={"gpu": {"count": "auto", "types": ["nvidia-l4"]}})
+    result = run(body)
+    assert result.apply == ()
+    assert result.status is not None and result.status["phase"] == "Failed"
+    assert cond(result.status, "Ready")["status"] == "False"
+    assert cond(result.status, "Degraded")["reason"] in ("NoSingleNodeFits", "NoAllowedGPUType")
+
+
+@pytest.mark.parametrize(
+    ("spec_field", "value", "replicas"),
+    [("replicas", 3, 3), ("replicas", 0, 0)],
+    ids=["external-3", "external-0"],
+)
+def test_external_mode_follows_spec_replicas(spec_field: str, value: int, replicas: int) -> None:
+    body = md(scaling={"mode": "External", "minReplicas": 0, "maxReplicas": 5})
+    body["spec"][spec_field] = value
+    result = run(body)
+    deployment = next(c for c in result.apply if c["kind"] == "Deployment")
+    assert deployment["spec"]["replicas"] == replicas
+    assert result.status is not None and result.status["desiredReplicas"] == replicas
+    assert not any(c["type"] == "ScalingLimited" for c in result.status["conditions"])
+
+
+def test_an_object_that_fails_validation_gets_invalid_spec_and_nothing_else() -> None:
+    body = md()
+    body["spec"]["model"]["source"] = "ftp://nowhere"
+    result = run(body)
+    assert result.apply == () and result.delete == ()
+    assert result.status is not None and result.status["phase"] == "Failed"
+    assert cond(result.status, "Ready")["reason"] == "InvalidSpec"
+    assert "spec.model.source" in cond(result.status, "Ready")["message"] or \
+        "model.source" in cond(result.status, "Ready")["message"]
+
+
+def test_condition_transition_time_only_moves_when_the_status_flips() -> None:
+    first = run(md())
+    body = md()
+    body["status"] = first.effective_status
+    later = Observed(body=body, now=NOW + timedelta(minutes=5), monotonic=1300.0)
+    second = reconcile.finish(reconcile.prepare(later, prices={}), later)
+    before = cond(first.effective_status, "Ready")["lastTransitionTime"]
+    assert cond(second.effective_status, "Ready")["lastTransitionTime"] == before
