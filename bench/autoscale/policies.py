@@ -96,6 +96,9 @@ class _HPABehavior:
     history: deque[tuple[float, int]] = field(default_factory=deque)
 
     def apply(self, now: float, current: int, recommendation: int) -> int:
+        if not self.history:
+            # An HPA that has been running: its window holds the current count (ours is seeded alike).
+            self.history.append((now, current))
         self.history.append((now, recommendation))
         while self.history and self.history[0][0] < now - self.down_window:
             self.history.popleft()
