@@ -35,7 +35,13 @@ from modelplane.api.models import (
     ScalingMode,
 )
 from modelplane.autoscaler import policy
-from modelplane.planner.plan import NodeShape, Plan, SpecError, build_plan, plan_request_from_spec
+from modelplane.planner.plan import (
+    Plan,
+    SpecError,
+    build_plan,
+    node_shapes_from_nodes,
+    plan_request_from_spec,
+)
 from modelplane.scrape import ScrapeResult, ScrapeTarget
 
 Obj = Mapping[str, Any]
@@ -110,18 +116,6 @@ class Result:
 # --- prepare: spec and plan -----------------------------------------------------------------------
 
 
-def node_shapes(nodes: Sequence[Obj]) -> list[NodeShape]:
-    """The cluster's GPU node shapes (type, GPUs per node, how many such nodes) for the planner."""
-    counts: dict[tuple[str, int], int] = {}
-    for node in nodes:
-        labels = node.get("metadata", {}).get("labels") or {}
-        gpu = gpus.by_product(str(labels.get(gpus.PRODUCT_LABEL, "")))
-        alloc = int((node.get("status", {}).get("allocatable") or {}).get(gpus.GPU_RESOURCE, 0))
-        if gpu is not None and alloc > 0:
-            counts[(gpu.name, alloc)] = counts.get((gpu.name, alloc), 0) + 1
-    return [NodeShape(gpu_type=t, gpus_per_node=n, nodes=c) for (t, n), c in sorted(counts.items())]
-
-
 def prepare(observed: Observed, *, prices: Mapping[str, float]) -> Prepared:
     try:
         md = ModelDeployment.parse(observed.body)
@@ -133,7 +127,7 @@ def prepare(observed: Observed, *, prices: Mapping[str, float]) -> Prepared:
     except SpecError as exc:
         return Prepared(md=md, invalid=str(exc))
     catalog = gpus.with_prices(prices)
-    shapes = node_shapes(observed.nodes)
+    shapes = node_shapes_from_nodes(observed.nodes)
     plan = build_plan(request, catalog, node_shapes=shapes or None)
     served = md.spec.model.served_name or md.name
     targets = tuple(

@@ -73,7 +73,7 @@ def test_nodes_carry_gpu_feature_discovery_labels_taint_and_capacity(
         gpu = gpus.GPU_TYPES[group.gpu]
         assert labels[gpus.PRODUCT_LABEL] == gpu.product
         assert labels[gpus.COUNT_LABEL] == expect_gpu
-        assert labels[gpus.MEMORY_LABEL] == str(int(gpu.memory_gib * 1024))
+        assert labels[gpus.MEMORY_LABEL] == str(gpu.memory_mib)
         assert node["spec"]["taints"] == [{"key": "nvidia.com/gpu", "value": "present",
                                            "effect": "NoSchedule"}]
 

@@ -53,7 +53,8 @@ def pod(name: str, *, ready: bool, revision_hash: str = "x", node: str | None = 
     if unschedulable:
         conds.append({"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                       "message": unschedulable})
-    spec: dict[str, Any] = {"containers": [{"name": "vllm", "resources": {"limits": {"nvidia.com/gpu": str(gpus)}}}]}
+    limits = {"nvidia.com/gpu": str(gpus)}
+    spec: dict[str, Any] = {"containers": [{"name": "vllm", "resources": {"limits": limits}}]}
     if node:
         spec["nodeName"] = node
     return {"metadata": {"name": name, "labels": {"modelplane.dev/revision-hash": revision_hash},

@@ -112,7 +112,7 @@ def build_nodes(groups: Sequence[NodeGroup]) -> list[dict[str, Any]]:
                 gpu = gpus.GPU_TYPES[group.gpu]
                 labels |= {
                     gpus.PRODUCT_LABEL: gpu.product,
-                    gpus.MEMORY_LABEL: str(int(gpu.memory_gib * 1024)),
+                    gpus.MEMORY_LABEL: str(gpu.memory_mib or int(gpu.memory_gib * 1024)),
                     gpus.COUNT_LABEL: str(group.gpus),
                     "nvidia.com/gpu.present": "true",
                 }
