@@ -198,7 +198,7 @@ def test_round_trip_by_alias_and_by_name() -> None:
 def test_spec_is_frozen() -> None:
     spec = ModelDeploymentSpec.model_validate(_spec())
     with pytest.raises(ValueError, match="frozen"):
-        spec.replicas = 3  # type: ignore[misc]
+        spec.replicas = 3
 
 
 def test_object_accessors() -> None:

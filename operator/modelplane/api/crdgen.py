@@ -71,18 +71,29 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
 ]
 
 
-class _JsonSchema(GenerateJsonSchema):
-    """Pydantic's generator, but a field whose default factory builds a model gets ``default: {}``.
+def _default_object(value: BaseModel) -> Any:
+    """A model instance as a schema default: its non-empty fields, on the wire."""
+    def prune(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: prune(v) for k, v in node.items() if v is not None and v != []}
+        return node
+    return prune(value.model_dump(by_alias=True, mode="json"))
 
-    With that default the API server creates the nested object and applies its fields' defaults, so a
-    stored ModelDeployment shows every default the operator acts on.
+
+class _JsonSchema(GenerateJsonSchema):
+    """Pydantic's generator, but a field whose default factory builds a model gets that model's defaults.
+
+    With that default the API server creates the nested object when it is left out, so a stored
+    ModelDeployment shows every default the operator acts on. The default is spelled out in full
+    (not ``{}``) because the API server checks defaults against the CEL rules without defaulting
+    them first.
     """
 
     def get_default_value(self, schema: core_schema.WithDefaultSchema) -> Any:
         factory = schema.get("default_factory")
         if factory is not None and not schema.get("default_factory_takes_data"):
             value = factory()  # type: ignore[call-arg]
-            return {} if isinstance(value, BaseModel) else NoDefault
+            return _default_object(value) if isinstance(value, BaseModel) else NoDefault
         return super().get_default_value(schema)
 
 

@@ -593,6 +593,9 @@ class ModelDeploymentSpec(_SpecModel):
         ("!has(self.replicas) || self.scaling.mode == 'External'",
          "replicas may only be set with scaling.mode: External (the built-in autoscaler owns it otherwise)",
          ".replicas"),
+        # The /scale subresource cannot be read without spec.replicas, and HPA reads it first.
+        ("self.scaling.mode != 'External' || has(self.replicas)",
+         "scaling.mode External needs replicas (the starting count an HPA or KEDA then drives)", ".replicas"),
     ))
 
     model: ModelSpec = Field(description="The model to serve. Required.")
@@ -601,7 +604,8 @@ class ModelDeploymentSpec(_SpecModel):
     replicas: StrictInt | None = Field(
         default=None, ge=0, le=1000,
         description="Replica count set by an external autoscaler (HPA, KEDA) through the /scale subresource. "
-                    "Only with scaling.mode External. Default: scaling.minReplicas. 0-1000.")
+                    "Required with scaling.mode External (the starting count), not allowed otherwise. "
+                    "0-1000.")
     scaling: ScalingSpec = Field(default_factory=ScalingSpec, description="Autoscaling.")
     rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="How revision changes roll out.")
 
@@ -609,6 +613,9 @@ class ModelDeploymentSpec(_SpecModel):
     def _checks(self) -> Self:
         if self.replicas is not None and self.scaling.mode != ScalingMode.EXTERNAL:
             raise ValueError("replicas may only be set with scaling.mode: External")
+        if self.replicas is None and self.scaling.mode == ScalingMode.EXTERNAL:
+            raise ValueError("scaling.mode External needs replicas "
+                             "(the starting count an HPA or KEDA then drives)")
         return self
 
 
