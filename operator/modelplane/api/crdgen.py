@@ -322,7 +322,8 @@ def _object_sections(path: str, node: Schema, out: list[str]) -> None:
             nested.append((f"{path}.{name}" + ("[]" if prop.get("type") == "array" else ""), target))
     rules = [(f"`{path}`", r) for r in node.get("x-kubernetes-validations", [])]
     for name, prop in props.items():
-        rules += [(f"`{path}.{name}`", r) for r in prop.get("x-kubernetes-validations", [])]
+        if "properties" not in prop:  # an object's own rules are listed in its section
+            rules += [(f"`{path}.{name}`", r) for r in prop.get("x-kubernetes-validations", [])]
         item_rules = prop.get("items", {}).get("x-kubernetes-validations", [])
         rules += [(f"`{path}.{name}[]`", r) for r in item_rules]
     if rules:
