@@ -1,0 +1,141 @@
+{{/*
+Names, labels, and the RBAC rules: the one place that says which verbs the operator needs.
+*/}}
+
+{{- define "modelplane.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "modelplane.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "modelplane.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "modelplane.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "modelplane.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "modelplane.labels" -}}
+helm.sh/chart: {{ include "modelplane.chart" . }}
+{{ include "modelplane.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: modelplane
+{{- end }}
+
+{{- define "modelplane.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "modelplane.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "modelplane.peeringName" -}}
+{{- default (include "modelplane.fullname" .) .Values.ha.peeringName | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Rules for the namespaced resources, granted cluster-wide (ClusterRole) or in each watched namespace
+(Role). Each rule names the code that makes the call; tests/unit/test_chart.py holds the same list
+as (apiGroup, resource, verb) triples and fails when the two differ in either direction.
+*/}}
+{{- define "modelplane.rules.namespaced" -}}
+# kopf lists and watches ModelDeployments (handlers.model_deployment_event); the operator never
+# writes their spec, labels or annotations.
+- apiGroups: [modelplane.dev]
+  resources: [modeldeployments]
+  verbs: [list, watch]
+# Status is written by server-side apply, a PATCH of the status subresource (controller._reconcile).
+- apiGroups: [modelplane.dev]
+  resources: [modeldeployments/status]
+  verbs: [patch]
+# Children carry an ownerReference with blockOwnerDeletion (render._owner_references), which the
+# OwnerReferencesPermissionEnforcement admission plugin (on in OpenShift) allows only to a client
+# that may update the owner's finalizers. The operator never sets a finalizer.
+- apiGroups: [modelplane.dev]
+  resources: [modeldeployments/finalizers]
+  verbs: [update]
+# vLLM Deployments: kopf watches the managed ones (handlers.deployment_event), the controller lists
+# them, applies them (server-side apply is a PATCH, which also creates) and deletes old revisions.
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [list, watch, patch, delete]
+# The rollout sets a revision's replicas through the scale subresource.
+- apiGroups: [apps]
+  resources: [deployments/scale]
+  verbs: [patch]
+# The model's Service and PodDisruptionBudget: listed and applied each reconcile.
+- apiGroups: [""]
+  resources: [services]
+  verbs: [list, patch]
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
+  verbs: [list, patch]
+# vLLM pods: kopf watches the managed ones (handlers.pod_event); the controller lists them for
+# readiness, scrape targets and problems (health.pod_problem).
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list, watch]
+# FailedScheduling events are listed to explain pending pods; the operator posts its own Events
+# (controller.post_event). kopf's own event posting is switched off (handlers.configure).
+- apiGroups: [""]
+  resources: [events]
+  verbs: [list, create]
+# Rollouts: the evaluation suite is read from the ConfigMap the spec names, and the evaluation
+# report is written to a ConfigMap of the operator's.
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [get, create, patch]
+# Rollouts with a custom evaluator (spec.rollout.evaluation.evaluator) run it as a Job.
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [get, create, delete]
+{{- if and .Values.ha.enabled .Values.watchNamespaces }}
+# HA in namespaced mode: kopf keeps its heartbeat in a KopfPeering in each served namespace.
+- apiGroups: [kopf.dev]
+  resources: [kopfpeerings]
+  verbs: [list, watch, patch]
+{{- end }}
+{{- end }}
+
+{{/*
+Rules for cluster-scoped resources: always a ClusterRole, in both modes.
+*/}}
+{{- define "modelplane.rules.cluster" -}}
+# GPU nodes: the planner sizes replicas to the node shapes that exist (controller._cached_nodes).
+- apiGroups: [""]
+  resources: [nodes]
+  verbs: [list]
+# kopf discovers the watched resources and follows CRD changes (kopf resource_observer).
+- apiGroups: [apiextensions.k8s.io]
+  resources: [customresourcedefinitions]
+  verbs: [list, watch]
+{{- if .Values.watchNamespaces }}
+# Namespaced mode: kopf follows namespaces coming and going (kopf namespace_observer). In
+# cluster-wide mode kopf serves all namespaces without listing them, so this rule is left out.
+- apiGroups: [""]
+  resources: [namespaces]
+  verbs: [list, watch]
+{{- end }}
+{{- if and .Values.ha.enabled (not .Values.watchNamespaces) }}
+# HA in cluster-wide mode: kopf keeps its heartbeat in a ClusterKopfPeering.
+- apiGroups: [kopf.dev]
+  resources: [clusterkopfpeerings]
+  verbs: [list, watch, patch]
+{{- end }}
+{{- end }}
