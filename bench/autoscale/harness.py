@@ -33,6 +33,8 @@ class PodView:
     kv_cache_usage: float
     generation_tokens: int
     outstanding: int  #: what the gateway counts as in flight on this pod
+    prompt_tokens: int = 0  #: vllm:prompt_tokens_total
+    requests_started: int = 0  #: vllm:time_to_first_token_seconds_count
 
 
 @dataclass(frozen=True)
@@ -244,7 +246,8 @@ def _send(pod: _Pod, idx: int, req: Request, at: float, owner: dict[str, _Pod]) 
 def _view(now: float, serving: list[_Pod], held: int) -> ClusterView:
     ready = tuple(
         PodView(p.name, p.engine.num_waiting, p.engine.num_running, p.engine.kv_cache_usage,
-                p.engine.stats.generation_tokens, p.outstanding)
+                p.engine.stats.generation_tokens, p.outstanding, p.engine.stats.prompt_tokens,
+                p.engine.stats.ttft.count)
         for p in serving if p.engine is not None)
     starting = tuple(now - p.created for p in serving if p.engine is None)
     return ClusterView(now=now, current=len(serving), ready=ready, starting_ages=starting, held=held)

@@ -59,7 +59,9 @@ class Ours:
         obs = Observation(
             now=view.now, current_replicas=view.current,
             ready=tuple(ReadyPod(p.name, PodMetrics(p.waiting, p.running, p.kv_cache_usage,
-                                                    p.generation_tokens, scraped_at=view.now))
+                                                    p.generation_tokens, scraped_at=view.now,
+                                                    prompt_tokens=p.prompt_tokens,
+                                                    requests_started=p.requests_started))
                         for p in view.ready),
             starting=tuple(StartingPod(f"starting-{k}", age) for k, age in enumerate(view.starting_ages)),
             activator_pending=view.held)

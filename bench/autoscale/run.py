@@ -24,7 +24,7 @@ from modelplane.autoscaler.cost import replica_hourly_usd
 from modelplane.autoscaler.policy import PolicySpec
 from modelplane.gpus import GPU_TYPES
 from modelplane.sim.engine import EngineModel, EngineParams
-from modelplane.sim.profiles import params_for
+from modelplane.sim.profiles import params_for, saturated_tokens_per_s
 
 GPU = "nvidia-h100-80gb"
 GPUS_PER_REPLICA = 2
@@ -39,6 +39,15 @@ POLICY_ORDER = ("modelplane", "HPA", "KEDA", "KubeAI", "static peak", "oracle")
 
 def engine_params() -> EngineParams:
     return params_for(GPU, 70.0, GPUS_PER_REPLICA, MAX_MODEL_LEN, MAX_NUM_SEQS, quantization="fp8")
+
+
+def throughput_priors(params: EngineParams, *, error: float = 1.0) -> dict[str, float]:
+    """Our policy's prior of a replica's token rates, from the engine profile (what the planner knows).
+
+    ``error`` multiplies both, to check that the learned capacity corrects a wrong profile.
+    """
+    return {"prefill_tokens_per_second": params.prefill_tokens_per_s * error,
+            "decode_tokens_per_second": saturated_tokens_per_s(params) * error}
 
 
 def _make_engine(params: EngineParams, start: float) -> EngineModel:
@@ -60,7 +69,7 @@ def build_policies(trace: traces.Trace, params: EngineParams, *, cold_start: flo
     spec = PolicySpec(min_replicas=MIN_REPLICAS, max_replicas=max_replicas,
                       target_queue_depth=TARGET_QUEUE_DEPTH, scale_down_delay=300.0,
                       usd_per_replica_hour=replica_hourly_usd(GPU, GPUS_PER_REPLICA),
-                      replica_concurrency=MAX_NUM_SEQS)
+                      replica_concurrency=MAX_NUM_SEQS, **throughput_priors(params))
     built: list[Autoscaler] = [
         policies.Ours(spec),
         policies.HPAStyle(target_per_pod=per_replica, min_replicas=MIN_REPLICAS, max_replicas=max_replicas),

@@ -40,6 +40,7 @@ from enum import StrEnum
 from typing import Any
 
 from modelplane.autoscaler import cost
+from modelplane.autoscaler import throughput as tp
 
 _EPS = 1e-9
 
@@ -72,6 +73,9 @@ class PodMetrics:
     kv_cache_usage: float  #: vllm:kv_cache_usage_perc, 0..1
     generation_tokens: float  #: vllm:generation_tokens_total (a counter)
     scraped_at: float  #: when the page was read, on the same clock as ``Observation.now``
+    prompt_tokens: float | None = None  #: vllm:prompt_tokens_total (a counter); None: not scraped
+    #: vllm:time_to_first_token_seconds_count: requests that got their first token (a counter)
+    requests_started: float | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,18 @@ class PolicySpec:
     cold_start_backlog_credit: float = 1.0
     #: $/Mtok is measured over at least this long, so one busy scrape does not swing it.
     cost_window: float = 60.0
+    #: Throughput sizing (``modelplane.autoscaler.throughput``), on when both priors are set: one
+    #: replica's prefill tokens/s and decode tokens/s at a full batch, from the engine profile.
+    prefill_tokens_per_second: float | None = None
+    decode_tokens_per_second: float | None = None
+    #: Share of a replica's learned capacity the fleet is sized to use (the rest keeps TTFT short).
+    target_utilization: float = 0.85
+    #: Seconds within which the fleet is sized to clear the queue's work.
+    backlog_horizon: float = 60.0
+    #: A pod with at least this many waiting requests at two scrapes in a row ran flat out.
+    saturation_waiting: float = 8.0
+    #: Seconds ahead the fleet is sized for while demand rises: about a cold start.
+    scale_up_lead: float = 90.0
 
     def __post_init__(self) -> None:
         if self.min_replicas < 0 or self.max_replicas < 1 or self.min_replicas > self.max_replicas:
@@ -142,6 +158,22 @@ class PolicySpec:
             raise ValueError(f"kv_cache_threshold must be in (0, 1], got {self.kv_cache_threshold}")
         if self.usd_per_replica_hour < 0:
             raise ValueError("usd_per_replica_hour must be >= 0")
+        for rate in (self.prefill_tokens_per_second, self.decode_tokens_per_second):
+            if rate is not None and not rate > 0:
+                raise ValueError(f"token rates must be > 0, got {rate}")
+        if not 0 < self.target_utilization <= 1 or self.backlog_horizon <= 0:
+            raise ValueError("target_utilization must be in (0, 1] and backlog_horizon > 0")
+
+    @property
+    def throughput_spec(self) -> tp.ThroughputSpec | None:
+        """The throughput sizing's settings; None when the profile's token rates are not known."""
+        if self.prefill_tokens_per_second is None or self.decode_tokens_per_second is None:
+            return None
+        return tp.ThroughputSpec(
+            prefill_tokens_per_second=self.prefill_tokens_per_second,
+            decode_tokens_per_second=self.decode_tokens_per_second,
+            target_utilization=self.target_utilization, saturation_waiting=self.saturation_waiting,
+            backlog_horizon=self.backlog_horizon, lead_seconds=self.scale_up_lead)
 
     @property
     def budget_replicas(self) -> int | None:
@@ -165,6 +197,7 @@ class PolicyState:
     token_sample: cost.TokenSample | None = None
     usd_per_million_tokens: float | None = None
     tokens_per_second: float | None = None
+    throughput: tp.ThroughputState = field(default_factory=tp.ThroughputState)
 
 
 @dataclass(frozen=True)
@@ -199,7 +232,9 @@ def _metric_problems(obs: Observation, spec: PolicySpec) -> list[str]:
             problems.append(f"no metrics from {pod.name}")
             continue
         values = (m.waiting, m.running, m.kv_cache_usage, m.generation_tokens, m.scraped_at)
-        if not all(math.isfinite(v) for v in values) or min(values[:4]) < 0 or m.kv_cache_usage > 1 + 1e-6:
+        counters = tuple(v for v in (m.prompt_tokens, m.requests_started) if v is not None)
+        if (not all(math.isfinite(v) for v in values + counters) or min(values[:4] + counters) < 0
+                or m.kv_cache_usage > 1 + 1e-6):
             problems.append(f"garbled metrics from {pod.name}")
         elif obs.now - m.scraped_at > spec.metrics_max_age:
             problems.append(f"metrics of {pod.name} are {obs.now - m.scraped_at:.0f}s old")
@@ -254,6 +289,19 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
     if n_starting and recommended > current:
         credited = demand - n_starting * target * spec.cold_start_backlog_credit
         recommended = max(current, _ceil(credited / target))
+    # Throughput sizing replaces the in-flight rule when the profile's rates and the counters are known.
+    tp_spec, tp_state, estimate = spec.throughput_spec, state.throughput, None
+    if tp_spec is not None and metrics and all(
+            m.prompt_tokens is not None and m.requests_started is not None for m in metrics):
+        estimate = tp.estimate(tp_spec, tp_state, now=now, held=held_requests, starting=n_starting, pods=[
+            tp.PodCounters(p.name, p.metrics.generation_tokens, p.metrics.prompt_tokens or 0.0,
+                           p.metrics.requests_started or 0.0, p.metrics.waiting)
+            for p in obs.ready if p.metrics is not None])
+        tp_state = estimate.state
+        if estimate.replicas is not None:
+            recommended = estimate.replicas
+    elif metrics or held_requests:
+        tp_state = tp.ThroughputState()  # counters missing or no pods: start the estimates afresh
     kv_sum = sum(m.kv_cache_usage for m in metrics)
     kv_mean = kv_sum / len(metrics) if metrics else 0.0
     if metrics and kv_mean > spec.kv_cache_threshold:
@@ -346,18 +394,28 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
         token_sample=sample,
         usd_per_million_tokens=usd_mtok,
         tokens_per_second=tok_s,
+        throughput=tp_state,
     )
+    if estimate is not None and estimate.demand is not None:
+        sizing = (f"work demand {estimate.demand:.2f} engine-s/s + backlog {estimate.backlog:.1f} engine-s "
+                  f"over replica capacity {estimate.capacity:.2f} at {spec.target_utilization:.0%}")
+    else:
+        sizing = (f"per-replica target {target:g} (capacity {capacity:g} + queue "
+                  f"{spec.target_queue_depth:g})")
     message = (f"{current}→{desired} ({reason.value}): demand {demand:g} (waiting {waiting:g}, running "
                f"{running:g}, held {held_requests}) on {n_ready} ready + {n_starting} starting; "
-               f"per-replica target {target:g} (capacity {capacity:g} + queue {spec.target_queue_depth:g}); "
-               f"KV mean {kv_mean:.2f}; recommends {recommended}{why}")
+               f"{sizing}; KV mean {kv_mean:.2f}; recommends {recommended}{why}")
+    inputs = {"demand": demand, "waiting": waiting, "running": running, "kvCacheMean": kv_mean,
+              "perReplicaTarget": target, "capacity": capacity, "idleSeconds": idle_for}
+    if estimate is not None and estimate.demand is not None:
+        inputs.update(workDemand=estimate.demand, workBacklog=estimate.backlog,
+                      replicaWorkCapacity=estimate.capacity)
     return Decision(
         desired_replicas=desired, reason=reason, message=message, state=new_state,
         recommended=recommended, demand=demand, waiting=waiting, running=running,
         ready=n_ready, starting=n_starting, activator_pending=held_requests,
         hourly_usd=current * price, desired_hourly_usd=desired * price, usd_per_million_tokens=usd_mtok,
-        inputs={"demand": demand, "waiting": waiting, "running": running, "kvCacheMean": kv_mean,
-                "perReplicaTarget": target, "capacity": capacity, "idleSeconds": idle_for},
+        inputs=inputs,
     )
 
 
