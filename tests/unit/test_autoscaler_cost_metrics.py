@@ -71,15 +71,21 @@ vllm:time_to_first_token_seconds_bucket{engine="0",le="+Inf",model_name="chat"} 
 vllm:time_to_first_token_seconds_count{engine="0",model_name="chat"} 5.0
 vllm:time_to_first_token_seconds_sum{engine="0",model_name="chat"} 0.7
 """
-TWO_ENGINES = PAGE + PAGE.replace('engine="0"', 'engine="1"').replace("0.42", "0.91").replace(
+WITH_PROMPT = PAGE + """# TYPE vllm:prompt_tokens_total counter
+vllm:prompt_tokens_total{engine="0",model_name="chat"} 9000.0
+"""
+TWO_ENGINES = WITH_PROMPT + WITH_PROMPT.replace('engine="0"', 'engine="1"').replace("0.42", "0.91").replace(
     "# HELP", "# X").replace("# TYPE", "# Y")
 
 
 @pytest.mark.parametrize(("text", "model", "want"), [
-    (PAGE, None, PodMetrics(3, 7, 0.42, 12345, 5.0)),
-    (PAGE, "chat", PodMetrics(3, 7, 0.42, 12345, 5.0)),
-    (TWO_ENGINES, None, PodMetrics(6, 14, 0.91, 24690, 5.0)),
-], ids=["one engine", "model filter", "two engines: sum, KV of the fullest"])
+    (PAGE, None, PodMetrics(3, 7, 0.42, 12345, 5.0, requests_started=5)),
+    (PAGE, "chat", PodMetrics(3, 7, 0.42, 12345, 5.0, requests_started=5)),
+    (WITH_PROMPT, None, PodMetrics(3, 7, 0.42, 12345, 5.0, prompt_tokens=9000, requests_started=5)),
+    (PAGE.split("# TYPE vllm:time_to_first")[0], None, PodMetrics(3, 7, 0.42, 12345, 5.0)),
+    (TWO_ENGINES, None, PodMetrics(6, 14, 0.91, 24690, 5.0, prompt_tokens=18000, requests_started=10)),
+], ids=["one engine", "model filter", "prompt tokens", "no optional counters",
+        "two engines: sum, KV of the fullest"])
 def test_parse_vllm_metrics(text: str, model: str | None, want: PodMetrics) -> None:
     assert parse_vllm_metrics(text, scraped_at=5.0, model_name=model) == want
 
@@ -91,8 +97,10 @@ def test_parse_vllm_metrics(text: str, model: str | None, want: PodMetrics) -> N
     (PAGE.replace("3.0\n", "-3.0\n", 1), None),
     (PAGE.replace("0.42", "NaN"), None),
     (PAGE.replace("0.42", "4.2"), None),
+    (WITH_PROMPT.replace("9000.0", "-1.0"), None),
     ("", None),
-], ids=["html", "old metric name", "other model", "negative", "nan", "kv over 1", "empty"])
+], ids=["html", "old metric name", "other model", "negative", "nan", "kv over 1", "negative prompt tokens",
+        "empty"])
 def test_parse_vllm_metrics_refuses(text: str, model: str | None) -> None:
     with pytest.raises(MetricsError):
         parse_vllm_metrics(text, scraped_at=0.0, model_name=model)

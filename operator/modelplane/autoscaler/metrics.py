@@ -6,6 +6,10 @@ Pure: the handlers fetch the page (with a timeout) and pass its text here. The V
 engines (data parallel) reports one series per ``engine`` label: requests and tokens add up, KV
 use is the fullest engine's, since that one saturates first. A page that cannot be parsed, or lacks
 one of the four, raises ``MetricsError``; the policy then holds (``MetricsUnavailable``).
+
+Two counters feed the throughput sizing when present (``None`` when absent, never an error, so a
+page without them still scales on the four above): ``vllm:prompt_tokens_total`` and the count of
+``vllm:time_to_first_token_seconds`` (requests that got their first token, i.e. started).
 """
 
 from __future__ import annotations
@@ -20,7 +24,10 @@ WAITING = "vllm:num_requests_waiting"
 RUNNING = "vllm:num_requests_running"
 KV_CACHE_USAGE = "vllm:kv_cache_usage_perc"
 GENERATION_TOKENS = "vllm:generation_tokens_total"
+PROMPT_TOKENS = "vllm:prompt_tokens_total"
+REQUESTS_STARTED = "vllm:time_to_first_token_seconds_count"
 _WANTED = (WAITING, RUNNING, KV_CACHE_USAGE, GENERATION_TOKENS)
+_OPTIONAL = (PROMPT_TOKENS, REQUESTS_STARTED)
 
 
 class MetricsError(ValueError):
@@ -29,7 +36,7 @@ class MetricsError(ValueError):
 
 def parse_vllm_metrics(text: str, *, scraped_at: float, model_name: str | None = None) -> PodMetrics:
     """The policy's view of one pod from its ``/metrics`` text; only ``model_name``'s series if given."""
-    found: dict[str, list[float]] = {name: [] for name in _WANTED}
+    found: dict[str, list[float]] = {name: [] for name in _WANTED + _OPTIONAL}
     try:
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
@@ -40,7 +47,7 @@ def parse_vllm_metrics(text: str, *, scraped_at: float, model_name: str | None =
                 found[sample.name].append(float(sample.value))
     except (ValueError, TypeError, IndexError, KeyError) as exc:  # what the parser raises on bad text
         raise MetricsError(f"not Prometheus text: {exc}") from exc
-    missing = [name for name, values in found.items() if not values]
+    missing = [name for name in _WANTED if not found[name]]
     if missing:
         raise MetricsError(f"missing {', '.join(missing)}")
     for name, values in found.items():
@@ -55,4 +62,6 @@ def parse_vllm_metrics(text: str, *, scraped_at: float, model_name: str | None =
         kv_cache_usage=kv,
         generation_tokens=sum(found[GENERATION_TOKENS]),
         scraped_at=scraped_at,
+        prompt_tokens=sum(found[PROMPT_TOKENS]) if found[PROMPT_TOKENS] else None,
+        requests_started=sum(found[REQUESTS_STARTED]) if found[REQUESTS_STARTED] else None,
     )

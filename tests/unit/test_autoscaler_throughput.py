@@ -1,0 +1,161 @@
+"""Table tests of throughput sizing: work from token counters, learned capacity, trend, backlog."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from modelplane.autoscaler.policy import (
+    Observation,
+    PodMetrics,
+    PolicySpec,
+    PolicyState,
+    ReadyPod,
+    Reason,
+    StartingPod,
+    decide,
+)
+from modelplane.autoscaler.throughput import PodCounters, ThroughputSpec, ThroughputState, estimate
+
+# 1,000 prompt tokens/s and 100 generated tokens/s are one engine-second each.
+SPEC = ThroughputSpec(prefill_tokens_per_second=1000.0, decode_tokens_per_second=100.0,
+                      target_utilization=0.8, backlog_horizon=50.0)
+
+
+@dataclass(frozen=True)
+class Tick:
+    #: per pod, the increase over 10 s of (prompt tokens, generated tokens, started requests), waiting
+    pods: tuple[tuple[float, float, float, float], ...]
+    held: float = 0.0
+    starting: int = 0
+
+
+def _play(ticks: tuple[Tick, ...], spec: ThroughputSpec = SPEC) -> list[int | None]:
+    state = ThroughputState()
+    totals: dict[str, list[float]] = {}
+    out = []
+    for k, tick in enumerate(ticks):
+        pods = []
+        for i, (prompt, gen, started, waiting) in enumerate(tick.pods):
+            c = totals.setdefault(f"p{i}", [0.0, 0.0, 0.0])
+            c[0] += prompt
+            c[1] += gen
+            c[2] += started
+            pods.append(PodCounters(f"p{i}", c[1], c[0], c[2], waiting))
+        est = estimate(spec, state, now=10.0 * k, pods=pods, held=tick.held, starting=tick.starting)
+        state = est.state
+        out.append(est.replicas)
+    return out
+
+
+# 0.4 engine-s/s: 2,000 prompt tokens (2 s) + 200 generated (2 s) in 10 s; 10 requests of 0.4 s each.
+BUSY_40 = (2000.0, 200.0, 10.0, 0.0)
+# Flat out with a queue: 1 engine-s/s.
+FLAT_OUT = (5000.0, 500.0, 25.0, 20.0)
+
+CASES = {
+    "first sample only primes": ((Tick((BUSY_40,)),), [None]),
+    "steady: 2 × 0.4 = 0.8 engine-s/s at 80% → 1 replica": (
+        tuple(Tick((BUSY_40, BUSY_40)) for _ in range(4)), [None, 1, 1, 1]),
+    "steady: 4 × 0.4 = 1.6 → 2 replicas, not the 4 running": (
+        tuple(Tick((BUSY_40,) * 4) for _ in range(4)), [None, 2, 2, 2]),
+    "saturated with a queue: demand + backlog asks for more": (
+        tuple(Tick((FLAT_OUT, FLAT_OUT)) for _ in range(3)), [None, 3, 3]),
+    "backlog left to starting pods": (
+        (Tick((FLAT_OUT, FLAT_OUT)),) + tuple(Tick((FLAT_OUT, FLAT_OUT), starting=2) for _ in range(2)),
+        [None, 3, 3]),
+    # 100 requests held within 10 s: arrivals of 4.4 engine-s/s (smoothed to 2.4), a rise extrapolated
+    # 90 s ahead (+2.4) and a backlog of 40 engine-s over 50 s (+0.8): 5.6 / 0.8 → 7.
+    "held requests are arrivals and backlog": (
+        (Tick((BUSY_40,)), Tick((BUSY_40,)), Tick((BUSY_40,), held=100.0)), [None, 1, 7]),
+    "idle": (tuple(Tick(((0.0, 0.0, 0.0, 0.0),)) for _ in range(3)), [None, 0, 0]),
+}
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_estimate_table(case: tuple[tuple[Tick, ...], list[int | None]]) -> None:
+    ticks, want = case
+    assert _play(ticks) == want
+
+
+def test_saturation_teaches_the_capacity() -> None:
+    # The profile is 2× too optimistic: flat out, a pod does only 0.5 engine-s/s by the prior's rates.
+    state = ThroughputState()
+    est = None
+    for k in range(60):
+        pods = [PodCounters("p0", 250.0 * k, 2500.0 * k, 12.5 * k, 20.0)]
+        est = estimate(SPEC, state, now=10.0 * k, pods=pods, held=0.0)
+        state = est.state
+    assert est is not None
+    assert est.capacity == pytest.approx(0.5, rel=0.02)
+    assert est.state.capacity_samples == 59
+
+
+def test_a_counter_reset_is_not_negative_work() -> None:
+    state = estimate(SPEC, ThroughputState(), now=0.0, held=0.0,
+                     pods=[PodCounters("p0", 1000.0, 10000.0, 50.0, 0.0)]).state
+    est = estimate(SPEC, state, now=10.0, held=0.0, pods=[PodCounters("p0", 100.0, 1000.0, 5.0, 0.0)])
+    assert est.demand == pytest.approx(0.2)  # (1000/1000 + 100/100) / 10 s: the restarted counters
+
+
+def test_a_rising_ramp_is_sized_ahead() -> None:
+    spec = ThroughputSpec(prefill_tokens_per_second=1000.0, decode_tokens_per_second=100.0,
+                          target_utilization=1.0, lead_seconds=100.0)
+    state = ThroughputState()
+    flat = ramp = None
+    for k in range(40):
+        # Demand grows by 0.01 engine-s/s every second: tick k brings 0.1 × k engine-s/s × 10 s.
+        total_work = 0.5 * k * (k + 1)  # cumulative engine-seconds
+        pods = [PodCounters("p0", 100.0 * total_work, 0.0, 10.0 * k, 0.0)]
+        est = estimate(spec, state, now=10.0 * k, pods=pods, held=0.0)
+        state = est.state
+        flat, ramp = est.demand, est.replicas
+    assert flat is not None and ramp is not None
+    # Without the lead it would ask for ceil(demand) replicas; the trend adds ~0.01 × 100 s.
+    assert ramp > flat + 0.5
+
+
+def _pod(name: str, waiting: float, running: float, *, gen: float, prompt: float, started: float,
+         at: float) -> ReadyPod:
+    return ReadyPod(name, PodMetrics(waiting, running, 0.1, gen, at, prompt_tokens=prompt,
+                                     requests_started=started))
+
+
+def test_policy_uses_throughput_when_the_profile_is_known() -> None:
+    # 4 pods each running 20 of maxNumSeqs 32 at 0.4 engine-s/s: the in-flight rule (20 × 4 / 36 → 3)
+    # and throughput (1.6 / 0.8 → 2) disagree; with the profile the throughput answer wins.
+    spec = PolicySpec(max_replicas=8, replica_concurrency=32, scale_down_delay=0.0, scale_down_period=0.0,
+                      prefill_tokens_per_second=1000.0, decode_tokens_per_second=100.0, target_utilization=0.8)
+    plain = PolicySpec(max_replicas=8, replica_concurrency=32, scale_down_delay=0.0, scale_down_period=0.0)
+    answers = {}
+    for name, s in (("throughput", spec), ("in-flight", plain)):
+        state = PolicyState()
+        for k in range(3):
+            pods = tuple(_pod(f"p{i}", 0, 20, gen=200.0 * k, prompt=2000.0 * k, started=10.0 * k, at=10.0 * k)
+                         for i in range(4))
+            d = decide(Observation(now=10.0 * k, current_replicas=4, ready=pods), s, state)
+            state = d.state
+        answers[name] = (d.recommended, d.reason)
+        if name == "throughput":
+            assert d.inputs["workDemand"] == pytest.approx(1.6)
+            assert "engine-s/s" in d.message
+    assert answers == {"throughput": (2, Reason.SCALE_DOWN), "in-flight": (3, Reason.SCALE_DOWN)}
+
+
+def test_policy_falls_back_without_counters() -> None:
+    spec = PolicySpec(prefill_tokens_per_second=1000.0, decode_tokens_per_second=100.0)
+    pods = (ReadyPod("p0", PodMetrics(0, 5, 0.1, 100, 0.0)),)
+    d = decide(Observation(now=0.0, current_replicas=1, ready=pods,
+                           starting=(StartingPod("s", 1.0),)), spec, PolicyState())
+    assert d.state.throughput == ThroughputState()
+    assert "per-replica target" in d.message
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"prefill_tokens_per_second": 0.0}, {"decode_tokens_per_second": -1.0}, {"target_utilization": 0.0},
+    {"target_utilization": 1.5}, {"backlog_horizon": 0.0},
+], ids=["zero prefill", "negative decode", "zero utilization", "utilization over 1", "zero horizon"])
+def test_spec_refuses(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        PolicySpec(**kwargs)  # type: ignore[arg-type]
