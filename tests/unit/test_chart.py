@@ -1,0 +1,353 @@
+"""The Helm chart, rendered by a real helm (built from its Go module) and read back as YAML.
+
+What must hold for every value set: `helm lint --strict` is clean; the RBAC grants exactly the
+(apiGroup, resource, verb) triples the operator uses, with no wildcard; the operator runs
+`modelplane run` with flags its parser accepts, non-root, on a read-only root filesystem, probed on
+/healthz at the metrics port; the chart's CRD is the generated one in crds/.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import kopf
+import pytest
+import yaml
+
+from modelplane import gpus, opmetrics
+from modelplane.cli import build_parser
+from modelplane.run import load_prices
+from tests.chart import CHART, REPO, lint, one, permissions, pick, render
+
+# A cold helm build (first run on a machine) takes minutes; warm, these tests take seconds.
+pytestmark = pytest.mark.timeout(1800)
+
+RELEASE, NAMESPACE = "mp", "modelplane-system"
+FULLNAME = "mp-modelplane"
+
+
+def _triples(group: str, resource: str, *verbs: str) -> set[tuple[str, str, str]]:
+    return {(group, resource, verb) for verb in verbs}
+
+
+# What the operator calls, read from its code (kube.py verbs as used by controller.py and
+# handlers.py, kopf's own needs) — kept here independently of the chart so the two are compared.
+NAMESPACED_NEEDS = (
+    _triples("modelplane.dev", "modeldeployments", "list", "watch")            # kopf watch
+    | _triples("modelplane.dev", "modeldeployments/status", "patch")           # status SSA
+    | _triples("modelplane.dev", "modeldeployments/finalizers", "update")      # blockOwnerDeletion
+    | _triples("apps", "deployments", "list", "watch", "patch", "delete")      # children
+    | _triples("apps", "deployments/scale", "patch")                           # rollout
+    | _triples("", "services", "list", "patch")
+    | _triples("policy", "poddisruptionbudgets", "list", "patch")
+    | _triples("", "pods", "list", "watch")
+    | _triples("", "events", "list", "create")
+    | _triples("", "configmaps", "get", "create", "patch")                     # evaluation suite/report
+    | _triples("batch", "jobs", "get", "create", "delete")                     # custom evaluator
+)
+CLUSTER_NEEDS = (
+    _triples("", "nodes", "list")
+    | _triples("apiextensions.k8s.io", "customresourcedefinitions", "list", "watch")
+)
+#: kopf lists and watches namespaces only when it serves a chosen set of them.
+NAMESPACES_NEEDS = _triples("", "namespaces", "list", "watch")
+CLUSTER_PEERING_NEEDS = _triples("kopf.dev", "clusterkopfpeerings", "list", "watch", "patch")
+NAMESPACED_PEERING_NEEDS = _triples("kopf.dev", "kopfpeerings", "list", "watch", "patch")
+
+VALUE_SETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "namespaced": {"watchNamespaces": ["a", "b"]},
+    "ha": {"ha": {"enabled": True}, "replicas": 2},
+    "ha-namespaced": {"ha": {"enabled": True}, "replicas": 3, "watchNamespaces": ["a", "b"]},
+    "observability": {"serviceMonitor": {"enabled": True, "interval": "15s"},
+                      "grafanaDashboard": {"enabled": True},
+                      "gpuPrices": {"nvidia-h100-80gb": 2.49, "nvidia-l4": 0.7}},
+    "tuned": {"metrics": {"port": 9090}, "resyncSeconds": 5, "logLevel": "DEBUG",
+              "image": {"repository": "registry.example/modelplane", "tag": "dev"}},
+}
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[dict[str, Any]]]:
+    return {name: render(values, release=RELEASE, namespace=NAMESPACE) for name, values in VALUE_SETS.items()}
+
+
+def _deployment(manifests: list[dict[str, Any]]) -> dict[str, Any]:
+    return one(manifests, "Deployment", FULLNAME, NAMESPACE)
+
+
+def _container(manifests: list[dict[str, Any]]) -> dict[str, Any]:
+    containers = _deployment(manifests)["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return dict(containers[0])
+
+
+# --- lint ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(VALUE_SETS), ids=list(VALUE_SETS))
+def test_helm_lint_is_clean(name: str) -> None:
+    proc = lint(VALUE_SETS[name])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "[WARNING]" not in proc.stdout and "[ERROR]" not in proc.stdout, proc.stdout
+
+
+# --- RBAC ------------------------------------------------------------------------------------------
+
+
+def _expected(values: dict[str, Any]) -> tuple[set[tuple[str, str, str]], set[tuple[str, str, str]]]:
+    """(namespaced, cluster-scoped) permissions the operator needs with ``values``."""
+    namespaced, cluster = set(NAMESPACED_NEEDS), set(CLUSTER_NEEDS)
+    ha = values.get("ha", {}).get("enabled", False)
+    if values.get("watchNamespaces"):
+        cluster |= NAMESPACES_NEEDS
+        if ha:
+            namespaced |= NAMESPACED_PEERING_NEEDS
+    elif ha:
+        cluster |= CLUSTER_PEERING_NEEDS
+    return namespaced, cluster
+
+
+@pytest.mark.parametrize("name", list(VALUE_SETS), ids=list(VALUE_SETS))
+def test_rbac_grants_exactly_what_the_operator_uses(name: str, rendered: dict[str, Any]) -> None:
+    manifests, values = rendered[name], VALUE_SETS[name]
+    namespaced, cluster = _expected(values)
+    subject = {"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}
+    one(manifests, "ServiceAccount", FULLNAME, NAMESPACE)
+    watch = values.get("watchNamespaces") or []
+    if not watch:
+        role = one(manifests, "ClusterRole", FULLNAME)
+        assert permissions(role["rules"]) == namespaced | cluster
+        binding = one(manifests, "ClusterRoleBinding", FULLNAME)
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                      "name": FULLNAME}
+        assert binding["subjects"] == [subject]
+        assert not pick(manifests, "Role") and not pick(manifests, "RoleBinding")
+        return
+    cluster_role = one(manifests, "ClusterRole", f"{FULLNAME}-cluster")
+    assert permissions(cluster_role["rules"]) == cluster
+    assert one(manifests, "ClusterRoleBinding", f"{FULLNAME}-cluster")["subjects"] == [subject]
+    assert {r["metadata"]["namespace"] for r in pick(manifests, "Role")} == set(watch)
+    for ns in watch:
+        assert permissions(one(manifests, "Role", FULLNAME, ns)["rules"]) == namespaced
+        binding = one(manifests, "RoleBinding", FULLNAME, ns)
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                      "name": FULLNAME}
+        assert binding["subjects"] == [subject]
+
+
+@pytest.mark.parametrize("name", list(VALUE_SETS), ids=list(VALUE_SETS))
+def test_rbac_has_no_wildcards(name: str, rendered: dict[str, Any]) -> None:
+    roles = pick(rendered[name], "ClusterRole") + pick(rendered[name], "Role")
+    assert roles
+    for role in roles:
+        for rule in role["rules"]:
+            for key in ("apiGroups", "resources", "verbs"):
+                assert "*" not in rule[key], (role["metadata"]["name"], rule)
+            assert "nonResourceURLs" not in rule
+
+
+def test_every_kopf_watch_is_granted_list_and_watch() -> None:
+    """Adding a kopf handler on a new resource without RBAC fails here, before the cluster test."""
+    import modelplane.handlers  # noqa: F401 — registers the handlers
+
+    registry = kopf.get_default_registry()
+    watched = {(h.selector.group or "", h.selector.plural or h.selector.any_name)
+               for h in registry._watching.get_all_handlers()}  # noqa: SLF001 — no public listing
+    assert watched == {("modelplane.dev", "modeldeployments"), ("apps", "deployments"), ("", "pods")}
+    for group, plural in watched:
+        assert {(group, plural, "list"), (group, plural, "watch")} <= NAMESPACED_NEEDS
+
+
+# --- the operator Deployment -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(VALUE_SETS), ids=list(VALUE_SETS))
+def test_deployment_runs_modelplane_run_with_flags_its_parser_accepts(name: str,
+                                                                      rendered: dict[str, Any]) -> None:
+    values = VALUE_SETS[name]
+    container = _container(rendered[name])
+    assert container["command"] == ["modelplane"]
+    args = build_parser().parse_args(container["args"])
+    assert args.command == "run"
+    assert args.metrics_port == values.get("metrics", {}).get("port", 8080)
+    assert args.metrics_host == "0.0.0.0"
+    assert args.resync_seconds == values.get("resyncSeconds", 2)
+    assert args.log_level == values.get("logLevel", "INFO")
+    assert args.namespace == values.get("watchNamespaces", [])
+    image = values.get("image", {})
+    repository, tag = image.get("repository", "modelplane/operator"), image.get("tag", "0.1.0")
+    assert container["image"] == f"{repository}:{tag}"
+    if values.get("gpuPrices"):
+        assert args.prices == Path("/etc/modelplane/prices/prices.yaml")
+    else:
+        assert args.prices is None
+
+
+@pytest.mark.parametrize("name", list(VALUE_SETS), ids=list(VALUE_SETS))
+def test_deployment_is_non_root_read_only_and_probed_on_healthz(name: str, rendered: dict[str, Any]) -> None:
+    values = VALUE_SETS[name]
+    pod = _deployment(rendered[name])["spec"]["template"]["spec"]
+    container = _container(rendered[name])
+    assert pod["serviceAccountName"] == FULLNAME
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["runAsNonRoot"] is True
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    port = values.get("metrics", {}).get("port", 8080)
+    assert container["ports"] == [{"name": "metrics", "containerPort": port, "protocol": "TCP"}]
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["resources"]["requests"]["cpu"] and container["resources"]["limits"]["memory"]
+    # The read-only root needs a writable /tmp.
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    service = one(rendered[name], "Service", f"{FULLNAME}-metrics", NAMESPACE)
+    assert service["spec"]["ports"] == [{"name": "metrics", "port": port, "targetPort": "metrics",
+                                         "protocol": "TCP"}]
+    assert service["spec"]["selector"] == _deployment(rendered[name])["spec"]["selector"]["matchLabels"]
+
+
+@pytest.mark.parametrize(("name", "strategy"), [("default", "Recreate"), ("ha", "RollingUpdate")],
+                         ids=["single-replica-recreates", "ha-rolls"])
+def test_upgrade_strategy(name: str, strategy: str, rendered: dict[str, Any]) -> None:
+    assert _deployment(rendered[name])["spec"]["strategy"]["type"] == strategy
+
+
+# --- HA: kopf peering ------------------------------------------------------------------------------
+
+
+def _env(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e.get("value", "") for e in container.get("env") or []}
+
+
+@pytest.mark.parametrize(("name", "kind", "namespaces"), [
+    ("ha", "ClusterKopfPeering", [None]),
+    ("ha-namespaced", "KopfPeering", ["a", "b"]),
+], ids=["cluster-wide", "namespaced"])
+def test_ha_sets_peering_and_creates_the_peering_object(name: str, kind: str, namespaces: list[str | None],
+                                                        rendered: dict[str, Any]) -> None:
+    manifests = rendered[name]
+    assert _deployment(manifests)["spec"]["replicas"] == VALUE_SETS[name]["replicas"]
+    peering = _env(_container(manifests))["MODELPLANE_PEERING"]
+    objects = pick(manifests, kind)
+    assert [o["metadata"]["name"] for o in objects] == [peering] * len(namespaces)
+    assert [o["metadata"].get("namespace") for o in objects] == namespaces
+    assert all(o["apiVersion"] == "kopf.dev/v1" for o in objects)
+
+
+def test_without_ha_there_is_no_peering() -> None:
+    manifests = render({}, release=RELEASE, namespace=NAMESPACE)
+    assert "MODELPLANE_PEERING" not in _env(_container(manifests))
+    assert not pick(manifests, "ClusterKopfPeering") and not pick(manifests, "KopfPeering")
+
+
+def test_peering_crds_serve_the_kinds_kopf_uses() -> None:
+    crds = {d["spec"]["names"]["plural"]: d for d in
+            yaml.safe_load_all((CHART / "crds" / "kopfpeerings.kopf.dev.yaml").read_text())}
+    assert set(crds) == {"clusterkopfpeerings", "kopfpeerings"}
+    assert crds["clusterkopfpeerings"]["spec"]["scope"] == "Cluster"
+    assert crds["kopfpeerings"]["spec"]["scope"] == "Namespaced"
+    for crd in crds.values():
+        assert crd["spec"]["group"] == "kopf.dev"
+        assert [v["name"] for v in crd["spec"]["versions"]] == ["v1"]
+
+
+# --- refused values --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"replicas": 2}, "replicas > 1 needs ha.enabled=true"),
+    ({"gpuPrices": {"nvidia-b200": 5.0}}, 'unknown GPU type "nvidia-b200"'),
+    ({"gpuPrices": {"nvidia-l4": -1}}, "cannot be negative"),
+    ({"serviceMonitor": {"enabled": True}, "metrics": {"service": {"enabled": False}}},
+     "serviceMonitor.enabled needs metrics.service.enabled"),
+    ({"serviceAccount": {"create": False}}, "serviceAccount.name is required"),
+], ids=["replicas-without-ha", "unknown-gpu-price", "negative-price", "monitor-without-service",
+        "no-service-account-name"])
+def test_refused_values_say_why(values: dict[str, Any], message: str) -> None:
+    from tests.chart import HelmError
+
+    with pytest.raises(HelmError, match=re.escape(message)):
+        render(values)
+
+
+# --- prices, metrics, dashboard --------------------------------------------------------------------
+
+
+def test_gpu_prices_configmap_is_what_modelplane_run_loads(rendered: dict[str, Any], tmp_path: Path) -> None:
+    manifests = rendered["observability"]
+    cm = one(manifests, "ConfigMap", f"{FULLNAME}-prices", NAMESPACE)
+    prices = tmp_path / "prices.yaml"
+    prices.write_text(cm["data"]["prices.yaml"])
+    assert load_prices(prices) == {"nvidia-h100-80gb": 2.49, "nvidia-l4": 0.7}
+    pod = _deployment(manifests)["spec"]["template"]["spec"]
+    assert {"name": "prices", "configMap": {"name": f"{FULLNAME}-prices"}} in pod["volumes"]
+    assert "checksum/prices" in _deployment(manifests)["spec"]["template"]["metadata"]["annotations"]
+
+
+def test_chart_knows_the_same_gpu_types_as_the_catalog() -> None:
+    text = (CHART / "templates" / "prices-configmap.yaml").read_text()
+    listed = re.search(r"\$known := list (.*?) \}\}", text)
+    assert listed is not None
+    assert tuple(re.findall(r'"([^"]+)"', listed.group(1))) == gpus.GPU_TYPE_NAMES
+
+
+def test_service_monitor_scrapes_the_metrics_port(rendered: dict[str, Any]) -> None:
+    monitor = one(rendered["observability"], "ServiceMonitor", FULLNAME, NAMESPACE)
+    assert monitor["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s",
+                                             "scrapeTimeout": "10s"}]
+    assert monitor["spec"]["selector"]["matchLabels"] == \
+        _deployment(rendered["observability"])["spec"]["selector"]["matchLabels"]
+    assert not pick(rendered["default"], "ServiceMonitor")
+
+
+def _exposed_metric_names() -> set[str]:
+    names: set[str] = set()
+    for family in opmetrics.REGISTRY.collect():
+        if family.type == "counter":
+            names.add(family.name + "_total")
+        elif family.type == "histogram":
+            names.update(family.name + suffix for suffix in ("_bucket", "_sum", "_count"))
+        else:
+            names.add(family.name)
+    return names
+
+
+def test_grafana_dashboard_queries_only_metrics_the_operator_exports(rendered: dict[str, Any]) -> None:
+    cm = one(rendered["observability"], "ConfigMap", f"{FULLNAME}-dashboard", NAMESPACE)
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(cm["data"]["modelplane.json"])
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    used = {name for expr in exprs for name in re.findall(r"\b(modelplane_[a-z_]+)\b", expr)}
+    assert used <= _exposed_metric_names(), used - _exposed_metric_names()
+    # The panels the brief asks for: desired vs ready, queue depth, $/hour, errors, rollout decisions.
+    for metric in ("modelplane_desired_replicas", "modelplane_ready_replicas", "modelplane_queue_depth",
+                   "modelplane_fleet_hourly_usd", "modelplane_reconcile_errors_total",
+                   "modelplane_rollout_decisions_total"):
+        assert metric in used
+    assert not pick(rendered["default"], "ConfigMap")
+
+
+# --- CRDs ------------------------------------------------------------------------------------------
+
+
+def test_chart_crd_is_the_generated_crd() -> None:
+    """The chart's copy of crds/; after `make crds`, copy it: cp crds/*.yaml charts/modelplane/crds/."""
+    generated = sorted(p.name for p in (REPO / "crds").glob("*.yaml"))
+    assert generated
+    for name in generated:
+        assert (CHART / "crds" / name).read_bytes() == (REPO / "crds" / name).read_bytes(), name
+
+
+def test_include_crds_renders_the_crds() -> None:
+    manifests = render({}, include_crds=True)
+    names = {m["metadata"]["name"] for m in pick(manifests, "CustomResourceDefinition")}
+    assert names == {"modeldeployments.modelplane.dev", "clusterkopfpeerings.kopf.dev",
+                     "kopfpeerings.kopf.dev"}
