@@ -126,7 +126,8 @@ def test_policy_uses_throughput_when_the_profile_is_known() -> None:
     # 4 pods each running 20 of maxNumSeqs 32 at 0.4 engine-s/s: the in-flight rule (20 × 4 / 36 → 3)
     # and throughput (1.6 / 0.8 → 2) disagree; with the profile the throughput answer wins.
     spec = PolicySpec(max_replicas=8, replica_concurrency=32, scale_down_delay=0.0, scale_down_period=0.0,
-                      prefill_tokens_per_second=1000.0, decode_tokens_per_second=100.0, target_utilization=0.8)
+                      prefill_tokens_per_second=1000.0, decode_tokens_per_second=100.0,
+                      target_utilization=0.8)
     plain = PolicySpec(max_replicas=8, replica_concurrency=32, scale_down_delay=0.0, scale_down_period=0.0)
     answers = {}
     for name, s in (("throughput", spec), ("in-flight", plain)):

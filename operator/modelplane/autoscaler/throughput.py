@@ -29,6 +29,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from modelplane.autoscaler.cost import counter_increase
+
 _EPS = 1e-9
 
 
@@ -82,13 +84,6 @@ class Estimate:
     state: ThroughputState
 
 
-def _increase(before: float | None, after: float) -> float:
-    """A counter's increase; a counter that went down restarted, so its value is the increase."""
-    if before is None or after < before:
-        return after
-    return after - before
-
-
 def _ewma(old: float | None, sample: float, dt: float, tau: float) -> float:
     if old is None:
         return sample
@@ -115,12 +110,12 @@ def estimate(spec: ThroughputSpec, state: ThroughputState, *, now: float, pods: 
     samples = state.capacity_samples
     for pod in pods:
         old = before.get(pod.name)
-        work = (_increase(old.prompt_tokens if old else None, pod.prompt_tokens)
+        work = (counter_increase(old.prompt_tokens if old else None, pod.prompt_tokens)
                 / spec.prefill_tokens_per_second
-                + _increase(old.generation_tokens if old else None, pod.generation_tokens)
+                + counter_increase(old.generation_tokens if old else None, pod.generation_tokens)
                 / spec.decode_tokens_per_second)
         served += work
-        started += _increase(old.requests_started if old else None, pod.requests_started)
+        started += counter_increase(old.requests_started if old else None, pod.requests_started)
         if (old is not None and old.waiting >= spec.saturation_waiting
                 and pod.waiting >= spec.saturation_waiting):
             # Flat out for the whole interval: what it did is what a replica can do.
