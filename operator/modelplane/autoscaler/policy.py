@@ -11,7 +11,10 @@ virtual time. The rules, in the order ``decide`` applies them (docs/autoscaling.
    requests at once, and ``targetQueueDepth`` is how many may wait per replica on top of that.
    ``c`` is ``replica_concurrency`` (the engine's ``maxNumSeqs``) except on a pod whose KV cache is
    saturated (≥ ``kv_cache_threshold``), where what it runs now is all it can run.
-   Recommendation ``ceil(demand / T)``.
+   Recommendation ``ceil(demand / T)``. When the engine profile's token rates are given
+   (``prefill_tokens_per_second``, ``decode_tokens_per_second``) and the pods report the prompt
+   token counter and the TTFT count, throughput sizing (``modelplane.autoscaler.throughput``:
+   work in engine-seconds against a learned replica capacity) replaces this rule.
 4. KV cache as a second signal: when the mean KV use is above the threshold, recommend enough
    replicas to bring it under (``ceil(Σ kv / threshold)``), even with no queue yet.
 5. Starting capacity counts: pods not Ready yet are part of ``current_replicas``, and while they
