@@ -131,7 +131,12 @@ class Controller:
                 await self._reconcile(key, body)
                 opmetrics.RECONCILES.labels(*key, "ok").inc()
             except kube.NotFound:
-                # Deleted under us (or its namespace is going): owner references clean up.
+                # Deleted under us: owner references clean up.
+                opmetrics.RECONCILES.labels(*key, "gone").inc()
+            except kube.Forbidden as exc:
+                if "is being terminated" not in exc.message:
+                    raise
+                # Its namespace is going away; the ModelDeployment goes with it.
                 opmetrics.RECONCILES.labels(*key, "gone").inc()
             except Exception as exc:
                 # Logged with the object and retried on the next beat; never swallowed silently.

@@ -12,6 +12,7 @@ the in-cluster ServiceAccount mount.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -30,6 +31,8 @@ Obj = dict[str, Any]
 
 #: Default per-request timeout; a watch sets its own.
 REQUEST_TIMEOUT_SECONDS = 30.0
+#: Attempts for a request the server answers with 429 Too Many Requests.
+MAX_ATTEMPTS = 4
 FIELD_MANAGER = "modelplane"
 
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
@@ -309,20 +312,28 @@ class Kube:
             kwargs["timeout"] = aiohttp.ClientTimeout(total=timeout)
         if method != "GET":
             self.writes += 1
-        async with self.session.request(method, url, data=data, headers=self._headers(
-                content_type if data is not None else None), **kwargs) as resp:
-            text = await resp.text()
-            payload: Obj = {}
-            if text:
-                try:
-                    payload = json.loads(text)
-                except ValueError:
-                    payload = {"message": text}
-            if resp.status >= 400:
-                cls = _ERRORS.get(resp.status, ApiError)
-                raise cls(resp.status, str(payload.get("reason", resp.reason)),
-                          str(payload.get("message", text)), payload)
-            return payload
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            async with self.session.request(method, url, data=data, headers=self._headers(
+                    content_type if data is not None else None), **kwargs) as resp:
+                text = await resp.text()
+                payload: Obj = {}
+                if text:
+                    try:
+                        payload = json.loads(text)
+                    except ValueError:
+                        payload = {"message": text}
+                if resp.status == 429 and attempt < MAX_ATTEMPTS:
+                    # The server asks us to come back (priority and fairness, or a CRD's storage
+                    # still initialising): wait as told, a bounded number of times.
+                    delay = min(float(resp.headers.get("Retry-After", "1") or 1), 5.0)
+                    await asyncio.sleep(delay)
+                    continue
+                if resp.status >= 400:
+                    cls = _ERRORS.get(resp.status, ApiError)
+                    raise cls(resp.status, str(payload.get("reason", resp.reason)),
+                              str(payload.get("message", text)), payload)
+                return payload
+        raise AssertionError("unreachable")  # the loop returns or raises on its last attempt
 
     # --- verbs ----------------------------------------------------------------------------
 
@@ -340,7 +351,12 @@ class Kube:
                    field_selector: str | None = None) -> list[Obj]:
         result = await self.list_raw(resource, namespace=namespace, label_selector=label_selector,
                                      field_selector=field_selector)
-        return cast(list[Obj], result.get("items") or [])
+        items = cast(list[Obj], result.get("items") or [])
+        for item in items:
+            # A list's items carry no apiVersion/kind of their own; callers treat them as objects.
+            item.setdefault("apiVersion", resource.api_version)
+            item.setdefault("kind", resource.kind)
+        return items
 
     async def list_raw(self, resource: Resource, *, namespace: str | None = None,
                        label_selector: str | None = None,
@@ -348,10 +364,12 @@ class Kube:
         return await self.request("GET", resource.path(namespace=namespace), params={
             "labelSelector": label_selector, "fieldSelector": field_selector})
 
-    async def create(self, obj: Mapping[str, Any], *, namespace: str | None = None) -> Obj:
+    async def create(self, obj: Mapping[str, Any], *, namespace: str | None = None,
+                     field_manager: str | None = None) -> Obj:
         res = resource_for(obj)
         ns = namespace or obj.get("metadata", {}).get("namespace")
-        return await self.request("POST", res.path(namespace=ns), body=dict(obj))
+        return await self.request("POST", res.path(namespace=ns), body=dict(obj),
+                                  params={"fieldManager": field_manager})
 
     async def apply(self, obj: Mapping[str, Any], *, field_manager: str = FIELD_MANAGER,
                     subresource: str | None = None, force: bool = True) -> Obj:

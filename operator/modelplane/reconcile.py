@@ -390,7 +390,7 @@ def finish(prepared: Prepared, observed: Observed, *, metrics: Sequence[ScrapeRe
         queue_depth = decision.waiting / decision.ready if decision.ready else decision.waiting
         previous_decision = (old_status.get("autoscaler") or {}).get("lastDecision") or {}
         changed = previous_decision.get("desiredReplicas") != decision.desired_replicas or \
-            previous_decision.get("reason") != decision.reason
+            not str(previous_decision.get("reason") or "").startswith(f"{decision.reason}:")
         status_doc["autoscaler"] = {"lastDecision": {
             # Only a new decision gets a new time: a resync that decides the same writes nothing.
             "time": now.isoformat().replace("+00:00", "Z") if changed or not previous_decision

@@ -195,7 +195,7 @@ async def test_the_operator_never_writes_spec_labels_or_annotations(
     body = manifest("hands-off")
     body["metadata"]["labels"] = {"team": "a"}
     body["metadata"]["annotations"] = {"owner": "gitops"}
-    created = await kube_client.create(body, namespace=namespace)
+    created = await kube_client.create(body, namespace=namespace, field_manager="gitops-sync")
     md = await wait_phase(kube_client, namespace, "hands-off", "Ready")
     assert md["spec"] == created["spec"]
     assert md["metadata"]["labels"] == {"team": "a"}

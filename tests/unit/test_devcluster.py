@@ -83,7 +83,8 @@ def test_kwok_config_replaces_pod_stages_with_a_model_load_delay() -> None:
     assert docs[0]["kind"] == "KwokConfiguration"
     assert docs[0]["options"]["cidr"].startswith("127.")
     stages = {d["metadata"]["name"]: d["spec"] for d in docs[1:]}
-    assert set(stages) == {"pod-create", "pod-ready", "pod-complete", "pod-delete"}
+    assert set(stages) == {"node-initialize", "node-heartbeat", "pod-create", "pod-ready",
+                           "pod-complete", "pod-delete"}
     ready = stages["pod-ready"]["delay"]
     assert ready["durationMilliseconds"] == 20_000
     assert ready["jitterDurationMilliseconds"] == 25_000  # kwok's jitter is an absolute upper bound

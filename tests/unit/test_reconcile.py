@@ -181,3 +181,15 @@ def test_condition_transition_time_only_moves_when_the_status_flips() -> None:
     second = reconcile.finish(reconcile.prepare(later, prices={}), later)
     before = cond(first.effective_status, "Ready")["lastTransitionTime"]
     assert cond(second.effective_status, "Ready")["lastTransitionTime"] == before
+
+
+def test_a_steady_autoscaler_decision_keeps_its_time_so_a_resync_writes_nothing() -> None:
+    first = run(md())
+    children = materialise(first, ready=1)
+    pods = (pod("p1", ready=True),)
+    body = md()
+    body["status"] = run(md(), pods=pods, **children).effective_status
+    later = Observed(body=body, now=NOW + timedelta(minutes=1), monotonic=1060.0, pods=pods,
+                     **children)
+    again = reconcile.finish(reconcile.prepare(later, prices={}), later)
+    assert again.status is None

@@ -47,6 +47,11 @@ COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-schedul
 PROCESSES = (*COMPONENTS, "sim-agent")
 
 
+#: Every component outlives the call that started it; keeping its Popen here (rather than letting
+#: it be collected while the process runs) is what "detached on purpose" looks like to Python.
+_DETACHED: list[subprocess.Popen[bytes]] = []
+
+
 class DevClusterError(RuntimeError):
     """A failure with its cause and the fix, for a person to read."""
 
@@ -224,6 +229,52 @@ phase: Succeeded
 """
 
 
+_NODE_STATUS = """\
+{{ $now := Now }}
+{{ $since := or .metadata.creationTimestamp $now }}
+conditions:
+{{ range NodeConditions }}
+- lastHeartbeatTime: {{ $now | Quote }}
+  lastTransitionTime: {{ $since | Quote }}
+  message: {{ .message | Quote }}
+  reason: {{ .reason | Quote }}
+  status: {{ .status | Quote }}
+  type: {{ .type | Quote }}
+{{ end }}
+addresses:
+- {address: {{ NodeIP | Quote }}, type: InternalIP}
+- {address: {{ NodeName | Quote }}, type: Hostname}
+allocatable:
+{{ YAML .status.allocatable 1 }}
+capacity:
+{{ YAML .status.capacity 1 }}
+nodeInfo:
+  architecture: amd64
+  operatingSystem: linux
+  kubeletVersion: {{ printf "kwok-%s" Version | Quote }}
+  kubeProxyVersion: {{ printf "kwok-%s" Version | Quote }}
+  containerRuntimeVersion: {{ printf "kwok-%s" Version | Quote }}
+  kernelVersion: {{ printf "kwok-%s" Version | Quote }}
+  osImage: kwok
+  machineID: ""
+  systemUUID: ""
+  bootID: ""
+phase: Running
+"""
+
+
+def _node_stage(name: str, selector: list[dict[str, Any]], delay_ms: int) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "resourceRef": {"apiGroup": "v1", "kind": "Node"},
+        "selector": {"matchExpressions": selector},
+        "next": {"statusTemplate": _NODE_STATUS},
+    }
+    if delay_ms:
+        spec["delay"] = {"durationMilliseconds": delay_ms, "jitterDurationMilliseconds": delay_ms + 10_000}
+    return {"apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "Stage", "metadata": {"name": name},
+            "spec": spec}
+
+
 def build_kwok_config(*, ready_delay_ms: int, ready_jitter_ms: int,
                       create_delay_ms: int = 200) -> str:
     """kwok's configuration: its own settings and our Pod stages (which replace kwok's defaults).
@@ -233,7 +284,16 @@ def build_kwok_config(*, ready_delay_ms: int, ready_jitter_ms: int,
     model has loaded, and is removed when deleted. Pods of Jobs (``restartPolicy: Never``) run to
     completion instead, so an evaluator Job finishes.
     """
+    ready_node = '.status.conditions.[] | select( .type == "Ready" ) | .status'
     stages = [
+        # A node turns Ready at once; afterwards kwok renews its Lease (the kubelet's heartbeat)
+        # and its status every few minutes, so the node lifecycle controller keeps it Ready.
+        _node_stage("node-initialize", [{"key": ready_node, "operator": "NotIn",
+                                         "values": ["True"]}], 0),
+        _node_stage("node-heartbeat", [{"key": ".status.phase", "operator": "In",
+                                        "values": ["Running"]},
+                                       {"key": ready_node, "operator": "In", "values": ["True"]}],
+                    300_000),
         _stage("pod-create", [_NOT_DELETING,
                               {"key": ".status.podIP", "operator": "DoesNotExist"}],
                create_delay_ms, 0, {"statusTemplate": _CREATE_STATUS,
@@ -259,7 +319,11 @@ def build_kwok_config(*, ready_delay_ms: int, ready_jitter_ms: int,
     config = {
         "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
         "kind": "KwokConfiguration",
-        "options": {"cidr": POD_CIDR, "nodeIP": "127.0.0.1", "enableCRDs": []},
+        # Our Stages replace kwok's built-in ones, and with them the defaults of these options.
+        "options": {"cidr": POD_CIDR, "nodeIP": "127.0.0.1", "enableCRDs": [],
+                    "nodeLeaseDurationSeconds": 40, "nodeLeaseParallelism": 4,
+                    "podPlayStageParallelism": 8, "nodePlayStageParallelism": 4,
+                    "podsOnNodeSyncParallelism": 1},
     }
     return yaml.safe_dump_all([config, *stages], sort_keys=False)
 
@@ -558,6 +622,7 @@ class DevCluster:
                                 start_new_session=True, cwd=self.run_dir, env=full_env)
         log.close()
         self._procs[component] = proc
+        _DETACHED.append(proc)
         self._pid_file(component).write_text(str(proc.pid))
 
     def _check_alive(self, component: str) -> None:
@@ -614,10 +679,20 @@ class DevCluster:
             self._bin(state, "kube-apiserver"),
             f"--etcd-servers=http://127.0.0.1:{state.ports['etcd']}",
             "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            # 1.37 refuses a loopback advertise address for the `kubernetes` Service's endpoints;
+            # nothing here reaches the API through that Service, so don't reconcile it.
+            "--endpoint-reconciler-type=none",
             f"--secure-port={state.ports['apiserver']}",
             f"--tls-cert-file={pki / 'apiserver.crt'}",
             f"--tls-private-key-file={pki / 'apiserver.key'}",
             f"--client-ca-file={pki / 'ca.crt'}",
+            # Fills the extension-apiserver-authentication ConfigMap the controller-manager and
+            # scheduler read for delegated authentication (else they log errors every second).
+            f"--requestheader-client-ca-file={pki / 'ca.crt'}",
+            "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
@@ -668,6 +743,8 @@ class DevCluster:
             f"--manage-nodes-with-annotation-selector={KWOK_ANNOTATION}=fake",
             f"--cidr={POD_CIDR}", "--node-ip=127.0.0.1",
             f"--server-address=127.0.0.1:{state.ports['kwok']}",
+            # Its INFO level logs every lease renewal; warnings are what a person needs.
+            "--v=WARN",
         ])
 
     def _write_kubeconfigs(self, state: State) -> None:

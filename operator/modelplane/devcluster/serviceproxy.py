@@ -1,0 +1,186 @@
+"""A userspace stand-in for kube-proxy in front of one Service of the dev cluster.
+
+The dev cluster has no kube-proxy, so a Service's ClusterIP leads nowhere. This proxy listens on a
+loopback port and forwards each HTTP request to one of the Service's endpoints — the Ready,
+non-terminating pods its selector matches, read from the API server like an EndpointSlice
+controller would — choosing the endpoint with the fewest requests in flight. Streaming responses
+are relayed chunk by chunk. While no endpoint is Ready (scaled to zero, or every pod starting) it
+holds requests up to ``hold_seconds`` instead of failing them, the way an activator does, and
+counts them in ``held``.
+
+The demo and the end-to-end tests send their load through it, so traffic follows the Service's
+selector exactly as it would in a real cluster: the replica ratio of canary and stable is the
+traffic ratio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+
+from modelplane import kube
+
+log = logging.getLogger("modelplane.serviceproxy")
+
+_HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "host",
+                "upgrade", "proxy-connection", "te", "trailer"}
+
+
+@dataclass
+class Endpoint:
+    pod: str
+    ip: str
+    port: int
+    in_flight: int = 0
+
+
+@dataclass
+class ProxyStats:
+    forwarded: int = 0
+    failed: int = 0  #: requests that got no answer from any endpoint (5xx from the proxy itself)
+    held: int = 0  #: requests waiting for an endpoint right now
+    held_total: int = 0
+    by_pod: dict[str, int] = field(default_factory=dict)
+
+
+class ServiceProxy:
+    def __init__(self, client: kube.Kube, *, namespace: str, service: str,
+                 hold_seconds: float = 300.0, refresh_seconds: float = 0.5) -> None:
+        self.kube = client
+        self.namespace = namespace
+        self.service = service
+        self.hold_seconds = hold_seconds
+        self.refresh_seconds = refresh_seconds
+        self.endpoints: dict[str, Endpoint] = {}
+        self.stats = ProxyStats()
+        self._have_endpoints = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self._refresher: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._tiebreak = itertools.count()
+        self.port = 0
+
+    async def refresh(self) -> None:
+        svc = await self.kube.get(kube.SERVICES, self.service, namespace=self.namespace)
+        selector = ((svc or {}).get("spec") or {}).get("selector") or {}
+        ports = ((svc or {}).get("spec") or {}).get("ports") or [{}]
+        target = ports[0].get("targetPort", ports[0].get("port", 8000))
+        fresh: dict[str, Endpoint] = {}
+        if selector:
+            label_selector = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+            for pod in await self.kube.list(kube.PODS, namespace=self.namespace,
+                                            label_selector=label_selector):
+                meta, status = pod["metadata"], pod.get("status") or {}
+                ready = any(c.get("type") == "Ready" and c.get("status") == "True"
+                            for c in status.get("conditions") or [])
+                if not ready or meta.get("deletionTimestamp") or not status.get("podIP"):
+                    continue
+                port = target
+                if isinstance(target, str):  # a named port: look it up in the pod
+                    port = next((p["containerPort"] for c in pod["spec"]["containers"]
+                                 for p in c.get("ports") or [] if p.get("name") == target), 8000)
+                old = self.endpoints.get(meta["name"])
+                fresh[meta["name"]] = Endpoint(meta["name"], status["podIP"], int(port),
+                                               old.in_flight if old else 0)
+        self.endpoints = fresh
+        if fresh:
+            self._have_endpoints.set()
+        else:
+            self._have_endpoints.clear()
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except (kube.ApiError, aiohttp.ClientError, TimeoutError) as exc:
+                log.warning("endpoint refresh failed: %s", exc)
+            await asyncio.sleep(self.refresh_seconds)
+
+    def _pick(self) -> Endpoint | None:
+        if not self.endpoints:
+            return None
+        return min(self.endpoints.values(), key=lambda e: (e.in_flight, next(self._tiebreak)))
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        deadline = time.monotonic() + self.hold_seconds
+        attempts = 0
+        while True:
+            endpoint = self._pick()
+            if endpoint is None:
+                # No Ready endpoint: hold the request (activator) until one appears or time is up.
+                self.stats.held += 1
+                self.stats.held_total += 1
+                try:
+                    await asyncio.wait_for(self._have_endpoints.wait(),
+                                           timeout=max(0.0, deadline - time.monotonic()))
+                except TimeoutError:
+                    self.stats.failed += 1
+                    return web.json_response({"error": {"message": "no ready endpoint"}}, status=503)
+                finally:
+                    self.stats.held -= 1
+                continue
+            attempts += 1
+            endpoint.in_flight += 1
+            try:
+                return await self._forward(request, body, endpoint)
+            except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+                # The pod went away between the refresh and the connect (a scale-down or a
+                # promotion): drop it and try another, as kube-proxy's retries would.
+                self.endpoints.pop(endpoint.pod, None)
+                if not self.endpoints:
+                    self._have_endpoints.clear()
+                if attempts >= 3 or time.monotonic() > deadline:
+                    self.stats.failed += 1
+                    return web.json_response({"error": {"message": f"upstream failed: {exc}"}},
+                                             status=502)
+            finally:
+                endpoint.in_flight -= 1
+
+    async def _forward(self, request: web.Request, body: bytes,
+                       endpoint: Endpoint) -> web.StreamResponse:
+        assert self._session is not None
+        url = f"http://{endpoint.ip}:{endpoint.port}{request.path_qs}"
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
+        async with self._session.request(request.method, url, data=body or None,
+                                         headers=headers) as upstream:
+            response = web.StreamResponse(status=upstream.status, headers={
+                k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS})
+            await response.prepare(request)
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
+        self.stats.forwarded += 1
+        self.stats.by_pod[endpoint.pod] = self.stats.by_pod.get(endpoint.pod, 0) + 1
+        return response
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(
+            total=None, sock_connect=5, sock_read=300))
+        await self.refresh()
+        self._refresher = asyncio.create_task(self._refresh_loop())
+        app = web.Application(client_max_size=64 * 2**20)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+        return self.port
+
+    async def stop(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
