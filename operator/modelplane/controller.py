@@ -46,6 +46,9 @@ class Settings:
     nodes_cache_seconds: float = 30.0
     prices: Mapping[str, float] = field(default_factory=dict)
     max_concurrent_reconciles: int = 8
+    #: Where the activator reports the requests it holds (Prometheus text, the metric
+    #: ``modelplane_activator_pending{namespace,service}``); None: no activator.
+    activator_url: str | None = None
 
 
 @dataclass
@@ -70,6 +73,7 @@ class Controller:
         self._http: aiohttp.ClientSession | None = None
         self._instance = f"{socket.gethostname()}-{os.getpid()}"
         self.alive_at = time.monotonic()
+        self._pending: dict[Key, int] = {}
 
     # --- feeding --------------------------------------------------------------------------
 
@@ -116,6 +120,7 @@ class Controller:
                     async with semaphore:
                         await self.reconcile(key)
 
+                self._pending = await self._activator_pending()
                 await asyncio.gather(*(one(k) for k in sorted(keys)))
         finally:
             await self._http.close()
@@ -163,7 +168,8 @@ class Controller:
         observed = core.Observed(
             body=body, deployments=tuple(deployments), services=tuple(services),
             pdbs=tuple(pdbs), pods=tuple(pods), events=tuple(events), nodes=tuple(nodes),
-            now=datetime.now(UTC), monotonic=time.monotonic())
+            now=datetime.now(UTC), monotonic=time.monotonic(),
+            activator_pending=self._pending.get(key, 0))
         memory = self.memory.setdefault(key, _Memory())
         prepared = core.prepare(observed, prices=self.settings.prices)
 
@@ -213,6 +219,28 @@ class Controller:
                 opmetrics.SCALE_DECISIONS.labels(*key, event.reason).inc()
             if event.rollout:
                 opmetrics.ROLLOUT_DECISIONS.labels(*key, event.reason).inc()
+
+    async def _activator_pending(self) -> dict[Key, int]:
+        """Requests the activator holds, by Service (= ModelDeployment name); {} when unknown."""
+        if not self.settings.activator_url or self._http is None:
+            return {}
+        from prometheus_client.parser import text_string_to_metric_families
+
+        try:
+            async with self._http.get(self.settings.activator_url, timeout=aiohttp.ClientTimeout(
+                    total=self.settings.scrape_timeout_seconds)) as resp:
+                text = await resp.text()
+            pending: dict[Key, int] = {}
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    if sample.name == "modelplane_activator_pending":
+                        key = (sample.labels.get("namespace", ""), sample.labels.get("service", ""))
+                        pending[key] = int(sample.value)
+            return pending
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+            # No activator signal: scale-from-zero waits for the next scrape, nothing else changes.
+            log.warning("activator at %s did not answer: %s", self.settings.activator_url, exc)
+            return {}
 
     async def _cached_nodes(self) -> list[dict[str, Any]]:
         fetched_at, nodes = self._nodes

@@ -37,12 +37,16 @@ from modelplane.api.models import (
 from modelplane.autoscaler import policy
 from modelplane.planner.plan import (
     Plan,
+    PlanRequest,
     SpecError,
     build_plan,
     node_shapes_from_nodes,
     plan_request_from_spec,
 )
 from modelplane.scrape import ScrapeResult, ScrapeTarget
+
+# The published-benchmark performance profiles of GPUs the simulator also runs on.
+from modelplane.sim import profiles
 
 Obj = Mapping[str, Any]
 
@@ -77,6 +81,8 @@ class Observed:
     nodes: tuple[Obj, ...] = ()
     now: datetime = datetime(1970, 1, 1)
     monotonic: float = 0.0  #: the autoscaler's clock
+    #: Requests the activator holds for this ModelDeployment's Service (no Ready replica yet).
+    activator_pending: int = 0
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,9 @@ class Prepared:
     startup_budget_seconds: int = render.DEFAULT_STARTUP_BUDGET_SECONDS
     served_name: str | None = None
     scrape_targets: tuple[ScrapeTarget, ...] = ()
+    #: A replica's token rates on the planned shape (published-benchmark profile), so the
+    #: autoscaler sizes the fleet on work, not only on requests in flight; empty when unknown.
+    throughput_priors: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -114,6 +123,21 @@ class Result:
 
 
 # --- prepare: spec and plan -----------------------------------------------------------------------
+
+
+def _throughput_priors(md: ModelDeployment, request: PlanRequest, plan: Plan) -> dict[str, float]:
+    if request.arch is None or plan.gpu_type is None:
+        return {}
+    try:
+        params = profiles.params_for(
+            plan.gpu_type, request.arch.total_params / 1e9, plan.tensor_parallel_size,
+            md.spec.engine.max_model_len or 8192, md.spec.engine.max_num_seqs or 256,
+            quantization=md.spec.engine.quantization,
+            gpu_memory_utilization=md.spec.engine.gpu_memory_utilization)
+    except ValueError:
+        return {}
+    return {"prefill_tokens_per_second": params.prefill_tokens_per_s,
+            "decode_tokens_per_second": profiles.saturated_tokens_per_s(params)}
 
 
 def prepare(observed: Observed, *, prices: Mapping[str, float]) -> Prepared:
@@ -139,7 +163,8 @@ def prepare(observed: Observed, *, prices: Mapping[str, float]) -> Prepared:
     if plan.fits:
         return Prepared(md=md, plan=plan, gpus_per_replica=plan.gpus_per_replica,
                         tensor_parallel_size=plan.tensor_parallel_size, gpu_type=plan.gpu_type,
-                        startup_budget_seconds=budget, served_name=served, scrape_targets=targets)
+                        startup_budget_seconds=budget, served_name=served, scrape_targets=targets,
+                        throughput_priors=_throughput_priors(md, request, plan))
     if count != "auto":
         # The user fixed the count: render it and let the scheduler speak (InsufficientGPU names
         # the numbers); the plan's reason still shows in status.plan.
@@ -187,7 +212,8 @@ def _autoscale(prepared: Prepared, observed: Observed, metrics: Sequence[ScrapeR
     usd = plan.usd_per_hour_per_replica if plan is not None and plan.fits else 0.0
     spec = policy.policy_spec_from_scaling(
         md.spec.scaling.model_dump(mode="json", by_alias=True, exclude_none=True),
-        usd_per_replica_hour=usd, replica_concurrency=md.spec.engine.max_num_seqs or 256)
+        usd_per_replica_hour=usd, replica_concurrency=md.spec.engine.max_num_seqs or 256,
+        **prepared.throughput_priors)
     by_pod = {m.pod: m for m in metrics}
     ready, starting = [], []
     for pod in observed.pods:
@@ -203,7 +229,8 @@ def _autoscale(prepared: Prepared, observed: Observed, metrics: Sequence[ScrapeR
             age = (observed.now - started).total_seconds() if started else 0.0
             starting.append(policy.StartingPod(name=name, age_seconds=age))
     obs = policy.Observation(now=observed.monotonic, current_replicas=current,
-                             ready=tuple(ready), starting=tuple(starting))
+                             ready=tuple(ready), starting=tuple(starting),
+                             activator_pending=observed.activator_pending)
     decision = policy.decide(obs, spec, state)
     return decision.desired_replicas, decision
 

@@ -42,6 +42,9 @@ def register(subparsers: Any) -> None:
                         help="how often every ModelDeployment is reconciled and its pods scraped")
     parser.add_argument("--prices", type=Path, default=None,
                         help="JSON or YAML file mapping GPU type to $/GPU-hour (provider prices)")
+    parser.add_argument("--activator-url", default=None,
+                        help="URL of the activator's metrics (requests held while a ModelDeployment "
+                             "has no ready replica); scale from zero reacts to them at once")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     parser.set_defaults(func=main)
 
@@ -85,7 +88,8 @@ async def serve_http(controller: Controller, host: str, port: int) -> web.AppRun
 async def operate(args: argparse.Namespace) -> None:
     import modelplane.handlers  # noqa: F401 — registers the kopf handlers
 
-    settings = Settings(resync_seconds=args.resync_seconds, prices=load_prices(args.prices))
+    settings = Settings(resync_seconds=args.resync_seconds, prices=load_prices(args.prices),
+                        activator_url=args.activator_url)
     async with kube.Kube(kube.auto_config()) as client:
         controller = Controller(client, settings)
         runner = None

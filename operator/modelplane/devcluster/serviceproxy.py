@@ -29,6 +29,9 @@ from modelplane import kube
 
 log = logging.getLogger("modelplane.serviceproxy")
 
+#: Served by the proxy itself, never forwarded: the activator's held-request gauge.
+ACTIVATOR_METRICS_PATH = "/-/activator/metrics"
+
 _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "host",
                 "upgrade", "proxy-connection", "te", "trailer"}
 
@@ -161,12 +164,25 @@ class ServiceProxy:
         self.stats.by_pod[endpoint.pod] = self.stats.by_pod.get(endpoint.pod, 0) + 1
         return response
 
+    async def _activator_metrics(self, _: web.Request) -> web.Response:
+        """What the operator's ``--activator-url`` reads: requests held, in Prometheus text."""
+        text = ("# HELP modelplane_activator_pending Requests held while no endpoint is ready.\n"
+                "# TYPE modelplane_activator_pending gauge\n"
+                f'modelplane_activator_pending{{namespace="{self.namespace}",'
+                f'service="{self.service}"}} {self.stats.held}\n')
+        return web.Response(text=text, content_type="text/plain")
+
+    @property
+    def activator_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{ACTIVATOR_METRICS_PATH}"
+
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(
             total=None, sock_connect=5, sock_read=300))
         await self.refresh()
         self._refresher = asyncio.create_task(self._refresh_loop())
         app = web.Application(client_max_size=64 * 2**20)
+        app.router.add_get(ACTIVATOR_METRICS_PATH, self._activator_metrics)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
