@@ -35,6 +35,7 @@ test-e2e: venv binaries
 ## Regenerate crds/ and docs/api-reference.md from the pydantic models.
 crds: venv
 	$(BIN)/python -m modelplane.api.crdgen --write
+	cp crds/*.yaml charts/modelplane/crds/
 
 ## Fail when the committed CRD or API reference differs from a fresh generation.
 crds-check: venv
