@@ -155,7 +155,9 @@ class OperatorHandle:
 
 
 def start_operator(cluster: ClusterHandle, log: Path, *, resync: float = 1.0,
-                   extra_env: dict[str, str] | None = None) -> OperatorHandle:
+                   namespaces: tuple[str, ...] = (),
+                   extra_env: dict[str, str] | None = None,
+                   extra_args: tuple[str, ...] = ()) -> OperatorHandle:
     """``modelplane run`` as its own process, as it runs in production (no in-process shortcuts)."""
     import socket
     import sys
@@ -170,7 +172,8 @@ def start_operator(cluster: ClusterHandle, log: Path, *, resync: float = 1.0,
     out = log.open("ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "modelplane.cli", "run", "--metrics-host", "127.0.0.1",
-         "--metrics-port", str(port), "--resync-seconds", str(resync)],
+         "--metrics-port", str(port), "--resync-seconds", str(resync),
+         *(arg for ns in namespaces for arg in ("--namespace", ns)), *extra_args],
         stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     out.close()
     handle = OperatorHandle(proc, f"http://127.0.0.1:{port}/metrics", log)
@@ -206,6 +209,8 @@ def stop_operator(handle: OperatorHandle) -> None:
 def operator(cluster: ClusterHandle, crds: Path) -> Iterator[OperatorHandle]:
     log = (cluster.dev.log_file("operator") if cluster.dev is not None
            else Path("/tmp/modelplane-operator.log"))
-    handle = start_operator(cluster, log)
+    # Only the per-test namespaces (t-*): tests that run an operator of their own (the RBAC
+    # lifecycle) use other namespaces, where this one must not help.
+    handle = start_operator(cluster, log, namespaces=("t-*",))
     yield handle
     stop_operator(handle)

@@ -138,12 +138,11 @@ class Controller:
             except kube.NotFound:
                 # Deleted under us: owner references clean up.
                 opmetrics.RECONCILES.labels(*key, "gone").inc()
-            except kube.Forbidden as exc:
-                if "is being terminated" not in exc.message:
-                    raise
-                # Its namespace is going away; the ModelDeployment goes with it.
-                opmetrics.RECONCILES.labels(*key, "gone").inc()
             except Exception as exc:
+                if isinstance(exc, kube.Forbidden) and "is being terminated" in exc.message:
+                    # Its namespace is going away; the ModelDeployment goes with it.
+                    opmetrics.RECONCILES.labels(*key, "gone").inc()
+                    return
                 # Logged with the object and retried on the next beat; never swallowed silently.
                 opmetrics.RECONCILES.labels(*key, "error").inc()
                 opmetrics.RECONCILE_ERRORS.labels(*key, type(exc).__name__).inc()

@@ -39,10 +39,10 @@ NAMESPACED_NEEDS = (
     _triples("modelplane.dev", "modeldeployments", "list", "watch")            # kopf watch
     | _triples("modelplane.dev", "modeldeployments/status", "patch")           # status SSA
     | _triples("modelplane.dev", "modeldeployments/finalizers", "update")      # blockOwnerDeletion
-    | _triples("apps", "deployments", "list", "watch", "patch", "delete")      # children
+    | _triples("apps", "deployments", "list", "watch", "create", "patch", "delete")  # children
     | _triples("apps", "deployments/scale", "patch")                           # rollout
-    | _triples("", "services", "list", "patch")
-    | _triples("policy", "poddisruptionbudgets", "list", "patch")
+    | _triples("", "services", "list", "create", "patch")
+    | _triples("policy", "poddisruptionbudgets", "list", "create", "patch")
     | _triples("", "pods", "list", "watch")
     | _triples("", "events", "list", "create")
     | _triples("", "configmaps", "get", "create", "patch")                     # evaluation suite/report

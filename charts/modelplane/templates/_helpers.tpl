@@ -71,21 +71,22 @@ as (apiGroup, resource, verb) triples and fails when the two differ in either di
   resources: [modeldeployments/finalizers]
   verbs: [update]
 # vLLM Deployments: kopf watches the managed ones (handlers.deployment_event), the controller lists
-# them, applies them (server-side apply is a PATCH, which also creates) and deletes old revisions.
+# them, applies them and deletes old revisions. Server-side apply is a PATCH, but the API server
+# authorizes a PATCH that creates the object as `create` (tests/e2e/test_rbac.py found out).
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [list, watch, patch, delete]
+  verbs: [list, watch, create, patch, delete]
 # The rollout sets a revision's replicas through the scale subresource.
 - apiGroups: [apps]
   resources: [deployments/scale]
   verbs: [patch]
-# The model's Service and PodDisruptionBudget: listed and applied each reconcile.
+# The model's Service and PodDisruptionBudget: listed and applied (created, then patched).
 - apiGroups: [""]
   resources: [services]
-  verbs: [list, patch]
+  verbs: [list, create, patch]
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
-  verbs: [list, patch]
+  verbs: [list, create, patch]
 # vLLM pods: kopf watches the managed ones (handlers.pod_event); the controller lists them for
 # readiness, scrape targets and problems (health.pod_problem).
 - apiGroups: [""]

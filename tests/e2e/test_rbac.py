@@ -1,0 +1,132 @@
+"""The operator runs with the Helm chart's ServiceAccount token only — not as admin — through a
+full lifecycle: create, scale, switch revision, delete. A verb missing from the chart's ClusterRole
+makes a call fail with 403, which shows up as a reconcile error and fails this test.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from modelplane import kube
+from tests.chart import rbac_manifests
+from tests.clusterfixtures import ClusterHandle, start_operator, stop_operator, wait_for
+
+pytestmark = pytest.mark.e2e
+
+SYSTEM_NAMESPACE = "modelplane-system"
+
+
+async def ensure_namespace(client: kube.Kube, name: str) -> None:
+    try:
+        await client.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    except kube.Conflict:
+        pass
+
+
+async def token_kubeconfig(client: kube.Kube, path: Path) -> Path:
+    """A kubeconfig that authenticates as the chart's ServiceAccount, with a fresh bound token."""
+    request = await client.request(
+        "POST", kube.SERVICEACCOUNTS.path(namespace=SYSTEM_NAMESPACE, name="modelplane",
+                                          subresource="token"),
+        body={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+              "spec": {"expirationSeconds": 3600}})
+    import base64
+
+    assert client.config.ca_data is not None
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
+        "clusters": [{"name": "dev", "cluster": {
+            "server": client.config.server,
+            "certificate-authority-data": base64.b64encode(client.config.ca_data).decode()}}],
+        "users": [{"name": "sa", "user": {"token": request["status"]["token"]}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "dev", "user": "sa"}}],
+    }))
+    return path
+
+
+def errors_in(text: str, namespace: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("modelplane_reconcile_errors_total{") and f'namespace="{namespace}"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def test_the_operator_runs_a_full_lifecycle_with_the_charts_rbac_only(
+        cluster: ClusterHandle, kube_client: kube.Kube, crds: Path, tmp_path: Path) -> None:
+    await ensure_namespace(kube_client, SYSTEM_NAMESPACE)
+    for manifest in rbac_manifests(namespace=SYSTEM_NAMESPACE):
+        await kube_client.apply(manifest, field_manager="helm")
+    kubeconfig = await token_kubeconfig(kube_client, tmp_path / "sa.kubeconfig")
+    suffix = hashlib.sha1(str(time.time()).encode()).hexdigest()[:6]
+    ns = f"rbac-{suffix}"
+    await ensure_namespace(kube_client, ns)
+    log = (cluster.dev.log_file("operator-rbac") if cluster.dev is not None
+           else tmp_path / "operator-rbac.log")
+    restricted = ClusterHandle(kubeconfig, cluster.kubectl, cluster.dev)
+    offset = log.stat().st_size if log.exists() else 0  # the log file is appended to across runs
+    # Cluster-wide, as the chart installs it by default. The session's admin operator watches
+    # only the t-* test namespaces, so in rbac-* this operator alone does the work.
+    handle = start_operator(restricted, log)
+    try:
+        body: dict[str, Any] = {
+            "apiVersion": "modelplane.dev/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": "lifecycle", "namespace": ns},
+            "spec": {"model": {"source": "hf://meta-llama/Llama-3.1-8B-Instruct", "revision": "a"},
+                     "engine": {"maxModelLen": 8192},
+                     "resources": {"gpu": {"count": "auto", "types": ["nvidia-l40s"]}},
+                     "scaling": {"minReplicas": 1, "maxReplicas": 3}}}
+        await kube_client.create(body)
+
+        async def phase(want: str, replicas: int) -> bool:
+            md = await kube_client.get(kube.MODELDEPLOYMENTS, "lifecycle", namespace=ns)
+            status = (md or {}).get("status") or {}
+            return bool(status.get("phase") == want and status.get("readyReplicas") == replicas
+                        and status.get("observedGeneration") == (md or {})["metadata"]["generation"])
+
+        await wait_for(lambda: phase("Ready", 1), timeout=120, what="Ready with 1 replica")
+
+        async def update(mutate: Any) -> None:
+            md = await kube_client.get(kube.MODELDEPLOYMENTS, "lifecycle", namespace=ns)
+            assert md is not None
+            changed = copy.deepcopy(md)
+            mutate(changed["spec"])
+            await kube_client.request("PUT", kube.MODELDEPLOYMENTS.path(namespace=ns, name="lifecycle"),
+                                      body=changed)
+
+        # Scale: a floor of two replicas.
+        await update(lambda spec: spec["scaling"].update(minReplicas=2))
+        await wait_for(lambda: phase("Ready", 2), timeout=120, what="Ready with 2 replicas")
+        # Roll out a new revision (direct switch: new Deployment, old one deleted).
+        await update(lambda spec: spec["model"].update(revision="b"))
+
+        async def switched() -> bool:
+            md = await kube_client.get(kube.MODELDEPLOYMENTS, "lifecycle", namespace=ns)
+            deps = await kube_client.list(kube.DEPLOYMENTS, namespace=ns)
+            return bool((md or {}).get("status", {}).get("servingRevision") == "b" and len(deps) == 1)
+
+        await wait_for(switched, timeout=120, what="revision b serving alone")
+        await kube_client.delete(kube.MODELDEPLOYMENTS, "lifecycle", namespace=ns)
+
+        async def gone() -> bool:
+            return not (await kube_client.list(kube.DEPLOYMENTS, namespace=ns)
+                        or await kube_client.list(kube.PODS, namespace=ns))
+
+        await wait_for(gone, timeout=120, what="the children to be garbage-collected")
+        assert errors_in(handle.metrics_text(), ns) == 0
+        events = await kube_client.list(kube.EVENTS, namespace=ns,
+                                        field_selector="involvedObject.name=lifecycle")
+        assert {"Applied", "Deleted"} <= {e["reason"] for e in events}
+        with log.open(errors="replace") as text:
+            text.seek(offset)
+            assert "Forbidden" not in text.read()
+    finally:
+        stop_operator(handle)
+        await kube_client.delete(kube.NAMESPACES, ns)
