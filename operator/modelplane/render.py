@@ -69,6 +69,12 @@ LABEL_ROLE = "modelplane.dev/role"
 LABEL_SPEC_HASH = "modelplane.dev/spec-hash"
 ANNOTATION_SOURCE = "modelplane.dev/source"
 ANNOTATION_REVISION = "modelplane.dev/revision"
+#: The rollout's revision id of a Deployment (``rollout.spec.revision_fingerprint``).
+ANNOTATION_FINGERPRINT = "modelplane.dev/fingerprint"
+#: The gated fields (``rollout.spec.gated_fields``, JSON) and GPU shape a Deployment was rendered from,
+#: so stable is rendered from ITS values after the spec has moved on to a canary's (and after an
+#: operator restart).
+ANNOTATION_GATED = "modelplane.dev/gated-fields"
 
 _MAX_NAME = 63
 
@@ -91,6 +97,19 @@ class WorkloadPlan:
     tensor_parallel_size: int
     #: Time the startup probe allows for download, load, compile and CUDA graphs (startup_budget_for).
     startup_budget_seconds: int = DEFAULT_STARTUP_BUDGET_SECONDS
+    #: Names the Deployment (``<md>-<key>``) and is the pods' revision-hash label (the selector);
+    #: None: ``revision_hash(source, revision)``. Two workloads of one source and revision that differ in
+    #: other gated fields (an image change behind the gate) need distinct keys.
+    key: str | None = None
+    #: The spec this workload renders from (stable keeps its own gated fields while a canary runs);
+    #: None: the spec passed to the builder.
+    spec: ModelDeploymentSpec | None = None
+    #: Extra Deployment annotations (fingerprint and gated-field snapshot), sorted pairs.
+    annotations: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def workload_key(self) -> str:
+        return self.key or revision_hash(self.source, self.revision)
 
     def __post_init__(self) -> None:
         try:
@@ -170,6 +189,12 @@ def deployment_name(md_name: str, source: str, revision: str) -> str:
 def server_selector(md: Owner) -> dict[str, str]:
     """The labels every server pod of ``md`` carries, whatever its revision (Service, PDB, /scale)."""
     return {LABEL_NAME: APP_NAME, LABEL_INSTANCE: md.name, LABEL_COMPONENT: COMPONENT}
+
+
+def workload_name(md_name: str, key: str) -> str:
+    """``<md-name>-<key>``, the md name cut so that the result is a DNS-1123 label (≤ 63)."""
+    suffix = "-" + key
+    return md_name[: _MAX_NAME - len(suffix)].rstrip("-") + suffix
 
 
 def selector_string(md: Owner) -> str:
@@ -368,7 +393,7 @@ def build_pod_template(md: Owner, spec: ModelDeploymentSpec, workload: WorkloadP
     }
     if spec.model.credentials_secret and scheme == "oci":
         pod_spec["imagePullSecrets"] = [{"name": spec.model.credentials_secret}]
-    labels = {**_common_labels(md), LABEL_REVISION_HASH: revision_hash(workload.source, workload.revision)}
+    labels = {**_common_labels(md), LABEL_REVISION_HASH: workload.workload_key}
     return {"metadata": {"labels": labels}, "spec": pod_spec}
 
 
@@ -379,7 +404,8 @@ def spec_hash(template: dict[str, Any]) -> str:
 
 def build_deployment(md: Owner, spec: ModelDeploymentSpec, workload: WorkloadPlan) -> Manifest:
     """The Deployment running one revision with ``workload.replicas`` pods."""
-    rev_hash = revision_hash(workload.source, workload.revision)
+    spec = workload.spec or spec
+    rev_hash = workload.workload_key
     template = build_pod_template(md, spec, workload)
     template_hash = spec_hash(template)
     template["metadata"]["labels"][LABEL_SPEC_HASH] = template_hash
@@ -389,10 +415,11 @@ def build_deployment(md: Owner, spec: ModelDeploymentSpec, workload: WorkloadPla
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {
-            "name": deployment_name(md.name, workload.source, workload.revision),
+            "name": workload_name(md.name, rev_hash),
             "namespace": md.namespace,
             "labels": labels,
-            "annotations": {ANNOTATION_SOURCE: workload.source, ANNOTATION_REVISION: workload.revision},
+            "annotations": {ANNOTATION_SOURCE: workload.source, ANNOTATION_REVISION: workload.revision,
+                            **dict(workload.annotations)},
             "ownerReferences": _owner_references(md),
         },
         "spec": {
@@ -408,8 +435,16 @@ def build_deployment(md: Owner, spec: ModelDeploymentSpec, workload: WorkloadPla
     }
 
 
-def build_service(md: Owner) -> Manifest:
-    """The ClusterIP Service for the OpenAI port, over the server pods of every revision."""
+def build_service(md: Owner, *, only_key: str | None = None) -> Manifest:
+    """The ClusterIP Service for the OpenAI port, over the server pods of every revision.
+
+    ``only_key`` narrows it to one workload's pods: a canary before its first traffic step (the
+    evaluation reaches it by pod IP), and a workload about to be removed (so that no request is
+    sent to pods that are going away). Changing a Service's selector restarts nothing.
+    """
+    selector = server_selector(md)
+    if only_key is not None:
+        selector = {**selector, LABEL_REVISION_HASH: only_key}
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -417,7 +452,7 @@ def build_service(md: Owner) -> Manifest:
                      "ownerReferences": _owner_references(md)},
         "spec": {
             "type": "ClusterIP",
-            "selector": server_selector(md),
+            "selector": selector,
             "ports": [{"name": PORT_NAME, "port": PORT, "targetPort": PORT_NAME, "protocol": "TCP",
                        "appProtocol": "http"}],
         },
@@ -435,10 +470,12 @@ def build_pdb(md: Owner) -> Manifest:
     }
 
 
-def build_children(md: Owner, spec: ModelDeploymentSpec, workloads: Sequence[WorkloadPlan]) -> list[Manifest]:
+def build_children(md: Owner, spec: ModelDeploymentSpec, workloads: Sequence[WorkloadPlan], *,
+                   service_only_key: str | None = None) -> list[Manifest]:
     """Every child of ``md``: one Deployment per workload (stable first), the Service, the PDB."""
-    names = [deployment_name(md.name, w.source, w.revision) for w in workloads]
+    names = [workload_name(md.name, w.workload_key) for w in workloads]
     if len(set(names)) != len(names):
         raise ValueError(f"two workloads render the same Deployment: {names}")
     ordered = sorted(workloads, key=lambda w: 0 if w.role == Role.STABLE else 1)
-    return [*(build_deployment(md, spec, w) for w in ordered), build_service(md), build_pdb(md)]
+    return [*(build_deployment(md, spec, w) for w in ordered), build_service(md, only_key=service_only_key),
+            build_pdb(md)]

@@ -639,33 +639,59 @@ class Condition(_Model):
 class StableStatus(_Model):
     """The revision serving most traffic."""
 
-    revision: str | None = Field(default=None, description="Model revision.")
+    revision: str | None = Field(default=None, description="Model revision (spec.model.revision) it serves.")
+    fingerprint: str | None = Field(
+        default=None, description="12 hex digits of the gated fields it runs (model, image, numerics, "
+                                  "args, env): the rollout's revision id.")
     source: str | None = Field(default=None, description="Model source URI.")
     deployment: str | None = Field(default=None, description="Name of its Deployment.")
 
 
 class CanaryStatus(_Model):
-    """The revision being rolled out, while a rollout is under way."""
+    """The rollout state machine: the revision being rolled out, or the outcome of the last rollout."""
 
+    phase: str | None = Field(
+        default=None, description="Rollout phase: Idle, Deploying, Evaluating, Stepping, Analyzing, Paused, "
+                                  "Promoting, Promoted, RollingBack, RolledBack or Aborted.")
     revision: str | None = Field(default=None, description="Model revision of the canary.")
+    fingerprint: str | None = Field(default=None, description="Fingerprint of the canary's gated fields.")
     weight: StrictInt | None = Field(
-        default=None, ge=0, le=100, description="Percent of replicas on the canary now.")
+        default=None, ge=0, le=100, description="Percent of traffic asked of the canary now.")
     step: StrictInt | None = Field(
         default=None, ge=0, description="Index of the current rollout step (0-based).")
-    phase: str | None = Field(
-        default=None, description="Rollout phase, e.g. Evaluating, Progressing, Paused.")
+    started_at: datetime | None = Field(default=None, description="When this rollout began.")
+    phase_since: datetime | None = Field(
+        default=None, description="When the phase (or the current evaluation attempt) began.")
+    step_started_at: datetime | None = Field(
+        default=None, description="Start of the current step's analysis window.")
+    window_extensions: StrictInt | None = Field(
+        default=None, ge=0, description="Times the current window was extended (inconclusive analysis).")
+    evaluation_attempts: StrictInt | None = Field(
+        default=None, ge=0, description="Evaluation runs started for this canary (at most 3).")
     eval_score: StrictFloat | None = Field(
         default=None, description="Canary score on the evaluation suite, 0-1.")
     baseline_score: StrictFloat | None = Field(
         default=None, description="Stable revision's score on the same suite.")
     lower_bound: StrictFloat | None = Field(
-        default=None, description="Lower confidence bound of canary minus stable score.")
+        default=None, description="One-sided lower confidence bound of canary minus stable score.")
     cases: StrictInt | None = Field(default=None, ge=0, description="Suite cases scored.")
     failing_cases: list[str] = Field(
-        default_factory=list, max_length=20, description="IDs of (up to 20) cases the canary failed.")
+        default_factory=list, max_length=20,
+        description="IDs of (up to 20) cases the canary failed, regressions first; the report ConfigMap "
+                    "<name>-eval-<fingerprint> has all.")
     decision: str | None = Field(
-        default=None, description="Latest gate decision, e.g. Continue, Promote, Rollback.")
-    reason: str | None = Field(default=None, description="Why, with the numbers.")
+        default=None, description="The outcome being executed or reached: Promoted, RolledBack, Aborted, "
+                                  "Superseded or Direct.")
+    reason: str | None = Field(default=None, description="CamelCase reason of the current phase.")
+    message: str | None = Field(default=None, description="Why, with the numbers.")
+    hold: StrictBool | None = Field(
+        default=None, description="A pause was asked before the first traffic step.")
+    rejected_revision: str | None = Field(
+        default=None, description="A revision rolled back or aborted: not retried until the spec changes "
+                                  "or a resume control asks for it.")
+    rejected_fingerprint: str | None = Field(default=None, description="Fingerprint of rejectedRevision.")
+    handled_control: str | None = Field(
+        default=None, description="The last modelplane.dev/rollout-control value acted on (each acts once).")
     summary: str | None = Field(default=None, description="Short text for kubectl get, e.g. \"rev-b 10%\".")
 
 
@@ -728,12 +754,17 @@ class RolloutRecord(_Model):
     """A finished rollout."""
 
     revision: str | None = Field(default=None, description="Revision rolled out.")
-    decision: str | None = Field(default=None, description="Promoted, RolledBack or Aborted.")
+    fingerprint: str | None = Field(default=None, description="Fingerprint of its gated fields.")
+    decision: str | None = Field(
+        default=None, description="Promoted, RolledBack, Aborted, Superseded or Direct.")
     eval_score: StrictFloat | None = Field(default=None, description="Canary score.")
     baseline_score: StrictFloat | None = Field(default=None, description="Stable score.")
+    lower_bound: StrictFloat | None = Field(
+        default=None, description="Lower confidence bound of canary minus stable score.")
     started_at: datetime | None = Field(default=None, description="When it started.")
     finished_at: datetime | None = Field(default=None, description="When it ended.")
     reason: str | None = Field(default=None, description="Why it ended so.")
+    message: str | None = Field(default=None, description="Detail, with the numbers.")
 
 
 class ModelDeploymentStatus(_Model):

@@ -174,6 +174,9 @@ class Inputs:
     """What the handler observed this tick."""
 
     desired_revision: str | None = None  #: ``spec.revision_fingerprint`` of the current spec
+    #: What people call the desired revision (``model.revision``); carried beside the fingerprint
+    #: into status and history, never used to decide.
+    desired_label: str | None = None
     total_replicas: int = 1  #: the autoscaler's total for canary + stable
     canary_present: bool = False  #: a canary workload exists
     canary_ready_replicas: int = 0
@@ -261,6 +264,7 @@ class HistoryEntry:
     eval_score: float | None = None
     baseline_score: float | None = None
     lower_bound: float | None = None
+    label: str | None = None  #: the revision's name for people (``model.revision``)
 
 
 @dataclass(frozen=True)
@@ -308,12 +312,17 @@ class RolloutState:
     rejected_revision: str | None = None  #: rolled back or aborted; not retried until the spec changes
     handled_control: str | None = None
     history: tuple[HistoryEntry, ...] = field(default=())
+    #: Names for people of the fingerprints above (``model.revision``); they ride along, never decide.
+    stable_label: str | None = None
+    canary_label: str | None = None
+    rejected_label: str | None = None
 
     def to_status(self) -> dict[str, Any]:
         """``{"stable": …, "canary": …, "rolloutHistory": […]}`` — JSON-ready, camelCase."""
         canary = {
             "phase": self.phase.value,
-            "revision": self.canary_revision,
+            "fingerprint": self.canary_revision,
+            "revision": self.canary_label,
             "weight": self.weight,
             "step": self.step,
             "startedAt": _iso(self.started_at),
@@ -323,19 +332,21 @@ class RolloutState:
             "evaluationAttempts": self.evaluation_attempts,
             "evalScore": self.eval_score,
             "baselineScore": self.baseline_score,
-            "evalLowerBound": self.eval_lower_bound,
-            "evalCases": self.eval_cases,
+            "lowerBound": self.eval_lower_bound,
+            "cases": self.eval_cases,
             "failingCases": list(self.failing_case_ids),
             "decision": self.decision.value if self.decision else None,
             "reason": self.reason.value if self.reason else None,
             "message": self.message,
             "hold": self.hold,
-            "rejectedRevision": self.rejected_revision,
+            "rejectedFingerprint": self.rejected_revision,
+            "rejectedRevision": self.rejected_label,
             "handledControl": self.handled_control,
         }
         history = [
             {
-                "revision": h.revision,
+                "fingerprint": h.revision,
+                "revision": h.label,
                 "decision": h.decision.value,
                 "reason": h.reason.value,
                 "message": h.message,
@@ -343,11 +354,12 @@ class RolloutState:
                 "finishedAt": _iso(h.finished_at),
                 "evalScore": h.eval_score,
                 "baselineScore": h.baseline_score,
-                "evalLowerBound": h.lower_bound,
+                "lowerBound": h.lower_bound,
             }
             for h in self.history
         ]
-        return {"stable": {"revision": self.stable_revision}, "canary": canary, "rolloutHistory": history}
+        stable = {"fingerprint": self.stable_revision, "revision": self.stable_label}
+        return {"stable": stable, "canary": canary, "rolloutHistory": history}
 
     @classmethod
     def from_status(cls, status: Mapping[str, Any] | None) -> RolloutState:
@@ -357,7 +369,8 @@ class RolloutState:
         c: Mapping[str, Any] = status.get("canary") or {}
         history = tuple(
             HistoryEntry(
-                revision=h["revision"],
+                revision=h["fingerprint"],
+                label=h.get("revision"),
                 decision=Decision(h["decision"]),
                 reason=Reason(h["reason"]),
                 message=h.get("message", ""),
@@ -365,14 +378,14 @@ class RolloutState:
                 finished_at=_parse_time(h.get("finishedAt")) or datetime.fromtimestamp(0).astimezone(),
                 eval_score=h.get("evalScore"),
                 baseline_score=h.get("baselineScore"),
-                lower_bound=h.get("evalLowerBound"),
+                lower_bound=h.get("lowerBound"),
             )
             for h in status.get("rolloutHistory") or []
         )
         return cls(
             phase=Phase(c.get("phase") or Phase.IDLE.value),
-            stable_revision=stable.get("revision"),
-            canary_revision=c.get("revision"),
+            stable_revision=stable.get("fingerprint"),
+            canary_revision=c.get("fingerprint"),
             step=int(c.get("step") or 0),
             weight=int(c.get("weight") or 0),
             started_at=_parse_time(c.get("startedAt")),
@@ -382,16 +395,19 @@ class RolloutState:
             evaluation_attempts=int(c.get("evaluationAttempts") or 0),
             eval_score=c.get("evalScore"),
             baseline_score=c.get("baselineScore"),
-            eval_lower_bound=c.get("evalLowerBound"),
-            eval_cases=int(c.get("evalCases") or 0),
+            eval_lower_bound=c.get("lowerBound"),
+            eval_cases=int(c.get("cases") or 0),
             failing_case_ids=tuple(c.get("failingCases") or ()),
             decision=Decision(c["decision"]) if c.get("decision") else None,
             reason=Reason(c["reason"]) if c.get("reason") else None,
             message=c.get("message") or "",
             hold=bool(c.get("hold")),
-            rejected_revision=c.get("rejectedRevision"),
+            rejected_revision=c.get("rejectedFingerprint"),
             handled_control=c.get("handledControl"),
             history=history,
+            stable_label=stable.get("revision"),
+            canary_label=c.get("revision"),
+            rejected_label=c.get("rejectedRevision"),
         )
 
 
@@ -456,6 +472,45 @@ def advance(
     settings: MachineSettings = DEFAULT_SETTINGS,
 ) -> Result:
     """One step of the machine. Pure: the same arguments always give the same result."""
+    new, actions = _advance(state, inputs, spec, now, settings)
+    return _with_labels(state, new, actions, inputs)
+
+
+def _label_of(revision: str | None, state: RolloutState, inputs: Inputs) -> str | None:
+    """The name for people of ``revision``, from what the old state or the inputs know."""
+    if revision is None:
+        return None
+    known = {state.stable_revision: state.stable_label, state.canary_revision: state.canary_label,
+             state.rejected_revision: state.rejected_label}
+    if revision == inputs.desired_revision and inputs.desired_label is not None:
+        return inputs.desired_label
+    return known.get(revision)
+
+
+def _with_labels(old: RolloutState, new: RolloutState, actions: tuple[Action, ...],
+                 inputs: Inputs) -> Result:
+    """Carry the labels along with the fingerprints they name (the transitions only move fingerprints)."""
+    labelled = replace(
+        new,
+        stable_label=_label_of(new.stable_revision, old, inputs),
+        canary_label=_label_of(new.canary_revision, old, inputs),
+        rejected_label=_label_of(new.rejected_revision, old, inputs),
+    )
+    fresh = {id(h) for h in new.history} - {id(h) for h in old.history}
+    if fresh:
+        labelled = replace(labelled, history=tuple(
+            replace(h, label=_label_of(h.revision, old, inputs)) if id(h) in fresh and h.label is None else h
+            for h in new.history))
+    out: list[Action] = []
+    for action in actions:
+        if isinstance(action, RecordHistory) and action.entry.label is None:
+            action = RecordHistory(replace(action.entry, label=_label_of(action.entry.revision, old, inputs)))
+        out.append(action)
+    return labelled, tuple(out)
+
+
+def _advance(state: RolloutState, inputs: Inputs, spec: RolloutSpec | None, now: datetime,
+             settings: MachineSettings) -> Result:
     control = inputs.control
     if control is not None and control.id != state.handled_control:
         new, actions = _on_control(state, control.command, inputs, spec, now)

@@ -1,0 +1,515 @@
+"""The rollout inside the reconcile: observed children + status + memory → machine inputs, workloads. Pure.
+
+``modelplane.rollout.machine`` decides; this module is the adapter the reconcile core calls once per
+reconcile. It
+
+* reads the machine's state from status and the world from the observed Deployments (each carries
+  its fingerprint and the snapshot of the gated fields it runs, ``render.ANNOTATION_GATED``),
+* feeds ``advance`` until it has nothing more to do this tick, computing what is pure on the way:
+  a ``RunAnalysis`` verdict from the window's start snapshots and this tick's scrapes, a
+  ``BeginAnalysisWindow`` snapshot, the order for an evaluation (``EvaluationOrder``) the controller
+  then runs (I/O),
+* turns the new state into the workloads to render (stable from ITS snapshot, the canary from the
+  spec, replicas split by ``replicas_for``), the Deployments to remove and the Service's selector.
+
+How the canary is kept out of user traffic before its first step: the shared Service selects every
+server pod, except while a canary runs at weight 0 (Deploying, Evaluating, paused before traffic,
+RollingBack), when its selector is narrowed to stable's revision-hash label; the evaluation talks to
+the canary pod by its pod IP. A Service's selector changes without restarting a pod, so the canary
+that passed the gate is the one that takes traffic. The same narrowing takes a workload out of the
+Service before it is deleted (an old stable after a promotion, a rolled-back canary), so no request
+is sent to pods that are going away.
+
+The actions ``DeployCanary``, ``SetWeight``, ``Promote``, ``Rollback`` and ``SwitchStable`` need no
+executing here: the workloads follow from the state. ``StartEvaluation`` and ``CancelEvaluation``
+become orders for the controller, ``EmitEvent`` becomes Events.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from modelplane import render
+from modelplane.api.models import ModelDeploymentSpec
+from modelplane.promtext import MetricSnapshot, PromTextError, delta, merge, parse_snapshot
+from modelplane.rollout.analysis import AnalysisResult, AnalysisThresholds, analyse_window
+from modelplane.rollout.machine import (
+    ACTIVE,
+    CONTROL_ANNOTATION,
+    BeginAnalysisWindow,
+    CancelEvaluation,
+    EmitEvent,
+    EvalResult,
+    Inputs,
+    Phase,
+    RolloutState,
+    RunAnalysis,
+    StartEvaluation,
+    advance,
+    parse_control,
+    replicas_for,
+)
+from modelplane.rollout.spec import RolloutSpec, gated_fields, revision_fingerprint
+from modelplane.scrape import ScrapeResult
+
+Obj = Mapping[str, Any]
+
+#: Phases in which the rollout, not the plain revision switch, decides the workloads.
+DRIVING = ACTIVE | {Phase.PROMOTING, Phase.ROLLING_BACK}
+#: A canary exists but must not take user traffic.
+_WEIGHT_ZERO = frozenset({Phase.DEPLOYING, Phase.EVALUATING, Phase.ROLLING_BACK})
+#: One reconcile advances the machine at most this often (each call makes one transition).
+MAX_TRANSITIONS = 8
+#: Failed requests in a window: real vLLM's HTTP instrumentation (``status`` "5xx", or the code).
+HTTP_REQUESTS = "http_requests_total"
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The GPU shape a workload is rendered with (kept in its snapshot so stable keeps its own)."""
+
+    gpu_type: str | None
+    gpus_per_replica: int
+    tensor_parallel_size: int
+    startup_budget_seconds: int
+
+
+@dataclass(frozen=True)
+class EvalSlot:
+    """What the controller knows of the evaluation of one canary attempt."""
+
+    revision: str
+    attempt: int
+    running: bool
+    result: EvalResult | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Window:
+    """The start of an analysis window: each pod's metrics then, by pod name."""
+
+    revision: str
+    step: int
+    started: Mapping[str, MetricSnapshot] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Memory:
+    """What lives between reconciles in the controller's memory only (lost on restart, by design)."""
+
+    evaluation: EvalSlot | None = None
+    window: Window | None = None
+
+
+@dataclass(frozen=True)
+class EvaluationOrder:
+    """Run the gate for one canary attempt (the controller does it: HTTP or a Job)."""
+
+    namespace: str
+    md_name: str
+    md_uid: str
+    revision: str  #: the canary's fingerprint
+    label: str  #: its model revision, for people
+    stable_revision: str
+    attempt: int
+    report_name: str  #: the report ConfigMap
+    job_name: str  #: the custom evaluator's Job (when ``evaluator`` is set)
+    canary_url: str | None
+    stable_url: str | None
+    served_name: str
+    suite_config_map: str | None
+    suite_key: str
+    evaluator: Mapping[str, Any] | None
+    min_score: float
+    max_regression: float
+    confidence: float
+    concurrency: int
+    timeout_seconds: float
+
+
+@dataclass(frozen=True)
+class Outcome:
+    state: RolloutState
+    rollout_spec: RolloutSpec | None
+    driving: bool  #: the rollout decides the workloads (else the plain revision switch does)
+    workloads: tuple[render.WorkloadPlan, ...] = ()
+    service_only_key: str | None = None
+    delete: tuple[str, ...] = ()  #: Deployment names
+    memory: Memory = field(default_factory=Memory)
+    start_evaluation: EvaluationOrder | None = None
+    cancel_evaluation: bool = False
+    events: tuple[EmitEvent, ...] = ()
+    analysis: AnalysisResult | None = None  #: the verdict computed this tick, if any
+
+
+# --- spec helpers ---------------------------------------------------------------------------------
+
+
+def rollout_spec(spec_raw: Mapping[str, Any]) -> RolloutSpec | None:
+    """``spec.rollout`` as the machine sees it: None unless it has steps or an evaluation gate.
+
+    The API server defaults ``rollout`` to ``{}``; an empty one means "no gate", a direct switch.
+    """
+    parsed = RolloutSpec.from_spec(spec_raw.get("rollout"))
+    if parsed is None or (not parsed.steps and not parsed.evaluation):
+        return None
+    return parsed
+
+
+def snapshot_annotation(spec_raw: Mapping[str, Any], shape: Shape) -> str:
+    """The ``ANNOTATION_GATED`` value: gated fields and shape, canonical JSON."""
+    return json.dumps({"gated": gated_fields(spec_raw), "shape": {
+        "gpuType": shape.gpu_type, "gpusPerReplica": shape.gpus_per_replica,
+        "tensorParallelSize": shape.tensor_parallel_size,
+        "startupBudgetSeconds": shape.startup_budget_seconds}}, sort_keys=True, separators=(",", ":"))
+
+
+def spec_with_gated(spec_raw: Mapping[str, Any], gated: Mapping[str, Any]) -> dict[str, Any]:
+    """The current spec with the gated fields of a snapshot (everything else follows the spec)."""
+    out: dict[str, Any] = json.loads(json.dumps(dict(spec_raw)))
+    model = out.setdefault("model", {})
+    engine = out.setdefault("engine", {})
+    for key, value in (gated.get("model") or {}).items():
+        model[key] = value
+    for key, value in (gated.get("engine") or {}).items():
+        if value is None or value == []:
+            engine.pop(key, None)
+        else:
+            engine[key] = value
+    return out
+
+
+@dataclass(frozen=True)
+class _Known:
+    """One Deployment as the rollout sees it."""
+
+    name: str
+    key: str
+    fingerprint: str | None
+    gated: Mapping[str, Any] | None
+    shape: Shape | None
+    ready: int
+    replicas: int
+
+
+def _known(dep: Obj) -> _Known:
+    meta = dep.get("metadata") or {}
+    annotations = meta.get("annotations") or {}
+    labels = meta.get("labels") or {}
+    gated: Mapping[str, Any] | None = None
+    shape: Shape | None = None
+    raw = annotations.get(render.ANNOTATION_GATED)
+    if raw:
+        try:
+            doc = json.loads(raw)
+            gated = doc["gated"]
+            s = doc["shape"]
+            shape = Shape(s.get("gpuType"), int(s["gpusPerReplica"]), int(s["tensorParallelSize"]),
+                          int(s["startupBudgetSeconds"]))
+        except (ValueError, KeyError, TypeError):
+            gated, shape = None, None
+    name = str(meta.get("name"))
+    return _Known(name=name, key=str(labels.get(render.LABEL_REVISION_HASH) or name.rsplit("-", 1)[-1]),
+                  fingerprint=annotations.get(render.ANNOTATION_FINGERPRINT), gated=gated, shape=shape,
+                  ready=int((dep.get("status") or {}).get("readyReplicas") or 0),
+                  replicas=int((dep.get("spec") or {}).get("replicas") or 0))
+
+
+def new_key(source: str, revision: str, fingerprint: str, taken: Mapping[str, str | None]) -> str:
+    """The key of a new workload: ``revision_hash(source, revision)`` unless a Deployment of another
+    fingerprint holds it (the same checkpoint with another image or args), then the fingerprint's."""
+    default = render.revision_hash(source, revision)
+    holder = taken.get(default, fingerprint)
+    return default if holder == fingerprint else fingerprint[:10]
+
+
+def workload(*, role: render.Role, spec_raw: Mapping[str, Any], fingerprint: str, key: str, replicas: int,
+             shape: Shape) -> render.WorkloadPlan:
+    """A workload rendered from ``spec_raw`` (already carrying the workload's gated fields)."""
+    spec = ModelDeploymentSpec.model_validate(dict(spec_raw))
+    annotations = ((render.ANNOTATION_FINGERPRINT, fingerprint),
+                   (render.ANNOTATION_GATED, snapshot_annotation(spec_raw, shape)))
+    return render.WorkloadPlan(
+        role=role, source=spec.model.source, revision=spec.model.revision, replicas=replicas,
+        gpu_type=shape.gpu_type, gpus_per_replica=shape.gpus_per_replica,
+        tensor_parallel_size=shape.tensor_parallel_size, startup_budget_seconds=shape.startup_budget_seconds,
+        key=key, spec=spec, annotations=annotations)
+
+
+# --- analysis -------------------------------------------------------------------------------------
+
+
+def _snapshots(metrics: Sequence[ScrapeResult]) -> dict[str, MetricSnapshot]:
+    out: dict[str, MetricSnapshot] = {}
+    for m in metrics:
+        if m.text is None:
+            continue
+        try:
+            out[m.pod] = parse_snapshot(m.text)
+        except PromTextError:
+            continue
+    return out
+
+
+def server_errors(snapshot: MetricSnapshot) -> int:
+    """Requests answered 5xx, from ``http_requests_total{status="5xx"|"500"…}`` (0 when not exposed)."""
+    total = 0.0
+    for (name, labels), value in snapshot.counters.items():
+        if name == HTTP_REQUESTS and dict(labels).get("status", "").startswith("5"):
+            total += value
+    return int(round(total))
+
+
+def analyse(window: Window, metrics: Sequence[ScrapeResult], pod_keys: Mapping[str, str], *,
+            canary_key: str, stable_key: str, thresholds: AnalysisThresholds) -> AnalysisResult:
+    """The window's verdict: each pod's increase since the window began, summed by revision."""
+    now = _snapshots(metrics)
+    deltas: dict[str, list[MetricSnapshot]] = {canary_key: [], stable_key: []}
+    for pod, snap in sorted(now.items()):
+        key = pod_keys.get(pod)
+        if key in deltas:
+            deltas[key].append(delta(window.started.get(pod, MetricSnapshot()), snap))
+    canary, stable = merge(deltas[canary_key]), merge(deltas[stable_key])
+    return analyse_window(canary_window=canary, canary_errors=server_errors(canary),
+                          stable_window=stable, stable_errors=server_errors(stable), thresholds=thresholds)
+
+
+# --- the tick -------------------------------------------------------------------------------------
+
+
+def _ready(pod: Obj) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (pod.get("status") or {}).get("conditions") or [])
+
+
+def _pod_url(pods: Sequence[Obj], key: str) -> str | None:
+    for pod in sorted(pods, key=lambda p: str(p["metadata"]["name"])):
+        meta = pod.get("metadata") or {}
+        ip = (pod.get("status") or {}).get("podIP")
+        if (meta.get("labels") or {}).get(render.LABEL_REVISION_HASH) == key and ip and _ready(pod) \
+                and not meta.get("deletionTimestamp"):
+            return f"http://{ip}:{render.PORT}"
+    return None
+
+
+def drive(
+    *,
+    md_meta: Mapping[str, Any],
+    spec_raw: Mapping[str, Any],
+    status: Mapping[str, Any],
+    deployments: Sequence[Obj],
+    services: Sequence[Obj],
+    pods: Sequence[Obj],
+    metrics: Sequence[ScrapeResult],
+    memory: Memory,
+    total: int,
+    shape: Shape | None,
+    served_name: str,
+    now: datetime,
+) -> Outcome:
+    """One reconcile's worth of rollout: advance the machine, then say what to run."""
+    rspec = rollout_spec(spec_raw)
+    desired = revision_fingerprint(spec_raw)
+    label = str((spec_raw.get("model") or {}).get("revision") or "main")
+    annotations = md_meta.get("annotations") or {}
+    control = parse_control(annotations.get(CONTROL_ANNOTATION))
+    known = [_known(d) for d in deployments]
+    by_fp = {k.fingerprint: k for k in known if k.fingerprint}
+    pod_keys = {str(p["metadata"]["name"]): str((p["metadata"].get("labels") or {}).get(
+        render.LABEL_REVISION_HASH, "")) for p in pods}
+    evaluation = (spec_raw.get("rollout") or {}).get("evaluation") or {}
+    thresholds = AnalysisThresholds.from_spec(evaluation.get("analysis"))
+
+    state = RolloutState.from_status(status)
+    events: list[EmitEvent] = []
+    order: EvaluationOrder | None = None
+    cancel = False
+    slot = memory.evaluation
+    window = memory.window
+    verdict: AnalysisResult | None = None
+    pending_verdict: AnalysisResult | None = None
+    started_now: set[str] = set()
+
+    def key_of(fp: str | None) -> str | None:
+        k = by_fp.get(fp or "")
+        return k.key if k else None
+
+    for _ in range(MAX_TRANSITIONS):
+        canary = by_fp.get(state.canary_revision or "")
+        stable = by_fp.get(state.stable_revision or "")
+        if state.phase is Phase.PROMOTING:
+            others = [k for k in known if k.fingerprint != state.canary_revision]
+            canary_present = bool(others)
+            live = state.canary_revision if canary is not None and canary.ready >= 1 and not others \
+                else state.stable_revision
+        else:
+            canary_present = canary is not None
+            live = state.stable_revision if stable is not None and stable.ready >= 1 else None
+        current = slot is not None and slot.revision == state.canary_revision
+        this_attempt = current and slot is not None and slot.attempt == state.evaluation_attempts
+        inputs = Inputs(
+            desired_revision=desired, desired_label=label, total_replicas=total,
+            canary_present=canary_present, canary_ready_replicas=canary.ready if canary else 0,
+            stable_revision_live=live,
+            evaluation=slot.result if this_attempt and slot is not None and not slot.running else None,
+            evaluation_error=slot.error if this_attempt and slot is not None and not slot.running else None,
+            evaluation_running=(state.canary_revision in started_now) or bool(
+                current and slot is not None and slot.running),
+            analysis=pending_verdict,
+            analysis_window_open=window is not None and window.revision == state.canary_revision
+            and window.step == state.step,
+            control=control,
+        )
+        pending_verdict = None
+        new, actions = advance(state, inputs, rspec, now)
+        for action in actions:
+            if isinstance(action, StartEvaluation):
+                started_now.add(action.revision)
+                slot = EvalSlot(action.revision, action.attempt, running=True)
+                order = _order(md_meta=md_meta, spec_raw=spec_raw, evaluation=evaluation, rspec=rspec,
+                               state=new, action=action, pods=pods, served_name=served_name,
+                               canary_key=key_of(action.revision), stable_key=key_of(new.stable_revision))
+                cancel = False
+            elif isinstance(action, CancelEvaluation):
+                cancel, order, slot = True, None, None
+            elif isinstance(action, BeginAnalysisWindow):
+                window = Window(new.canary_revision or "", action.step, _snapshots(metrics))
+            elif isinstance(action, RunAnalysis):
+                if window is None:
+                    window = Window(new.canary_revision or "", action.step)
+                verdict = analyse(window, metrics, pod_keys, canary_key=key_of(new.canary_revision) or "",
+                                  stable_key=key_of(new.stable_revision) or "", thresholds=thresholds)
+                pending_verdict = verdict
+            elif isinstance(action, EmitEvent):
+                events.append(action)
+        state = new
+        if not actions:
+            break
+
+    if state.phase is not Phase.EVALUATING:
+        # The gate is decided (or skipped): whatever still runs for it is no longer wanted.
+        cancel = cancel or (slot is not None and slot.running)
+        slot, order = None, None
+    if state.phase is not Phase.ANALYZING:
+        window = None
+    new_memory = Memory(evaluation=slot, window=window)
+
+    driving = state.phase in DRIVING or (
+        state.stable_revision is not None and state.stable_revision != desired
+        and state.stable_revision in by_fp)
+    outcome = Outcome(state=state, rollout_spec=rspec, driving=driving, memory=new_memory,
+                      start_evaluation=order, cancel_evaluation=cancel, events=tuple(events),
+                      analysis=verdict)
+    if not driving or shape is None:
+        return outcome
+    return _render(outcome, known=known, by_fp=by_fp, spec_raw=spec_raw, desired=desired, total=total,
+                   shape=shape, services=services)
+
+
+def _order(*, md_meta: Mapping[str, Any], spec_raw: Mapping[str, Any], evaluation: Mapping[str, Any],
+           rspec: RolloutSpec | None, state: RolloutState, action: StartEvaluation, pods: Sequence[Obj],
+           served_name: str, canary_key: str | None, stable_key: str | None) -> EvaluationOrder:
+    name = str(md_meta.get("name"))
+    suite = evaluation.get("suiteRef") or {}
+    fp8 = action.revision[:8]
+    return EvaluationOrder(
+        namespace=str(md_meta.get("namespace")), md_name=name, md_uid=str(md_meta.get("uid") or ""),
+        revision=action.revision, label=state.canary_label or action.revision,
+        stable_revision=state.stable_revision or "", attempt=action.attempt,
+        report_name=render.workload_name(name, f"eval-{fp8}"),
+        job_name=render.workload_name(name, f"eval-{fp8}-{action.attempt}"),
+        canary_url=_pod_url(pods, canary_key) if canary_key else None,
+        stable_url=_pod_url(pods, stable_key) if stable_key else None,
+        served_name=served_name,
+        suite_config_map=suite.get("configMap"), suite_key=str(suite.get("key") or "suite.jsonl"),
+        evaluator=evaluation.get("evaluator"),
+        min_score=rspec.min_score if rspec else 0.0,
+        max_regression=rspec.max_regression if rspec else 0.02,
+        confidence=rspec.confidence if rspec else 0.95,
+        concurrency=int(evaluation.get("concurrency") or 4),
+        timeout_seconds=float(evaluation.get("timeoutSeconds") or 60),
+    )
+
+
+def _render(outcome: Outcome, *, known: Sequence[_Known], by_fp: Mapping[str, _Known],
+            spec_raw: Mapping[str, Any], desired: str, total: int, shape: Shape,
+            services: Sequence[Obj]) -> Outcome:
+    state = outcome.state
+    stable_n, canary_n = replicas_for(state, total)
+    taken = {k.key: k.fingerprint for k in known}
+    plans: list[render.WorkloadPlan] = []
+    keep: set[str] = set()
+
+    def from_known_or_spec(fp: str) -> tuple[dict[str, Any], Shape, str] | None:
+        k = by_fp.get(fp)
+        if k is not None and k.gated is not None:
+            return spec_with_gated(spec_raw, k.gated), k.shape or shape, k.key
+        if fp == desired:
+            model = spec_raw.get("model") or {}
+            key = k.key if k is not None else new_key(str(model.get("source")),
+                                                      str(model.get("revision") or "main"), fp, taken)
+            return dict(spec_raw), shape, key
+        return None
+
+    canary_plan: render.WorkloadPlan | None = None
+    has_canary = state.canary_revision is not None and state.phase in ACTIVE | {Phase.PROMOTING}
+    if has_canary and state.canary_revision:
+        found = from_known_or_spec(state.canary_revision)
+        if found is not None:
+            spec_c, shape_c, key_c = found
+            replicas = max(total, 1) if state.phase is Phase.PROMOTING else canary_n
+            canary_plan = workload(role=render.Role.CANARY, spec_raw=spec_c,
+                                   fingerprint=state.canary_revision, key=key_c, replicas=replicas,
+                                   shape=shape_c)
+            taken = {**taken, key_c: state.canary_revision}
+    stable_plan: render.WorkloadPlan | None = None
+    if state.stable_revision:
+        found = from_known_or_spec(state.stable_revision)
+        if found is not None:
+            spec_s, shape_s, key_s = found
+            replicas = stable_n
+            if state.phase is Phase.PROMOTING:
+                k = by_fp.get(state.stable_revision)
+                replicas = max(k.replicas if k else 0, stable_n if state.weight < 100 else 0)
+            stable_plan = workload(role=render.Role.STABLE, spec_raw=spec_s,
+                                   fingerprint=state.stable_revision, key=key_s, replicas=replicas,
+                                   shape=shape_s)
+
+    only_key: str | None = None
+    if canary_plan is not None and (state.phase in _WEIGHT_ZERO or (
+            state.phase is Phase.PAUSED and state.weight == 0)) and stable_plan is not None:
+        only_key = stable_plan.workload_key
+    elif state.phase is Phase.ROLLING_BACK and stable_plan is not None:
+        only_key = stable_plan.workload_key
+    elif state.phase is Phase.PROMOTING and canary_plan is not None:
+        found_canary = by_fp.get(state.canary_revision or "")
+        ready = found_canary.ready if found_canary is not None else 0
+        if ready >= max(total, 1):
+            only_key = canary_plan.workload_key
+    observed_only = _observed_only_key(services)
+
+    if canary_plan is not None:
+        plans.append(canary_plan)
+        keep.add(canary_plan.workload_key)
+    if stable_plan is not None and not (state.phase is Phase.PROMOTING and observed_only is not None
+                                        and observed_only == (canary_plan.workload_key if canary_plan
+                                                              else None)):
+        plans.append(stable_plan)
+        keep.add(stable_plan.workload_key)
+    delete = tuple(sorted(
+        k.name for k in known
+        if k.key not in keep and (k.ready == 0 or (observed_only is not None and observed_only != k.key))))
+    return replace(outcome, workloads=tuple(plans), service_only_key=only_key, delete=delete)
+
+
+def _observed_only_key(services: Sequence[Obj]) -> str | None:
+    for svc in services:
+        selector = (svc.get("spec") or {}).get("selector") or {}
+        if render.LABEL_REVISION_HASH in selector:
+            return str(selector[render.LABEL_REVISION_HASH])
+    return None
