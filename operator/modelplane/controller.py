@@ -20,16 +20,17 @@ import os
 import socket
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 
-from modelplane import kube, opmetrics, scrape
+from modelplane import kube, opmetrics, rollouts, rollouts_runtime, scrape
 from modelplane import reconcile as core
 from modelplane.api.models import FIELD_MANAGER, GROUP, KIND, VERSION
 from modelplane.autoscaler.policy import PolicyState
+from modelplane.rollout.machine import EvalResult
 
 log = logging.getLogger("modelplane.controller")
 
@@ -58,6 +59,32 @@ class _Memory:
 
     policy: PolicyState = field(default_factory=PolicyState)
     last_status_hash: str | None = None
+    #: The rollout's analysis window (start snapshots); an evaluation in flight and its attempt.
+    rollout: rollouts.Memory = field(default_factory=rollouts.Memory)
+    evaluation: asyncio.Task[EvalResult] | None = None
+    evaluation_of: tuple[str, int] | None = None  #: (fingerprint, attempt) of ``evaluation``
+
+    def evaluation_slot(self) -> rollouts.EvalSlot | None:
+        """What the pure core needs to know of the evaluation task (running, result or error)."""
+        task, of = self.evaluation, self.evaluation_of
+        if task is None or of is None:
+            return None
+        if not task.done():
+            return rollouts.EvalSlot(of[0], of[1], running=True)
+        if task.cancelled():
+            return rollouts.EvalSlot(of[0], of[1], running=False, error="the evaluation was cancelled")
+        exc = task.exception()
+        if exc is not None:
+            return rollouts.EvalSlot(of[0], of[1], running=False, error=f"{type(exc).__name__}: {exc}")
+        return rollouts.EvalSlot(of[0], of[1], running=False, result=task.result())
+
+    def stop_evaluation(self) -> None:
+        task = self.evaluation
+        if task is not None and not task.done():
+            task.cancel()
+        elif task is not None and not task.cancelled():
+            task.exception()  # read, so that an error already reported is not logged again at exit
+        self.evaluation, self.evaluation_of = None, None
 
 
 class Controller:
@@ -82,7 +109,9 @@ class Controller:
         key = (str(meta.get("namespace")), str(meta.get("name")))
         if event_type == "DELETED":
             self.known.pop(key, None)
-            self.memory.pop(key, None)
+            gone = self.memory.pop(key, None)
+            if gone is not None:
+                gone.stop_evaluation()
             opmetrics.forget(*key)
             return
         self.known[key] = body
@@ -182,8 +211,12 @@ class Controller:
                     opmetrics.SCRAPE_ERRORS.labels(namespace, name).inc()
                     log.debug("scrape %s: %s", scraped.pod, scraped.error)
 
-        result = core.finish(prepared, observed, metrics=metrics, policy_state=memory.policy)
+        rollout_memory = replace(memory.rollout, evaluation=memory.evaluation_slot())
+        result = core.finish(prepared, observed, metrics=metrics, policy_state=memory.policy,
+                             rollout_memory=rollout_memory)
         memory.policy = result.policy_state
+        memory.rollout = result.rollout_memory
+        self._evaluations(key, memory, result)
 
         for child in result.apply:
             await self.kube.apply(child)
@@ -200,6 +233,28 @@ class Controller:
         for event in result.events:
             await self.post_event(body, event)
         self._export(key, result)
+
+    def _evaluations(self, key: Key, memory: _Memory, result: core.Result) -> None:
+        """Start, keep or stop the evaluation task as the rollout core asked."""
+        if result.cancel_evaluation or (result.rollout_memory.evaluation is None
+                                        and result.start_evaluation is None):
+            memory.stop_evaluation()
+        order = result.start_evaluation
+        if order is None or self._http is None:
+            return
+        memory.stop_evaluation()
+        log.info("evaluating %s/%s canary %s (attempt %d)", key[0], key[1], order.label, order.attempt)
+        memory.evaluation = asyncio.create_task(self._evaluate(key, order))
+        memory.evaluation_of = (order.revision, order.attempt)
+
+    async def _evaluate(self, key: Key, order: rollouts.EvaluationOrder) -> EvalResult:
+        assert self._http is not None
+        try:
+            return await rollouts_runtime.run_order(self.kube, self._http, order)
+        finally:
+            # Its verdict is read on the next reconcile; do it now rather than at the next beat.
+            self._dirty.add(key)
+            self._wake.set()
 
     def _export(self, key: Key, result: core.Result) -> None:
         status = result.effective_status

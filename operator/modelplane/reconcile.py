@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from modelplane import gpus, health, kube, render
+from modelplane import gpus, health, kube, render, rollouts
 from modelplane.api.models import (
     Condition,
     ConditionStatus,
@@ -43,6 +43,9 @@ from modelplane.planner.plan import (
     node_shapes_from_nodes,
     plan_request_from_spec,
 )
+from modelplane.rollout.machine import Phase as RolloutPhase
+from modelplane.rollout.machine import RolloutState
+from modelplane.rollout.spec import revision_fingerprint
 from modelplane.scrape import ScrapeResult, ScrapeTarget
 
 # The published-benchmark performance profiles of GPUs the simulator also runs on.
@@ -120,6 +123,11 @@ class Result:
     events: tuple[EventSpec, ...] = ()
     policy_state: policy.PolicyState = field(default_factory=policy.PolicyState)
     queue_depth: float | None = None
+    #: The rollout's in-memory part (evaluation in flight, analysis window) for the next reconcile.
+    rollout_memory: rollouts.Memory = field(default_factory=rollouts.Memory)
+    #: An evaluation the controller must start (HTTP suite or Job), or stop.
+    start_evaluation: rollouts.EvaluationOrder | None = None
+    cancel_evaluation: bool = False
 
 
 # --- prepare: spec and plan -----------------------------------------------------------------------
@@ -255,8 +263,10 @@ def _normalise(status: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def finish(prepared: Prepared, observed: Observed, *, metrics: Sequence[ScrapeResult] = (),
-           policy_state: policy.PolicyState | None = None) -> Result:
+           policy_state: policy.PolicyState | None = None,
+           rollout_memory: rollouts.Memory | None = None) -> Result:
     policy_state = policy_state or policy.PolicyState()
+    rollout_memory = rollout_memory or rollouts.Memory()
     body = observed.body
     meta = body.get("metadata") or {}
     generation = meta.get("generation")
@@ -286,7 +296,15 @@ def finish(prepared: Prepared, observed: Observed, *, metrics: Sequence[ScrapeRe
     # --- which revision serves -----------------------------------------------------------
     name = md.name
     source, revision = md.spec.model.source, md.spec.model.revision
-    desired_dep = render.deployment_name(name, source, revision)
+    spec_raw = md.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+    fingerprint = revision_fingerprint(spec_raw)
+    by_fp = {(d["metadata"].get("annotations") or {}).get(render.ANNOTATION_FINGERPRINT): d
+             for d in observed.deployments}
+    # The Deployment that runs the spec's gated fields, if one does (after a promotion it may carry
+    # a fingerprint key); else the one named by source and revision (updated in place on a direct
+    # change of image or args).
+    desired_dep = by_fp[fingerprint]["metadata"]["name"] if fingerprint in by_fp else \
+        render.deployment_name(name, source, revision)
     deployments = {d["metadata"]["name"]: d for d in observed.deployments}
     old_deps = [d for n, d in sorted(deployments.items()) if n != desired_dep]
     switching = bool(old_deps) and _ready_replicas(deployments.get(desired_dep)) < 1
@@ -295,6 +313,11 @@ def finish(prepared: Prepared, observed: Observed, *, metrics: Sequence[ScrapeRe
     if switching:
         # While the new revision starts, the old one's replicas are what the fleet is.
         current = max(current, max(_spec_replicas(d) for d in old_deps))
+    prior = RolloutState.from_status(old_status)
+    if prior.phase in rollouts.DRIVING:
+        # During a rollout the fleet is stable plus the canary's share of traffic.
+        current = _spec_replicas(by_fp.get(prior.stable_revision)) + (
+            _spec_replicas(by_fp.get(prior.canary_revision)) if prior.weight > 0 else 0)
     desired, decision = _autoscale(prepared, observed, metrics, policy_state, current)
     new_policy_state = decision.state if decision is not None else policy_state
     if decision is not None and decision.desired_replicas != (policy_state.last_desired
@@ -302,19 +325,38 @@ def finish(prepared: Prepared, observed: Observed, *, metrics: Sequence[ScrapeRe
                                                               else current):
         events.append(EventSpec("Normal", decision.reason, decision.message, scaling=True))
 
+    # --- the rollout -----------------------------------------------------------------------------
+    shape = None if prepared.gpus_per_replica is None else rollouts.Shape(
+        prepared.gpu_type, prepared.gpus_per_replica, prepared.tensor_parallel_size,
+        prepared.startup_budget_seconds)
+    rollout = rollouts.drive(
+        md_meta=meta, spec_raw=spec_raw, status=old_status, deployments=observed.deployments,
+        services=observed.services, pods=observed.pods, metrics=metrics, memory=rollout_memory,
+        total=desired, shape=shape, served_name=prepared.served_name or name, now=now)
+    events += [EventSpec(e.type, e.reason.value, e.message, rollout=True) for e in rollout.events]
+    state = rollout.state
+    driving = rollout.driving
+    if driving:
+        switching = False  # the rollout, not the plain switch, says which revision serves
+
     # --- children ----------------------------------------------------------------------------
     apply: list[dict[str, Any]] = []
     delete: list[tuple[kube.Resource, str]] = []
     plan = prepared.plan
-    if prepared.gpus_per_replica is not None:
-        workload = render.WorkloadPlan(
-            role=render.Role.STABLE, source=source, revision=revision, replicas=desired,
-            gpu_type=prepared.gpu_type, gpus_per_replica=prepared.gpus_per_replica,
-            tensor_parallel_size=prepared.tensor_parallel_size,
-            startup_budget_seconds=prepared.startup_budget_seconds)
+    if shape is not None:
+        if driving:
+            workloads = list(rollout.workloads)
+        else:
+            key = (deployments[desired_dep]["metadata"].get("labels") or {}).get(
+                render.LABEL_REVISION_HASH) if desired_dep in deployments else None
+            workloads = [rollouts.workload(role=render.Role.STABLE, spec_raw=spec_raw,
+                                           fingerprint=fingerprint,
+                                           key=key or render.revision_hash(source, revision),
+                                           replicas=desired, shape=shape)]
         existing = {(c["kind"], c["metadata"]["name"]): c
                     for c in (*observed.deployments, *observed.services, *observed.pdbs)}
-        for child in render.build_children(md, md.spec, [workload]):
+        only_key = rollout.service_only_key if driving else None
+        for child in render.build_children(md, md.spec, workloads, service_only_key=only_key):
             manifest = _with_hash(child)
             have = existing.get((child["kind"], child["metadata"]["name"]))
             have_hash = ((have or {}).get("metadata", {}).get("annotations") or {}).get(APPLIED_HASH)
@@ -324,7 +366,12 @@ def finish(prepared: Prepared, observed: Observed, *, metrics: Sequence[ScrapeRe
                 detail = f" ({desired} replicas)" if child["kind"] == "Deployment" else ""
                 events.append(EventSpec("Normal", Reason.APPLIED,
                                         f"{verb} {child['kind']} {child['metadata']['name']}{detail}"))
-        if not switching:
+        if driving:
+            for dep_name in rollout.delete:
+                delete.append((kube.DEPLOYMENTS, dep_name))
+                events.append(EventSpec("Normal", Reason.DELETED, f"deleted Deployment {dep_name}: "
+                                        f"rollout {state.phase.value}", rollout=True))
+        elif not switching:
             for dep in old_deps:
                 delete.append((kube.DEPLOYMENTS, dep["metadata"]["name"]))
                 events.append(EventSpec("Normal", Reason.DELETED,
@@ -371,6 +418,19 @@ def finish(prepared: Prepared, observed: Observed, *, metrics: Sequence[ScrapeRe
             conditions.append(cond("Progressing", progressing,
                                    Reason.REPLICAS_STARTING if progressing else Reason.STABLE,
                                    f"{counts.ready}/{desired} replicas ready"))
+    if driving or state.phase in rollouts.DRIVING:
+        rollout_message = f"rollout {state.phase.value}: {state.message}"
+        conditions = [c for c in conditions if c.type != "Progressing"]
+        active = state.phase in rollouts.DRIVING
+        conditions.append(cond("Progressing", active, (state.reason.value if state.reason else "Rollout"),
+                               rollout_message))
+        if active and phase in (Phase.READY, Phase.PROGRESSING):
+            phase = Phase.PROGRESSING
+            conditions = [c for c in conditions if c.type != "Ready"] + [
+                cond("Ready", counts.ready >= 1, "RolloutInProgress",
+                     f"{counts.ready}/{counts.total} replicas ready; {rollout_message}")]
+    if rollout.rollout_spec is not None and rollout.rollout_spec.evaluation or state.eval_score is not None:
+        conditions.append(_evaluating_condition(state, cond))
     if decision is not None:
         conditions.append(cond("ScalingLimited", decision.limited,
                                decision.reason if decision.limited else Reason.WITHIN_LIMITS,
@@ -399,6 +459,26 @@ def finish(prepared: Prepared, observed: Observed, *, metrics: Sequence[ScrapeRe
         "servingRevision": serving_rev,
         "desiredRevisionLive": serving_rev == revision and not switching,
     }
+    machine_status = state.to_status()
+    serving_fp = ((serving_dep or {}).get("metadata", {}).get("annotations") or {}).get(
+        render.ANNOTATION_FINGERPRINT) if switching else fingerprint
+    status_doc["stable"]["fingerprint"] = serving_fp
+    if driving:
+        stable_plan = next((w for w in rollout.workloads if w.role == render.Role.STABLE), None)
+        stable_dep = by_fp.get(state.stable_revision)
+        status_doc["stable"] = {
+            "revision": state.stable_label, "fingerprint": state.stable_revision,
+            "source": stable_plan.source if stable_plan else None,
+            "deployment": render.workload_name(name, stable_plan.workload_key) if stable_plan
+            else (stable_dep or {}).get("metadata", {}).get("name")}
+        status_doc["servingRevision"] = state.stable_label
+        status_doc["desiredRevisionLive"] = False
+    canary_doc = {k: v for k, v in machine_status["canary"].items() if v is not None}
+    if state.phase in rollouts.DRIVING:
+        canary_doc["summary"] = f"{state.canary_label} {state.weight}% {state.phase.value}"
+    status_doc["canary"] = canary_doc
+    status_doc["rolloutHistory"] = [{k: v for k, v in h.items() if v is not None}
+                                    for h in machine_status["rolloutHistory"]]
     if plan is not None:
         status_doc["plan"] = plan.to_status()
         if prepared.gpus_per_replica is not None and not plan.fits:
@@ -437,8 +517,27 @@ def finish(prepared: Prepared, observed: Observed, *, metrics: Sequence[ScrapeRe
             c.get("type") == "Degraded" and c.get("reason") == problem.reason
             for c in old_status.get("conditions") or []):
         events.append(EventSpec("Warning", problem.reason, problem.message))
-    return _result(status, old_status, events=events, policy_state=new_policy_state, apply=apply,
-                   delete=delete, queue_depth=queue_depth)
+    return replace(_result(status, old_status, events=events, policy_state=new_policy_state, apply=apply,
+                           delete=delete, queue_depth=queue_depth),
+                   rollout_memory=rollout.memory, start_evaluation=rollout.start_evaluation,
+                   cancel_evaluation=rollout.cancel_evaluation)
+
+
+def _evaluating_condition(state: RolloutState, cond: Callable[[str, bool, str, str], Condition]) -> Condition:
+    """``Evaluating``: True while the gate runs; afterwards False with the last gate's numbers."""
+    if state.phase is RolloutPhase.EVALUATING:
+        return cond("Evaluating", True, "EvaluationRunning",
+                    f"attempt {state.evaluation_attempts}: {state.message}")
+    if state.eval_score is None:
+        return cond("Evaluating", False, "NotEvaluated", "no evaluation has run")
+    baseline = f"{state.baseline_score:.3f}" if state.baseline_score is not None else "n/a"
+    bound = f"{state.eval_lower_bound:+.3f}" if state.eval_lower_bound is not None else "n/a"
+    failing = ", ".join(state.failing_case_ids[:5])
+    who = state.canary_label or state.stable_label
+    message = (f"revision {who}: canary {state.eval_score:.3f} vs stable "
+               f"{baseline} on {state.eval_cases} cases, lower bound of the difference {bound}"
+               + (f"; failing cases include {failing}" if failing else ""))
+    return cond("Evaluating", False, "EvaluationComplete", message)
 
 
 def _result(status: ModelDeploymentStatus, old_status: Mapping[str, Any], *,
