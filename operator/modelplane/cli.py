@@ -18,6 +18,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "modelplane.devcluster.cli",
     "modelplane.run",
     "modelplane.planner.cli",
+    "modelplane.controls",
 )
 
 
