@@ -1,4 +1,4 @@
-"""End-to-end scenarios on the dev cluster: the operator as a process, the simulator on pod IPs."""
+"""End-to-end tests run against the dev cluster's real control plane with the simulator behind pod IPs."""
 
 from tests.clusterfixtures import (
     cluster,

@@ -1,0 +1,332 @@
+"""Checkpoint rollouts end to end: the operator, the dev cluster, the simulator behind pod IPs.
+
+Each test deploys a ModelDeployment at ``rev-a``, then changes ``spec.model.revision`` to a checkpoint
+whose simulated behaviour (``modelplane-sim`` ConfigMap, keyed by revision) makes the gate or the
+live analysis decide: ``rev-good`` answers better, ``rev-bad`` worse, ``rev-slow`` as well but with
+a slow engine. Load runs through a userspace kube-proxy for the Service (``ServiceProxy``), so
+traffic follows the Service's selector like in a real cluster, and every test that runs load checks
+that no request failed because of a promotion or a rollback. Short steps (4 s) and a 60-case suite
+keep the file within a few minutes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from modelplane import kube
+from modelplane.controls import send_control
+from modelplane.devcluster.serviceproxy import ServiceProxy
+from modelplane.rollout.machine import Command
+from modelplane.sim.quality import generate_suite, suite_jsonl
+from tests.clusterfixtures import ClusterHandle, OperatorHandle, start_operator, wait_for
+
+pytestmark = pytest.mark.e2e
+
+BEHAVIORS = {
+    "rev-a": {"accuracy": 0.85},
+    "rev-good": {"accuracy": 0.97},
+    "rev-bad": {"accuracy": 0.5},
+    "rev-slow": {"accuracy": 0.97, "latency_factor": 40.0},
+}
+STEPS = [{"weight": 34, "pause": "4s"}, {"weight": 67, "pause": "4s"}]
+
+
+def manifest(name: str, *, steps: list[dict[str, Any]] | None = None,
+             evaluation: dict[str, Any] | None = None) -> dict[str, Any]:
+    ev = {"suiteRef": {"configMap": "suite"}, "minScore": 0.75, "maxRegression": 0.1,
+          "concurrency": 8, "timeoutSeconds": 10,
+          "analysis": {"maxErrorRate": 0.05, "maxTTFTSecondsP95": 1.0}}
+    ev.update(evaluation or {})
+    return {"apiVersion": "modelplane.dev/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": name},
+            "spec": {"model": {"source": "hf://meta-llama/Llama-3.1-8B-Instruct", "revision": "rev-a"},
+                     "engine": {"maxModelLen": 8192},
+                     "resources": {"gpu": {"count": "auto", "types": ["nvidia-h100-80gb"]}},
+                     # One replica: canary and stable run one each during the steps (split_replicas), so
+                     # no serving pod is scaled away except through the narrowed Service. (The dev
+                     # cluster's pod agent stops a pod's server the moment it is deleted, unlike vLLM
+                     # behind a preStop sleep, so an ordinary scale-down there cuts in-flight requests.)
+                     "scaling": {"minReplicas": 1, "maxReplicas": 1},
+                     "rollout": {"steps": STEPS if steps is None else steps, "evaluation": ev}}}
+
+
+async def setup(client: kube.Kube, ns: str, name: str, **kwargs: Any) -> dict[str, Any]:
+    """The simulator's behaviours, the suite, and the ModelDeployment at rev-a, Ready."""
+    await client.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "modelplane-sim"},
+                         "data": {"behaviors.yaml": yaml.safe_dump(BEHAVIORS)}}, namespace=ns)
+    await client.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "suite"},
+                         "data": {"suite.jsonl": suite_jsonl(generate_suite(60, seed=7))}}, namespace=ns)
+    await client.create(manifest(name, **kwargs), namespace=ns)
+    return await wait_md(client, ns, name, lambda md: md["status"].get("phase") == "Ready"
+                         and md["status"].get("readyReplicas") == 1, what="Ready at rev-a")
+
+
+async def get_md(client: kube.Kube, ns: str, name: str) -> dict[str, Any]:
+    md = await client.get(kube.MODELDEPLOYMENTS, name, namespace=ns)
+    assert md is not None
+    return md
+
+
+async def wait_md(client: kube.Kube, ns: str, name: str, check: Any, *, what: str,
+                  timeout: float = 120) -> dict[str, Any]:
+    async def probe() -> dict[str, Any] | None:
+        md = await get_md(client, ns, name)
+        return md if md.get("status") and check(md) else None
+
+    result: dict[str, Any] = await wait_for(probe, timeout=timeout, what=f"{name}: {what}")
+    return result
+
+
+def canary(md: dict[str, Any]) -> dict[str, Any]:
+    return dict((md.get("status") or {}).get("canary") or {})
+
+
+def rollout_phase(phase: str) -> Any:
+    return lambda md: canary(md).get("phase") == phase
+
+
+async def set_revision(client: kube.Kube, ns: str, name: str, revision: str) -> None:
+    md = await get_md(client, ns, name)
+    changed = copy.deepcopy(md)
+    changed["spec"]["model"]["revision"] = revision
+    await client.request("PUT", kube.MODELDEPLOYMENTS.path(namespace=ns, name=name), body=changed)
+
+
+async def revisions_of_pods(client: kube.Kube, ns: str) -> set[str]:
+    pods = await client.list(kube.PODS, namespace=ns)
+    return {next((a for i, a in enumerate(p["spec"]["containers"][0]["args"]) if i > 0 and
+                  p["spec"]["containers"][0]["args"][i - 1] == "--revision"), "?")
+            for p in pods if not p["metadata"].get("deletionTimestamp")}
+
+
+async def reasons(client: kube.Kube, ns: str, name: str) -> list[str]:
+    events = await client.list(kube.EVENTS, namespace=ns, field_selector=f"involvedObject.name={name}")
+    return [e["reason"] for e in sorted(events, key=lambda e: e["metadata"]["creationTimestamp"])]
+
+
+@dataclass
+class Load:
+    """Chat requests through the Service proxy from a few workers; every non-200 is a failure."""
+
+    url: str
+    model: str
+    workers: int = 6
+    ok: int = 0
+    failures: list[str] = field(default_factory=list)
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def worker(self, session: aiohttp.ClientSession, i: int) -> None:
+        n = 0
+        while not self._stop.is_set():
+            n += 1
+            body = {"model": self.model, "max_tokens": 8,
+                    "messages": [{"role": "user", "content": f"hello {i}-{n}"}]}
+            try:
+                async with session.post(f"{self.url}/v1/chat/completions", json=body,
+                                        timeout=aiohttp.ClientTimeout(total=30)) as resp:
+                    text = await resp.text()
+                    if resp.status == 200:
+                        self.ok += 1
+                    else:
+                        self.failures.append(f"HTTP {resp.status} at {time.strftime('%X')}: {text[:120]}")
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                self.failures.append(f"{type(exc).__name__}: {exc}")
+
+    async def run(self) -> None:
+        async with aiohttp.ClientSession() as session:
+            await asyncio.gather(*(self.worker(session, i) for i in range(self.workers)))
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+@pytest.fixture
+async def traffic(kube_client: kube.Kube, namespace: str) -> AsyncIterator[Load]:
+    """Load through the Service of the ModelDeployment ``chat`` (started by the test, after setup)."""
+    proxy = ServiceProxy(kube_client, namespace=namespace, service="chat", refresh_seconds=0.25)
+    port = await proxy.start()
+    load = Load(f"http://127.0.0.1:{port}", "chat")
+    task: asyncio.Task[None] | None = None
+
+    def start() -> None:
+        nonlocal task
+        task = asyncio.create_task(load.run())
+
+    load.start = start  # type: ignore[attr-defined]
+    yield load
+    load.stop()
+    if task is not None:
+        await task
+    await proxy.stop()
+
+
+async def test_a_better_checkpoint_passes_the_gate_and_is_promoted_through_every_step(
+        kube_client: kube.Kube, namespace: str, operator: OperatorHandle, traffic: Load) -> None:
+    await setup(kube_client, namespace, "chat")
+    traffic.start()  # type: ignore[attr-defined]
+    await set_revision(kube_client, namespace, "chat", "rev-good")
+
+    weights: set[int] = set()
+
+    async def promoted() -> dict[str, Any] | None:
+        md = await get_md(kube_client, namespace, "chat")
+        c = canary(md)
+        if c.get("phase") in ("Stepping", "Analyzing"):
+            weights.add(int(c.get("weight") or 0))
+        return md if c.get("phase") == "Promoted" else None
+
+    md = await wait_for(promoted, timeout=180, what="rev-good promoted", interval=0.2)
+    traffic.stop()
+    status = md["status"]
+    assert weights == {34, 67}, weights
+    assert status["stable"]["revision"] == "rev-good"
+    history = status["rolloutHistory"][-1]
+    assert history["revision"] == "rev-good" and history["decision"] == "Promoted"
+    assert history["evalScore"] > history["baselineScore"]
+    md = await wait_md(kube_client, namespace, "chat", lambda m: m["status"].get("phase") == "Ready"
+                       and m["status"].get("desiredRevisionLive") is True, what="Ready at rev-good")
+    assert md["status"]["servingRevision"] == "rev-good"
+    deployments = await kube_client.list(kube.DEPLOYMENTS, namespace=namespace)
+    assert len(deployments) == 1
+    report = await kube_client.get(kube.CONFIGMAPS, f"chat-eval-{history['fingerprint'][:8]}",
+                                   namespace=namespace)
+    assert report is not None and '"passed": true' in report["data"]["report.json"]
+    seen = await reasons(kube_client, namespace, "chat")
+    for reason in ("RolloutStarted", "EvaluationStarted", "EvaluationPassed", "StepStarted",
+                   "AnalysisPassed", "Promoted"):
+        assert reason in seen, seen
+    assert traffic.ok > 50
+    assert traffic.failures == [], traffic.failures[:5]
+
+
+async def test_a_worse_checkpoint_is_rolled_back_at_the_gate_with_the_scores_in_status(
+        kube_client: kube.Kube, namespace: str, operator: OperatorHandle, traffic: Load) -> None:
+    await setup(kube_client, namespace, "chat")
+    traffic.start()  # type: ignore[attr-defined]
+    await set_revision(kube_client, namespace, "chat", "rev-bad")
+    md = await wait_md(kube_client, namespace, "chat", rollout_phase("RolledBack"), what="rolled back",
+                       timeout=120)
+    traffic.stop()
+    c, status = canary(md), md["status"]
+    assert c["reason"] == "EvaluationFailed"
+    assert c["rejectedRevision"] == "rev-bad"
+    assert c["evalScore"] < 0.75 <= c["baselineScore"]
+    assert c["cases"] == 60 and c["failingCases"]
+    assert "lowerBound" in c
+    assert status["desiredRevisionLive"] is False and status["servingRevision"] == "rev-a"
+    assert md["spec"]["model"]["revision"] == "rev-bad"  # the spec is the user's
+    evaluating = next(x for x in status["conditions"] if x["type"] == "Evaluating")
+    assert evaluating["status"] == "False" and "on 60 cases" in evaluating["message"]
+    assert await revisions_of_pods(kube_client, namespace) == {"rev-a"}
+    assert traffic.failures == [], traffic.failures[:5]
+    # It stays rolled back: the operator does not retry the rejected revision on its own.
+    assert canary(await get_md(kube_client, namespace, "chat"))["phase"] == "RolledBack"
+
+
+async def test_a_checkpoint_that_slows_under_live_traffic_is_rolled_back_at_a_step(
+        kube_client: kube.Kube, namespace: str, operator: OperatorHandle, traffic: Load) -> None:
+    await setup(kube_client, namespace, "chat")
+    traffic.start()  # type: ignore[attr-defined]
+    await set_revision(kube_client, namespace, "chat", "rev-slow")
+    md = await wait_md(kube_client, namespace, "chat", rollout_phase("RolledBack"), what="rolled back",
+                       timeout=180)
+    traffic.stop()
+    c = canary(md)
+    assert c["reason"] == "AnalysisFailed", c
+    assert "TTFT" in c["message"]
+    assert c["evalScore"] >= 0.75  # it passed the gate
+    assert md["status"]["servingRevision"] == "rev-a"
+    assert await revisions_of_pods(kube_client, namespace) == {"rev-a"}
+    assert traffic.failures == [], traffic.failures[:5]
+
+
+def kill_and_restart(cluster: ClusterHandle, operator: OperatorHandle) -> None:
+    """``kill -9`` the session's operator and start a new one in its place (same log)."""
+    os.killpg(operator.process.pid, signal.SIGKILL)
+    operator.process.wait(timeout=10)
+    fresh = start_operator(cluster, operator.log)
+    operator.process, operator.metrics_url = fresh.process, fresh.metrics_url
+
+
+async def test_kill_9_of_the_operator_during_a_step_resumes_and_reaches_the_same_decision(
+        kube_client: kube.Kube, namespace: str, operator: OperatorHandle, cluster: ClusterHandle,
+        traffic: Load) -> None:
+    await setup(kube_client, namespace, "chat")
+    traffic.start()  # type: ignore[attr-defined]
+    await set_revision(kube_client, namespace, "chat", "rev-slow")
+    await wait_md(kube_client, namespace, "chat", rollout_phase("Analyzing"), what="a step's window",
+                  timeout=120)
+    kill_and_restart(cluster, operator)
+    md = await wait_md(kube_client, namespace, "chat", rollout_phase("RolledBack"), what="rolled back",
+                       timeout=180)
+    traffic.stop()
+    c = canary(md)
+    assert c["reason"] == "AnalysisFailed" and c["rejectedRevision"] == "rev-slow"
+    assert await revisions_of_pods(kube_client, namespace) == {"rev-a"}
+    assert traffic.failures == [], traffic.failures[:5]
+
+
+async def test_pause_holds_the_weight_and_resume_goes_on_to_promotion(
+        kube_client: kube.Kube, namespace: str, operator: OperatorHandle) -> None:
+    await setup(kube_client, namespace, "chat", steps=[{"weight": 34, "pause": "4s"},
+                                                       {"weight": 67, "pause": "4s"}],
+                evaluation={"analysis": None})
+    await set_revision(kube_client, namespace, "chat", "rev-good")
+    await wait_md(kube_client, namespace, "chat", lambda m: canary(m).get("phase") in ("Stepping", "Analyzing"),
+                  what="first step", timeout=120)
+    await send_control(kube_client, name="chat", namespace=namespace, command=Command.PAUSE)
+    md = await wait_md(kube_client, namespace, "chat", rollout_phase("Paused"), what="paused")
+    held = canary(md)["weight"]
+    # Held: several resyncs later it is still paused at the same weight.
+    since = time.monotonic()
+    await wait_for(lambda: time.monotonic() - since > 6, timeout=10, what="a few resyncs")
+    md = await get_md(kube_client, namespace, "chat")
+    assert canary(md)["phase"] == "Paused" and canary(md)["weight"] == held
+    await send_control(kube_client, name="chat", namespace=namespace, command=Command.RESUME)
+    md = await wait_md(kube_client, namespace, "chat", rollout_phase("Promoted"), what="promoted",
+                       timeout=120)
+    assert md["status"]["stable"]["revision"] == "rev-good"
+    assert {"PausedByUser", "Resumed"} <= set(await reasons(kube_client, namespace, "chat"))
+
+
+async def test_promote_skips_the_remaining_steps(
+        kube_client: kube.Kube, namespace: str, operator: OperatorHandle) -> None:
+    await setup(kube_client, namespace, "chat", steps=[{"weight": 34, "pause": "10m"}],
+                evaluation={"analysis": None})
+    await set_revision(kube_client, namespace, "chat", "rev-good")
+    await wait_md(kube_client, namespace, "chat", rollout_phase("Analyzing"), what="first step window",
+                  timeout=120)
+    await send_control(kube_client, name="chat", namespace=namespace, command=Command.PROMOTE)
+    md = await wait_md(kube_client, namespace, "chat", rollout_phase("Promoted"), what="promoted",
+                       timeout=120)
+    history = md["status"]["rolloutHistory"][-1]
+    assert history["decision"] == "Promoted" and history["reason"] == "PromotedByUser"
+    assert await revisions_of_pods(kube_client, namespace) == {"rev-good"}
+
+
+async def test_abort_rolls_back_and_the_revision_is_not_retried(
+        kube_client: kube.Kube, namespace: str, operator: OperatorHandle) -> None:
+    await setup(kube_client, namespace, "chat", steps=[{"weight": 34, "pause": "10m"}],
+                evaluation={"analysis": None})
+    await set_revision(kube_client, namespace, "chat", "rev-good")
+    await wait_md(kube_client, namespace, "chat", rollout_phase("Analyzing"), what="first step window",
+                  timeout=120)
+    await send_control(kube_client, name="chat", namespace=namespace, command=Command.ABORT)
+    md = await wait_md(kube_client, namespace, "chat", rollout_phase("Aborted"), what="aborted",
+                       timeout=120)
+    assert canary(md)["rejectedRevision"] == "rev-good"
+    assert md["status"]["desiredRevisionLive"] is False
+    assert await revisions_of_pods(kube_client, namespace) == {"rev-a"}
+    # The annotation is the user's: the operator read it and never wrote it back.
+    assert md["metadata"]["annotations"]["modelplane.dev/rollout-control"].startswith("abort@")
