@@ -66,6 +66,9 @@ _WEIGHT_ZERO = frozenset({Phase.DEPLOYING, Phase.EVALUATING, Phase.ROLLING_BACK}
 MAX_TRANSITIONS = 8
 #: Failed requests in a window: real vLLM's HTTP instrumentation (``status`` "5xx", or the code).
 HTTP_REQUESTS = "http_requests_total"
+#: A workload leaves the Service this long before it is deleted: endpoints propagate to every
+#: kube-proxy (or Gateway) within a second or two, and requests already sent to it finish.
+DRAIN_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,8 @@ class Memory:
 
     evaluation: EvalSlot | None = None
     window: Window | None = None
+    #: Since when the observed Service has been narrowed to this key (the drain before a delete).
+    narrowed: tuple[str, datetime] | None = None
 
 
 @dataclass(frozen=True)
@@ -408,7 +413,7 @@ def drive(
     if not driving or shape is None:
         return outcome
     return _render(outcome, known=known, by_fp=by_fp, spec_raw=spec_raw, desired=desired, total=total,
-                   shape=shape, services=services)
+                   shape=shape, services=services, narrowed=memory.narrowed, now=now)
 
 
 def _order(*, md_meta: Mapping[str, Any], spec_raw: Mapping[str, Any], evaluation: Mapping[str, Any],
@@ -438,7 +443,7 @@ def _order(*, md_meta: Mapping[str, Any], spec_raw: Mapping[str, Any], evaluatio
 
 def _render(outcome: Outcome, *, known: Sequence[_Known], by_fp: Mapping[str, _Known],
             spec_raw: Mapping[str, Any], desired: str, total: int, shape: Shape,
-            services: Sequence[Obj]) -> Outcome:
+            services: Sequence[Obj], narrowed: tuple[str, datetime] | None, now: datetime) -> Outcome:
     state = outcome.state
     stable_n, canary_n = replicas_for(state, total)
     taken = {k.key: k.fingerprint for k in known}
@@ -492,19 +497,22 @@ def _render(outcome: Outcome, *, known: Sequence[_Known], by_fp: Mapping[str, _K
         if ready >= max(total, 1):
             only_key = canary_plan.workload_key
     observed_only = _observed_only_key(services)
+    since = narrowed[1] if narrowed is not None and narrowed[0] == observed_only else now
+    drained = observed_only is not None and (now - since).total_seconds() >= DRAIN_SECONDS
 
     if canary_plan is not None:
         plans.append(canary_plan)
         keep.add(canary_plan.workload_key)
-    if stable_plan is not None and not (state.phase is Phase.PROMOTING and observed_only is not None
+    if stable_plan is not None and not (state.phase is Phase.PROMOTING and drained
                                         and observed_only == (canary_plan.workload_key if canary_plan
                                                               else None)):
         plans.append(stable_plan)
         keep.add(stable_plan.workload_key)
     delete = tuple(sorted(
         k.name for k in known
-        if k.key not in keep and (k.ready == 0 or (observed_only is not None and observed_only != k.key))))
-    return replace(outcome, workloads=tuple(plans), service_only_key=only_key, delete=delete)
+        if k.key not in keep and (k.ready == 0 or (drained and observed_only != k.key))))
+    memory = replace(outcome.memory, narrowed=(observed_only, since) if observed_only is not None else None)
+    return replace(outcome, workloads=tuple(plans), service_only_key=only_key, delete=delete, memory=memory)
 
 
 def _observed_only_key(services: Sequence[Obj]) -> str | None:

@@ -37,9 +37,12 @@ BEHAVIORS = {
     "rev-a": {"accuracy": 0.85},
     "rev-good": {"accuracy": 0.97},
     "rev-bad": {"accuracy": 0.5},
-    "rev-slow": {"accuracy": 0.97, "latency_factor": 40.0},
+    # Slow enough to fail the TTFT comparison (1.5x stable + 50 ms), fast enough to serve the
+    # 20 requests a window needs to conclude.
+    "rev-slow": {"accuracy": 0.97, "latency_factor": 6.0},
 }
 STEPS = [{"weight": 34, "pause": "4s"}, {"weight": 67, "pause": "4s"}]
+SLOW_STEPS = [{"weight": 34, "pause": "8s"}, {"weight": 67, "pause": "8s"}]
 
 
 def manifest(name: str, *, steps: list[dict[str, Any]] | None = None,
@@ -236,7 +239,7 @@ async def test_a_worse_checkpoint_is_rolled_back_at_the_gate_with_the_scores_in_
 
 async def test_a_checkpoint_that_slows_under_live_traffic_is_rolled_back_at_a_step(
         kube_client: kube.Kube, namespace: str, operator: OperatorHandle, traffic: Load) -> None:
-    await setup(kube_client, namespace, "chat")
+    await setup(kube_client, namespace, "chat", steps=SLOW_STEPS)
     traffic.start()  # type: ignore[attr-defined]
     await set_revision(kube_client, namespace, "chat", "rev-slow")
     md = await wait_md(kube_client, namespace, "chat", rollout_phase("RolledBack"), what="rolled back",
@@ -262,7 +265,7 @@ def kill_and_restart(cluster: ClusterHandle, operator: OperatorHandle) -> None:
 async def test_kill_9_of_the_operator_during_a_step_resumes_and_reaches_the_same_decision(
         kube_client: kube.Kube, namespace: str, operator: OperatorHandle, cluster: ClusterHandle,
         traffic: Load) -> None:
-    await setup(kube_client, namespace, "chat")
+    await setup(kube_client, namespace, "chat", steps=SLOW_STEPS)
     traffic.start()  # type: ignore[attr-defined]
     await set_revision(kube_client, namespace, "chat", "rev-slow")
     await wait_md(kube_client, namespace, "chat", rollout_phase("Analyzing"), what="a step's window",
@@ -283,8 +286,8 @@ async def test_pause_holds_the_weight_and_resume_goes_on_to_promotion(
                                                        {"weight": 67, "pause": "4s"}],
                 evaluation={"analysis": None})
     await set_revision(kube_client, namespace, "chat", "rev-good")
-    await wait_md(kube_client, namespace, "chat", lambda m: canary(m).get("phase") in ("Stepping", "Analyzing"),
-                  what="first step", timeout=120)
+    in_steps = lambda m: canary(m).get("phase") in ("Stepping", "Analyzing")  # noqa: E731
+    await wait_md(kube_client, namespace, "chat", in_steps, what="first step", timeout=120)
     await send_control(kube_client, name="chat", namespace=namespace, command=Command.PAUSE)
     md = await wait_md(kube_client, namespace, "chat", rollout_phase("Paused"), what="paused")
     held = canary(md)["weight"]
