@@ -26,7 +26,7 @@ from typing import Any
 
 import aiohttp
 
-from modelplane import kube, opmetrics, rollouts, rollouts_runtime, scrape
+from modelplane import kube, opmetrics, peering, rollouts, rollouts_runtime, scrape
 from modelplane import reconcile as core
 from modelplane.api.models import FIELD_MANAGER, GROUP, KIND, VERSION
 from modelplane.autoscaler.policy import PolicyState
@@ -50,6 +50,8 @@ class Settings:
     #: Where the activator reports the requests it holds (Prometheus text, the metric
     #: ``modelplane_activator_pending{namespace,service}``); None: no activator.
     activator_url: str | None = None
+    #: HA: (kopf peering object name, this replica's priority, namespaces or () for cluster-wide).
+    peering: tuple[str, int, tuple[str, ...]] | None = None
 
 
 @dataclass
@@ -149,6 +151,8 @@ class Controller:
                     async with semaphore:
                         await self.reconcile(key)
 
+                if not await self._active():
+                    continue  # a standby replica: kopf paused us, so do we
                 self._pending = await self._activator_pending()
                 await asyncio.gather(*(one(k) for k in sorted(keys)))
         finally:
@@ -273,6 +277,27 @@ class Controller:
                 opmetrics.SCALE_DECISIONS.labels(*key, event.reason).inc()
             if event.rollout:
                 opmetrics.ROLLOUT_DECISIONS.labels(*key, event.reason).inc()
+
+    async def _active(self) -> bool:
+        """Whether this replica may write (always, unless HA peering says another one runs)."""
+        if self.settings.peering is None:
+            return True
+        name, priority, namespaces = self.settings.peering
+        now = datetime.now(UTC)
+        try:
+            if not namespaces:
+                objs = await self.kube.list(peering.CLUSTER_PEERINGS,
+                                            field_selector=f"metadata.name={name}")
+                return bool(objs) and peering.is_active(objs[0].get("status"), priority, now)
+            for ns in namespaces:
+                objs = await self.kube.list(peering.PEERINGS, namespace=ns,
+                                            field_selector=f"metadata.name={name}")
+                if not objs or not peering.is_active(objs[0].get("status"), priority, now):
+                    return False
+            return True
+        except kube.ApiError as exc:
+            log.warning("cannot read the peering object %s: %s; standing by", name, exc)
+            return False
 
     async def _activator_pending(self) -> dict[Key, int]:
         """Requests the activator holds, by Service (= ModelDeployment name); {} when unknown."""

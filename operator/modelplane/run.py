@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -88,8 +89,14 @@ async def serve_http(controller: Controller, host: str, port: int) -> web.AppRun
 async def operate(args: argparse.Namespace) -> None:
     import modelplane.handlers  # noqa: F401 — registers the kopf handlers
 
+    # HA: every replica gets its own random priority; kopf runs the highest one and pauses the
+    # others (equal priorities would pause them all), and our loop follows kopf's verdict.
+    peering_name = os.environ.get("MODELPLANE_PEERING") or None
+    priority = random.SystemRandom().randint(1, 2**31 - 1)
     settings = Settings(resync_seconds=args.resync_seconds, prices=load_prices(args.prices),
-                        activator_url=args.activator_url)
+                        activator_url=args.activator_url,
+                        peering=(peering_name, priority, tuple(args.namespace))
+                        if peering_name else None)
     async with kube.Kube(kube.auto_config()) as client:
         controller = Controller(client, settings)
         runner = None
@@ -100,10 +107,10 @@ async def operate(args: argparse.Namespace) -> None:
         try:
             # One replica by default; HA runs several with kopf peering: the chart's
             # `ha.enabled` sets MODELPLANE_PEERING to the name of the peering object.
-            peering = os.environ.get("MODELPLANE_PEERING")
             await kopf.operator(
                 clusterwide=not args.namespace, namespaces=list(args.namespace),
-                standalone=not peering, peering_name=peering,
+                standalone=peering_name is None, peering_name=peering_name,
+                priority=priority if peering_name else None,
                 memo=kopf.Memo(controller=controller))
         finally:
             loop_task.cancel()
