@@ -19,7 +19,10 @@ CAPACITY_RPS = PARAMS.max_num_seqs / (PARAMS.step_base_s + PARAMS.step_per_seq_s
 
 def _run_poisson(rate: float, duration: float, *, seed: int = 7, sample_every: float = 1.0
                  ) -> tuple[EngineModel, dict[str, float], list[tuple[float, int]], dict[str, float]]:
-    """Poisson arrivals for ``duration`` s; returns the engine, TTFT by id, (time, waiting) samples, arrivals."""
+    """Poisson arrivals for ``duration`` s.
+
+    Returns the engine, TTFT by request id, (time, num_waiting) samples and arrival times.
+    """
     engine = EngineModel(PARAMS)
     rng = random.Random(seed)
     arrivals: dict[str, float] = {}
@@ -97,7 +100,8 @@ def test_single_request_timing_is_exact() -> None:
     events = engine.advance(200.0)
     first = PARAMS.step_base_s + PARAMS.step_per_seq_s + 1000 / PARAMS.prefill_tokens_per_s
     step = PARAMS.step_base_s + PARAMS.step_per_seq_s
-    assert [(e.kind, e.request_id) for e in events] == [(EventKind.FIRST_TOKEN, "a"), (EventKind.FINISHED, "a")]
+    assert [(e.kind, e.request_id) for e in events] == [(EventKind.FIRST_TOKEN, "a"),
+                                                        (EventKind.FINISHED, "a")]
     assert events[0].time == pytest.approx(100.0 + first)
     assert events[1].time == pytest.approx(100.0 + first + 4 * step)
     assert events[1].reason is FinishReason.LENGTH and events[1].generation_tokens == 5
