@@ -1,0 +1,263 @@
+"""The simulated vLLM server on a real socket, called with the ``openai`` client and scraped like vLLM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from modelplane.sim.config import SimConfig, parse_vllm_args
+from modelplane.sim.quality import SimBehavior, count_tokens, render_chat
+from modelplane.sim.server import SimServer
+
+ARITH = "What is 17 * 23? Answer with a number only."
+
+
+async def _eventually(check: Callable[[], Awaitable[bool]], *, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met before the deadline")
+        await asyncio.sleep(0.02)
+
+
+def _config(**overrides: object) -> SimConfig:
+    base = parse_vllm_args(["serve", "meta-llama/Llama-3.1-8B-Instruct", "--served-model-name", "chat",
+                            "--max-model-len", "4096", "--revision", "good"])
+    from dataclasses import replace
+    return replace(base, host="127.0.0.1", port=0, **overrides)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[SimServer]:
+    sim = SimServer(_config(), behavior=SimBehavior(accuracy=1.0))
+    await sim.start()
+    yield sim
+    await sim.stop()
+
+
+@contextlib.asynccontextmanager
+async def _client(sim: SimServer) -> AsyncIterator[openai.AsyncOpenAI]:
+    client = openai.AsyncOpenAI(base_url=f"{sim.url}/v1", api_key="unused", max_retries=0, timeout=30)
+    async with client:
+        yield client
+
+
+async def _metrics(sim: SimServer) -> dict[str, object]:
+    async with aiohttp.ClientSession() as http, http.get(f"{sim.url}/metrics") as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = await response.text()
+    return {family.name: family for family in text_string_to_metric_families(text)}
+
+
+async def test_health_is_503_until_loaded_then_200() -> None:
+    sim = SimServer(_config(), behavior=SimBehavior(load_seconds=0.3))
+    await sim.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{sim.url}/health") as response:
+                assert response.status == 503
+            async with http.get(f"{sim.url}/v1/models") as response:
+                assert response.status == 503
+
+            async def healthy() -> bool:
+                async with http.get(f"{sim.url}/health") as response:
+                    return response.status == 200
+
+            await _eventually(healthy)
+    finally:
+        await sim.stop()
+
+
+async def test_models_lists_the_served_name(server: SimServer) -> None:
+    async with _client(server) as client:
+        models = [m async for m in client.models.list()]
+    assert [m.id for m in models] == ["chat"]
+    assert models[0].owned_by == "vllm"
+
+
+async def test_chat_completion_answers_and_counts_usage(server: SimServer) -> None:
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": ARITH}]
+    async with _client(server) as client:
+        reply = await client.chat.completions.create(model="chat", messages=messages)  # type: ignore[arg-type]
+    assert reply.object == "chat.completion" and reply.model == "chat"
+    assert reply.choices[0].message.content == "391"
+    assert reply.choices[0].message.role == "assistant"
+    assert reply.choices[0].finish_reason == "stop"
+    assert reply.usage is not None
+    assert reply.usage.prompt_tokens == count_tokens(render_chat(messages))
+    assert reply.usage.completion_tokens == 1
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + 1
+
+
+async def test_streamed_chat_matches_the_unstreamed_answer(server: SimServer) -> None:
+    prompt = [{"role": "user",
+               "content": "Repeat the word 'falcon' exactly 4 times, separated by single spaces."}]
+    async with _client(server) as client:
+        stream = await client.chat.completions.create(
+            model="chat", messages=prompt, stream=True, stream_options={"include_usage": True})  # type: ignore[arg-type]
+        chunks = [chunk async for chunk in stream]
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "falcon falcon falcon falcon"
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == ["stop"]
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == count_tokens(text) == 7
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) == 7  # one chunk a token
+
+
+async def test_completions_run_to_max_tokens(server: SimServer) -> None:
+    async with _client(server) as client:
+        reply = await client.completions.create(model="chat", prompt="Once upon a time", max_tokens=20)
+        stream = await client.completions.create(model="chat", prompt="Once upon a time", max_tokens=20,
+                                                 stream=True)
+        pieces = [c.choices[0].text async for c in stream if c.choices]
+    assert reply.object == "text_completion"
+    assert reply.choices[0].finish_reason == "length"
+    assert count_tokens(reply.choices[0].text) == 20
+    assert reply.usage is not None and reply.usage.completion_tokens == 20
+    assert "".join(pieces) == reply.choices[0].text
+
+
+async def test_raw_sse_ends_with_done(server: SimServer) -> None:
+    body = {"model": "chat", "messages": [{"role": "user", "content": ARITH}], "stream": True}
+    async with aiohttp.ClientSession() as http, \
+            http.post(f"{server.url}/v1/chat/completions", json=body) as response:
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        events = [line for line in (await response.text()).split("\n\n") if line]
+    assert all(e.startswith("data: ") for e in events)
+    assert events[-1] == "data: [DONE]"
+    assert json.loads(events[-2][6:])["choices"][0]["finish_reason"] == "stop"
+
+
+@pytest.mark.parametrize(("call", "error"), [
+    (lambda c: c.chat.completions.create(model="other", messages=[{"role": "user", "content": "hi"}]),
+     openai.NotFoundError),
+    (lambda c: c.chat.completions.create(model="chat", messages=[{"role": "user", "content": "x" * 20000}]),
+     openai.BadRequestError),
+    (lambda c: c.completions.create(model="chat", prompt="hi", max_tokens=5000), openai.BadRequestError),
+    (lambda c: c.chat.completions.create(model="chat", messages=[]), openai.BadRequestError),
+], ids=["unknown-model", "prompt-too-long", "max-tokens-too-big", "no-messages"])
+async def test_bad_requests_get_vllm_status_codes(server: SimServer, call: Callable[[openai.AsyncOpenAI],
+                                                  Awaitable[object]], error: type[Exception]) -> None:
+    with pytest.raises(error):
+        async with _client(server) as client:
+            await call(client)
+
+
+async def test_error_rate_answers_500() -> None:
+    sim = SimServer(_config(), behavior=SimBehavior(error_rate=1.0))
+    await sim.start()
+    try:
+        with pytest.raises(openai.InternalServerError):
+            async with _client(sim) as client:
+                await client.chat.completions.create(model="chat",
+                                                     messages=[{"role": "user", "content": "hi"}])
+    finally:
+        await sim.stop()
+
+
+async def test_metrics_carry_vllm_v1_names_types_and_labels(server: SimServer) -> None:
+    async with _client(server) as client:
+        await client.chat.completions.create(model="chat", messages=[{"role": "user", "content": ARITH}])
+        await client.completions.create(model="chat", prompt="Once upon a time", max_tokens=8)
+    families = await _metrics(server)
+    expected_types = {
+        "vllm:num_requests_running": "gauge", "vllm:num_requests_waiting": "gauge",
+        "vllm:kv_cache_usage_perc": "gauge",
+        "vllm:time_to_first_token_seconds": "histogram", "vllm:inter_token_latency_seconds": "histogram",
+        "vllm:e2e_request_latency_seconds": "histogram", "vllm:request_queue_time_seconds": "histogram",
+        "vllm:prompt_tokens": "counter", "vllm:generation_tokens": "counter",
+        "vllm:request_success": "counter",
+    }
+    for name, kind in expected_types.items():
+        assert name in families, name
+        assert families[name].type == kind, name  # type: ignore[attr-defined]
+    assert "vllm:gpu_cache_usage_perc" not in families
+    assert "vllm:time_per_output_token_seconds" not in families
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in families.values() for s in f.samples}  # type: ignore[attr-defined]
+    labels = (("engine", "0"), ("model_name", "chat"))
+
+    def reason(value: str) -> tuple[tuple[str, str], ...]:
+        return tuple(sorted((*labels, ("finished_reason", value))))
+    assert samples[("vllm:prompt_tokens_total", labels)] == (
+        count_tokens(render_chat([{"role": "user", "content": ARITH}])) + count_tokens("Once upon a time"))
+    assert samples[("vllm:generation_tokens_total", labels)] == 1 + 8
+    assert samples[("vllm:request_success_total", reason("stop"))] == 1
+    assert samples[("vllm:request_success_total", reason("length"))] == 1
+    assert samples[("vllm:time_to_first_token_seconds_count", labels)] == 2
+    assert samples[("vllm:e2e_request_latency_seconds_bucket", tuple(sorted((*labels, ("le", "+Inf")))))] == 2
+    assert samples[("vllm:num_requests_running", labels)] == 0
+
+
+async def test_tokens_stream_at_the_engine_pace() -> None:
+    # A 3x slowed L4 decodes one sequence at ~0.22 s a token: 6 tokens take over a second.
+    sim = SimServer(_config(gpu_type="nvidia-l4"), behavior=SimBehavior(latency_factor=3.0))
+    await sim.start()
+    try:
+        started = time.monotonic()
+        async with _client(sim) as client:
+            stream = await client.completions.create(model="chat", prompt="hello", max_tokens=6, stream=True)
+            arrivals = [time.monotonic() - started async for _ in stream]
+        step = sim.params.step_base_s + sim.params.step_per_seq_s
+        assert arrivals[-1] >= 5 * step * 0.9
+        gaps = [b - a for a, b in zip(arrivals[1:6], arrivals[2:7], strict=False)]
+        assert all(g > step * 0.5 for g in gaps)
+    finally:
+        await sim.stop()
+
+
+async def test_requests_above_capacity_wait_and_show_in_metrics() -> None:
+    sim = SimServer(_config(max_num_seqs=2, gpu_type="nvidia-l4"), behavior=SimBehavior(latency_factor=2.0))
+    await sim.start()
+    stack = contextlib.AsyncExitStack()
+    try:
+        client = await stack.enter_async_context(_client(sim))
+        calls = [asyncio.create_task(client.completions.create(model="chat", prompt="hi", max_tokens=8))
+                 for _ in range(6)]
+
+        async def queued() -> bool:
+            families = await _metrics(sim)
+            waiting = families["vllm:num_requests_waiting"].samples[0].value  # type: ignore[attr-defined]
+            running = families["vllm:num_requests_running"].samples[0].value  # type: ignore[attr-defined]
+            return bool(waiting >= 1 and running == 2)
+
+        await _eventually(queued)
+        await asyncio.gather(*calls)
+        families = await _metrics(sim)
+        queue = {s.name: s.value for s in families["vllm:request_queue_time_seconds"].samples  # type: ignore[attr-defined]
+                 if s.name.endswith("_sum")}
+        assert queue["vllm:request_queue_time_seconds_sum"] > 0.5
+    finally:
+        await stack.aclose()
+        await sim.stop()
+
+
+async def test_one_process_serves_many_replicas() -> None:
+    sims = [SimServer(_config(served_model_name=f"m{i}")) for i in range(3)]
+    for sim in sims:
+        await sim.start()
+    try:
+        assert len({sim.port for sim in sims}) == 3
+        for i, sim in enumerate(sims):
+            async with _client(sim) as client:
+                reply = await client.completions.create(model=f"m{i}", prompt="hi", max_tokens=2 + i)
+            assert reply.usage is not None and reply.usage.completion_tokens == 2 + i
+        for i, sim in enumerate(sims):
+            families = await _metrics(sim)
+            gen = families["vllm:generation_tokens"].samples[0]  # type: ignore[attr-defined]
+            assert gen.labels["model_name"] == f"m{i}" and gen.value == 2 + i
+    finally:
+        for sim in sims:
+            await sim.stop()
