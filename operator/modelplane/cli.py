@@ -17,6 +17,8 @@ from collections.abc import Sequence
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "modelplane.devcluster.cli",
     "modelplane.run",
+    "modelplane.demo",
+    "modelplane.loadgen",
     "modelplane.planner.cli",
     "modelplane.controls",
 )

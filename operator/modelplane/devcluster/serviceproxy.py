@@ -36,6 +36,15 @@ _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length
                 "upgrade", "proxy-connection", "te", "trailer"}
 
 
+class _Relayed(Exception):
+    """The upstream failed after the response had started; carries what the client got."""
+
+    def __init__(self, response: web.StreamResponse, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.response = response
+        self.cause = cause
+
+
 @dataclass
 class Endpoint:
     pod: str
@@ -134,6 +143,11 @@ class ServiceProxy:
             endpoint.in_flight += 1
             try:
                 return await self._forward(request, body, endpoint)
+            except _Relayed as relayed:
+                # The answer had started to flow to the client: it cannot be retried elsewhere.
+                self.stats.failed += 1
+                log.warning("upstream %s broke off mid-response: %s", endpoint.pod, relayed.cause)
+                return relayed.response
             except (aiohttp.ClientConnectionError, TimeoutError) as exc:
                 # The pod went away between the refresh and the connect (a scale-down or a
                 # promotion): drop it and try another, as kube-proxy's retries would.
@@ -152,14 +166,27 @@ class ServiceProxy:
         assert self._session is not None
         url = f"http://{endpoint.ip}:{endpoint.port}{request.path_qs}"
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
-        async with self._session.request(request.method, url, data=body or None,
-                                         headers=headers) as upstream:
-            response = web.StreamResponse(status=upstream.status, headers={
-                k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS})
-            await response.prepare(request)
-            async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
-            await response.write_eof()
+        response: web.StreamResponse | None = None
+        complete = False
+        try:
+            async with self._session.request(request.method, url, data=body or None,
+                                             headers=headers) as upstream:
+                response = web.StreamResponse(status=upstream.status, headers={
+                    k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS})
+                await response.prepare(request)
+                async for chunk in upstream.content.iter_any():
+                    if not await self._relay(response, chunk):
+                        break  # the client hung up (e.g. after reading [DONE]): nothing to fix
+                else:
+                    await self._relay(response, None)
+                complete = True
+        except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
+            if response is None or not response.prepared:
+                raise  # nothing reached the client yet: the caller may try another endpoint
+            if not complete:
+                raise _Relayed(response, exc) from exc
+            # The client has the whole answer; closing the upstream connection failed. Harmless.
+        assert response is not None
         self.stats.forwarded += 1
         self.stats.by_pod[endpoint.pod] = self.stats.by_pod.get(endpoint.pod, 0) + 1
         return response
@@ -175,6 +202,18 @@ class ServiceProxy:
     @property
     def activator_url(self) -> str:
         return f"http://127.0.0.1:{self.port}{ACTIVATOR_METRICS_PATH}"
+
+    @staticmethod
+    async def _relay(response: web.StreamResponse, chunk: bytes | None) -> bool:
+        """Write a chunk (None: the end) to the client; False when the client is gone."""
+        try:
+            if chunk is None:
+                await response.write_eof()
+            else:
+                await response.write(chunk)
+            return True
+        except ConnectionResetError:
+            return False
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(
