@@ -14,8 +14,8 @@ Schedules (``--schedule``), rates in requests/s, times in seconds from the start
 - ``bursty:base=2,spike=20,every=60,for=10`` (the last ``for`` seconds of every ``every`` run at
   ``spike``)
 
-Lengths (``--prompt-tokens``, ``--output-tokens``): ``200`` (fixed), ``uniform:100-400``,
-``lognormal:median=200,sigma=0.6`` (capped at 16 x the median).
+Lengths (``--prompt-tokens``, ``--output-tokens``): ``200`` (always 200) or
+``lognormal:mean=200,sigma=0.6[,min=10,max=2000]``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -43,6 +43,9 @@ class Schedule:
     kind: str
     params: tuple[tuple[str, float], ...]
     steps: tuple[tuple[float, float], ...] = ()  # (start, rate) for kind "step"
+
+    def __call__(self, t: float) -> float:
+        return self.rate(t)
 
     def rate(self, t: float) -> float:
         p = dict(self.params)
@@ -89,7 +92,8 @@ def _key_values(text: str, required: set[str]) -> dict[str, float]:
     missing = required - set(values)
     unknown = set(values) - required
     if missing or unknown:
-        raise ValueError(f"need exactly {sorted(required)}; missing {sorted(missing)}, unknown {sorted(unknown)}")
+        raise ValueError(f"need exactly {sorted(required)}; missing {sorted(missing)}, "
+                         f"unknown {sorted(unknown)}")
     return values
 
 
@@ -112,11 +116,13 @@ def parse_schedule(spec: str) -> Schedule:
             steps.sort()
             if any(rate < 0 for _, rate in steps):
                 raise ValueError("rates must be >= 0")
+            if steps[0][0] != 0:
+                raise ValueError("the first step must start at 0")
             return Schedule("step", (), tuple(steps))
         if kind == "diurnal":
             v = _key_values(rest, {"peak", "trough", "period"})
-            if v["period"] <= 0 or v["peak"] < 0 or v["trough"] < 0:
-                raise ValueError("period must be > 0 and rates >= 0")
+            if v["period"] <= 0 or not 0 <= v["trough"] <= v["peak"]:
+                raise ValueError("need period > 0 and 0 <= trough <= peak")
             return Schedule("diurnal", tuple(sorted(v.items())))
         if kind == "bursty":
             v = _key_values(rest, {"base", "spike", "every", "for"})
@@ -130,41 +136,49 @@ def parse_schedule(spec: str) -> Schedule:
 
 @dataclass(frozen=True)
 class Lengths:
-    """A distribution of token counts."""
+    """A distribution of token counts: lognormal with this mean and ``sigma`` (0 = always ``mean``),
+    clipped to [minimum, maximum]."""
 
-    kind: str  # fixed | uniform | lognormal
-    a: float
-    b: float = 0.0
+    mean: float
+    minimum: int = 1
+    maximum: int | None = None
+    sigma: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.mean < 1 or self.minimum < 1 or self.sigma < 0:
+            raise ValueError("need mean >= 1, minimum >= 1 and sigma >= 0")
+        if self.maximum is not None and self.maximum < self.minimum:
+            raise ValueError("maximum must be >= minimum")
 
     def draw(self, rng: random.Random) -> int:
-        if self.kind == "fixed":
-            return int(self.a)
-        if self.kind == "uniform":
-            return rng.randint(int(self.a), int(self.b))
-        value = rng.lognormvariate(math.log(self.a), self.b)
-        return max(1, min(int(round(value)), int(16 * self.a)))
+        if self.sigma == 0:
+            value = self.mean
+        else:
+            # mu chosen so that the mean (not the median) is `mean`.
+            value = rng.lognormvariate(math.log(self.mean) - self.sigma**2 / 2, self.sigma)
+        count = max(self.minimum, int(round(value)))
+        return count if self.maximum is None else min(count, self.maximum)
 
 
 def parse_lengths(spec: str) -> Lengths:
+    """``200`` (always 200) or ``lognormal:mean=200,sigma=0.6[,min=10,max=2000]``."""
     try:
         if spec.isdigit():
-            if int(spec) < 1:
-                raise ValueError("must be >= 1")
-            return Lengths("fixed", int(spec))
+            return Lengths(int(spec))
         kind, _, rest = spec.partition(":")
-        if kind == "uniform":
-            low, _, high = rest.partition("-")
-            if not 1 <= int(low) <= int(high):
-                raise ValueError("need 1 <= low <= high")
-            return Lengths("uniform", int(low), int(high))
         if kind == "lognormal":
-            v = _key_values(rest, {"median", "sigma"})
-            if v["median"] < 1 or v["sigma"] < 0:
-                raise ValueError("need median >= 1 and sigma >= 0")
-            return Lengths("lognormal", v["median"], v["sigma"])
-    except ValueError as exc:
+            values: dict[str, float] = {}
+            for part in rest.split(","):
+                key, eq, value = part.partition("=")
+                if not eq or key not in ("mean", "sigma", "min", "max"):
+                    raise ValueError(f"unknown or malformed {part!r}")
+                values[key] = float(value)
+            maximum = values.get("max")
+            return Lengths(values["mean"], int(values.get("min", 1)),
+                           int(maximum) if maximum is not None else None, values.get("sigma", 0.5))
+    except (ValueError, KeyError) as exc:
         raise ValueError(f"bad length distribution {spec!r}: {exc}") from exc
-    raise ValueError(f"bad length distribution {spec!r}: use N, uniform:A-B or lognormal:median=M,sigma=S")
+    raise ValueError(f"bad length distribution {spec!r}: use N or lognormal:mean=M,sigma=S[,min=A,max=B]")
 
 
 def arrival_times(schedule: Schedule, duration: float, rng: random.Random) -> list[float]:
@@ -182,6 +196,10 @@ def arrival_times(schedule: Schedule, duration: float, rng: random.Random) -> li
             times.append(t)
 
 
+#: The name the tests and the demo use.
+arrivals = arrival_times
+
+
 _WORDS = ("lorem", "ipsum", "dolor", "sit", "amet", "model", "plane", "query", "token", "cache", "batch")
 
 
@@ -197,14 +215,12 @@ def prompt_text(tokens: int, rng: random.Random) -> str:
 
 
 def percentile(values: list[float], q: float) -> float | None:
-    """The q-quantile (0..1) by linear interpolation; None for no values."""
+    """The q-th percentile (q in 0..100) by the nearest-rank method; None for no values."""
     if not values:
         return None
     ordered = sorted(values)
-    pos = (len(ordered) - 1) * q
-    low = math.floor(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
 
 
 # ---- the run ---------------------------------------------------------------------------------------------
@@ -215,63 +231,68 @@ class LoadConfig:
     base_url: str  #: the OpenAI base URL, e.g. http://127.0.0.1:8000/v1
     model: str | None = None  #: None: the first model of GET /models
     schedule: Schedule = field(default_factory=lambda: parse_schedule("constant:1"))
-    duration_s: float = 10.0
-    max_requests: int | None = None
-    prompt_tokens: Lengths = field(default_factory=lambda: Lengths("fixed", 128))
-    output_tokens: Lengths = field(default_factory=lambda: Lengths("fixed", 64))
+    duration: float = 10.0  #: seconds of arrivals
+    max_requests: int | None = None  #: stop sending after this many
+    prompt_tokens: Lengths = field(default_factory=lambda: Lengths(128))
+    output_tokens: Lengths = field(default_factory=lambda: Lengths(64))
     seed: int = 0
-    request_timeout_s: float = 120.0
-    max_in_flight: int = 2000  #: beyond this, arrivals are dropped (and counted) instead of sent
+    timeout: float = 120.0  #: per request, seconds
+    max_in_flight: int = 2000  #: beyond this, arrivals are dropped (and counted as errors) instead of sent
     api_key: str | None = None
 
 
 @dataclass(frozen=True)
-class Stats:
-    p50: float | None
-    p90: float | None
-    p99: float | None
-    mean: float | None
-
-    @classmethod
-    def of(cls, values: list[float]) -> Stats:
-        return cls(percentile(values, 0.5), percentile(values, 0.9), percentile(values, 0.99),
-                   sum(values) / len(values) if values else None)
-
-
-@dataclass(frozen=True)
-class LoadReport:
-    sent: int
-    completed: int
-    errors: int
-    dropped: int
-    errors_by_kind: dict[str, int]
-    duration_s: float
-    target_rate: float  #: the schedule's mean rate over the run
-    achieved_rate: float  #: requests sent per second
-    completed_rate: float
-    output_tokens_per_s: float
-    ttft_s: Stats
-    latency_s: Stats
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
-
-
-@dataclass(frozen=True)
 class Progress:
-    elapsed_s: float
+    elapsed: float
     sent: int
-    completed: int
+    ok: int
     errors: int
     in_flight: int
+
+
+@dataclass
+class LoadReport:
+    """What a run measured. ``ttft`` and ``latency`` hold one value per successful request, in order."""
+
+    duration: float  #: seconds from the first send to the last answer
+    window: float  #: seconds of arrivals
+    target_rps: float  #: the schedule's mean rate over the window
+    sent: int = 0
+    ok: int = 0
+    errors: int = 0
+    error_kinds: dict[str, int] = field(default_factory=dict)
+    ttft: list[float] = field(default_factory=list)
+    latency: list[float] = field(default_factory=list)
+    generated_tokens: int = 0
+
+    @property
+    def achieved_rps(self) -> float:
+        return self.sent / self.window if self.window > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        def stats(values: list[float]) -> dict[str, float | None]:
+            return {"p50": percentile(values, 50), "p90": percentile(values, 90),
+                    "p99": percentile(values, 99), "mean": sum(values) / len(values) if values else None}
+
+        return {
+            "sent": self.sent, "ok": self.ok, "errors": self.errors, "errorKinds": dict(self.error_kinds),
+            "durationSeconds": self.duration, "targetRPS": self.target_rps, "achievedRPS": self.achieved_rps,
+            "completedRPS": self.ok / self.duration if self.duration > 0 else 0.0,
+            "outputTokensPerSecond": self.generated_tokens / self.duration if self.duration > 0 else 0.0,
+            "generatedTokens": self.generated_tokens,
+            "ttftSeconds": stats(self.ttft), "latencySeconds": stats(self.latency),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
 @dataclass
 class _Result:
     ok: bool
     error: str | None = None
-    ttft: float | None = None
-    latency: float | None = None
+    ttft: float = 0.0
+    latency: float = 0.0
     output_tokens: int = 0
 
 
@@ -279,14 +300,14 @@ async def _one_request(http: aiohttp.ClientSession, config: LoadConfig, model: s
                        max_tokens: int) -> _Result:
     body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
             "stream": True, "stream_options": {"include_usage": True},
-            # vLLM extensions so that real servers produce the requested length, as the simulator does.
+            # vLLM extensions so that a real server produces the requested length, as the simulator does.
             "ignore_eos": True, "min_tokens": max_tokens}
     started = time.monotonic()
     ttft: float | None = None
     tokens = 0
     try:
         async with http.post(f"{config.base_url}/chat/completions", json=body,
-                             timeout=aiohttp.ClientTimeout(total=config.request_timeout_s)) as response:
+                             timeout=aiohttp.ClientTimeout(total=config.timeout)) as response:
             if response.status != 200:
                 await response.read()
                 return _Result(False, f"http_{response.status}")
@@ -310,78 +331,83 @@ async def _one_request(http: aiohttp.ClientSession, config: LoadConfig, model: s
         return _Result(False, type(exc).__name__)
     except json.JSONDecodeError:
         return _Result(False, "bad_stream")
-    return _Result(True, ttft=ttft, latency=time.monotonic() - started, output_tokens=tokens)
+    latency = time.monotonic() - started
+    # An empty answer has no first token; count its end as the first (and only) moment it answered.
+    return _Result(True, ttft=ttft if ttft is not None else latency, latency=latency, output_tokens=tokens)
 
 
-async def _first_model(http: aiohttp.ClientSession, base_url: str) -> str:
-    async with http.get(f"{base_url}/models", timeout=aiohttp.ClientTimeout(total=30)) as response:
+async def _first_model(http: aiohttp.ClientSession, base_url: str, timeout: float) -> str:
+    async with http.get(f"{base_url}/models", timeout=aiohttp.ClientTimeout(total=timeout)) as response:
         response.raise_for_status()
         data = await response.json()
     return str(data["data"][0]["id"])
 
 
 async def run_load(config: LoadConfig, *, progress: Callable[[Progress], None] | None = None,
-                   progress_every_s: float = 5.0) -> LoadReport:
-    """Drive ``config``'s schedule against ``config.base_url``; returns when every request sent has ended."""
+                   progress_every: float = 5.0) -> LoadReport:
+    """Drive ``config``'s schedule against ``config.base_url``; returns when every request sent has ended.
+
+    Failures of single requests are counted by kind, never raised; only finding the model (when
+    ``config.model`` is None) may raise ``aiohttp.ClientError``.
+    """
     rng = random.Random(config.seed)
-    arrivals = arrival_times(config.schedule, config.duration_s, rng)
+    times = arrival_times(config.schedule, config.duration, rng)
     if config.max_requests is not None:
-        arrivals = arrivals[: config.max_requests]
+        times = times[: config.max_requests]
+    window = config.duration if config.max_requests is None or len(times) < config.max_requests \
+        else (times[-1] if times else 0.0)
+    report = LoadReport(duration=0.0, window=window, target_rps=config.schedule.mean_rate(config.duration))
     headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
-    results: list[_Result] = []
     tasks: set[asyncio.Task[None]] = set()
-    dropped = 0
+
+    def record(result: _Result) -> None:
+        if result.ok:
+            report.ok += 1
+            report.ttft.append(result.ttft)
+            report.latency.append(result.latency)
+            report.generated_tokens += result.output_tokens
+        else:
+            report.errors += 1
+            kind = result.error or "error"
+            report.error_kinds[kind] = report.error_kinds.get(kind, 0) + 1
+
     async with aiohttp.ClientSession(headers=headers, connector=aiohttp.TCPConnector(limit=0)) as http:
-        model = config.model or await _first_model(http, config.base_url)
+        model = config.model or await _first_model(http, config.base_url, config.timeout)
         start = time.monotonic()
-        next_progress = progress_every_s
+        next_progress = progress_every
 
         async def send(prompt: str, max_tokens: int) -> None:
-            results.append(await _one_request(http, config, model, prompt, max_tokens))
+            record(await _one_request(http, config, model, prompt, max_tokens))
 
-        def report_progress(now: float) -> None:
+        def report_progress(elapsed: float) -> None:
             if progress is not None:
-                errors = sum(1 for r in results if not r.ok)
-                progress(Progress(now, len(results) + len(tasks), len(results) - errors, errors, len(tasks)))
+                progress(Progress(elapsed, report.sent, report.ok, report.errors, len(tasks)))
 
-        for at in arrivals:
-            delay = start + at - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            elapsed = time.monotonic() - start
-            while elapsed >= next_progress:
-                report_progress(elapsed)
-                next_progress += progress_every_s
-            if len(tasks) >= config.max_in_flight:
-                dropped += 1
-                continue
-            prompt = prompt_text(config.prompt_tokens.draw(rng), rng)
-            task = asyncio.create_task(send(prompt, config.output_tokens.draw(rng)))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        if tasks:
-            await asyncio.gather(*tasks)
-        elapsed = time.monotonic() - start
-        report_progress(elapsed)
-    sent_window = max(config.duration_s if config.max_requests is None else (arrivals[-1] if arrivals else 0.0),
-                      1e-9)
-    ok = [r for r in results if r.ok]
-    errors_by_kind: dict[str, int] = {}
-    for r in results:
-        if not r.ok and r.error is not None:
-            errors_by_kind[r.error] = errors_by_kind.get(r.error, 0) + 1
-    if dropped:
-        errors_by_kind["dropped"] = dropped
-    return LoadReport(
-        sent=len(results), completed=len(ok), errors=len(results) - len(ok), dropped=dropped,
-        errors_by_kind=errors_by_kind, duration_s=elapsed,
-        target_rate=config.schedule.mean_rate(config.duration_s),
-        achieved_rate=len(results) / sent_window,
-        completed_rate=len(ok) / max(elapsed, 1e-9),
-        output_tokens_per_s=sum(r.output_tokens for r in ok) / max(elapsed, 1e-9),
-        ttft_s=Stats.of([r.ttft for r in ok if r.ttft is not None]),
-        latency_s=Stats.of([r.latency for r in ok if r.latency is not None]),
-    )
+        try:
+            for at in times:
+                delay = start + at - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                elapsed = time.monotonic() - start
+                while elapsed >= next_progress:
+                    report_progress(elapsed)
+                    next_progress += progress_every
+                report.sent += 1
+                if len(tasks) >= config.max_in_flight:
+                    record(_Result(False, "dropped"))
+                    continue
+                prompt = prompt_text(config.prompt_tokens.draw(rng), rng)
+                task = asyncio.create_task(send(prompt, config.output_tokens.draw(rng)))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if tasks:
+                await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+        report.duration = time.monotonic() - start
+        report_progress(report.duration)
+    return report
 
 
 # ---- the command -------------------------------------------------------------------------------------------
@@ -392,17 +418,17 @@ def _fmt(value: float | None) -> str:
 
 
 def format_report(report: LoadReport) -> str:
+    d = report.to_dict()
+    ttft, latency = d["ttftSeconds"], d["latencySeconds"]
     lines = [
-        f"sent {report.sent} in {report.duration_s:.1f}s: {report.completed} ok, {report.errors} errors, "
-        f"{report.dropped} dropped",
-        f"rate: target {report.target_rate:.2f}/s, achieved {report.achieved_rate:.2f}/s, "
-        f"completed {report.completed_rate:.2f}/s, {report.output_tokens_per_s:.0f} output tokens/s",
-        f"TTFT    p50 {_fmt(report.ttft_s.p50)}  p90 {_fmt(report.ttft_s.p90)}  p99 {_fmt(report.ttft_s.p99)}",
-        f"latency p50 {_fmt(report.latency_s.p50)}  p90 {_fmt(report.latency_s.p90)}  "
-        f"p99 {_fmt(report.latency_s.p99)}",
+        f"sent {report.sent} in {report.duration:.1f}s: {report.ok} ok, {report.errors} errors",
+        f"rate: target {report.target_rps:.2f}/s, achieved {report.achieved_rps:.2f}/s, "
+        f"completed {d['completedRPS']:.2f}/s, {d['outputTokensPerSecond']:.0f} output tokens/s",
+        f"TTFT    p50 {_fmt(ttft['p50'])}  p90 {_fmt(ttft['p90'])}  p99 {_fmt(ttft['p99'])}",
+        f"latency p50 {_fmt(latency['p50'])}  p90 {_fmt(latency['p90'])}  p99 {_fmt(latency['p99'])}",
     ]
-    if report.errors_by_kind:
-        lines.append("errors: " + ", ".join(f"{k}={v}" for k, v in sorted(report.errors_by_kind.items())))
+    if report.error_kinds:
+        lines.append("errors: " + ", ".join(f"{k}={v}" for k, v in sorted(report.error_kinds.items())))
     return "\n".join(lines)
 
 
@@ -410,19 +436,19 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = LoadConfig(
             base_url=args.base_url.rstrip("/"), model=args.model, schedule=parse_schedule(args.schedule),
-            duration_s=args.duration, max_requests=args.max_requests,
+            duration=args.duration, max_requests=args.max_requests,
             prompt_tokens=parse_lengths(args.prompt_tokens), output_tokens=parse_lengths(args.output_tokens),
-            seed=args.seed, request_timeout_s=args.timeout, api_key=args.api_key)
+            seed=args.seed, timeout=args.timeout, api_key=args.api_key)
     except ValueError as exc:
         print(f"modelplane load: {exc}", file=sys.stderr)
         return 2
 
     def show(p: Progress) -> None:
-        print(f"t={p.elapsed_s:6.1f}s sent={p.sent} ok={p.completed} errors={p.errors} in_flight={p.in_flight}",
+        print(f"t={p.elapsed:6.1f}s sent={p.sent} ok={p.ok} errors={p.errors} in_flight={p.in_flight}",
               file=sys.stderr, flush=True)
 
     try:
-        report = asyncio.run(run_load(config, progress=show, progress_every_s=args.progress_every))
+        report = asyncio.run(run_load(config, progress=show, progress_every=args.progress_every))
     except (aiohttp.ClientError, OSError) as exc:
         print(f"modelplane load: cannot reach {config.base_url}: {exc}", file=sys.stderr)
         return 1
@@ -430,7 +456,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
             f.write(report.to_json() + "\n")
-    return 0
+    return 0 if report.errors == 0 else 1
 
 
 def register(subparsers: Any) -> None:
