@@ -19,6 +19,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "modelplane.run",
     "modelplane.demo",
     "modelplane.loadgen",
+    "modelplane.sim.cli",
     "modelplane.planner.cli",
     "modelplane.controls",
 )
