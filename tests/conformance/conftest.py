@@ -1,0 +1,96 @@
+"""Fixtures of the vLLM conformance suite: the server under test, started here unless given.
+
+By default the suite starts the simulator (``python -m modelplane.sim``) on a free loopback port.
+``MODELPLANE_CONFORMANCE_URL=http://127.0.0.1:8000`` points it at a running server instead (a real
+vLLM, for instance the CPU build serving a tiny random model: see ``real_vllm_cpu.sh``);
+``MODELPLANE_CONFORMANCE_MODEL`` names the served model there (default: the first of /v1/models).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ENV_URL = "MODELPLANE_CONFORMANCE_URL"
+ENV_MODEL = "MODELPLANE_CONFORMANCE_MODEL"
+SERVED_NAME = "conformance"
+#: How long to wait for /health (a real vLLM on CPU takes a minute or two to start).
+START_TIMEOUT_S = float(os.environ.get("MODELPLANE_CONFORMANCE_START_TIMEOUT", "60"))
+
+
+@dataclass(frozen=True)
+class Target:
+    """The server under test: its root URL (no /v1) and the served model name."""
+
+    url: str
+    model: str
+    simulated: bool
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_get(url: str, timeout: float = 10.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return int(response.status), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def _wait_healthy(url: str, process: subprocess.Popen[bytes] | None) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode} before it was healthy")
+        try:
+            if http_get(f"{url}/health", timeout=2.0)[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url}/health did not answer 200 within {START_TIMEOUT_S} s")
+
+
+@pytest.fixture(scope="session")
+def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
+    given = os.environ.get(ENV_URL)
+    if given:
+        url = given.rstrip("/").removesuffix("/v1")
+        _wait_healthy(url, None)
+        model = os.environ.get(ENV_MODEL) or json.loads(http_get(f"{url}/v1/models")[1])["data"][0]["id"]
+        yield Target(url, model, simulated=False)
+        return
+    port = _free_port()
+    log = Path(tmp_path_factory.mktemp("sim")) / "sim.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "modelplane.sim", "--host", "127.0.0.1", "--port", str(port), "--",
+             "serve", "meta-llama/Llama-3.1-8B-Instruct", "--served-model-name", SERVED_NAME,
+             "--max-model-len", "4096"],
+            stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, process)
+        yield Target(url, SERVED_NAME, simulated=True)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -1,0 +1,43 @@
+"""Build a tiny randomly initialised Llama for real vLLM: a config and a locally trained tokenizer.
+
+Nothing is downloaded: vLLM runs it with ``--load-format dummy`` (random weights), and the tokenizer is
+a byte-level BPE trained here on a few sentences. Run with the throwaway vLLM venv's Python, which
+has ``tokenizers``: ``python tiny_model.py OUT_DIR``.
+"""
+
+import json
+import os
+import sys
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+CHAT_TEMPLATE = "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}<|assistant|>\n"
+
+
+def main(out: str) -> None:
+    os.makedirs(out, exist_ok=True)
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=["<unk>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    corpus = ["What is 17 * 23? Answer with a number only.",
+              "the quick brown fox jumps over the lazy dog"] * 50
+    tok.train_from_iterator(corpus, trainer)
+    tok.save(os.path.join(out, "tokenizer.json"))
+    with open(os.path.join(out, "tokenizer_config.json"), "w") as f:
+        json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
+                   "unk_token": "<unk>", "model_max_length": 512, "chat_template": CHAT_TEMPLATE}, f)
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64,
+                   "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                   "num_key_value_heads": 2, "head_dim": 16, "vocab_size": tok.get_vocab_size(),
+                   "max_position_embeddings": 512, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+                   "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "bfloat16",
+                   "tie_word_embeddings": False, "hidden_act": "silu"}, f)
+    with open(os.path.join(out, "generation_config.json"), "w") as f:
+        json.dump({"bos_token_id": 1, "eos_token_id": 2}, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
