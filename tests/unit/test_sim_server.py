@@ -14,7 +14,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelplane.sim.config import SimConfig, parse_vllm_args
-from modelplane.sim.quality import SimBehavior, count_tokens, render_chat
+from modelplane.sim.quality import (
+    SimBehavior,
+    TaskKind,
+    count_tokens,
+    generate_suite,
+    parse_behaviors,
+    render_chat,
+)
 from modelplane.sim.server import SimServer
 
 ARITH = "What is 17 * 23? Answer with a number only."
@@ -261,3 +268,24 @@ async def test_one_process_serves_many_replicas() -> None:
     finally:
         for sim in sims:
             await sim.stop()
+
+
+async def test_a_good_and_a_bad_revision_score_apart_over_http() -> None:
+    behaviors = parse_behaviors("good: {accuracy: 0.95}\nbad: {accuracy: 0.5}\n")
+    suite = generate_suite(48, seed=4, kinds=[TaskKind.ARITHMETIC, TaskKind.COMPARISON, TaskKind.CHOICE])
+    scores = {}
+    for revision in ("good", "bad"):
+        sim = SimServer(_config(revision=revision), behaviors=behaviors)
+        await sim.start()
+        try:
+            async with _client(sim) as client:
+                replies = await asyncio.gather(*(
+                    client.chat.completions.create(model="chat", max_tokens=16,
+                                                   messages=[{"role": "user", "content": case["prompt"]}])
+                    for case in suite))
+        finally:
+            await sim.stop()
+        scores[revision] = sum(r.choices[0].message.content == c["expected"]
+                               for r, c in zip(replies, suite, strict=True)) / len(suite)
+    assert sim.behavior.accuracy == 0.5
+    assert scores["good"] > 0.8 and scores["bad"] < 0.7 and scores["good"] - scores["bad"] > 0.25
