@@ -245,3 +245,21 @@ def test_policy_spec_from_scaling(scaling: dict[str, object], want: PolicySpec) 
 def test_policy_spec_refuses(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         PolicySpec(**kwargs)  # type: ignore[arg-type]
+
+
+def test_scale_to_zero_also_when_throughput_sizing_keeps_recommending_a_replica() -> None:
+    # On the dev cluster an idle replica was once kept because the rule to zero sat in the
+    # scale-down branch only; it now applies whatever the sizing recommends.
+    spec = PolicySpec(min_replicas=0, max_replicas=2, scale_to_zero_after=10,
+                      prefill_tokens_per_second=5000, decode_tokens_per_second=500)
+    state = PolicyState()
+    decisions = []
+    for at in (0.0, 2.0, 6.0, 11.0, 13.0):
+        metrics = PodMetrics(waiting=0, running=0, kv_cache_usage=0.0, generation_tokens=800,
+                             scraped_at=at, prompt_tokens=4000, requests_started=5)
+        obs = Observation(now=at, current_replicas=1, ready=(ReadyPod("p", metrics),))
+        decision = decide(obs, spec, state)
+        decisions.append((decision.desired_replicas, decision.reason))
+        state = decision.state
+    assert decisions[:3] == [(1, Reason.MIN_REPLICAS)] * 3 or all(d == 1 for d, _ in decisions[:3])
+    assert decisions[-1] == (0, Reason.SCALE_TO_ZERO)

@@ -335,7 +335,12 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
     last_down = state.last_scale_down_at
     why = ""
 
-    if recommended > current:
+    if may_be_zero and current > 0 and demand == 0 and recommended <= current:
+        # Idle for scaleToZeroAfter: to zero whatever the sizing rules would keep (the
+        # throughput estimate may still say one replica's worth of capacity is "needed").
+        desired, reason = 0, Reason.SCALE_TO_ZERO
+        why = f"; no demand for {idle_for:.0f}s"
+    elif recommended > current:
         bound = max(_ceil(current * spec.scale_up_max_factor), current + spec.scale_up_max_add)
         desired = min(recommended, bound)
         reason = Reason.ACTIVATE_FROM_ZERO if current == 0 else Reason.SCALE_UP
@@ -356,10 +361,7 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
                 goal, reason = cost_goal, Reason.TARGET_COST
                 why = (f"; ${usd_mtok:.3f}/Mtok above the target ${target_cost:.3f}, idle queue: "
                        f"towards {cost_goal}")
-        if may_be_zero and current > 0 and demand == 0:
-            desired, reason = 0, Reason.SCALE_TO_ZERO
-            why = f"; no demand for {idle_for:.0f}s"
-        elif goal >= current:
+        if goal >= current:
             desired, reason = current, Reason.HOLD
         elif last_down is not None and now - last_down < spec.scale_down_period:
             desired, reason = current, Reason.HOLD

@@ -1,0 +1,138 @@
+"""Autoscaling end to end: the operator scrapes the simulator's /metrics on each pod, scales up
+when a queue forms, holds the fleet at the budget cap with ScalingLimited/BudgetCap, scales down
+after the window, and scales to zero and back — with the activator (the service proxy) holding the
+first requests so that none is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modelplane import kube, loadgen
+from modelplane.devcluster.serviceproxy import ServiceProxy
+from tests.clusterfixtures import ClusterHandle, OperatorHandle, start_operator, stop_operator, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def model(name: str, namespace: str, **scaling: Any) -> dict[str, Any]:
+    return {"apiVersion": "modelplane.dev/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"model": {"source": "hf://meta-llama/Llama-3.1-8B-Instruct", "revision": "main",
+                               "servedName": name},
+                     # Small batches so that a modest load queues.
+                     "engine": {"maxModelLen": 4096, "maxNumSeqs": 4},
+                     "resources": {"gpu": {"count": "auto", "types": ["nvidia-l4"]}},
+                     "scaling": scaling}}
+
+
+async def status_of(client: kube.Kube, ns: str, name: str) -> dict[str, Any]:
+    md = await client.get(kube.MODELDEPLOYMENTS, name, namespace=ns)
+    return dict((md or {}).get("status") or {})
+
+
+def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next((c for c in status.get("conditions") or [] if c["type"] == type_), {})
+
+
+async def test_load_scales_up_to_the_budget_cap_and_back_down_after_the_window(
+        kube_client: kube.Kube, namespace: str, operator: OperatorHandle) -> None:
+    # L4 at $0.80/h: a $1.70 budget pays for two replicas, while maxReplicas would allow four.
+    await kube_client.create(model("chat", namespace, minReplicas=1, maxReplicas=4,
+                                   targetQueueDepth=1, scaleDownDelay="10s",
+                                   cost={"maxHourlyUSD": 1.7}))
+    await wait_for(lambda: _phase(kube_client, namespace, "chat", "Ready"), timeout=90,
+                   what="Ready with one replica")
+    proxy = ServiceProxy(kube_client, namespace=namespace, service="chat")
+    port = await proxy.start()
+    seen_desired: list[int] = []
+    try:
+        # More than one replica serves, about what two serve: a queue forms, the policy asks for
+        # more than the budget pays for, and two replicas drain it.
+        config = loadgen.LoadConfig(base_url=f"http://127.0.0.1:{port}/v1", model="chat",
+                                    schedule=loadgen.parse_schedule("constant:8"), duration=15,
+                                    prompt_tokens=loadgen.Lengths(100),
+                                    output_tokens=loadgen.Lengths(16, maximum=24), timeout=240)
+        started = time.monotonic()
+        load = asyncio.create_task(loadgen.run_load(config))
+        scaled_at: float | None = None
+        capped = None
+        while not load.done():
+            status = await status_of(kube_client, namespace, "chat")
+            seen_desired.append(int(status.get("desiredReplicas") or 0))
+            pods = await kube_client.list(kube.PODS, namespace=namespace)
+            if scaled_at is None and len(pods) > 1:
+                scaled_at = time.monotonic() - started
+            limited = condition(status, "ScalingLimited")
+            if limited.get("status") == "True" and limited.get("reason") == "BudgetCap":
+                capped = limited
+            await asyncio.sleep(0.5)
+        report = load.result()
+    finally:
+        await proxy.stop()
+    print(f"\nsecond pod created {scaled_at} s after the load started; desired over time: "
+          f"{seen_desired}")
+    assert report.errors == 0 and report.ok == report.sent
+    assert scaled_at is not None, "no scale-up under a queue"
+    assert max(seen_desired) == 2, "the budget allows two replicas, never more"
+    assert capped is not None and "BudgetCap" in capped["message"]
+    events = await kube_client.list(kube.EVENTS, namespace=namespace,
+                                    field_selector="involvedObject.name=chat")
+    assert {"ScaleUp", "BudgetCap"} & {e["reason"] for e in events}
+
+    async def back_to_one() -> bool:
+        status = await status_of(kube_client, namespace, "chat")
+        pods = [p for p in await kube_client.list(kube.PODS, namespace=namespace)
+                if not p["metadata"].get("deletionTimestamp")]
+        return status.get("desiredReplicas") == 1 and len(pods) == 1
+
+    await wait_for(back_to_one, timeout=90, what="scale-down to one replica after the window")
+
+
+async def _phase(client: kube.Kube, ns: str, name: str, phase: str) -> bool:
+    return (await status_of(client, ns, name)).get("phase") == phase
+
+
+async def test_scale_to_zero_and_back_loses_no_request(
+        cluster: ClusterHandle, kube_client: kube.Kube, crds: Path) -> None:
+    # Its own namespace and its own operator, wired to this test's activator (the service proxy).
+    ns = "s2z-" + hashlib.sha1(str(time.time()).encode()).hexdigest()[:6]
+    await kube_client.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    proxy = ServiceProxy(kube_client, namespace=ns, service="lazy", hold_seconds=120)
+    port = await proxy.start()
+    log = cluster.dev.log_file("operator-s2z") if cluster.dev else Path("/tmp/operator-s2z.log")
+    handle = start_operator(cluster, log, namespaces=(ns,),
+                            extra_args=("--activator-url", proxy.activator_url))
+    try:
+        await kube_client.create(model("lazy", ns, minReplicas=0, maxReplicas=2,
+                                       scaleToZeroAfter="10s", scaleDownDelay="5s"))
+        await wait_for(lambda: _phase(kube_client, ns, "lazy", "ScaledToZero"), timeout=90,
+                       what="ScaledToZero with no demand")
+        assert await kube_client.list(kube.PODS, namespace=ns) == []
+        config = loadgen.LoadConfig(base_url=f"http://127.0.0.1:{port}/v1", model="lazy",
+                                    schedule=loadgen.parse_schedule("constant:2"), duration=3,
+                                    prompt_tokens=loadgen.Lengths(50),
+                                    output_tokens=loadgen.Lengths(8, maximum=16), timeout=120)
+        started = time.monotonic()
+        report = await loadgen.run_load(config)
+        waited = time.monotonic() - started
+        print(f"\n{report.sent} requests sent at zero replicas; all answered after {waited:.1f} s; "
+              f"held at most by the activator: {proxy.stats.held_total}")
+        assert report.sent >= 2
+        assert report.errors == 0 and report.ok == report.sent, report.to_dict()
+        assert proxy.stats.held_total >= 1, "the first request had to wait for a replica"
+        status = await status_of(kube_client, ns, "lazy")
+        assert status.get("desiredReplicas", 0) >= 1
+        # And down to zero again once idle.
+        await wait_for(lambda: _phase(kube_client, ns, "lazy", "ScaledToZero"), timeout=120,
+                       what="back to zero after scaleToZeroAfter of idleness")
+    finally:
+        stop_operator(handle)
+        await proxy.stop()
+        await kube_client.delete(kube.NAMESPACES, ns)
