@@ -22,8 +22,9 @@ lint: venv
 	$(BIN)/ruff check operator tests bench
 	$(BIN)/mypy
 
+# Pure logic, and the vLLM conformance suite against the simulator (no cluster).
 test-unit: venv
-	$(BIN)/pytest tests/unit
+	$(BIN)/pytest tests/unit tests/conformance
 
 # The dev cluster is started once (or reused) by the session fixture and stopped by .ci/run.
 test-integration: venv binaries

@@ -131,6 +131,14 @@ def crds(cluster: ClusterHandle) -> Path:
     cluster.run_kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_PATH))
     cluster.run_kubectl("wait", "--for=condition=Established", "--timeout=60s",
                         "crd/modeldeployments.modelplane.dev")
+    # Established is not the end: the new resource's storage initialises a moment later, and an
+    # operator that lists it before then backs off. Wait until a list answers.
+    deadline = time.monotonic() + 60
+    while cluster.run_kubectl("get", "modeldeployments", "-A", check=False).returncode != 0:
+        if time.monotonic() > deadline:
+            raise AssertionError("modeldeployments could not be listed 60 s after the CRD "
+                                 "was established")
+        time.sleep(0.2)
     return CRD_PATH
 
 

@@ -52,7 +52,9 @@ def pod_target(pod: dict[str, Any], kwok_nodes: set[str]) -> PodTarget | None:
     meta, spec, status = pod.get("metadata") or {}, pod.get("spec") or {}, pod.get("status") or {}
     node = spec.get("nodeName")
     ip = status.get("podIP")
-    if meta.get("deletionTimestamp") or node not in kwok_nodes or not ip:
+    # A terminating pod keeps answering until it is gone, as vLLM does through its preStop
+    # pause: the Service has already dropped it, and requests in flight finish.
+    if node not in kwok_nodes or not ip:
         return None
     if status.get("phase") in ("Succeeded", "Failed"):
         return None

@@ -42,6 +42,8 @@ KWOK_ANNOTATION = "kwok.x-k8s.io/node"
 #: Pod IPs are drawn from here: loopback, so the simulator can bind each pod's IP on this machine.
 POD_CIDR = "127.64.0.0/16"
 SERVICE_CIDR = "10.96.0.0/16"
+#: How long a deleted pod keeps serving before kwok removes it (the preStop drain, shortened).
+POD_DRAIN_MS = 3000
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 #: Every process of a running cluster: the binaries, then the simulator's pod agent.
 PROCESSES = (*COMPONENTS, "sim-agent")
@@ -312,9 +314,11 @@ def build_kwok_config(*, ready_delay_ms: int, ready_jitter_ms: int,
                                  "values": ["Never", "OnFailure"]},
                                 {"key": ".status.phase", "operator": "In", "values": ["Running"]}],
                ready_delay_ms, ready_jitter_ms, {"statusTemplate": _COMPLETE_STATUS}),
+        # A deleted pod lingers for a few seconds, as a vLLM pod does in its preStop pause
+        # (30 s in production manifests, shortened here): requests in flight finish.
         _stage("pod-delete", [{"key": ".metadata.deletionTimestamp", "operator": "Exists"},
                               {"key": ".metadata.finalizers", "operator": "DoesNotExist"}],
-               0, 0, {"delete": True}),
+               POD_DRAIN_MS, 0, {"delete": True}),
     ]
     config = {
         "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
@@ -344,6 +348,15 @@ def parse_duration_ms(text: str) -> int:
     if value < 0:
         raise DevClusterError(f"a duration must not be negative: {text!r}")
     return int(value * units[suffix])
+
+
+def config_hash(options: Options) -> str:
+    """Identifies what a cluster runs: its profile, its kwok stages and the component code."""
+    import hashlib
+
+    parts = [options.profile, build_kwok_config(ready_delay_ms=0, ready_jitter_ms=0),
+             Path(__file__).read_text(), Path(__file__).with_name("agent.py").read_text()]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
 # --- locations ----------------------------------------------------------------------------------
@@ -422,6 +435,8 @@ class State:
     pod_ready_delay: str
     started_at: float
     nodes: list[str] = field(default_factory=list)
+    #: What the cluster was started with (stages, profile, versions); reuse only on a match.
+    config_hash: str = ""
 
     @property
     def server(self) -> str:
@@ -481,13 +496,17 @@ class DevCluster:
     def up(self, options: Options = Options(), *, reuse: bool = True) -> State:
         """Start the cluster, or reuse the one already running in this run directory."""
         state = self.state()
+        wanted = config_hash(options)
         if state is not None and reuse and self.is_healthy():
             if state.profile != options.profile:
                 raise DevClusterError(
                     f"a dev cluster with profile {state.profile!r} is running in {self.run_dir}; "
                     f"run `modelplane cluster down` first to start one with {options.profile!r}")
-            self._log(f"reusing the running dev cluster; KUBECONFIG={self.kubeconfig}")
-            return state
+            if state.config_hash == wanted:
+                self._log(f"reusing the running dev cluster; KUBECONFIG={self.kubeconfig}")
+                return state
+            self._log("the running dev cluster was started from an older configuration of this "
+                      "checkout; restarting it")
         if self.state_file.exists() or self.running_pids():
             self._log(f"found a stale run directory {self.run_dir} (its cluster is not healthy); "
                       "stopping what is left of it and starting afresh")
@@ -519,7 +538,8 @@ class DevCluster:
                  "kwok": free_port()}
         state = State(run_dir=str(self.run_dir), bin_dir=str(bin_dir), profile=options.profile,
                       ports=ports, kubeconfig=str(self.kubeconfig),
-                      pod_ready_delay=options.pod_ready_delay, started_at=time.time())
+                      pod_ready_delay=options.pod_ready_delay, started_at=time.time(),
+                      config_hash=wanted)
         self._write_kubeconfigs(state)
         (self.run_dir / "kwok.yaml").write_text(build_kwok_config(ready_delay_ms=ready_ms,
                                                                   ready_jitter_ms=jitter_ms))
