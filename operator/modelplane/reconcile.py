@@ -71,6 +71,11 @@ class Reason(StrEnum):
     APPLIED = "Applied"
     DELETED = "Deleted"
     PLANNED = "Planned"
+    ROLLOUT = "Rollout"
+    ROLLOUT_IN_PROGRESS = "RolloutInProgress"
+    EVALUATION_RUNNING = "EvaluationRunning"
+    NOT_EVALUATED = "NotEvaluated"
+    EVALUATION_COMPLETE = "EvaluationComplete"
 
 
 @dataclass(frozen=True)
@@ -422,12 +427,12 @@ def finish(prepared: Prepared, observed: Observed, *, metrics: Sequence[ScrapeRe
         rollout_message = f"rollout {state.phase.value}: {state.message}"
         conditions = [c for c in conditions if c.type != "Progressing"]
         active = state.phase in rollouts.DRIVING
-        conditions.append(cond("Progressing", active, (state.reason.value if state.reason else "Rollout"),
+        conditions.append(cond("Progressing", active, (state.reason.value if state.reason else Reason.ROLLOUT),
                                rollout_message))
         if active and phase in (Phase.READY, Phase.PROGRESSING):
             phase = Phase.PROGRESSING
             conditions = [c for c in conditions if c.type != "Ready"] + [
-                cond("Ready", counts.ready >= 1, "RolloutInProgress",
+                cond("Ready", counts.ready >= 1, Reason.ROLLOUT_IN_PROGRESS,
                      f"{counts.ready}/{counts.total} replicas ready; {rollout_message}")]
     if rollout.rollout_spec is not None and rollout.rollout_spec.evaluation or state.eval_score is not None:
         conditions.append(_evaluating_condition(state, cond))
@@ -526,10 +531,10 @@ def finish(prepared: Prepared, observed: Observed, *, metrics: Sequence[ScrapeRe
 def _evaluating_condition(state: RolloutState, cond: Callable[[str, bool, str, str], Condition]) -> Condition:
     """``Evaluating``: True while the gate runs; afterwards False with the last gate's numbers."""
     if state.phase is RolloutPhase.EVALUATING:
-        return cond("Evaluating", True, "EvaluationRunning",
+        return cond("Evaluating", True, Reason.EVALUATION_RUNNING,
                     f"attempt {state.evaluation_attempts}: {state.message}")
     if state.eval_score is None:
-        return cond("Evaluating", False, "NotEvaluated", "no evaluation has run")
+        return cond("Evaluating", False, Reason.NOT_EVALUATED, "no evaluation has run")
     baseline = f"{state.baseline_score:.3f}" if state.baseline_score is not None else "n/a"
     bound = f"{state.eval_lower_bound:+.3f}" if state.eval_lower_bound is not None else "n/a"
     failing = ", ".join(state.failing_case_ids[:5])
@@ -537,7 +542,7 @@ def _evaluating_condition(state: RolloutState, cond: Callable[[str, bool, str, s
     message = (f"revision {who}: canary {state.eval_score:.3f} vs stable "
                f"{baseline} on {state.eval_cases} cases, lower bound of the difference {bound}"
                + (f"; failing cases include {failing}" if failing else ""))
-    return cond("Evaluating", False, "EvaluationComplete", message)
+    return cond("Evaluating", False, Reason.EVALUATION_COMPLETE, message)
 
 
 def _result(status: ModelDeploymentStatus, old_status: Mapping[str, Any], *,
