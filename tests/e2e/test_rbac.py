@@ -1,6 +1,7 @@
 """The operator runs with the Helm chart's ServiceAccount token only — not as admin — through a
-full lifecycle: create, scale, switch revision, delete. A verb missing from the chart's ClusterRole
-makes a call fail with 403, which shows up as a reconcile error and fails this test.
+full lifecycle: create, scale, roll out a new revision behind the evaluation gate, delete. A verb
+missing from the chart's ClusterRole makes a call fail with 403, which shows up as a reconcile error
+and fails this test.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pytest
 import yaml
 
 from modelplane import kube
+from modelplane.sim.quality import generate_suite, suite_jsonl
 from tests.chart import rbac_manifests
 from tests.clusterfixtures import ClusterHandle, start_operator, stop_operator, wait_for
 
@@ -82,7 +84,16 @@ async def test_the_operator_runs_a_full_lifecycle_with_the_charts_rbac_only(
             "spec": {"model": {"source": "hf://meta-llama/Llama-3.1-8B-Instruct", "revision": "a"},
                      "engine": {"maxModelLen": 8192},
                      "resources": {"gpu": {"count": "auto", "types": ["nvidia-l40s"]}},
-                     "scaling": {"minReplicas": 1, "maxReplicas": 3}}}
+                     "scaling": {"minReplicas": 1, "maxReplicas": 3},
+                     # A gated rollout: the operator reads the suite, writes a report ConfigMap,
+                     # and moves traffic in a step — each a verb the chart must grant.
+                     "rollout": {"steps": [{"weight": 50, "pause": "3s"}],
+                                 "evaluation": {"suiteRef": {"configMap": "suite"},
+                                                "minScore": 0.5, "maxRegression": 0.3,
+                                                "concurrency": 8, "timeoutSeconds": 10}}}}
+        await kube_client.create({"apiVersion": "v1", "kind": "ConfigMap",
+                                  "metadata": {"name": "suite", "namespace": ns},
+                                  "data": {"suite.jsonl": suite_jsonl(generate_suite(40, seed=3))}})
         await kube_client.create(body)
 
         async def phase(want: str, replicas: int) -> bool:
@@ -104,7 +115,7 @@ async def test_the_operator_runs_a_full_lifecycle_with_the_charts_rbac_only(
         # Scale: a floor of two replicas.
         await update(lambda spec: spec["scaling"].update(minReplicas=2))
         await wait_for(lambda: phase("Ready", 2), timeout=120, what="Ready with 2 replicas")
-        # Roll out a new revision (direct switch: new Deployment, old one deleted).
+        # Roll out a new revision behind the gate: canary, evaluation, one step, promotion.
         await update(lambda spec: spec["model"].update(revision="b"))
 
         async def switched() -> bool:
@@ -112,7 +123,13 @@ async def test_the_operator_runs_a_full_lifecycle_with_the_charts_rbac_only(
             deps = await kube_client.list(kube.DEPLOYMENTS, namespace=ns)
             return bool((md or {}).get("status", {}).get("servingRevision") == "b" and len(deps) == 1)
 
-        await wait_for(switched, timeout=120, what="revision b serving alone")
+        await wait_for(switched, timeout=180, what="revision b promoted, serving alone")
+        md = await kube_client.get(kube.MODELDEPLOYMENTS, "lifecycle", namespace=ns)
+        history = (md or {}).get("status", {}).get("rolloutHistory") or []
+        assert history and history[-1]["decision"] == "Promoted", history
+        reports = [cm["metadata"]["name"] for cm in await kube_client.list(kube.CONFIGMAPS,
+                                                                         namespace=ns)]
+        assert any(name.startswith("lifecycle-eval-") for name in reports), reports
         await kube_client.delete(kube.MODELDEPLOYMENTS, "lifecycle", namespace=ns)
 
         async def gone() -> bool:
