@@ -59,10 +59,17 @@ async def kube_client(cluster: ClusterHandle) -> AsyncIterator[kube.Kube]:
         yield client
 
 
+#: Namespaces of this pytest session start with ``t<SESSION>-``, and the session's operator
+#: watches only those: two sessions on one dev cluster (a developer's and a helper's) never
+#: reconcile each other's objects.
+SESSION = hashlib.sha1(f"{os.getpid()}{time.time()}".encode()).hexdigest()[:4]
+NAMESPACE_PREFIX = f"t{SESSION}-"
+
+
 def _namespace_name(nodeid: str) -> str:
     digest = hashlib.sha1(f"{nodeid}{time.time()}".encode()).hexdigest()[:8]
     stem = nodeid.split("::")[-1].split("[")[0].replace("_", "-").lower()[:40].strip("-")
-    return f"t-{stem}-{digest}"
+    return f"{NAMESPACE_PREFIX}{stem}-{digest}"
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -217,8 +224,8 @@ def stop_operator(handle: OperatorHandle) -> None:
 def operator(cluster: ClusterHandle, crds: Path) -> Iterator[OperatorHandle]:
     log = (cluster.dev.log_file("operator") if cluster.dev is not None
            else Path("/tmp/modelplane-operator.log"))
-    # Only the per-test namespaces (t-*): tests that run an operator of their own (the RBAC
-    # lifecycle) use other namespaces, where this one must not help.
-    handle = start_operator(cluster, log, namespaces=("t-*",))
+    # Only this session's per-test namespaces: tests that run an operator of their own (the RBAC
+    # lifecycle, scale to zero) use other namespaces, where this one must not help.
+    handle = start_operator(cluster, log, namespaces=(f"{NAMESPACE_PREFIX}*",))
     yield handle
     stop_operator(handle)

@@ -75,7 +75,7 @@ async def test_the_operator_runs_a_full_lifecycle_with_the_charts_rbac_only(
     restricted = ClusterHandle(kubeconfig, cluster.kubectl, cluster.dev)
     offset = log.stat().st_size if log.exists() else 0  # the log file is appended to across runs
     # Cluster-wide, as the chart installs it by default. The session's admin operator watches
-    # only the t-* test namespaces, so in rbac-* this operator alone does the work.
+    # only its own test namespaces, so in rbac-* this operator alone does the work.
     handle = start_operator(restricted, log)
     try:
         body: dict[str, Any] = {
