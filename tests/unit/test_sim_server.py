@@ -109,8 +109,8 @@ async def test_streamed_chat_matches_the_unstreamed_answer(server: SimServer) ->
     prompt = [{"role": "user",
                "content": "Repeat the word 'falcon' exactly 4 times, separated by single spaces."}]
     async with _client(server) as client:
-        stream = await client.chat.completions.create(
-            model="chat", messages=prompt, stream=True, stream_options={"include_usage": True})  # type: ignore[arg-type]
+        stream = await client.chat.completions.create(  # type: ignore[call-overload]
+            model="chat", messages=prompt, stream=True, stream_options={"include_usage": True})
         chunks = [chunk async for chunk in stream]
     assert all(c.object == "chat.completion.chunk" for c in chunks)
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -289,3 +289,149 @@ async def test_a_good_and_a_bad_revision_score_apart_over_http() -> None:
                                for r, c in zip(replies, suite, strict=True)) / len(suite)
     assert sim.behavior.accuracy == 0.5
     assert scores["good"] > 0.8 and scores["bad"] < 0.7 and scores["good"] - scores["bad"] > 0.25
+
+
+# ---- http_requests_total, as vLLM's API server exports it (prometheus-fastapi-instrumentator) ------------
+
+CHAT = {"model": "chat", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}
+Request = tuple[str, str, object]  # method, path, JSON body (None: no body; bytes: sent raw)
+Series = tuple[str, str, str]  # method, status, handler
+
+
+async def _send(sim: SimServer, requests: list[Request]) -> list[int]:
+    statuses = []
+    async with aiohttp.ClientSession() as http:
+        for method, path, body in requests:
+            kwargs: dict[str, object] = {"data": body} if isinstance(body, bytes) else {"json": body}
+            async with http.request(method, f"{sim.url}{path}", **kwargs) as response:  # type: ignore[arg-type]
+                await response.read()
+                statuses.append(response.status)
+    return statuses
+
+
+async def _http_requests(sim: SimServer) -> dict[Series, float]:
+    families = await _metrics(sim)
+    family = families["http_requests"]
+    assert family.type == "counter"  # type: ignore[attr-defined]
+    out: dict[Series, float] = {}
+    for sample in family.samples:  # type: ignore[attr-defined]
+        if sample.name.endswith("_created"):
+            continue
+        assert sample.name == "http_requests_total"
+        assert set(sample.labels) == {"method", "status", "handler"}, sample.labels
+        out[(sample.labels["method"], sample.labels["status"], sample.labels["handler"])] = sample.value
+    return out
+
+
+@pytest.mark.parametrize(("behavior", "requests", "statuses", "expected"), [
+    (SimBehavior(), [("POST", "/v1/chat/completions", CHAT), ("POST", "/v1/chat/completions", CHAT),
+                     ("POST", "/v1/completions", {"model": "chat", "prompt": "hi", "max_tokens": 2}),
+                     ("GET", "/v1/models", None)],
+     [200, 200, 200, 200],
+     {("POST", "2xx", "/v1/chat/completions"): 2, ("POST", "2xx", "/v1/completions"): 1,
+      ("GET", "2xx", "/v1/models"): 1}),
+    (SimBehavior(), [("POST", "/v1/chat/completions", {**CHAT, "stream": True})], [200],
+     {("POST", "2xx", "/v1/chat/completions"): 1}),
+    (SimBehavior(), [("POST", "/v1/chat/completions", {**CHAT, "model": "other"}),
+                     ("POST", "/v1/chat/completions", b"not json"),
+                     ("POST", "/v1/completions", {"model": "chat"})],
+     [404, 400, 400],
+     {("POST", "4xx", "/v1/chat/completions"): 2, ("POST", "4xx", "/v1/completions"): 1}),
+    (SimBehavior(), [("GET", "/nope", None), ("GET", "/v1/chat/completions", None)], [404, 405],
+     {("GET", "4xx", "none"): 1, ("GET", "4xx", "/v1/chat/completions"): 1}),
+    (SimBehavior(error_rate=1.0), [("POST", "/v1/chat/completions", CHAT),
+                                   ("POST", "/v1/completions", {"model": "chat", "prompt": "hi"})],
+     [500, 500],
+     {("POST", "5xx", "/v1/chat/completions"): 1, ("POST", "5xx", "/v1/completions"): 1}),
+    # vLLM's Instrumentator excludes these handlers: the family is there, with no series.
+    (SimBehavior(), [("GET", "/health", None), ("GET", "/version", None), ("GET", "/metrics", None)],
+     [200, 200, 200], {}),
+], ids=["successes-by-handler", "streamed", "client-errors", "unrouted-and-wrong-method",
+        "engine-failures", "excluded-handlers"])
+async def test_http_requests_total_counts_answers_like_vllm(
+        behavior: SimBehavior, requests: list[Request], statuses: list[int],
+        expected: dict[Series, float]) -> None:
+    sim = SimServer(_config(), behavior=behavior)
+    await sim.start()
+    try:
+        assert await _send(sim, requests) == statuses
+        assert await _http_requests(sim) == expected
+    finally:
+        await sim.stop()
+
+
+async def test_http_requests_total_counts_the_503s_before_the_model_is_loaded() -> None:
+    # Long enough that the requests below are surely answered before the load ends.
+    sim = SimServer(_config(), behavior=SimBehavior(load_seconds=1.5))
+    await sim.start()
+    try:
+        statuses = await _send(sim, [("POST", "/v1/chat/completions", CHAT), ("GET", "/v1/models", None),
+                                     ("GET", "/health", None)])
+        assert not sim.loaded, "the requests must be answered during the load"
+        assert statuses == [503, 503, 503]
+        await sim.wait_loaded()
+        assert await _http_requests(sim) == {("POST", "5xx", "/v1/chat/completions"): 1,
+                                             ("GET", "5xx", "/v1/models"): 1}
+    finally:
+        await sim.stop()
+
+
+async def test_http_5xx_follow_the_error_rate_and_the_successes_counter_the_rest() -> None:
+    sim = SimServer(_config(), behavior=SimBehavior(error_rate=0.3))
+    await sim.start()
+    try:
+        statuses = await _send(sim, [("POST", "/v1/chat/completions", CHAT)] * 200)
+        failed = statuses.count(500)
+        assert failed + statuses.count(200) == 200
+        assert 40 <= failed <= 80  # 0.3 of 200, within a wide band (the draws are fixed by seed)
+        counted = await _http_requests(sim)
+        assert counted == {("POST", "5xx", "/v1/chat/completions"): failed,
+                           ("POST", "2xx", "/v1/chat/completions"): 200 - failed}
+        families = await _metrics(sim)
+        successes = sum(s.value for s in families["vllm:request_success"].samples  # type: ignore[attr-defined]
+                        if s.name == "vllm:request_success_total")
+        assert successes == 200 - failed
+    finally:
+        await sim.stop()
+
+
+async def test_the_operators_window_analysis_reads_the_failed_requests_from_the_page() -> None:
+    """The live analysis's input path (``rollouts.analyse``) over the simulator's real /metrics pages."""
+    from modelplane.promtext import parse_snapshot
+    from modelplane.rollout.analysis import AnalysisThresholds, Outcome
+    from modelplane.rollouts import Window, analyse, server_errors
+    from modelplane.scrape import ScrapeResult
+
+    canary = SimServer(_config(revision="bad"), behavior=SimBehavior(error_rate=0.3))
+    stable = SimServer(_config(revision="good"), behavior=SimBehavior())
+    pods = {"canary-0": canary, "stable-0": stable}
+    for sim in pods.values():
+        await sim.start()
+
+    async def pages() -> list[ScrapeResult]:
+        out = []
+        for pod, sim in pods.items():
+            async with aiohttp.ClientSession() as http, http.get(f"{sim.url}/metrics") as response:
+                out.append(ScrapeResult(pod, None, await response.text(), None))
+        return out
+
+    try:
+        # Traffic before the window (e.g. the evaluation's) must not count.
+        await _send(canary, [("POST", "/v1/chat/completions", CHAT)] * 30)
+        window = Window(revision="bad", step=0,
+                        started={r.pod: parse_snapshot(r.text or "") for r in await pages()})
+        canary_statuses = await _send(canary, [("POST", "/v1/chat/completions", CHAT)] * 60)
+        stable_statuses = await _send(stable, [("POST", "/v1/chat/completions", CHAT)] * 60)
+        assert stable_statuses == [200] * 60
+        end = await pages()
+        assert server_errors(parse_snapshot(end[0].text or "")) >= canary_statuses.count(500)
+        result = analyse(window, end, {"canary-0": "c", "stable-0": "s"}, canary_key="c", stable_key="s",
+                         thresholds=AnalysisThresholds(max_error_rate=0.05))
+    finally:
+        for sim in pods.values():
+            await sim.stop()
+    assert result.canary.errors == canary_statuses.count(500) > 0
+    assert result.canary.requests == 60
+    assert result.stable.errors == 0 and result.stable.requests == 60
+    assert result.outcome is Outcome.FAIL
+    assert "error rate" in result.reason and "maxErrorRate" in result.reason

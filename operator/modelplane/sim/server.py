@@ -4,7 +4,11 @@ It answers what clients and the operator use of ``vllm serve``: ``GET /health`` 
 emulated model load is over, then 200), ``GET /v1/models``, ``POST /v1/completions`` and
 ``POST /v1/chat/completions`` (JSON or SSE ``data: {...}`` chunks ending with ``data: [DONE]``,
 ``usage``, ``stream_options.include_usage``), ``GET /version`` and ``GET /metrics`` with vLLM V1's
-metric names and labels (``model_name`` = the served name, ``engine="0"``).
+metric names and labels (``model_name`` = the served name, ``engine="0"``), plus the HTTP counter
+``http_requests_total{method,status,handler}`` that vLLM's API server exports through
+prometheus-fastapi-instrumentator: status grouped as "2xx"/"4xx"/"5xx", handler the route path ("none"
+for a path no route matches), and vLLM's excluded handlers (``/metrics``, ``/health``, ``/version``…)
+not counted. The failed requests the operator's live analysis sees come from this counter.
 
 Tokens stream out at the engine model's pace: one pump task per replica advances the engine to the
 wall clock (the event loop's monotonic clock) after every step and hands each request the tokens
@@ -25,7 +29,8 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -62,6 +67,17 @@ VLLM_VERSION = "0.11.0"
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 # The pump never sleeps longer than this while requests run, so streams stay smooth.
 _MAX_PUMP_SLEEP_S = 0.05
+#: The HTTP request counter of vLLM's API server (prometheus-fastapi-instrumentator's default metric).
+HTTP_REQUESTS_TOTAL = "http_requests_total"
+#: Its label names, in the instrumentator's order.
+HTTP_REQUESTS_LABELS = ("method", "status", "handler")
+#: vLLM 0.11 leaves these out of the counter (``mount_metrics``: the Instrumentator's
+#: ``excluded_handlers``, regexes searched in the path). Besides matching vLLM, leaving /health out
+#: keeps the probes' 503s during the model load from reading as failed requests.
+UNCOUNTED_HANDLERS = ("/metrics", "/health", "/load", "/ping", "/version", "/server_info")
+# The status a streamed response has already sent, for a stream that then fails (a client that went
+# away): the instrumentator counts the status the response started with.
+_SENT_STATUS = web.RequestKey("modelplane_sim_sent_status", int)
 
 
 @dataclass
@@ -91,6 +107,18 @@ def _error(status: int, message: str, kind: str) -> web.Response:
 def _bound(value: float) -> str:
     """A bucket bound as Prometheus writes it (``le="0.5"``, ``le="+Inf"``)."""
     return "+Inf" if math.isinf(value) else repr(float(value))
+
+
+def http_requests_labels(*, method: str, path: str, status: int,
+                         routes: frozenset[str]) -> tuple[str, str, str] | None:
+    """The ``http_requests_total`` labels of one answered request, or None when vLLM does not count it.
+
+    As prometheus-fastapi-instrumentator's defaults in vLLM: the status grouped by its first digit,
+    the handler the route's path or "none" when no route matched the path.
+    """
+    if any(excluded in path for excluded in UNCOUNTED_HANDLERS):
+        return None
+    return method, f"{str(status)[0]}xx", path if path in routes else "none"
 
 
 class _EngineCollector(Collector):
@@ -145,6 +173,13 @@ class _EngineCollector(Collector):
                         stats.e2e_latency)
         yield histogram("vllm:request_queue_time_seconds",
                         "Histogram of time spent in WAITING phase for request.", stats.queue_time)
+        # Not vLLM's engine's but its API server's; like a labelled Counter, no series before a request.
+        http = CounterMetricFamily(HTTP_REQUESTS_TOTAL,
+                                   "Total number of requests by method, status and handler.",
+                                   labels=list(HTTP_REQUESTS_LABELS))
+        for key, count in sorted(self._server.http_requests.items()):
+            http.add_metric(list(key), count)
+        yield http
 
 
 class SimServer:
@@ -170,6 +205,9 @@ class SimServer:
         self._wake = asyncio.Event()
         self._started_at = 0.0
         self._created = int(time.time())
+        #: Answered HTTP requests by (method, status class, handler), as ``http_requests_total``.
+        self.http_requests: Counter[tuple[str, str, str]] = Counter()
+        self._routes: frozenset[str] = frozenset()
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(_EngineCollector(self))
         self.host = config.host
@@ -206,13 +244,14 @@ class SimServer:
             raise RuntimeError("already started")
         host = self.config.host if host is None else host
         port = self.config.port if port is None else port
-        app = web.Application(client_max_size=64 * 2**20)
+        app = web.Application(client_max_size=64 * 2**20, middlewares=[self._count_requests])
         app.router.add_get("/health", self._health)
         app.router.add_get("/version", self._version)
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/metrics", self._metrics)
+        self._routes = frozenset(resource.canonical for resource in app.router.resources())
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         site = web.TCPSite(runner, host, port)
@@ -284,6 +323,28 @@ class SimServer:
             await asyncio.sleep(delay)
 
     # ---- endpoints -----------------------------------------------------------------------------------
+
+    @web.middleware
+    async def _count_requests(
+            self, request: web.Request,
+            handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        """Count each answered request in ``http_requests_total``: errors, and 503s before the load, too."""
+        status = 500  # what aiohttp answers when a handler raises something else than an HTTP error
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:  # a path no route matches (404), a method not allowed (405)
+            status = exc.status
+            raise
+        except BaseException:
+            status = request.get(_SENT_STATUS, status)
+            raise
+        finally:
+            labels = http_requests_labels(method=request.method, path=request.path, status=status,
+                                          routes=self._routes)
+            if labels is not None:
+                self.http_requests[labels] += 1
 
     def _not_loaded(self) -> web.Response | None:
         if self.loaded:
@@ -456,6 +517,7 @@ class SimServer:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
                                                "Cache-Control": "no-cache"})
         await response.prepare(request)
+        request[_SENT_STATUS] = response.status
         created = int(time.time())
         kind = "chat.completion.chunk" if chat else "text_completion"
 
