@@ -24,6 +24,7 @@ import pytest
 
 from modelplane import kube
 from modelplane.devcluster import DevCluster, Options
+from tests.hfmirror import NOWHERE, hf_mirror
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,7 @@ class OperatorHandle:
 
 
 def start_operator(cluster: ClusterHandle, log: Path, *, resync: float = 1.0,
-                   namespaces: tuple[str, ...] = (),
+                   namespaces: tuple[str, ...] = (), hf_endpoint: str = NOWHERE,
                    extra_env: dict[str, str] | None = None,
                    extra_args: tuple[str, ...] = ()) -> OperatorHandle:
     """``modelplane run`` as its own process, as it runs in production (no in-process shortcuts)."""
@@ -188,6 +189,7 @@ def start_operator(cluster: ClusterHandle, log: Path, *, resync: float = 1.0,
     proc = subprocess.Popen(
         [sys.executable, "-m", "modelplane.cli", "run", "--metrics-host", "127.0.0.1",
          "--metrics-port", str(port), "--resync-seconds", str(resync),
+         "--hf-endpoint", hf_endpoint,
          *(arg for ns in namespaces for arg in ("--namespace", ns)), *extra_args],
         stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     out.close()
@@ -221,11 +223,20 @@ def stop_operator(handle: OperatorHandle) -> None:
 
 
 @pytest.fixture(scope="session")
-def operator(cluster: ClusterHandle, crds: Path) -> Iterator[OperatorHandle]:
+def hf_endpoint() -> Iterator[tuple[str, list[str]]]:
+    """The loopback Hub mirror the session's operator reads config.json from."""
+    with hf_mirror() as mirror:
+        yield mirror
+
+
+@pytest.fixture(scope="session")
+def operator(cluster: ClusterHandle, crds: Path,
+             hf_endpoint: tuple[str, list[str]]) -> Iterator[OperatorHandle]:
     log = (cluster.dev.log_file("operator") if cluster.dev is not None
            else Path("/tmp/modelplane-operator.log"))
     # Only this session's per-test namespaces: tests that run an operator of their own (the RBAC
     # lifecycle, scale to zero) use other namespaces, where this one must not help.
-    handle = start_operator(cluster, log, namespaces=(f"{NAMESPACE_PREFIX}*",))
+    handle = start_operator(cluster, log, namespaces=(f"{NAMESPACE_PREFIX}*",),
+                            hf_endpoint=hf_endpoint[0])
     yield handle
     stop_operator(handle)

@@ -14,6 +14,7 @@ so a resync of an unchanged object makes no write at all.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import os
@@ -30,6 +31,7 @@ from modelplane import kube, opmetrics, peering, rollouts, rollouts_runtime, scr
 from modelplane import reconcile as core
 from modelplane.api.models import FIELD_MANAGER, GROUP, KIND, VERSION
 from modelplane.autoscaler.policy import PolicyState
+from modelplane.planner.source import HF_BASE_URL, ConfigReadError, read_model_arch
 from modelplane.rollout.machine import EvalResult
 
 log = logging.getLogger("modelplane.controller")
@@ -52,6 +54,14 @@ class Settings:
     activator_url: str | None = None
     #: HA: (kopf peering object name, this replica's priority, namespaces or () for cluster-wide).
     peering: tuple[str, int, tuple[str, ...]] | None = None
+    #: Read each model's config.json (Hugging Face Hub, or a mirror at ``hf_endpoint``) to size it.
+    read_model_config: bool = True
+    hf_endpoint: str = HF_BASE_URL
+    model_config_timeout_seconds: float = 5.0
+    #: A config.json that could not be read is tried again after this long; one that was read
+    #: is kept for a day (a revision's config does not change; a branch's rarely does).
+    model_config_retry_seconds: float = 600.0
+    model_config_keep_seconds: float = 86400.0
 
 
 @dataclass
@@ -103,6 +113,9 @@ class Controller:
         self._instance = f"{socket.gethostname()}-{os.getpid()}"
         self.alive_at = time.monotonic()
         self._pending: dict[Key, int] = {}
+        #: (namespace, source, revision, secret) → (expires at, outcome); reads in flight.
+        self._configs: dict[tuple[str, str, str, str], tuple[float, core.ModelConfig]] = {}
+        self._config_reads: dict[tuple[str, str, str, str], asyncio.Task[None]] = {}
 
     # --- feeding --------------------------------------------------------------------------
 
@@ -201,7 +214,8 @@ class Controller:
             body=body, deployments=tuple(deployments), services=tuple(services),
             pdbs=tuple(pdbs), pods=tuple(pods), events=tuple(events), nodes=tuple(nodes),
             now=datetime.now(UTC), monotonic=time.monotonic(),
-            activator_pending=self._pending.get(key, 0))
+            activator_pending=self._pending.get(key, 0),
+            model_config=self._model_config(key, body))
         memory = self.memory.setdefault(key, _Memory())
         prepared = core.prepare(observed, prices=self.settings.prices)
 
@@ -277,6 +291,57 @@ class Controller:
                 opmetrics.SCALE_DECISIONS.labels(*key, event.reason).inc()
             if event.rollout:
                 opmetrics.ROLLOUT_DECISIONS.labels(*key, event.reason).inc()
+
+    def _model_config(self, key: Key, body: Mapping[str, Any]) -> core.ModelConfig | None:
+        """The cached config.json outcome for this model, starting a read when there is none.
+
+        The read runs beside the reconcile (a slow hub must not stall it); when it finishes the
+        object is reconciled again and planned with what was learnt.
+        """
+        if not self.settings.read_model_config:
+            return None
+        model = (body.get("spec") or {}).get("model") or {}
+        source = str(model.get("source") or "")
+        if not source:
+            return None
+        cache_key = (key[0], source, str(model.get("revision") or "main"),
+                     str(model.get("credentialsSecret") or ""))
+        cached = self._configs.get(cache_key)
+        if (cached is None or cached[0] < time.monotonic()) and cache_key not in self._config_reads:
+            task = asyncio.create_task(self._read_model_config(key, cache_key))
+            self._config_reads[cache_key] = task
+            task.add_done_callback(lambda _: self._config_reads.pop(cache_key, None))
+        return cached[1] if cached is not None else None
+
+    async def _read_model_config(self, key: Key, cache_key: tuple[str, str, str, str]) -> None:
+        namespace, source, revision, secret = cache_key
+        token: str | None = None
+        note = ""
+        if secret and source.startswith("hf://"):
+            try:
+                found = await self.kube.get(kube.SECRETS, secret, namespace=namespace)
+                raw = ((found or {}).get("data") or {}).get("HF_TOKEN")
+                token = base64.b64decode(raw).decode().strip() if raw else None
+                if found is None:
+                    note = f"; Secret {secret} not found, read without a token"
+            except kube.ApiError as exc:
+                # Without `get secrets` the operator still reads public models.
+                note = f"; Secret {secret} not readable ({exc.status}), read without a token"
+        try:
+            arch = await read_model_arch(source=source, revision=revision, token=token,
+                                         hf_base_url=self.settings.hf_endpoint,
+                                         timeout=self.settings.model_config_timeout_seconds,
+                                         session=self._http)
+            outcome = core.ModelConfig(arch, core.Reason.CONFIG_READ,
+                                       f"config.json of {source}@{revision} read{note}")
+            keep = self.settings.model_config_keep_seconds
+        except ConfigReadError as exc:
+            outcome = core.ModelConfig(None, exc.reason.value, f"{exc.message}{note}; planning "
+                                       "from the built-in catalog or spec.model.hints instead")
+            keep = self.settings.model_config_retry_seconds
+        self._configs[cache_key] = (time.monotonic() + keep, outcome)
+        self._dirty.add(key)
+        self._wake.set()
 
     async def _active(self) -> bool:
         """Whether this replica may write (always, unless HA peering says another one runs)."""

@@ -147,7 +147,10 @@ def start_operator(kubeconfig: str, log: Path, activator_url: str) -> subprocess
     proc = subprocess.Popen(
         [sys.executable, "-m", "modelplane.cli", "run", "--namespace", NAMESPACE,
          "--metrics-host", "127.0.0.1", "--metrics-port", str(port), "--resync-seconds", "2",
-         "--activator-url", activator_url],
+         "--activator-url", activator_url,
+         # A mirror of the Hub for config.json, e.g. inside a perimeter (tests point it at loopback).
+         *(("--hf-endpoint", os.environ["MODELPLANE_HF_ENDPOINT"])
+           if os.environ.get("MODELPLANE_HF_ENDPOINT") else ())],
         stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         env=dict(os.environ, KUBECONFIG=kubeconfig, PYTHONUNBUFFERED="1"))
     out.close()

@@ -35,6 +35,7 @@ from modelplane.api.models import (
     ScalingMode,
 )
 from modelplane.autoscaler import policy
+from modelplane.planner.arch import ModelArch
 from modelplane.planner.plan import (
     Plan,
     PlanRequest,
@@ -71,6 +72,8 @@ class Reason(StrEnum):
     APPLIED = "Applied"
     DELETED = "Deleted"
     PLANNED = "Planned"
+    METRICS_READ = "MetricsRead"
+    CONFIG_READ = "ConfigRead"
     ROLLOUT = "Rollout"
     ROLLOUT_IN_PROGRESS = "RolloutInProgress"
     EVALUATION_RUNNING = "EvaluationRunning"
@@ -91,6 +94,17 @@ class Observed:
     monotonic: float = 0.0  #: the autoscaler's clock
     #: Requests the activator holds for this ModelDeployment's Service (no Ready replica yet).
     activator_pending: int = 0
+    #: The outcome of reading the model's config.json (None: not read — disabled or pending).
+    model_config: ModelConfig | None = None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What the controller learnt from the model's config.json, or why it could not."""
+
+    arch: ModelArch | None
+    reason: str  #: ``ConfigRead`` or a ``planner.source.ConfigReadReason``
+    message: str
 
 
 @dataclass(frozen=True)
@@ -160,7 +174,10 @@ def prepare(observed: Observed, *, prices: Mapping[str, float]) -> Prepared:
         return Prepared(md=None, invalid=str(exc))
     spec_raw = md.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
     try:
-        request = plan_request_from_spec(spec_raw)
+        config = observed.model_config
+        request = plan_request_from_spec(
+            spec_raw, config_arch=config.arch if config is not None else None,
+            config_note=config.message if config is not None and config.arch is None else "")
     except SpecError as exc:
         return Prepared(md=md, invalid=str(exc))
     catalog = gpus.with_prices(prices)
@@ -427,7 +444,8 @@ def finish(prepared: Prepared, observed: Observed, *, metrics: Sequence[ScrapeRe
         rollout_message = f"rollout {state.phase.value}: {state.message}"
         conditions = [c for c in conditions if c.type != "Progressing"]
         active = state.phase in rollouts.DRIVING
-        conditions.append(cond("Progressing", active, (state.reason.value if state.reason else Reason.ROLLOUT),
+        conditions.append(cond("Progressing", active,
+                               state.reason.value if state.reason else Reason.ROLLOUT,
                                rollout_message))
         if active and phase in (Phase.READY, Phase.PROGRESSING):
             phase = Phase.PROGRESSING
@@ -440,6 +458,15 @@ def finish(prepared: Prepared, observed: Observed, *, metrics: Sequence[ScrapeRe
         conditions.append(cond("ScalingLimited", decision.limited,
                                decision.reason if decision.limited else Reason.WITHIN_LIMITS,
                                decision.message))
+        # Metrics missing or stale: the autoscaler holds its last decision until they return.
+        blind = decision.reason == policy.Reason.METRICS_UNAVAILABLE
+        conditions.append(cond("MetricsAvailable", not blind,
+                               policy.Reason.METRICS_UNAVAILABLE if blind else Reason.METRICS_READ,
+                               decision.message if blind else "every ready replica's /metrics read"))
+    if observed.model_config is not None:
+        read = observed.model_config.arch is not None
+        conditions.append(cond("ModelConfigLoaded", read, observed.model_config.reason,
+                               observed.model_config.message))
 
     serving_dep = old_deps[0] if switching else deployments.get(desired_dep)
     serving_rev = (serving_dep or {}).get("metadata", {}).get("annotations", {}).get(

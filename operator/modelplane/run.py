@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from modelplane import kube, opmetrics
 from modelplane.controller import Controller, Settings
+from modelplane.planner.source import HF_BASE_URL
 
 log = logging.getLogger("modelplane")
 
@@ -46,6 +47,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--activator-url", default=None,
                         help="URL of the activator's metrics (requests held while a ModelDeployment "
                              "has no ready replica); scale from zero reacts to them at once")
+    parser.add_argument("--hf-endpoint", default=None,
+                        help="Hugging Face Hub (or mirror) to read models' config.json from "
+                             "(default https://huggingface.co)")
+    parser.add_argument("--no-model-config", action="store_true",
+                        help="never read config.json; plan from the catalog and spec.model.hints")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     parser.set_defaults(func=main)
 
@@ -95,6 +101,8 @@ async def operate(args: argparse.Namespace) -> None:
     priority = random.SystemRandom().randint(1, 2**31 - 1)
     settings = Settings(resync_seconds=args.resync_seconds, prices=load_prices(args.prices),
                         activator_url=args.activator_url,
+                        read_model_config=not args.no_model_config,
+                        hf_endpoint=args.hf_endpoint or HF_BASE_URL,
                         peering=(peering_name, priority, tuple(args.namespace))
                         if peering_name else None)
     async with kube.Kube(kube.auto_config()) as client:

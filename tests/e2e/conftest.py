@@ -3,10 +3,12 @@
 from tests.clusterfixtures import (
     cluster,
     crds,
+    hf_endpoint,
     kube_client,
     namespace,
     operator,
     pytest_runtest_makereport,
 )
 
-__all__ = ["cluster", "crds", "kube_client", "namespace", "operator", "pytest_runtest_makereport"]
+__all__ = ["cluster", "crds", "hf_endpoint", "kube_client", "namespace", "operator",
+           "pytest_runtest_makereport"]

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.clusterfixtures import ClusterHandle
+from tests.hfmirror import NOWHERE
 
 pytestmark = pytest.mark.e2e
 
@@ -37,7 +38,8 @@ def test_the_demo_runs_in_ci_mode_and_leaves_nothing_behind(cluster: ClusterHand
     result = subprocess.run(
         [sys.executable, "-m", "modelplane.cli", "demo", "--ci", "--duration", "25",
          "--schedule", "step:2@0,8@8"],
-        capture_output=True, text=True, timeout=600, env=dict(os.environ))
+        capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, MODELPLANE_HF_ENDPOINT=NOWHERE))
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     lines = result.stdout.strip().splitlines()
     assert any("phase Ready" in line for line in lines)

@@ -215,3 +215,38 @@ def test_operator_metrics_count_reconciles(operator: OperatorHandle) -> None:
     text = operator.metrics_text()
     assert "modelplane_reconcile_duration_seconds_bucket" in text
     assert "modelplane_modeldeployments{" in text
+
+
+async def test_the_plan_uses_the_models_config_json_from_the_hub(
+        kube_client: kube.Kube, namespace: str, operator: OperatorHandle,
+        hf_endpoint: tuple[str, list[str]]) -> None:
+    await kube_client.create(manifest("sized"), namespace=namespace)
+
+    async def config_read() -> dict[str, Any] | None:
+        md = await get_md(kube_client, namespace, "sized")
+        loaded = condition(md, "ModelConfigLoaded")
+        return md if loaded.get("status") == "True" else None
+
+    md = await wait_for(config_read, timeout=60, what="config.json to be read from the mirror")
+    assert condition(md, "ModelConfigLoaded")["reason"] == "ConfigRead"
+    assert "hf://meta-llama/Llama-3.1-8B-Instruct" in hf_endpoint[1]
+    assert md["status"]["plan"]["shape"] == "1x nvidia-l40s"
+
+
+async def test_an_unknown_model_says_its_config_could_not_be_read(
+        kube_client: kube.Kube, namespace: str, operator: OperatorHandle) -> None:
+    # Not on the (mirrored) Hub and not in the catalog, but sized by hints: still served.
+    body = manifest("private", model={"source": "hf://acme/secret-model-7b", "revision": "v1",
+                                      "hints": {"parametersBillions": 7.0, "numLayers": 32,
+                                                "hiddenSize": 4096, "numAttentionHeads": 32,
+                                                "numKeyValueHeads": 8, "headDim": 128}})
+    await kube_client.create(body, namespace=namespace)
+
+    async def not_found() -> dict[str, Any] | None:
+        md = await get_md(kube_client, namespace, "private")
+        return md if condition(md, "ModelConfigLoaded").get("reason") == "NotFound" else None
+
+    md = await wait_for(not_found, timeout=60, what="ModelConfigLoaded NotFound")
+    assert condition(md, "ModelConfigLoaded")["status"] == "False"
+    assert "spec.model.hints" in condition(md, "ModelConfigLoaded")["message"]
+    await wait_phase(kube_client, namespace, "private", "Ready")

@@ -351,11 +351,12 @@ def parse_duration_ms(text: str) -> int:
 
 
 def config_hash(options: Options) -> str:
-    """Identifies what a cluster runs: its profile, its kwok stages and the component code."""
+    """Identifies what a cluster runs: its node profile and its kwok stages. (Not the code of
+    this file: several test sessions may share one cluster, and an edit must not restart it
+    under them; `modelplane cluster down` does that when wanted.)"""
     import hashlib
 
-    parts = [options.profile, build_kwok_config(ready_delay_ms=0, ready_jitter_ms=0),
-             Path(__file__).read_text(), Path(__file__).with_name("agent.py").read_text()]
+    parts = [options.profile, build_kwok_config(ready_delay_ms=0, ready_jitter_ms=0)]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
