@@ -1,7 +1,8 @@
 """What modelplane relies on from vLLM's server, checked against the server under test.
 
 The operator probes ``/health``, scrapes ``/metrics`` (queue depth, running requests, KV cache use,
-TTFT, token and success counters, with ``model_name`` and ``engine`` labels) and the evaluation gate
+TTFT, token and success counters, with ``model_name`` and ``engine`` labels; failed requests from the
+API server's ``http_requests_total{method,status,handler}``) and the evaluation gate
 and the load generator call the OpenAI API, streamed and not. Each test states one such reliance;
 the same suite passes against the simulator and against real vLLM (see ``conftest.py``).
 Removed metric names are not checked here: that the operator never reads them is the operator's
@@ -185,3 +186,41 @@ def test_counters_and_histograms_count_a_request(client: openai.OpenAI, target: 
     for name in ("vllm:time_to_first_token_seconds", "vllm:e2e_request_latency_seconds",
                  "vllm:request_queue_time_seconds"):
         assert delta(after, name, f"{name}_count") == 1, name
+
+
+def _http_requests(families: dict[str, Any]) -> dict[tuple[str, str, str], float]:
+    family = families["http_requests"]
+    assert family.type == "counter"
+    return {(s.labels["method"], s.labels["status"], s.labels["handler"]): float(s.value)
+            for s in family.samples if s.name == "http_requests_total"}
+
+
+def test_http_requests_total_counts_api_answers_by_grouped_status(target: Target) -> None:
+    """The live analysis counts a revision's failed requests from ``status="5xx"`` of this counter.
+
+    vLLM exports it through prometheus-fastapi-instrumentator (``mount_metrics``): status codes grouped
+    as "2xx"/"4xx"/"5xx", the route's path as ``handler``, and /health and /metrics left out, so the
+    operator's probes and scrapes are never counted.
+    """
+    chat = f"{target.url}/v1/chat/completions"
+    before = _http_requests(scrape(target))
+    ok = {"model": target.model, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
+    for body in (ok, {**ok, "model": "no-such-model"}):
+        request = urllib.request.Request(chat, data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            urllib.request.urlopen(request, timeout=60).read()
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 404
+    assert http_get(f"{target.url}/health")[0] == 200
+
+    def increase() -> dict[tuple[str, str, str], float]:
+        after = _http_requests(scrape(target))
+        return {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k, 0.0)}
+
+    # The instrumentation counts once the response is sent: wait for it with a deadline.
+    expected = {("POST", "2xx", "/v1/chat/completions"): 1.0, ("POST", "4xx", "/v1/chat/completions"): 1.0}
+    deadline = time.monotonic() + 10
+    while (seen := increase()) != expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert seen == expected
