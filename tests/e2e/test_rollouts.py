@@ -3,10 +3,11 @@
 Each test deploys a ModelDeployment at ``rev-a``, then changes ``spec.model.revision`` to a checkpoint
 whose simulated behaviour (``modelplane-sim`` ConfigMap, keyed by revision) makes the gate or the
 live analysis decide: ``rev-good`` answers better, ``rev-bad`` worse, ``rev-slow`` as well but with
-a slow engine. Load runs through a userspace kube-proxy for the Service (``ServiceProxy``), so
-traffic follows the Service's selector like in a real cluster, and every test that runs load checks
-that no request failed because of a promotion or a rollback. Short steps (4 s) and a 60-case suite
-keep the file within a few minutes.
+a slow engine, ``rev-flaky`` as well but failing a share of its requests with HTTP 500. Load runs
+through a userspace kube-proxy for the Service (``ServiceProxy``), so traffic follows the Service's
+selector like in a real cluster, and every test that runs load checks that no request failed
+because of a promotion or a rollback (with ``rev-flaky``, only its own 500s fail). Short steps (4 s)
+and a 60-case suite keep the file within a few minutes.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ BEHAVIORS = {
     # Slow enough to fail the TTFT comparison (1.5x stable + 50 ms), fast enough to serve the
     # 20 requests a window needs to conclude.
     "rev-slow": {"accuracy": 0.97, "latency_factor": 6.0},
+    # Fails a fifth of its requests. The gate retries a 5xx twice, so a case stays failed with
+    # probability 0.2**3 = 0.008 (about 0.5 of 60 cases): it scores ~0.95 against rev-a's ~0.87 and
+    # passes (at 0.3 a case stays failed with 0.027, and ~2% of gates would lose 5 cases and fail).
+    # Under live traffic, 20% errors against maxErrorRate 5% is significant from ~20 requests on.
+    "rev-flaky": {"accuracy": 0.97, "error_rate": 0.2},
 }
 STEPS = [{"weight": 34, "pause": "4s"}, {"weight": 67, "pause": "4s"}]
 SLOW_STEPS = [{"weight": 34, "pause": "8s"}, {"weight": 67, "pause": "8s"}]
@@ -252,6 +258,43 @@ async def test_a_checkpoint_that_slows_under_live_traffic_is_rolled_back_at_a_st
     assert md["status"]["servingRevision"] == "rev-a"
     assert await revisions_of_pods(kube_client, namespace) == {"rev-a"}
     assert traffic.failures == [], traffic.failures[:5]
+
+
+async def event_messages(client: kube.Kube, ns: str, name: str, reason: str) -> list[str]:
+    events = await client.list(kube.EVENTS, namespace=ns, field_selector=f"involvedObject.name={name}")
+    return [str(e.get("message")) for e in events if e["reason"] == reason]
+
+
+async def test_a_checkpoint_that_fails_requests_under_live_traffic_is_rolled_back_at_a_step(
+        kube_client: kube.Kube, namespace: str, operator: OperatorHandle, traffic: Load) -> None:
+    await setup(kube_client, namespace, "chat", evaluation={"analysis": {"maxErrorRate": 0.05}})
+    traffic.start()  # type: ignore[attr-defined]
+    await set_revision(kube_client, namespace, "chat", "rev-flaky")
+    md = await wait_md(kube_client, namespace, "chat", rollout_phase("RolledBack"), what="rolled back",
+                       timeout=180)
+    c = canary(md)
+    assert c["reason"] == "AnalysisFailed", c
+    assert "error rate" in c["message"] and "maxErrorRate" in c["message"], c["message"]
+    assert c["evalScore"] >= 0.75 and c["rejectedRevision"] == "rev-flaky"  # it passed the gate
+    assert md["status"]["servingRevision"] == "rev-a" and md["status"]["desiredRevisionLive"] is False
+    assert "EvaluationPassed" in await reasons(kube_client, namespace, "chat")
+    failed = await event_messages(kube_client, namespace, "chat", "AnalysisFailed")
+    assert any("error rate" in m for m in failed), failed
+
+    # Stable serves alone afterwards: once the canary's pod is gone, every request succeeds.
+    async def only_stable() -> bool:
+        return await revisions_of_pods(kube_client, namespace) == {"rev-a"}
+
+    await wait_for(only_stable, timeout=60, what="only rev-a pods left")
+    ok, failures = traffic.ok, len(traffic.failures)
+    await wait_for(lambda: traffic.ok >= ok + 100, timeout=60, what="100 more requests served")
+    traffic.stop()
+    assert traffic.failures[failures:] == []
+    # The canary's failures reached the users (that is why it was rolled back) and they are only its
+    # own simulated 500s: none failed because of the rollback.
+    assert traffic.failures
+    assert all(f.startswith("HTTP 500") and "simulated engine failure" in f for f in traffic.failures), \
+        traffic.failures[:5]
 
 
 def kill_and_restart(cluster: ClusterHandle, operator: OperatorHandle) -> None:
