@@ -155,6 +155,9 @@ class OperatorHandle:
     process: subprocess.Popen[bytes]
     metrics_url: str
     log: Path
+    #: What it was started with, so a test can start it again the same way.
+    namespaces: tuple[str, ...] = ()
+    hf_endpoint: str = NOWHERE
 
     def metrics_text(self) -> str:
         import urllib.request
@@ -193,7 +196,7 @@ def start_operator(cluster: ClusterHandle, log: Path, *, resync: float = 1.0,
          *(arg for ns in namespaces for arg in ("--namespace", ns)), *extra_args],
         stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     out.close()
-    handle = OperatorHandle(proc, f"http://127.0.0.1:{port}/metrics", log)
+    handle = OperatorHandle(proc, f"http://127.0.0.1:{port}/metrics", log, namespaces, hf_endpoint)
     deadline = time.monotonic() + 30
     while True:
         if proc.poll() is not None:

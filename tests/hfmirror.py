@@ -17,6 +17,7 @@ from contextlib import contextmanager
 
 from aiohttp import web
 
+from modelplane.planner.arch import Precision
 from modelplane.planner.catalog import match_model
 
 SERVED = web.AppKey("served", list)
@@ -31,7 +32,12 @@ async def _config(request: web.Request) -> web.Response:
     if match is None:
         return web.Response(status=404, text="Repository Not Found")
     request.app[SERVED].append(source)
-    return web.Response(text=json.dumps(dict(match.entry.config)), content_type="application/json")
+    config = dict(match.entry.config)
+    if match.arch.native_precision == Precision.FP8 and "quantization_config" not in config:
+        # An FP8 checkpoint's own config.json says so (Llama 4 Maverick FP8 is FBGEMM FP8); the
+        # catalog keeps only the base architecture.
+        config["quantization_config"] = {"quant_method": "fbgemm_fp8"}
+    return web.Response(text=json.dumps(config), content_type="application/json")
 
 
 @contextmanager

@@ -31,6 +31,7 @@ from modelplane import kube, opmetrics, peering, rollouts, rollouts_runtime, scr
 from modelplane import reconcile as core
 from modelplane.api.models import FIELD_MANAGER, GROUP, KIND, VERSION
 from modelplane.autoscaler.policy import PolicyState
+from modelplane.kube import MODELDEPLOYMENTS
 from modelplane.planner.source import HF_BASE_URL, ConfigReadError, read_model_arch
 from modelplane.rollout.machine import EvalResult
 
@@ -182,8 +183,11 @@ class Controller:
                 await self._reconcile(key, body)
                 opmetrics.RECONCILES.labels(*key, "ok").inc()
             except kube.NotFound:
-                # Deleted under us: owner references clean up.
+                # Deleted under us: owner references clean up. If the object itself is gone (its
+                # DELETED event can be missed, e.g. while kopf paused this replica), forget it.
                 opmetrics.RECONCILES.labels(*key, "gone").inc()
+                if await self.kube.get(MODELDEPLOYMENTS, key[1], namespace=key[0]) is None:
+                    self.observe("DELETED", body)
             except Exception as exc:
                 if isinstance(exc, kube.Forbidden) and "is being terminated" in exc.message:
                     # Its namespace is going away; the ModelDeployment goes with it.

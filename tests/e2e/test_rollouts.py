@@ -301,7 +301,8 @@ def kill_and_restart(cluster: ClusterHandle, operator: OperatorHandle) -> None:
     """``kill -9`` the session's operator and start a new one in its place (same log)."""
     os.killpg(operator.process.pid, signal.SIGKILL)
     operator.process.wait(timeout=10)
-    fresh = start_operator(cluster, operator.log)
+    fresh = start_operator(cluster, operator.log, namespaces=operator.namespaces,
+                           hf_endpoint=operator.hf_endpoint)
     operator.process, operator.metrics_url = fresh.process, fresh.metrics_url
 
 
