@@ -256,8 +256,8 @@ async def test_every_example_reaches_the_state_its_comment_documents(
         asleep = {md_name: (example, 1) for md_name, (example, replicas) in starting.items()
                   if replicas == 0 and shape_of(example) is not None}
         for md_name in asleep:
-            await kube_client.patch(kube.MODELDEPLOYMENTS, md_name,
-                                    {"spec": {"scaling": {"minReplicas": 1, "scaleToZeroAfter": None}}}, namespace=namespace,
+            wake = {"spec": {"scaling": {"minReplicas": 1, "scaleToZeroAfter": None}}}
+            await kube_client.patch(kube.MODELDEPLOYMENTS, md_name, wake, namespace=namespace,
                                     field_manager="kubectl-patch")
         if asleep:
             await wait_settled(kube_client, namespace, asleep, what=f"{sorted(asleep)} to wake up")
