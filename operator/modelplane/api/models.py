@@ -32,6 +32,8 @@ from pydantic import (
     model_validator,
 )
 
+from modelplane import durations
+from modelplane.durations import DURATION_PATTERN
 from modelplane.gpus import GPU_TYPE_NAMES
 
 GROUP: Final = "modelplane.dev"
@@ -53,7 +55,6 @@ DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-
 #: A DNS-1035 label: the ModelDeployment's own name, because it also names its Service.
 DNS1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 #: Go-style durations restricted to what people write: "30s", "5m", "1h30m", "500ms".
-DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
 #: A Kubernetes resource quantity ("500m", "16Gi", "1.5", "2e3").
 QUANTITY_PATTERN = (
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
@@ -153,15 +154,10 @@ Quantity = (Annotated[StrictInt, Field(ge=0)]
             | Annotated[str, Field(max_length=64, pattern=QUANTITY_PATTERN, examples=["7500m", "64Gi"])])
 GPUCount = Annotated[StrictInt, Field(ge=1, le=8)] | Literal["auto"]
 
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
 
 def duration_seconds(value: str) -> float:
     """Seconds in a duration string such as ``"1h30m"`` or ``"500ms"``."""
-    if not re.fullmatch(DURATION_PATTERN, value):
-        raise ValueError(f"not a duration: {value!r} (expected e.g. 30s, 5m, 1h30m)")
-    return sum(float(number) * _DURATION_UNITS[unit]
-               for number, unit in re.findall(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)", value))
+    return durations.seconds(value)
 
 
 # --- enums ---

@@ -36,12 +36,12 @@ virtual time. The rules, in the order ``decide`` applies them (docs/autoscaling.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from modelplane import durations
 from modelplane.autoscaler import cost
 from modelplane.autoscaler import throughput as tp
 
@@ -424,21 +424,13 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
     )
 
 
-_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?$")
-
-
 def parse_duration(value: str | float | int) -> float:
     """Seconds in a duration like ``"30s"``, ``"5m"``, ``"1h30m"`` (a bare number is seconds)."""
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError(f"duration must be >= 0, got {value}")
         return float(value)
-    text = value.strip()
-    match = _DURATION.match(text)
-    if not text or match is None or not any(match.groups()):
-        raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 5m, 1h30m)")
-    hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
-    return hours * 3600 + minutes * 60 + seconds
+    return durations.seconds(value.strip())
 
 
 def policy_spec_from_scaling(scaling: Mapping[str, Any], *, usd_per_replica_hour: float,

@@ -18,6 +18,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -32,7 +33,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from modelplane import gpus, kube
+from modelplane import durations, gpus, kube
 from modelplane.devcluster.pki import write_pki
 
 T = TypeVar("T")
@@ -334,20 +335,12 @@ def build_kwok_config(*, ready_delay_ms: int, ready_jitter_ms: int,
 
 def parse_duration_ms(text: str) -> int:
     """``"20s"``, ``"500ms"``, ``"1m"`` or a bare number of seconds → milliseconds."""
-    units = {"ms": 1, "s": 1000, "m": 60_000}
-    for suffix in ("ms", "s", "m"):
-        if text.endswith(suffix):
-            number = text[: -len(suffix)]
-            break
-    else:
-        number, suffix = text, "s"
     try:
-        value = float(number)
-    except ValueError:
-        raise DevClusterError(f"not a duration: {text!r} (use e.g. 20s, 500ms, 1m)") from None
-    if value < 0:
-        raise DevClusterError(f"a duration must not be negative: {text!r}")
-    return int(value * units[suffix])
+        if re.fullmatch(r"[0-9]+(\.[0-9]+)?", text):
+            return int(float(text) * 1000)
+        return int(durations.seconds(text) * 1000)
+    except ValueError as exc:
+        raise DevClusterError(str(exc)) from None
 
 
 def config_hash(options: Options) -> str:

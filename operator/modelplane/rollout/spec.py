@@ -31,14 +31,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from modelplane import durations
+
 DEFAULT_IMAGE = "vllm/vllm-openai:v0.11.0"
 DEFAULT_REVISION = "main"
 
-_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?$")
 
 
 def parse_duration(value: str | float | int | None) -> float:
-    """Seconds in ``"30s"``, ``"5m"``, ``"1h30m"``; a bare number is seconds; None or "" is 0."""
+    """Seconds in ``"30s"``, ``"5m"``, ``"1h30m"``, ``"500ms"``; a bare number is seconds; None or
+    "" is 0. The grammar is the API's (``modelplane.durations``)."""
     if value is None:
         return 0.0
     if isinstance(value, int | float):
@@ -50,11 +52,7 @@ def parse_duration(value: str | float | int | None) -> float:
         return 0.0
     if re.fullmatch(r"\d+(?:\.\d+)?", text):
         return float(text)
-    match = _DURATION.match(text)
-    if match is None or not any(match.groups()):
-        raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 5m, 1h30m)")
-    hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
-    return hours * 3600 + minutes * 60 + seconds
+    return durations.seconds(text)
 
 
 def _or_default(value: Any, default: float) -> Any:
