@@ -15,7 +15,7 @@ import hashlib
 import os
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ import pytest
 from modelplane import kube
 from modelplane.devcluster import DevCluster, Options
 from tests.hfmirror import NOWHERE, hf_mirror
+from tests.waiting import wait_until
 
 
 @dataclass(frozen=True)
@@ -111,25 +112,6 @@ async def namespace(request: pytest.FixtureRequest, cluster: ClusterHandle,
     await kube_client.delete(kube.NAMESPACES, name)
 
 
-async def wait_for(check: Callable[[], Any], *, timeout: float, what: str,
-                   interval: float = 0.25) -> Any:
-    """Poll ``check`` (sync or async) until it returns something truthy, or fail after ``timeout``."""
-    import asyncio
-    import inspect
-
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        last = check()
-        if inspect.isawaitable(last):
-            last = await last
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}; last: {last!r}")
-        await asyncio.sleep(interval)
-
-
 CRD_PATH = Path(__file__).resolve().parents[1] / "crds" / "modeldeployments.modelplane.dev.yaml"
 
 
@@ -141,12 +123,9 @@ def crds(cluster: ClusterHandle) -> Path:
                         "crd/modeldeployments.modelplane.dev")
     # Established is not the end: the new resource's storage initialises a moment later, and an
     # operator that lists it before then backs off. Wait until a list answers.
-    deadline = time.monotonic() + 60
-    while cluster.run_kubectl("get", "modeldeployments", "-A", check=False).returncode != 0:
-        if time.monotonic() > deadline:
-            raise AssertionError("modeldeployments could not be listed 60 s after the CRD "
-                                 "was established")
-        time.sleep(0.2)
+    wait_until(lambda: cluster.run_kubectl("get", "modeldeployments", "-A",
+                                           check=False).returncode == 0,
+               timeout=60, what="modeldeployments to be listable after the CRD was established")
     return CRD_PATH
 
 
@@ -197,20 +176,23 @@ def start_operator(cluster: ClusterHandle, log: Path, *, resync: float = 1.0,
         stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     out.close()
     handle = OperatorHandle(proc, f"http://127.0.0.1:{port}/metrics", log, namespaces, hf_endpoint)
-    deadline = time.monotonic() + 30
-    while True:
+
+    def healthy() -> bool:
         if proc.poll() is not None:
             raise AssertionError(f"the operator exited with {proc.returncode}; see {log}:\n"
                                  + log.read_text(errors="replace")[-3000:])
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
-                return handle
+                return True
         except OSError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise AssertionError(f"the operator's /healthz did not answer in 30 s; see {log}") \
-                    from None
-            time.sleep(0.2)
+            return False
+
+    try:
+        wait_until(healthy, timeout=30, what=f"the operator's /healthz (log: {log})")
+    except AssertionError:
+        proc.kill()
+        raise
+    return handle
 
 
 def stop_operator(handle: OperatorHandle) -> None:

@@ -13,7 +13,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -21,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.waiting import wait_until
 
 ENV_URL = "MODELPLANE_CONFORMANCE_URL"
 ENV_MODEL = "MODELPLANE_CONFORMANCE_MODEL"
@@ -53,17 +54,15 @@ def http_get(url: str, timeout: float = 10.0) -> tuple[int, bytes]:
 
 
 def _wait_healthy(url: str, process: subprocess.Popen[bytes] | None) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
+    def healthy() -> bool:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"the server exited with {process.returncode} before it was healthy")
         try:
-            if http_get(f"{url}/health", timeout=2.0)[0] == 200:
-                return
+            return http_get(f"{url}/health", timeout=2.0)[0] == 200
         except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url}/health did not answer 200 within {START_TIMEOUT_S} s")
+            return False
+
+    wait_until(healthy, timeout=START_TIMEOUT_S, what=f"{url}/health to answer 200")
 
 
 @pytest.fixture(scope="session")

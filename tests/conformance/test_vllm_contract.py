@@ -12,7 +12,6 @@ business, and a real vLLM 0.11 still exposes ``vllm:time_per_output_token_second
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conformance.conftest import Target, http_get
+from tests.waiting import wait_until
 
 GAUGES = ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc")
 HISTOGRAMS = ("vllm:time_to_first_token_seconds", "vllm:inter_token_latency_seconds",
@@ -171,14 +171,16 @@ def test_counters_and_histograms_count_a_request(client: openai.OpenAI, target: 
         return now - sample(before, family, name, target, **labels)
 
     # vLLM records metrics when the engine's output is processed: wait for them with a deadline.
-    deadline = time.monotonic() + 10
-    while True:
-        after = scrape(target)
-        finished = sum(delta(after, "vllm:request_success", "vllm:request_success_total", finished_reason=r)
-                       for r in ("stop", "length"))
-        if finished >= 1 or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+    def finished_count(after: Any) -> float:
+        return sum(delta(after, "vllm:request_success", "vllm:request_success_total", finished_reason=r)
+                   for r in ("stop", "length"))
+
+    def counted() -> Any:
+        page = scrape(target)
+        return page if finished_count(page) >= 1 else None
+
+    after = wait_until(counted, timeout=10, what="vllm:request_success_total to count the request")
+    finished = finished_count(after)
     assert finished == 1
     assert delta(after, "vllm:prompt_tokens", "vllm:prompt_tokens_total") == reply.usage.prompt_tokens
     generated = delta(after, "vllm:generation_tokens", "vllm:generation_tokens_total")
@@ -220,7 +222,6 @@ def test_http_requests_total_counts_api_answers_by_grouped_status(target: Target
 
     # The instrumentation counts once the response is sent: wait for it with a deadline.
     expected = {("POST", "2xx", "/v1/chat/completions"): 1.0, ("POST", "4xx", "/v1/chat/completions"): 1.0}
-    deadline = time.monotonic() + 10
-    while (seen := increase()) != expected and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert seen == expected
+    wait_until(lambda: increase() == expected, timeout=10,
+               what=f"http_requests_total to increase by {expected}")
+    assert increase() == expected

@@ -20,6 +20,9 @@ from tests.clusterfixtures import ClusterHandle, OperatorHandle, start_operator,
 
 pytestmark = pytest.mark.e2e
 
+#: How often the status is sampled while the load runs.
+SAMPLE_SECONDS = 0.5
+
 
 def model(name: str, namespace: str, **scaling: Any) -> dict[str, Any]:
     return {"apiVersion": "modelplane.dev/v1alpha1", "kind": "ModelDeployment",
@@ -72,7 +75,8 @@ async def test_load_scales_up_to_the_budget_cap_and_back_down_after_the_window(
             limited = condition(status, "ScalingLimited")
             if limited.get("status") == "True" and limited.get("reason") == "BudgetCap":
                 capped = limited
-            await asyncio.sleep(0.5)
+            # Sample again in half a second, or at once when the load has finished.
+            await asyncio.wait({load}, timeout=SAMPLE_SECONDS)
         report = load.result()
     finally:
         await proxy.stop()

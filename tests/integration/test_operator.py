@@ -14,6 +14,7 @@ import pytest
 
 from modelplane import gpus, kube
 from tests.clusterfixtures import OperatorHandle, wait_for
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -208,10 +209,8 @@ async def test_the_operator_never_writes_spec_labels_or_annotations(
 
 
 def test_operator_metrics_count_reconciles(operator: OperatorHandle) -> None:
-    deadline = time.monotonic() + 30
-    while "modelplane_reconciles_total{" not in operator.metrics_text():
-        assert time.monotonic() < deadline, "no reconcile counted"
-        time.sleep(0.5)
+    wait_until(lambda: "modelplane_reconciles_total{" in operator.metrics_text(), timeout=30,
+               what="a reconcile counted in the operator's /metrics")
     text = operator.metrics_text()
     assert "modelplane_reconcile_duration_seconds_bucket" in text
     assert "modelplane_modeldeployments{" in text

@@ -23,16 +23,9 @@ from modelplane.sim.quality import (
     render_chat,
 )
 from modelplane.sim.server import SimServer
+from tests.waiting import wait_for
 
 ARITH = "What is 17 * 23? Answer with a number only."
-
-
-async def _eventually(check: Callable[[], Awaitable[bool]], *, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.02)
 
 
 def _config(**overrides: object) -> SimConfig:
@@ -79,7 +72,7 @@ async def test_health_is_503_until_loaded_then_200() -> None:
                 async with http.get(f"{sim.url}/health") as response:
                     return response.status == 200
 
-            await _eventually(healthy)
+            await wait_for(healthy, timeout=10, what="/health to answer 200")
     finally:
         await sim.stop()
 
@@ -240,7 +233,7 @@ async def test_requests_above_capacity_wait_and_show_in_metrics() -> None:
             running = families["vllm:num_requests_running"].samples[0].value  # type: ignore[attr-defined]
             return bool(waiting >= 1 and running == 2)
 
-        await _eventually(queued)
+        await wait_for(queued, timeout=10, what="two running and one waiting")
         await asyncio.gather(*calls)
         families = await _metrics(sim)
         queue = {s.name: s.value for s in families["vllm:request_queue_time_seconds"].samples  # type: ignore[attr-defined]
