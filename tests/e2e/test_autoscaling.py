@@ -16,7 +16,8 @@ import pytest
 
 from modelplane import kube, loadgen
 from modelplane.devcluster.serviceproxy import ServiceProxy
-from tests.clusterfixtures import ClusterHandle, OperatorHandle, start_operator, stop_operator, wait_for
+from tests.clusterfixtures import ClusterHandle, OperatorHandle, start_operator, stop_operator
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -20,7 +20,8 @@ import pytest
 import yaml
 
 from modelplane import gpus, kube
-from tests.clusterfixtures import OperatorHandle, wait_for
+from tests.clusterfixtures import OperatorHandle
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 

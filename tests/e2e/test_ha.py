@@ -26,8 +26,8 @@ from tests.clusterfixtures import (
     OperatorHandle,
     start_operator,
     stop_operator,
-    wait_for,
 )
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -18,7 +18,8 @@ import yaml
 from modelplane import kube
 from modelplane.sim.quality import generate_suite, suite_jsonl
 from tests.chart import rbac_manifests
-from tests.clusterfixtures import ClusterHandle, start_operator, stop_operator, wait_for
+from tests.clusterfixtures import ClusterHandle, start_operator, stop_operator
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 

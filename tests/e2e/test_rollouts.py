@@ -30,7 +30,8 @@ from modelplane.controls import send_control
 from modelplane.devcluster.serviceproxy import ServiceProxy
 from modelplane.rollout.machine import Command
 from modelplane.sim.quality import generate_suite, suite_jsonl
-from tests.clusterfixtures import ClusterHandle, OperatorHandle, start_operator, wait_for
+from tests.clusterfixtures import ClusterHandle, OperatorHandle, start_operator
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 

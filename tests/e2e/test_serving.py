@@ -11,7 +11,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelplane import kube
-from tests.clusterfixtures import OperatorHandle, wait_for
+from tests.clusterfixtures import OperatorHandle
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from modelplane import gpus, kube
-from tests.clusterfixtures import ClusterHandle, wait_for
+from tests.clusterfixtures import ClusterHandle
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

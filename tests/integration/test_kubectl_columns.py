@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from modelplane import kube
-from tests.clusterfixtures import CRD_PATH, ClusterHandle, OperatorHandle, wait_for
+from tests.clusterfixtures import CRD_PATH, ClusterHandle, OperatorHandle
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

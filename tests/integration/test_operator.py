@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from modelplane import gpus, kube
-from tests.clusterfixtures import OperatorHandle, wait_for
-from tests.waiting import wait_until
+from tests.clusterfixtures import OperatorHandle
+from tests.waiting import wait_for, wait_until
 
 pytestmark = pytest.mark.integration
 
