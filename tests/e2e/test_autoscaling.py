@@ -112,8 +112,12 @@ async def test_scale_to_zero_and_back_loses_no_request(
     proxy = ServiceProxy(kube_client, namespace=ns, service="lazy", hold_seconds=120)
     port = await proxy.start()
     log = cluster.dev.log_file("operator-s2z") if cluster.dev else Path("/tmp/operator-s2z.log")
-    handle = start_operator(cluster, log, namespaces=(ns,),
-                            extra_args=("--activator-url", proxy.activator_url))
+    try:
+        handle = start_operator(cluster, log, namespaces=(ns,),
+                                extra_args=("--activator-url", proxy.activator_url))
+    except BaseException:
+        await proxy.stop()
+        raise
     try:
         await kube_client.create(model("lazy", ns, minReplicas=0, maxReplicas=2,
                                        scaleToZeroAfter="10s", scaleDownDelay="5s"))

@@ -13,7 +13,6 @@ and a 60-case suite keep the file within a few minutes.
 from __future__ import annotations
 
 import asyncio
-import copy
 import os
 import signal
 import time
@@ -107,10 +106,10 @@ def rollout_phase(phase: str) -> Any:
 
 
 async def set_revision(client: kube.Kube, ns: str, name: str, revision: str) -> None:
-    md = await get_md(client, ns, name)
-    changed = copy.deepcopy(md)
-    changed["spec"]["model"]["revision"] = revision
-    await client.request("PUT", kube.MODELDEPLOYMENTS.path(namespace=ns, name=name), body=changed)
+    # A merge patch of the one field, as `kubectl patch` does: no resourceVersion, so a status
+    # write by the operator in between cannot make it fail with 409.
+    await client.patch(kube.MODELDEPLOYMENTS, name, {"spec": {"model": {"revision": revision}}},
+                       namespace=ns, field_manager="kubectl-patch")
 
 
 async def revisions_of_pods(client: kube.Kube, ns: str) -> set[str]:

@@ -218,7 +218,11 @@ class ServiceProxy:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(
             total=None, sock_connect=5, sock_read=300))
-        await self.refresh()
+        try:
+            await self.refresh()
+        except BaseException:
+            await self._session.close()  # a failed start leaves no open connection behind
+            raise
         self._refresher = asyncio.create_task(self._refresh_loop())
         app = web.Application(client_max_size=64 * 2**20)
         app.router.add_get(ACTIVATOR_METRICS_PATH, self._activator_metrics)
