@@ -30,14 +30,17 @@ async def _config(request: web.Request) -> web.Response:
     source = f"hf://{request.match_info['org']}/{request.match_info['name']}"
     match = match_model(source)
     if match is None:
-        return web.Response(status=404, text="Repository Not Found")
+        return web.Response(status=404, text="Repository Not Found", headers={"Connection": "close"})
     request.app[SERVED].append(source)
     config = dict(match.entry.config)
     if match.arch.native_precision == Precision.FP8 and "quantization_config" not in config:
         # An FP8 checkpoint's own config.json says so (Llama 4 Maverick FP8 is FBGEMM FP8); the
         # catalog keeps only the base architecture.
         config["quantization_config"] = {"quant_method": "fbgemm_fp8"}
-    return web.Response(text=json.dumps(config), content_type="application/json")
+    # One request per connection: no idle keep-alive socket lingers in this thread's loop, to be
+    # garbage-collected later in the middle of some unrelated test.
+    return web.Response(text=json.dumps(config), content_type="application/json",
+                        headers={"Connection": "close"})
 
 
 @contextmanager
@@ -52,7 +55,7 @@ def hf_mirror() -> Iterator[tuple[str, list[str]]]:
         app = web.Application()
         app[SERVED] = served
         app.router.add_get("/{org}/{name}/resolve/{revision}/config.json", _config)
-        runner = web.AppRunner(app, access_log=None)
+        runner = web.AppRunner(app, access_log=None, keepalive_timeout=0)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         holder["runner"] = runner
