@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import fnmatch
 import logging
 import os
 import socket
@@ -63,6 +64,11 @@ class Settings:
     #: is kept for a day (a revision's config does not change; a branch's rarely does).
     model_config_retry_seconds: float = 600.0
     model_config_keep_seconds: float = 86400.0
+    #: kopf's watch is the fast path; a periodic list is the safety net for objects it has not
+    #: reported yet (a namespace that just appeared) or deletions it missed.
+    relist_seconds: float = 10.0
+    #: The namespaces (or glob patterns) served; () for all.
+    namespaces: tuple[str, ...] = ()
 
 
 @dataclass
@@ -147,6 +153,7 @@ class Controller:
         self._http = aiohttp.ClientSession()
         semaphore = asyncio.Semaphore(self.settings.max_concurrent_reconciles)
         next_resync = time.monotonic()
+        next_relist = time.monotonic() + self.settings.relist_seconds
         try:
             while True:
                 self.alive_at = time.monotonic()
@@ -167,6 +174,9 @@ class Controller:
 
                 if not await self._active():
                     continue  # a standby replica: kopf paused us, so do we
+                if time.monotonic() >= next_relist:
+                    next_relist = time.monotonic() + self.settings.relist_seconds
+                    keys |= await self._relist()
                 self._pending = await self._activator_pending()
                 await asyncio.gather(*(one(k) for k in sorted(keys)))
         finally:
@@ -346,6 +356,32 @@ class Controller:
         self._configs[cache_key] = (time.monotonic() + keep, outcome)
         self._dirty.add(key)
         self._wake.set()
+
+    async def _relist(self) -> set[Key]:
+        """List the served ModelDeployments; adopt unknown ones, forget vanished ones."""
+        patterns = self.settings.namespaces
+        literal = [ns for ns in patterns if not any(c in ns for c in "*?[")]
+        try:
+            if patterns and len(literal) == len(patterns):
+                items = [md for ns in literal
+                         for md in await self.kube.list(MODELDEPLOYMENTS, namespace=ns)]
+            else:
+                items = await self.kube.list(MODELDEPLOYMENTS)
+        except kube.ApiError as exc:
+            log.warning("listing ModelDeployments failed: %s", exc)
+            return set()
+        seen: set[Key] = set()
+        for md in items:
+            meta = md.get("metadata") or {}
+            key = (str(meta.get("namespace")), str(meta.get("name")))
+            if patterns and not any(fnmatch.fnmatchcase(key[0], p) for p in patterns):
+                continue
+            seen.add(key)
+            if key not in self.known:
+                self.observe("ADDED", md)
+        for key in set(self.known) - seen:
+            self.observe("DELETED", self.known[key])
+        return seen
 
     async def _active(self) -> bool:
         """Whether this replica may write (always, unless HA peering says another one runs)."""

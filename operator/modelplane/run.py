@@ -102,6 +102,7 @@ async def operate(args: argparse.Namespace) -> None:
     settings = Settings(resync_seconds=args.resync_seconds, prices=load_prices(args.prices),
                         activator_url=args.activator_url,
                         read_model_config=not args.no_model_config,
+                        namespaces=tuple(args.namespace),
                         hf_endpoint=args.hf_endpoint or HF_BASE_URL,
                         peering=(peering_name, priority, tuple(args.namespace))
                         if peering_name else None)
