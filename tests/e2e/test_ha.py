@@ -10,7 +10,6 @@ operator's ``t<SESSION>-*`` pattern, so only the pair reconciles it.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import time
 from datetime import UTC, datetime, timedelta
@@ -147,12 +146,8 @@ async def test_one_replica_writes_and_the_other_takes_over_when_it_stops(
         # when its 60 s lifetime runs out, which is when kopf resumes the standby too.
         await wait_for(lambda: _at_most(peers(), 1), timeout=90,
                        what="the stopped replica's keepalive to go")
-        md = await kube_client.get(kube.MODELDEPLOYMENTS, "chat", namespace=ns)
-        assert md is not None
-        changed = copy.deepcopy(md)
-        changed["spec"]["scaling"]["minReplicas"] = 2
-        await kube_client.request("PUT", kube.MODELDEPLOYMENTS.path(namespace=ns, name="chat"),
-                                  body=changed)
+        await kube_client.patch(kube.MODELDEPLOYMENTS, "chat", {"spec": {"scaling": {"minReplicas": 2}}},
+                                namespace=ns, field_manager="kubectl-patch")
         await wait_for(lambda: phase(2), timeout=90, what="Ready with 2 replicas after the handover")
         assert standby.writes() > 0
         assert standby.process.poll() is None, "the surviving replica exited"

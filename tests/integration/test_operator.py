@@ -6,7 +6,6 @@ resync of an unchanged object.
 from __future__ import annotations
 
 import asyncio
-import copy
 import time
 from typing import Any
 
@@ -137,11 +136,8 @@ async def test_a_revision_change_switches_to_a_new_deployment_and_removes_the_ol
     await wait_phase(kube_client, namespace, "switch", "Ready")
     old = [d["metadata"]["name"] for d in await kube_client.list(kube.DEPLOYMENTS,
                                                                   namespace=namespace)]
-    md = await get_md(kube_client, namespace, "switch")
-    changed = copy.deepcopy(md)
-    changed["spec"]["model"]["revision"] = "rev-b"
-    await kube_client.request("PUT", kube.MODELDEPLOYMENTS.path(namespace=namespace, name="switch"),
-                              body=changed)
+    await kube_client.patch(kube.MODELDEPLOYMENTS, "switch", {"spec": {"model": {"revision": "rev-b"}}},
+                            namespace=namespace, field_manager="kubectl-patch")
 
     async def switched() -> list[str] | None:
         names = [d["metadata"]["name"] for d in await kube_client.list(kube.DEPLOYMENTS,
