@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import subprocess
@@ -40,6 +41,15 @@ class ClusterHandle:
         full_env.update(env or {})
         return subprocess.run([self.kubectl, *args], capture_output=True, text=True, check=check,
                               input=input_, env=full_env, timeout=60)
+
+
+@pytest.fixture(autouse=True)
+def collect_garbage() -> Iterator[None]:
+    """Collect garbage as each test ends, so a socket or transport a test forgot to close is
+    reported (ResourceWarning, an error under our warning filter) against the test that opened
+    it, not against whichever later test the collector happens to run in."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(scope="session")

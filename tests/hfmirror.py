@@ -4,7 +4,7 @@ The operator reads a model's config.json to size it. Tests must not reach the in
 operator they start reads from this mirror instead (``--hf-endpoint``). It answers
 ``/{org}/{name}/resolve/{revision}/config.json`` for every model in the planner's catalog, with
 the config fields the catalog cites, and 404 for anything else — as the Hub would for a repo that
-does not exist.
+does not exist. Revision ``gated`` stands for a gated repository: it needs the mirror's token.
 """
 
 from __future__ import annotations
@@ -24,6 +24,10 @@ SERVED = web.AppKey("served", list)
 
 #: A loopback port nothing listens on: an operator pointed here fails fast, with no traffic out.
 NOWHERE = "http://127.0.0.1:9"
+#: The revision the mirror treats as gated: its config.json needs ``Authorization: Bearer`` with
+#: ``GATED_TOKEN`` (401 without a token, 403 with another one — what the Hub answers).
+GATED_REVISION = "gated"
+GATED_TOKEN = "hf_mirror_test_token"
 
 
 async def _config(request: web.Request) -> web.Response:
@@ -31,6 +35,14 @@ async def _config(request: web.Request) -> web.Response:
     match = match_model(source)
     if match is None:
         return web.Response(status=404, text="Repository Not Found", headers={"Connection": "close"})
+    if request.match_info["revision"] == GATED_REVISION:
+        auth = request.headers.get("Authorization", "")
+        if not auth:
+            return web.Response(status=401, text="Access to this model is restricted",
+                                headers={"Connection": "close"})
+        if auth != f"Bearer {GATED_TOKEN}":
+            return web.Response(status=403, text="Access to this model is not granted",
+                                headers={"Connection": "close"})
     request.app[SERVED].append(source)
     config = dict(match.entry.config)
     if match.arch.native_precision == Precision.FP8 and "quantization_config" not in config:

@@ -23,11 +23,7 @@ from modelplane import gpus, kube
 from tests.clusterfixtures import OperatorHandle
 from tests.waiting import wait_for
 
-# Known, not yet traced: 14 sockets opened earlier in the e2e session are garbage-collected during
-# the whole-nodes batch and reported as unclosed-transport warnings (this test opens no socket).
-# They must not fail this test's own checks; the leak is tracked in the session's closing note.
-pytestmark = [pytest.mark.e2e,
-              pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")]
+pytestmark = pytest.mark.e2e
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SHAPE_COMMENT = re.compile(r"^# GPU shape: (\d+)x ([a-z0-9-]+) per replica", re.MULTILINE)

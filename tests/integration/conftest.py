@@ -2,6 +2,7 @@
 
 from tests.clusterfixtures import (
     cluster,
+    collect_garbage,
     crds,
     hf_endpoint,
     kube_client,
@@ -10,5 +11,5 @@ from tests.clusterfixtures import (
     pytest_runtest_makereport,
 )
 
-__all__ = ["cluster", "crds", "hf_endpoint", "kube_client", "namespace", "operator",
+__all__ = ["cluster", "collect_garbage", "crds", "hf_endpoint", "kube_client", "namespace", "operator",
            "pytest_runtest_makereport"]

@@ -13,6 +13,7 @@ import pytest
 
 from modelplane import gpus, kube
 from tests.clusterfixtures import OperatorHandle
+from tests.hfmirror import GATED_REVISION, GATED_TOKEN
 from tests.waiting import wait_for, wait_until
 
 pytestmark = pytest.mark.integration
@@ -226,6 +227,37 @@ async def test_the_plan_uses_the_models_config_json_from_the_hub(
     assert condition(md, "ModelConfigLoaded")["reason"] == "ConfigRead"
     assert "hf://meta-llama/Llama-3.1-8B-Instruct" in hf_endpoint[1]
     assert md["status"]["plan"]["shape"] == "1x nvidia-l40s"
+
+
+@pytest.mark.parametrize(("secret", "reason", "message"), [
+    pytest.param(None, "Unauthorized", "set credentialsSecret", id="no-secret"),
+    pytest.param({"HF_TOKEN": GATED_TOKEN}, "ConfigRead", "read", id="token"),
+    pytest.param({"HF_TOKEN": "hf_not_granted"}, "Forbidden", "accept its licence", id="wrong-token"),
+    pytest.param("missing", "Unauthorized", "Secret hf-token not found", id="missing-secret"),
+])
+async def test_a_gated_models_config_is_read_with_the_token_of_its_credentials_secret(
+        kube_client: kube.Kube, namespace: str, operator: OperatorHandle,
+        secret: dict[str, str] | str | None, reason: str, message: str) -> None:
+    model: dict[str, Any] = {"source": "hf://meta-llama/Llama-3.1-8B-Instruct",
+                             "revision": GATED_REVISION}
+    if secret is not None:
+        model["credentialsSecret"] = "hf-token"
+    if isinstance(secret, dict):
+        await kube_client.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hf-token"},
+                                  "stringData": secret}, namespace=namespace)
+    await kube_client.create(manifest("gated", model=model), namespace=namespace)
+
+    async def loaded() -> dict[str, Any] | None:
+        md = await get_md(kube_client, namespace, "gated")
+        return condition(md, "ModelConfigLoaded") or None
+
+    cond = await wait_for(loaded, timeout=60, what="the ModelConfigLoaded condition")
+    assert (cond["reason"], cond["status"]) == (reason, "True" if reason == "ConfigRead" else "False"), cond
+    assert message in cond["message"], cond
+    # The token is used, never shown: not in the condition, not in the operator's Events.
+    events = await kube_client.list(kube.EVENTS, namespace=namespace)
+    assert not any(GATED_TOKEN in str(e.get("message")) for e in events)
+    assert GATED_TOKEN not in str(cond)
 
 
 async def test_an_unknown_model_says_its_config_could_not_be_read(

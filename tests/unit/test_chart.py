@@ -56,6 +56,8 @@ CLUSTER_NEEDS = (
 NAMESPACES_NEEDS = _triples("", "namespaces", "list", "watch")
 CLUSTER_PEERING_NEEDS = _triples("kopf.dev", "clusterkopfpeerings", "list", "watch", "patch")
 NAMESPACED_PEERING_NEEDS = _triples("kopf.dev", "kopfpeerings", "list", "watch", "patch")
+#: Only with rbac.readModelCredentials: a gated model's HF_TOKEN, read by name.
+CREDENTIALS_NEEDS = _triples("", "secrets", "get")
 
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "default": {},
@@ -65,6 +67,8 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "observability": {"serviceMonitor": {"enabled": True, "interval": "15s"},
                       "grafanaDashboard": {"enabled": True},
                       "gpuPrices": {"nvidia-h100-80gb": 2.49, "nvidia-l4": 0.7}},
+    "credentials": {"rbac": {"readModelCredentials": True}},
+    "credentials-namespaced": {"rbac": {"readModelCredentials": True}, "watchNamespaces": ["a"]},
     "tuned": {"metrics": {"port": 9090}, "resyncSeconds": 5, "logLevel": "DEBUG",
               "image": {"repository": "registry.example/modelplane", "tag": "dev"}},
 }
@@ -102,6 +106,8 @@ def _expected(values: dict[str, Any]) -> tuple[set[tuple[str, str, str]], set[tu
     """(namespaced, cluster-scoped) permissions the operator needs with ``values``."""
     namespaced, cluster = set(NAMESPACED_NEEDS), set(CLUSTER_NEEDS)
     ha = values.get("ha", {}).get("enabled", False)
+    if values.get("rbac", {}).get("readModelCredentials", False):
+        namespaced |= CREDENTIALS_NEEDS
     if values.get("watchNamespaces"):
         cluster |= NAMESPACES_NEEDS
         if ha:

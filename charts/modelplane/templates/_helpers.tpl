@@ -106,6 +106,13 @@ as (apiGroup, resource, verb) triples and fails when the two differ in either di
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, create, delete]
+{{- if .Values.rbac.readModelCredentials }}
+# A gated model's config.json is fetched with the HF_TOKEN of its credentialsSecret
+# (controller._read_model_config); only `get` of a named Secret, never list or watch.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get]
+{{- end }}
 {{- if and .Values.ha.enabled .Values.watchNamespaces }}
 # HA in namespaced mode: kopf keeps its heartbeat in a KopfPeering in each served namespace.
 - apiGroups: [kopf.dev]

@@ -288,8 +288,10 @@ class ModelSpec(_SpecModel):
         default=None,
         description="Name of a Secret in the same namespace. hf:// and pvc://: its key HF_TOKEN becomes the "
                     "Hugging Face token; s3:// and gs://: all its keys become environment variables "
-                    "(e.g. AWS_ACCESS_KEY_ID); oci://: it is the image pull secret. The operator only "
-                    "references it; it never reads, logs or copies the value. Optional.")
+                    "(e.g. AWS_ACCESS_KEY_ID); oci://: it is the image pull secret. The operator reads its "
+                    "HF_TOKEN only to fetch the model's config.json for sizing, and only where it may get "
+                    "Secrets (chart value rbac.readModelCredentials); it never logs, stores or copies the "
+                    "value. Optional.")
     hints: ModelHints | None = Field(
         default=None,
         description="Model shape for the GPU planner when config.json cannot be read. Optional.")
