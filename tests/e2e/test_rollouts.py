@@ -119,6 +119,15 @@ async def revisions_of_pods(client: kube.Kube, ns: str) -> set[str]:
             for p in pods if not p["metadata"].get("deletionTimestamp")}
 
 
+async def only_revisions_remain(client: kube.Kube, ns: str, want: set[str]) -> None:
+    """Wait until the pods not being deleted run exactly ``want``: a removed Deployment's pods are
+    marked for deletion by the garbage collector moments after the Deployment is gone."""
+    async def check() -> bool:
+        return await revisions_of_pods(client, ns) == want
+
+    await wait_for(check, timeout=60, what=f"only pods of {sorted(want)} to remain")
+
+
 async def reasons(client: kube.Kube, ns: str, name: str) -> list[str]:
     events = await client.list(kube.EVENTS, namespace=ns, field_selector=f"involvedObject.name={name}")
     return [e["reason"] for e in sorted(events, key=lambda e: e["metadata"]["creationTimestamp"])]
@@ -237,7 +246,7 @@ async def test_a_worse_checkpoint_is_rolled_back_at_the_gate_with_the_scores_in_
     assert md["spec"]["model"]["revision"] == "rev-bad"  # the spec is the user's
     evaluating = next(x for x in status["conditions"] if x["type"] == "Evaluating")
     assert evaluating["status"] == "False" and "on 60 cases" in evaluating["message"]
-    assert await revisions_of_pods(kube_client, namespace) == {"rev-a"}
+    await only_revisions_remain(kube_client, namespace, {"rev-a"})
     assert traffic.failures == [], traffic.failures[:5]
     # It stays rolled back: the operator does not retry the rejected revision on its own.
     assert canary(await get_md(kube_client, namespace, "chat"))["phase"] == "RolledBack"
@@ -256,7 +265,7 @@ async def test_a_checkpoint_that_slows_under_live_traffic_is_rolled_back_at_a_st
     assert "TTFT" in c["message"]
     assert c["evalScore"] >= 0.75  # it passed the gate
     assert md["status"]["servingRevision"] == "rev-a"
-    assert await revisions_of_pods(kube_client, namespace) == {"rev-a"}
+    await only_revisions_remain(kube_client, namespace, {"rev-a"})
     assert traffic.failures == [], traffic.failures[:5]
 
 
@@ -320,7 +329,7 @@ async def test_kill_9_of_the_operator_during_a_step_resumes_and_reaches_the_same
     traffic.stop()
     c = canary(md)
     assert c["reason"] == "AnalysisFailed" and c["rejectedRevision"] == "rev-slow"
-    assert await revisions_of_pods(kube_client, namespace) == {"rev-a"}
+    await only_revisions_remain(kube_client, namespace, {"rev-a"})
     assert traffic.failures == [], traffic.failures[:5]
 
 
@@ -359,7 +368,7 @@ async def test_promote_skips_the_remaining_steps(
                        timeout=120)
     history = md["status"]["rolloutHistory"][-1]
     assert history["decision"] == "Promoted" and history["reason"] == "PromotedByUser"
-    assert await revisions_of_pods(kube_client, namespace) == {"rev-good"}
+    await only_revisions_remain(kube_client, namespace, {"rev-good"})
 
 
 async def test_abort_rolls_back_and_the_revision_is_not_retried(
@@ -374,6 +383,6 @@ async def test_abort_rolls_back_and_the_revision_is_not_retried(
                        timeout=120)
     assert canary(md)["rejectedRevision"] == "rev-good"
     assert md["status"]["desiredRevisionLive"] is False
-    assert await revisions_of_pods(kube_client, namespace) == {"rev-a"}
+    await only_revisions_remain(kube_client, namespace, {"rev-a"})
     # The annotation is the user's: the operator read it and never wrote it back.
     assert md["metadata"]["annotations"]["modelplane.dev/rollout-control"].startswith("abort@")

@@ -150,9 +150,16 @@ async def test_a_revision_change_switches_to_a_new_deployment_and_removes_the_ol
     assert md["status"]["stable"]["revision"] == "rev-b"
     assert md["status"]["stable"]["deployment"] == new[0]
     assert md["status"]["desiredRevisionLive"] is True
-    pods = await kube_client.list(kube.PODS, namespace=namespace)
-    assert {p["metadata"]["labels"]["modelplane.dev/revision-hash"] for p in pods
-            if not p["metadata"].get("deletionTimestamp")} == {new[0].rsplit("-", 1)[1]}
+
+    # The old Deployment is deleted in the background: the garbage collector removes its
+    # ReplicaSet, then marks its pods for deletion — moments after the Deployment itself is gone.
+    async def only_new_pods() -> set[str] | None:
+        pods = await kube_client.list(kube.PODS, namespace=namespace)
+        hashes = {p["metadata"]["labels"]["modelplane.dev/revision-hash"] for p in pods
+                  if not p["metadata"].get("deletionTimestamp")}
+        return hashes if hashes == {new[0].rsplit("-", 1)[1]} else None
+
+    await wait_for(only_new_pods, timeout=60, what="only the new revision's pods to remain")
 
 
 async def test_a_request_larger_than_any_node_shows_insufficient_gpu_with_the_numbers(
