@@ -35,6 +35,7 @@ from typing import Any
 
 from modelplane import render
 from modelplane.api.models import ModelDeploymentSpec
+from modelplane.health import is_ready
 from modelplane.promtext import MetricSnapshot, PromTextError, delta, merge, parse_snapshot
 from modelplane.rollout.analysis import AnalysisResult, AnalysisThresholds, analyse_window
 from modelplane.rollout.machine import (
@@ -130,6 +131,8 @@ class EvaluationOrder:
     suite_config_map: str | None
     suite_key: str
     evaluator: Mapping[str, Any] | None
+    #: The ModelDeployment (same namespace) that grades ``judge`` cases; None without one.
+    judge: str | None
     min_score: float
     max_regression: float
     confidence: float
@@ -287,16 +290,11 @@ def analyse(window: Window, metrics: Sequence[ScrapeResult], pod_keys: Mapping[s
 # --- the tick -------------------------------------------------------------------------------------
 
 
-def _ready(pod: Obj) -> bool:
-    return any(c.get("type") == "Ready" and c.get("status") == "True"
-               for c in (pod.get("status") or {}).get("conditions") or [])
-
-
 def _pod_url(pods: Sequence[Obj], key: str) -> str | None:
     for pod in sorted(pods, key=lambda p: str(p["metadata"]["name"])):
         meta = pod.get("metadata") or {}
         ip = (pod.get("status") or {}).get("podIP")
-        if (meta.get("labels") or {}).get(render.LABEL_REVISION_HASH) == key and ip and _ready(pod) \
+        if (meta.get("labels") or {}).get(render.LABEL_REVISION_HASH) == key and ip and is_ready(pod) \
                 and not meta.get("deletionTimestamp"):
             return f"http://{ip}:{render.PORT}"
     return None
@@ -433,6 +431,7 @@ def _order(*, md_meta: Mapping[str, Any], spec_raw: Mapping[str, Any], evaluatio
         served_name=served_name,
         suite_config_map=suite.get("configMap"), suite_key=str(suite.get("key") or "suite.jsonl"),
         evaluator=evaluation.get("evaluator"),
+        judge=(evaluation.get("judge") or {}).get("modelDeployment"),
         min_score=rspec.min_score if rspec else 0.0,
         max_regression=rspec.max_regression if rspec else 0.02,
         confidence=rspec.confidence if rspec else 0.95,

@@ -7,6 +7,8 @@ does it, in an asyncio task the controller owns:
   by pod IP (``rollout.evaluate.run_evaluation``: same cases, same sampling, bounded concurrency,
   timeouts, retries), decide with the paired gate (``rollout.stats.evaluate_gate``) and write the
   report ConfigMap ``<md>-eval-<fingerprint[:8]>`` (owner-referenced: it goes with the object);
+  cases graded ``judge`` are graded by a Ready pod of the ModelDeployment ``evaluation.judge``
+  names (``judge_endpoint``);
 * **custom evaluator**: create a Job (owner-referenced) that receives the canary's and stable's
   URLs in its environment, and read its score back — from the output ConfigMap ``<job>-result``
   (key ``result``), which the evaluator may write, or else from the Job pod's termination message —
@@ -27,9 +29,10 @@ from typing import Any
 
 import aiohttp
 
-from modelplane import kube
+from modelplane import kube, render
 from modelplane.api.models import API_VERSION, KIND
-from modelplane.rollout.evaluate import Endpoint, EvaluationRun, run_evaluation
+from modelplane.health import is_ready
+from modelplane.rollout.evaluate import Endpoint, EvaluationRun, OpenAIJudge, run_evaluation
 from modelplane.rollout.machine import EvalResult
 from modelplane.rollout.stats import GateResult, evaluate_gate
 from modelplane.rollout.suite import SuiteError, parse_suite
@@ -156,14 +159,41 @@ async def run_suite(client: kube.Kube, http: aiohttp.ClientSession, order: Evalu
         suite = parse_suite(text, source=f"{order.suite_config_map}/{order.suite_key}")
     except SuiteError as exc:
         raise EvaluationError(str(exc)) from None
+    judge = None
+    if suite.needs_judge:
+        if not order.judge:
+            raise EvaluationError(f"suite {order.suite_config_map} has cases graded by a judge, but "
+                                  "spec.rollout.evaluation.judge names no ModelDeployment")
+        judge = OpenAIJudge(await judge_endpoint(client, order.namespace, order.judge), session=http,
+                            timeout_seconds=order.timeout_seconds)
     run = await run_evaluation(suite=suite, canary=Endpoint(order.canary_url, order.served_name),
                                stable=Endpoint(order.stable_url, order.served_name),
                                concurrency=order.concurrency, timeout_seconds=order.timeout_seconds,
-                               session=http)
+                               judge=judge, session=http)
     gate = evaluate_gate(run.outcomes, min_score=order.min_score, max_regression=order.max_regression,
                          confidence=order.confidence)
     await client.apply(build_report(order, gate, run))
     return EvalResult.from_gate(gate)
+
+
+async def judge_endpoint(client: kube.Kube, namespace: str, name: str) -> Endpoint:
+    """A Ready pod of the judge ModelDeployment ``name``, with the model name it serves.
+
+    Listed (by name) rather than read: the operator's role lists ModelDeployments, it does not get them.
+    """
+    found = await client.list(kube.MODELDEPLOYMENTS, namespace=namespace,
+                              field_selector=f"metadata.name={name}")
+    if not found:
+        raise EvaluationError(f"judge ModelDeployment {name} not found in namespace {namespace}")
+    model = (found[0].get("spec") or {}).get("model") or {}
+    served = str(model.get("servedName") or name)
+    pods = await client.list(kube.PODS, namespace=namespace,
+                             label_selector=f"{render.LABEL_MODEL_DEPLOYMENT}={name}")
+    for pod in sorted(pods, key=lambda p: str(p["metadata"]["name"])):
+        ip = (pod.get("status") or {}).get("podIP")
+        if ip and is_ready(pod):
+            return Endpoint(f"http://{ip}:{render.PORT}", served)
+    raise EvaluationError(f"judge ModelDeployment {name} has no Ready pod")
 
 
 async def _termination_message(client: kube.Kube, order: EvaluationOrder) -> str | None:

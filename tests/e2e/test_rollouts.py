@@ -46,6 +46,7 @@ BEHAVIORS = {
     # passes (at 0.3 a case stays failed with 0.027, and ~2% of gates would lose 5 cases and fail).
     # Under live traffic, 20% errors against maxErrorRate 5% is significant from ~20 requests on.
     "rev-flaky": {"accuracy": 0.97, "error_rate": 0.2},
+    "judge-v1": {"accuracy": 1.0},  # the judge model of the judge test: never misjudges
 }
 STEPS = [{"weight": 34, "pause": "4s"}, {"weight": 67, "pause": "4s"}]
 SLOW_STEPS = [{"weight": 34, "pause": "8s"}, {"weight": 67, "pause": "8s"}]
@@ -57,6 +58,7 @@ def manifest(name: str, *, steps: list[dict[str, Any]] | None = None,
           "concurrency": 8, "timeoutSeconds": 10,
           "analysis": {"maxErrorRate": 0.05, "maxTTFTSecondsP95": 1.0}}
     ev.update(evaluation or {})
+    ev = {k: v for k, v in ev.items() if v is not None}
     return {"apiVersion": "modelplane.dev/v1alpha1", "kind": "ModelDeployment",
             "metadata": {"name": name},
             "spec": {"model": {"source": "hf://meta-llama/Llama-3.1-8B-Instruct", "revision": "rev-a"},
@@ -386,3 +388,75 @@ async def test_abort_rolls_back_and_the_revision_is_not_retried(
     await only_revisions_remain(kube_client, namespace, {"rev-a"})
     # The annotation is the user's: the operator read it and never wrote it back.
     assert md["metadata"]["annotations"]["modelplane.dev/rollout-control"].startswith("abort@")
+
+
+@pytest.mark.parametrize(("score", "phase"), [(0.9, "Promoted"), (0.6, "RolledBack")],
+                         ids=["passes", "below-the-floor"])
+async def test_a_custom_evaluator_job_gets_the_endpoints_and_its_score_decides_the_gate(
+        kube_client: kube.Kube, namespace: str, operator: OperatorHandle, score: float,
+        phase: str) -> None:
+    evaluator = {"image": "ghcr.io/acme/lm-eval:1", "args": ["--tasks", "gsm8k"]}
+    await setup(kube_client, namespace, "chat",
+                evaluation={"suiteRef": None, "evaluator": evaluator, "analysis": None})
+    await set_revision(kube_client, namespace, "chat", "rev-good")
+
+    async def job() -> dict[str, Any] | None:
+        jobs = await kube_client.list(kube.JOBS, namespace=namespace,
+                                      label_selector="modelplane.dev/model-deployment=chat")
+        return jobs[0] if jobs else None
+
+    created = await wait_for(job, timeout=120, what="the evaluator Job")
+    container = created["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == evaluator["image"] and container["args"] == evaluator["args"]
+    assert created["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+    assert created["metadata"]["ownerReferences"][0]["name"] == "chat"
+    env = {e["name"]: e["value"] for e in container["env"]}
+    # What the evaluator would do (the dev cluster runs no image): ask both endpoints, then write
+    # its aggregate score to the ConfigMap it was told.
+    async with aiohttp.ClientSession() as http:
+        for url in (env["CANARY_URL"], env["STABLE_URL"]):
+            async with http.get(f"{url}/models", timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                assert resp.status == 200, url
+                assert (await resp.json())["data"][0]["id"] == env["MODEL"]
+    await kube_client.create({"apiVersion": "v1", "kind": "ConfigMap",
+                              "metadata": {"name": env["RESULT_CONFIGMAP"]},
+                              "data": {"result": f'{{"score": {score}, "baseline": 0.85}}'}},
+                             namespace=env["RESULT_NAMESPACE"])
+    md = await wait_md(kube_client, namespace, "chat", rollout_phase(phase), what=phase, timeout=120)
+    c = canary(md)
+    assert c["evalScore"] == pytest.approx(score) and c["baselineScore"] == pytest.approx(0.85)
+    if phase == "Promoted":
+        assert md["status"]["rolloutHistory"][-1]["decision"] == "Promoted"
+        await only_revisions_remain(kube_client, namespace, {"rev-good"})
+    else:
+        assert c["reason"] == "EvaluationFailed" and "below the floor" in c["message"], c
+        assert md["status"]["desiredRevisionLive"] is False
+        await only_revisions_remain(kube_client, namespace, {"rev-a"})
+
+
+async def test_cases_graded_by_a_judge_are_graded_by_the_judge_model_deployment(
+        kube_client: kube.Kube, namespace: str, operator: OperatorHandle) -> None:
+    await setup(kube_client, namespace, "chat",
+                evaluation={"suiteRef": {"configMap": "judged"}, "judge": {"modelDeployment": "judge"}})
+    judge = manifest("judge")
+    judge["spec"]["model"]["revision"] = "judge-v1"
+    del judge["spec"]["rollout"]
+    await kube_client.create(judge, namespace=namespace)
+    # Every case graded by the judge: without a working judge each would count as wrong, the canary
+    # would score 0 and be rolled back.
+    cases = [dict(c, grader="judge") for c in generate_suite(60, seed=7) if "expected" in c]
+    await kube_client.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "judged"},
+                              "data": {"suite.jsonl": suite_jsonl(cases)}}, namespace=namespace)
+    await wait_md(kube_client, namespace, "judge", lambda md: md["status"].get("phase") == "Ready",
+                  what="the judge Ready")
+    await set_revision(kube_client, namespace, "chat", "rev-good")
+    md = await wait_md(kube_client, namespace, "chat", rollout_phase("Promoted"), what="promoted",
+                       timeout=180)
+    history = md["status"]["rolloutHistory"][-1]
+    assert history["decision"] == "Promoted"
+    # The judge is always right, so the scores are the checkpoints' accuracies (0.97 and 0.85).
+    assert history["evalScore"] > 0.85 and 0.65 < history["baselineScore"] < 0.97, history
+    report = await kube_client.get(kube.CONFIGMAPS, f"chat-eval-{history['fingerprint'][:8]}",
+                                   namespace=namespace)
+    assert report is not None
+    assert '"canaryErrors": {}' in report["data"]["report.json"], report["data"]["report.json"][:500]

@@ -72,6 +72,9 @@ BASE = PolicySpec(min_replicas=1, max_replicas=20, target_queue_depth=4, scale_d
                   replica_concurrency=256, usd_per_replica_hour=2.69)
 FULL = (0.0, 256.0, 0.5)  # a replica running at its concurrency, nothing waiting
 IDLE = (0.0, 0.0, 0.0)
+LOW = (0.0, 50.0, 0.1)  # a fifth of a replica's work
+SHORT = PolicySpec(min_replicas=1, max_replicas=20, target_queue_depth=4, scale_down_delay=60,
+                   replica_concurrency=256)  # a 60 s window: regrets within 120 s, decay after 180 s
 
 CASES = {
     "steady load holds": Case(BASE, 2, (
@@ -94,6 +97,33 @@ CASES = {
         Step(345, ((0, 50, 0.1),) * 2, 1, Reason.SCALE_DOWN),  # t=10 left the window too
         Step(400, ((0, 0, 0.0),), 1, Reason.HOLD),
         Step(800, ((0, 0, 0.0),), 1, Reason.MIN_REPLICAS),
+    )),
+    "a scale-down undone within the window doubles the window": Case(SHORT, 4, (
+        Step(0, (FULL,) * 4, 4, Reason.HOLD),
+        Step(10, (LOW,) * 4, 4, Reason.HOLD),
+        Step(65, (LOW,) * 4, 2, Reason.SCALE_DOWN),       # the 60 s window passed: 4 → 2 (50% step)
+        Step(100, ((600, 256, 0.6),) * 2, 6, Reason.SCALE_UP),  # 4 wanted back 35 s later: regret
+        Step(110, (LOW,) * 6, 6, Reason.HOLD),
+        Step(200, (LOW,) * 6, 6, Reason.HOLD),            # 60 s would have let go; 120 s holds t=100
+        Step(225, (LOW,) * 6, 3, Reason.SCALE_DOWN),      # t=100 left the 120 s window
+    )),
+    "a lengthened window halves after three windows without regret": Case(SHORT, 4, (
+        Step(0, (FULL,) * 4, 4, Reason.HOLD),
+        Step(10, (LOW,) * 4, 4, Reason.HOLD),
+        Step(65, (LOW,) * 4, 2, Reason.SCALE_DOWN),
+        Step(100, ((600, 256, 0.6),) * 2, 6, Reason.SCALE_UP),  # regret: 120 s window
+        Step(460, (FULL,) * 6, 6, Reason.HOLD),           # 360 s = 3 × 120 s later: back to 60 s
+        Step(470, (LOW,) * 6, 6, Reason.HOLD),
+        Step(515, (LOW,) * 6, 6, Reason.HOLD),            # t=460 is inside the 60 s window...
+        Step(525, (LOW,) * 6, 3, Reason.SCALE_DOWN),      # ...and out 65 s later (120 s: held to 580)
+    )),
+    "a scale-up long after a scale-down is no regret": Case(SHORT, 4, (
+        Step(0, (FULL,) * 4, 4, Reason.HOLD),
+        Step(10, (LOW,) * 4, 4, Reason.HOLD),
+        Step(65, (LOW,) * 4, 2, Reason.SCALE_DOWN),
+        Step(400, ((600, 256, 0.6),) * 2, 6, Reason.SCALE_UP),  # 335 s later: new traffic
+        Step(410, (LOW,) * 6, 6, Reason.HOLD),
+        Step(465, (LOW,) * 6, 3, Reason.SCALE_DOWN),      # the plain 60 s window
     )),
     "flapping input never scales down inside the window": Case(BASE, 3, tuple(
         Step(t, (FULL,) * 3 if (t // 20) % 2 == 0 else (IDLE,) * 3, 3, Reason.HOLD) for t in range(0, 290, 10)
@@ -263,3 +293,18 @@ def test_scale_to_zero_also_when_throughput_sizing_keeps_recommending_a_replica(
         state = decision.state
     assert decisions[:3] == [(1, Reason.MIN_REPLICAS)] * 3 or all(d == 1 for d, _ in decisions[:3])
     assert decisions[-1] == (0, Reason.SCALE_TO_ZERO)
+
+
+def test_a_lengthened_window_is_shown_in_the_message_and_inputs() -> None:
+    decisions = _run(CASES["a scale-down undone within the window doubles the window"])
+    held = decisions[5]  # t=200: held by the doubled window
+    assert "120s window" in held.message and "scaleDownDelay ×2" in held.message, held.message
+    assert held.inputs["scaleDownWindowSeconds"] == 120
+    assert decisions[2].inputs["scaleDownWindowSeconds"] == 60
+
+
+@pytest.mark.parametrize("kwargs", [{"window_max_factor": 0.5}, {"window_decay_windows": 0}],
+                         ids=["factor-below-one", "no-decay"])
+def test_window_tunables_are_checked(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="window_"):
+        PolicySpec(**kwargs)  # type: ignore[arg-type]

@@ -203,7 +203,7 @@ def order(**overrides: Any) -> rollouts.EvaluationOrder:
         stable_revision="0123", attempt=1, report_name="chat-eval-abcdef01", job_name="chat-eval-abcdef01-1",
         canary_url="http://127.64.0.2:8000", stable_url="http://127.64.0.1:8000", served_name="chat",
         suite_config_map=None, suite_key="suite.jsonl",
-        evaluator={"image": "ghcr.io/acme/lm-eval:1", "args": ["--tasks", "gsm8k"]},
+        evaluator={"image": "ghcr.io/acme/lm-eval:1", "args": ["--tasks", "gsm8k"]}, judge=None,
         min_score=0.7, max_regression=0.02, confidence=0.95, concurrency=4, timeout_seconds=60.0)
     base.update(overrides)
     return rollouts.EvaluationOrder(**base)

@@ -18,6 +18,7 @@ from modelplane.sim.quality import (
     count_tokens,
     filler_text,
     generate_suite,
+    judge_verdict,
     parse_behaviors,
     read_behaviors,
     solve,
@@ -151,3 +152,23 @@ def test_read_behaviors_from_file_then_env(tmp_path: Any) -> None:
     assert from_file.for_checkpoint("m", "r").accuracy == 0.2
     assert from_env.for_checkpoint("m", "r").accuracy == 0.3
     assert read_behaviors(env={}) == BehaviorMap()
+
+
+@pytest.mark.parametrize(("reference", "candidate", "verdict"), [
+    ("391", "391", True), ("Paris", "It is paris.", True), ("391", "392", False),
+    ("", "anything", False),
+], ids=["equal", "contains-any-case", "different", "empty-reference"])
+def test_judge_verdict(reference: str, candidate: str, verdict: bool) -> None:
+    prompt = (f"You grade answers. Question:\nuser: What?\n\nReference answer:\n{reference}\n\n"
+              f"Candidate answer:\n{candidate}\n\nIs the candidate answer correct and consistent with "
+              "the reference? Reply with exactly one word: YES or NO.")
+    assert judge_verdict(prompt) is verdict
+
+
+def test_a_judge_is_right_with_its_accuracy() -> None:
+    prompts = [f"Reference answer:\n{i}\n\nCandidate answer:\n{i}\n\nIs the candidate answer correct "
+               "and consistent with the reference?" for i in range(2000)]
+    yes = sum(answer(p, checkpoint="judge", behavior=SimBehavior(accuracy=0.8)).text == "YES"
+              for p in prompts)
+    assert 0.77 < yes / len(prompts) < 0.83
+    assert judge_verdict("What is 2 + 2? Answer with a number only.") is None

@@ -428,3 +428,18 @@ async def test_the_operators_window_analysis_reads_the_failed_requests_from_the_
     assert result.stable.errors == 0 and result.stable.requests == 60
     assert result.outcome is Outcome.FAIL
     assert "error rate" in result.reason and "maxErrorRate" in result.reason
+
+
+@pytest.mark.parametrize(("candidate", "verdict"), [
+    ("391", True), ("The answer is 391.", True), ("392", False), ("", False),
+], ids=["equal", "contains", "wrong", "empty"])
+async def test_the_simulator_judges_with_the_gates_judge_prompt(server: SimServer, candidate: str,
+                                                                verdict: bool) -> None:
+    from modelplane.rollout.evaluate import Endpoint, OpenAIJudge
+    from modelplane.rollout.suite import parse_suite
+
+    line = json.dumps({"id": "j", "prompt": ARITH, "expected": "391", "grader": "judge"})
+    case = parse_suite(line).cases[0]
+    async with aiohttp.ClientSession() as http:
+        judge = OpenAIJudge(Endpoint(server.url, "chat"), session=http)
+        assert await judge(case, candidate) is verdict

@@ -466,7 +466,9 @@ class ScalingSpec(_SpecModel):
     scale_down_delay: Duration = Field(
         default="5m",
         description="How long a lower replica count must be wanted before replicas are removed, so short "
-                    "lulls do not cost a cold start. Default 5m.")
+                    "lulls do not cost a cold start. The autoscaler doubles it (up to 4x) after a "
+                    "scale-down it had to undo, and shortens it back after quiet periods "
+                    "(docs/autoscaling.md). Default 5m.")
     cost: CostSpec | None = Field(default=None, description="Budget limits. Optional.")
 
     @model_validator(mode="after")
@@ -499,6 +501,15 @@ class SuiteRef(_SpecModel):
         default="suite.jsonl", min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$",
         description="Key in the ConfigMap whose value is the suite, one JSON case per line. "
                     "Default suite.jsonl.")
+
+
+class JudgeRef(_SpecModel):
+    """Another ModelDeployment that grades the suite's ``judge`` cases."""
+
+    model_deployment: ObjectName = Field(
+        description="Name of a ModelDeployment in the same namespace. For each case graded \"judge\", the "
+                    "operator asks one of its Ready pods (OpenAI chat API, temperature 0) whether the "
+                    "answer matches the case's expected answer, YES or NO. Required.")
 
 
 class EvaluatorSpec(_SpecModel):
@@ -551,6 +562,9 @@ class EvaluationSpec(_SpecModel):
         description="Timeout of one suite request, in seconds. Default 60. 1-3600.")
     evaluator: EvaluatorSpec | None = Field(
         default=None, description="A custom evaluator Job instead of the built-in suite runner. Optional.")
+    judge: JudgeRef | None = Field(
+        default=None, description="The judge model for cases graded \"judge\". Needed when the suite has "
+                                  "such cases. Optional.")
     analysis: AnalysisSpec | None = Field(
         default=None, description="Live metric checks during each step's pause. Optional.")
 

@@ -22,8 +22,13 @@ virtual time. The rules, in the order ``decide`` applies them (docs/autoscaling.
    piles up during a cold start, so that backlog does not buy replicas that are idle once the
    starting ones serve.
 6. Scale up at once, at most to ``max(current × scale_up_max_factor, current + scale_up_max_add)``.
-7. Scale down slowly: to the highest recommendation within the ``scaleDownDelay`` window, by at most
+7. Scale down slowly: to the highest recommendation within the scale-down window, by at most
    ``max(scale_down_min_step, scale_down_max_percent % of current)`` per ``scale_down_period``.
+   The window is ``scaleDownDelay``, lengthened after a regretted scale-down: a scale-up within
+   one window of the last scale-down doubles it (at most ``window_max_factor`` times
+   ``scaleDownDelay``), and each ``window_decay_windows`` windows without regret halve it again.
+   Traffic that comes back in bursts thus keeps its fleet between bursts instead of paying a
+   cold start for each; traffic that moves slowly keeps the short window.
    With ``targetUSDPerMillionTokens`` set, an idle queue and a measured cost above the target, the
    window is skipped towards the fleet size that meets the target (reason ``TargetCost``), never
    below what the running requests need.
@@ -147,6 +152,13 @@ class PolicySpec:
     saturation_waiting: float = 8.0
     #: Seconds ahead the fleet is sized for while demand rises: about a cold start.
     scale_up_lead: float = 90.0
+    #: The scale-down window grows up to this many times ``scale_down_delay`` after regrets (1: never).
+    window_max_factor: float = 4.0
+    #: A lengthened window halves after this many (current) windows without a regret.
+    window_decay_windows: float = 3.0
+    #: A scale-up is a regret when it comes within this many windows of the last scale-down and
+    #: asks for at least the fleet that scale-down started from.
+    regret_windows: float = 2.0
 
     def __post_init__(self) -> None:
         if self.min_replicas < 0 or self.max_replicas < 1 or self.min_replicas > self.max_replicas:
@@ -166,6 +178,8 @@ class PolicySpec:
                 raise ValueError(f"token rates must be > 0, got {rate}")
         if not 0 < self.target_utilization <= 1 or self.backlog_horizon <= 0:
             raise ValueError("target_utilization must be in (0, 1] and backlog_horizon > 0")
+        if self.window_max_factor < 1 or self.window_decay_windows <= 0:
+            raise ValueError("window_max_factor must be >= 1 and window_decay_windows > 0")
 
     @property
     def throughput_spec(self) -> tp.ThroughputSpec | None:
@@ -201,6 +215,12 @@ class PolicyState:
     usd_per_million_tokens: float | None = None
     tokens_per_second: float | None = None
     throughput: tp.ThroughputState = field(default_factory=tp.ThroughputState)
+    #: The scale-down window is ``scale_down_delay × window_factor`` (1 until a regret).
+    window_factor: float = 1.0
+    #: When the window last changed length (a regret, or a decay step).
+    window_changed_at: float | None = None
+    #: Replicas before the last scale-down began (the fleet a regret wants back).
+    scaled_down_from: int | None = None
 
 
 @dataclass(frozen=True)
@@ -330,9 +350,23 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
         (current == 0 and demand == 0) or (idle_since is not None and idle_for >= spec.scale_to_zero_after))
     floor = 0 if may_be_zero else max(spec.min_replicas, 1)
 
-    window_start = now - spec.scale_down_delay
-    recs = tuple((t, r) for t, r in state.recommendations if t >= window_start) + ((now, recommended),)
+    factor, factor_at = state.window_factor, state.window_changed_at
+    if factor > 1 and factor_at is not None and (
+            now - factor_at >= spec.window_decay_windows * spec.scale_down_delay * factor):
+        factor, factor_at = max(1.0, factor / 2), now
+    window = spec.scale_down_delay * factor
     last_down = state.last_scale_down_at
+    down_from = state.scaled_down_from
+    if (recommended > current and last_down is not None and down_from is not None
+            and recommended >= down_from and now - last_down <= spec.regret_windows * window
+            and factor < spec.window_max_factor):
+        # Regret: the fleet a recent scale-down removed is wanted back, at the price of a cold
+        # start. Hold the next fleet longer.
+        factor, factor_at = min(spec.window_max_factor, factor * 2), now
+        down_from = None
+    window = spec.scale_down_delay * factor
+    window_start = now - window
+    recs = tuple((t, r) for t, r in state.recommendations if t >= window_start) + ((now, recommended),)
     why = ""
 
     if may_be_zero and current > 0 and demand == 0 and recommended <= current:
@@ -351,7 +385,9 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
     else:
         goal = max(r for _, r in recs)
         reason = Reason.SCALE_DOWN
-        why = f"; highest recommendation in the {spec.scale_down_delay:.0f}s window {goal}"
+        why = f"; highest recommendation in the {window:.0f}s window {goal}"
+        if factor > 1:
+            why += f" (scaleDownDelay ×{factor:g} after a scale-down was undone)"
         target_cost = spec.target_usd_per_million_tokens
         if (target_cost is not None and price > 0 and waiting == 0 and held_requests == 0
                 and usd_mtok is not None and tok_s is not None and usd_mtok > target_cost):
@@ -389,6 +425,8 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
             why += f", below minReplicas {spec.min_replicas}"
     if desired == current and reason in (Reason.SCALE_UP, Reason.SCALE_DOWN, Reason.TARGET_COST):
         reason = Reason.HOLD
+    if desired < current and (down_from is None or state.last_scale_at != last_down):
+        down_from = current  # a scale-down episode starts (the last change was not a scale-down)
 
     new_state = PolicyState(
         recommendations=recs,
@@ -400,6 +438,9 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
         usd_per_million_tokens=usd_mtok,
         tokens_per_second=tok_s,
         throughput=tp_state,
+        window_factor=factor,
+        window_changed_at=factor_at,
+        scaled_down_from=down_from,
     )
     if estimate is not None and estimate.demand is not None:
         sizing = (f"work demand {estimate.demand:.2f} engine-s/s + backlog {estimate.backlog:.1f} engine-s "
@@ -411,7 +452,8 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
                f"{running:g}, held {held_requests}) on {n_ready} ready + {n_starting} starting; "
                f"{sizing}; KV mean {kv_mean:.2f}; recommends {recommended}{why}")
     inputs = {"demand": demand, "waiting": waiting, "running": running, "kvCacheMean": kv_mean,
-              "perReplicaTarget": target, "capacity": capacity, "idleSeconds": idle_for}
+              "perReplicaTarget": target, "capacity": capacity, "idleSeconds": idle_for,
+              "scaleDownWindowSeconds": window}
     if estimate is not None and estimate.demand is not None:
         inputs.update(workDemand=estimate.demand, workBacklog=estimate.backlog,
                       replicaWorkCapacity=estimate.capacity)

@@ -19,6 +19,11 @@ as YAML or JSON, in a file (``MODELPLANE_SIM_BEHAVIOR_FILE`` or ``--behavior-fil
     bad-ft: {accuracy: 0.6, error_rate: 0.05, latency_factor: 2.0}
     org/model@rev3: {load_seconds: 30}   # by model and revision (most specific wins)
 
+Asked to grade (the evaluation gate's judge prompt: a reference answer and a candidate answer),
+the simulator acts as a judge model: it says YES when the candidate matches the reference
+(equal, or containing it, ignoring case and surrounding space) and NO otherwise, right with
+probability ``accuracy`` like any other task.
+
 ``generate_suite`` writes evaluation suites of these tasks in the JSONL case format the evaluation
 gate reads: ``{"id", "prompt" | "messages", "expected", "grader", "tolerance"?, "schema"?}``.
 """
@@ -230,6 +235,20 @@ _RE_DATE = re.compile(r"Write the date (\d{4})-(\d{2})-(\d{2}) in the format DD/
 _RE_DIVISION = re.compile(r"What is (-?\d+) divided by (-?\d+)\? Give the result to two decimal places")
 
 
+#: The gate's judge prompt (``modelplane.rollout.evaluate``): a reference and a candidate answer.
+_RE_JUDGE = re.compile(r"Reference answer:\n(.*?)\n\nCandidate answer:\n(.*?)\n\nIs the candidate answer "
+                       r"correct and consistent with the reference\?", re.S)
+
+
+def judge_verdict(prompt: str) -> bool | None:
+    """For a judge prompt, whether the candidate matches the reference; None for other prompts."""
+    m = _RE_JUDGE.search(prompt)
+    if m is None:
+        return None
+    reference, candidate = m.group(1).strip().casefold(), m.group(2).strip().casefold()
+    return bool(reference) and (candidate == reference or reference in candidate)
+
+
 def _wrong_number(value: int, rng: random.Random) -> int:
     delta = rng.choice((1, 2, 3, 10, -1, -2, -10))
     if rng.random() < 0.3 and abs(value) >= 10:
@@ -322,6 +341,10 @@ def answer(prompt: str, *, checkpoint: str, behavior: SimBehavior, seed: int = 0
 
     Unrecognised prompts get ``default_tokens`` of filler text.
     """
+    verdict = judge_verdict(prompt)
+    if verdict is not None:
+        right = unit_draw("accuracy", seed, checkpoint, prompt) < behavior.accuracy
+        return Answer("YES" if verdict == right else "NO", True, right)
     solution = solve(prompt, rng=_rng("wrong", seed, checkpoint, prompt))
     if solution is None:
         return Answer(filler_text(f"{seed}\x1f{checkpoint}\x1f{prompt}", default_tokens), False, False)
