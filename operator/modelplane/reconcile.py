@@ -284,9 +284,233 @@ def _normalise(status: Mapping[str, Any]) -> dict[str, Any]:
     return dict(model.model_dump(mode="json", by_alias=True, exclude_none=True))
 
 
+@dataclass(frozen=True)
+class _Revisions:
+    """Which Deployment runs the spec's revision, and which older ones still exist."""
+
+    spec_raw: dict[str, Any]
+    fingerprint: str
+    by_fp: dict[Any, Obj]  #: Deployments by the fingerprint annotation
+    deployments: dict[str, Obj]  #: Deployments by name
+    desired_dep: str  #: the name of the Deployment that runs (or will run) the spec
+    old_deps: list[Obj]  #: every other Deployment, by name
+    switching: bool  #: a plain revision switch in progress: the old one serves until the new is Ready
+
+
+def _revisions(md: ModelDeployment, observed: Observed) -> _Revisions:
+    source, revision = md.spec.model.source, md.spec.model.revision
+    spec_raw = md.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+    fingerprint = revision_fingerprint(spec_raw)
+    by_fp = {(d["metadata"].get("annotations") or {}).get(render.ANNOTATION_FINGERPRINT): d
+             for d in observed.deployments}
+    # The Deployment that runs the spec's gated fields, if one does (after a promotion it may carry
+    # a fingerprint key); else the one named by source and revision (updated in place on a direct
+    # change of image or args).
+    desired_dep = by_fp[fingerprint]["metadata"]["name"] if fingerprint in by_fp else \
+        render.deployment_name(md.name, source, revision)
+    deployments = {d["metadata"]["name"]: d for d in observed.deployments}
+    old_deps = [d for n, d in sorted(deployments.items()) if n != desired_dep]
+    switching = bool(old_deps) and _ready_replicas(deployments.get(desired_dep)) < 1
+    return _Revisions(spec_raw, fingerprint, by_fp, deployments, desired_dep, old_deps, switching)
+
+
+def _current_replicas(revs: _Revisions, prior: RolloutState) -> int:
+    """The fleet the autoscaler starts from: what the serving Deployments are asked to run."""
+    current = _spec_replicas(revs.deployments.get(revs.desired_dep))
+    if revs.switching:
+        # While the new revision starts, the old one's replicas are what the fleet is.
+        current = max(current, max(_spec_replicas(d) for d in revs.old_deps))
+    if prior.phase in rollouts.DRIVING:
+        # During a rollout the fleet is stable plus the canary's share of traffic.
+        current = _spec_replicas(revs.by_fp.get(prior.stable_revision)) + (
+            _spec_replicas(revs.by_fp.get(prior.canary_revision)) if prior.weight > 0 else 0)
+    return current
+
+
+def _children(md: ModelDeployment, observed: Observed, revs: _Revisions, rollout: rollouts.Outcome, *,
+              desired: int, shape: rollouts.Shape, switching: bool,
+              events: list[EventSpec]) -> tuple[list[dict[str, Any]], list[tuple[kube.Resource, str]]]:
+    """The children to apply (content hash changed) and the Deployments to delete; Events for each."""
+    source, revision = md.spec.model.source, md.spec.model.revision
+    apply: list[dict[str, Any]] = []
+    delete: list[tuple[kube.Resource, str]] = []
+    if rollout.driving:
+        workloads = list(rollout.workloads)
+    else:
+        have_dep = revs.deployments.get(revs.desired_dep)
+        key = ((have_dep or {}).get("metadata", {}).get("labels") or {}).get(render.LABEL_REVISION_HASH)
+        workloads = [rollouts.workload(role=render.Role.STABLE, spec_raw=revs.spec_raw,
+                                       fingerprint=revs.fingerprint,
+                                       key=key or render.revision_hash(source, revision),
+                                       replicas=desired, shape=shape)]
+    existing = {(c["kind"], c["metadata"]["name"]): c
+                for c in (*observed.deployments, *observed.services, *observed.pdbs)}
+    only_key = rollout.service_only_key if rollout.driving else None
+    for child in render.build_children(md, md.spec, workloads, service_only_key=only_key):
+        manifest = _with_hash(child)
+        have = existing.get((child["kind"], child["metadata"]["name"]))
+        have_hash = ((have or {}).get("metadata", {}).get("annotations") or {}).get(APPLIED_HASH)
+        if have_hash != manifest["metadata"]["annotations"][APPLIED_HASH]:
+            apply.append(manifest)
+            verb = "updated" if have else "created"
+            detail = f" ({desired} replicas)" if child["kind"] == "Deployment" else ""
+            events.append(EventSpec("Normal", Reason.APPLIED,
+                                    f"{verb} {child['kind']} {child['metadata']['name']}{detail}"))
+    if rollout.driving:
+        for dep_name in rollout.delete:
+            delete.append((kube.DEPLOYMENTS, dep_name))
+            events.append(EventSpec("Normal", Reason.DELETED, f"deleted Deployment {dep_name}: "
+                                    f"rollout {rollout.state.phase.value}", rollout=True))
+    elif not switching:
+        for dep in revs.old_deps:
+            delete.append((kube.DEPLOYMENTS, dep["metadata"]["name"]))
+            events.append(EventSpec("Normal", Reason.DELETED,
+                                    f"deleted Deployment {dep['metadata']['name']}: revision "
+                                    f"{revision} serves now"))
+    return apply, delete
+
+
+Cond = Callable[[str, bool, str, str], Condition]
+
+
+def _health_conditions(prepared: Prepared, counts: health.PodCounts, problem: health.Problem | None, *,
+                       desired: int, switching: bool, revision: str,
+                       cond: Cond) -> tuple[Phase, list[Condition]]:
+    """Phase, Ready, Degraded and Progressing from the plan, the pods and the first problem seen."""
+    plan = prepared.plan
+    conditions: list[Condition] = []
+    if plan is not None and prepared.gpus_per_replica is None:
+        return Phase.FAILED, [cond("Ready", False, plan.reason_code, plan.reason),
+                              cond("Degraded", True, plan.reason_code, plan.reason)]
+    ready_ok = desired >= 1 and counts.ready >= desired and problem is None
+    if problem is not None:
+        phase = Phase.DEGRADED
+        conditions.append(cond("Ready", counts.ready >= 1 and counts.ready >= desired,
+                               problem.reason, problem.message))
+        conditions.append(cond("Degraded", True, problem.reason, problem.message))
+    else:
+        if desired == 0 and counts.total == 0:
+            phase = Phase.SCALED_TO_ZERO
+            conditions.append(cond("Ready", False, Reason.SCALED_TO_ZERO,
+                                   "no replicas: scaled to zero until requests arrive"))
+        elif ready_ok and not switching:
+            phase = Phase.READY
+            conditions.append(cond("Ready", True, Reason.ALL_REPLICAS_READY,
+                                   f"{counts.ready}/{desired} replicas ready"))
+        else:
+            phase = Phase.PROGRESSING
+            conditions.append(cond("Ready", False, Reason.REPLICAS_STARTING,
+                                   f"{counts.ready}/{desired} replicas ready"))
+        conditions.append(cond("Degraded", False, Reason.HEALTHY, "no problem seen"))
+    progressing = switching or counts.ready != desired or counts.total != desired
+    if switching:
+        conditions.append(cond("Progressing", True, Reason.SWITCHING_REVISION,
+                               f"starting revision {revision}; the previous revision serves "
+                               "until a new replica is ready"))
+    else:
+        conditions.append(cond("Progressing", progressing,
+                               Reason.REPLICAS_STARTING if progressing else Reason.STABLE,
+                               f"{counts.ready}/{desired} replicas ready"))
+    return phase, conditions
+
+
+def _rollout_conditions(phase: Phase, conditions: list[Condition], rollout: rollouts.Outcome,
+                        counts: health.PodCounts, cond: Cond) -> tuple[Phase, list[Condition]]:
+    """While a rollout drives, Progressing (and Ready) say so; Evaluating when there is a gate."""
+    state = rollout.state
+    if rollout.driving or state.phase in rollouts.DRIVING:
+        rollout_message = f"rollout {state.phase.value}: {state.message}"
+        conditions = [c for c in conditions if c.type != "Progressing"]
+        active = state.phase in rollouts.DRIVING
+        conditions.append(cond("Progressing", active,
+                               state.reason.value if state.reason else Reason.ROLLOUT,
+                               rollout_message))
+        if active and phase in (Phase.READY, Phase.PROGRESSING):
+            phase = Phase.PROGRESSING
+            conditions = [c for c in conditions if c.type != "Ready"] + [
+                cond("Ready", counts.ready >= 1, Reason.ROLLOUT_IN_PROGRESS,
+                     f"{counts.ready}/{counts.total} replicas ready; {rollout_message}")]
+    if rollout.rollout_spec is not None and rollout.rollout_spec.evaluation or state.eval_score is not None:
+        conditions.append(_evaluating_condition(state, cond))
+    return phase, conditions
+
+
+def _scaling_conditions(decision: policy.Decision | None, model_config: ModelConfig | None,
+                        cond: Cond) -> list[Condition]:
+    """ScalingLimited and MetricsAvailable (with the autoscaler), ModelConfigLoaded (once read)."""
+    conditions: list[Condition] = []
+    if decision is not None:
+        conditions.append(cond("ScalingLimited", decision.limited,
+                               decision.reason if decision.limited else Reason.WITHIN_LIMITS,
+                               decision.message))
+        # Metrics missing or stale: the autoscaler holds its last decision until they return.
+        blind = decision.reason == policy.Reason.METRICS_UNAVAILABLE
+        conditions.append(cond("MetricsAvailable", not blind,
+                               policy.Reason.METRICS_UNAVAILABLE if blind else Reason.METRICS_READ,
+                               decision.message if blind else "every ready replica's /metrics read"))
+    if model_config is not None:
+        conditions.append(cond("ModelConfigLoaded", model_config.arch is not None, model_config.reason,
+                               model_config.message))
+    return conditions
+
+
+def _serving(md: ModelDeployment, revs: _Revisions, rollout: rollouts.Outcome,
+             switching: bool) -> dict[str, Any]:
+    """``stable``, ``servingRevision`` and ``desiredRevisionLive`` of the status."""
+    source, revision = md.spec.model.source, md.spec.model.revision
+    if rollout.driving:
+        state = rollout.state
+        stable_plan = next((w for w in rollout.workloads if w.role == render.Role.STABLE), None)
+        stable_dep = revs.by_fp.get(state.stable_revision)
+        return {"stable": {"revision": state.stable_label, "fingerprint": state.stable_revision,
+                           "source": stable_plan.source if stable_plan else None,
+                           "deployment": render.workload_name(md.name, stable_plan.workload_key)
+                           if stable_plan else (stable_dep or {}).get("metadata", {}).get("name")},
+                "servingRevision": state.stable_label, "desiredRevisionLive": False}
+    serving_dep = revs.old_deps[0] if switching else revs.deployments.get(revs.desired_dep)
+    annotations = (serving_dep or {}).get("metadata", {}).get("annotations") or {}
+    serving_rev = annotations.get(render.ANNOTATION_REVISION, revision) if switching else revision
+    return {"stable": {"revision": serving_rev,
+                       "source": annotations.get(render.ANNOTATION_SOURCE, source) if switching else source,
+                       "deployment": (serving_dep or {}).get("metadata", {}).get("name", revs.desired_dep),
+                       "fingerprint": annotations.get(render.ANNOTATION_FINGERPRINT) if switching
+                       else revs.fingerprint},
+            "servingRevision": serving_rev,
+            "desiredRevisionLive": serving_rev == revision and not switching}
+
+
+def _cost(decision: policy.Decision | None, old_status: Mapping[str, Any], *, total: int, desired: int,
+          replica_usd: float) -> dict[str, Any]:
+    cost: dict[str, Any] = {"hourlyUSD": round(total * replica_usd, 4),
+                            "desiredHourlyUSD": round(desired * replica_usd, 4)}
+    if decision is not None and decision.usd_per_million_tokens is not None:
+        cost["usdPerMillionTokens"] = round(decision.usd_per_million_tokens, 4)
+    elif isinstance(old_status.get("cost"), Mapping) and "usdPerMillionTokens" in old_status["cost"]:
+        cost["usdPerMillionTokens"] = old_status["cost"]["usdPerMillionTokens"]
+    return cost
+
+
+def _autoscaler_status(decision: policy.Decision, old_status: Mapping[str, Any],
+                       now: datetime) -> dict[str, Any]:
+    queue_depth = decision.waiting / decision.ready if decision.ready else decision.waiting
+    previous = (old_status.get("autoscaler") or {}).get("lastDecision") or {}
+    changed = previous.get("desiredReplicas") != decision.desired_replicas or \
+        not str(previous.get("reason") or "").startswith(f"{decision.reason}:")
+    fresh = changed or not previous
+    return {"lastDecision": {
+        # Only a new decision gets a new time: a resync that decides the same writes nothing.
+        "time": now.isoformat().replace("+00:00", "Z") if fresh else previous.get("time"),
+        "desiredReplicas": decision.desired_replicas,
+        "reason": f"{decision.reason}: {decision.message}" if fresh else previous.get("reason"),
+        "queueDepth": round(queue_depth, 3),
+        "runningRequests": round(decision.running, 3),
+    }}
+
+
 def finish(prepared: Prepared, observed: Observed, *, metrics: Sequence[ScrapeResult] = (),
            policy_state: policy.PolicyState | None = None,
            rollout_memory: rollouts.Memory | None = None) -> Result:
+    """Autoscale, drive the rollout, render the children and build the status (see the module doc)."""
     policy_state = policy_state or policy.PolicyState()
     rollout_memory = rollout_memory or rollouts.Memory()
     body = observed.body
@@ -315,31 +539,9 @@ def finish(prepared: Prepared, observed: Observed, *, metrics: Sequence[ScrapeRe
         return _result(status, old_status, events=[EventSpec("Warning", Reason.INVALID_SPEC, message)],
                        policy_state=policy_state)
 
-    # --- which revision serves -----------------------------------------------------------
-    name = md.name
-    source, revision = md.spec.model.source, md.spec.model.revision
-    spec_raw = md.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
-    fingerprint = revision_fingerprint(spec_raw)
-    by_fp = {(d["metadata"].get("annotations") or {}).get(render.ANNOTATION_FINGERPRINT): d
-             for d in observed.deployments}
-    # The Deployment that runs the spec's gated fields, if one does (after a promotion it may carry
-    # a fingerprint key); else the one named by source and revision (updated in place on a direct
-    # change of image or args).
-    desired_dep = by_fp[fingerprint]["metadata"]["name"] if fingerprint in by_fp else \
-        render.deployment_name(name, source, revision)
-    deployments = {d["metadata"]["name"]: d for d in observed.deployments}
-    old_deps = [d for n, d in sorted(deployments.items()) if n != desired_dep]
-    switching = bool(old_deps) and _ready_replicas(deployments.get(desired_dep)) < 1
-
-    current = _spec_replicas(deployments.get(desired_dep))
-    if switching:
-        # While the new revision starts, the old one's replicas are what the fleet is.
-        current = max(current, max(_spec_replicas(d) for d in old_deps))
-    prior = RolloutState.from_status(old_status)
-    if prior.phase in rollouts.DRIVING:
-        # During a rollout the fleet is stable plus the canary's share of traffic.
-        current = _spec_replicas(by_fp.get(prior.stable_revision)) + (
-            _spec_replicas(by_fp.get(prior.canary_revision)) if prior.weight > 0 else 0)
+    # Which revision serves, and the fleet the autoscaler sizes.
+    revs = _revisions(md, observed)
+    current = _current_replicas(revs, RolloutState.from_status(old_status))
     desired, decision = _autoscale(prepared, observed, metrics, policy_state, current)
     new_policy_state = decision.state if decision is not None else policy_state
     if decision is not None and decision.desired_replicas != (policy_state.last_desired
@@ -347,131 +549,41 @@ def finish(prepared: Prepared, observed: Observed, *, metrics: Sequence[ScrapeRe
                                                               else current):
         events.append(EventSpec("Normal", decision.reason, decision.message, scaling=True))
 
-    # --- the rollout -----------------------------------------------------------------------------
+    # The rollout.
     shape = None if prepared.gpus_per_replica is None else rollouts.Shape(
         prepared.gpu_type, prepared.gpus_per_replica, prepared.tensor_parallel_size,
         prepared.startup_budget_seconds)
     rollout = rollouts.drive(
-        md_meta=meta, spec_raw=spec_raw, status=old_status, deployments=observed.deployments,
+        md_meta=meta, spec_raw=revs.spec_raw, status=old_status, deployments=observed.deployments,
         services=observed.services, pods=observed.pods, metrics=metrics, memory=rollout_memory,
-        total=desired, shape=shape, served_name=prepared.served_name or name, now=now)
+        total=desired, shape=shape, served_name=prepared.served_name or md.name, now=now)
     events += [EventSpec(e.type, e.reason.value, e.message, rollout=True) for e in rollout.events]
-    state = rollout.state
-    driving = rollout.driving
-    if driving:
-        switching = False  # the rollout, not the plain switch, says which revision serves
+    # While a rollout drives, it (not the plain switch) says which revision serves.
+    switching = revs.switching and not rollout.driving
 
-    # --- children ----------------------------------------------------------------------------
+    # Children.
     apply: list[dict[str, Any]] = []
     delete: list[tuple[kube.Resource, str]] = []
-    plan = prepared.plan
     if shape is not None:
-        if driving:
-            workloads = list(rollout.workloads)
-        else:
-            key = (deployments[desired_dep]["metadata"].get("labels") or {}).get(
-                render.LABEL_REVISION_HASH) if desired_dep in deployments else None
-            workloads = [rollouts.workload(role=render.Role.STABLE, spec_raw=spec_raw,
-                                           fingerprint=fingerprint,
-                                           key=key or render.revision_hash(source, revision),
-                                           replicas=desired, shape=shape)]
-        existing = {(c["kind"], c["metadata"]["name"]): c
-                    for c in (*observed.deployments, *observed.services, *observed.pdbs)}
-        only_key = rollout.service_only_key if driving else None
-        for child in render.build_children(md, md.spec, workloads, service_only_key=only_key):
-            manifest = _with_hash(child)
-            have = existing.get((child["kind"], child["metadata"]["name"]))
-            have_hash = ((have or {}).get("metadata", {}).get("annotations") or {}).get(APPLIED_HASH)
-            if have_hash != manifest["metadata"]["annotations"][APPLIED_HASH]:
-                apply.append(manifest)
-                verb = "updated" if have else "created"
-                detail = f" ({desired} replicas)" if child["kind"] == "Deployment" else ""
-                events.append(EventSpec("Normal", Reason.APPLIED,
-                                        f"{verb} {child['kind']} {child['metadata']['name']}{detail}"))
-        if driving:
-            for dep_name in rollout.delete:
-                delete.append((kube.DEPLOYMENTS, dep_name))
-                events.append(EventSpec("Normal", Reason.DELETED, f"deleted Deployment {dep_name}: "
-                                        f"rollout {state.phase.value}", rollout=True))
-        elif not switching:
-            for dep in old_deps:
-                delete.append((kube.DEPLOYMENTS, dep["metadata"]["name"]))
-                events.append(EventSpec("Normal", Reason.DELETED,
-                                        f"deleted Deployment {dep['metadata']['name']}: revision "
-                                        f"{revision} serves now"))
+        apply, delete = _children(md, observed, revs, rollout, desired=desired, shape=shape,
+                                  switching=switching, events=events)
 
-    # --- status ---------------------------------------------------------------------------------
+    # Status.
+    plan = prepared.plan
     counts = health.count_pods(observed.pods)
     problem = health.first_problem(observed.pods, nodes=observed.nodes, events=observed.events,
                                    now=observed.now,
                                    startup_budget_seconds=prepared.startup_budget_seconds)
-    conditions: list[Condition] = []
-    if plan is not None and prepared.gpus_per_replica is None:
-        phase = Phase.FAILED
-        conditions += [cond("Ready", False, plan.reason_code, plan.reason),
-                       cond("Degraded", True, plan.reason_code, plan.reason)]
-    else:
-        ready_ok = desired >= 1 and counts.ready >= desired and problem is None
-        if problem is not None:
-            phase = Phase.DEGRADED
-            conditions.append(cond("Ready", counts.ready >= 1 and counts.ready >= desired,
-                                   problem.reason, problem.message))
-            conditions.append(cond("Degraded", True, problem.reason, problem.message))
-        else:
-            if desired == 0 and counts.total == 0:
-                phase = Phase.SCALED_TO_ZERO
-                conditions.append(cond("Ready", False, Reason.SCALED_TO_ZERO,
-                                       "no replicas: scaled to zero until requests arrive"))
-            elif ready_ok and not switching:
-                phase = Phase.READY
-                conditions.append(cond("Ready", True, Reason.ALL_REPLICAS_READY,
-                                       f"{counts.ready}/{desired} replicas ready"))
-            else:
-                phase = Phase.PROGRESSING
-                conditions.append(cond("Ready", False, Reason.REPLICAS_STARTING,
-                                       f"{counts.ready}/{desired} replicas ready"))
-            conditions.append(cond("Degraded", False, Reason.HEALTHY, "no problem seen"))
-        progressing = switching or counts.ready != desired or counts.total != desired
-        if switching:
-            conditions.append(cond("Progressing", True, Reason.SWITCHING_REVISION,
-                                   f"starting revision {revision}; the previous revision serves "
-                                   "until a new replica is ready"))
-        else:
-            conditions.append(cond("Progressing", progressing,
-                                   Reason.REPLICAS_STARTING if progressing else Reason.STABLE,
-                                   f"{counts.ready}/{desired} replicas ready"))
-    if driving or state.phase in rollouts.DRIVING:
-        rollout_message = f"rollout {state.phase.value}: {state.message}"
-        conditions = [c for c in conditions if c.type != "Progressing"]
-        active = state.phase in rollouts.DRIVING
-        conditions.append(cond("Progressing", active,
-                               state.reason.value if state.reason else Reason.ROLLOUT,
-                               rollout_message))
-        if active and phase in (Phase.READY, Phase.PROGRESSING):
-            phase = Phase.PROGRESSING
-            conditions = [c for c in conditions if c.type != "Ready"] + [
-                cond("Ready", counts.ready >= 1, Reason.ROLLOUT_IN_PROGRESS,
-                     f"{counts.ready}/{counts.total} replicas ready; {rollout_message}")]
-    if rollout.rollout_spec is not None and rollout.rollout_spec.evaluation or state.eval_score is not None:
-        conditions.append(_evaluating_condition(state, cond))
-    if decision is not None:
-        conditions.append(cond("ScalingLimited", decision.limited,
-                               decision.reason if decision.limited else Reason.WITHIN_LIMITS,
-                               decision.message))
-        # Metrics missing or stale: the autoscaler holds its last decision until they return.
-        blind = decision.reason == policy.Reason.METRICS_UNAVAILABLE
-        conditions.append(cond("MetricsAvailable", not blind,
-                               policy.Reason.METRICS_UNAVAILABLE if blind else Reason.METRICS_READ,
-                               decision.message if blind else "every ready replica's /metrics read"))
-    if observed.model_config is not None:
-        read = observed.model_config.arch is not None
-        conditions.append(cond("ModelConfigLoaded", read, observed.model_config.reason,
-                               observed.model_config.message))
+    phase, conditions = _health_conditions(prepared, counts, problem, desired=desired, switching=switching,
+                                           revision=md.spec.model.revision, cond=cond)
+    phase, conditions = _rollout_conditions(phase, conditions, rollout, counts, cond)
+    conditions += _scaling_conditions(decision, observed.model_config, cond)
 
-    serving_dep = old_deps[0] if switching else deployments.get(desired_dep)
-    serving_rev = (serving_dep or {}).get("metadata", {}).get("annotations", {}).get(
-        render.ANNOTATION_REVISION, revision) if switching else revision
-    gpus_per = prepared.gpus_per_replica or 0
+    state = rollout.state
+    machine_status = state.to_status()
+    canary_doc = {k: v for k, v in machine_status["canary"].items() if v is not None}
+    if state.phase in rollouts.DRIVING:
+        canary_doc["summary"] = f"{state.canary_label} {state.weight}% {state.phase.value}"
     replica_usd = plan.usd_per_hour_per_replica if plan is not None and plan.fits else 0.0
     status_doc: dict[str, Any] = {
         "observedGeneration": generation,
@@ -482,66 +594,26 @@ def finish(prepared: Prepared, observed: Observed, *, metrics: Sequence[ScrapeRe
         "selector": render.selector_string(md),
         "conditions": [c.model_dump(mode="json", by_alias=True, exclude_none=True)
                        for c in conditions],
-        "stable": {"revision": serving_rev,
-                   "source": source if not switching else
-                   (serving_dep or {}).get("metadata", {}).get("annotations", {}).get(
-                       render.ANNOTATION_SOURCE, source),
-                   "deployment": (serving_dep or {}).get("metadata", {}).get("name", desired_dep)},
+        **_serving(md, revs, rollout, switching),
         "endpoint": render.endpoint(md),
-        "servingRevision": serving_rev,
-        "desiredRevisionLive": serving_rev == revision and not switching,
+        "canary": canary_doc,
+        "rolloutHistory": [{k: v for k, v in h.items() if v is not None}
+                           for h in machine_status["rolloutHistory"]],
+        "cost": _cost(decision, old_status, total=counts.total, desired=desired, replica_usd=replica_usd),
     }
-    machine_status = state.to_status()
-    serving_fp = ((serving_dep or {}).get("metadata", {}).get("annotations") or {}).get(
-        render.ANNOTATION_FINGERPRINT) if switching else fingerprint
-    status_doc["stable"]["fingerprint"] = serving_fp
-    if driving:
-        stable_plan = next((w for w in rollout.workloads if w.role == render.Role.STABLE), None)
-        stable_dep = by_fp.get(state.stable_revision)
-        status_doc["stable"] = {
-            "revision": state.stable_label, "fingerprint": state.stable_revision,
-            "source": stable_plan.source if stable_plan else None,
-            "deployment": render.workload_name(name, stable_plan.workload_key) if stable_plan
-            else (stable_dep or {}).get("metadata", {}).get("name")}
-        status_doc["servingRevision"] = state.stable_label
-        status_doc["desiredRevisionLive"] = False
-    canary_doc = {k: v for k, v in machine_status["canary"].items() if v is not None}
-    if state.phase in rollouts.DRIVING:
-        canary_doc["summary"] = f"{state.canary_label} {state.weight}% {state.phase.value}"
-    status_doc["canary"] = canary_doc
-    status_doc["rolloutHistory"] = [{k: v for k, v in h.items() if v is not None}
-                                    for h in machine_status["rolloutHistory"]]
     if plan is not None:
         status_doc["plan"] = plan.to_status()
         if prepared.gpus_per_replica is not None and not plan.fits:
-            status_doc["plan"]["gpusPerReplica"] = gpus_per
+            status_doc["plan"]["gpusPerReplica"] = prepared.gpus_per_replica
             status_doc["plan"]["tensorParallelSize"] = prepared.tensor_parallel_size
-            status_doc["plan"]["shape"] = f"{gpus_per}x any allowed GPU"
-    cost: dict[str, Any] = {"hourlyUSD": round(counts.total * replica_usd, 4),
-                            "desiredHourlyUSD": round(desired * replica_usd, 4)}
-    if decision is not None and decision.usd_per_million_tokens is not None:
-        cost["usdPerMillionTokens"] = round(decision.usd_per_million_tokens, 4)
-    elif isinstance(old_status.get("cost"), Mapping) and "usdPerMillionTokens" in old_status["cost"]:
-        cost["usdPerMillionTokens"] = old_status["cost"]["usdPerMillionTokens"]
-    status_doc["cost"] = cost
+            status_doc["plan"]["shape"] = f"{prepared.gpus_per_replica}x any allowed GPU"
     queue_depth = None
     if decision is not None:
+        status_doc["autoscaler"] = _autoscaler_status(decision, old_status, now)
         queue_depth = decision.waiting / decision.ready if decision.ready else decision.waiting
-        previous_decision = (old_status.get("autoscaler") or {}).get("lastDecision") or {}
-        changed = previous_decision.get("desiredReplicas") != decision.desired_replicas or \
-            not str(previous_decision.get("reason") or "").startswith(f"{decision.reason}:")
-        status_doc["autoscaler"] = {"lastDecision": {
-            # Only a new decision gets a new time: a resync that decides the same writes nothing.
-            "time": now.isoformat().replace("+00:00", "Z") if changed or not previous_decision
-            else previous_decision.get("time"),
-            "desiredReplicas": decision.desired_replicas,
-            "reason": f"{decision.reason}: {decision.message}" if changed or not previous_decision
-            else previous_decision.get("reason"),
-            "queueDepth": round(queue_depth, 3),
-            "runningRequests": round(decision.running, 3),
-        }}
     status = ModelDeploymentStatus.model_validate(
         {k: v for k, v in status_doc.items() if v is not None})
+
     if plan is not None and (old_status.get("plan") or {}).get("reason") != plan.reason:
         events.append(EventSpec("Normal" if plan.fits else "Warning",
                                 Reason.PLANNED if plan.fits else plan.reason_code, plan.reason))
@@ -555,7 +627,7 @@ def finish(prepared: Prepared, observed: Observed, *, metrics: Sequence[ScrapeRe
                    cancel_evaluation=rollout.cancel_evaluation)
 
 
-def _evaluating_condition(state: RolloutState, cond: Callable[[str, bool, str, str], Condition]) -> Condition:
+def _evaluating_condition(state: RolloutState, cond: Cond) -> Condition:
     """``Evaluating``: True while the gate runs; afterwards False with the last gate's numbers."""
     if state.phase is RolloutPhase.EVALUATING:
         return cond("Evaluating", True, Reason.EVALUATION_RUNNING,

@@ -28,7 +28,7 @@ from modelplane import kube
 from modelplane.controls import send_control
 from modelplane.devcluster.serviceproxy import ServiceProxy
 from modelplane.rollout.machine import Command
-from modelplane.sim.quality import generate_suite, suite_jsonl
+from modelplane.sim.quality import TaskKind, generate_suite, suite_jsonl
 from tests.clusterfixtures import ClusterHandle, OperatorHandle, start_operator
 from tests.waiting import wait_for
 
@@ -115,7 +115,9 @@ async def set_revision(client: kube.Kube, ns: str, name: str, revision: str) -> 
 
 
 async def revisions_of_pods(client: kube.Kube, ns: str) -> set[str]:
-    pods = await client.list(kube.PODS, namespace=ns)
+    """The revisions the serving pods run (not an evaluator Job's pod)."""
+    pods = [p for p in await client.list(kube.PODS, namespace=ns)
+            if (p["metadata"].get("labels") or {}).get("app.kubernetes.io/component") != "evaluation"]
     return {next((a for i, a in enumerate(p["spec"]["containers"][0]["args"]) if i > 0 and
                   p["spec"]["containers"][0]["args"][i - 1] == "--revision"), "?")
             for p in pods if not p["metadata"].get("deletionTimestamp")}
@@ -437,14 +439,21 @@ async def test_a_custom_evaluator_job_gets_the_endpoints_and_its_score_decides_t
 async def test_cases_graded_by_a_judge_are_graded_by_the_judge_model_deployment(
         kube_client: kube.Kube, namespace: str, operator: OperatorHandle) -> None:
     await setup(kube_client, namespace, "chat",
-                evaluation={"suiteRef": {"configMap": "judged"}, "judge": {"modelDeployment": "judge"}})
+                evaluation={"suiteRef": {"configMap": "judged"}, "judge": {"modelDeployment": "judge"},
+                            "analysis": None})  # no live traffic here: the steps' pauses decide
     judge = manifest("judge")
     judge["spec"]["model"]["revision"] = "judge-v1"
     del judge["spec"]["rollout"]
     await kube_client.create(judge, namespace=namespace)
     # Every case graded by the judge: without a working judge each would count as wrong, the canary
     # would score 0 and be rolled back.
-    cases = [dict(c, grader="judge") for c in generate_suite(60, seed=7) if "expected" in c]
+    # (The kinds whose expected answer is plain text a judge compares with: not a regex, schema or
+    # number with a tolerance.)
+    kinds = [TaskKind.ARITHMETIC, TaskKind.COMPARISON, TaskKind.REPEAT, TaskKind.CHOICE,
+             TaskKind.CONTAINS]
+    cases = [{"id": c["id"], **{k: c[k] for k in ("prompt", "messages") if k in c},
+              "expected": c["expected"], "grader": "judge"}
+             for c in generate_suite(60, seed=7, kinds=kinds)]
     await kube_client.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "judged"},
                               "data": {"suite.jsonl": suite_jsonl(cases)}}, namespace=namespace)
     await wait_md(kube_client, namespace, "judge", lambda md: md["status"].get("phase") == "Ready",
