@@ -20,6 +20,7 @@ import contextlib
 import itertools
 import logging
 import time
+import weakref
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -77,6 +78,9 @@ class ServiceProxy:
         self._refresher: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._tiebreak = itertools.count()
+        #: Client connections seen, closed on stop whatever state aiohttp left them in (held
+        #: requests, keep-alive): a stopped proxy leaves no open socket behind.
+        self._transports: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
         self.port = 0
 
     async def refresh(self) -> None:
@@ -120,7 +124,12 @@ class ServiceProxy:
             return None
         return min(self.endpoints.values(), key=lambda e: (e.in_flight, next(self._tiebreak)))
 
+    def _seen(self, request: web.Request) -> None:
+        if request.transport is not None:
+            self._transports.add(request.transport)
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self._seen(request)
         body = await request.read()
         deadline = time.monotonic() + self.hold_seconds
         attempts = 0
@@ -191,8 +200,9 @@ class ServiceProxy:
         self.stats.by_pod[endpoint.pod] = self.stats.by_pod.get(endpoint.pod, 0) + 1
         return response
 
-    async def _activator_metrics(self, _: web.Request) -> web.Response:
+    async def _activator_metrics(self, request: web.Request) -> web.Response:
         """What the operator's ``--activator-url`` reads: requests held, in Prometheus text."""
+        self._seen(request)
         text = ("# HELP modelplane_activator_pending Requests held while no endpoint is ready.\n"
                 "# TYPE modelplane_activator_pending gauge\n"
                 f'modelplane_activator_pending{{namespace="{self.namespace}",'
@@ -241,5 +251,10 @@ class ServiceProxy:
                 await self._refresher
         if self._runner is not None:
             await self._runner.cleanup()
+        for transport in list(self._transports):
+            if not transport.is_closing():
+                transport.close()
         if self._session is not None:
             await self._session.close()
+        # A closed transport lets go of its socket on the loop's next iteration.
+        await asyncio.sleep(0)
