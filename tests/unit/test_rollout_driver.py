@@ -106,6 +106,19 @@ def test_a_gated_change_starts_a_canary_outside_the_service_and_orders_an_evalua
     assert world.status["phase"] == "Progressing" and world.status["desiredRevisionLive"] is False
 
 
+@pytest.mark.parametrize(("evaluation", "judge"), [
+    ({"suiteRef": {"configMap": "suite"}}, None),
+    ({"suiteRef": {"configMap": "suite"}, "judge": {"modelDeployment": "grader"}}, "grader"),
+], ids=["no-judge", "judge"])
+def test_the_evaluation_order_names_the_judge(evaluation: dict[str, Any], judge: str | None) -> None:
+    rollout = {"steps": STEPS, "evaluation": evaluation}
+    world = World()
+    world.tick(md("rev-a", rollout=rollout), NOW)
+    first = world.tick(md("rev-b", rollout=rollout), NOW + timedelta(seconds=1))
+    second = world.tick(md("rev-b", rollout=rollout), NOW + timedelta(seconds=2), first.rollout_memory)
+    assert second.start_evaluation is not None and second.start_evaluation.judge == judge
+
+
 def test_a_failed_gate_rolls_back_after_draining_and_the_status_says_why() -> None:
     world = World()
     for i in range(2):
