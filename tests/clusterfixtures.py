@@ -43,13 +43,15 @@ class ClusterHandle:
                               input=input_, env=full_env, timeout=60)
 
 
-@pytest.fixture(autouse=True)
-def collect_garbage() -> Iterator[None]:
-    """Collect garbage as each test ends, so a socket or transport a test forgot to close is
-    reported (ResourceWarning, an error under our warning filter) against the test that opened
-    it, not against whichever later test the collector happens to run in."""
-    yield
+@pytest.hookimpl(wrapper=True, trylast=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    """Collect garbage once each test's fixtures are torn down — its event loop closed too — so
+    a socket or transport the test left open is reported (ResourceWarning, an error under our
+    warning filter) against that test, not against whichever later test the collector happens to
+    run in. (Inside pytest's own unraisable-exception wrapper, which then reports it.)"""
+    result = yield
     gc.collect()
+    return result
 
 
 @pytest.fixture(scope="session")

@@ -2,14 +2,15 @@
 
 from tests.clusterfixtures import (
     cluster,
-    collect_garbage,
     crds,
     hf_endpoint,
     kube_client,
     namespace,
     operator,
     pytest_runtest_makereport,
+    pytest_runtest_teardown,
 )
 
-__all__ = ["cluster", "collect_garbage", "crds", "hf_endpoint", "kube_client", "namespace", "operator",
-           "pytest_runtest_makereport"]
+__all__ = ["cluster", "crds", "hf_endpoint", "kube_client", "namespace", "operator",
+           "pytest_runtest_makereport",
+           "pytest_runtest_teardown"]
