@@ -142,6 +142,8 @@ async def test_scale_to_zero_and_back_loses_no_request(
         await wait_for(lambda: _phase(kube_client, ns, "lazy", "ScaledToZero"), timeout=120,
                        what="back to zero after scaleToZeroAfter of idleness")
     finally:
-        stop_operator(handle)
+        # The proxy first: stopping the operator blocks this thread for seconds, and connections
+        # the operator opens to the activator meanwhile would wait, unaccepted, for the loop.
         await proxy.stop()
+        stop_operator(handle)
         await kube_client.delete(kube.NAMESPACES, ns)
