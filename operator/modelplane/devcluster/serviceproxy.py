@@ -219,13 +219,6 @@ class ServiceProxy:
         except ConnectionResetError:
             return False
 
-    @staticmethod
-    async def _no_keepalive(_: web.Request, response: web.StreamResponse) -> None:
-        # One request per client connection: no idle connection outlives its answer, so none is
-        # left open when the proxy stops. (A dev-cluster stand-in on loopback: a new connection
-        # per request costs nothing here.)
-        response.force_close()
-
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(
             total=None, sock_connect=5, sock_read=300))
@@ -238,7 +231,6 @@ class ServiceProxy:
         app = web.Application(client_max_size=64 * 2**20)
         app.router.add_get(ACTIVATOR_METRICS_PATH, self._activator_metrics)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        app.on_response_prepare.append(self._no_keepalive)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         handlers = self._runner.server
