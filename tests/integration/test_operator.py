@@ -173,10 +173,15 @@ async def test_a_request_larger_than_any_node_shows_insufficient_gpu_with_the_nu
     assert "asks for 2 nvidia.com/gpu" in degraded["message"]
     assert "offers 1" in degraded["message"]
     assert condition(md, "Ready")["status"] == "False"
-    warnings = [e for e in await kube_client.list(kube.EVENTS, namespace=namespace,
-                                                  field_selector="involvedObject.name=toobig")
-                if e["reason"] == "InsufficientGPU"]
-    assert warnings and warnings[0]["type"] == "Warning"
+
+    # The Event is posted after the status write that the wait above saw: wait for it too.
+    async def warning() -> dict[str, Any] | None:
+        events = await kube_client.list(kube.EVENTS, namespace=namespace,
+                                        field_selector="involvedObject.name=toobig")
+        return next((e for e in events if e["reason"] == "InsufficientGPU"), None)
+
+    event = await wait_for(warning, timeout=30, what="the InsufficientGPU Event")
+    assert event["type"] == "Warning"
 
 
 async def test_deleting_the_model_deployment_removes_its_children(
