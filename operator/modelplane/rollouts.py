@@ -290,12 +290,12 @@ def analyse(window: Window, metrics: Sequence[ScrapeResult], pod_keys: Mapping[s
 # --- the tick -------------------------------------------------------------------------------------
 
 
-def _pod_url(pods: Sequence[Obj], key: str) -> str | None:
+def ready_pod_url(pods: Sequence[Obj], key: str | None = None) -> str | None:
+    """The URL of the first Ready pod (by name) with an IP, of revision ``key`` when given."""
     for pod in sorted(pods, key=lambda p: str(p["metadata"]["name"])):
-        meta = pod.get("metadata") or {}
+        labels = (pod.get("metadata") or {}).get("labels") or {}
         ip = (pod.get("status") or {}).get("podIP")
-        if (meta.get("labels") or {}).get(render.LABEL_REVISION_HASH) == key and ip and is_ready(pod) \
-                and not meta.get("deletionTimestamp"):
+        if (key is None or labels.get(render.LABEL_REVISION_HASH) == key) and ip and is_ready(pod):
             return f"http://{ip}:{render.PORT}"
     return None
 
@@ -426,8 +426,8 @@ def _order(*, md_meta: Mapping[str, Any], spec_raw: Mapping[str, Any], evaluatio
         stable_revision=state.stable_revision or "", attempt=action.attempt,
         report_name=render.workload_name(name, f"eval-{fp8}"),
         job_name=render.workload_name(name, f"eval-{fp8}-{action.attempt}"),
-        canary_url=_pod_url(pods, canary_key) if canary_key else None,
-        stable_url=_pod_url(pods, stable_key) if stable_key else None,
+        canary_url=ready_pod_url(pods, canary_key) if canary_key else None,
+        stable_url=ready_pod_url(pods, stable_key) if stable_key else None,
         served_name=served_name,
         suite_config_map=suite.get("configMap"), suite_key=str(suite.get("key") or "suite.jsonl"),
         evaluator=evaluation.get("evaluator"),

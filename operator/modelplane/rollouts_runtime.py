@@ -31,12 +31,11 @@ import aiohttp
 
 from modelplane import kube, render
 from modelplane.api.models import API_VERSION, KIND
-from modelplane.health import is_ready
 from modelplane.rollout.evaluate import Endpoint, EvaluationRun, OpenAIJudge, run_evaluation
 from modelplane.rollout.machine import EvalResult
 from modelplane.rollout.stats import GateResult, evaluate_gate
 from modelplane.rollout.suite import SuiteError, parse_suite
-from modelplane.rollouts import EvaluationOrder
+from modelplane.rollouts import EvaluationOrder, ready_pod_url
 
 #: How often a Job evaluator's progress is read.
 JOB_POLL_SECONDS = 1.0
@@ -189,11 +188,10 @@ async def judge_endpoint(client: kube.Kube, namespace: str, name: str) -> Endpoi
     served = str(model.get("servedName") or name)
     pods = await client.list(kube.PODS, namespace=namespace,
                              label_selector=f"{render.LABEL_MODEL_DEPLOYMENT}={name}")
-    for pod in sorted(pods, key=lambda p: str(p["metadata"]["name"])):
-        ip = (pod.get("status") or {}).get("podIP")
-        if ip and is_ready(pod):
-            return Endpoint(f"http://{ip}:{render.PORT}", served)
-    raise EvaluationError(f"judge ModelDeployment {name} has no Ready pod")
+    url = ready_pod_url(pods)
+    if url is None:
+        raise EvaluationError(f"judge ModelDeployment {name} has no Ready pod")
+    return Endpoint(url, served)
 
 
 async def _termination_message(client: kube.Kube, order: EvaluationOrder) -> str | None:

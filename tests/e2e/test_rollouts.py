@@ -24,7 +24,7 @@ import aiohttp
 import pytest
 import yaml
 
-from modelplane import kube
+from modelplane import kube, render
 from modelplane.controls import send_control
 from modelplane.devcluster.serviceproxy import ServiceProxy
 from modelplane.rollout.machine import Command
@@ -117,7 +117,7 @@ async def set_revision(client: kube.Kube, ns: str, name: str, revision: str) -> 
 async def revisions_of_pods(client: kube.Kube, ns: str) -> set[str]:
     """The revisions the serving pods run (not an evaluator Job's pod)."""
     pods = [p for p in await client.list(kube.PODS, namespace=ns)
-            if (p["metadata"].get("labels") or {}).get("app.kubernetes.io/component") != "evaluation"]
+            if (p["metadata"].get("labels") or {}).get(render.LABEL_COMPONENT) != "evaluation"]
     return {next((a for i, a in enumerate(p["spec"]["containers"][0]["args"]) if i > 0 and
                   p["spec"]["containers"][0]["args"][i - 1] == "--revision"), "?")
             for p in pods if not p["metadata"].get("deletionTimestamp")}

@@ -24,8 +24,9 @@ virtual time. The rules, in the order ``decide`` applies them (docs/autoscaling.
 6. Scale up at once, at most to ``max(current × scale_up_max_factor, current + scale_up_max_add)``.
 7. Scale down slowly: to the highest recommendation within the scale-down window, by at most
    ``max(scale_down_min_step, scale_down_max_percent % of current)`` per ``scale_down_period``.
-   The window is ``scaleDownDelay``, lengthened after a regretted scale-down: a scale-up within
-   one window of the last scale-down doubles it (at most ``window_max_factor`` times
+   The window is ``scaleDownDelay``, lengthened after a regretted scale-down: a scale-up that,
+   within ``regret_windows`` windows of the last scale-down, asks for at least the fleet that
+   scale-down episode started from doubles it (at most ``window_max_factor`` times
    ``scaleDownDelay``), and each ``window_decay_windows`` windows without regret halve it again.
    Traffic that comes back in bursts thus keeps its fleet between bursts instead of paying a
    cold start for each; traffic that moves slowly keeps the short window.

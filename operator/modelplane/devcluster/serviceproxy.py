@@ -195,7 +195,7 @@ class ServiceProxy:
         self.stats.by_pod[endpoint.pod] = self.stats.by_pod.get(endpoint.pod, 0) + 1
         return response
 
-    async def _activator_metrics(self, request: web.Request) -> web.Response:
+    async def _activator_metrics(self, _: web.Request) -> web.Response:
         """What the operator's ``--activator-url`` reads: requests held, in Prometheus text."""
         text = ("# HELP modelplane_activator_pending Requests held while no endpoint is ready.\n"
                 "# TYPE modelplane_activator_pending gauge\n"
