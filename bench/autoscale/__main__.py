@@ -16,7 +16,11 @@ from bench.autoscale import run, traces
 
 HERE = Path(__file__).resolve().parent
 README = HERE.parent / "README.md"
-BEGIN, END = "<!-- RESULTS:BEGIN -->", "<!-- RESULTS:END -->"
+
+def markers(quick: bool) -> tuple[str, str]:
+    """Where a run's table goes in bench/README.md: the quick and the full run each have a section."""
+    tag = "RESULTS" if quick else "RESULTS-FULL"
+    return f"<!-- {tag}:BEGIN -->", f"<!-- {tag}:END -->"
 
 
 def build_traces(args: argparse.Namespace) -> list[traces.Trace]:
@@ -51,16 +55,17 @@ def main(argv: list[str] | None = None) -> int:
     verdict = run.verdict_lines(results)
     traces_md = "\n".join(f"- `{t.name}`: {t.description}; {len(t.requests)} requests over "
                           f"{t.duration / 60:.0f} min" for t in trace_list)
-    section = (f"{BEGIN}\nMode: {'quick' if args.quick else 'full'}; {elapsed:.0f} s on this machine.\n\n"
-               f"{traces_md}\n\n{table}\n\nTargets (ours):\n\n{verdict}\n{END}")
+    begin, end = markers(args.quick)
+    section = (f"{begin}\nMode: {'quick' if args.quick else 'full'}; {elapsed:.0f} s on this machine.\n\n"
+               f"{traces_md}\n\n{table}\n\nTargets (ours):\n\n{verdict}\n{end}")
     print(section)
     if not args.no_write:
-        for path in run.plot(results, HERE / "results"):
+        for path in run.plot(results, HERE / "results" if args.quick else HERE / "results" / "full"):
             print(f"wrote {path.relative_to(HERE.parent.parent)}")
-        text = README.read_text() if README.exists() else f"{BEGIN}\n{END}\n"
-        if BEGIN in text and END in text:
-            head, rest = text.split(BEGIN, 1)
-            text = head + section + rest.split(END, 1)[1]
+        text = README.read_text() if README.exists() else f"{begin}\n{end}\n"
+        if begin in text and end in text:
+            head, rest = text.split(begin, 1)
+            text = head + section + rest.split(end, 1)[1]
         else:
             text += "\n" + section + "\n"
         README.write_text(text)

@@ -117,6 +117,17 @@ CASES = {
         Step(515, (LOW,) * 6, 6, Reason.HOLD),            # t=460 is inside the 60 s window...
         Step(525, (LOW,) * 6, 3, Reason.SCALE_DOWN),      # ...and out 65 s later (120 s: held to 580)
     )),
+    "a lengthened window keeps its length while bursts use the held fleet": Case(SHORT, 4, (
+        Step(0, (FULL,) * 4, 4, Reason.HOLD),
+        Step(10, (LOW,) * 4, 4, Reason.HOLD),
+        Step(65, (LOW,) * 4, 2, Reason.SCALE_DOWN),
+        Step(100, ((600, 256, 0.6),) * 2, 6, Reason.SCALE_UP),  # regret: 120 s window
+        Step(250, (FULL,) * 6, 6, Reason.HOLD),           # a burst uses the held fleet...
+        Step(380, (FULL,) * 6, 6, Reason.HOLD),           # ...and another: the decay clock restarts
+        Step(460, (LOW,) * 6, 6, Reason.HOLD),            # 360 s after the regret, still 120 s: t=380 held
+        Step(495, (LOW,) * 6, 6, Reason.HOLD),
+        Step(505, (LOW,) * 6, 3, Reason.SCALE_DOWN),      # t=380 left the 120 s window
+    )),
     "a scale-up long after a scale-down is no regret": Case(SHORT, 4, (
         Step(0, (FULL,) * 4, 4, Reason.HOLD),
         Step(10, (LOW,) * 4, 4, Reason.HOLD),

@@ -27,7 +27,8 @@ virtual time. The rules, in the order ``decide`` applies them (docs/autoscaling.
    The window is ``scaleDownDelay``, lengthened after a regretted scale-down: a scale-up that,
    within ``regret_windows`` windows of the last scale-down, asks for at least the fleet that
    scale-down episode started from doubles it (at most ``window_max_factor`` times
-   ``scaleDownDelay``), and each ``window_decay_windows`` windows without regret halve it again.
+   ``scaleDownDelay``), and each ``window_decay_windows`` windows in which demand neither regretted
+   a scale-down nor asked for the whole held fleet again halve it.
    Traffic that comes back in bursts thus keeps its fleet between bursts instead of paying a
    cold start for each; traffic that moves slowly keeps the short window.
    With ``targetUSDPerMillionTokens`` set, an idle queue and a measured cost above the target, the
@@ -365,6 +366,11 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
         # start. Hold the next fleet longer.
         factor, factor_at = min(spec.window_max_factor, factor * 2), now
         down_from = None
+    if factor > 1 and recommended >= current > 0:
+        # The fleet the lengthened window held is wanted again: the hold paid off, so the decay
+        # clock starts over (bursts that keep coming keep their fleet instead of losing it, and a
+        # burst's SLO with it, every ``window_decay_windows`` windows).
+        factor_at = now
     window = spec.scale_down_delay * factor
     window_start = now - window
     recs = tuple((t, r) for t, r in state.recommendations if t >= window_start) + ((now, recommended),)
