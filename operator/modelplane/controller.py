@@ -28,7 +28,7 @@ from typing import Any
 
 import aiohttp
 
-from modelplane import kube, opmetrics, peering, rollouts, rollouts_runtime, scrape
+from modelplane import kube, opmetrics, peering, promquery, rollouts, rollouts_runtime, scrape
 from modelplane import reconcile as core
 from modelplane.api.models import FIELD_MANAGER, GROUP, KIND, VERSION
 from modelplane.autoscaler.policy import PolicyState
@@ -54,6 +54,8 @@ class Settings:
     #: Where the activator reports the requests it holds (Prometheus text, the metric
     #: ``modelplane_activator_pending{namespace,service}``); None: no activator.
     activator_url: str | None = None
+    #: Read the pods' metrics from this Prometheus instead of scraping them; None: scrape the pods.
+    prometheus: promquery.PrometheusSource | None = None
     #: HA: (kopf peering object name, this replica's priority, namespaces or () for cluster-wide).
     peering: tuple[str, int, tuple[str, ...]] | None = None
     #: Read each model's config.json (Hugging Face Hub, or a mirror at ``hf_endpoint``) to size it.
@@ -229,15 +231,22 @@ class Controller:
             pdbs=tuple(pdbs), pods=tuple(pods), events=tuple(events), nodes=tuple(nodes),
             now=datetime.now(UTC), monotonic=time.monotonic(),
             activator_pending=self._pending.get(key, 0),
-            model_config=self._model_config(key, body))
+            model_config=self._model_config(key, body),
+            metrics_max_age=(self.settings.prometheus.max_age_seconds
+                             if self.settings.prometheus is not None else None))
         memory = self.memory.setdefault(key, _Memory())
         prepared = core.prepare(observed, prices=self.settings.prices)
 
         metrics: tuple[scrape.ScrapeResult, ...] = ()
         if prepared.scrape_targets and self._http is not None:
-            metrics = tuple(await scrape.scrape_all(
-                self._http, prepared.scrape_targets, served_name=prepared.served_name,
-                timeout=self.settings.scrape_timeout_seconds))
+            if self.settings.prometheus is not None:
+                metrics = tuple(await promquery.query_pods(
+                    self._http, self.settings.prometheus, namespace=namespace,
+                    pods=[t.pod for t in prepared.scrape_targets], served_name=prepared.served_name))
+            else:
+                metrics = tuple(await scrape.scrape_all(
+                    self._http, prepared.scrape_targets, served_name=prepared.served_name,
+                    timeout=self.settings.scrape_timeout_seconds))
             for scraped in metrics:
                 if scraped.error:
                     opmetrics.SCRAPE_ERRORS.labels(namespace, name).inc()

@@ -96,6 +96,8 @@ class Observed:
     activator_pending: int = 0
     #: The outcome of reading the model's config.json (None: not read — disabled or pending).
     model_config: ModelConfig | None = None
+    #: Metrics older than this are stale; None: the policy's default (right for the direct scrape).
+    metrics_max_age: float | None = None
 
 
 @dataclass(frozen=True)
@@ -240,10 +242,13 @@ def _autoscale(prepared: Prepared, observed: Observed, metrics: Sequence[ScrapeR
         return (md.spec.replicas if md.spec.replicas is not None else max(current, 1)), None
     plan = prepared.plan
     usd = plan.usd_per_hour_per_replica if plan is not None and plan.fits else 0.0
+    tunables: dict[str, float] = dict(prepared.throughput_priors)
+    if observed.metrics_max_age is not None:
+        tunables["metrics_max_age"] = observed.metrics_max_age
     spec = policy.policy_spec_from_scaling(
         md.spec.scaling.model_dump(mode="json", by_alias=True, exclude_none=True),
         usd_per_replica_hour=usd, replica_concurrency=md.spec.engine.max_num_seqs or 256,
-        **prepared.throughput_priors)
+        **tunables)
     by_pod = {m.pod: m for m in metrics}
     ready, starting = [], []
     for pod in observed.pods:
@@ -447,7 +452,7 @@ def _scaling_conditions(decision: policy.Decision | None, model_config: ModelCon
         blind = decision.reason == policy.Reason.METRICS_UNAVAILABLE
         conditions.append(cond("MetricsAvailable", not blind,
                                policy.Reason.METRICS_UNAVAILABLE if blind else Reason.METRICS_READ,
-                               decision.message if blind else "every ready replica's /metrics read"))
+                               decision.message if blind else "every ready replica's metrics read"))
     if model_config is not None:
         conditions.append(cond("ModelConfigLoaded", model_config.arch is not None, model_config.reason,
                                model_config.message))

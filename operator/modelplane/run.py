@@ -24,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from modelplane import kube, opmetrics
 from modelplane.controller import Controller, Settings
 from modelplane.planner.source import HF_BASE_URL
+from modelplane.promquery import PrometheusSource
 
 log = logging.getLogger("modelplane")
 
@@ -47,6 +48,20 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--activator-url", default=None,
                         help="URL of the activator's metrics (requests held while a ModelDeployment "
                              "has no ready replica); scale from zero reacts to them at once")
+    prom = parser.add_argument_group(
+        "Prometheus", "read the pods' vLLM metrics from a Prometheus that scrapes them, instead of "
+                      "scraping the pods (docs/autoscaling.md)")
+    prom.add_argument("--prometheus-url", default=None,
+                      help="base URL of the Prometheus query API, e.g. http://prometheus:9090")
+    prom.add_argument("--prometheus-pod-label", default="pod",
+                      help="the label that names a series' pod (default pod)")
+    prom.add_argument("--prometheus-namespace-label", default="namespace",
+                      help="the label that names a series' namespace (default namespace)")
+    prom.add_argument("--prometheus-max-age", type=float, default=120.0,
+                      help="seconds after which a pod's newest sample is stale and the autoscaler "
+                           "holds (default 120: a few scrape intervals)")
+    prom.add_argument("--prometheus-token-file", type=Path, default=None,
+                      help="file with a bearer token for the query API (re-read for every query)")
     parser.add_argument("--hf-endpoint", default=None,
                         help="Hugging Face Hub (or mirror) to read models' config.json from "
                              "(default https://huggingface.co)")
@@ -54,6 +69,20 @@ def register(subparsers: Any) -> None:
                         help="never read config.json; plan from the catalog and spec.model.hints")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     parser.set_defaults(func=main)
+
+
+def prometheus_source(args: argparse.Namespace) -> PrometheusSource | None:
+    """The ``--prometheus-*`` flags as a source; None without ``--prometheus-url``."""
+    if not args.prometheus_url:
+        return None
+    try:
+        return PrometheusSource(
+            url=args.prometheus_url, pod_label=args.prometheus_pod_label,
+            namespace_label=args.prometheus_namespace_label,
+            lookback_seconds=max(120.0, args.prometheus_max_age), max_age_seconds=args.prometheus_max_age,
+            bearer_token_file=args.prometheus_token_file)
+    except ValueError as exc:
+        raise SystemExit(f"--prometheus-*: {exc}") from exc
 
 
 def load_prices(path: Path | None) -> dict[str, float]:
@@ -100,7 +129,7 @@ async def operate(args: argparse.Namespace) -> None:
     peering_name = os.environ.get("MODELPLANE_PEERING") or None
     priority = random.SystemRandom().randint(1, 2**31 - 1)
     settings = Settings(resync_seconds=args.resync_seconds, prices=load_prices(args.prices),
-                        activator_url=args.activator_url,
+                        activator_url=args.activator_url, prometheus=prometheus_source(args),
                         read_model_config=not args.no_model_config,
                         namespaces=tuple(args.namespace),
                         hf_endpoint=args.hf_endpoint or HF_BASE_URL,

@@ -7,16 +7,19 @@ first requests so that none is lost.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import re
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from modelplane import kube, loadgen
+from modelplane import kube, loadgen, render, rollouts
 from modelplane.devcluster.serviceproxy import ServiceProxy
 from tests.clusterfixtures import ClusterHandle, OperatorHandle, start_operator, stop_operator
+from tests.promfake import FakePrometheus
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -146,4 +149,89 @@ async def test_scale_to_zero_and_back_loses_no_request(
         # the operator opens to the activator meanwhile would wait, unaccepted, for the loop.
         await proxy.stop()
         stop_operator(handle)
+        await kube_client.delete(kube.NAMESPACES, ns)
+
+
+async def test_with_a_prometheus_source_a_queue_read_from_prometheus_scales_up_and_stale_data_holds(
+        cluster: ClusterHandle, kube_client: kube.Kube, crds: Path) -> None:
+    # Its own namespace and operator, which reads the pods' metrics only through the query API of
+    # a Prometheus (tests.promfake) that scrapes the simulator pods every second.
+    ns = "prom-" + hashlib.sha1(str(time.time()).encode()).hexdigest()[:6]
+    await kube_client.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    prom = await FakePrometheus(interval=1.0).start()
+    scraping = True
+
+    async def discover() -> None:
+        # Prometheus' pod discovery: the Ready pods of the namespace, by pod IP.
+        while True:
+            if scraping:
+                prom.targets = {(ns, p["metadata"]["name"]): f"http://{p['status']['podIP']}:{render.PORT}/metrics"
+                                for p in await kube_client.list(kube.PODS, namespace=ns)
+                                if (p.get("status") or {}).get("podIP") and rollouts.is_ready(p)}
+            else:
+                prom.targets = {}
+            await asyncio.sleep(0.5)
+
+    discovery = asyncio.create_task(discover())
+    log = cluster.dev.log_file("operator-prom") if cluster.dev else Path("/tmp/operator-prom.log")
+    handle = None
+    try:
+        handle = start_operator(cluster, log, namespaces=(ns,),
+                                extra_args=("--prometheus-url", prom.url, "--prometheus-max-age", "10"))
+        await kube_client.create(model("chat", ns, minReplicas=1, maxReplicas=3, targetQueueDepth=1,
+                                       scaleDownDelay="30s"))
+        await wait_for(lambda: _phase(kube_client, ns, "chat", "Ready"), timeout=90,
+                       what="Ready with one replica")
+
+        async def metrics_read() -> bool:
+            status = await status_of(kube_client, ns, "chat")
+            return condition(status, "MetricsAvailable").get("status") == "True"
+
+        await wait_for(metrics_read, timeout=30, what="MetricsAvailable from Prometheus")
+        pod_names = [p["metadata"]["name"] for p in await kube_client.list(kube.PODS, namespace=ns)]
+        assert any(all(name in q or name.replace("-", "\\\\-") in q for name in pod_names)
+                   for q in prom.queries), prom.queries[-3:]
+
+        proxy = ServiceProxy(kube_client, namespace=ns, service="chat")
+        port = await proxy.start()
+        try:
+            config = loadgen.LoadConfig(base_url=f"http://127.0.0.1:{port}/v1", model="chat",
+                                        schedule=loadgen.parse_schedule("constant:8"), duration=15,
+                                        prompt_tokens=loadgen.Lengths(100),
+                                        output_tokens=loadgen.Lengths(16, maximum=24), timeout=240)
+            load = asyncio.create_task(loadgen.run_load(config))
+            desired: list[int] = []
+            while not load.done():
+                desired.append(int((await status_of(kube_client, ns, "chat")).get("desiredReplicas") or 0))
+                await asyncio.wait({load}, timeout=SAMPLE_SECONDS)
+            report = load.result()
+        finally:
+            await proxy.stop()
+        print(f"\nthrough Prometheus, desired over time: {desired}")
+        assert report.errors == 0 and report.ok == report.sent
+        assert max(desired) >= 2, "no scale-up on the queue Prometheus saw"
+
+        # Prometheus stops getting the pods: once their newest samples are older than the max age,
+        # the autoscaler holds what it has and says why.
+        held = int((await status_of(kube_client, ns, "chat")).get("desiredReplicas") or 0)
+        scraping = False
+
+        async def blind() -> dict[str, Any] | None:
+            c = condition(await status_of(kube_client, ns, "chat"), "MetricsAvailable")
+            return c if c.get("status") == "False" else None
+
+        stale = await wait_for(blind, timeout=60, what="MetricsAvailable=False once the samples are stale")
+        assert stale["reason"] == "MetricsUnavailable", stale
+        # Stale by --prometheus-max-age (10 s), not the direct scrape's 30 s.
+        ages = [int(a) for a in re.findall(r"are (\d+)s old", stale["message"])]
+        assert ages and all(10 <= a < 30 for a in ages), stale["message"]
+        status = await status_of(kube_client, ns, "chat")
+        assert status.get("desiredReplicas") == held, "stale metrics hold the last decision"
+    finally:
+        discovery.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await discovery
+        await prom.stop()  # before the operator, for the reason the scale-to-zero test gives
+        if handle is not None:
+            stop_operator(handle)
         await kube_client.delete(kube.NAMESPACES, ns)

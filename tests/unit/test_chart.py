@@ -19,7 +19,7 @@ import yaml
 
 from modelplane import gpus, opmetrics
 from modelplane.cli import build_parser
-from modelplane.run import load_prices
+from modelplane.run import load_prices, prometheus_source
 from tests.chart import CHART, REPO, lint, one, permissions, pick, render
 
 # A cold helm build (first run on a machine) takes minutes; warm, these tests take seconds.
@@ -69,6 +69,9 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
                       "gpuPrices": {"nvidia-h100-80gb": 2.49, "nvidia-l4": 0.7}},
     "credentials": {"rbac": {"readModelCredentials": True}},
     "credentials-namespaced": {"rbac": {"readModelCredentials": True}, "watchNamespaces": ["a"]},
+    "prometheus": {"prometheusSource": {"url": "http://prometheus-operated.monitoring:9090",
+                                        "podLabel": "kubernetes_pod_name", "maxAgeSeconds": 90,
+                                        "tokenSecret": "prom-token"}},
     "tuned": {"metrics": {"port": 9090}, "resyncSeconds": 5, "logLevel": "DEBUG",
               "image": {"repository": "registry.example/modelplane", "tag": "dev"}},
 }
@@ -191,6 +194,22 @@ def test_deployment_runs_modelplane_run_with_flags_its_parser_accepts(name: str,
         assert args.prices == Path("/etc/modelplane/prices/prices.yaml")
     else:
         assert args.prices is None
+    prom = values.get("prometheusSource", {})
+    source = prometheus_source(args)
+    if prom.get("url"):
+        assert source is not None
+        assert (source.url, source.pod_label, source.namespace_label, source.max_age_seconds) == (
+            prom["url"], prom.get("podLabel", "pod"), prom.get("namespaceLabel", "namespace"),
+            prom.get("maxAgeSeconds", 120))
+        pod = _deployment(rendered[name])["spec"]["template"]["spec"]
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        if prom.get("tokenSecret"):
+            assert source.bearer_token_file == Path(mounts["prometheus-token"]) / "token"
+            assert volumes["prometheus-token"]["secret"]["secretName"] == prom["tokenSecret"]
+    else:
+        assert source is None
+        assert "prometheus-token" not in {m["name"] for m in container.get("volumeMounts", [])}
 
 
 @pytest.mark.parametrize("name", list(VALUE_SETS), ids=list(VALUE_SETS))
