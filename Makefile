@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: venv test test-unit test-integration test-e2e lint crds crds-check cluster-up cluster-down \
-        binaries demo bench clean
+        binaries demo bench bench-scaleup clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -56,6 +56,10 @@ demo: venv binaries
 
 bench: venv
 	$(BIN)/python -m bench.autoscale --quick
+
+# On the dev cluster (started if needed): from a queue forming to the next replica's pod.
+bench-scaleup: venv binaries
+	$(BIN)/python -m bench.scaleup
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -124,7 +124,8 @@ def crd_path() -> Path:
     return root / "crds" / "modeldeployments.modelplane.dev.yaml"
 
 
-async def install(client: kube.Kube) -> None:
+async def install(client: kube.Kube, namespace: str = NAMESPACE) -> None:
+    """Apply the ModelDeployment CRD, wait until it is served, and create ``namespace``."""
     crd = yaml.safe_load(crd_path().read_text())
     await client.apply(crd)
     deadline = time.monotonic() + 60
@@ -138,16 +139,18 @@ async def install(client: kube.Kube) -> None:
         await asyncio.sleep(0.5)
     with contextlib.suppress(kube.Conflict):
         await client.create({"apiVersion": "v1", "kind": "Namespace",
-                             "metadata": {"name": NAMESPACE}})
+                             "metadata": {"name": namespace}})
 
 
-def start_operator(kubeconfig: str, log: Path, activator_url: str) -> subprocess.Popen[bytes]:
+def start_operator(kubeconfig: str, log: Path, activator_url: str | None, *,
+                   namespace: str = NAMESPACE) -> subprocess.Popen[bytes]:
+    """``modelplane run`` for ``namespace`` as its own process, logging to ``log``."""
     port = free_port()
     out = log.open("ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "modelplane.cli", "run", "--namespace", NAMESPACE,
+        [sys.executable, "-m", "modelplane.cli", "run", "--namespace", namespace,
          "--metrics-host", "127.0.0.1", "--metrics-port", str(port), "--resync-seconds", "2",
-         "--activator-url", activator_url,
+         *(("--activator-url", activator_url) if activator_url else ()),
          # A mirror of the Hub for config.json, e.g. inside a perimeter (tests point it at loopback).
          *(("--hf-endpoint", os.environ["MODELPLANE_HF_ENDPOINT"])
            if os.environ.get("MODELPLANE_HF_ENDPOINT") else ())],
