@@ -35,6 +35,8 @@ MIN_REPLICAS, MAX_REPLICAS = 1, 16
 COLD_START = 90.0
 SLO_TTFT = 2.0
 POLICY_ORDER = ("modelplane", "HPA", "KEDA", "KubeAI", "static peak", "oracle")
+#: SLO attainments this close count as equal (half a point).
+SLO_TOLERANCE = 0.005
 
 
 def engine_params() -> EngineParams:
@@ -61,11 +63,16 @@ def sim_config(params: EngineParams, *, cold_start: float = COLD_START) -> SimCo
 
 
 def build_policies(trace: traces.Trace, params: EngineParams, *, cold_start: float = COLD_START,
-                   max_replicas: int = MAX_REPLICAS) -> tuple[list[Autoscaler], int]:
-    """The six policies for ``trace``, and the replicas every run starts with (ready at t=0)."""
+                   max_replicas: int = MAX_REPLICAS, target_factor: float = 1.0,
+                   static_replicas: int | None = None) -> tuple[list[Autoscaler], int]:
+    """The six policies for ``trace``, and the replicas every run starts with (ready at t=0).
+
+    ``target_factor`` scales the baselines' per-replica targets (HPA's and KubeAI's in-flight
+    requests, KEDA's queue) and ``static_replicas`` replaces static peak's fleet: the iso-SLO sweep.
+    """
     needed = policies.needed_replicas(trace, policies.replica_capacity(params, trace))
     initial = needed[0]
-    per_replica = MAX_NUM_SEQS + TARGET_QUEUE_DEPTH
+    per_replica = (MAX_NUM_SEQS + TARGET_QUEUE_DEPTH) * target_factor
     spec = PolicySpec(min_replicas=MIN_REPLICAS, max_replicas=max_replicas,
                       target_queue_depth=TARGET_QUEUE_DEPTH, scale_down_delay=300.0,
                       usd_per_replica_hour=replica_hourly_usd(GPU, GPUS_PER_REPLICA),
@@ -73,34 +80,120 @@ def build_policies(trace: traces.Trace, params: EngineParams, *, cold_start: flo
     built: list[Autoscaler] = [
         policies.Ours(spec),
         policies.HPAStyle(target_per_pod=per_replica, min_replicas=MIN_REPLICAS, max_replicas=max_replicas),
-        policies.KEDAStyle(queue_per_replica=TARGET_QUEUE_DEPTH, min_replicas=MIN_REPLICAS,
+        policies.KEDAStyle(queue_per_replica=TARGET_QUEUE_DEPTH * target_factor, min_replicas=MIN_REPLICAS,
                            max_replicas=max_replicas),
         policies.KubeAIStyle(target_requests=per_replica, min_replicas=MIN_REPLICAS,
                              max_replicas=max_replicas, initial_average=initial * per_replica * 0.9),
-        policies.Static(min(max(needed), max_replicas)),
+        policies.Static(static_replicas if static_replicas is not None else min(max(needed), max_replicas)),
         policies.Oracle(needed, cold_start=cold_start),
     ]
     return built, initial
 
 
-def run_one(trace: traces.Trace, policy_name: str, cold_start: float = COLD_START) -> RunResult:
+def run_one(trace: traces.Trace, policy_name: str, cold_start: float = COLD_START,
+            setting: float | None = None) -> RunResult:
+    """One policy on ``trace``; with ``setting``, a sweep point (a target factor, or static's fleet)."""
     params = engine_params()
-    built, initial = build_policies(trace, params, cold_start=cold_start)
+    static = int(setting) if setting is not None and policy_name == "static peak" else None
+    factor = setting if setting is not None and static is None else 1.0
+    built, initial = build_policies(trace, params, cold_start=cold_start, target_factor=factor,
+                                    static_replicas=static)
     policy = next(p for p in built if p.name == policy_name)
-    return run(trace, policy, sim_config(params, cold_start=cold_start), initial_replicas=initial)
+    result = run(trace, policy, sim_config(params, cold_start=cold_start), initial_replicas=initial)
+    if setting is not None:
+        result.setting = setting
+    return result
 
 
-def _run_job(job: tuple[traces.Trace, str]) -> RunResult:
+#: The iso-SLO sweep: each baseline's per-replica target times these factors (1 is the main table)...
+SWEEP_FACTORS = (0.75, 0.5, 0.35, 0.25)
+SWEPT = ("HPA", "KEDA", "KubeAI")
+#: ... and static fleets from this share of the peak fleet up to one below it.
+STATIC_FROM = 0.5
+
+
+def sweep_jobs(trace: traces.Trace) -> list[tuple[traces.Trace, str, float, float]]:
+    peak = max(policies.needed_replicas(trace, policies.replica_capacity(engine_params(), trace)))
+    peak = min(peak, MAX_REPLICAS)
+    jobs = [(trace, name, COLD_START, f) for name in SWEPT for f in SWEEP_FACTORS]
+    jobs += [(trace, "static peak", COLD_START, float(n))
+             for n in range(max(1, math.floor(peak * STATIC_FROM)), peak)]
+    return jobs
+
+
+def _run_job(job: tuple[traces.Trace, str] | tuple[traces.Trace, str, float, float]) -> RunResult:
     return run_one(*job)
 
 
-def run_all(trace_list: Sequence[traces.Trace], *, workers: int | None = None) -> list[RunResult]:
-    jobs = [(t, name) for t in trace_list for name in POLICY_ORDER]
+def run_all(trace_list: Sequence[traces.Trace], *, workers: int | None = None,
+            sweep: bool = True) -> list[RunResult]:
+    """Every policy on every trace, then (``sweep``) the iso-SLO sweep points (``RunResult.setting``)."""
+    jobs: list[tuple[traces.Trace, str] | tuple[traces.Trace, str, float, float]] = [
+        (t, name) for t in trace_list for name in POLICY_ORDER]
+    if sweep:
+        jobs += [j for t in trace_list for j in sweep_jobs(t)]
     workers = workers or min(2, os.cpu_count() or 1)
     if workers <= 1:
         return [_run_job(j) for j in jobs]
     with ProcessPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(_run_job, jobs))
+
+
+def main_results(results: Sequence[RunResult]) -> list[RunResult]:
+    return [r for r in results if r.setting is None]
+
+
+@dataclass(frozen=True)
+class IsoSlo:
+    """What a baseline costs at our SLO: its cheapest run (default or swept) that reaches it."""
+
+    trace: str
+    policy: str
+    slo: float  #: ours, the bar
+    gpu_hours: float | None  #: None: no setting reached it
+    setting: float | None  #: the target factor or static fleet of that run (None: the default)
+    best_slo: float  #: the best any of its settings reached
+
+
+def iso_slo(results: Sequence[RunResult]) -> list[IsoSlo]:
+    out = []
+    for name in dict.fromkeys(r.trace for r in results):
+        rows = [r for r in results if r.trace == name]
+        ours = next(r for r in rows if r.policy == "modelplane")
+        bar = ours.slo_attainment - SLO_TOLERANCE
+        for policy in (*SWEPT, "static peak"):
+            runs = [r for r in rows if r.policy == policy]
+            reached = [r for r in runs if r.slo_attainment >= bar]
+            best = min(reached, key=lambda r: r.gpu_hours) if reached else None
+            out.append(IsoSlo(name, policy, ours.slo_attainment, best.gpu_hours if best else None,
+                              best.setting if best else None, max(r.slo_attainment for r in runs)))
+    return out
+
+
+def iso_slo_table(results: Sequence[RunResult]) -> str:
+    rows = iso_slo(results)
+    ours = {r.trace: r.gpu_hours for r in main_results(results) if r.policy == "modelplane"}
+    lines = ["| trace | our SLO | ours GPU-h | HPA | KEDA | KubeAI | static | ours fewest |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for name in dict.fromkeys(r.trace for r in rows):
+        cells = []
+        fewest = True
+        for r in (x for x in rows if x.trace == name):
+            if r.gpu_hours is None:
+                cells.append(f"not reached (best {100 * r.best_slo:.1f}%)")
+                continue
+            fewest &= ours[name] < r.gpu_hours
+            if r.setting is None:
+                what = "default"
+            elif r.policy == "static peak":
+                what = f"{r.setting:.0f} replicas"
+            else:
+                what = f"target ×{r.setting:g}"
+            cells.append(f"{r.gpu_hours:.2f} ({what})")
+        slo = next(x.slo for x in rows if x.trace == name)
+        lines.append(f"| {name} | {100 * slo:.1f}% | {ours[name]:.2f} | {' | '.join(cells)} | "
+                     f"{'yes' if fewest else 'no'} |")
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True)
@@ -119,7 +212,7 @@ def verdicts(results: Sequence[RunResult]) -> list[Verdict]:
         ours = rows["modelplane"]
         others = [r for p, r in rows.items() if p not in ("modelplane", "oracle")]
         # Like for like: fewer GPU-hours than each of them AND an SLO attainment at least as good.
-        fewest = all(ours.gpu_hours < r.gpu_hours and ours.slo_attainment >= r.slo_attainment - 0.005
+        fewest = all(ours.gpu_hours < r.gpu_hours and ours.slo_attainment >= r.slo_attainment - SLO_TOLERANCE
                      for r in others)
         static = rows["static peak"]
         oracle = rows["oracle"]

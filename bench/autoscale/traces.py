@@ -75,15 +75,20 @@ def diurnal(duration: float, *, low: float = 3.0, high: float = 36.0, seed: int 
                          duration, seed=seed)
 
 
-def bursty(duration: float, *, base: float = 10.0, spike: float = 42.0, seed: int = 3) -> Trace:
-    """A base load with spikes of 1.5–3 minutes every 5–8 minutes, ramping up in ~10 s."""
-    rng = random.Random(seed + 1000)
+def bursty(duration: float, *, base: float = 10.0, spike: float = 42.0, seed: int = 3,
+           random_gaps: bool = False) -> Trace:
+    """A base load with spikes of 1.5–3 minutes every 5–8 minutes, ramping up in ~10 s.
+
+    With ``random_gaps`` the quiet between spikes is exponential (memoryless) with the same mean,
+    390 s, instead of 300–480 s: spikes with no rhythm to learn.
+    """
+    rng = random.Random(seed + (2000 if random_gaps else 1000))
     spikes = []
     t = 120.0
     while t < duration:
         length = rng.uniform(90, 180)
         spikes.append((t, t + length))
-        t += length + rng.uniform(300, 480)
+        t += length + (rng.expovariate(1 / 390) if random_gaps else rng.uniform(300, 480))
 
     def rate(t: float) -> float:
         for start, end in spikes:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from modelplane import kube, loadgen, render, rollouts
+from modelplane import health, kube, loadgen, render
 from modelplane.devcluster.serviceproxy import ServiceProxy
 from tests.clusterfixtures import ClusterHandle, OperatorHandle, start_operator, stop_operator
 from tests.promfake import FakePrometheus
@@ -167,7 +167,7 @@ async def test_with_a_prometheus_source_a_queue_read_from_prometheus_scales_up_a
             if scraping:
                 prom.targets = {(ns, p["metadata"]["name"]): f"http://{p['status']['podIP']}:{render.PORT}/metrics"
                                 for p in await kube_client.list(kube.PODS, namespace=ns)
-                                if (p.get("status") or {}).get("podIP") and rollouts.is_ready(p)}
+                                if (p.get("status") or {}).get("podIP") and health.is_ready(p)}
             else:
                 prom.targets = {}
             await asyncio.sleep(0.5)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
@@ -319,3 +319,66 @@ def test_a_lengthened_window_is_shown_in_the_message_and_inputs() -> None:
 def test_window_tunables_are_checked(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="window_"):
         PolicySpec(**kwargs)  # type: ignore[arg-type]
+
+
+# --- burst rhythm ----------------------------------------------------------------------------------
+
+#: A 60 s window already doubled by a regret; a 30 s cold start, a decision period of 10 s.
+RHYTHM = PolicySpec(min_replicas=1, max_replicas=20, target_queue_depth=4, scale_down_delay=60,
+                    replica_concurrency=256, scale_up_lead=30, scale_down_period=10,
+                    rhythm_min_gaps=2, rhythm_gaps=4)
+BURSTS = ((0, 40), (140, 180), (280, 320), (420, 460))  # 100 s of quiet between them
+
+
+def _burst_run(spec: PolicySpec, bursts: tuple[tuple[int, int], ...] = BURSTS,
+               until: int = 470) -> dict[int, Decision]:
+    """Every 5 s: a burst needs 6 replicas' work, the quiet one replica's; the pods share it."""
+    # As after a regret during the first burst: the window doubled, the burst on.
+    state = PolicyState(window_factor=2.0, window_changed_at=0.0, last_desired=6,
+                        recommendations=((0.0, 6),), burst_on=True, burst_peak=6)
+    current, out = 6, {}
+    for t in range(0, until, 5):
+        work = 6 * 256.0 if any(a <= t < b for a, b in bursts) else 256.0
+        pods = tuple(ReadyPod(f"pod-{i}", PodMetrics(0.0, work / current, 0.3, 0.0, float(t)))
+                     for i in range(current))
+        d = decide(Observation(now=float(t), current_replicas=current, ready=pods), spec, state)
+        out[t] = d
+        state, current = d.state, d.desired_replicas
+    return out
+
+
+def test_between_bursts_that_keep_their_rhythm_the_fleet_is_released_and_prewarmed() -> None:
+    got = _burst_run(RHYTHM)
+    # The first quiet gaps are learnt with the fleet held (the lengthened window).
+    assert {got[t].desired_replicas for t in range(40, 320, 5)} == {6}
+    assert got[280].state.quiet_gaps == (100.0, 100.0)
+    # Two gaps seen: the burst ending at 320 is followed by a release...
+    assert (got[320].desired_replicas, got[320].reason) == (3, Reason.SCALE_DOWN)
+    assert "between bursts" in got[320].message
+    assert [got[t].desired_replicas for t in (325, 330, 340, 375)] == [3, 2, 1, 1]
+    # ... and the burst's fleet is asked for a cold start and a period before the next is due
+    # (320 + 100 - 30 - 10 = 380), so it is Ready when the burst comes at 420.
+    assert (got[380].desired_replicas, got[380].reason) == (5, Reason.SCALE_UP)  # bounded: +4
+    assert "pre-warming 6 for the burst expected in 40s" in got[380].message
+    assert got[385].desired_replicas == 6
+    assert {got[t].desired_replicas for t in range(385, 460, 5)} == {6}
+    assert got[460].desired_replicas == 3  # and the next quiet is released again
+
+
+def test_until_enough_gaps_are_seen_the_lengthened_window_holds() -> None:
+    got = _burst_run(replace(RHYTHM, rhythm_min_gaps=3))
+    assert {got[t].desired_replicas for t in range(0, 460, 5)} == {6}
+    assert got[460].desired_replicas == 3  # the third gap was seen at 420
+
+
+def test_a_quiet_too_short_for_a_cold_start_is_not_worth_a_release() -> None:
+    # A release must last at least two decision periods (20 s) before the pre-warm.
+    got = _burst_run(replace(RHYTHM, scale_up_lead=45))  # 100 - 45 - 10 = 45 s ≥ 20 s: released
+    assert got[330].desired_replicas < 6
+    held = _burst_run(replace(RHYTHM, scale_up_lead=75))  # 100 - 75 - 10 = 15 s < 20 s: held
+    assert {held[t].desired_replicas for t in range(0, 470, 5)} == {6}
+
+
+def test_the_rhythm_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="rhythm_min_gaps"):
+        replace(RHYTHM, rhythm_min_gaps=5, rhythm_gaps=4)

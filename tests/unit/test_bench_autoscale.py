@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from bench.autoscale import policies, run, traces
-from bench.autoscale.harness import ClusterView
+from bench.autoscale.harness import ClusterView, RunResult
 from bench.autoscale.harness import run as run_trace
 
 TINY = traces.Trace("tiny", "", tuple(traces.Request(float(s) * 0.5, 200, 20) for s in range(240)), 180.0)
@@ -73,3 +73,42 @@ def test_csv_replay_refuses(tmp_path: Path, text: str) -> None:
     path.write_text(text)
     with pytest.raises(ValueError):
         traces.load_csv(path)
+
+
+def _result(policy: str, gpu_hours: float, slo: float, setting: float | None = None) -> RunResult:
+    return RunResult(policy=policy, trace="t", requests=1000, completed=1000, lost=0,
+                     within_slo=round(slo * 1000), gpu_hours=gpu_hours, cost_usd=0.0,
+                     direction_changes=0, max_replicas=1, ttft_p50=0.0, ttft_p95=0.0, setting=setting)
+
+
+def test_iso_slo_picks_each_baselines_cheapest_run_that_reaches_our_slo() -> None:
+    results = [
+        _result("modelplane", 10.0, 0.95),
+        _result("HPA", 8.0, 0.70), _result("HPA", 12.0, 0.946, 0.5), _result("HPA", 15.0, 0.99, 0.25),
+        _result("KEDA", 9.0, 0.80), _result("KEDA", 11.0, 0.90, 0.25),  # never reaches 94.5%
+        _result("KubeAI", 9.5, 0.96),  # its default already does, cheaper than ours
+        _result("static peak", 14.0, 0.99), _result("static peak", 12.5, 0.951, 11.0),
+        _result("static peak", 11.0, 0.93, 10.0),
+        _result("oracle", 7.0, 0.97),
+    ]
+    got = {r.policy: (r.gpu_hours, r.setting) for r in run.iso_slo(results)}
+    assert got == {"HPA": (12.0, 0.5), "KEDA": (None, None), "KubeAI": (9.5, None),
+                   "static peak": (12.5, 11.0)}
+    table = run.iso_slo_table(results)
+    assert "not reached (best 90.0%)" in table and "12.50 (11 replicas)" in table
+    assert table.rstrip().endswith("| no |")  # KubeAI reaches our SLO with fewer GPU-hours
+    # The main table and the verdicts see only the default runs.
+    assert [r.policy for r in run.main_results(results)] == [
+        "modelplane", "HPA", "KEDA", "KubeAI", "static peak", "oracle"]
+
+
+def test_sweep_covers_every_swept_baseline_and_static_fleets_below_the_peak() -> None:
+    trace = traces.steady(300.0, rate=12.0)
+    peak = max(policies.needed_replicas(trace, policies.replica_capacity(run.engine_params(), trace)))
+    jobs = run.sweep_jobs(trace)
+    for name in run.SWEPT:
+        assert sorted(s for _, n, _, s in jobs if n == name) == sorted(run.SWEEP_FACTORS)
+    fleets = sorted(int(s) for _, n, _, s in jobs if n == "static peak")
+    assert peak >= 4 and fleets == list(range(peak // 2, peak))  # half the peak up to one below it
+    result = run.run_one(TINY, "HPA", setting=0.5)
+    assert result.setting == 0.5 and result.policy == "HPA"

@@ -31,6 +31,13 @@ virtual time. The rules, in the order ``decide`` applies them (docs/autoscaling.
    a scale-down nor asked for the whole held fleet again halve it.
    Traffic that comes back in bursts thus keeps its fleet between bursts instead of paying a
    cold start for each; traffic that moves slowly keeps the short window.
+   Burst rhythm, while the window is lengthened: a burst is on while the recommendation is in the
+   upper half of the window's range; the quiet gaps between the last ``rhythm_gaps`` bursts are
+   remembered. Once ``rhythm_min_gaps`` are known and the shortest leaves room, after a burst the
+   fleet goes down to what the quiet asks, and the burst's fleet is asked for again
+   ``scale_up_lead + scale_down_period`` before the shortest gap is over (a pre-warm, reason
+   ``ScaleUp``), held until the next burst or until the longest gap has passed. Bursts that come
+   at random (no shortest gap worth a release) keep the held fleet.
    With ``targetUSDPerMillionTokens`` set, an idle queue and a measured cost above the target, the
    window is skipped towards the fleet size that meets the target (reason ``TargetCost``), never
    below what the running requests need.
@@ -161,6 +168,10 @@ class PolicySpec:
     #: A scale-up is a regret when it comes within this many windows of the last scale-down and
     #: asks for at least the fleet that scale-down started from.
     regret_windows: float = 2.0
+    #: Burst rhythm (with a lengthened window): the quiet gaps between bursts remembered...
+    rhythm_gaps: int = 8
+    #: ... and how many must be seen before the fleet is released between bursts and pre-warmed.
+    rhythm_min_gaps: int = 3
 
     def __post_init__(self) -> None:
         if self.min_replicas < 0 or self.max_replicas < 1 or self.min_replicas > self.max_replicas:
@@ -182,6 +193,8 @@ class PolicySpec:
             raise ValueError("target_utilization must be in (0, 1] and backlog_horizon > 0")
         if self.window_max_factor < 1 or self.window_decay_windows <= 0:
             raise ValueError("window_max_factor must be >= 1 and window_decay_windows > 0")
+        if self.rhythm_min_gaps < 1 or self.rhythm_gaps < self.rhythm_min_gaps:
+            raise ValueError("need 1 <= rhythm_min_gaps <= rhythm_gaps")
 
     @property
     def throughput_spec(self) -> tp.ThroughputSpec | None:
@@ -223,6 +236,12 @@ class PolicyState:
     window_changed_at: float | None = None
     #: Replicas before the last scale-down began (the fleet a regret wants back).
     scaled_down_from: int | None = None
+    #: Burst rhythm, while the window is lengthened: a burst is on, its highest recommendation,
+    #: when the last one ended, and the quiet gaps between the last few (newest last).
+    burst_on: bool = False
+    burst_peak: int = 0
+    burst_ended_at: float | None = None
+    quiet_gaps: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -274,6 +293,54 @@ def _clamp_hold(desired: int, spec: PolicySpec) -> int:
     desired = min(max(desired, spec.min_replicas), spec.max_replicas)
     cap = spec.budget_replicas
     return desired if cap is None else min(desired, cap)
+
+
+@dataclass(frozen=True)
+class _Rhythm:
+    on: bool  #: a burst is on (the recommendation is in the upper half of the window's range)
+    spread: bool  #: the window's recommendations span a burst (its range is 2 replicas or more)
+    peak: int
+    ended_at: float | None
+    gaps: tuple[float, ...]
+    release_since: float | None = None  #: between bursts: size for what the quiet since then asks
+    prewarm: int | None = None  #: the fleet to have now, one cold start before the expected burst
+    expected_at: float | None = None
+    prewarm_at: float | None = None
+
+
+def _burst_rhythm(spec: PolicySpec, state: PolicyState, now: float, recs: tuple[tuple[float, int], ...],
+                  recommended: int, lengthened: bool) -> _Rhythm:
+    """Bursts and the quiet between them, once a regret lengthened the window (rule 7)."""
+    if not lengthened:
+        return _Rhythm(False, False, 0, None, ())
+    values = [r for _, r in recs]
+    high, low = max(values), min(values)
+    spread = high - low >= 2
+    on = recommended > (high + low) / 2 if spread else state.burst_on
+    peak, ended, gaps = state.burst_peak, state.burst_ended_at, state.quiet_gaps
+    if on and not state.burst_on:
+        if ended is not None:
+            gaps = (*gaps, now - ended)[-spec.rhythm_gaps:]
+        peak = recommended
+    elif on:
+        peak = max(peak, recommended)
+    elif state.burst_on:
+        ended = now
+    rhythm = _Rhythm(on, spread, peak, ended, gaps)
+    if on or ended is None or len(gaps) < spec.rhythm_min_gaps or peak <= 0:
+        return rhythm
+    # The next burst is expected no sooner than the shortest quiet seen; the fleet it needs is asked
+    # for a cold start (and a decision period) before that. Releasing is worth it only when the fleet
+    # can be let go for at least two scale-down periods first.
+    expected = ended + min(gaps)
+    prewarm_at = expected - spec.scale_up_lead - spec.scale_down_period
+    if prewarm_at - ended < 2 * spec.scale_down_period:
+        return rhythm
+    if now < prewarm_at:
+        return replace(rhythm, release_since=ended, expected_at=expected, prewarm_at=prewarm_at)
+    if now <= ended + max(gaps) + spec.scale_down_period:
+        return replace(rhythm, prewarm=peak, expected_at=expected, prewarm_at=prewarm_at)
+    return rhythm  # later than any burst came back: the plain (lengthened) window again
 
 
 def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
@@ -366,14 +433,16 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
         # start. Hold the next fleet longer.
         factor, factor_at = min(spec.window_max_factor, factor * 2), now
         down_from = None
-    if factor > 1 and recommended >= current > 0:
-        # The fleet the lengthened window held is wanted again: the hold paid off, so the decay
-        # clock starts over (bursts that keep coming keep their fleet instead of losing it, and a
-        # burst's SLO with it, every ``window_decay_windows`` windows).
-        factor_at = now
     window = spec.scale_down_delay * factor
     window_start = now - window
     recs = tuple((t, r) for t, r in state.recommendations if t >= window_start) + ((now, recommended),)
+    rhythm = _burst_rhythm(spec, state, now, recs, recommended, factor > 1)
+    if factor > 1 and current > 0 and (rhythm.on if rhythm.spread else recommended >= current):
+        # A burst is on (or, with no burst in the window, the held fleet is wanted again): the hold
+        # pays off, so the decay clock starts over. Bursts that keep coming keep the long window
+        # instead of losing it, and a burst's SLO with it, every ``window_decay_windows`` windows.
+        factor_at = now
+    wanted = max(recommended, rhythm.prewarm or 0)
     why = ""
 
     if may_be_zero and current > 0 and demand == 0 and recommended <= current:
@@ -381,13 +450,16 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
         # throughput estimate may still say one replica's worth of capacity is "needed").
         desired, reason = 0, Reason.SCALE_TO_ZERO
         why = f"; no demand for {idle_for:.0f}s"
-    elif recommended > current:
+    elif wanted > current:
         bound = max(_ceil(current * spec.scale_up_max_factor), current + spec.scale_up_max_add)
-        desired = min(recommended, bound)
+        desired = min(wanted, bound)
         reason = Reason.ACTIVATE_FROM_ZERO if current == 0 else Reason.SCALE_UP
-        if desired < recommended:
-            why = f"; scale-up bounded to {desired} this step"
-    elif recommended == current:
+        if wanted > recommended and rhythm.expected_at is not None:
+            why = (f"; pre-warming {wanted} for the burst expected in {rhythm.expected_at - now:.0f}s "
+                   f"(bursts came back after at least {min(rhythm.gaps):.0f}s of quiet)")
+        if desired < wanted:
+            why += f"; scale-up bounded to {desired} this step"
+    elif wanted == current:
         desired, reason = current, Reason.HOLD
     else:
         goal = max(r for _, r in recs)
@@ -395,6 +467,14 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
         why = f"; highest recommendation in the {window:.0f}s window {goal}"
         if factor > 1:
             why += f" (scaleDownDelay ×{factor:g} after a scale-down was undone)"
+        if rhythm.release_since is not None or rhythm.prewarm is not None:
+            # Between bursts: what the quiet asks (over the last two scale-down periods, as the
+            # demand estimate settles after the burst), or the burst's fleet once it is pre-warmed.
+            since = max(rhythm.ended_at or now, now - 2 * spec.scale_down_period)
+            goal = max([r for t, r in recs if t >= since] + [rhythm.prewarm or 0])
+            if rhythm.prewarm is None and rhythm.prewarm_at is not None:
+                why = (f"; between bursts: down to what the quiet asks, {goal}, until pre-warming "
+                       f"in {rhythm.prewarm_at - now:.0f}s")
         target_cost = spec.target_usd_per_million_tokens
         if (target_cost is not None and price > 0 and waiting == 0 and held_requests == 0
                 and usd_mtok is not None and tok_s is not None and usd_mtok > target_cost):
@@ -448,6 +528,10 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
         window_factor=factor,
         window_changed_at=factor_at,
         scaled_down_from=down_from,
+        burst_on=rhythm.on,
+        burst_peak=rhythm.peak,
+        burst_ended_at=rhythm.ended_at,
+        quiet_gaps=rhythm.gaps,
     )
     if estimate is not None and estimate.demand is not None:
         sizing = (f"work demand {estimate.demand:.2f} engine-s/s + backlog {estimate.backlog:.1f} engine-s "
