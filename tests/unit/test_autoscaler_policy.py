@@ -382,3 +382,11 @@ def test_a_quiet_too_short_for_a_cold_start_is_not_worth_a_release() -> None:
 def test_the_rhythm_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="rhythm_min_gaps"):
         replace(RHYTHM, rhythm_min_gaps=5, rhythm_gaps=4)
+
+
+def test_a_prewarm_asks_for_no_more_than_max_replicas_and_says_why() -> None:
+    got = _burst_run(replace(RHYTHM, max_replicas=5))
+    assert (got[380].desired_replicas, got[380].reason) == (5, Reason.SCALE_UP)
+    # Held at the cap without claiming a limit: the quiet does not ask for more than maxReplicas.
+    assert (got[385].desired_replicas, got[385].reason) == (5, Reason.HOLD)
+    assert not got[385].limited

@@ -339,7 +339,8 @@ def _burst_rhythm(spec: PolicySpec, state: PolicyState, now: float, recs: tuple[
     if now < prewarm_at:
         return replace(rhythm, release_since=ended, expected_at=expected, prewarm_at=prewarm_at)
     if now <= ended + max(gaps) + spec.scale_down_period:
-        return replace(rhythm, prewarm=peak, expected_at=expected, prewarm_at=prewarm_at)
+        return replace(rhythm, prewarm=min(peak, spec.max_replicas), expected_at=expected,
+                       prewarm_at=prewarm_at)
     return rhythm  # later than any burst came back: the plain (lengthened) window again
 
 
@@ -475,6 +476,9 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
             if rhythm.prewarm is None and rhythm.prewarm_at is not None:
                 why = (f"; between bursts: down to what the quiet asks, {goal}, until pre-warming "
                        f"in {rhythm.prewarm_at - now:.0f}s")
+            elif rhythm.expected_at is not None:
+                why = (f"; keeping {goal} for the burst expected in "
+                       f"{max(0.0, rhythm.expected_at - now):.0f}s")
         target_cost = spec.target_usd_per_million_tokens
         if (target_cost is not None and price > 0 and waiting == 0 and held_requests == 0
                 and usd_mtok is not None and tok_s is not None and usd_mtok > target_cost):
