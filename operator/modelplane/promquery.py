@@ -129,8 +129,10 @@ def results_from_answer(source: PrometheusSource, answer: Any, *, pods: Sequence
             metric = item["metric"]
             name = str(metric["__name__"])
             pod = str(metric.get(source.pod_label, ""))
-            at, value = max(((float(t), str(v)) for t, v in item["values"]), default=(None, ""))
-        except (KeyError, TypeError, ValueError) as exc:
+            # A native histogram comes as "histograms", not "values": the classic series we read
+            # (``_bucket``, ``_count``) are separate series, so it is skipped.
+            at, value = max(((float(t), str(v)) for t, v in item.get("values") or ()), default=(None, ""))
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise PrometheusError(f"unreadable series in the answer: {exc!r}") from exc
         if pod not in wanted or at is None:
             continue

@@ -138,6 +138,18 @@ def test_a_pod_scraped_by_two_jobs_counts_once_with_the_newer_sample() -> None:
     assert metrics is not None and metrics.waiting == 4.0 and metrics.running == 7.0
 
 
+def test_a_native_histogram_series_is_skipped_not_an_error() -> None:
+    prom = FakePrometheus()
+    prom.record("ns", "p0", PAGE, at=1010.0)
+    answer = _answer(prom, ["p0"], now=1012.0)
+    answer["data"]["result"].append({
+        "metric": {"__name__": "vllm:time_to_first_token_seconds", "pod": "p0", "namespace": "ns"},
+        "histograms": [[1010.0, {"count": "10", "sum": "3.5", "buckets": []}]]})
+    [result] = results_from_answer(SOURCE, answer, pods=["p0"], served_name="chat", wall_now=1012.0,
+                                   monotonic_now=50.0)
+    assert result.metrics is not None and result.metrics.requests_started == 10.0
+
+
 def test_a_series_no_longer_exported_is_off_the_page() -> None:
     prom = FakePrometheus()
     prom.record("ns", "p0", PAGE + 'http_requests_total{handler="/v1/chat/completions",method="POST",'
@@ -154,7 +166,8 @@ def test_a_series_no_longer_exported_is_off_the_page() -> None:
     ({"status": "success", "data": {"resultType": "matrix", "result": [{"values": []}]}},
      "unreadable series"),
     ([1, 2], "not a Prometheus API answer"),
-], ids=["error-status", "vector", "series-without-labels", "not-an-object"])
+    ({"status": "success", "data": {"resultType": "matrix", "result": ["x"]}}, "unreadable series"),
+], ids=["error-status", "vector", "series-without-labels", "not-an-object", "series-not-an-object"])
 def test_unusable_answers_raise(answer: Any, message: str) -> None:
     with pytest.raises(PrometheusError, match=re.escape(message)):
         results_from_answer(SOURCE, answer, pods=["p0"], served_name=None, wall_now=0.0, monotonic_now=0.0)
