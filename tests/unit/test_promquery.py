@@ -215,3 +215,23 @@ async def test_query_pods_reads_a_simulators_page_through_the_query_api(tmp_path
     finally:
         await prom.stop()
         await sim.stop()
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--prometheus-url", "prom:9090"], "must be http(s)://"),
+    (["--prometheus-url", "http://p:9090", "--prometheus-max-age", "0"], "must be > 0"),
+    (["--prometheus-url", "http://p:9090", "--prometheus-pod-label", "pod-name"], "not a Prometheus label"),
+], ids=["no-scheme", "zero-age", "bad-label"])
+def test_bad_prometheus_flags_stop_modelplane_run_with_the_reason(flags: list[str], message: str) -> None:
+    from modelplane.cli import build_parser
+    from modelplane.run import prometheus_source
+
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        prometheus_source(build_parser().parse_args(["run", *flags]))
+
+
+def test_without_a_prometheus_url_the_pods_are_scraped() -> None:
+    from modelplane.cli import build_parser
+    from modelplane.run import prometheus_source
+
+    assert prometheus_source(build_parser().parse_args(["run"])) is None
