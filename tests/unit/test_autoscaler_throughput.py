@@ -160,3 +160,30 @@ def test_policy_falls_back_without_counters() -> None:
 def test_spec_refuses(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         PolicySpec(**kwargs)  # type: ignore[arg-type]
+
+
+def _sized(demands: list[float], *, tolerance: float = 0.1) -> tuple[int, Reason, float]:
+    """Four pods serving ``demands[k]`` engine-s/s in all during tick k (10 s); the last decision."""
+    spec = PolicySpec(max_replicas=8, replica_concurrency=32, prefill_tokens_per_second=1000.0,
+                      decode_tokens_per_second=100.0, target_utilization=1.0, scale_up_lead=10.0,
+                      scale_up_tolerance=tolerance)
+    state, gen = PolicyState(), 0.0
+    for k, demand in enumerate(demands):
+        gen += demand / 4 * 10 * 100  # each pod's generated tokens: its share of the work
+        pods = tuple(_pod(f"p{i}", 0, 10, gen=gen, prompt=0.0, started=10.0 * k, at=10.0 * k)
+                     for i in range(4))
+        d = decide(Observation(now=10.0 * k, current_replicas=4, ready=pods), spec, state)
+        state = d.state
+    return d.recommended, d.reason, float(d.inputs["workDemand"])
+
+
+@pytest.mark.parametrize(("demands", "tolerance", "want"), [
+    ([4.3] * 12, 0.1, (4, Reason.HOLD)),          # 4.3 needed on 4: within 10%, noise
+    ([4.3] * 12, 0.0, (5, Reason.SCALE_UP)),      # without a tolerance it rounds up
+    ([4.6] * 12, 0.1, (5, Reason.SCALE_UP)),      # 15% over: demand, not noise
+    ([2.0] * 8 + [3.0, 3.6, 4.0, 4.3], 0.1, (5, Reason.SCALE_UP)),  # rising: no tolerance
+], ids=["within-tolerance-holds", "no-tolerance", "beyond-tolerance", "rising-trend"])
+def test_scale_up_tolerance_applies_only_without_a_rising_trend(
+        demands: list[float], tolerance: float, want: tuple[int, Reason]) -> None:
+    recommended, reason, work = _sized(demands, tolerance=tolerance)
+    assert (recommended, reason) == want, work

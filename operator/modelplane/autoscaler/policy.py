@@ -14,7 +14,9 @@ virtual time. The rules, in the order ``decide`` applies them (docs/autoscaling.
    Recommendation ``ceil(demand / T)``. When the engine profile's token rates are given
    (``prefill_tokens_per_second``, ``decode_tokens_per_second``) and the pods report the prompt
    token counter and the TTFT count, throughput sizing (``modelplane.autoscaler.throughput``:
-   work in engine-seconds against a learned replica capacity) replaces this rule.
+   work in engine-seconds against a learned replica capacity) replaces this rule; without a rising
+   trend it asks for more than the current fleet only when its fractional need exceeds it by more
+   than ``scale_up_tolerance`` (10%), so noise around a fleet boundary does not buy a replica.
 4. KV cache as a second signal: when the mean KV use is above the threshold, recommend enough
    replicas to bring it under (``ceil(Σ kv / threshold)``), even with no queue yet.
 5. Starting capacity counts: pods not Ready yet are part of ``current_replicas``, and while they
@@ -168,6 +170,9 @@ class PolicySpec:
     #: A scale-up is a regret when it comes within this many windows of the last scale-down and
     #: asks for at least the fleet that scale-down started from.
     regret_windows: float = 2.0
+    #: Throughput sizing asks for more replicas only when its fractional need exceeds the current
+    #: fleet by more than this share (HPA's tolerance is 0.1).
+    scale_up_tolerance: float = 0.1
     #: Burst rhythm (with a lengthened window): the quiet gaps between bursts remembered...
     rhythm_gaps: int = 8
     #: ... and how many must be seen before the fleet is released between bursts and pre-warmed.
@@ -393,6 +398,9 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
         tp_state = estimate.state
         if estimate.replicas is not None:
             recommended = estimate.replicas
+            if (estimate.needed is not None and 0 < current < recommended and estimate.slope <= 0
+                    and estimate.needed <= current * (1 + spec.scale_up_tolerance)):
+                recommended = current  # within the tolerance of the fleet there is: noise, not demand
     elif metrics or held_requests:
         tp_state = tp.ThroughputState()  # counters missing or no pods: start the estimates afresh
     kv_sum = sum(m.kv_cache_usage for m in metrics)

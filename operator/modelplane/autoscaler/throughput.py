@@ -82,6 +82,10 @@ class Estimate:
     capacity: float
     utilization: float | None  #: work served per ready replica over capacity, last interval
     state: ThroughputState
+    #: The fractional fleet behind ``replicas`` (before rounding up); None until two samples exist.
+    needed: float | None = None
+    #: The rising trend extrapolated over the lead, engine-seconds per second per second (0: none).
+    slope: float = 0.0
 
 
 def _ewma(old: float | None, sample: float, dt: float, tau: float) -> float:
@@ -147,4 +151,4 @@ def estimate(spec: ThroughputSpec, state: ThroughputState, *, now: float, pods: 
     utilization = served_rate / (len(pods) * capacity) if pods else None
     new_state = ThroughputState(at=now, pods=tuple(pods), queue=queue, demand=demand, work_per_request=wpr,
                                 capacity=capacity, capacity_samples=samples, fast=fast, slow=slow)
-    return Estimate(replicas, demand, backlog, capacity, utilization, new_state)
+    return Estimate(replicas, demand, backlog, capacity, utilization, new_state, needed, slope)
