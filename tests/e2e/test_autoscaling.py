@@ -20,6 +20,7 @@ from modelplane import health, kube, loadgen, render
 from modelplane.devcluster.serviceproxy import ServiceProxy
 from tests.clusterfixtures import ClusterHandle, OperatorHandle, start_operator, stop_operator
 from tests.promfake import FakePrometheus
+from tests.promreal import RealPrometheus
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -152,13 +153,20 @@ async def test_scale_to_zero_and_back_loses_no_request(
         await kube_client.delete(kube.NAMESPACES, ns)
 
 
+@pytest.mark.parametrize("backend", ["prometheus", "fake"])
 async def test_with_a_prometheus_source_a_queue_read_from_prometheus_scales_up_and_stale_data_holds(
-        cluster: ClusterHandle, kube_client: kube.Kube, crds: Path) -> None:
+        cluster: ClusterHandle, kube_client: kube.Kube, crds: Path, backend: str) -> None:
     # Its own namespace and operator, which reads the pods' metrics only through the query API of
-    # a Prometheus (tests.promfake) that scrapes the simulator pods every second.
+    # a Prometheus that scrapes the simulator pods every second: a real Prometheus server
+    # (hack/prometheus, file discovery), or tests.promfake, which also records the queries.
     ns = "prom-" + hashlib.sha1(str(time.time()).encode()).hexdigest()[:6]
     await kube_client.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
-    prom = await FakePrometheus(interval=1.0).start()
+    prom: FakePrometheus | RealPrometheus
+    if backend == "fake":
+        prom = await FakePrometheus(interval=1.0).start()
+    else:
+        plog = cluster.dev.log_file("prometheus") if cluster.dev else Path("/tmp/prometheus.log")
+        prom = await asyncio.to_thread(RealPrometheus(plog).start)
     scraping = True
 
     async def discover() -> None:
@@ -188,9 +196,10 @@ async def test_with_a_prometheus_source_a_queue_read_from_prometheus_scales_up_a
             return condition(status, "MetricsAvailable").get("status") == "True"
 
         await wait_for(metrics_read, timeout=30, what="MetricsAvailable from Prometheus")
-        pod_names = [p["metadata"]["name"] for p in await kube_client.list(kube.PODS, namespace=ns)]
-        assert any(all(name in q or name.replace("-", "\\\\-") in q for name in pod_names)
-                   for q in prom.queries), prom.queries[-3:]
+        if isinstance(prom, FakePrometheus):
+            pod_names = [p["metadata"]["name"] for p in await kube_client.list(kube.PODS, namespace=ns)]
+            assert any(all(name in q or name.replace("-", "\\\\-") in q for name in pod_names)
+                       for q in prom.queries), prom.queries[-3:]
 
         proxy = ServiceProxy(kube_client, namespace=ns, service="chat")
         port = await proxy.start()
@@ -231,7 +240,10 @@ async def test_with_a_prometheus_source_a_queue_read_from_prometheus_scales_up_a
         discovery.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await discovery
-        await prom.stop()  # before the operator, for the reason the scale-to-zero test gives
+        if isinstance(prom, FakePrometheus):
+            await prom.stop()  # before the operator, for the reason the scale-to-zero test gives
+        else:
+            await asyncio.to_thread(prom.stop)
         if handle is not None:
             stop_operator(handle)
         await kube_client.delete(kube.NAMESPACES, ns)
