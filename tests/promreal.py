@@ -13,9 +13,10 @@ import os
 import socket
 import subprocess
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
+
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,17 +73,19 @@ class RealPrometheus:
              f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         out.close()
-        deadline = time.monotonic() + 60
-        while True:
+        proc = self._proc
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"Prometheus exited with {proc.returncode}; see {self._log}")
             try:
                 with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as resp:
-                    if resp.status == 200:
-                        return self
+                    return resp.status == 200
             except OSError:
-                pass
-            if self._proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"Prometheus did not become ready; see {self._log}")
-            time.sleep(0.2)
+                return False
+
+        wait_until(ready, timeout=60, what=f"Prometheus /-/ready (log: {self._log})")
+        return self
 
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:

@@ -170,15 +170,21 @@ async def test_with_a_prometheus_source_a_queue_read_from_prometheus_scales_up_a
     scraping = True
 
     async def discover() -> None:
-        # Prometheus' pod discovery: the Ready pods of the namespace, by pod IP.
+        # Prometheus' pod discovery: the Ready pods of the namespace, by pod IP, from a watch.
         while True:
-            if scraping:
-                prom.targets = {(ns, p["metadata"]["name"]): f"http://{p['status']['podIP']}:{render.PORT}/metrics"
-                                for p in await kube_client.list(kube.PODS, namespace=ns)
-                                if (p.get("status") or {}).get("podIP") and health.is_ready(p)}
-            else:
-                prom.targets = {}
-            await asyncio.sleep(0.5)
+            pods: dict[str, dict[str, Any]] = {}  # a new watch starts with every pod ADDED
+            async for event in kube_client.watch(kube.PODS, namespace=ns, timeout_seconds=30):
+                if event.type == "BOOKMARK":
+                    continue
+                name = event.object["metadata"]["name"]
+                if event.type == "DELETED":
+                    pods.pop(name, None)
+                else:
+                    pods[name] = event.object
+                if scraping:
+                    prom.targets = {(ns, n): f"http://{p['status']['podIP']}:{render.PORT}/metrics"
+                                    for n, p in pods.items()
+                                    if (p.get("status") or {}).get("podIP") and health.is_ready(p)}
 
     discovery = asyncio.create_task(discover())
     log = cluster.dev.log_file("operator-prom") if cluster.dev else Path("/tmp/operator-prom.log")
@@ -224,6 +230,7 @@ async def test_with_a_prometheus_source_a_queue_read_from_prometheus_scales_up_a
         # the autoscaler holds what it has and says why.
         held = int((await status_of(kube_client, ns, "chat")).get("desiredReplicas") or 0)
         scraping = False
+        prom.targets = {}
 
         async def blind() -> dict[str, Any] | None:
             c = condition(await status_of(kube_client, ns, "chat"), "MetricsAvailable")
