@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import pytest
 
 from modelplane.autoscaler.policy import (
+    Decision,
     Observation,
     PodMetrics,
     PolicySpec,
@@ -187,3 +188,50 @@ def test_scale_up_tolerance_applies_only_without_a_rising_trend(
         demands: list[float], tolerance: float, want: tuple[int, Reason]) -> None:
     recommended, reason, work = _sized(demands, tolerance=tolerance)
     assert (recommended, reason) == want, work
+
+
+#: Burst rhythm with throughput sizing: a 60 s window already doubled by a regret, a 30 s cold start,
+#: a decision every 5 s, bursts of 6 engine-s/s for 40 s with 100 s of 1 engine-s/s between them.
+RHYTHM = PolicySpec(max_replicas=20, replica_concurrency=32, prefill_tokens_per_second=1000.0,
+                    decode_tokens_per_second=100.0, target_utilization=1.0, scale_down_delay=60,
+                    scale_up_lead=30, scale_down_period=10, rhythm_min_gaps=2, rhythm_gaps=4)
+BURSTS = ((0, 40), (140, 180), (280, 320), (420, 460))
+
+
+def _burst_run(until: int = 470) -> dict[int, Decision]:
+    state = PolicyState(window_factor=2.0, window_changed_at=0.0, last_desired=6,
+                        recommendations=((0.0, 6),), burst_on=True, burst_peak=6)
+    current, out, serial = 6, {}, 0
+    gen: dict[str, float] = {}  # each live pod's generated tokens; a new pod starts at 0
+    for t in range(0, until, 5):
+        work = 6.0 if any(a <= t < b for a, b in BURSTS) else 1.0
+        while len(gen) > current:  # scaled down: the newest pods go
+            del gen[list(gen)[-1]]
+        while len(gen) < current:  # scaled up (Ready at once in this table)
+            gen[f"p{serial}"], serial = 0.0, serial + 1
+        for name in gen:  # the pods share the work
+            gen[name] += work * 5 * 100 / current
+        running = 32 * work / current  # a full batch of maxNumSeqs 32 per engine-second
+        pods = tuple(_pod(name, 0, running, gen=g, prompt=0.0, started=g / 100, at=float(t))
+                     for name, g in gen.items())
+        d = decide(Observation(now=float(t), current_replicas=current, ready=pods), RHYTHM, state)
+        out[t] = d
+        state, current = d.state, d.desired_replicas
+    return out
+
+
+def test_between_bursts_the_fleet_goes_at_once_and_the_prewarm_is_the_bursts_sustained_need() -> None:
+    got = _burst_run()
+    assert got[340].state.quiet_gaps == (75.0, 95.0)  # gaps measured between the detected bursts
+    # The third burst's end: released by the largest step (7 → 4, then 4 → 2) to what the last
+    # seconds ask, although the smoothed estimate (falling over a minute) still recommends 4...
+    assert "between bursts" in got[345].message
+    assert [got[t].desired_replicas for t in (345, 355)] == [4, 2]
+    assert got[355].recommended == 4
+    # ... and the released fleet stays released until the pre-warm, with no step back up.
+    assert {got[t].desired_replicas for t in range(355, 380, 5)} == {2}
+    # The pre-warm asks for what the burst needed once served (6 engine-s/s at full use: 6), not
+    # the 7 its ramp asked for while the trend was extrapolated a cold start ahead.
+    assert max(got[t].recommended for t in range(280, 320, 5)) == 7
+    assert (got[380].desired_replicas, got[380].reason) == (6, Reason.SCALE_UP)
+    assert "pre-warming 6 for the burst expected in 40s" in got[380].message

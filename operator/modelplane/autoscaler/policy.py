@@ -36,9 +36,11 @@ virtual time. The rules, in the order ``decide`` applies them (docs/autoscaling.
    Burst rhythm, while the window is lengthened: a burst is on while the recommendation is in the
    upper half of the window's range; the quiet gaps between the last ``rhythm_gaps`` bursts are
    remembered. Once ``rhythm_min_gaps`` are known and the shortest leaves room, after a burst the
-   fleet goes down to what the quiet asks, and the burst's fleet is asked for again
-   ``scale_up_lead + scale_down_period`` before the shortest gap is over (a pre-warm, reason
-   ``ScaleUp``), held until the next burst or until the longest gap has passed. Bursts that come
+   fleet goes down to what the quiet asks (with throughput sizing: what the last few seconds ask,
+   not the slowly falling estimate), and the burst's fleet (what its demand needed once served,
+   without the ramp's trend) is asked for again ``scale_up_lead + scale_down_period`` before the
+   shortest gap is over (a pre-warm, reason ``ScaleUp``), held until the next burst or until the
+   longest gap has passed. Bursts that come
    at random (no shortest gap worth a release) keep the held fleet.
    With ``targetUSDPerMillionTokens`` set, an idle queue and a measured cost above the target, the
    window is skipped towards the fleet size that meets the target (reason ``TargetCost``), never
@@ -241,7 +243,8 @@ class PolicyState:
     window_changed_at: float | None = None
     #: Replicas before the last scale-down began (the fleet a regret wants back).
     scaled_down_from: int | None = None
-    #: Burst rhythm, while the window is lengthened: a burst is on, its highest recommendation,
+    #: Burst rhythm, while the window is lengthened: a burst is on, the fleet it needed (its highest
+    #: recommendation; with throughput sizing, without the ramp's trend and backlog),
     #: when the last one ended, and the quiet gaps between the last few (newest last).
     burst_on: bool = False
     burst_peak: int = 0
@@ -314,7 +317,7 @@ class _Rhythm:
 
 
 def _burst_rhythm(spec: PolicySpec, state: PolicyState, now: float, recs: tuple[tuple[float, int], ...],
-                  recommended: int, lengthened: bool) -> _Rhythm:
+                  recommended: int, lengthened: bool, sustained: int) -> _Rhythm:
     """Bursts and the quiet between them, once a regret lengthened the window (rule 7)."""
     if not lengthened:
         return _Rhythm(False, False, 0, None, ())
@@ -326,9 +329,9 @@ def _burst_rhythm(spec: PolicySpec, state: PolicyState, now: float, recs: tuple[
     if on and not state.burst_on:
         if ended is not None:
             gaps = (*gaps, now - ended)[-spec.rhythm_gaps:]
-        peak = recommended
+        peak = sustained
     elif on:
-        peak = max(peak, recommended)
+        peak = max(peak, sustained)
     elif state.burst_on:
         ended = now
     rhythm = _Rhythm(on, spread, peak, ended, gaps)
@@ -445,13 +448,24 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
     window = spec.scale_down_delay * factor
     window_start = now - window
     recs = tuple((t, r) for t, r in state.recommendations if t >= window_start) + ((now, recommended),)
-    rhythm = _burst_rhythm(spec, state, now, recs, recommended, factor > 1)
+    # A burst's fleet to pre-warm next time is what its demand needed once served, not what the ramp
+    # asked for on the way up (its trend and backlog are gone when the fleet is ready in advance).
+    sustained = recommended
+    if estimate is not None and estimate.replicas_sustained is not None:
+        sustained = min(recommended, estimate.replicas_sustained)
+    rhythm = _burst_rhythm(spec, state, now, recs, recommended, factor > 1, sustained)
     if factor > 1 and current > 0 and (rhythm.on if rhythm.spread else recommended >= current):
         # A burst is on (or, with no burst in the window, the held fleet is wanted again): the hold
         # pays off, so the decay clock starts over. Bursts that keep coming keep the long window
         # instead of losing it, and a burst's SLO with it, every ``window_decay_windows`` windows.
         factor_at = now
-    wanted = max(recommended, rhythm.prewarm or 0)
+    release_now = None
+    if rhythm.release_since is not None and estimate is not None and estimate.needed_now is not None:
+        # Between bursts: the fleet for what the traffic asks now (the last few seconds), not for
+        # the estimate that falls slowly after the burst, so the burst's fleet goes at once.
+        release_now = max(_ceil(estimate.needed_now), 1 if demand > 0 else 0)
+    wanted = max(recommended if release_now is None else min(recommended, release_now),
+                 rhythm.prewarm or 0)
     why = ""
 
     if may_be_zero and current > 0 and demand == 0 and recommended <= current:
@@ -480,7 +494,10 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
             # Between bursts: what the quiet asks (over the last two scale-down periods, as the
             # demand estimate settles after the burst), or the burst's fleet once it is pre-warmed.
             since = max(rhythm.ended_at or now, now - 2 * spec.scale_down_period)
-            goal = max([r for t, r in recs if t >= since] + [rhythm.prewarm or 0])
+            quiet = max(r for t, r in recs if t >= since)
+            if release_now is not None:
+                quiet = min(quiet, release_now)
+            goal = max(quiet, rhythm.prewarm or 0)
             if rhythm.prewarm is None and rhythm.prewarm_at is not None:
                 why = (f"; between bursts: down to what the quiet asks, {goal}, until pre-warming "
                        f"in {rhythm.prewarm_at - now:.0f}s")

@@ -86,6 +86,12 @@ class Estimate:
     needed: float | None = None
     #: The rising trend extrapolated over the lead, engine-seconds per second per second (0: none).
     slope: float = 0.0
+    #: The fleet for the demand of the last ``trend_fast_seconds`` (no trend, no slow fall): what
+    #: the traffic asks right now, used to release a burst's fleet at once between bursts.
+    needed_now: float | None = None
+    #: The fleet for the smoothed demand alone (no trend, no backlog): what the traffic needs once
+    #: the fleet has caught up with it.
+    replicas_sustained: int | None = None
 
 
 def _ewma(old: float | None, sample: float, dt: float, tau: float) -> float:
@@ -148,7 +154,10 @@ def estimate(spec: ThroughputSpec, state: ThroughputState, *, now: float, pods: 
     ahead = demand + slope * spec.lead_seconds
     needed = (ahead + backlog / spec.backlog_horizon) / (capacity * spec.target_utilization)
     replicas = max(0, math.ceil(needed - 1e-6))
+    now_needed = (fast + backlog / spec.backlog_horizon) / (capacity * spec.target_utilization)
     utilization = served_rate / (len(pods) * capacity) if pods else None
     new_state = ThroughputState(at=now, pods=tuple(pods), queue=queue, demand=demand, work_per_request=wpr,
                                 capacity=capacity, capacity_samples=samples, fast=fast, slow=slow)
-    return Estimate(replicas, demand, backlog, capacity, utilization, new_state, needed, slope)
+    return Estimate(replicas, demand, backlog, capacity, utilization, new_state, needed, slope,
+                    max(0.0, now_needed),
+                    max(0, math.ceil(demand / (capacity * spec.target_utilization) - 1e-6)))
