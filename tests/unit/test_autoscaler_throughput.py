@@ -198,13 +198,16 @@ RHYTHM = PolicySpec(max_replicas=20, replica_concurrency=32, prefill_tokens_per_
 BURSTS = ((0, 40), (140, 180), (280, 320), (420, 460))
 
 
-def _burst_run(until: int = 470) -> dict[int, Decision]:
+def _burst_run(until: int = 470, *, kv_between: float = 0.5) -> dict[int, Decision]:
+    """Every 5 s. Between the bursts the pods share ``kv_between`` KV caches' worth of sequences
+    (each pod's use is its share, at most 1); during them each pod's use is 0.1."""
     state = PolicyState(window_factor=2.0, window_changed_at=0.0, last_desired=6,
                         recommendations=((0.0, 6),), burst_on=True, burst_peak=6)
     current, out, serial = 6, {}, 0
     gen: dict[str, float] = {}  # each live pod's generated tokens; a new pod starts at 0
     for t in range(0, until, 5):
-        work = 6.0 if any(a <= t < b for a, b in BURSTS) else 1.0
+        burst = any(a <= t < b for a, b in BURSTS)
+        work = 6.0 if burst else 1.0
         while len(gen) > current:  # scaled down: the newest pods go
             del gen[list(gen)[-1]]
         while len(gen) < current:  # scaled up (Ready at once in this table)
@@ -212,7 +215,9 @@ def _burst_run(until: int = 470) -> dict[int, Decision]:
         for name in gen:  # the pods share the work
             gen[name] += work * 5 * 100 / current
         running = 32 * work / current  # a full batch of maxNumSeqs 32 per engine-second
-        pods = tuple(_pod(name, 0, running, gen=g, prompt=0.0, started=g / 100, at=float(t))
+        kv = 0.1 if burst else min(1.0, kv_between / current)
+        pods = tuple(ReadyPod(name, PodMetrics(0, running, kv, g, float(t),
+                                               prompt_tokens=0.0, requests_started=g / 100))
                      for name, g in gen.items())
         d = decide(Observation(now=float(t), current_replicas=current, ready=pods), RHYTHM, state)
         out[t] = d
@@ -235,3 +240,12 @@ def test_between_bursts_the_fleet_goes_at_once_and_the_prewarm_is_the_bursts_sus
     assert max(got[t].recommended for t in range(280, 320, 5)) == 7
     assert (got[380].desired_replicas, got[380].reason) == (6, Reason.SCALE_UP)
     assert "pre-warming 6 for the burst expected in 40s" in got[380].message
+
+
+def test_a_release_between_bursts_keeps_the_kv_caches_under_the_threshold() -> None:
+    # The quiet's sequences fill 1.9 KV caches: on the 2 replicas its work asks for, each would be
+    # 95% full and rule 4 would ask for 3 back at once. The release stops at ceil(1.9 / 0.9) = 3.
+    got = _burst_run(kv_between=1.9)
+    assert [got[t].desired_replicas for t in (345, 355)] == [4, 3]
+    assert {got[t].desired_replicas for t in range(355, 380, 5)} == {3}
+    assert max(got[t].inputs["kvCacheMean"] for t in range(355, 380, 5)) < 0.9

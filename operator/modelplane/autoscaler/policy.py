@@ -463,7 +463,10 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
     if rhythm.release_since is not None and estimate is not None and estimate.needed_now is not None:
         # Between bursts: the fleet for what the traffic asks now (the last few seconds), not for
         # the estimate that falls slowly after the burst, so the burst's fleet goes at once.
-        release_now = max(_ceil(estimate.needed_now), 1 if demand > 0 else 0)
+        # Never to a fleet whose KV caches would be fuller than the threshold with the sequences
+        # they hold now (rule 4 would ask for them back at once).
+        kv_floor = _ceil(kv_sum / spec.kv_cache_threshold)
+        release_now = max(_ceil(estimate.needed_now), kv_floor, 1 if demand > 0 else 0)
     wanted = max(recommended if release_now is None else min(recommended, release_now),
                  rhythm.prewarm or 0)
     why = ""
