@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 
@@ -198,16 +198,19 @@ RHYTHM = PolicySpec(max_replicas=20, replica_concurrency=32, prefill_tokens_per_
 BURSTS = ((0, 40), (140, 180), (280, 320), (420, 460))
 
 
-def _burst_run(until: int = 470, *, kv_between: float = 0.5) -> dict[int, Decision]:
+def _burst_run(until: int = 470, *, kv_between: float = 0.5, quiet: tuple[float, ...] = (1.0,),
+               spec: PolicySpec = RHYTHM, bursts: tuple[tuple[int, int], ...] = BURSTS
+               ) -> dict[int, Decision]:
     """Every 5 s. Between the bursts the pods share ``kv_between`` KV caches' worth of sequences
-    (each pod's use is its share, at most 1); during them each pod's use is 0.1."""
+    (each pod's use is its share, at most 1); during them each pod's use is 0.1. The quiet's work
+    per tick cycles through ``quiet``."""
     state = PolicyState(window_factor=2.0, window_changed_at=0.0, last_desired=6,
                         recommendations=((0.0, 6),), burst_on=True, burst_peak=6)
     current, out, serial = 6, {}, 0
     gen: dict[str, float] = {}  # each live pod's generated tokens; a new pod starts at 0
     for t in range(0, until, 5):
-        burst = any(a <= t < b for a, b in BURSTS)
-        work = 6.0 if burst else 1.0
+        burst = any(a <= t < b for a, b in bursts)
+        work = 6.0 if burst else quiet[t // 5 % len(quiet)]
         while len(gen) > current:  # scaled down: the newest pods go
             del gen[list(gen)[-1]]
         while len(gen) < current:  # scaled up (Ready at once in this table)
@@ -219,7 +222,7 @@ def _burst_run(until: int = 470, *, kv_between: float = 0.5) -> dict[int, Decisi
         pods = tuple(ReadyPod(name, PodMetrics(0, running, kv, g, float(t),
                                                prompt_tokens=0.0, requests_started=g / 100))
                      for name, g in gen.items())
-        d = decide(Observation(now=float(t), current_replicas=current, ready=pods), RHYTHM, state)
+        d = decide(Observation(now=float(t), current_replicas=current, ready=pods), spec, state)
         out[t] = d
         state, current = d.state, d.desired_replicas
     return out
@@ -249,3 +252,22 @@ def test_a_release_between_bursts_keeps_the_kv_caches_under_the_threshold() -> N
     assert [got[t].desired_replicas for t in (345, 355)] == [4, 3]
     assert {got[t].desired_replicas for t in range(355, 380, 5)} == {3}
     assert max(got[t].inputs["kvCacheMean"] for t in range(355, 380, 5)) < 0.9
+
+
+@pytest.mark.parametrize(("hold", "want"), [(15.0, {3}), (0.0, {2, 3})],
+                         ids=["held-15s", "no-hold-flaps"])
+def test_a_release_between_bursts_holds_the_highest_need_of_a_few_seconds(
+        hold: float, want: set[int]) -> None:
+    # 200 s of quiet whose work swings 1.6 ↔ 2.4 engine-s/s each tick (2 on average): what the last
+    # seconds ask crosses 2 replicas every tick. Holding the highest of 15 s keeps 3 replicas; without
+    # it, every swing removes a replica and asks it back (a pod and a cold start for nothing).
+    got = _burst_run(800, quiet=(1.6, 2.4), spec=replace(RHYTHM, release_hold=hold),
+                     bursts=((0, 40), (240, 280), (480, 520), (720, 760)))
+    assert not any(got[t].state.burst_on for t in range(545, 660, 5))  # all quiet: released
+    assert {got[t].desired_replicas for t in range(545, 660, 5)} == want
+    assert got[660].reason == Reason.SCALE_UP and "pre-warming 6" in got[660].message
+
+
+def test_release_hold_is_checked() -> None:
+    with pytest.raises(ValueError, match="release_hold"):
+        replace(RHYTHM, release_hold=-1.0)

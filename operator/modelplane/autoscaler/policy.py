@@ -36,8 +36,9 @@ virtual time. The rules, in the order ``decide`` applies them (docs/autoscaling.
    Burst rhythm, while the window is lengthened: a burst is on while the recommendation is in the
    upper half of the window's range; the quiet gaps between the last ``rhythm_gaps`` bursts are
    remembered. Once ``rhythm_min_gaps`` are known and the shortest leaves room, after a burst the
-   fleet goes down to what the quiet asks (with throughput sizing: what the last few seconds ask,
-   not the slowly falling estimate), and the burst's fleet (what its demand needed once served,
+   fleet goes down to what the quiet asks (with throughput sizing: the highest of what the last
+   few seconds asked over ``release_hold``, not the slowly falling estimate, and never below the
+   fleet that keeps the KV caches under the threshold), and the burst's fleet (what its demand needed once served,
    without the ramp's trend) is asked for again ``scale_up_lead + scale_down_period`` before the
    shortest gap is over (a pre-warm, reason ``ScaleUp``), held until the next burst or until the
    longest gap has passed. Bursts that come
@@ -179,6 +180,8 @@ class PolicySpec:
     rhythm_gaps: int = 8
     #: ... and how many must be seen before the fleet is released between bursts and pre-warmed.
     rhythm_min_gaps: int = 3
+    #: Between bursts the release follows the highest need of this many seconds (0: the last one).
+    release_hold: float = 15.0
 
     def __post_init__(self) -> None:
         if self.min_replicas < 0 or self.max_replicas < 1 or self.min_replicas > self.max_replicas:
@@ -202,6 +205,8 @@ class PolicySpec:
             raise ValueError("window_max_factor must be >= 1 and window_decay_windows > 0")
         if self.rhythm_min_gaps < 1 or self.rhythm_gaps < self.rhythm_min_gaps:
             raise ValueError("need 1 <= rhythm_min_gaps <= rhythm_gaps")
+        if self.release_hold < 0:
+            raise ValueError(f"release_hold must be >= 0, got {self.release_hold}")
 
     @property
     def throughput_spec(self) -> tp.ThroughputSpec | None:
@@ -250,6 +255,8 @@ class PolicyState:
     burst_peak: int = 0
     burst_ended_at: float | None = None
     quiet_gaps: tuple[float, ...] = ()
+    #: Between bursts: (time, the fleet the traffic asked for then) over the last ``release_hold``.
+    release_recs: tuple[tuple[float, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -460,6 +467,7 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
         # instead of losing it, and a burst's SLO with it, every ``window_decay_windows`` windows.
         factor_at = now
     release_now = None
+    release_recs: tuple[tuple[float, int], ...] = ()
     if rhythm.release_since is not None and estimate is not None and estimate.needed_now is not None:
         # Between bursts: the fleet for what the traffic asks now (the last few seconds), not for
         # the estimate that falls slowly after the burst, so the burst's fleet goes at once.
@@ -467,6 +475,11 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
         # they hold now (rule 4 would ask for them back at once).
         kv_floor = _ceil(kv_sum / spec.kv_cache_threshold)
         release_now = max(_ceil(estimate.needed_now), kv_floor, 1 if demand > 0 else 0)
+        # The highest of the last ``release_hold`` seconds: one quiet scrape does not drop a
+        # replica that the next asks back (a pod and a cold start for nothing).
+        release_recs = tuple((t, n) for t, n in state.release_recs
+                             if t > now - spec.release_hold) + ((now, release_now),)
+        release_now = max(n for _, n in release_recs)
     wanted = max(recommended if release_now is None else min(recommended, release_now),
                  rhythm.prewarm or 0)
     why = ""
@@ -564,6 +577,7 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
         burst_peak=rhythm.peak,
         burst_ended_at=rhythm.ended_at,
         quiet_gaps=rhythm.gaps,
+        release_recs=release_recs,
     )
     if estimate is not None and estimate.demand is not None:
         sizing = (f"work demand {estimate.demand:.2f} engine-s/s + backlog {estimate.backlog:.1f} engine-s "
