@@ -15,6 +15,7 @@ from modelplane.autoscaler.policy import (
     ReadyPod,
     Reason,
     StartingPod,
+    _burst_rhythm,
     decide,
 )
 from modelplane.autoscaler.throughput import PodCounters, ThroughputSpec, ThroughputState, estimate
@@ -268,6 +269,68 @@ def test_a_release_between_bursts_holds_the_highest_need_of_a_few_seconds(
     assert got[660].reason == Reason.SCALE_UP and "pre-warming 6" in got[660].message
 
 
-def test_release_hold_is_checked() -> None:
+def test_release_hold_and_rhythm_regularity_are_checked() -> None:
     with pytest.raises(ValueError, match="release_hold"):
         replace(RHYTHM, release_hold=-1.0)
+    with pytest.raises(ValueError, match="rhythm_regularity"):
+        replace(RHYTHM, rhythm_regularity=1.5)
+
+
+def test_nothing_is_released_while_a_backlog_still_waits() -> None:
+    # At 345 the third burst is over and the fleet of 7 is released (test above). The same tick with
+    # one of the 7 pods still starting and 10 requests waiting on each ready pod (more than a
+    # saturated replica's 8) since the last tick: the estimate leaves that backlog to the starting
+    # pod, so by the recommendation the burst is over, but a burst does not end while its backlog
+    # waits: the fleet is held until the requests are served.
+    before = _burst_run(345)[340]
+    at = before.state.throughput
+
+    def decide_with(waiting: float) -> Decision:
+        pods = tuple(ReadyPod(p.name, PodMetrics(waiting, 5.0, 0.1, p.generation_tokens + 5 * 100 / 7, 345.0,
+                                                 prompt_tokens=0.0,
+                                                 requests_started=p.requests_started + 5 / 7))
+                     for p in at.pods[:6])
+        state = replace(before.state, throughput=replace(at, queue=6 * waiting))  # no growth
+        return decide(Observation(now=345.0, current_replicas=7, ready=pods,
+                                  starting=(StartingPod("new", 10.0),)), RHYTHM, state)
+
+    quiet, backlogged = decide_with(0.0), decide_with(10.0)
+    assert quiet.desired_replicas < 7 and "between bursts" in quiet.message
+    assert not quiet.state.burst_on
+    assert backlogged.state.burst_on and backlogged.waiting == 60
+    assert (backlogged.desired_replicas, backlogged.reason) == (7, Reason.HOLD)
+    assert "between bursts" not in backlogged.message
+
+
+#: After a burst (peak 6) that ended 20 s ago, at 1000 s: recommendations of 1 and 6 in the window.
+_AFTER = PolicyState(window_factor=2.0, window_changed_at=0.0, last_desired=6, burst_on=True,
+                     burst_peak=6, burst_ended_at=None, quiet_gaps=(100.0, 100.0))
+_RECS = ((950.0, 6), (990.0, 1), (1000.0, 1))
+
+
+@pytest.mark.parametrize(("gaps", "released"), [
+    ((100.0, 100.0, 100.0), True),
+    ((150.0, 100.0, 80.0), True),     # the shortest is 53% of the longest: a schedule
+    ((250.0, 100.0, 100.0), False),   # 40%: no schedule, the held fleet stays
+    ((100.0, 100.0), False),          # fewer gaps than rhythm_min_gaps (3 in this table)
+], ids=["even", "uneven-enough", "too-uneven", "too-few"])
+def test_the_fleet_is_released_only_between_bursts_that_keep_a_schedule(
+        gaps: tuple[float, ...], released: bool) -> None:
+    spec = replace(RHYTHM, rhythm_min_gaps=3)
+    state = replace(_AFTER, burst_on=False, burst_ended_at=980.0, quiet_gaps=gaps)
+    rhythm = _burst_rhythm(spec, state, 1000.0, _RECS, 1, lengthened=True, sustained=1,
+                           backlogged=False)
+    assert not rhythm.on
+    assert (rhythm.release_since is not None) == released
+
+
+@pytest.mark.parametrize(("backlogged", "on"), [(False, False), (True, True)])
+def test_a_burst_does_not_end_while_its_backlog_waits(backlogged: bool, on: bool) -> None:
+    rhythm = _burst_rhythm(RHYTHM, _AFTER, 1000.0, _RECS, 1, lengthened=True, sustained=1,
+                           backlogged=backlogged)
+    assert rhythm.on is on
+    assert rhythm.ended_at == (None if on else 1000.0)
+    # ... and a backlog alone never starts one: quiet with a queue stays quiet.
+    quiet = replace(_AFTER, burst_on=False, burst_ended_at=900.0)
+    assert not _burst_rhythm(RHYTHM, quiet, 1000.0, _RECS, 1, lengthened=True, sustained=1,
+                             backlogged=backlogged).on

@@ -38,11 +38,13 @@ virtual time. The rules, in the order ``decide`` applies them (docs/autoscaling.
    remembered. Once ``rhythm_min_gaps`` are known and the shortest leaves room, after a burst the
    fleet goes down to what the quiet asks (with throughput sizing: the highest of what the last
    few seconds asked over ``release_hold``, not the slowly falling estimate, and never below the
-   fleet that keeps the KV caches under the threshold), and the burst's fleet (what its demand needed once served,
-   without the ramp's trend) is asked for again ``scale_up_lead + scale_down_period`` before the
-   shortest gap is over (a pre-warm, reason ``ScaleUp``), held until the next burst or until the
-   longest gap has passed. Bursts that come
-   at random (no shortest gap worth a release) keep the held fleet.
+   fleet that keeps the KV caches under the threshold), and the burst's fleet (what its demand
+   needed once served, without the ramp's trend) is asked for again ``scale_up_lead +
+   scale_down_period`` before the shortest gap is over (a pre-warm, reason ``ScaleUp``), held until
+   the next burst or until the longest gap has passed. A burst does not end while a saturated
+   replica's queue per ready pod still waits. Bursts that come at random (no shortest gap worth a
+   release, or gaps so uneven that the shortest is under ``rhythm_regularity`` of the longest)
+   keep the held fleet.
    With ``targetUSDPerMillionTokens`` set, an idle queue and a measured cost above the target, the
    window is skipped towards the fleet size that meets the target (reason ``TargetCost``), never
    below what the running requests need.
@@ -180,6 +182,8 @@ class PolicySpec:
     rhythm_gaps: int = 8
     #: ... and how many must be seen before the fleet is released between bursts and pre-warmed.
     rhythm_min_gaps: int = 3
+    #: ... and how regular they must be: the shortest at least this share of the longest.
+    rhythm_regularity: float = 0.5
     #: Between bursts the release follows the highest need of this many seconds (0: the last one).
     release_hold: float = 15.0
 
@@ -205,6 +209,8 @@ class PolicySpec:
             raise ValueError("window_max_factor must be >= 1 and window_decay_windows > 0")
         if self.rhythm_min_gaps < 1 or self.rhythm_gaps < self.rhythm_min_gaps:
             raise ValueError("need 1 <= rhythm_min_gaps <= rhythm_gaps")
+        if not 0 <= self.rhythm_regularity <= 1:
+            raise ValueError(f"rhythm_regularity must be in [0, 1], got {self.rhythm_regularity}")
         if self.release_hold < 0:
             raise ValueError(f"release_hold must be >= 0, got {self.release_hold}")
 
@@ -324,14 +330,18 @@ class _Rhythm:
 
 
 def _burst_rhythm(spec: PolicySpec, state: PolicyState, now: float, recs: tuple[tuple[float, int], ...],
-                  recommended: int, lengthened: bool, sustained: int) -> _Rhythm:
-    """Bursts and the quiet between them, once a regret lengthened the window (rule 7)."""
+                  recommended: int, lengthened: bool, sustained: int, backlogged: bool) -> _Rhythm:
+    """Bursts and the quiet between them, once a regret lengthened the window (rule 7).
+
+    ``backlogged``: a saturated replica's queue per ready pod waits. A burst does not end while its
+    backlog waits, whatever the estimate (which leaves the backlog to starting replicas) says.
+    """
     if not lengthened:
         return _Rhythm(False, False, 0, None, ())
     values = [r for _, r in recs]
     high, low = max(values), min(values)
     spread = high - low >= 2
-    on = recommended > (high + low) / 2 if spread else state.burst_on
+    on = (recommended > (high + low) / 2 if spread else state.burst_on) or (state.burst_on and backlogged)
     peak, ended, gaps = state.burst_peak, state.burst_ended_at, state.quiet_gaps
     if on and not state.burst_on:
         if ended is not None:
@@ -351,6 +361,8 @@ def _burst_rhythm(spec: PolicySpec, state: PolicyState, now: float, recs: tuple[
     prewarm_at = expected - spec.scale_up_lead - spec.scale_down_period
     if prewarm_at - ended < 2 * spec.scale_down_period:
         return rhythm
+    if min(gaps) < spec.rhythm_regularity * max(gaps):
+        return rhythm  # gaps this uneven are no schedule: the next burst may come at any time
     if now < prewarm_at:
         return replace(rhythm, release_since=ended, expected_at=expected, prewarm_at=prewarm_at)
     if now <= ended + max(gaps) + spec.scale_down_period:
@@ -460,7 +472,8 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
     sustained = recommended
     if estimate is not None and estimate.replicas_sustained is not None:
         sustained = min(recommended, estimate.replicas_sustained)
-    rhythm = _burst_rhythm(spec, state, now, recs, recommended, factor > 1, sustained)
+    backlogged = held_requests + waiting >= spec.saturation_waiting * max(1, n_ready)
+    rhythm = _burst_rhythm(spec, state, now, recs, recommended, factor > 1, sustained, backlogged)
     if factor > 1 and current > 0 and (rhythm.on if rhythm.spread else recommended >= current):
         # A burst is on (or, with no burst in the window, the held fleet is wanted again): the hold
         # pays off, so the decay clock starts over. Bursts that keep coming keep the long window
