@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from bench.autoscale import policies, run, traces
+from bench.autoscale import policies, run, seeds, traces
 from bench.autoscale.harness import ClusterView, RunResult
 from bench.autoscale.harness import run as run_trace
 
@@ -112,3 +112,16 @@ def test_sweep_covers_every_swept_baseline_and_static_fleets_below_the_peak() ->
     assert peak >= 4 and fleets == list(range(peak // 2, peak))  # half the peak up to one below it
     result = run.run_one(TINY, "HPA", setting=0.5)
     assert result.setting == 0.5 and result.policy == "HPA"
+
+
+def test_seeds_prints_a_row_per_seed_and_the_range(capsys: pytest.CaptureFixture[str]) -> None:
+    assert seeds.main(["--seeds", "3", "4", "--hours", "0.1"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| 3 |") or line.startswith("| 4 |")]
+    assert len(rows) == 2
+    assert "below static peak" in out and "over the oracle" in out
+    seed, ours, static, oracle = seeds.one(3, hours=0.1)
+    assert (seed, ours.policy, static.policy, oracle.policy) == (3, "modelplane", "static peak", "oracle")
+    assert 0 < oracle.gpu_hours < static.gpu_hours
+    with pytest.raises(SystemExit):
+        seeds.main(["--hours", "0"])
