@@ -26,7 +26,7 @@ def markers(quick: bool) -> tuple[str, str]:
 def build_traces(args: argparse.Namespace) -> list[traces.Trace]:
     duration = 1800.0 if args.quick else 4 * 3600.0
     out = [traces.steady(duration, rate=12.0), traces.diurnal(duration, low=2.0, high=24.0),
-           traces.bursty(duration, base=6.0, spike=24.0)]
+           traces.bursty(duration)]
     path = Path(args.trace) if args.trace else HERE / "sample_trace.csv"
     rate_scale = args.rate_scale if args.rate_scale is not None else (4.0 if not args.trace else 1.0)
     out.append(traces.load_csv(path, time_scale=args.time_scale, rate_scale=rate_scale))

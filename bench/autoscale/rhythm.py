@@ -22,7 +22,7 @@ DURATION = 4 * 3600.0
 
 def one(job: tuple[str, int, bool]) -> str:
     kind, seed, rhythm = job
-    trace = traces.bursty(DURATION, base=6.0, spike=24.0, seed=seed, random_gaps=kind == "random-gaps")
+    trace = traces.bursty(DURATION, seed=seed, random_gaps=kind == "random-gaps")
     params = run.engine_params()
     built, initial = run.build_policies(trace, params)
     ours = built[0]

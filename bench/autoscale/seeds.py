@@ -16,17 +16,11 @@ from functools import partial
 
 from bench.autoscale import run, traces
 from bench.autoscale.harness import RunResult
-from bench.autoscale.harness import run as run_trace
 
 
 def one(seed: int, hours: float = 4.0) -> tuple[int, RunResult, RunResult, RunResult]:
-    trace = traces.bursty(hours * 3600.0, base=6.0, spike=24.0, seed=seed)
-    params = run.engine_params()
-    built, initial = run.build_policies(trace, params)
-    config = run.sim_config(params)
-    by_name = {policy.name: policy for policy in built}
-    ours, static, oracle = (run_trace(trace, by_name[name], config, initial_replicas=initial)
-                            for name in ("modelplane", "static peak", "oracle"))
+    trace = traces.bursty(hours * 3600.0, seed=seed)
+    ours, static, oracle = (run.run_one(trace, name) for name in ("modelplane", "static peak", "oracle"))
     return seed, ours, static, oracle
 
 

@@ -75,7 +75,7 @@ def diurnal(duration: float, *, low: float = 3.0, high: float = 36.0, seed: int 
                          duration, seed=seed)
 
 
-def bursty(duration: float, *, base: float = 10.0, spike: float = 42.0, seed: int = 3,
+def bursty(duration: float, *, base: float = 6.0, spike: float = 24.0, seed: int = 3,
            random_gaps: bool = False) -> Trace:
     """A base load with spikes of 1.5–3 minutes every 5–8 minutes, ramping up in ~10 s.
 

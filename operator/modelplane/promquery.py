@@ -77,9 +77,14 @@ class PrometheusSource:
         return self.url.rstrip("/") + "/api/v1/query"
 
 
+def _label_value(value: str) -> str:
+    """``value`` escaped for a double-quoted string: the same rules in PromQL and the text format."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 def _string_literal(value: str) -> str:
     """``value`` as a PromQL double-quoted string."""
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    return f'"{_label_value(value)}"'
 
 
 def build_query(source: PrometheusSource, namespace: str, pods: Sequence[str]) -> str:
@@ -91,10 +96,6 @@ def build_query(source: PrometheusSource, namespace: str, pods: Sequence[str]) -
     return (f'{{__name__=~{_string_literal(NAMES_REGEX)}, '
             f'{source.namespace_label}={_string_literal(namespace)}, '
             f'{source.pod_label}=~{_string_literal(pod_regex)}}}[{lookback}s]')
-
-
-def _label_value(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def _exposition(series: Mapping[tuple[str, tuple[tuple[str, str], ...]], str]) -> str:
