@@ -200,18 +200,19 @@ BURSTS = ((0, 40), (140, 180), (280, 320), (420, 460))
 
 
 def _burst_run(until: int = 470, *, kv_between: float = 0.5, quiet: tuple[float, ...] = (1.0,),
-               spec: PolicySpec = RHYTHM, bursts: tuple[tuple[int, int], ...] = BURSTS
-               ) -> dict[int, Decision]:
+               spec: PolicySpec = RHYTHM, bursts: tuple[tuple[int, int], ...] = BURSTS,
+               last_burst: float = 6.0) -> dict[int, Decision]:
     """Every 5 s. Between the bursts the pods share ``kv_between`` KV caches' worth of sequences
     (each pod's use is its share, at most 1); during them each pod's use is 0.1. The quiet's work
-    per tick cycles through ``quiet``."""
+    per tick cycles through ``quiet``; bursts bring 6 engine-s/s, the last one ``last_burst``."""
     state = PolicyState(window_factor=2.0, window_changed_at=0.0, last_desired=6,
                         recommendations=((0.0, 6),), burst_on=True, burst_peak=6)
     current, out, serial = 6, {}, 0
     gen: dict[str, float] = {}  # each live pod's generated tokens; a new pod starts at 0
     for t in range(0, until, 5):
         burst = any(a <= t < b for a, b in bursts)
-        work = 6.0 if burst else quiet[t // 5 % len(quiet)]
+        peak = last_burst if t >= bursts[-1][0] else 6.0
+        work = peak if burst else quiet[t // 5 % len(quiet)]
         while len(gen) > current:  # scaled down: the newest pods go
             del gen[list(gen)[-1]]
         while len(gen) < current:  # scaled up (Ready at once in this table)
@@ -244,6 +245,31 @@ def test_between_bursts_the_fleet_goes_at_once_and_the_prewarm_is_the_bursts_sus
     assert max(got[t].recommended for t in range(280, 320, 5)) == 7
     assert (got[380].desired_replicas, got[380].reason) == (6, Reason.SCALE_UP)
     assert "pre-warming 6 for the burst expected in 40s" in got[380].message
+
+
+def test_a_burst_that_comes_as_expected_gets_no_trend_extrapolation() -> None:
+    # The fourth burst (420–460, seen from 425) comes onto the 6 replicas pre-warmed for it at 380.
+    # Its ramp's trend recommends 7, as the third's did, but that 7th replica would be ready when
+    # the burst is nearly over: the pre-warmed fleet is kept.
+    got = _burst_run()
+    assert got[415].state.prewarmed == 6 and not got[420].state.burst_on
+    assert got[425].state.burst_on and got[425].state.burst_prewarmed == 6
+    assert max(got[t].recommended for t in range(420, 460, 5)) == 7
+    assert {got[t].desired_replicas for t in range(420, 460, 5)} == {6}
+    assert any("no trend extrapolation" in got[t].message for t in range(420, 460, 5))
+    # The third burst came before any pre-warm: the trend is followed as always.
+    assert got[280].state.burst_prewarmed == 0
+    assert max(got[t].desired_replicas for t in range(280, 320, 5)) == 7
+
+
+def test_a_burst_bigger_than_expected_still_scales_up_for_what_it_asks_now() -> None:
+    # The fourth burst brings 9 engine-s/s instead of 6: what the traffic asks now is beyond the
+    # pre-warmed 6 and its tolerance, so the fleet grows, to what the last seconds ask (9 once the
+    # fast average caught up; the trend would have asked for 11).
+    got = _burst_run(last_burst=9.0)
+    assert got[420].state.burst_prewarmed == 6
+    assert [got[t].desired_replicas for t in range(425, 460, 5)] == [6, 7, 8, 8, 9, 9, 9]
+    assert max(got[t].recommended for t in range(425, 460, 5)) == 11
 
 
 def test_a_release_between_bursts_keeps_the_kv_caches_under_the_threshold() -> None:

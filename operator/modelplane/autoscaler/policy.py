@@ -41,8 +41,11 @@ virtual time. The rules, in the order ``decide`` applies them (docs/autoscaling.
    fleet that keeps the KV caches under the threshold), and the burst's fleet (what its demand
    needed once served, without the ramp's trend) is asked for again ``scale_up_lead +
    scale_down_period`` before the shortest gap is over (a pre-warm, reason ``ScaleUp``), held until
-   the next burst or until the longest gap has passed. A burst does not end while a saturated
-   replica's queue per ready pod still waits. Bursts that come at random (no shortest gap worth a
+   the next burst or until the longest gap has passed. A burst that comes onto its pre-warmed
+   fleet gets no trend extrapolation (replicas asked for a cold start ahead would be ready when it
+   is nearly over): more only for what the last few seconds ask beyond ``scale_up_tolerance``, or
+   for the KV caches. A burst does not end while a saturated replica's queue per ready pod still
+   waits. Bursts that come at random (no shortest gap worth a
    release, or gaps so uneven that the shortest is under ``rhythm_regularity`` of the longest)
    keep the held fleet.
    With ``targetUSDPerMillionTokens`` set, an idle queue and a measured cost above the target, the
@@ -261,6 +264,10 @@ class PolicyState:
     burst_peak: int = 0
     burst_ended_at: float | None = None
     quiet_gaps: tuple[float, ...] = ()
+    #: The fleet the last decision pre-warmed for an expected burst (0: none)...
+    prewarmed: int = 0
+    #: ... and, while a burst is on, the fleet pre-warmed for it when it came (0: it came unexpected).
+    burst_prewarmed: int = 0
     #: Between bursts: (time, the fleet the traffic asked for then) over the last ``release_hold``.
     release_recs: tuple[tuple[float, int], ...] = ()
 
@@ -327,6 +334,8 @@ class _Rhythm:
     prewarm: int | None = None  #: the fleet to have now, one cold start before the expected burst
     expected_at: float | None = None
     prewarm_at: float | None = None
+    #: While a burst is on: the fleet pre-warmed for it (0: it was not expected).
+    prewarmed: int = 0
 
 
 def _burst_rhythm(spec: PolicySpec, state: PolicyState, now: float, recs: tuple[tuple[float, int], ...],
@@ -343,15 +352,17 @@ def _burst_rhythm(spec: PolicySpec, state: PolicyState, now: float, recs: tuple[
     spread = high - low >= 2
     on = (recommended > (high + low) / 2 if spread else state.burst_on) or (state.burst_on and backlogged)
     peak, ended, gaps = state.burst_peak, state.burst_ended_at, state.quiet_gaps
+    prewarmed = state.burst_prewarmed if on else 0
     if on and not state.burst_on:
         if ended is not None:
             gaps = (*gaps, now - ended)[-spec.rhythm_gaps:]
         peak = sustained
+        prewarmed = state.prewarmed
     elif on:
         peak = max(peak, sustained)
     elif state.burst_on:
         ended = now
-    rhythm = _Rhythm(on, spread, peak, ended, gaps)
+    rhythm = _Rhythm(on, spread, peak, ended, gaps, prewarmed=prewarmed)
     if on or ended is None or len(gaps) < spec.rhythm_min_gaps or peak <= 0:
         return rhythm
     # The next burst is expected no sooner than the shortest quiet seen; the fleet it needs is asked
@@ -496,6 +507,19 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
     wanted = max(recommended if release_now is None else min(recommended, release_now),
                  rhythm.prewarm or 0)
     why = ""
+    if rhythm.on and rhythm.prewarmed and estimate is not None and estimate.needed_now is not None:
+        # A burst that came as expected, onto the fleet pre-warmed for what the last bursts needed
+        # once served: the ramp's trend, extrapolated a cold start ahead, would buy replicas that are
+        # ready when the burst is nearly over. More than the pre-warmed fleet only for what the
+        # traffic asks now (beyond the tolerance) or for the KV caches.
+        asks = estimate.needed_now
+        now_fleet = _ceil(asks) if asks > rhythm.prewarmed * (1 + spec.scale_up_tolerance) else 0
+        kv_fleet = _ceil(kv_sum / spec.kv_cache_threshold) if kv_mean > spec.kv_cache_threshold else 0
+        capped = max(rhythm.prewarmed, now_fleet, kv_fleet)
+        if capped < wanted:
+            wanted = max(capped, min(wanted, current))
+            why = (f"; burst expected and pre-warmed with {rhythm.prewarmed}: no trend extrapolation "
+                   f"(asks {asks:.1f} now)")
 
     if may_be_zero and current > 0 and demand == 0 and recommended <= current:
         # Idle for scaleToZeroAfter: to zero whatever the sizing rules would keep (the
@@ -591,6 +615,8 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
         burst_ended_at=rhythm.ended_at,
         quiet_gaps=rhythm.gaps,
         release_recs=release_recs,
+        prewarmed=rhythm.prewarm or 0,
+        burst_prewarmed=rhythm.prewarmed,
     )
     if estimate is not None and estimate.demand is not None:
         sizing = (f"work demand {estimate.demand:.2f} engine-s/s + backlog {estimate.backlog:.1f} engine-s "
