@@ -55,10 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     main_results = run.main_results(results)
     elapsed = time.perf_counter() - started
     table = run.markdown_table(main_results)
-    verdict = run.verdict_lines(main_results)
+    verdict = run.verdict_lines(results)
     iso = "" if args.no_sweep else (
-        "\n\nAt our SLO (each baseline's cheapest run, of its default and the swept settings, whose SLO "
-        "attainment is within half a point of ours or above; `not reached`: none is):\n\n"
+        "\n\nAt our SLO (each baseline's and the oracle's cheapest run, of its default and the swept "
+        "settings, whose SLO attainment is within half a point of ours or above; `not reached`: none "
+        "is):\n\n"
         + run.iso_slo_table(results))
     traces_md = "\n".join(f"- `{t.name}`: {t.description}; {len(t.requests)} requests over "
                           f"{t.duration / 60:.0f} min" for t in trace_list)

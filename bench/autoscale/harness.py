@@ -98,8 +98,9 @@ class RunResult:
     max_replicas: int
     ttft_p50: float
     ttft_p95: float
-    #: A sweep point's setting (a target factor, or a static fleet); None in the main table.
-    setting: float | None = None
+    #: A sweep point's setting (a target factor, a static fleet, or the oracle's utilization and
+    #: look-ahead window); None in the main table.
+    setting: float | tuple[float, float] | None = None
     times: list[float] = field(default_factory=list)
     replicas: list[int] = field(default_factory=list)
     ready: list[int] = field(default_factory=list)

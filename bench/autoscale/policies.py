@@ -14,10 +14,13 @@
   in-flight requests its proxy counts, ``ceil(average / targetRequests)``; scale up at once, scale
   down after ``scaleDownDelaySeconds`` (30 s) of consecutive lower answers.
 - ``Static``: a fixed fleet sized for the trace's peak.
-- ``Oracle``: perfect foresight of the trace: the replicas the arrival rate of the next 30 s needs
-  at every second (rate / the measured capacity of a saturated replica at 85% utilization), asked
-  for one cold start ahead and released as soon as they are not needed. It pays the same cold
-  starts; it is the reference floor, not a proven optimum.
+- ``Oracle``: perfect foresight of the trace: the replicas the arrival rate of the next ``window``
+  seconds needs at every second (rate / the measured capacity of a saturated replica at a
+  ``utilization``), asked for one cold start ahead and released as soon as they are not needed. It
+  pays the same cold starts; it is the reference floor, not a proven optimum. Its two settings
+  trade GPU-hours for SLO (a short window sees a spike's edge, a long one averages it away), so the
+  benchmark runs it with several (``bench.autoscale.run.ORACLE_SWEEP``) and compares ours with the
+  cheapest that reaches our SLO.
 
 The baselines get the same per-replica target as ours (a replica's capacity plus the queue allowed
 per replica), so the comparison is of the control loops, not of the targets.

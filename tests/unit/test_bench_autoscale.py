@@ -75,7 +75,7 @@ def test_csv_replay_refuses(tmp_path: Path, text: str) -> None:
         traces.load_csv(path)
 
 
-def _result(policy: str, gpu_hours: float, slo: float, setting: float | None = None) -> RunResult:
+def _result(policy: str, gpu_hours: float, slo: float, setting: run.Setting | None = None) -> RunResult:
     return RunResult(policy=policy, trace="t", requests=1000, completed=1000, lost=0,
                      within_slo=round(slo * 1000), gpu_hours=gpu_hours, cost_usd=0.0,
                      direction_changes=0, max_replicas=1, ttft_p50=0.0, ttft_p95=0.0, setting=setting)
@@ -89,14 +89,19 @@ def test_iso_slo_picks_each_baselines_cheapest_run_that_reaches_our_slo() -> Non
         _result("KubeAI", 9.5, 0.96),  # its default already does, cheaper than ours
         _result("static peak", 14.0, 0.99), _result("static peak", 12.5, 0.951, 11.0),
         _result("static peak", 11.0, 0.93, 10.0),
-        _result("oracle", 7.0, 0.97),
+        _result("oracle", 7.0, 0.97), _result("oracle", 6.0, 0.93, (1.0, 30.0)),
+        _result("oracle", 6.5, 0.948, (0.95, 30.0)),
     ]
     got = {r.policy: (r.gpu_hours, r.setting) for r in run.iso_slo(results)}
     assert got == {"HPA": (12.0, 0.5), "KEDA": (None, None), "KubeAI": (9.5, None),
-                   "static peak": (12.5, 11.0)}
+                   "static peak": (12.5, 11.0), "oracle": (6.5, (0.95, 30.0))}
     table = run.iso_slo_table(results)
     assert "not reached (best 90.0%)" in table and "12.50 (11 replicas)" in table
-    assert table.rstrip().endswith("| no |")  # KubeAI reaches our SLO with fewer GPU-hours
+    # KubeAI reaches our SLO with fewer GPU-hours; the oracle at our SLO is its 6.5 GPU-h run.
+    assert table.rstrip().endswith("| no | 6.50 (next 30 s at 95%) | +54% |")
+    assert run.oracle_at_our_slo(results, "t").gpu_hours == 6.5
+    # The verdict's "over the oracle" is against that run, not the main table's 7.0.
+    assert run.verdicts(results)[0].over_oracle == pytest.approx(10.0 / 6.5 - 1)
     # The main table and the verdicts see only the default runs.
     assert [r.policy for r in run.main_results(results)] == [
         "modelplane", "HPA", "KEDA", "KubeAI", "static peak", "oracle"]
@@ -110,8 +115,28 @@ def test_sweep_covers_every_swept_baseline_and_static_fleets_below_the_peak() ->
         assert sorted(s for _, n, _, s in jobs if n == name) == sorted(run.SWEEP_FACTORS)
     fleets = sorted(int(s) for _, n, _, s in jobs if n == "static peak")
     assert peak >= 4 and fleets == list(range(peak // 2, peak))  # half the peak up to one below it
+    assert [s for _, n, _, s in jobs if n == "oracle"] == list(run.ORACLE_SWEEP)
+    assert run.ORACLE not in run.ORACLE_SWEEP  # the main table's run is not repeated
     result = run.run_one(TINY, "HPA", setting=0.5)
     assert result.setting == 0.5 and result.policy == "HPA"
+
+
+def test_oracle_with_less_headroom_asks_for_fewer_replicas() -> None:
+    trace = traces.steady(600.0, rate=12.0)
+    capacity = policies.replica_capacity(run.engine_params(), trace)
+    tight = policies.needed_replicas(trace, capacity, utilization=1.0, window=30.0)
+    roomy = policies.needed_replicas(trace, capacity, utilization=0.85, window=30.0)
+    assert all(t <= r for t, r in zip(tight, roomy, strict=True)) and sum(tight) < sum(roomy)
+    cheap = run.run_one(trace, "oracle", setting=(1.0, 30.0))
+    dear = run.run_one(trace, "oracle", setting=(0.85, 10.0))
+    assert cheap.setting == (1.0, 30.0) and cheap.gpu_hours < dear.gpu_hours
+
+
+def test_when_no_oracle_run_reaches_our_slo_the_verdict_uses_its_best() -> None:
+    results = [_result("modelplane", 10.0, 0.99), _result("HPA", 9.0, 0.9), _result("KEDA", 9.0, 0.9),
+               _result("KubeAI", 9.0, 0.9), _result("static peak", 12.0, 0.995),
+               _result("oracle", 7.0, 0.97), _result("oracle", 8.0, 0.98, (0.85, 10.0))]
+    assert run.oracle_at_our_slo(results, "t").gpu_hours == 8.0
 
 
 def test_seeds_prints_a_row_per_seed_and_the_range(capsys: pytest.CaptureFixture[str]) -> None:
