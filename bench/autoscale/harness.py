@@ -35,6 +35,7 @@ class PodView:
     outstanding: int  #: what the gateway counts as in flight on this pod
     prompt_tokens: int = 0  #: vllm:prompt_tokens_total
     requests_started: int = 0  #: vllm:time_to_first_token_seconds_count
+    ready_after: float | None = None  #: seconds from its creation to Ready (its cold start)
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class ClusterView:
     ready: tuple[PodView, ...]
     starting_ages: tuple[float, ...]
     held: int  #: requests the gateway holds because no replica is ready
+    starting_names: tuple[str, ...] = ()  #: the starting pods' names, in ``starting_ages``' order
 
 
 class Autoscaler(Protocol):
@@ -250,10 +252,12 @@ def _view(now: float, serving: list[_Pod], held: int) -> ClusterView:
     ready = tuple(
         PodView(p.name, p.engine.num_waiting, p.engine.num_running, p.engine.kv_cache_usage,
                 p.engine.stats.generation_tokens, p.outstanding, p.engine.stats.prompt_tokens,
-                p.engine.stats.ttft.count)
+                p.engine.stats.ttft.count, p.ready_at - p.created)
         for p in serving if p.engine is not None)
-    starting = tuple(now - p.created for p in serving if p.engine is None)
-    return ClusterView(now=now, current=len(serving), ready=ready, starting_ages=starting, held=held)
+    starting = [p for p in serving if p.engine is None]
+    return ClusterView(now=now, current=len(serving), ready=ready,
+                       starting_ages=tuple(now - p.created for p in starting), held=held,
+                       starting_names=tuple(p.name for p in starting))
 
 
 def _remove(serving: list[_Pod], count: int, now: float, drain_timeout: float, pods: list[_Pod]) -> None:

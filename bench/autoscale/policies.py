@@ -64,9 +64,12 @@ class Ours:
             ready=tuple(ReadyPod(p.name, PodMetrics(p.waiting, p.running, p.kv_cache_usage,
                                                     p.generation_tokens, scraped_at=view.now,
                                                     prompt_tokens=p.prompt_tokens,
-                                                    requests_started=p.requests_started))
+                                                    requests_started=p.requests_started),
+                                 ready_after=p.ready_after)
                         for p in view.ready),
-            starting=tuple(StartingPod(f"starting-{k}", age) for k, age in enumerate(view.starting_ages)),
+            starting=tuple(StartingPod(view.starting_names[k] if k < len(view.starting_names)
+                                       else f"starting-{k}", age)
+                           for k, age in enumerate(view.starting_ages)),
             activator_pending=view.held)
         decision = decide(obs, self.spec, self.state)
         self.state = decision.state

@@ -58,6 +58,25 @@ def is_ready(pod: Obj) -> bool:
     return False
 
 
+def ready_after(pod: Obj) -> float | None:
+    """Seconds from the pod's creation to its Ready condition: its cold start.
+
+    None when not Ready, when a timestamp is missing, or when a container restarted (its Ready time
+    then follows the restart, not the first start).
+    """
+    if not is_ready(pod):
+        return None
+    status = pod.get("status") or {}
+    if any(int(c.get("restartCount") or 0) > 0 for c in status.get("containerStatuses") or []):
+        return None
+    created = parse_time((pod.get("metadata") or {}).get("creationTimestamp"))
+    ready_at = next((parse_time(c.get("lastTransitionTime")) for c in status.get("conditions") or []
+                     if c.get("type") == "Ready"), None)
+    if created is None or ready_at is None:
+        return None
+    return max(0.0, (ready_at - created).total_seconds())
+
+
 def gpus_requested(pod: Obj) -> int:
     total = 0
     for container in pod.get("spec", {}).get("containers") or []:

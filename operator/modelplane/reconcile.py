@@ -258,7 +258,8 @@ def _autoscale(prepared: Prepared, observed: Observed, metrics: Sequence[ScrapeR
         name = str(meta.get("name"))
         if health.is_ready(pod):
             result = by_pod.get(name)
-            ready.append(policy.ReadyPod(name=name, metrics=result.metrics if result else None))
+            ready.append(policy.ReadyPod(name=name, metrics=result.metrics if result else None,
+                                         ready_after=health.ready_after(pod)))
         else:
             started = health.parse_time(meta.get("creationTimestamp"))
             age = (observed.now - started).total_seconds() if started else 0.0
@@ -509,6 +510,7 @@ def _autoscaler_status(decision: policy.Decision, old_status: Mapping[str, Any],
         "reason": f"{decision.reason}: {decision.message}" if fresh else previous.get("reason"),
         "queueDepth": round(queue_depth, 3),
         "runningRequests": round(decision.running, 3),
+        "coldStartSeconds": round(decision.cold_start_seconds, 1),
     }}
 
 

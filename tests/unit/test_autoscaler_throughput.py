@@ -201,12 +201,13 @@ BURSTS = ((0, 40), (140, 180), (280, 320), (420, 460))
 
 def _burst_run(until: int = 470, *, kv_between: float = 0.5, quiet: tuple[float, ...] = (1.0,),
                spec: PolicySpec = RHYTHM, bursts: tuple[tuple[int, int], ...] = BURSTS,
-               last_burst: float = 6.0) -> dict[int, Decision]:
+               last_burst: float = 6.0, cold_starts: tuple[float, ...] = ()) -> dict[int, Decision]:
     """Every 5 s. Between the bursts the pods share ``kv_between`` KV caches' worth of sequences
     (each pod's use is its share, at most 1); during them each pod's use is 0.1. The quiet's work
     per tick cycles through ``quiet``; bursts bring 6 engine-s/s, the last one ``last_burst``."""
     state = PolicyState(window_factor=2.0, window_changed_at=0.0, last_desired=6,
-                        recommendations=((0.0, 6),), burst_on=True, burst_peak=6)
+                        recommendations=((0.0, 6),), burst_on=True, burst_peak=6,
+                        cold_starts=cold_starts)
     current, out, serial = 6, {}, 0
     gen: dict[str, float] = {}  # each live pod's generated tokens; a new pod starts at 0
     for t in range(0, until, 5):
@@ -360,3 +361,84 @@ def test_a_burst_does_not_end_while_its_backlog_waits(backlogged: bool, on: bool
     quiet = replace(_AFTER, burst_on=False, burst_ended_at=900.0)
     assert not _burst_rhythm(RHYTHM, quiet, 1000.0, _RECS, 1, lengthened=True, sustained=1,
                              backlogged=backlogged).on
+
+
+# Cold starts: each step is (ready pods as (name, ready_after), starting pod names); metrics all
+# present and idle unless ``garbled`` names a pod whose page was unreadable.
+Step = tuple[tuple[tuple[str, float | None], ...], tuple[str, ...]]
+
+
+def _cold_starts(steps: list[Step], *, garbled: str | None = None) -> Decision:
+    spec = PolicySpec(max_replicas=20)
+    state = PolicyState()
+    for k, (ready, starting) in enumerate(steps):
+        pods = tuple(ReadyPod(name, None if name == garbled else PodMetrics(0, 1, 0.1, 0.0, 10.0 * k),
+                              ready_after=after) for name, after in ready)
+        d = decide(Observation(now=10.0 * k, current_replicas=len(ready) + len(starting), ready=pods,
+                               starting=tuple(StartingPod(n, 5.0) for n in starting)), spec, state)
+        state = d.state
+    return d
+
+
+def _one_by_one(afters: list[float]) -> list[Step]:
+    """Pods started one after the other: each is starting for a step, then Ready with its cold start."""
+    steps: list[Step] = []
+    for i, after in enumerate(afters):
+        steps.append(((), (f"p{i}",)))
+        steps.append((((f"p{i}", after),), ()))
+    return steps
+
+
+@pytest.mark.parametrize(("steps", "learnt", "lead"), [
+    ([((), ("a",)), ((("a", 40.0),), ())], (40.0,), 40.0),
+    # Ready at first sight (running before the operator started, or a restart): its Ready time may
+    # be a later readiness flap, not a cold start. Not learnt; the 90 s prior stays.
+    ([((("a", 300.0),), ()), ((("a", 300.0),), ())], (), 90.0),
+    ([((), ("a",)), ((("a", None),), ())], (), 90.0),  # its Ready time is not known
+    # The last five are kept and their median is the lead: one slow start does not move it.
+    (_one_by_one([30.0, 40.0, 500.0, 35.0, 45.0, 50.0]), (40.0, 500.0, 35.0, 45.0, 50.0), 45.0),
+], ids=["seen-starting-then-ready", "ready-at-first-sight", "ready-time-unknown", "median-of-last-five"])
+def test_cold_starts_are_learnt_from_pods_seen_starting(
+        steps: list[Step], learnt: tuple[float, ...], lead: float) -> None:
+    d = _cold_starts(steps)
+    assert d.state.cold_starts == learnt
+    assert d.inputs["coldStartSeconds"] == lead
+
+
+def test_a_cold_start_is_learnt_while_metrics_are_held() -> None:
+    d = _cold_starts([((), ("a",)), ((("a", 40.0),), ())], garbled="a")
+    assert d.reason == Reason.METRICS_UNAVAILABLE and d.state.cold_starts == (40.0,)
+    assert d.cold_start_seconds == 40.0
+
+
+@pytest.mark.parametrize(("cold_starts", "want"), [((), 6), ((10.0,), 5)], ids=["prior-90s", "learnt-10s"])
+def test_the_rising_trend_looks_ahead_one_learnt_cold_start(
+        cold_starts: tuple[float, ...], want: int) -> None:
+    # The rising ramp of the tolerance table (2 → 4.3 engine-s/s on 4 pods): sized 90 s ahead by
+    # the prior, or 10 s ahead once the pods were seen to start in 10 s.
+    spec = PolicySpec(max_replicas=20, replica_concurrency=32, prefill_tokens_per_second=1000.0,
+                      decode_tokens_per_second=100.0, target_utilization=1.0)
+    state, gen = PolicyState(cold_starts=cold_starts), 0.0
+    for k, demand in enumerate([2.0] * 8 + [3.0, 3.6, 4.0, 4.3]):
+        gen += demand / 4 * 10 * 100
+        pods = tuple(_pod(f"p{i}", 0, 10, gen=gen, prompt=0.0, started=10.0 * k, at=10.0 * k)
+                     for i in range(4))
+        d = decide(Observation(now=10.0 * k, current_replicas=4, ready=pods), spec, state)
+        state = d.state
+    assert d.recommended == want
+    assert d.inputs["coldStartSeconds"] == (cold_starts[0] if cold_starts else 90.0)
+
+
+def test_the_prewarm_comes_one_learnt_cold_start_before_the_burst() -> None:
+    # The rhythm table pre-warms at 380 with its 30 s prior (test above); pods seen to start in
+    # 20 s move it 10 s later, to 390 (a cold start and a 10 s period before the burst at 420).
+    prior, learnt = _burst_run(), _burst_run(cold_starts=(20.0,))
+    assert prior[380].reason == Reason.SCALE_UP and prior[380].desired_replicas == 6
+    assert [learnt[t].desired_replicas for t in (380, 385)] == [2, 2]
+    assert (learnt[390].desired_replicas, learnt[390].reason) == (6, Reason.SCALE_UP)
+    assert "pre-warming 6 for the burst expected in 30s" in learnt[390].message
+
+
+def test_scale_up_lead_is_checked() -> None:
+    with pytest.raises(ValueError, match="scale_up_lead"):
+        PolicySpec(scale_up_lead=-1.0)

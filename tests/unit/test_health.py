@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from modelplane.health import Reason, count_pods, first_problem, largest_gpu_node, pod_problem
+from modelplane.health import Reason, count_pods, first_problem, largest_gpu_node, pod_problem, ready_after
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
@@ -108,3 +108,29 @@ def test_count_pods_ignores_terminating_and_finished() -> None:
     done["status"]["phase"] = "Succeeded"
     counts = count_pods([pod("a", ready=True), pod("b"), pod("c", deleting=True), done])
     assert (counts.total, counts.ready, counts.starting) == (2, 1, 1)
+
+
+def _stamp(seconds_before_now: float) -> str:
+    return (NOW - timedelta(seconds=seconds_before_now)).isoformat().replace("+00:00", "Z")
+
+
+def _timed(*, created: float | None, ready: float | None, is_ready: bool = True,
+           restarted: bool = False) -> dict[str, Any]:
+    """A pod created and Ready the given seconds before NOW (None: the timestamp is missing)."""
+    the_pod = pod(ready=is_ready, last_terminated={"reason": "Error"} if restarted else None)
+    if created is not None:
+        the_pod["metadata"]["creationTimestamp"] = _stamp(created)
+    if ready is not None:
+        the_pod["status"]["conditions"][-1]["lastTransitionTime"] = _stamp(ready)
+    return the_pod
+
+
+@pytest.mark.parametrize(("the_pod", "want"), [
+    (_timed(created=300, ready=210), 90.0),
+    (_timed(created=300, ready=210, is_ready=False), None),  # not Ready: no cold start yet
+    (_timed(created=300, ready=210, restarted=True), None),  # Ready after a restart, not a start
+    (_timed(created=None, ready=210), None),
+    (_timed(created=300, ready=None), None),
+], ids=["ready", "not-ready", "restarted", "no-creation-time", "no-ready-time"])
+def test_ready_after_is_the_cold_start(the_pod: dict[str, Any], want: float | None) -> None:
+    assert ready_after(the_pod) == want

@@ -193,3 +193,22 @@ def test_a_steady_autoscaler_decision_keeps_its_time_so_a_resync_writes_nothing(
                      **children)
     again = reconcile.finish(reconcile.prepare(later, prices={}), later)
     assert again.status is None
+
+
+def test_the_autoscaler_status_shows_the_cold_start_it_learnt_from_a_pod_seen_starting() -> None:
+    first = run(md())
+    children = materialise(first, ready=1)
+    ready_pod = pod("p1", ready=True)
+    new = pod("p2", ready=False)
+    before = Observed(body=md(), now=NOW, monotonic=1000.0, pods=(ready_pod, new), **children)
+    seen = reconcile.finish(reconcile.prepare(before, prices={}), before)
+    assert seen.effective_status["autoscaler"]["lastDecision"]["coldStartSeconds"] == 90.0  # the prior
+    # p2 (created 11:59:00) turned Ready at 11:59:40: a 40 s cold start. p1 was Ready at first sight.
+    now_ready = pod("p2", ready=True)
+    now_ready["status"]["conditions"][0]["lastTransitionTime"] = "2026-11-26T11:59:40Z"
+    ready_pod["status"]["conditions"][0]["lastTransitionTime"] = "2026-11-26T11:59:50Z"
+    after = Observed(body=md(), now=NOW + timedelta(seconds=10), monotonic=1010.0,
+                     pods=(ready_pod, now_ready), **children)
+    got = reconcile.finish(reconcile.prepare(after, prices={}), after, policy_state=seen.policy_state)
+    assert got.policy_state.cold_starts == (40.0,)
+    assert got.effective_status["autoscaler"]["lastDecision"]["coldStartSeconds"] == 40.0

@@ -754,6 +754,10 @@ class ScalingDecision(_Model):
     queue_depth: StrictFloat | None = Field(default=None, description="Waiting requests per ready replica.")
     running_requests: StrictFloat | None = Field(default=None, description="Running requests, all replicas.")
     kv_cache_usage: StrictFloat | None = Field(default=None, description="Mean KV cache usage, 0-1.")
+    cold_start_seconds: StrictFloat | None = Field(
+        default=None, ge=0,
+        description="Seconds a replica takes from creation to Ready, as the autoscaler looks ahead: "
+                    "the median of the last pods it saw start, or the 90 s prior before any.")
 
 
 class AutoscalerStatus(_Model):

@@ -22,7 +22,11 @@ virtual time. The rules, in the order ``decide`` applies them (docs/autoscaling.
 5. Starting capacity counts: pods not Ready yet are part of ``current_replicas``, and while they
    start each is credited with also clearing ``cold_start_backlog_credit × T`` of the backlog that
    piles up during a cold start, so that backlog does not buy replicas that are idle once the
-   starting ones serve.
+   starting ones serve. How long a cold start takes is learnt: a pod seen starting that is now
+   Ready reports the seconds from its creation to Ready (``ReadyPod.ready_after``), and the median
+   of the last ``COLD_STARTS_KEPT`` replaces the prior ``scale_up_lead`` wherever the policy looks a
+   cold start ahead (the rising trend's look-ahead, rule 3; the pre-warm, rule 7). Models start in
+   40 s to 17 minutes; one prior cannot fit them all.
 6. Scale up at once, at most to ``max(current × scale_up_max_factor, current + scale_up_max_add)``.
 7. Scale down slowly: to the highest recommendation within the scale-down window, by at most
    ``max(scale_down_min_step, scale_down_max_percent % of current)`` per ``scale_down_period``.
@@ -60,6 +64,7 @@ virtual time. The rules, in the order ``decide`` applies them (docs/autoscaling.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -70,6 +75,8 @@ from modelplane.autoscaler import cost
 from modelplane.autoscaler import throughput as tp
 
 _EPS = 1e-9
+#: Cold starts remembered; their median is the look-ahead once known.
+COLD_STARTS_KEPT = 5
 
 
 class Reason(StrEnum):
@@ -109,6 +116,8 @@ class PodMetrics:
 class ReadyPod:
     name: str
     metrics: PodMetrics | None  #: None when the scrape failed or the page could not be parsed
+    #: Seconds from the pod's creation to its Ready condition (its cold start), when known.
+    ready_after: float | None = None
 
 
 @dataclass(frozen=True)
@@ -169,7 +178,8 @@ class PolicySpec:
     backlog_horizon: float = 60.0
     #: A pod with at least this many waiting requests at two scrapes in a row ran flat out.
     saturation_waiting: float = 8.0
-    #: Seconds ahead the fleet is sized for while demand rises: about a cold start.
+    #: Seconds ahead the fleet is sized for while demand rises: about a cold start. A prior: once
+    #: pods were seen to start, the median of their cold starts replaces it (rule 5).
     scale_up_lead: float = 90.0
     #: The scale-down window grows up to this many times ``scale_down_delay`` after regrets (1: never).
     window_max_factor: float = 4.0
@@ -216,6 +226,8 @@ class PolicySpec:
             raise ValueError(f"rhythm_regularity must be in [0, 1], got {self.rhythm_regularity}")
         if self.release_hold < 0:
             raise ValueError(f"release_hold must be >= 0, got {self.release_hold}")
+        if not self.scale_up_lead >= 0:
+            raise ValueError(f"scale_up_lead must be >= 0, got {self.scale_up_lead}")
 
     @property
     def throughput_spec(self) -> tp.ThroughputSpec | None:
@@ -270,6 +282,10 @@ class PolicyState:
     burst_prewarmed: int = 0
     #: Between bursts: (time, the fleet the traffic asked for then) over the last ``release_hold``.
     release_recs: tuple[tuple[float, int], ...] = ()
+    #: Pods that were starting at the last decision, and the cold starts of the last few that
+    #: became Ready since (seconds, newest last).
+    starting_pods: tuple[str, ...] = ()
+    cold_starts: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -289,6 +305,8 @@ class Decision:
     desired_hourly_usd: float = 0.0
     usd_per_million_tokens: float | None = None
     inputs: Mapping[str, float] = field(default_factory=dict)
+    #: The cold start the decision looked ahead by: learnt (rule 5), or the ``scale_up_lead`` prior.
+    cold_start_seconds: float = 0.0
 
     @property
     def limited(self) -> bool:
@@ -390,6 +408,14 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
         # A fresh state (first call, or the operator restarted): the window starts now, so a restart
         # never drops replicas faster than a full window allows.
         state = replace(state, recommendations=((now, current),))
+    # Cold starts: a pod that was starting at the last decision and is Ready now says how long it took.
+    was_starting = set(state.starting_pods)
+    learnt = tuple(p.ready_after for p in obs.ready
+                   if p.name in was_starting and p.ready_after is not None and p.ready_after >= 0)
+    cold_starts = (*state.cold_starts, *learnt)[-COLD_STARTS_KEPT:]
+    state = replace(state, starting_pods=tuple(p.name for p in obs.starting), cold_starts=cold_starts)
+    if cold_starts:
+        spec = replace(spec, scale_up_lead=statistics.median(cold_starts))
 
     problems = _metric_problems(obs, spec)
     if problems:
@@ -400,7 +426,7 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
             state=replace(state, last_desired=held), recommended=held,
             ready=len(obs.ready), starting=len(obs.starting), activator_pending=obs.activator_pending,
             hourly_usd=current * price, desired_hourly_usd=held * price,
-            usd_per_million_tokens=state.usd_per_million_tokens)
+            usd_per_million_tokens=state.usd_per_million_tokens, cold_start_seconds=spec.scale_up_lead)
 
     metrics = [p.metrics for p in obs.ready if p.metrics is not None]
     waiting = sum(m.waiting for m in metrics)
@@ -617,6 +643,8 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
         release_recs=release_recs,
         prewarmed=rhythm.prewarm or 0,
         burst_prewarmed=rhythm.prewarmed,
+        starting_pods=state.starting_pods,
+        cold_starts=state.cold_starts,
     )
     if estimate is not None and estimate.demand is not None:
         sizing = (f"work demand {estimate.demand:.2f} engine-s/s + backlog {estimate.backlog:.1f} engine-s "
@@ -629,7 +657,7 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
                f"{sizing}; KV mean {kv_mean:.2f}; recommends {recommended}{why}")
     inputs = {"demand": demand, "waiting": waiting, "running": running, "kvCacheMean": kv_mean,
               "perReplicaTarget": target, "capacity": capacity, "idleSeconds": idle_for,
-              "scaleDownWindowSeconds": window}
+              "scaleDownWindowSeconds": window, "coldStartSeconds": spec.scale_up_lead}
     if estimate is not None and estimate.demand is not None:
         inputs.update(workDemand=estimate.demand, workBacklog=estimate.backlog,
                       replicaWorkCapacity=estimate.capacity)
@@ -638,7 +666,7 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
         recommended=recommended, demand=demand, waiting=waiting, running=running,
         ready=n_ready, starting=n_starting, activator_pending=held_requests,
         hourly_usd=current * price, desired_hourly_usd=desired * price, usd_per_million_tokens=usd_mtok,
-        inputs=inputs,
+        inputs=inputs, cold_start_seconds=spec.scale_up_lead,
     )
 
 
