@@ -49,9 +49,9 @@ virtual time. The rules, in the order ``decide`` applies them (docs/autoscaling.
    fleet gets no trend extrapolation (replicas asked for a cold start ahead would be ready when it
    is nearly over): more only for what the last few seconds ask beyond ``scale_up_tolerance``, or
    for the KV caches. A burst does not end while a saturated replica's queue per ready pod still
-   waits. Bursts that come at random (no shortest gap worth a
-   release, or gaps so uneven that the shortest is under ``rhythm_regularity`` of the longest)
-   keep the held fleet.
+   waits, and one that comes back within a cold start of its end is the same burst (no gap).
+   Bursts that come at random (no shortest gap worth a release, or gaps so uneven that the
+   shortest is under ``rhythm_regularity`` of the longest) keep the held fleet.
    With ``targetUSDPerMillionTokens`` set, an idle queue and a measured cost above the target, the
    window is skipped towards the fleet size that meets the target (reason ``TargetCost``), never
    below what the running requests need.
@@ -371,7 +371,11 @@ def _burst_rhythm(spec: PolicySpec, state: PolicyState, now: float, recs: tuple[
     on = (recommended > (high + low) / 2 if spread else state.burst_on) or (state.burst_on and backlogged)
     peak, ended, gaps = state.burst_peak, state.burst_ended_at, state.quiet_gaps
     prewarmed = state.burst_prewarmed if on else 0
-    if on and not state.burst_on:
+    if on and not state.burst_on and ended is not None and now - ended < spec.scale_up_lead:
+        # Back within a cold start: the same burst after a dip, not a new one after a quiet. As a
+        # gap, it would stop the rhythm (the regularity test) until 8 more bursts pushed it out.
+        peak = max(peak, sustained)
+    elif on and not state.burst_on:
         if ended is not None:
             gaps = (*gaps, now - ended)[-spec.rhythm_gaps:]
         peak = sustained
