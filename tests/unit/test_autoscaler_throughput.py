@@ -391,13 +391,19 @@ def _one_by_one(afters: list[float]) -> list[Step]:
 
 @pytest.mark.parametrize(("steps", "learnt", "lead"), [
     ([((), ("a",)), ((("a", 40.0),), ())], (40.0,), 40.0),
-    # Ready at first sight (running before the operator started, or a restart): its Ready time may
-    # be a later readiness flap, not a cold start. Not learnt; the 90 s prior stays.
+    # Created and Ready between two decisions (a fast start): learnt too.
+    ([((("b", 0.0),), ()), ((("b", 0.0), ("a", 3.0)), ())], (3.0,), 3.0),
+    # Ready at the first decision (running before the operator started): its Ready time may be a
+    # later readiness flap, not a cold start. Not learnt; the 90 s prior stays.
     ([((("a", 300.0),), ()), ((("a", 300.0),), ())], (), 90.0),
+    # Ready, then not (a failed readiness probe), then Ready again: not a start.
+    ([((("b", 0.0),), ()), ((("b", 0.0), ("a", 40.0)), ()), ((("b", 0.0),), ("a",)),
+      ((("b", 0.0), ("a", 500.0)), ())], (40.0,), 40.0),
     ([((), ("a",)), ((("a", None),), ())], (), 90.0),  # its Ready time is not known
     # The last five are kept and their median is the lead: one slow start does not move it.
     (_one_by_one([30.0, 40.0, 500.0, 35.0, 45.0, 50.0]), (40.0, 500.0, 35.0, 45.0, 50.0), 45.0),
-], ids=["seen-starting-then-ready", "ready-at-first-sight", "ready-time-unknown", "median-of-last-five"])
+], ids=["seen-starting-then-ready", "ready-between-decisions", "ready-at-first-sight",
+        "readiness-flap", "ready-time-unknown", "median-of-last-five"])
 def test_cold_starts_are_learnt_from_pods_seen_starting(
         steps: list[Step], learnt: tuple[float, ...], lead: float) -> None:
     d = _cold_starts(steps)

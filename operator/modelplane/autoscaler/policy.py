@@ -22,9 +22,10 @@ virtual time. The rules, in the order ``decide`` applies them (docs/autoscaling.
 5. Starting capacity counts: pods not Ready yet are part of ``current_replicas``, and while they
    start each is credited with also clearing ``cold_start_backlog_credit × T`` of the backlog that
    piles up during a cold start, so that backlog does not buy replicas that are idle once the
-   starting ones serve. How long a cold start takes is learnt: a pod seen starting that is now
-   Ready reports the seconds from its creation to Ready (``ReadyPod.ready_after``), and the median
-   of the last ``COLD_STARTS_KEPT`` replaces the prior ``scale_up_lead`` wherever the policy looks a
+   starting ones serve. How long a cold start takes is learnt: a pod Ready for the first time since
+   the last decision (not at the first decision, and not a pod that was Ready before and flapped)
+   reports the seconds from its creation to Ready (``ReadyPod.ready_after``), and the median of
+   the last ``COLD_STARTS_KEPT`` replaces the prior ``scale_up_lead`` wherever the policy looks a
    cold start ahead (the rising trend's look-ahead, rule 3; the pre-warm, rule 7). Models start in
    40 s to 17 minutes; one prior cannot fit them all.
 6. Scale up at once, at most to ``max(current × scale_up_max_factor, current + scale_up_max_add)``.
@@ -282,9 +283,9 @@ class PolicyState:
     burst_prewarmed: int = 0
     #: Between bursts: (time, the fleet the traffic asked for then) over the last ``release_hold``.
     release_recs: tuple[tuple[float, int], ...] = ()
-    #: Pods that were starting at the last decision, and the cold starts of the last few that
-    #: became Ready since (seconds, newest last).
-    starting_pods: tuple[str, ...] = ()
+    #: Pods seen Ready at some decision that still exist, and the cold starts of the last few pods
+    #: that became Ready (seconds, newest last).
+    ready_pods: tuple[str, ...] = ()
     cold_starts: tuple[float, ...] = ()
 
 
@@ -412,12 +413,17 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
         # A fresh state (first call, or the operator restarted): the window starts now, so a restart
         # never drops replicas faster than a full window allows.
         state = replace(state, recommendations=((now, current),))
-    # Cold starts: a pod that was starting at the last decision and is Ready now says how long it took.
-    was_starting = set(state.starting_pods)
-    learnt = tuple(p.ready_after for p in obs.ready
-                   if p.name in was_starting and p.ready_after is not None and p.ready_after >= 0)
+    # Cold starts: a pod Ready for the first time says how long it took. Not at the first decision
+    # (those pods may have been Ready for days, their Ready time a later flap), nor again for a pod
+    # that was Ready before.
+    was_ready = set(state.ready_pods)
+    learnt = () if state.last_desired is None else tuple(
+        p.ready_after for p in obs.ready
+        if p.name not in was_ready and p.ready_after is not None and p.ready_after >= 0)
     cold_starts = (*state.cold_starts, *learnt)[-COLD_STARTS_KEPT:]
-    state = replace(state, starting_pods=tuple(p.name for p in obs.starting), cold_starts=cold_starts)
+    present = {p.name for p in obs.starting}
+    ready_pods = tuple(sorted({p.name for p in obs.ready} | (was_ready & present)))
+    state = replace(state, ready_pods=ready_pods, cold_starts=cold_starts)
     if cold_starts:
         spec = replace(spec, scale_up_lead=statistics.median(cold_starts))
 
@@ -647,7 +653,7 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
         release_recs=release_recs,
         prewarmed=rhythm.prewarm or 0,
         burst_prewarmed=rhythm.prewarmed,
-        starting_pods=state.starting_pods,
+        ready_pods=state.ready_pods,
         cold_starts=state.cold_starts,
     )
     if estimate is not None and estimate.demand is not None:
