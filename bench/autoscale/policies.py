@@ -21,6 +21,10 @@
   trade GPU-hours for SLO (a short window sees a spike's edge, a long one averages it away), so the
   benchmark runs it with several (``bench.autoscale.run.ORACLE_SWEEP``) and compares ours with the
   cheapest that reaches our SLO.
+- ``Oracle.blind_to_timing``: the oracle that knows every burst's size but not when, within the
+  trace's allowed quiet, it comes: each burst's fleet is asked for a cold start before the
+  earliest it could come (the shortest quiet after the last one ended) and held until it does. The
+  floor for a policy that learns a schedule perfectly but cannot see the future.
 
 The baselines get the same per-replica target as ours (a replica's capacity plus the queue allowed
 per replica), so the comparison is of the control loops, not of the targets.
@@ -28,8 +32,10 @@ per replica), so the comparison is of the control loops, not of the targets.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from bench.autoscale.harness import ClusterView
@@ -296,6 +302,21 @@ class Oracle:
                 window.popleft()
             self.schedule.append(needed[window[0]])
         self.schedule.reverse()
+
+    @classmethod
+    def blind_to_timing(cls, needed: list[int], bursts: Sequence[tuple[float, float]], quiet_min: float,
+                        *, cold_start: float, interval: float = 5.0) -> Oracle:
+        oracle = cls(needed, cold_start=cold_start, interval=interval)
+        oracle.name = "oracle blind to timing"
+        for (_, last_end), (start, end) in itertools.pairwise(bursts):
+            first, stop = int(start), min(int(math.ceil(end)), len(needed))
+            if first >= stop:
+                continue
+            fleet = max(needed[first:stop])
+            earliest = int(last_end + quiet_min - cold_start - interval)
+            for t in range(max(0, earliest), min(first, len(oracle.schedule))):
+                oracle.schedule[t] = max(oracle.schedule[t], fleet)
+        return oracle
 
     def observe(self, view: ClusterView) -> None:
         return None

@@ -74,7 +74,8 @@ def build_policies(trace: traces.Trace, params: EngineParams, *, cold_start: flo
                    max_replicas: int = MAX_REPLICAS, target_factor: float = 1.0,
                    static_replicas: int | None = None,
                    oracle: tuple[float, float] = ORACLE) -> tuple[list[Autoscaler], int]:
-    """The six policies for ``trace``, and the replicas every run starts with (ready at t=0).
+    """The six policies for ``trace`` (and, for bursts with a shortest quiet, the oracle blind to
+    their timing), and the replicas every run starts with (ready at t=0).
 
     ``target_factor`` scales the baselines' per-replica targets (HPA's and KubeAI's in-flight
     requests, KEDA's queue), ``static_replicas`` replaces static peak's fleet and ``oracle`` the
@@ -102,6 +103,9 @@ def build_policies(trace: traces.Trace, params: EngineParams, *, cold_start: flo
         policies.Static(static_replicas if static_replicas is not None else min(max(needed), max_replicas)),
         policies.Oracle(oracle_needed, cold_start=cold_start),
     ]
+    if trace.bursts and trace.quiet_min is not None:
+        built.append(policies.Oracle.blind_to_timing(oracle_needed, trace.bursts, trace.quiet_min,
+                                                     cold_start=cold_start))
     return built, initial
 
 

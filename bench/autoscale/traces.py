@@ -17,7 +17,7 @@ import csv
 import math
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -35,6 +35,10 @@ class Trace:
     description: str
     requests: tuple[Request, ...]
     duration: float  #: seconds; the run measures GPU-hours over this span
+    #: A bursty trace's bursts (start, end in seconds), and the shortest quiet its generator allows
+    #: between two (None: no such bound, the gaps are random); for the oracle blind to timing.
+    bursts: tuple[tuple[float, float], ...] = ()
+    quiet_min: float | None = None
 
     @property
     def mean_rate(self) -> float:
@@ -95,8 +99,9 @@ def bursty(duration: float, *, base: float = 6.0, spike: float = 24.0, seed: int
             if start <= t < end:
                 return base + (spike - base) * min(1.0, (t - start) / 10.0)
         return base
-    return poisson_trace("bursty", f"{base:g} req/s with {len(spikes)} spikes to {spike:g} req/s", rate,
-                         spike, duration, seed=seed)
+    trace = poisson_trace("bursty", f"{base:g} req/s with {len(spikes)} spikes to {spike:g} req/s", rate,
+                          spike, duration, seed=seed)
+    return replace(trace, bursts=tuple(spikes), quiet_min=None if random_gaps else 300.0)
 
 
 def _parse_time(text: str) -> float:

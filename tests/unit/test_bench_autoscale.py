@@ -145,8 +145,35 @@ def test_seeds_prints_a_row_per_seed_and_the_range(capsys: pytest.CaptureFixture
     rows = [line for line in out.splitlines() if line.startswith("| 3 |") or line.startswith("| 4 |")]
     assert len(rows) == 2
     assert "below static peak" in out and "over the oracle" in out
-    seed, ours, static, oracle = seeds.one(3, hours=0.1)
-    assert (seed, ours.policy, static.policy, oracle.policy) == (3, "modelplane", "static peak", "oracle")
+    seed, ours, static, oracle, blind = seeds.one(3, hours=0.1)
+    assert (seed, ours.policy, static.policy, oracle.policy, blind.policy) == (
+        3, "modelplane", "static peak", "oracle", "oracle blind to timing")
     assert 0 < oracle.gpu_hours < static.gpu_hours
+    assert blind.gpu_hours >= oracle.gpu_hours
     with pytest.raises(SystemExit):
         seeds.main(["--hours", "0"])
+
+
+def test_the_oracle_blind_to_timing_holds_each_bursts_fleet_from_the_earliest_it_could_come() -> None:
+    # Two bursts needing 5 replicas; the second comes 150 s after the first ended, the generator
+    # allows 100 s. Cold start 30 s and a 5 s decision: the plain oracle asks 36 s (with rounding)
+    # before the burst; the blind one from 100 - 30 - 5 = 65 s after the first ended.
+    needed = [1] * 100 + [5] * 50 + [1] * 150 + [5] * 50 + [1] * 100
+    bursts = ((100.0, 150.0), (300.0, 350.0))
+    plain = policies.Oracle(needed, cold_start=30.0, interval=5.0).schedule
+    blind = policies.Oracle.blind_to_timing(needed, bursts, 100.0, cold_start=30.0, interval=5.0)
+    assert blind.name == "oracle blind to timing"
+    assert plain[214] == 1 and plain[264] == 5
+    assert blind.schedule[215] == 5 and blind.schedule[214] == 1  # 150 + 100 - 30 - 5 = 215
+    assert blind.schedule[300:350] == plain[300:350] and blind.schedule[:200] == plain[:200]
+
+
+def test_only_bursts_with_a_shortest_quiet_get_the_blind_oracle() -> None:
+    regular = traces.bursty(1800.0, seed=3)
+    random_gaps = traces.bursty(1800.0, seed=3, random_gaps=True)
+    assert regular.quiet_min == 300.0 and len(regular.bursts) >= 2
+    assert random_gaps.quiet_min is None
+    names = [p.name for p in run.build_policies(regular, run.engine_params())[0]]
+    assert names[-1] == "oracle blind to timing"
+    names = [p.name for p in run.build_policies(random_gaps, run.engine_params())[0]]
+    assert "oracle blind to timing" not in names
