@@ -234,10 +234,10 @@ def _burst_run(until: int = 470, *, kv_between: float = 0.5, quiet: tuple[float,
 def test_between_bursts_the_fleet_goes_at_once_and_the_prewarm_is_the_bursts_sustained_need() -> None:
     got = _burst_run()
     assert got[340].state.quiet_gaps == (75.0, 95.0)  # gaps measured between the detected bursts
-    # The third burst's end: released by the largest step (7 → 4, then 4 → 2) to what the last
+    # The third burst's end: released by the largest step (6 → 3, then 3 → 2) to what the last
     # seconds ask, although the smoothed estimate (falling over a minute) still recommends 4...
     assert "between bursts" in got[345].message
-    assert [got[t].desired_replicas for t in (345, 355)] == [4, 2]
+    assert [got[t].desired_replicas for t in (345, 355)] == [3, 2]
     assert got[355].recommended == 4
     # ... and the released fleet stays released until the pre-warm, with no step back up.
     assert {got[t].desired_replicas for t in range(355, 380, 5)} == {2}
@@ -258,9 +258,39 @@ def test_a_burst_that_comes_as_expected_gets_no_trend_extrapolation() -> None:
     assert max(got[t].recommended for t in range(420, 460, 5)) == 7
     assert {got[t].desired_replicas for t in range(420, 460, 5)} == {6}
     assert any("no trend extrapolation" in got[t].message for t in range(420, 460, 5))
-    # The third burst came before any pre-warm: the trend is followed as always.
-    assert got[280].state.burst_prewarmed == 0
-    assert max(got[t].desired_replicas for t in range(280, 320, 5)) == 7
+    # The second and third came before any pre-warm, onto the 6 the lengthened window held: the
+    # last burst's need, so they count as pre-warmed too.
+    assert got[285].state.burst_prewarmed == 6
+    assert {got[t].desired_replicas for t in range(140, 330, 5)} == {6}
+
+
+@pytest.mark.parametrize(("prewarm", "held", "peak", "want"), [
+    (0, 5, 6, 0),   # held less than the last burst needed: not prepared, the trend applies
+    (0, 6, 6, 6),   # held at least the last burst's need: as good as a pre-warm
+    (7, 7, 6, 7),   # the rhythm pre-warmed 7 for it
+    (0, 0, 6, 0),   # no lengthened window, nothing held
+], ids=["held-too-few", "held-enough", "pre-warmed", "nothing-held"])
+def test_a_burst_counts_as_pre_warmed_when_it_meets_the_fleet_it_needed_last_time(
+        prewarm: int, held: int, peak: int, want: int) -> None:
+    state = replace(_AFTER, burst_on=False, burst_ended_at=900.0, burst_peak=peak, prewarmed=prewarm)
+    rhythm = _burst_rhythm(RHYTHM, state, 1000.0, ((950.0, 1), (990.0, 1), (1000.0, 6)), 6,
+                           lengthened=True, sustained=5, backlogged=False, held=held)
+    assert rhythm.on and rhythm.prewarmed == want
+
+
+def test_between_bursts_a_lengthened_window_holds_what_the_bursts_needed_not_their_ramps() -> None:
+    # A burst's ramp recommended 7 (its trend, a cold start ahead); served, it needed 6. Quiet now,
+    # too few gaps known for the rhythm to release: the lengthened window holds 6, not 7.
+    state = PolicyState(window_factor=2.0, window_changed_at=990.0, last_desired=7, burst_on=False,
+                        burst_peak=6, burst_ended_at=970.0,
+                        recommendations=((950.0, 7), (960.0, 7)), sustained_recs=((950.0, 6), (960.0, 6)))
+    pods = tuple(ReadyPod(f"p{i}", PodMetrics(0, 4, 0.1, 0.0, 1000.0)) for i in range(7))
+    d = decide(Observation(now=1000.0, current_replicas=7, ready=pods), RHYTHM, state)
+    assert d.recommended == 1 and not d.state.burst_on
+    assert (d.desired_replicas, d.reason) == (6, Reason.SCALE_DOWN)
+    held_ramp = decide(Observation(now=1000.0, current_replicas=7, ready=pods), RHYTHM,
+                       replace(state, sustained_recs=((950.0, 7), (960.0, 7))))
+    assert (held_ramp.desired_replicas, held_ramp.reason) == (7, Reason.HOLD)
 
 
 def test_a_burst_bigger_than_expected_still_scales_up_for_what_it_asks_now() -> None:
@@ -277,7 +307,7 @@ def test_a_release_between_bursts_keeps_the_kv_caches_under_the_threshold() -> N
     # The quiet's sequences fill 1.9 KV caches: on the 2 replicas its work asks for, each would be
     # 95% full and rule 4 would ask for 3 back at once. The release stops at ceil(1.9 / 0.9) = 3.
     got = _burst_run(kv_between=1.9)
-    assert [got[t].desired_replicas for t in (345, 355)] == [4, 3]
+    assert [got[t].desired_replicas for t in (345, 355)] == [3, 3]
     assert {got[t].desired_replicas for t in range(355, 380, 5)} == {3}
     assert max(got[t].inputs["kvCacheMean"] for t in range(355, 380, 5)) < 0.9
 

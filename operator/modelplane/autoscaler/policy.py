@@ -37,7 +37,11 @@ virtual time. The rules, in the order ``decide`` applies them (docs/autoscaling.
    ``scaleDownDelay``), and each ``window_decay_windows`` windows in which demand neither regretted
    a scale-down nor asked for the whole held fleet again halve it.
    Traffic that comes back in bursts thus keeps its fleet between bursts instead of paying a
-   cold start for each; traffic that moves slowly keeps the short window.
+   cold start for each; traffic that moves slowly keeps the short window. Between bursts, the
+   lengthened window holds what the bursts needed once served (with throughput sizing, their
+   demand without the ramp's trend), not the larger fleet their ramps asked for a cold start
+   ahead; a burst that comes onto a held fleet of at least the last burst's need counts as
+   pre-warmed (below).
    Burst rhythm, while the window is lengthened: a burst is on while the recommendation is in the
    upper half of the window's range; the quiet gaps between the last ``rhythm_gaps`` bursts are
    remembered. Once ``rhythm_min_gaps`` are known and the shortest leaves room, after a burst the
@@ -287,6 +291,8 @@ class PolicyState:
     #: that became Ready (seconds, newest last).
     ready_pods: tuple[str, ...] = ()
     cold_starts: tuple[float, ...] = ()
+    #: (time, the sustained need) within the scale-down window: what a lengthened window holds.
+    sustained_recs: tuple[tuple[float, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -358,11 +364,14 @@ class _Rhythm:
 
 
 def _burst_rhythm(spec: PolicySpec, state: PolicyState, now: float, recs: tuple[tuple[float, int], ...],
-                  recommended: int, lengthened: bool, sustained: int, backlogged: bool) -> _Rhythm:
+                  recommended: int, lengthened: bool, sustained: int, backlogged: bool,
+                  held: int = 0) -> _Rhythm:
     """Bursts and the quiet between them, once a regret lengthened the window (rule 7).
 
     ``backlogged``: a saturated replica's queue per ready pod waits. A burst does not end while its
     backlog waits, whatever the estimate (which leaves the backlog to starting replicas) says.
+    ``held``: the fleet there is while the window is lengthened; a burst that comes onto at least
+    the last burst's need counts as pre-warmed, like one the rhythm pre-warmed for.
     """
     if not lengthened:
         return _Rhythm(False, False, 0, None, ())
@@ -371,7 +380,7 @@ def _burst_rhythm(spec: PolicySpec, state: PolicyState, now: float, recs: tuple[
     spread = high - low >= 2
     on = (recommended > (high + low) / 2 if spread else state.burst_on) or (state.burst_on and backlogged)
     peak, ended, gaps = state.burst_peak, state.burst_ended_at, state.quiet_gaps
-    prewarmed = state.burst_prewarmed if on else 0
+    prewarmed = state.burst_prewarmed  # the last burst's, carried through a dip
     if on and not state.burst_on and ended is not None and now - ended < spec.scale_up_lead:
         # Back within a cold start: the same burst after a dip, not a new one after a quiet. As a
         # gap, it would stop the rhythm (the regularity test) until 8 more bursts pushed it out.
@@ -379,8 +388,8 @@ def _burst_rhythm(spec: PolicySpec, state: PolicyState, now: float, recs: tuple[
     elif on and not state.burst_on:
         if ended is not None:
             gaps = (*gaps, now - ended)[-spec.rhythm_gaps:]
+        prewarmed = state.prewarmed or (held if 0 < state.burst_peak <= held else 0)
         peak = sustained
-        prewarmed = state.prewarmed
     elif on:
         peak = max(peak, sustained)
     elif state.burst_on:
@@ -520,7 +529,9 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
     if estimate is not None and estimate.replicas_sustained is not None:
         sustained = min(recommended, estimate.replicas_sustained)
     backlogged = held_requests + waiting >= spec.saturation_waiting * max(1, n_ready)
-    rhythm = _burst_rhythm(spec, state, now, recs, recommended, factor > 1, sustained, backlogged)
+    sustained_recs = tuple((t, r) for t, r in state.sustained_recs if t >= window_start) + ((now, sustained),)
+    rhythm = _burst_rhythm(spec, state, now, recs, recommended, factor > 1, sustained, backlogged,
+                           current if factor > 1 else 0)
     if factor > 1 and current > 0 and (rhythm.on if rhythm.spread else recommended >= current):
         # A burst is on (or, with no burst in the window, the held fleet is wanted again): the hold
         # pays off, so the decay clock starts over. Bursts that keep coming keep the long window
@@ -544,18 +555,18 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
                  rhythm.prewarm or 0)
     why = ""
     if rhythm.on and rhythm.prewarmed and estimate is not None and estimate.needed_now is not None:
-        # A burst that came as expected, onto the fleet pre-warmed for what the last bursts needed
-        # once served: the ramp's trend, extrapolated a cold start ahead, would buy replicas that are
-        # ready when the burst is nearly over. More than the pre-warmed fleet only for what the
-        # traffic asks now (beyond the tolerance) or for the KV caches.
+        # A burst that came onto the fleet pre-warmed (or held) for what the last burst needed once
+        # served: the ramp's trend, extrapolated a cold start ahead, would buy replicas that are
+        # ready when the burst is nearly over. More than that fleet only for what the traffic asks
+        # now (beyond the tolerance) or for the KV caches.
         asks = estimate.needed_now
         now_fleet = _ceil(asks) if asks > rhythm.prewarmed * (1 + spec.scale_up_tolerance) else 0
         kv_fleet = _ceil(kv_sum / spec.kv_cache_threshold) if kv_mean > spec.kv_cache_threshold else 0
         capped = max(rhythm.prewarmed, now_fleet, kv_fleet)
         if capped < wanted:
             wanted = max(capped, min(wanted, current))
-            why = (f"; burst expected and pre-warmed with {rhythm.prewarmed}: no trend extrapolation "
-                   f"(asks {asks:.1f} now)")
+            why = (f"; the burst came onto the {rhythm.prewarmed} pre-warmed or held for it: no trend "
+                   f"extrapolation (asks {asks:.1f} now)")
 
     if may_be_zero and current > 0 and demand == 0 and recommended <= current:
         # Idle for scaleToZeroAfter: to zero whatever the sizing rules would keep (the
@@ -575,6 +586,11 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
         desired, reason = current, Reason.HOLD
     else:
         goal = max(r for _, r in recs)
+        if factor > 1 and not rhythm.on:
+            # Between bursts a lengthened window holds what the bursts needed once served, not
+            # what their ramps asked for a cold start ahead (the trend); the burst it is held
+            # for gets no trend either (below in _burst_rhythm: a held fleet counts as pre-warmed).
+            goal = max(recommended, max(r for _, r in sustained_recs))
         reason = Reason.SCALE_DOWN
         why = f"; highest recommendation in the {window:.0f}s window {goal}"
         if factor > 1:
@@ -655,6 +671,7 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
         burst_prewarmed=rhythm.prewarmed,
         ready_pods=state.ready_pods,
         cold_starts=state.cold_starts,
+        sustained_recs=sustained_recs,
     )
     if estimate is not None and estimate.demand is not None:
         sizing = (f"work demand {estimate.demand:.2f} engine-s/s + backlog {estimate.backlog:.1f} engine-s "
