@@ -63,8 +63,7 @@ async def test_load_scales_up_to_the_budget_cap_and_back_down_after_the_window(
     seen_desired: list[int] = []
     try:
         # About what three replicas serve: a queue forms, the policy asks for more than the two
-        # the budget pays for, and two replicas drain it. (Sized a learnt cold start of a few
-        # seconds ahead, it asks for what the load needs now, not for a 90 s trend.)
+        # the budget pays for, and two replicas drain it.
         config = loadgen.LoadConfig(base_url=f"http://127.0.0.1:{port}/v1", model="chat",
                                     schedule=loadgen.parse_schedule("constant:14"), duration=15,
                                     prompt_tokens=loadgen.Lengths(100),
@@ -101,8 +100,8 @@ async def test_load_scales_up_to_the_budget_cap_and_back_down_after_the_window(
                                     field_selector="involvedObject.name=chat")
     assert {"ScaleUp", "BudgetCap"} & {e["reason"] for e in events}
     # Both pods turned Ready after the operator's first decision (made before any pod existed): the
-    # cold start it looks ahead by is the median of theirs, read from the pods' own timestamps,
-    # not the 90 s prior.
+    # cold start it shows is the median of theirs, read from the pods' own timestamps, not the
+    # 90 s prior (which it still looks ahead by: their cold start is shorter).
     starts = [health.ready_after(p) for p in ready_pods.values()]
     assert len(starts) == 2 and all(s is not None for s in starts), starts
     learnt = round(statistics.median(s for s in starts if s is not None), 1)

@@ -447,11 +447,14 @@ def test_a_cold_start_is_learnt_while_metrics_are_held() -> None:
     assert d.cold_start_seconds == 40.0
 
 
-@pytest.mark.parametrize(("cold_starts", "want"), [((), 6), ((10.0,), 5)], ids=["prior-90s", "learnt-10s"])
+@pytest.mark.parametrize(("cold_starts", "want", "ahead"), [
+    ((), 6, 90.0),          # the prior
+    ((300.0,), 9, 300.0),   # pods seen to start in 5 minutes: the ramp is sized 5 minutes ahead
+    ((10.0,), 6, 90.0),     # a shorter start does not shorten the look-ahead
+], ids=["prior-90s", "learnt-300s", "learnt-10s"])
 def test_the_rising_trend_looks_ahead_one_learnt_cold_start(
-        cold_starts: tuple[float, ...], want: int) -> None:
-    # The rising ramp of the tolerance table (2 → 4.3 engine-s/s on 4 pods): sized 90 s ahead by
-    # the prior, or 10 s ahead once the pods were seen to start in 10 s.
+        cold_starts: tuple[float, ...], want: int, ahead: float) -> None:
+    # The rising ramp of the tolerance table (2 → 4.3 engine-s/s on 4 pods).
     spec = PolicySpec(max_replicas=20, replica_concurrency=32, prefill_tokens_per_second=1000.0,
                       decode_tokens_per_second=100.0, target_utilization=1.0)
     state, gen = PolicyState(cold_starts=cold_starts), 0.0
@@ -463,16 +466,19 @@ def test_the_rising_trend_looks_ahead_one_learnt_cold_start(
         state = d.state
     assert d.recommended == want
     assert d.inputs["coldStartSeconds"] == (cold_starts[0] if cold_starts else 90.0)
+    assert d.inputs["lookAheadSeconds"] == ahead
 
 
 def test_the_prewarm_comes_one_learnt_cold_start_before_the_burst() -> None:
-    # The rhythm table pre-warms at 380 with its 30 s prior (test above); pods seen to start in
-    # 20 s move it 10 s later, to 390 (a cold start and a 10 s period before the burst at 420).
-    prior, learnt = _burst_run(), _burst_run(cold_starts=(20.0,))
-    assert prior[380].reason == Reason.SCALE_UP and prior[380].desired_replicas == 6
-    assert [learnt[t].desired_replicas for t in (380, 385)] == [2, 2]
-    assert (learnt[390].desired_replicas, learnt[390].reason) == (6, Reason.SCALE_UP)
-    assert "pre-warming 6 for the burst expected in 30s" in learnt[390].message
+    # The rhythm table pre-warms a cold start (its 30 s prior) and a 10 s period before the burst
+    # it expects. Pods seen to start in 40 s make that 50 s; pods that start in 20 s leave it at
+    # 40 s: a shorter start never makes the policy later.
+    def first_prewarm(got: dict[int, Decision]) -> str:
+        return next(d.message for d in got.values() if "pre-warming 6 for" in d.message)
+
+    assert "pre-warming 6 for the burst expected in 40s" in first_prewarm(_burst_run())
+    assert "pre-warming 6 for the burst expected in 50s" in first_prewarm(_burst_run(cold_starts=(40.0,)))
+    assert "pre-warming 6 for the burst expected in 40s" in first_prewarm(_burst_run(cold_starts=(20.0,)))
 
 
 def test_scale_up_lead_is_checked() -> None:

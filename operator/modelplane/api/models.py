@@ -756,8 +756,9 @@ class ScalingDecision(_Model):
     kv_cache_usage: StrictFloat | None = Field(default=None, description="Mean KV cache usage, 0-1.")
     cold_start_seconds: StrictFloat | None = Field(
         default=None, ge=0,
-        description="Seconds a replica takes from creation to Ready, as the autoscaler looks ahead: "
-                    "the median of the last pods it saw start, or the 90 s prior before any.")
+        description="Seconds a replica takes from creation to Ready: the median of the last pods "
+                    "the autoscaler saw start, or its 90 s prior before any. It sizes a rising load "
+                    "this far ahead, or 90 s when that is longer.")
 
 
 class AutoscalerStatus(_Model):

@@ -25,9 +25,12 @@ virtual time. The rules, in the order ``decide`` applies them (docs/autoscaling.
    starting ones serve. How long a cold start takes is learnt: a pod Ready for the first time since
    the last decision (not at the first decision, and not a pod that was Ready before and flapped)
    reports the seconds from its creation to Ready (``ReadyPod.ready_after``), and the median of
-   the last ``COLD_STARTS_KEPT`` replaces the prior ``scale_up_lead`` wherever the policy looks a
-   cold start ahead (the rising trend's look-ahead, rule 3; the pre-warm, rule 7). Models start in
-   40 s to 17 minutes; one prior cannot fit them all.
+   the last ``COLD_STARTS_KEPT``, when longer than the prior ``scale_up_lead``, replaces it wherever
+   the policy looks a cold start ahead (the rising trend's look-ahead, rule 3; the pre-warm, rule
+   7). Models start in 40 s to 17 minutes; a 90 s look-ahead under-sizes every ramp of a model
+   that takes minutes. A shorter cold start does not shorten the look-ahead, which also covers
+   the lag of the demand estimate: pods Ready in 2 s made a step from 2 to 8 req/s reach its
+   fleet in 36 s instead of 18.
 6. Scale up at once, at most to ``max(current × scale_up_max_factor, current + scale_up_max_add)``.
 7. Scale down slowly: to the highest recommendation within the scale-down window, by at most
    ``max(scale_down_min_step, scale_down_max_percent % of current)`` per ``scale_down_period``.
@@ -184,7 +187,7 @@ class PolicySpec:
     #: A pod with at least this many waiting requests at two scrapes in a row ran flat out.
     saturation_waiting: float = 8.0
     #: Seconds ahead the fleet is sized for while demand rises: about a cold start. A prior: once
-    #: pods were seen to start, the median of their cold starts replaces it (rule 5).
+    #: pods were seen to start, the median of their cold starts replaces it when longer (rule 5).
     scale_up_lead: float = 90.0
     #: The scale-down window grows up to this many times ``scale_down_delay`` after regrets (1: never).
     window_max_factor: float = 4.0
@@ -312,7 +315,8 @@ class Decision:
     desired_hourly_usd: float = 0.0
     usd_per_million_tokens: float | None = None
     inputs: Mapping[str, float] = field(default_factory=dict)
-    #: The cold start the decision looked ahead by: learnt (rule 5), or the ``scale_up_lead`` prior.
+    #: The cold start as measured (rule 5: the median of the last pods seen to start), or the
+    #: ``scale_up_lead`` prior before any; the policy looks ahead by the larger of the two.
     cold_start_seconds: float = 0.0
 
     @property
@@ -433,8 +437,9 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
     present = {p.name for p in obs.starting}
     ready_pods = tuple(sorted({p.name for p in obs.ready} | (was_ready & present)))
     state = replace(state, ready_pods=ready_pods, cold_starts=cold_starts)
-    if cold_starts:
-        spec = replace(spec, scale_up_lead=statistics.median(cold_starts))
+    cold_start = statistics.median(cold_starts) if cold_starts else spec.scale_up_lead
+    if cold_start > spec.scale_up_lead:
+        spec = replace(spec, scale_up_lead=cold_start)
 
     problems = _metric_problems(obs, spec)
     if problems:
@@ -445,7 +450,7 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
             state=replace(state, last_desired=held), recommended=held,
             ready=len(obs.ready), starting=len(obs.starting), activator_pending=obs.activator_pending,
             hourly_usd=current * price, desired_hourly_usd=held * price,
-            usd_per_million_tokens=state.usd_per_million_tokens, cold_start_seconds=spec.scale_up_lead)
+            usd_per_million_tokens=state.usd_per_million_tokens, cold_start_seconds=cold_start)
 
     metrics = [p.metrics for p in obs.ready if p.metrics is not None]
     waiting = sum(m.waiting for m in metrics)
@@ -684,7 +689,8 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
                f"{sizing}; KV mean {kv_mean:.2f}; recommends {recommended}{why}")
     inputs = {"demand": demand, "waiting": waiting, "running": running, "kvCacheMean": kv_mean,
               "perReplicaTarget": target, "capacity": capacity, "idleSeconds": idle_for,
-              "scaleDownWindowSeconds": window, "coldStartSeconds": spec.scale_up_lead}
+              "scaleDownWindowSeconds": window, "coldStartSeconds": cold_start,
+              "lookAheadSeconds": spec.scale_up_lead}
     if estimate is not None and estimate.demand is not None:
         inputs.update(workDemand=estimate.demand, workBacklog=estimate.backlog,
                       replicaWorkCapacity=estimate.capacity)
@@ -693,7 +699,7 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
         recommended=recommended, demand=demand, waiting=waiting, running=running,
         ready=n_ready, starting=n_starting, activator_pending=held_requests,
         hourly_usd=current * price, desired_hourly_usd=desired * price, usd_per_million_tokens=usd_mtok,
-        inputs=inputs, cold_start_seconds=spec.scale_up_lead,
+        inputs=inputs, cold_start_seconds=cold_start,
     )
 
 
