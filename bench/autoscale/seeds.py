@@ -5,7 +5,7 @@ plays 4-hour bursty traces of other seeds (same shape: spikes of 1.5–3 minutes
 minutes apart) with our policy, static peak, the oracle and the oracle blind to timing (it knows
 each spike's size but not when, within 5–8 minutes, it comes: the floor for a policy that learns
 the schedule perfectly), and prints a row per seed and the range, so a reader can see how far the
-main table's numbers generalize. About 80 s for the default 8 seeds on two cores; prints only.
+main table's numbers generalize. About 100 s for the default 8 seeds on two cores; prints only.
 """
 
 from __future__ import annotations
