@@ -83,7 +83,7 @@ from modelplane.autoscaler import cost
 from modelplane.autoscaler import throughput as tp
 
 _EPS = 1e-9
-#: Cold starts remembered; their median is the look-ahead once known.
+#: Cold starts remembered; their median, when longer than ``scale_up_lead``, is the look-ahead.
 COLD_STARTS_KEPT = 5
 
 
@@ -286,7 +286,8 @@ class PolicyState:
     quiet_gaps: tuple[float, ...] = ()
     #: The fleet the last decision pre-warmed for an expected burst (0: none)...
     prewarmed: int = 0
-    #: ... and, while a burst is on, the fleet pre-warmed for it when it came (0: it came unexpected).
+    #: ... and the fleet pre-warmed or held for the last burst when it came (0: it came unprepared),
+    #: carried through a dip; while a burst is on, it caps the trend (rule 7).
     burst_prewarmed: int = 0
     #: Between bursts: (time, the fleet the traffic asked for then) over the last ``release_hold``.
     release_recs: tuple[tuple[float, int], ...] = ()
@@ -363,7 +364,7 @@ class _Rhythm:
     prewarm: int | None = None  #: the fleet to have now, one cold start before the expected burst
     expected_at: float | None = None
     prewarm_at: float | None = None
-    #: While a burst is on: the fleet pre-warmed for it (0: it was not expected).
+    #: The fleet pre-warmed or held for the current (or last) burst (0: it came unprepared).
     prewarmed: int = 0
 
 
@@ -594,7 +595,7 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
         if factor > 1 and not rhythm.on:
             # Between bursts a lengthened window holds what the bursts needed once served, not
             # what their ramps asked for a cold start ahead (the trend); the burst it is held
-            # for gets no trend either (below in _burst_rhythm: a held fleet counts as pre-warmed).
+            # for gets no trend either (``_burst_rhythm``: a held fleet counts as pre-warmed).
             goal = max(recommended, max(r for _, r in sustained_recs))
         reason = Reason.SCALE_DOWN
         why = f"; highest recommendation in the {window:.0f}s window {goal}"
