@@ -47,7 +47,7 @@ class ClusterView:
     ready: tuple[PodView, ...]
     starting_ages: tuple[float, ...]
     held: int  #: requests the gateway holds because no replica is ready
-    starting_names: tuple[str, ...] = ()  #: the starting pods' names, in ``starting_ages``' order
+    starting_names: tuple[str, ...]  #: the starting pods' names, in ``starting_ages``' order
 
 
 class Autoscaler(Protocol):

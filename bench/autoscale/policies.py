@@ -73,9 +73,8 @@ class Ours:
                                                     requests_started=p.requests_started),
                                  ready_after=p.ready_after)
                         for p in view.ready),
-            starting=tuple(StartingPod(view.starting_names[k] if k < len(view.starting_names)
-                                       else f"starting-{k}", age)
-                           for k, age in enumerate(view.starting_ages)),
+            starting=tuple(StartingPod(name, age)
+                           for name, age in zip(view.starting_names, view.starting_ages, strict=True)),
             activator_pending=view.held)
         decision = decide(obs, self.spec, self.state)
         self.state = decision.state

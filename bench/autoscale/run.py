@@ -221,8 +221,8 @@ def iso_slo_table(results: Sequence[RunResult]) -> str:
 
 
 def _setting_label(policy: str, setting: Setting | None) -> str:
-    if setting is None:
-        setting = ORACLE if policy == "oracle" else None
+    if setting is None and policy == "oracle":
+        setting = ORACLE
     if setting is None:
         return "default"
     if isinstance(setting, tuple):

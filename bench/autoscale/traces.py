@@ -79,6 +79,10 @@ def diurnal(duration: float, *, low: float = 3.0, high: float = 36.0, seed: int 
                          duration, seed=seed)
 
 
+#: The quiet between two bursts of ``bursty``, seconds (uniform between the two).
+_BURSTY_QUIET = (300.0, 480.0)
+
+
 def bursty(duration: float, *, base: float = 6.0, spike: float = 24.0, seed: int = 3,
            random_gaps: bool = False) -> Trace:
     """A base load with spikes of 1.5–3 minutes every 5–8 minutes, ramping up in ~10 s.
@@ -92,7 +96,7 @@ def bursty(duration: float, *, base: float = 6.0, spike: float = 24.0, seed: int
     while t < duration:
         length = rng.uniform(90, 180)
         spikes.append((t, t + length))
-        t += length + (rng.expovariate(1 / 390) if random_gaps else rng.uniform(300, 480))
+        t += length + (rng.expovariate(1 / 390) if random_gaps else rng.uniform(*_BURSTY_QUIET))
 
     def rate(t: float) -> float:
         for start, end in spikes:
@@ -101,7 +105,7 @@ def bursty(duration: float, *, base: float = 6.0, spike: float = 24.0, seed: int
         return base
     trace = poisson_trace("bursty", f"{base:g} req/s with {len(spikes)} spikes to {spike:g} req/s", rate,
                           spike, duration, seed=seed)
-    return replace(trace, bursts=tuple(spikes), quiet_min=None if random_gaps else 300.0)
+    return replace(trace, bursts=tuple(spikes), quiet_min=None if random_gaps else _BURSTY_QUIET[0])
 
 
 def _parse_time(text: str) -> float:

@@ -489,8 +489,10 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
         tp_state = tp.ThroughputState()  # counters missing or no pods: start the estimates afresh
     kv_sum = sum(m.kv_cache_usage for m in metrics)
     kv_mean = kv_sum / len(metrics) if metrics else 0.0
-    if metrics and kv_mean > spec.kv_cache_threshold:
-        recommended = max(recommended, _ceil(kv_sum / spec.kv_cache_threshold))
+    kv_fleet = _ceil(kv_sum / spec.kv_cache_threshold)  # replicas that hold the sequences under it
+    kv_over = kv_mean > spec.kv_cache_threshold
+    if kv_over:
+        recommended = max(recommended, kv_fleet)
     if demand > 0:
         recommended = max(recommended, 1)
 
@@ -550,8 +552,7 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
         # the estimate that falls slowly after the burst, so the burst's fleet goes at once.
         # Never to a fleet whose KV caches would be fuller than the threshold with the sequences
         # they hold now (rule 4 would ask for them back at once).
-        kv_floor = _ceil(kv_sum / spec.kv_cache_threshold)
-        release_now = max(_ceil(estimate.needed_now), kv_floor, 1 if demand > 0 else 0)
+        release_now = max(_ceil(estimate.needed_now), kv_fleet, 1 if demand > 0 else 0)
         # The highest of the last ``release_hold`` seconds: one quiet scrape does not drop a
         # replica that the next asks back (a pod and a cold start for nothing).
         release_recs = tuple((t, n) for t, n in state.release_recs
@@ -567,8 +568,7 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
         # now (beyond the tolerance) or for the KV caches.
         asks = estimate.needed_now
         now_fleet = _ceil(asks) if asks > rhythm.prewarmed * (1 + spec.scale_up_tolerance) else 0
-        kv_fleet = _ceil(kv_sum / spec.kv_cache_threshold) if kv_mean > spec.kv_cache_threshold else 0
-        capped = max(rhythm.prewarmed, now_fleet, kv_fleet)
+        capped = max(rhythm.prewarmed, now_fleet, kv_fleet if kv_over else 0)
         if capped < wanted:
             wanted = max(capped, min(wanted, current))
             why = (f"; the burst came onto the {rhythm.prewarmed} pre-warmed or held for it: no trend "
