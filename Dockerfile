@@ -4,9 +4,8 @@
 FROM python:3.11-slim
 RUN useradd --uid 10001 --no-create-home modelplane
 WORKDIR /src
-COPY pyproject.toml README.md ./
 COPY operator ./operator
-RUN pip install --no-cache-dir . && rm -rf /src
+RUN pip install --no-cache-dir ./operator && rm -rf /src
 USER 10001
 ENTRYPOINT ["modelplane"]
 CMD ["run"]

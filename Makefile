@@ -9,17 +9,17 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
         binaries demo bench bench-scaleup clean
 
 venv: $(VENV)/.installed
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml operator/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e ./operator -e '.[dev]'
 	touch $@
 
 ## Everything CI runs: lint, types, CRD drift, unit, integration, e2e.
 test: lint crds-check test-unit test-integration test-e2e
 
 lint: venv
-	$(BIN)/ruff check operator tests bench
+	$(BIN)/ruff check operator devtools tests bench
 	$(BIN)/mypy
 
 # Pure logic, and the vLLM conformance suite against the simulator (no cluster).

@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from modelplane import kube
-from modelplane.devcluster import DevCluster, Options
+from modelplane.controller import kube
+from modelplane_dev.devcluster import DevCluster, Options
 from tests.hfmirror import NOWHERE, hf_mirror
 from tests.waiting import wait_until
 

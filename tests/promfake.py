@@ -1,4 +1,4 @@
-"""A small Prometheus query API for tests of ``modelplane.promquery``.
+"""A small Prometheus query API for tests of ``modelplane.metrics.promquery``.
 
 It keeps the pages it is given (or scrapes pods itself, every ``interval`` seconds), stores every
 sample with the scrape's wall-clock time and the target labels Prometheus adds (``job``,

@@ -3,7 +3,7 @@
 Every policy runs against the same world: requests of the trace arrive at a gateway that sends each
 to the ready replica with the fewest outstanding requests (what KubeAI's proxy and the inference
 gateway do) or holds it while no replica is ready (the activator). A replica is
-``modelplane.sim.engine.EngineModel`` (continuous batching, KV cache, preemption), Ready
+``modelplane_dev.sim.engine.EngineModel`` (continuous batching, KV cache, preemption), Ready
 ``cold_start`` seconds after the policy asked for it. A removed replica stops taking requests and
 drains what it runs (at most ``drain_timeout``, Kubernetes' grace period; what is left is lost).
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from bench.autoscale.traces import Request, Trace
-from modelplane.sim.engine import EngineModel, EventKind
+from modelplane_dev.sim.engine import EngineModel, EventKind
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ from modelplane.autoscaler.policy import (
     StartingPod,
     decide,
 )
-from modelplane.sim.engine import EngineParams
+from modelplane.planner.performance import EngineParams
 
 
 class Ours:
@@ -238,7 +238,7 @@ def replica_capacity(params: EngineParams, trace: Trace, *, requests: int = 1500
 
     Prefill stalls, KV limits and preemptions are all in the figure, since it is measured, not derived.
     """
-    from modelplane.sim.engine import EngineModel, EventKind
+    from modelplane_dev.sim.engine import EngineModel, EventKind
 
     engine = EngineModel(params)
     sample = trace.requests[:: max(1, len(trace.requests) // requests)][:requests]

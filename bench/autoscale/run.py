@@ -2,7 +2,7 @@
 
 The setup is one realistic deployment: Llama 3.1 70B in FP8 on 2× H100 80 GB per replica
 (tensor parallel 2, ``maxModelLen`` 8192, ``maxNumSeqs`` 256), engine figures from
-``modelplane.sim.profiles.params_for``, $2.69 per GPU-hour (the catalog's default), a cold start of
+``modelplane.planner.performance.params_for``, $2.69 per GPU-hour (the catalog's default), a cold start of
 90 s from scale-up to Ready (FACTS.md: 70B FP8 with a persisted compile cache), SLO: time to first
 token ≤ 2 s measured from the gateway (queue wait included).
 """
@@ -23,8 +23,8 @@ from bench.autoscale.harness import Autoscaler, RunResult, SimConfig, run
 from modelplane.autoscaler.cost import replica_hourly_usd
 from modelplane.autoscaler.policy import PolicySpec
 from modelplane.gpus import GPU_TYPES
-from modelplane.sim.engine import EngineModel, EngineParams
-from modelplane.sim.profiles import params_for, saturated_tokens_per_s
+from modelplane.planner.performance import EngineParams, params_for, saturated_tokens_per_s
+from modelplane_dev.sim.engine import EngineModel
 
 GPU = "nvidia-h100-80gb"
 GPUS_PER_REPLICA = 2

@@ -32,9 +32,11 @@ from typing import Any
 
 import aiohttp
 
-from modelplane import demo, health, kube, loadgen, render
-from modelplane.autoscaler.metrics import MetricsError, parse_vllm_metrics
-from modelplane.devcluster import DevCluster, DevClusterError, Options
+from modelplane import render
+from modelplane.controller import health, kube
+from modelplane.metrics.vllm import MetricsError, parse_vllm_metrics
+from modelplane_dev import demo, loadgen
+from modelplane_dev.devcluster import DevCluster, DevClusterError, Options
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BEGIN, END = "<!-- SCALEUP:BEGIN -->", "<!-- SCALEUP:END -->"

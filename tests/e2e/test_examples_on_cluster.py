@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
-from modelplane import gpus, kube
+from modelplane import gpus
+from modelplane.controller import kube
 from tests.clusterfixtures import OperatorHandle
 from tests.waiting import wait_for
 

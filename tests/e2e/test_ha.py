@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from modelplane import kube, peering
+from modelplane.controller import kube, peering
 from tests.chart import pick, render
 from tests.clusterfixtures import (
     ClusterHandle,

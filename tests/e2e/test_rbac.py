@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from modelplane import kube
-from modelplane.sim.quality import generate_suite, suite_jsonl
+from modelplane.controller import kube
+from modelplane_dev.sim.quality import generate_suite, suite_jsonl
 from tests.chart import rbac_manifests
 from tests.clusterfixtures import ClusterHandle, start_operator, stop_operator
 from tests.waiting import wait_for

@@ -24,11 +24,12 @@ import aiohttp
 import pytest
 import yaml
 
-from modelplane import kube, render
-from modelplane.controls import send_control
-from modelplane.devcluster.serviceproxy import ServiceProxy
+from modelplane import render
+from modelplane.controller import kube
+from modelplane.rollout.controls import send_control
 from modelplane.rollout.machine import Command
-from modelplane.sim.quality import TaskKind, generate_suite, suite_jsonl
+from modelplane_dev.devcluster.serviceproxy import ServiceProxy
+from modelplane_dev.sim.quality import TaskKind, generate_suite, suite_jsonl
 from tests.clusterfixtures import ClusterHandle, OperatorHandle, start_operator
 from tests.waiting import wait_for
 

@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from modelplane import kube
+from modelplane.controller import kube
 from tests.clusterfixtures import OperatorHandle
 from tests.waiting import wait_for
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from modelplane import kube
+from modelplane.controller import kube
 from tests.clusterfixtures import ClusterHandle
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from modelplane import gpus, kube
+from modelplane import gpus
+from modelplane.controller import kube
 from tests.clusterfixtures import ClusterHandle
 from tests.waiting import wait_for
 

@@ -17,9 +17,9 @@ import lupa.lua51 as lua51
 import pytest
 import yaml
 
-from modelplane import reconcile as core
 from modelplane.api.models import Phase
 from modelplane.autoscaler.policy import PolicyState
+from modelplane.controller import reconcile as core
 from modelplane.rollout.machine import Phase as RolloutPhase
 
 REPO = Path(__file__).resolve().parents[2]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from modelplane.autoscaler import cost
-from modelplane.autoscaler.metrics import MetricsError, parse_vllm_metrics
 from modelplane.autoscaler.policy import PodMetrics
+from modelplane.metrics.vllm import MetricsError, parse_vllm_metrics
 
 
 @pytest.mark.parametrize(("replicas", "gpu", "per_replica", "prices", "want"), [

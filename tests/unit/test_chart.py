@@ -17,9 +17,10 @@ import kopf
 import pytest
 import yaml
 
-from modelplane import gpus, opmetrics
+from modelplane import gpus
 from modelplane.cli import build_parser
-from modelplane.run import load_prices, prometheus_source
+from modelplane.controller import opmetrics
+from modelplane.controller.run import load_prices, prometheus_source
 from tests.chart import CHART, REPO, lint, one, permissions, pick, render
 
 # A cold helm build (first run on a machine) takes minutes; warm, these tests take seconds.
@@ -33,26 +34,25 @@ def _triples(group: str, resource: str, *verbs: str) -> set[tuple[str, str, str]
     return {(group, resource, verb) for verb in verbs}
 
 
-# What the operator calls, read from its code (kube.py verbs as used by controller.py and
-# handlers.py, kopf's own needs) — kept here independently of the chart so the two are compared.
+# What the operator calls, read from its code (kube.py verbs as used by controller/loop.py, its
+# informers and rollout/runtime.py; kopf's own needs in HA) — kept here independently of the chart
+# so the two are compared.
 NAMESPACED_NEEDS = (
-    _triples("modelplane.dev", "modeldeployments", "list", "watch")            # kopf watch
+    _triples("modelplane.dev", "modeldeployments", "list", "watch")            # informer
     | _triples("modelplane.dev", "modeldeployments/status", "patch")           # status SSA
     | _triples("modelplane.dev", "modeldeployments/finalizers", "update")      # blockOwnerDeletion
     | _triples("apps", "deployments", "list", "watch", "create", "patch", "delete")  # children
-    | _triples("apps", "deployments/scale", "patch")                           # rollout
-    | _triples("", "services", "list", "create", "patch")
-    | _triples("policy", "poddisruptionbudgets", "list", "create", "patch")
+    | _triples("", "services", "list", "watch", "create", "patch")
+    | _triples("policy", "poddisruptionbudgets", "list", "watch", "create", "patch")
     | _triples("", "pods", "list", "watch")
-    | _triples("", "events", "list", "create")
+    | _triples("", "events", "list", "watch", "create")
     | _triples("", "configmaps", "get", "create", "patch")                     # evaluation suite/report
-    | _triples("batch", "jobs", "get", "create", "delete")                     # custom evaluator
+    | _triples("batch", "jobs", "get", "create")                               # custom evaluator
 )
-CLUSTER_NEEDS = (
-    _triples("", "nodes", "list")
-    | _triples("apiextensions.k8s.io", "customresourcedefinitions", "list", "watch")
-)
-#: kopf lists and watches namespaces only when it serves a chosen set of them.
+CLUSTER_NEEDS = _triples("", "nodes", "list", "watch")
+#: kopf runs only in HA (peering); it discovers resources through the CRDs.
+HA_CLUSTER_NEEDS = _triples("apiextensions.k8s.io", "customresourcedefinitions", "list", "watch")
+#: kopf lists and watches namespaces only when it serves a chosen set of them (HA).
 NAMESPACES_NEEDS = _triples("", "namespaces", "list", "watch")
 CLUSTER_PEERING_NEEDS = _triples("kopf.dev", "clusterkopfpeerings", "list", "watch", "patch")
 NAMESPACED_PEERING_NEEDS = _triples("kopf.dev", "kopfpeerings", "list", "watch", "patch")
@@ -111,12 +111,13 @@ def _expected(values: dict[str, Any]) -> tuple[set[tuple[str, str, str]], set[tu
     ha = values.get("ha", {}).get("enabled", False)
     if values.get("rbac", {}).get("readModelCredentials", False):
         namespaced |= CREDENTIALS_NEEDS
-    if values.get("watchNamespaces"):
-        cluster |= NAMESPACES_NEEDS
-        if ha:
+    if ha:
+        cluster |= HA_CLUSTER_NEEDS
+        if values.get("watchNamespaces"):
+            cluster |= NAMESPACES_NEEDS
             namespaced |= NAMESPACED_PEERING_NEEDS
-    elif ha:
-        cluster |= CLUSTER_PEERING_NEEDS
+        else:
+            cluster |= CLUSTER_PEERING_NEEDS
     return namespaced, cluster
 
 
@@ -161,7 +162,7 @@ def test_rbac_has_no_wildcards(name: str, rendered: dict[str, Any]) -> None:
 
 def test_every_kopf_watch_is_granted_list_and_watch() -> None:
     """Adding a kopf handler on a new resource without RBAC fails here, before the cluster test."""
-    import modelplane.handlers  # noqa: F401 — registers the handlers
+    import modelplane.controller.handlers  # noqa: F401 — registers the handlers
 
     registry = kopf.get_default_registry()
     watched = {(h.selector.group or "", h.selector.plural or h.selector.any_name)

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from modelplane import gpus
-from modelplane.devcluster.cluster import (
+from modelplane_dev.devcluster.cluster import (
     DevClusterError,
     NodeGroup,
     build_kwok_config,

@@ -9,8 +9,8 @@ import pytest
 from modelplane import durations
 from modelplane.api.models import duration_seconds
 from modelplane.autoscaler.policy import parse_duration as policy_duration
-from modelplane.devcluster.cluster import parse_duration_ms
 from modelplane.rollout.spec import parse_duration as rollout_duration
+from modelplane_dev.devcluster.cluster import parse_duration_ms
 
 CASES = [("30s", 30.0), ("5m", 300.0), ("1h30m", 5400.0), ("1.5h", 5400.0), ("500ms", 0.5),
          ("1m30s", 90.0), ("0s", 0.0), ("2h0m5s", 7205.0)]

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from modelplane import health, reconcile
 from modelplane.autoscaler import policy
+from modelplane.controller import health, reconcile
 from modelplane.planner.plan import PlanReason
 from modelplane.rollout import machine
 

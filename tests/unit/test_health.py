@@ -7,7 +7,14 @@ from typing import Any
 
 import pytest
 
-from modelplane.health import Reason, count_pods, first_problem, largest_gpu_node, pod_problem, ready_after
+from modelplane.controller.health import (
+    Reason,
+    count_pods,
+    first_problem,
+    largest_gpu_node,
+    pod_problem,
+    ready_after,
+)
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 

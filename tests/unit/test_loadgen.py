@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from modelplane.loadgen import Lengths, LoadConfig, arrivals, parse_schedule, percentile, run_load
-from modelplane.sim.config import SimConfig
-from modelplane.sim.server import SimServer
+from modelplane_dev.loadgen import Lengths, LoadConfig, arrivals, parse_schedule, percentile, run_load
+from modelplane_dev.sim.config import SimConfig
+from modelplane_dev.sim.server import SimServer
 
 
 @pytest.mark.parametrize(

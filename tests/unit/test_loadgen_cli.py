@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from modelplane import loadgen
-from modelplane.loadgen import Lengths, LoadConfig, Progress, parse_lengths, parse_schedule, run_load
-from modelplane.sim.config import SimConfig
-from modelplane.sim.server import SimServer
+from modelplane_dev import loadgen
+from modelplane_dev.loadgen import Lengths, LoadConfig, Progress, parse_lengths, parse_schedule, run_load
+from modelplane_dev.sim.config import SimConfig
+from modelplane_dev.sim.server import SimServer
 
 
 @pytest.mark.parametrize(("spec", "expected"), [

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from modelplane.peering import is_active
+from modelplane.controller.peering import is_active
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 

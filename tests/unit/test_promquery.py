@@ -1,4 +1,4 @@
-"""Reading the pods' metrics from a Prometheus query API (``modelplane.promquery``).
+"""Reading the pods' metrics from a Prometheus query API (``modelplane.metrics.promquery``).
 
 The pure part (the query, and the answer turned into per-pod pages) in tables; the HTTP part
 against ``tests.promfake.FakePrometheus`` on a socket, fed with a real simulator's page.
@@ -15,16 +15,16 @@ from typing import Any
 import aiohttp
 import pytest
 
-from modelplane.autoscaler.metrics import parse_vllm_metrics
-from modelplane.promquery import (
+from modelplane.metrics.promquery import (
     PrometheusError,
     PrometheusSource,
     build_query,
     query_pods,
     results_from_answer,
 )
-from modelplane.sim.config import parse_vllm_args
-from modelplane.sim.server import SimServer
+from modelplane.metrics.vllm import parse_vllm_metrics
+from modelplane_dev.sim.config import parse_vllm_args
+from modelplane_dev.sim.server import SimServer
 from tests.promfake import FakePrometheus
 
 SOURCE = PrometheusSource(url="http://prometheus:9090")
@@ -224,7 +224,7 @@ async def test_query_pods_reads_a_simulators_page_through_the_query_api(tmp_path
 ], ids=["no-scheme", "zero-age", "bad-label"])
 def test_bad_prometheus_flags_stop_modelplane_run_with_the_reason(flags: list[str], message: str) -> None:
     from modelplane.cli import build_parser
-    from modelplane.run import prometheus_source
+    from modelplane.controller.run import prometheus_source
 
     with pytest.raises(SystemExit, match=re.escape(message)):
         prometheus_source(build_parser().parse_args(["run", *flags]))
@@ -232,6 +232,6 @@ def test_bad_prometheus_flags_stop_modelplane_run_with_the_reason(flags: list[st
 
 def test_without_a_prometheus_url_the_pods_are_scraped() -> None:
     from modelplane.cli import build_parser
-    from modelplane.run import prometheus_source
+    from modelplane.controller.run import prometheus_source
 
     assert prometheus_source(build_parser().parse_args(["run"])) is None

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from modelplane import reconcile, render
-from modelplane.reconcile import APPLIED_HASH, Observed
+from modelplane import render
+from modelplane.controller import reconcile
+from modelplane.controller.reconcile import APPLIED_HASH, Observed
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
@@ -212,3 +213,26 @@ def test_the_autoscaler_status_shows_the_cold_start_it_learnt_from_a_pod_seen_st
     got = reconcile.finish(reconcile.prepare(after, prices={}), after, policy_state=seen.policy_state)
     assert got.policy_state.cold_starts == (40.0,)
     assert got.effective_status["autoscaler"]["lastDecision"]["coldStartSeconds"] == 40.0
+
+
+@pytest.mark.parametrize(("rejected", "degraded_reason", "event"), [
+    (None, "Healthy", False),
+    ("Deployment chat-abc: spec.template.spec.containers[0].resources.requests: Invalid value: "
+     "\"-2\": must be greater than or equal to 0", "ChildRejected", True),
+])
+def test_a_child_the_api_server_refuses_is_shown_as_degraded(
+        rejected: str | None, degraded_reason: str, event: bool) -> None:
+    first = run(md())
+    result = run(md(), **materialise(first, ready=1), rejected=rejected)
+    assert result.status is not None
+    degraded = next(c for c in result.status["conditions"] if c["type"] == "Degraded")
+    assert degraded["reason"] == degraded_reason
+    assert (degraded["status"] == "True") is (rejected is not None)
+    if rejected is not None:
+        assert rejected in degraded["message"]
+        assert result.status["phase"] == "Degraded"
+    warned = [e for e in result.events if e.reason == "ChildRejected"]
+    assert bool(warned) is event
+    # Once said, it is not said again: the next reconcile sees the condition in status.
+    again = run({**md(), "status": result.status}, **materialise(first, ready=1), rejected=rejected)
+    assert not [e for e in again.events if e.reason == "ChildRejected"]

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from modelplane.promtext import (
+from modelplane.metrics.promtext import (
     MetricSnapshot,
     PromTextError,
     delta,

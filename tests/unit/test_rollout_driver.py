@@ -1,5 +1,5 @@
-"""The rollout inside the reconcile (``modelplane.rollouts``), the evaluation runtime's pure pieces
-(``modelplane.rollouts_runtime``) and the manual controls' patch (``modelplane.controls``)."""
+"""The rollout inside the reconcile (``modelplane.rollout.driver``), the evaluation runtime's pure pieces
+(``modelplane.rollout.runtime``) and the manual controls' patch (``modelplane.rollout.controls``)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,12 @@ from typing import Any
 
 import pytest
 
-from modelplane import controls, reconcile, render, rollouts, rollouts_runtime
-from modelplane.reconcile import Observed
+from modelplane import render
+from modelplane.controller import reconcile
+from modelplane.controller.reconcile import Observed
+from modelplane.rollout import controls
+from modelplane.rollout import driver as rollouts
+from modelplane.rollout import runtime as rollouts_runtime
 from modelplane.rollout.machine import CONTROL_ANNOTATION, Command, EvalResult
 from modelplane.rollout.spec import revision_fingerprint
 

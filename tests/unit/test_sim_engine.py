@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from modelplane.sim.engine import EngineModel, EngineParams, Event, EventKind, FinishReason
+from modelplane.planner.performance import EngineParams
+from modelplane_dev.sim.engine import EngineModel, Event, EventKind, FinishReason
 
 # A small replica with round numbers: a step takes 10 ms + 1 ms per running sequence.
 PARAMS = EngineParams(max_num_seqs=16, max_model_len=4096, kv_cache_tokens=1_000_000,

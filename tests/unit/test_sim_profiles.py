@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from modelplane.gpus import GPU_TYPE_NAMES, GPU_TYPES
-from modelplane.sim.config import SimConfig, parse_vllm_args
-from modelplane.sim.profiles import (
+from modelplane.planner.performance import (
     THROUGHPUT_TABLE,
     SizeClass,
     guess_parameters_billions,
@@ -14,6 +13,7 @@ from modelplane.sim.profiles import (
     saturated_tokens_per_s,
     size_class,
 )
+from modelplane_dev.sim.config import SimConfig, parse_vllm_args
 
 
 def test_the_table_covers_every_gpu_and_size_class_with_a_source() -> None:

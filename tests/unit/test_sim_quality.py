@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from modelplane.sim.quality import (
+from modelplane_dev.sim.quality import (
     BehaviorMap,
     SimBehavior,
     TaskKind,

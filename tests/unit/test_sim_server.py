@@ -13,8 +13,8 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from modelplane.sim.config import SimConfig, parse_vllm_args
-from modelplane.sim.quality import (
+from modelplane_dev.sim.config import SimConfig, parse_vllm_args
+from modelplane_dev.sim.quality import (
     SimBehavior,
     TaskKind,
     count_tokens,
@@ -22,7 +22,7 @@ from modelplane.sim.quality import (
     parse_behaviors,
     render_chat,
 )
-from modelplane.sim.server import SimServer
+from modelplane_dev.sim.server import SimServer
 from tests.waiting import wait_for
 
 ARITH = "What is 17 * 23? Answer with a number only."
@@ -390,10 +390,10 @@ async def test_http_5xx_follow_the_error_rate_and_the_successes_counter_the_rest
 
 async def test_the_operators_window_analysis_reads_the_failed_requests_from_the_page() -> None:
     """The live analysis's input path (``rollouts.analyse``) over the simulator's real /metrics pages."""
-    from modelplane.promtext import parse_snapshot
+    from modelplane.metrics.promtext import parse_snapshot
+    from modelplane.metrics.scrape import ScrapeResult
     from modelplane.rollout.analysis import AnalysisThresholds, Outcome
-    from modelplane.rollouts import Window, analyse, server_errors
-    from modelplane.scrape import ScrapeResult
+    from modelplane.rollout.driver import Window, analyse, server_errors
 
     canary = SimServer(_config(revision="bad"), behavior=SimBehavior(error_rate=0.3))
     stable = SimServer(_config(revision="good"), behavior=SimBehavior())

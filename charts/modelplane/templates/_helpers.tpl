@@ -55,12 +55,12 @@ Rules for the namespaced resources, granted cluster-wide (ClusterRole) or in eac
 as (apiGroup, resource, verb) triples and fails when the two differ in either direction.
 */}}
 {{- define "modelplane.rules.namespaced" -}}
-# kopf lists and watches ModelDeployments (handlers.model_deployment_event); the operator never
-# writes their spec, labels or annotations.
+# The controller's informer lists and watches ModelDeployments (controller.loop._build_informers);
+# the operator never writes their spec, labels or annotations.
 - apiGroups: [modelplane.dev]
   resources: [modeldeployments]
   verbs: [list, watch]
-# Status is written by server-side apply, a PATCH of the status subresource (controller._reconcile).
+# Status is written by server-side apply, a PATCH of the status subresource (loop._reconcile).
 - apiGroups: [modelplane.dev]
   resources: [modeldeployments/status]
   verbs: [patch]
@@ -70,45 +70,42 @@ as (apiGroup, resource, verb) triples and fails when the two differ in either di
 - apiGroups: [modelplane.dev]
   resources: [modeldeployments/finalizers]
   verbs: [update]
-# vLLM Deployments: kopf watches the managed ones (handlers.deployment_event), the controller lists
-# them, applies them and deletes old revisions. Server-side apply is a PATCH, but the API server
+# vLLM Deployments: the controller's informer lists and watches the labelled ones; the controller
+# applies them and deletes old revisions. Server-side apply is a PATCH, but the API server
 # authorizes a PATCH that creates the object as `create` (tests/e2e/test_rbac.py found out).
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [list, watch, create, patch, delete]
-# The rollout sets a revision's replicas through the scale subresource.
-- apiGroups: [apps]
-  resources: [deployments/scale]
-  verbs: [patch]
-# The model's Service and PodDisruptionBudget: listed and applied (created, then patched).
+# The model's Service and PodDisruptionBudget: watched (informers) and applied (created, then
+# patched).
 - apiGroups: [""]
   resources: [services]
-  verbs: [list, create, patch]
+  verbs: [list, watch, create, patch]
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
-  verbs: [list, create, patch]
-# vLLM pods: kopf watches the managed ones (handlers.pod_event); the controller lists them for
-# readiness, scrape targets and problems (health.pod_problem).
+  verbs: [list, watch, create, patch]
+# vLLM pods: watched for readiness, scrape targets and problems (health.pod_problem).
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, watch]
-# FailedScheduling events are listed to explain pending pods; the operator posts its own Events
-# (controller.post_event). kopf's own event posting is switched off (handlers.configure).
+# FailedScheduling events are watched to explain pending pods; the operator posts its own Events
+# (loop.post_event). kopf's own event posting is switched off (handlers.configure).
 - apiGroups: [""]
   resources: [events]
-  verbs: [list, create]
+  verbs: [list, watch, create]
 # Rollouts: the evaluation suite is read from the ConfigMap the spec names, and the evaluation
 # report is written to a ConfigMap of the operator's.
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [get, create, patch]
-# Rollouts with a custom evaluator (spec.rollout.evaluation.evaluator) run it as a Job.
+# Rollouts with a custom evaluator (spec.rollout.evaluation.evaluator) run it as a Job (created,
+# then read until it ends; it is owner-referenced, so it goes with the ModelDeployment).
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [get, create, delete]
+  verbs: [get, create]
 {{- if .Values.rbac.readModelCredentials }}
 # A gated model's config.json is fetched with the HF_TOKEN of its credentialsSecret
-# (controller._read_model_config); only `get` of a named Secret, never list or watch.
+# (loop._read_model_config); only `get` of a named Secret, never list or watch.
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get]
@@ -125,16 +122,19 @@ as (apiGroup, resource, verb) triples and fails when the two differ in either di
 Rules for cluster-scoped resources: always a ClusterRole, in both modes.
 */}}
 {{- define "modelplane.rules.cluster" -}}
-# GPU nodes: the planner sizes replicas to the node shapes that exist (controller._cached_nodes).
+# GPU nodes: watched to explain pending pods (health: the largest GPU node, no node of a type).
 - apiGroups: [""]
   resources: [nodes]
-  verbs: [list]
-# kopf discovers the watched resources and follows CRD changes (kopf resource_observer).
+  verbs: [list, watch]
+{{- if .Values.ha.enabled }}
+# HA only (kopf runs for peering): kopf discovers resources and follows CRD changes (kopf
+# resource_observer).
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
   verbs: [list, watch]
-{{- if .Values.watchNamespaces }}
-# Namespaced mode: kopf follows namespaces coming and going (kopf namespace_observer). In
+{{- end }}
+{{- if and .Values.ha.enabled .Values.watchNamespaces }}
+# HA in namespaced mode: kopf follows namespaces coming and going (kopf namespace_observer). In
 # cluster-wide mode kopf serves all namespaces without listing them, so this rule is left out.
 - apiGroups: [""]
   resources: [namespaces]

@@ -108,7 +108,7 @@ LIMITING_REASONS = frozenset({Reason.BUDGET_CAP, Reason.MAX_REPLICAS})
 
 @dataclass(frozen=True)
 class PodMetrics:
-    """What one ready pod's ``/metrics`` said (see ``modelplane.autoscaler.metrics``)."""
+    """What one ready pod's ``/metrics`` said (see ``modelplane.metrics.vllm``)."""
 
     waiting: float  #: vllm:num_requests_waiting
     running: float  #: vllm:num_requests_running

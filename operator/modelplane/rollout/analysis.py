@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from modelplane.promtext import MetricSnapshot, histogram_quantile
+from modelplane.metrics.promtext import MetricSnapshot, histogram_quantile
 from modelplane.rollout.stats import wilson_lower_bound
 
 SUCCESS_COUNTER = "vllm:request_success_total"

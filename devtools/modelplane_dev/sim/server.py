@@ -44,9 +44,9 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from modelplane.sim.config import SimConfig, parse_vllm_args
-from modelplane.sim.engine import EngineModel, EventKind, FinishReason, Histogram
-from modelplane.sim.quality import (
+from modelplane_dev.sim.config import SimConfig, parse_vllm_args
+from modelplane_dev.sim.engine import EngineModel, EventKind, FinishReason, Histogram
+from modelplane_dev.sim.quality import (
     DEFAULT_BEHAVIOR,
     BehaviorMap,
     SimBehavior,

@@ -1,5 +1,5 @@
 """The dev cluster: real Kubernetes control-plane binaries on loopback, with kwok GPU nodes."""
 
-from modelplane.devcluster.cluster import DevCluster, DevClusterError, Options, State
+from modelplane_dev.devcluster.cluster import DevCluster, DevClusterError, Options, State
 
 __all__ = ["DevCluster", "DevClusterError", "Options", "State"]

@@ -1,6 +1,6 @@
 """The rollout's I/O: run one evaluation order (the suite over HTTP, or a custom evaluator Job).
 
-The pure core (``modelplane.rollouts``) decides WHEN to evaluate and against which pods; this module
+The pure core (``modelplane.rollout.driver``) decides WHEN to evaluate and against which pods; this module
 does it, in an asyncio task the controller owns:
 
 * **suite**: read the suite from its ConfigMap, send every case to the canary pod and to a stable pod
@@ -29,13 +29,14 @@ from typing import Any
 
 import aiohttp
 
-from modelplane import kube, render
+from modelplane import render
 from modelplane.api.models import API_VERSION, KIND
+from modelplane.controller import kube
+from modelplane.rollout.driver import EvaluationOrder, ready_pod_url
 from modelplane.rollout.evaluate import Endpoint, EvaluationRun, OpenAIJudge, run_evaluation
 from modelplane.rollout.machine import EvalResult
 from modelplane.rollout.stats import GateResult, evaluate_gate
 from modelplane.rollout.suite import SuiteError, parse_suite
-from modelplane.rollouts import EvaluationOrder, ready_pod_url
 
 #: How often a Job evaluator's progress is read.
 JOB_POLL_SECONDS = 1.0

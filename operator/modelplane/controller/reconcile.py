@@ -24,7 +24,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from modelplane import gpus, health, kube, render, rollouts
+from modelplane import gpus, render
 from modelplane.api.models import (
     Condition,
     ConditionStatus,
@@ -35,6 +35,11 @@ from modelplane.api.models import (
     ScalingMode,
 )
 from modelplane.autoscaler import policy
+from modelplane.controller import health, kube
+from modelplane.metrics.scrape import ScrapeResult, ScrapeTarget
+
+# The published-benchmark performance profiles of GPUs the simulator also runs on.
+from modelplane.planner import performance
 from modelplane.planner.arch import ModelArch
 from modelplane.planner.plan import (
     Plan,
@@ -44,13 +49,10 @@ from modelplane.planner.plan import (
     node_shapes_from_nodes,
     plan_request_from_spec,
 )
+from modelplane.rollout import driver as rollouts
 from modelplane.rollout.machine import Phase as RolloutPhase
 from modelplane.rollout.machine import RolloutState
 from modelplane.rollout.spec import revision_fingerprint
-from modelplane.scrape import ScrapeResult, ScrapeTarget
-
-# The published-benchmark performance profiles of GPUs the simulator also runs on.
-from modelplane.sim import profiles
 
 Obj = Mapping[str, Any]
 
@@ -98,6 +100,9 @@ class Observed:
     model_config: ModelConfig | None = None
     #: Metrics older than this are stale; None: the policy's default (right for the direct scrape).
     metrics_max_age: float | None = None
+    #: The API server's refusal of a child on the last attempt ("Deployment x: <its message>");
+    #: None: every child was accepted. Shown as Degraded/ChildRejected until a write succeeds.
+    rejected: str | None = None
 
 
 @dataclass(frozen=True)
@@ -158,7 +163,7 @@ def _throughput_priors(md: ModelDeployment, request: PlanRequest, plan: Plan) ->
     if request.arch is None or plan.gpu_type is None:
         return {}
     try:
-        params = profiles.params_for(
+        params = performance.params_for(
             plan.gpu_type, request.arch.total_params / 1e9, plan.tensor_parallel_size,
             md.spec.engine.max_model_len or 8192, md.spec.engine.max_num_seqs or 256,
             quantization=md.spec.engine.quantization,
@@ -166,7 +171,7 @@ def _throughput_priors(md: ModelDeployment, request: PlanRequest, plan: Plan) ->
     except ValueError:
         return {}
     return {"prefill_tokens_per_second": params.prefill_tokens_per_s,
-            "decode_tokens_per_second": profiles.saturated_tokens_per_s(params)}
+            "decode_tokens_per_second": performance.saturated_tokens_per_s(params)}
 
 
 def prepare(observed: Observed, *, prices: Mapping[str, float]) -> Prepared:
@@ -581,6 +586,10 @@ def finish(prepared: Prepared, observed: Observed, *, metrics: Sequence[ScrapeRe
     problem = health.first_problem(observed.pods, nodes=observed.nodes, events=observed.events,
                                    now=observed.now,
                                    startup_budget_seconds=prepared.startup_budget_seconds)
+    if observed.rejected is not None:
+        # Nothing the pods say matters more: the workload the spec asks for cannot be written.
+        problem = health.Problem(health.Reason.CHILD_REJECTED,
+                                 f"the API server refused {observed.rejected}", pod="")
     phase, conditions = _health_conditions(prepared, counts, problem, desired=desired, switching=switching,
                                            revision=md.spec.model.revision, cond=cond)
     phase, conditions = _rollout_conditions(phase, conditions, rollout, counts, cond)

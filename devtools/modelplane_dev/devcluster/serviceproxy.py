@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 
-from modelplane import kube
+from modelplane.controller import kube
 
 log = logging.getLogger("modelplane.serviceproxy")
 

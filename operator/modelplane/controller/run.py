@@ -1,18 +1,20 @@
-"""``modelplane run``: the operator process — kopf, the controller loop, and /healthz + /metrics.
+"""``modelplane run``: the operator process — the controller loop, /healthz + /metrics, and kopf.
 
-The three run side by side on one event loop. /healthz answers 200 while the controller's loop
-has turned within the last minute, so a wedged operator is restarted by its liveness probe.
+They run side by side on one event loop. The controller watches the cluster through its own
+informers; kopf runs only in an HA install, for its peering (which replica is active). /healthz
+tells the truth: 503 while the controller's loop has not turned within the last minute, or while a
+watch has been down longer than ``WATCH_GRACE_SECONDS`` (the API server is unreachable or refuses
+us), with the reason in its JSON. SIGTERM or SIGINT stops everything within about a second.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import json
 import logging
 import os
 import random
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -21,15 +23,19 @@ import kopf
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from modelplane import kube, opmetrics
-from modelplane.controller import Controller, Settings
+from modelplane.controller import kube, opmetrics
+from modelplane.controller.loop import Controller, Settings
+from modelplane.metrics.promquery import PrometheusSource
 from modelplane.planner.source import HF_BASE_URL
-from modelplane.promquery import PrometheusSource
 
 log = logging.getLogger("modelplane")
 
 #: The controller loop turns every resync interval; a minute of silence means it is stuck.
 LIVENESS_SECONDS = 60.0
+#: A watch that reconnects within this long is a blip; longer, and /healthz says so.
+WATCH_GRACE_SECONDS = 15.0
+#: How long shutdown waits for the tasks to end after it has cancelled them.
+SHUTDOWN_SECONDS = 1.5
 
 
 def register(subparsers: Any) -> None:
@@ -100,13 +106,27 @@ def load_prices(path: Path | None) -> dict[str, float]:
     return prices
 
 
+def health_report(controller: Controller, now: float | None = None) -> tuple[dict[str, Any], int]:
+    """/healthz's body and status: the loop's age and every watch that is down, and why."""
+    now = time.monotonic() if now is None else now
+    age = now - controller.alive_at
+    down = controller.watch_health(now)
+    problems = []
+    if age >= LIVENESS_SECONDS:
+        problems.append(f"the controller loop has not turned for {age:.0f} s")
+    for name, seconds in sorted(down.items()):
+        if seconds >= WATCH_GRACE_SECONDS:
+            problems.append(f"the watch of {name} has been down for {seconds:.0f} s")
+    ok = not problems
+    body = {"ok": ok, "loopAgeSeconds": round(age, 1), "modelDeployments": len(controller.known),
+            "synced": controller.synced, "watchesDown": down, "problems": problems}
+    return body, 200 if ok else 503
+
+
 async def serve_http(controller: Controller, host: str, port: int) -> web.AppRunner:
     async def healthz(_: web.Request) -> web.Response:
-        age = time.monotonic() - controller.alive_at
-        ok = age < LIVENESS_SECONDS
-        return web.Response(status=200 if ok else 503, text=json.dumps(
-            {"ok": ok, "loopAgeSeconds": round(age, 1), "modelDeployments": len(controller.known)}),
-            content_type="application/json")
+        body, status = health_report(controller)
+        return web.json_response(body, status=status)
 
     async def metrics(_: web.Request) -> web.Response:
         body = generate_latest(opmetrics.REGISTRY)
@@ -122,8 +142,6 @@ async def serve_http(controller: Controller, host: str, port: int) -> web.AppRun
 
 
 async def operate(args: argparse.Namespace) -> None:
-    import modelplane.handlers  # noqa: F401 — registers the kopf handlers
-
     # HA: every replica gets its own random priority; kopf runs the highest one and pauses the
     # others (equal priorities would pause them all), and our loop follows kopf's verdict.
     peering_name = os.environ.get("MODELPLANE_PEERING") or None
@@ -135,25 +153,37 @@ async def operate(args: argparse.Namespace) -> None:
                         hf_endpoint=args.hf_endpoint or HF_BASE_URL,
                         peering=(peering_name, priority, tuple(args.namespace))
                         if peering_name else None)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
     async with kube.Kube(kube.auto_config()) as client:
         controller = Controller(client, settings)
         runner = None
         if args.metrics_port:
             runner = await serve_http(controller, args.metrics_host, args.metrics_port)
             log.info("serving /healthz and /metrics on %s:%d", args.metrics_host, args.metrics_port)
-        loop_task = asyncio.create_task(controller.run(), name="modelplane-controller")
-        try:
-            # One replica by default; HA runs several with kopf peering: the chart's
-            # `ha.enabled` sets MODELPLANE_PEERING to the name of the peering object.
-            await kopf.operator(
+        tasks = [asyncio.create_task(controller.run(), name="modelplane-controller")]
+        if peering_name:
+            # HA (the chart's `ha.enabled` sets MODELPLANE_PEERING to the peering object's name):
+            # kopf keeps this replica's heartbeat in it and the controller reads who is active.
+            import modelplane.controller.handlers  # noqa: F401 — kopf's settings
+
+            tasks.append(asyncio.create_task(kopf.operator(
                 clusterwide=not args.namespace, namespaces=list(args.namespace),
-                standalone=peering_name is None, peering_name=peering_name,
-                priority=priority if peering_name else None,
-                memo=kopf.Memo(controller=controller))
+                standalone=False, peering_name=peering_name, priority=priority, stop_flag=stop,
+                memo=kopf.Memo(controller=controller)), name="kopf-peering"))
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            done, _ = await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stopping and not task.cancelled() and task.exception() is not None:
+                    log.error("%s ended: %r", task.get_name(), task.exception())
         finally:
-            loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await loop_task
+            log.info("stopping")
+            for task in [stopping, *tasks]:
+                task.cancel()
+            await asyncio.wait([stopping, *tasks], timeout=SHUTDOWN_SECONDS)
             if runner is not None:
                 await runner.cleanup()
 

@@ -36,8 +36,10 @@ import math
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import StrEnum
+
+from modelplane.planner.performance import EngineParams
 
 #: vLLM V1's buckets (vllm/v1/metrics/loggers.py), so histograms compare one to one with real vLLM.
 TTFT_BUCKETS: tuple[float, ...] = (
@@ -76,39 +78,6 @@ class Event:
     time: float
     generation_tokens: int  #: tokens generated so far (1 for FIRST_TOKEN)
     reason: FinishReason | None = None  #: set on FINISHED
-
-
-@dataclass(frozen=True)
-class EngineParams:
-    """The figures of one replica; ``modelplane.sim.profiles.params_for`` derives them per GPU/model."""
-
-    max_num_seqs: int
-    max_model_len: int
-    kv_cache_tokens: int
-    step_base_s: float  #: decode step time with one sequence's worth of batch overhead removed
-    step_per_seq_s: float  #: added to a step per running sequence
-    prefill_tokens_per_s: float
-    max_num_batched_tokens: int = 8192  #: prefill budget of one step (at least one request always fits)
-
-    def __post_init__(self) -> None:
-        if self.max_num_seqs < 1 or self.kv_cache_tokens < 1 or self.max_model_len < 1:
-            raise ValueError("max_num_seqs, kv_cache_tokens and max_model_len must be >= 1")
-        if self.step_base_s < 0 or self.step_per_seq_s < 0 or self.prefill_tokens_per_s <= 0:
-            raise ValueError("step times must be >= 0 and the prefill rate > 0")
-        if self.step_base_s + self.step_per_seq_s <= 0:
-            raise ValueError("a step must take some time")
-        if self.max_model_len > self.kv_cache_tokens:
-            # vLLM refuses to start in this case; the engine would wedge on a request it can never place.
-            raise ValueError(
-                f"max_model_len {self.max_model_len} exceeds the KV cache ({self.kv_cache_tokens})")
-
-    def slowed(self, latency_factor: float) -> EngineParams:
-        """The same replica, every step ``latency_factor`` times slower (a degraded checkpoint or node)."""
-        if latency_factor <= 0:
-            raise ValueError(f"latency_factor must be > 0, got {latency_factor}")
-        return replace(self, step_base_s=self.step_base_s * latency_factor,
-                       step_per_seq_s=self.step_per_seq_s * latency_factor,
-                       prefill_tokens_per_s=self.prefill_tokens_per_s / latency_factor)
 
 
 class Histogram:

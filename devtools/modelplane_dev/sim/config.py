@@ -12,8 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from modelplane.sim.engine import EngineParams
-from modelplane.sim.profiles import guess_parameters_billions, params_for
+from modelplane.planner.performance import EngineParams, guess_parameters_billions, params_for
 
 #: vLLM's defaults for the flags the simulator reads.
 DEFAULT_PORT = 8000

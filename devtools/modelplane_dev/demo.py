@@ -28,10 +28,11 @@ from typing import Any
 
 import yaml
 
-from modelplane import kube, loadgen
-from modelplane.devcluster import DevCluster, DevClusterError, Options
-from modelplane.devcluster.cluster import free_port, repo_root
-from modelplane.devcluster.serviceproxy import ServiceProxy
+from modelplane.controller import kube
+from modelplane_dev import loadgen
+from modelplane_dev.devcluster import DevCluster, DevClusterError, Options
+from modelplane_dev.devcluster.cluster import free_port, repo_root
+from modelplane_dev.devcluster.serviceproxy import ServiceProxy
 
 NAMESPACE = "modelplane-demo"
 NAME = "support-chat"

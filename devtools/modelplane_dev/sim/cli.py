@@ -18,9 +18,9 @@ from dataclasses import replace
 from typing import Any
 
 from modelplane.gpus import GPU_TYPE_NAMES
-from modelplane.sim.config import DEFAULT_GPU_TYPE, SimConfig, parse_vllm_args
-from modelplane.sim.quality import read_behaviors
-from modelplane.sim.server import SimServer, serve_forever
+from modelplane_dev.sim.config import DEFAULT_GPU_TYPE, SimConfig, parse_vllm_args
+from modelplane_dev.sim.quality import read_behaviors
+from modelplane_dev.sim.server import SimServer, serve_forever
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,7 +83,7 @@ def register(subparsers: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m modelplane.sim", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m modelplane_dev.sim", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     return run(parser.parse_args(argv))

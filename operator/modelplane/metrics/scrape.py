@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from modelplane.autoscaler.metrics import MetricsError, parse_vllm_metrics
 from modelplane.autoscaler.policy import PodMetrics
+from modelplane.metrics.vllm import MetricsError, parse_vllm_metrics
 
 SCRAPE_TIMEOUT_SECONDS = 2.0
 

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from modelplane.devcluster.cluster import DevCluster, DevClusterError, Options
+from modelplane_dev.devcluster.cluster import DevCluster, DevClusterError, Options
 
 
 def register(subparsers: Any) -> None:

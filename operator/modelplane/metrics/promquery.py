@@ -2,7 +2,7 @@
 
 For clusters that run Prometheus (or a compatible query API: Thanos, Mimir, VictoriaMetrics) and
 would rather the operator did not open connections to every pod. ``modelplane run
---prometheus-url URL`` turns it on; the default stays the direct scrape (``modelplane.scrape``).
+--prometheus-url URL`` turns it on; the default stays the direct scrape (``modelplane.metrics.scrape``).
 
 One query per ModelDeployment and reconcile, a range selector over the last ``lookback`` seconds,
 so that every series comes back with the time Prometheus scraped it::
@@ -34,8 +34,8 @@ from typing import Any
 
 import aiohttp
 
-from modelplane.autoscaler.metrics import MetricsError, parse_vllm_metrics
-from modelplane.scrape import ScrapeResult
+from modelplane.metrics.scrape import ScrapeResult
+from modelplane.metrics.vllm import MetricsError, parse_vllm_metrics
 
 #: The series the operator reads: vLLM's own and the HTTP request counter the rollout analysis uses.
 NAMES_REGEX = "vllm:.+|http_requests_total"

@@ -33,8 +33,9 @@ from typing import Any, TypeVar
 
 import yaml
 
-from modelplane import durations, gpus, kube
-from modelplane.devcluster.pki import write_pki
+from modelplane import durations, gpus
+from modelplane.controller import kube
+from modelplane_dev.devcluster.pki import write_pki
 
 T = TypeVar("T")
 
@@ -78,7 +79,7 @@ class NodeGroup:
 def load_profiles(path: Path | None = None) -> dict[str, tuple[NodeGroup, ...]]:
     """The node profiles by name, from ``profiles.yaml`` (or ``path``), validated."""
     text = (path.read_text() if path else
-            resources.files("modelplane.devcluster").joinpath("profiles.yaml").read_text())
+            resources.files("modelplane_dev.devcluster").joinpath("profiles.yaml").read_text())
     doc = yaml.safe_load(text) or {}
     profiles: dict[str, tuple[NodeGroup, ...]] = {}
     for pname, body in (doc.get("profiles") or {}).items():
@@ -556,7 +557,7 @@ class DevCluster:
             self._wait(f"{len(nodes)} nodes Ready", deadline,
                        lambda: asyncio.run(self._nodes_ready(len(nodes))), component="kwok")
             self.start_process("sim-agent", [
-                sys.executable, "-m", "modelplane.devcluster.agent",
+                sys.executable, "-m", "modelplane_dev.devcluster.agent",
                 f"--kubeconfig={self.kubeconfig}", f"--load-seconds={ready_ms / 1000}"])
         except BaseException:
             self._log(f"start failed; stopping what was started (logs kept in {self.run_dir}/logs)")

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from modelplane import kube
+from modelplane.controller import kube
 from modelplane.rollout.machine import CONTROL_ANNOTATION, Command
 
 FIELD_MANAGER = "modelplane-cli"

@@ -1,14 +1,20 @@
-"""The reconcile loop's shell: read the world, call the pure core, apply the result, write status.
+"""The controller: read the world from watch-fed caches, call the pure core, apply, write status.
 
-kopf's event handlers feed this controller the ModelDeployments they see (``observe``) and poke it
-when a child changes (``poke_owner``). ``run`` reconciles a poked object at once and every object
-every ``resync_seconds`` (the autoscaler's beat). A per-object lock keeps two reconciles of one
-object from interleaving. Everything that decides lives in ``modelplane.reconcile`` and the cores
-it calls; this module does I/O only: list children, scrape metrics, apply, delete, post Events.
+Informers (``modelplane.controller.informer``) LIST each kind once and then WATCH it: the
+ModelDeployments, and the Deployments, Services, PodDisruptionBudgets and Pods that carry the
+``modelplane.dev/model-deployment`` label, FailedScheduling Events and the nodes. A change to any of
+them wakes the ModelDeployment it belongs to at once; otherwise each object wakes every
+``resync_seconds`` (the autoscaler's beat, which scrapes the pods: no API call). Every object has
+its own wake-up time, so a slow one delays nobody else; after an error it retries with bounded
+exponential backoff. No exception in one object's reconcile and no I/O error of the loop itself
+ends the loop: each is logged, counted and retried. At steady state the operator makes no API
+request but the informers' long-lived watches, and no write.
 
-Writes are made only when something changed: a child is applied when its rendered content hash
-differs from the hash it carries, and status is written when it differs from what the object has,
-so a resync of an unchanged object makes no write at all.
+Everything that decides lives in ``modelplane.controller.reconcile`` and the cores it calls; this
+module does I/O only: scrape metrics, apply, delete, write status, post Events. Writes are made
+only when something changed: a child is applied when its rendered content hash differs from the
+hash it carries, and status is written when it differs from what the object has, so a resync of
+an unchanged object makes no write at all.
 """
 
 from __future__ import annotations
@@ -18,25 +24,30 @@ import base64
 import contextlib
 import fnmatch
 import logging
+import math
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 
-from modelplane import kube, opmetrics, peering, promquery, rollouts, rollouts_runtime, scrape
-from modelplane import reconcile as core
 from modelplane.api.models import FIELD_MANAGER, GROUP, KIND, VERSION
 from modelplane.autoscaler.policy import PolicyState
-from modelplane.kube import MODELDEPLOYMENTS
+from modelplane.controller import kube, opmetrics, peering
+from modelplane.controller import reconcile as core
+from modelplane.controller.informer import Informer, object_key
+from modelplane.controller.kube import MODELDEPLOYMENTS
+from modelplane.metrics import promquery, scrape
 from modelplane.planner.source import HF_BASE_URL, ConfigReadError, read_model_arch
+from modelplane.rollout import driver as rollouts
+from modelplane.rollout import runtime as rollouts_runtime
 from modelplane.rollout.machine import EvalResult
 
-log = logging.getLogger("modelplane.controller")
+log = logging.getLogger("modelplane.controller.loop")
 
 Key = tuple[str, str]  # (namespace, name)
 
@@ -47,8 +58,6 @@ class Settings:
 
     resync_seconds: float = 2.0
     scrape_timeout_seconds: float = 2.0
-    #: Nodes change rarely; reading them on every reconcile would be wasted load.
-    nodes_cache_seconds: float = 30.0
     prices: Mapping[str, float] = field(default_factory=dict)
     max_concurrent_reconciles: int = 8
     #: Where the activator reports the requests it holds (Prometheus text, the metric
@@ -66,11 +75,12 @@ class Settings:
     #: is kept for a day (a revision's config does not change; a branch's rarely does).
     model_config_retry_seconds: float = 600.0
     model_config_keep_seconds: float = 86400.0
-    #: kopf's watch is the fast path; a periodic list is the safety net for objects it has not
-    #: reported yet (a namespace that just appeared) or deletions it missed.
-    relist_seconds: float = 10.0
     #: The namespaces (or glob patterns) served; () for all.
     namespaces: tuple[str, ...] = ()
+    #: After a failed reconcile, retry after 1 s, doubling up to this.
+    error_backoff_max_seconds: float = 60.0
+    #: The server ends each watch after about this long; the informer then watches again.
+    watch_seconds: int = 290
 
 
 @dataclass
@@ -84,6 +94,9 @@ class _Memory:
     rollout: rollouts.Memory = field(default_factory=rollouts.Memory)
     evaluation: asyncio.Task[EvalResult] | None = None
     evaluation_of: tuple[str, int] | None = None  #: (fingerprint, attempt) of ``evaluation``
+    #: The API server's refusal of a child on the last attempt (see ``Observed.rejected``).
+    rejected: str | None = None
+    failures: int = 0  #: reconciles failed in a row (the retry backs off with it)
 
     def evaluation_slot(self) -> rollouts.EvalSlot | None:
         """What the pure core needs to know of the evaluation task (running, result or error)."""
@@ -108,16 +121,27 @@ class _Memory:
         self.evaluation, self.evaluation_of = None, None
 
 
+#: The label every child and pod carries: the name of its ModelDeployment.
+OWNER_LABEL = "modelplane.dev/model-deployment"
+
+
+def _owner_keys(obj: Mapping[str, Any]) -> Iterable[Key]:
+    meta = obj.get("metadata") or {}
+    owner = (meta.get("labels") or {}).get(OWNER_LABEL)
+    if owner:
+        yield (str(meta.get("namespace") or ""), str(owner))
+
+
+def _namespace_key(obj: Mapping[str, Any]) -> Iterable[str]:
+    yield str((obj.get("metadata") or {}).get("namespace") or "")
+
+
 class Controller:
     def __init__(self, client: kube.Kube, settings: Settings | None = None) -> None:
         self.kube = client
         self.settings = settings or Settings()
         self.known: dict[Key, dict[str, Any]] = {}
         self.memory: dict[Key, _Memory] = {}
-        self._locks: dict[Key, asyncio.Lock] = {}
-        self._dirty: set[Key] = set()
-        self._wake = asyncio.Event()
-        self._nodes: tuple[float, list[dict[str, Any]]] = (0.0, [])
         self._http: aiohttp.ClientSession | None = None
         self._instance = f"{socket.gethostname()}-{os.getpid()}"
         self.alive_at = time.monotonic()
@@ -125,118 +149,248 @@ class Controller:
         #: (namespace, source, revision, secret) → (expires at, outcome); reads in flight.
         self._configs: dict[tuple[str, str, str, str], tuple[float, core.ModelConfig]] = {}
         self._config_reads: dict[tuple[str, str, str, str], asyncio.Task[None]] = {}
+        # The schedule: when each object wakes next; which are queued, running, or asked again
+        # while running (they go again as soon as they finish).
+        self._due: dict[Key, float] = {}
+        self._queue: asyncio.Queue[Key] = asyncio.Queue()
+        self._queued: set[Key] = set()
+        self._running: set[Key] = set()
+        self._again: set[Key] = set()
+        self._wake = asyncio.Event()
+        self.informers = self._build_informers()
 
-    # --- feeding --------------------------------------------------------------------------
+    # --- the caches -------------------------------------------------------------------------
+
+    def _scopes(self) -> list[str | None]:
+        """Namespaces to watch: each literal one, or all (no namespaces, or a glob pattern)."""
+        patterns = self.settings.namespaces
+        if patterns and not any(c in ns for ns in patterns for c in "*?["):
+            return list(patterns)
+        return [None]
+
+    def _serves(self, namespace: str) -> bool:
+        patterns = self.settings.namespaces
+        return not patterns or any(fnmatch.fnmatchcase(namespace, p) for p in patterns)
+
+    def _build_informers(self) -> dict[str, list[Informer]]:
+        def each(resource: kube.Resource, **kwargs: Any) -> list[Informer]:
+            return [Informer(self.kube, resource, namespace=ns, watch_seconds=self.settings.watch_seconds,
+                             **kwargs) for ns in self._scopes()]
+
+        informers = {
+            "modeldeployments": each(MODELDEPLOYMENTS, handler=self._on_model_deployment),
+            "deployments": each(kube.DEPLOYMENTS, label_selector=OWNER_LABEL, index=_owner_keys,
+                                handler=self._on_child),
+            "services": each(kube.SERVICES, label_selector=OWNER_LABEL, index=_owner_keys,
+                             handler=self._on_child),
+            "pdbs": each(kube.PDBS, label_selector=OWNER_LABEL, index=_owner_keys, handler=self._on_child),
+            "pods": each(kube.PODS, label_selector=OWNER_LABEL, index=_owner_keys, handler=self._on_child),
+            "events": each(kube.EVENTS, field_selector="reason=FailedScheduling", index=_namespace_key,
+                           handler=self._on_event),
+            "nodes": [Informer(self.kube, kube.NODES, watch_seconds=self.settings.watch_seconds)],
+        }
+        if self.settings.peering is not None:
+            name, _, namespaces = self.settings.peering
+            selector = f"metadata.name={name}"
+            informers["peering"] = (
+                [Informer(self.kube, peering.PEERINGS, namespace=ns, field_selector=selector,
+                          watch_seconds=self.settings.watch_seconds) for ns in namespaces]
+                if namespaces else
+                [Informer(self.kube, peering.CLUSTER_PEERINGS, field_selector=selector,
+                          watch_seconds=self.settings.watch_seconds)])
+        return informers
+
+    def _all_informers(self) -> list[Informer]:
+        return [i for group in self.informers.values() for i in group]
+
+    def _cached(self, kind: str, key: Key) -> list[dict[str, Any]]:
+        return [o for i in self.informers[kind] for o in i.by_index(key)]
+
+    def watch_health(self, now: float | None = None) -> dict[str, float]:
+        """Seconds each informer has been without a working watch (only those down)."""
+        return {i.name: round(i.down_for(now), 1) for i in self._all_informers() if i.down_since is not None}
+
+    @property
+    def synced(self) -> bool:
+        return all(i.synced.is_set() for i in self._all_informers())
+
+    # --- feeding ----------------------------------------------------------------------------
+
+    def _on_model_deployment(self, event_type: str, body: dict[str, Any]) -> None:
+        if self._serves(object_key(body)[0]):
+            self.observe(event_type, body)
+
+    def _on_child(self, _: str, obj: dict[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        self.poke_owner(meta.get("namespace"), meta.get("labels") or {})
+
+    def _on_event(self, _: str, event: dict[str, Any]) -> None:
+        """A FailedScheduling Event: wake the ModelDeployment of the pod it is about."""
+        involved = event.get("involvedObject") or {}
+        if involved.get("kind") != "Pod":
+            return
+        namespace, pod_name = str(involved.get("namespace") or ""), str(involved.get("name") or "")
+        for informer in self.informers["pods"]:
+            pod = informer.get(namespace, pod_name)
+            if pod is not None:
+                self.poke_owner(namespace, (pod.get("metadata") or {}).get("labels") or {})
 
     def observe(self, event_type: str, body: dict[str, Any]) -> None:
-        meta = body.get("metadata") or {}
-        key = (str(meta.get("namespace")), str(meta.get("name")))
+        key = object_key(body)
         if event_type == "DELETED":
             self.known.pop(key, None)
+            self._due.pop(key, None)
             gone = self.memory.pop(key, None)
             if gone is not None:
                 gone.stop_evaluation()
             opmetrics.forget(*key)
             return
         self.known[key] = body
-        self._dirty.add(key)
-        self._wake.set()
+        self.poke(key)
 
     def poke_owner(self, namespace: str | None, labels: Mapping[str, str]) -> None:
-        owner = labels.get("modelplane.dev/model-deployment")
+        owner = labels.get(OWNER_LABEL)
         if namespace and owner and (namespace, owner) in self.known:
-            self._dirty.add((namespace, owner))
+            self.poke((namespace, owner))
+
+    def poke(self, key: Key, at: float | None = None) -> None:
+        """Wake ``key`` at ``at`` (default: now), unless it is due earlier already."""
+        when = time.monotonic() if at is None else at
+        if key in self._running and at is None:
+            self._again.add(key)
+            return
+        if when < self._due.get(key, math.inf):
+            self._due[key] = when
             self._wake.set()
 
-    # --- the loop -------------------------------------------------------------------------
+    # --- the loop ---------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Reconcile poked objects at once and all of them every ``resync_seconds``; forever."""
+        """Run the informers, the scheduler and the workers until cancelled."""
         self._http = aiohttp.ClientSession()
-        semaphore = asyncio.Semaphore(self.settings.max_concurrent_reconciles)
-        next_resync = time.monotonic()
-        next_relist = time.monotonic() + self.settings.relist_seconds
+        tasks = [asyncio.create_task(i.run(), name=f"informer-{i.name}") for i in self._all_informers()]
+        tasks += [asyncio.create_task(self._worker(), name=f"reconcile-worker-{n}")
+                  for n in range(self.settings.max_concurrent_reconciles)]
         try:
-            while True:
-                self.alive_at = time.monotonic()
-                timeout = max(0.0, next_resync - time.monotonic())
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=timeout)
-                self._wake.clear()
-                if time.monotonic() >= next_resync:
-                    keys = set(self.known)
-                    next_resync = time.monotonic() + self.settings.resync_seconds
-                else:
-                    keys = set(self._dirty)
-                self._dirty.clear()
-
-                async def one(key: Key) -> None:
-                    async with semaphore:
-                        await self.reconcile(key)
-
-                if not await self._active():
-                    continue  # a standby replica: kopf paused us, so do we
-                if time.monotonic() >= next_relist:
-                    next_relist = time.monotonic() + self.settings.relist_seconds
-                    keys |= await self._relist()
-                self._pending = await self._activator_pending()
-                await asyncio.gather(*(one(k) for k in sorted(keys)))
+            await self._schedule()
         finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for memory in self.memory.values():
+                memory.stop_evaluation()
             await self._http.close()
 
-    async def reconcile(self, key: Key) -> None:
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            body = self.known.get(key)
-            if body is None or body.get("metadata", {}).get("deletionTimestamp"):
-                return
-            started = time.monotonic()
+    async def _schedule(self) -> None:
+        """Hand each object to the workers when it is due; forever. Never raises but to cancel."""
+        while True:
+            self.alive_at = time.monotonic()
             try:
-                await self._reconcile(key, body)
-                opmetrics.RECONCILES.labels(*key, "ok").inc()
-            except kube.NotFound:
-                # Deleted under us: owner references clean up. If the object itself is gone (its
-                # DELETED event can be missed, e.g. while kopf paused this replica), forget it.
-                opmetrics.RECONCILES.labels(*key, "gone").inc()
-                if await self.kube.get(MODELDEPLOYMENTS, key[1], namespace=key[0]) is None:
-                    self.observe("DELETED", body)
-            except Exception as exc:
-                if isinstance(exc, kube.Forbidden) and "is being terminated" in exc.message:
-                    # Its namespace is going away; the ModelDeployment goes with it.
-                    opmetrics.RECONCILES.labels(*key, "gone").inc()
-                    return
-                # Logged with the object and retried on the next beat; never swallowed silently.
-                opmetrics.RECONCILES.labels(*key, "error").inc()
-                opmetrics.RECONCILE_ERRORS.labels(*key, type(exc).__name__).inc()
-                log.exception("reconcile of %s/%s failed: %s", key[0], key[1], exc)
+                await self._schedule_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug here must not stop every object's reconcile
+                opmetrics.RECONCILE_ERRORS.labels("", "", "scheduler").inc()
+                log.exception("the controller's scheduler failed; going on")
+                await asyncio.sleep(1.0)
+
+    async def _schedule_once(self) -> None:
+        now = time.monotonic()
+        wait = 1.0  # at most: alive_at must move even when nothing is due
+        if all(i.synced.is_set() for i in self._all_informers()) and await self._active():
+            due = [k for k, at in self._due.items() if at <= now]
+            if due:
+                self._pending = await self._activator_pending()
+            for key in due:
+                del self._due[key]
+                if key in self._running:
+                    self._again.add(key)
+                elif key not in self._queued and key in self.known:
+                    self._queued.add(key)
+                    self._queue.put_nowait(key)
+            if self._due:
+                wait = min(wait, max(0.0, min(self._due.values()) - time.monotonic()))
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=wait)
+
+    async def _worker(self) -> None:
+        while True:
+            key = await self._queue.get()
+            self._queued.discard(key)
+            self._running.add(key)
+            ok = False
+            try:
+                ok = await self.reconcile(key)
             finally:
-                opmetrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
+                self._running.discard(key)
+            if key not in self.known:
+                continue
+            memory = self.memory.setdefault(key, _Memory())
+            now = time.monotonic()
+            if ok:
+                memory.failures = 0
+                next_at = now + self.settings.resync_seconds
+            else:
+                memory.failures += 1
+                next_at = now + min(self.settings.error_backoff_max_seconds,
+                                    2.0 ** (memory.failures - 1))
+            if key in self._again:
+                self._again.discard(key)
+                next_at = now if ok else next_at
+            self.poke(key, at=next_at)
+
+    async def reconcile(self, key: Key) -> bool:
+        """One reconcile of ``key``; True when it succeeded (also when the object is gone)."""
+        body = self.known.get(key)
+        if body is None or body.get("metadata", {}).get("deletionTimestamp"):
+            return True
+        started = time.monotonic()
+        try:
+            done = await self._reconcile(key, body)
+            opmetrics.RECONCILES.labels(*key, "ok" if done else "rejected").inc()
+            return done
+        except kube.NotFound:
+            # Deleted under us: owner references clean up; the watch reports the deletion.
+            opmetrics.RECONCILES.labels(*key, "gone").inc()
+            return True
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if isinstance(exc, kube.Forbidden) and "is being terminated" in exc.message:
+                # Its namespace is going away; the ModelDeployment goes with it.
+                opmetrics.RECONCILES.labels(*key, "gone").inc()
+                return True
+            # Logged with the object and retried with backoff; never swallowed silently.
+            opmetrics.RECONCILES.labels(*key, "error").inc()
+            opmetrics.RECONCILE_ERRORS.labels(*key, type(exc).__name__).inc()
+            if isinstance(exc, (kube.ApiError, aiohttp.ClientError, TimeoutError, OSError)):
+                log.warning("reconcile of %s/%s failed: %s: %s; retrying", key[0], key[1],
+                            type(exc).__name__, exc)
+            else:
+                log.exception("reconcile of %s/%s failed: %s", key[0], key[1], exc)
+            return False
+        finally:
+            opmetrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
 
     # --- one reconcile --------------------------------------------------------------------
 
-    async def _reconcile(self, key: Key, body: dict[str, Any]) -> None:
+    async def _reconcile(self, key: Key, body: dict[str, Any]) -> bool:
         namespace, name = key
-        selector = f"modelplane.dev/model-deployment={name}"
-        deployments, services, pdbs, pods, events, nodes = await asyncio.gather(
-            self.kube.list(kube.DEPLOYMENTS, namespace=namespace, label_selector=selector),
-            self.kube.list(kube.SERVICES, namespace=namespace, label_selector=selector),
-            self.kube.list(kube.PDBS, namespace=namespace, label_selector=selector),
-            self.kube.list(kube.PODS, namespace=namespace, label_selector=selector),
-            self.kube.list(kube.EVENTS, namespace=namespace,
-                           field_selector="reason=FailedScheduling"),
-            self._cached_nodes(),
-        )
+        memory = self.memory.setdefault(key, _Memory())
         observed = core.Observed(
-            body=body, deployments=tuple(deployments), services=tuple(services),
-            pdbs=tuple(pdbs), pods=tuple(pods), events=tuple(events), nodes=tuple(nodes),
+            body=body, deployments=tuple(self._cached("deployments", key)),
+            services=tuple(self._cached("services", key)), pdbs=tuple(self._cached("pdbs", key)),
+            pods=tuple(self._cached("pods", key)),
+            events=tuple(e for i in self.informers["events"] for e in i.by_index(namespace)),
+            nodes=tuple(o for i in self.informers["nodes"] for o in i.items()),
             now=datetime.now(UTC), monotonic=time.monotonic(),
             activator_pending=self._pending.get(key, 0),
             model_config=self._model_config(key, body),
             metrics_max_age=(self.settings.prometheus.max_age_seconds
-                             if self.settings.prometheus is not None else None))
-        memory = self.memory.setdefault(key, _Memory())
+                             if self.settings.prometheus is not None else None),
+            rejected=memory.rejected)
         prepared = core.prepare(observed, prices=self.settings.prices)
-
         metrics: tuple[scrape.ScrapeResult, ...] = ()
         if prepared.scrape_targets and self._http is not None:
             if self.settings.prometheus is not None:
@@ -259,9 +413,27 @@ class Controller:
         memory.rollout = result.rollout_memory
         self._evaluations(key, memory, result)
 
+        rejected: str | None = None
         for child in result.apply:
-            await self.kube.apply(child)
-            opmetrics.API_WRITES.labels(child["kind"], "apply").inc()
+            try:
+                await self.kube.apply(child)
+                opmetrics.API_WRITES.labels(child["kind"], "apply").inc()
+            except (kube.Invalid, kube.Forbidden) as exc:
+                if isinstance(exc, kube.Forbidden) and "is being terminated" in exc.message:
+                    raise
+                # The API server will refuse it again until the spec changes: say so in status
+                # and an Event (once), keep serving what runs, and retry with backoff.
+                rejected = f"{child['kind']} {child['metadata']['name']}: {exc.message}"
+                break
+        if rejected != memory.rejected:
+            if rejected is not None:
+                log.warning("%s/%s: the API server refused %s", namespace, name, rejected)
+            else:
+                log.info("%s/%s: the API server accepts its children again", namespace, name)
+            memory.rejected = rejected
+            # Status and Events said nothing of it yet: reconcile again at once to say it.
+            self._again.add(key)
+            return rejected is None
         for resource, child_name in result.delete:
             if await self.kube.delete(resource, child_name, namespace=namespace):
                 opmetrics.API_WRITES.labels(resource.kind, "delete").inc()
@@ -274,6 +446,7 @@ class Controller:
         for event in result.events:
             await self.post_event(body, event)
         self._export(key, result)
+        return rejected is None
 
     def _evaluations(self, key: Key, memory: _Memory, result: core.Result) -> None:
         """Start, keep or stop the evaluation task as the rollout core asked."""
@@ -294,8 +467,7 @@ class Controller:
             return await rollouts_runtime.run_order(self.kube, self._http, order)
         finally:
             # Its verdict is read on the next reconcile; do it now rather than at the next beat.
-            self._dirty.add(key)
-            self._wake.set()
+            self.poke(key)
 
     def _export(self, key: Key, result: core.Result) -> None:
         status = result.effective_status
@@ -363,55 +535,22 @@ class Controller:
                                        "from the built-in catalog or spec.model.hints instead")
             keep = self.settings.model_config_retry_seconds
         self._configs[cache_key] = (time.monotonic() + keep, outcome)
-        self._dirty.add(key)
-        self._wake.set()
-
-    async def _relist(self) -> set[Key]:
-        """List the served ModelDeployments; adopt unknown ones, forget vanished ones."""
-        patterns = self.settings.namespaces
-        literal = [ns for ns in patterns if not any(c in ns for c in "*?[")]
-        try:
-            if patterns and len(literal) == len(patterns):
-                items = [md for ns in literal
-                         for md in await self.kube.list(MODELDEPLOYMENTS, namespace=ns)]
-            else:
-                items = await self.kube.list(MODELDEPLOYMENTS)
-        except kube.ApiError as exc:
-            log.warning("listing ModelDeployments failed: %s", exc)
-            return set()
-        seen: set[Key] = set()
-        for md in items:
-            meta = md.get("metadata") or {}
-            key = (str(meta.get("namespace")), str(meta.get("name")))
-            if patterns and not any(fnmatch.fnmatchcase(key[0], p) for p in patterns):
-                continue
-            seen.add(key)
-            if key not in self.known:
-                self.observe("ADDED", md)
-        for key in set(self.known) - seen:
-            self.observe("DELETED", self.known[key])
-        return seen
+        self.poke(key)
 
     async def _active(self) -> bool:
         """Whether this replica may write (always, unless HA peering says another one runs)."""
         if self.settings.peering is None:
             return True
-        name, priority, namespaces = self.settings.peering
+        _, priority, _ = self.settings.peering
         now = datetime.now(UTC)
-        try:
-            if not namespaces:
-                objs = await self.kube.list(peering.CLUSTER_PEERINGS,
-                                            field_selector=f"metadata.name={name}")
-                return bool(objs) and peering.is_active(objs[0].get("status"), priority, now)
-            for ns in namespaces:
-                objs = await self.kube.list(peering.PEERINGS, namespace=ns,
-                                            field_selector=f"metadata.name={name}")
-                if not objs or not peering.is_active(objs[0].get("status"), priority, now):
-                    return False
-            return True
-        except kube.ApiError as exc:
-            log.warning("cannot read the peering object %s: %s; standing by", name, exc)
-            return False
+        informers = self.informers.get("peering", [])
+        if any(i.down_since is not None for i in informers):
+            return False  # cannot tell who is active: stand by rather than write beside another
+        for informer in informers:
+            objs = informer.items()
+            if not objs or not peering.is_active(objs[0].get("status"), priority, now):
+                return False
+        return True
 
     async def _activator_pending(self) -> dict[Key, int]:
         """Requests the activator holds, by Service (= ModelDeployment name); {} when unknown."""
@@ -434,13 +573,6 @@ class Controller:
             # No activator signal: scale-from-zero waits for the next scrape, nothing else changes.
             log.warning("activator at %s did not answer: %s", self.settings.activator_url, exc)
             return {}
-
-    async def _cached_nodes(self) -> list[dict[str, Any]]:
-        fetched_at, nodes = self._nodes
-        if time.monotonic() - fetched_at > self.settings.nodes_cache_seconds or not nodes:
-            nodes = await self.kube.list(kube.NODES)
-            self._nodes = (time.monotonic(), nodes)
-        return nodes
 
     async def post_event(self, body: Mapping[str, Any], event: core.EventSpec) -> None:
         """A core/v1 Event on the ModelDeployment, as `kubectl describe` shows it."""

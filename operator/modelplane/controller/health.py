@@ -27,6 +27,8 @@ class Reason(StrEnum):
     IMAGE_PULL_BACK_OFF = "ImagePullBackOff"
     CRASH_LOOP_BACK_OFF = "CrashLoopBackOff"
     MODEL_LOAD_TIMEOUT = "ModelLoadTimeout"
+    #: The API server refused a child the operator rendered (its message says why).
+    CHILD_REJECTED = "ChildRejected"
 
 
 @dataclass(frozen=True)

@@ -35,8 +35,9 @@ from typing import Any
 
 from modelplane import render
 from modelplane.api.models import ModelDeploymentSpec
-from modelplane.health import is_ready
-from modelplane.promtext import MetricSnapshot, PromTextError, delta, merge, parse_snapshot
+from modelplane.controller.health import is_ready
+from modelplane.metrics.promtext import MetricSnapshot, PromTextError, delta, merge, parse_snapshot
+from modelplane.metrics.scrape import ScrapeResult
 from modelplane.rollout.analysis import AnalysisResult, AnalysisThresholds, analyse_window
 from modelplane.rollout.machine import (
     ACTIVE,
@@ -55,7 +56,6 @@ from modelplane.rollout.machine import (
     replicas_for,
 )
 from modelplane.rollout.spec import RolloutSpec, gated_fields, revision_fingerprint
-from modelplane.scrape import ScrapeResult
 
 Obj = Mapping[str, Any]
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from modelplane import kube
+from modelplane.controller import kube
 
 CLUSTER_PEERINGS = kube.Resource("kopf.dev", "v1", "clusterkopfpeerings", "ClusterKopfPeering",
                                  namespaced=False)

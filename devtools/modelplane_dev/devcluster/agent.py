@@ -1,7 +1,7 @@
 """The dev cluster's pod agent: a simulated vLLM server on each fake GPU pod's own IP.
 
 kwok runs no containers, so nothing would answer on a pod's IP. The agent watches pods bound to
-kwok nodes and, for each one that has an IP, starts a ``modelplane.sim`` server bound to that IP
+kwok nodes and, for each one that has an IP, starts a ``modelplane_dev.sim`` server bound to that IP
 (a 127.x address, so it exists on this machine) and the container's port, configured from the
 pod's own ``vllm serve`` arguments and its node's GPU type. It stops the server when the pod goes.
 One process serves every pod, so the operator's scrapes and the evaluation gate's requests travel
@@ -9,7 +9,7 @@ over real sockets to what looks, byte for byte, like vLLM.
 
 A checkpoint's behaviour (accuracy, error rate, slowness) comes from the ConfigMap
 ``modelplane-sim`` in the pod's namespace (key ``behaviors.yaml``, the format of
-``modelplane.sim.quality.parse_behaviors``), read when the pod's server starts. ``/health``
+``modelplane_dev.sim.quality.parse_behaviors``), read when the pod's server starts. ``/health``
 answers 503 for ``--load-seconds`` after start, like an engine loading its weights.
 """
 
@@ -24,9 +24,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from modelplane import gpus, kube
-from modelplane.sim.quality import BehaviorMap, parse_behaviors
-from modelplane.sim.server import SimServer
+from modelplane import gpus
+from modelplane.controller import kube
+from modelplane_dev.sim.quality import BehaviorMap, parse_behaviors
+from modelplane_dev.sim.server import SimServer
 
 log = logging.getLogger("modelplane.agent")
 
@@ -175,7 +176,7 @@ async def _main(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m modelplane.devcluster.agent",
+    parser = argparse.ArgumentParser(prog="python -m modelplane_dev.devcluster.agent",
                                      description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--kubeconfig", type=Path, required=True)
     parser.add_argument("--load-seconds", type=float, default=0.0,
