@@ -13,7 +13,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import kopf
 import pytest
 import yaml
 
@@ -160,16 +159,18 @@ def test_rbac_has_no_wildcards(name: str, rendered: dict[str, Any]) -> None:
             assert "nonResourceURLs" not in rule
 
 
-def test_every_kopf_watch_is_granted_list_and_watch() -> None:
-    """Adding a kopf handler on a new resource without RBAC fails here, before the cluster test."""
-    import modelplane.controller.handlers  # noqa: F401 — registers the handlers
+@pytest.mark.parametrize("peering", [None, ("mp", 1, ()), ("mp", 1, ("a", "b"))],
+                         ids=["standalone", "ha", "ha-namespaced"])
+def test_every_informer_is_granted_list_and_watch(peering: Any) -> None:
+    """Adding an informer on a new resource without RBAC fails here, before the cluster test."""
+    from modelplane.controller.loop import Controller, Settings
 
-    registry = kopf.get_default_registry()
-    watched = {(h.selector.group or "", h.selector.plural or h.selector.any_name)
-               for h in registry._watching.get_all_handlers()}  # noqa: SLF001 — no public listing
-    assert watched == {("modelplane.dev", "modeldeployments"), ("apps", "deployments"), ("", "pods")}
+    controller = Controller(None, Settings(peering=peering))  # type: ignore[arg-type] — never runs
+    watched = {(i.resource.group, i.resource.plural) for i in controller._all_informers()}  # noqa: SLF001
+    needs = NAMESPACED_NEEDS | CLUSTER_NEEDS | CLUSTER_PEERING_NEEDS | NAMESPACED_PEERING_NEEDS
     for group, plural in watched:
-        assert {(group, plural, "list"), (group, plural, "watch")} <= NAMESPACED_NEEDS
+        assert {(group, plural, "list"), (group, plural, "watch")} <= needs, (group, plural)
+    assert ("", "nodes") in watched and ("modelplane.dev", "modeldeployments") in watched
 
 
 # --- the operator Deployment -----------------------------------------------------------------------

@@ -34,7 +34,7 @@ from modelplane_dev.sim.quality import SimBehavior, answer, generate_suite, suit
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
-PROFILES = REPO / "operator" / "modelplane" / "devcluster" / "profiles.yaml"
+PROFILES = REPO / "devtools" / "modelplane_dev" / "devcluster" / "profiles.yaml"
 
 SUITE_FILE = EXAMPLES / "canary-rollout-suite.yaml"
 SUITE_CASES, SUITE_SEED = 500, 7

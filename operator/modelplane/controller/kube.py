@@ -27,6 +27,8 @@ from urllib.parse import urlencode
 import aiohttp
 import yaml
 
+from modelplane.controller import opmetrics
+
 Obj = dict[str, Any]
 
 #: Default per-request timeout; a watch sets its own.
@@ -249,6 +251,28 @@ def _ssl_context(cfg: KubeConfig) -> ssl.SSLContext | bool:
 # --- the client -------------------------------------------------------------------------------
 
 
+def _rest(path: str) -> list[str]:
+    """The part of a request path after the API group/version and the namespace, if any."""
+    parts = [p for p in path.split("?")[0].split("/") if p]
+    rest = parts[2:] if parts[:1] == ["api"] else parts[3:]
+    if len(rest) >= 3 and rest[0] == "namespaces":
+        rest = rest[2:]
+    return rest
+
+
+def _resource_of(path: str) -> str:
+    """The resource a request path names: /api/v1/namespaces/x/pods/y → pods."""
+    rest = _rest(path)
+    return rest[0] if rest else ""
+
+
+def _verb(method: str, path: str) -> str:
+    """get or list for a GET (by whether the path names an object), else the method."""
+    if method == "GET":
+        return "get" if len(_rest(path)) >= 2 else "list"
+    return method.lower()
+
+
 @dataclass(frozen=True)
 class WatchEvent:
     type: str  #: ADDED, MODIFIED, DELETED, BOOKMARK
@@ -312,6 +336,7 @@ class Kube:
             kwargs["timeout"] = aiohttp.ClientTimeout(total=timeout)
         if method != "GET":
             self.writes += 1
+        opmetrics.API_REQUESTS.labels(_verb(method, path), _resource_of(path)).inc()
         for attempt in range(1, MAX_ATTEMPTS + 1):
             async with self.session.request(method, url, data=data, headers=self._headers(
                     content_type if data is not None else None), **kwargs) as resp:
@@ -411,6 +436,7 @@ class Kube:
                   "timeoutSeconds": timeout_seconds, "allowWatchBookmarks": "true"}
         url = self.config.server + resource.path(namespace=namespace) + "?" + urlencode(
             {k: v for k, v in params.items() if v is not None})
+        opmetrics.API_REQUESTS.labels("watch", resource.plural).inc()
         async with self.session.get(url, headers=self._headers(), timeout=aiohttp.ClientTimeout(
                 total=timeout_seconds + 10, sock_read=timeout_seconds + 10)) as resp:
             if resp.status >= 400:

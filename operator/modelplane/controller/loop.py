@@ -57,6 +57,10 @@ class Settings:
     """Operator settings (``modelplane run`` flags and the chart's values)."""
 
     resync_seconds: float = 2.0
+    #: An object with no ready pod has no metrics to read: nothing changes it but a watch event
+    #: (which wakes it at once) or the passing of time (a load timeout, a rollout pause, the
+    #: scale-to-zero idle time), which minutes-long budgets make coarse. It wakes this often.
+    idle_resync_seconds: float = 30.0
     scrape_timeout_seconds: float = 2.0
     prices: Mapping[str, float] = field(default_factory=dict)
     max_concurrent_reconciles: int = 8
@@ -97,6 +101,8 @@ class _Memory:
     #: The API server's refusal of a child on the last attempt (see ``Observed.rejected``).
     rejected: str | None = None
     failures: int = 0  #: reconciles failed in a row (the retry backs off with it)
+    #: Whether it had ready pods to read at its last reconcile (it then wakes every resync).
+    serving: bool = True
 
     def evaluation_slot(self) -> rollouts.EvalSlot | None:
         """What the pure core needs to know of the evaluation task (running, result or error)."""
@@ -271,6 +277,8 @@ class Controller:
         tasks = [asyncio.create_task(i.run(), name=f"informer-{i.name}") for i in self._all_informers()]
         tasks += [asyncio.create_task(self._worker(), name=f"reconcile-worker-{n}")
                   for n in range(self.settings.max_concurrent_reconciles)]
+        if self.settings.activator_url:
+            tasks.append(asyncio.create_task(self._follow_activator(), name="activator"))
         try:
             await self._schedule()
         finally:
@@ -296,11 +304,10 @@ class Controller:
 
     async def _schedule_once(self) -> None:
         now = time.monotonic()
+        opmetrics.WATCHES_DOWN.set(sum(i.down_since is not None for i in self._all_informers()))
         wait = 1.0  # at most: alive_at must move even when nothing is due
         if all(i.synced.is_set() for i in self._all_informers()) and await self._active():
             due = [k for k, at in self._due.items() if at <= now]
-            if due:
-                self._pending = await self._activator_pending()
             for key in due:
                 del self._due[key]
                 if key in self._running:
@@ -330,7 +337,8 @@ class Controller:
             now = time.monotonic()
             if ok:
                 memory.failures = 0
-                next_at = now + self.settings.resync_seconds
+                next_at = now + (self.settings.resync_seconds if memory.serving
+                                 else self.settings.idle_resync_seconds)
             else:
                 memory.failures += 1
                 next_at = now + min(self.settings.error_backoff_max_seconds,
@@ -391,6 +399,7 @@ class Controller:
                              if self.settings.prometheus is not None else None),
             rejected=memory.rejected)
         prepared = core.prepare(observed, prices=self.settings.prices)
+        memory.serving = bool(prepared.scrape_targets)
         metrics: tuple[scrape.ScrapeResult, ...] = ()
         if prepared.scrape_targets and self._http is not None:
             if self.settings.prometheus is not None:
@@ -551,6 +560,16 @@ class Controller:
             if not objs or not peering.is_active(objs[0].get("status"), priority, now):
                 return False
         return True
+
+    async def _follow_activator(self) -> None:
+        """Read the activator every resync; wake the objects whose held requests changed."""
+        while True:
+            pending = await self._activator_pending()
+            for key in set(pending) | set(self._pending):
+                if pending.get(key, 0) != self._pending.get(key, 0) and key in self.known:
+                    self.poke(key)
+            self._pending = pending
+            await asyncio.sleep(self.settings.resync_seconds)
 
     async def _activator_pending(self) -> dict[Key, int]:
         """Requests the activator holds, by Service (= ModelDeployment name); {} when unknown."""

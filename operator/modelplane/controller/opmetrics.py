@@ -18,6 +18,11 @@ RECONCILE_SECONDS = Histogram("modelplane_reconcile_duration_seconds", "Time one
                               registry=REGISTRY)
 RECONCILE_ERRORS = Counter("modelplane_reconcile_errors_total", "Reconciles that raised.",
                            ["namespace", "name", "error"], registry=REGISTRY)
+API_REQUESTS = Counter("modelplane_api_requests_total",
+                       "Requests the operator made to the API server (a watch counts once, when it opens).",
+                       ["verb", "resource"], registry=REGISTRY)
+WATCHES_DOWN = Gauge("modelplane_watches_down", "Informers without a working watch right now.",
+                     registry=REGISTRY)
 API_WRITES = Counter("modelplane_api_writes_total", "Writes the operator made to the API server.",
                      ["kind", "verb"], registry=REGISTRY)
 PHASE = Gauge("modelplane_modeldeployments", "ModelDeployments by phase.", ["namespace", "name", "phase"],
