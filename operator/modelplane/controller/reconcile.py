@@ -50,9 +50,9 @@ from modelplane.planner.plan import (
     plan_request_from_spec,
 )
 from modelplane.rollout import driver as rollouts
+from modelplane.rollout import revisions
 from modelplane.rollout.machine import Phase as RolloutPhase
 from modelplane.rollout.machine import RolloutState
-from modelplane.rollout.spec import revision_fingerprint
 
 Obj = Mapping[str, Any]
 
@@ -225,18 +225,6 @@ def _with_hash(manifest: Mapping[str, Any]) -> dict[str, Any]:
     return dict(out)
 
 
-def _ready_replicas(deployment: Obj | None) -> int:
-    if deployment is None:
-        return 0
-    return int((deployment.get("status") or {}).get("readyReplicas") or 0)
-
-
-def _spec_replicas(deployment: Obj | None) -> int:
-    if deployment is None:
-        return 0
-    return int((deployment.get("spec") or {}).get("replicas") or 0)
-
-
 def _autoscale(prepared: Prepared, observed: Observed, metrics: Sequence[ScrapeResult],
                state: policy.PolicyState, current: int) -> tuple[int, policy.Decision | None]:
     md = prepared.md
@@ -295,65 +283,16 @@ def _normalise(status: Mapping[str, Any]) -> dict[str, Any]:
     return dict(model.model_dump(mode="json", by_alias=True, exclude_none=True))
 
 
-@dataclass(frozen=True)
-class _Revisions:
-    """Which Deployment runs the spec's revision, and which older ones still exist."""
-
-    spec_raw: dict[str, Any]
-    fingerprint: str
-    by_fp: dict[Any, Obj]  #: Deployments by the fingerprint annotation
-    deployments: dict[str, Obj]  #: Deployments by name
-    desired_dep: str  #: the name of the Deployment that runs (or will run) the spec
-    old_deps: list[Obj]  #: every other Deployment, by name
-    switching: bool  #: a plain revision switch in progress: the old one serves until the new is Ready
-
-
-def _revisions(md: ModelDeployment, observed: Observed) -> _Revisions:
-    source, revision = md.spec.model.source, md.spec.model.revision
-    spec_raw = md.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
-    fingerprint = revision_fingerprint(spec_raw)
-    by_fp = {(d["metadata"].get("annotations") or {}).get(render.ANNOTATION_FINGERPRINT): d
-             for d in observed.deployments}
-    # The Deployment that runs the spec's gated fields, if one does (after a promotion it may carry
-    # a fingerprint key); else the one named by source and revision (updated in place on a direct
-    # change of image or args).
-    desired_dep = by_fp[fingerprint]["metadata"]["name"] if fingerprint in by_fp else \
-        render.deployment_name(md.name, source, revision)
-    deployments = {d["metadata"]["name"]: d for d in observed.deployments}
-    old_deps = [d for n, d in sorted(deployments.items()) if n != desired_dep]
-    switching = bool(old_deps) and _ready_replicas(deployments.get(desired_dep)) < 1
-    return _Revisions(spec_raw, fingerprint, by_fp, deployments, desired_dep, old_deps, switching)
-
-
-def _current_replicas(revs: _Revisions, prior: RolloutState) -> int:
-    """The fleet the autoscaler starts from: what the serving Deployments are asked to run."""
-    current = _spec_replicas(revs.deployments.get(revs.desired_dep))
-    if revs.switching:
-        # While the new revision starts, the old one's replicas are what the fleet is.
-        current = max(current, max(_spec_replicas(d) for d in revs.old_deps))
-    if prior.phase in rollouts.DRIVING:
-        # During a rollout the fleet is stable plus the canary's share of traffic.
-        current = _spec_replicas(revs.by_fp.get(prior.stable_revision)) + (
-            _spec_replicas(revs.by_fp.get(prior.canary_revision)) if prior.weight > 0 else 0)
-    return current
-
-
-def _children(md: ModelDeployment, observed: Observed, revs: _Revisions, rollout: rollouts.Outcome, *,
+def _children(md: ModelDeployment, observed: Observed, revs: revisions.Revisions,
+              rollout: rollouts.Outcome, *,
               desired: int, shape: rollouts.Shape, switching: bool,
               events: list[EventSpec]) -> tuple[list[dict[str, Any]], list[tuple[kube.Resource, str]]]:
     """The children to apply (content hash changed) and the Deployments to delete; Events for each."""
-    source, revision = md.spec.model.source, md.spec.model.revision
+    revision = md.spec.model.revision
     apply: list[dict[str, Any]] = []
     delete: list[tuple[kube.Resource, str]] = []
-    if rollout.driving:
-        workloads = list(rollout.workloads)
-    else:
-        have_dep = revs.deployments.get(revs.desired_dep)
-        key = ((have_dep or {}).get("metadata", {}).get("labels") or {}).get(render.LABEL_REVISION_HASH)
-        workloads = [rollouts.workload(role=render.Role.STABLE, spec_raw=revs.spec_raw,
-                                       fingerprint=revs.fingerprint,
-                                       key=key or render.revision_hash(source, revision),
-                                       replicas=desired, shape=shape)]
+    workloads = list(rollout.workloads) if rollout.driving else [
+        revisions.plain_workload(md, revs, desired=desired, shape=shape)]
     existing = {(c["kind"], c["metadata"]["name"]): c
                 for c in (*observed.deployments, *observed.services, *observed.pdbs)}
     only_key = rollout.service_only_key if rollout.driving else None
@@ -372,12 +311,11 @@ def _children(md: ModelDeployment, observed: Observed, revs: _Revisions, rollout
             delete.append((kube.DEPLOYMENTS, dep_name))
             events.append(EventSpec("Normal", Reason.DELETED, f"deleted Deployment {dep_name}: "
                                     f"rollout {rollout.state.phase.value}", rollout=True))
-    elif not switching:
-        for dep in revs.old_deps:
-            delete.append((kube.DEPLOYMENTS, dep["metadata"]["name"]))
+    else:
+        for dep_name in revisions.plain_deletes(revs, switching=switching):
+            delete.append((kube.DEPLOYMENTS, dep_name))
             events.append(EventSpec("Normal", Reason.DELETED,
-                                    f"deleted Deployment {dep['metadata']['name']}: revision "
-                                    f"{revision} serves now"))
+                                    f"deleted Deployment {dep_name}: revision {revision} serves now"))
     return apply, delete
 
 
@@ -465,31 +403,6 @@ def _scaling_conditions(decision: policy.Decision | None, model_config: ModelCon
     return conditions
 
 
-def _serving(md: ModelDeployment, revs: _Revisions, rollout: rollouts.Outcome,
-             switching: bool) -> dict[str, Any]:
-    """``stable``, ``servingRevision`` and ``desiredRevisionLive`` of the status."""
-    source, revision = md.spec.model.source, md.spec.model.revision
-    if rollout.driving:
-        state = rollout.state
-        stable_plan = next((w for w in rollout.workloads if w.role == render.Role.STABLE), None)
-        stable_dep = revs.by_fp.get(state.stable_revision)
-        return {"stable": {"revision": state.stable_label, "fingerprint": state.stable_revision,
-                           "source": stable_plan.source if stable_plan else None,
-                           "deployment": render.workload_name(md.name, stable_plan.workload_key)
-                           if stable_plan else (stable_dep or {}).get("metadata", {}).get("name")},
-                "servingRevision": state.stable_label, "desiredRevisionLive": False}
-    serving_dep = revs.old_deps[0] if switching else revs.deployments.get(revs.desired_dep)
-    annotations = (serving_dep or {}).get("metadata", {}).get("annotations") or {}
-    serving_rev = annotations.get(render.ANNOTATION_REVISION, revision) if switching else revision
-    return {"stable": {"revision": serving_rev,
-                       "source": annotations.get(render.ANNOTATION_SOURCE, source) if switching else source,
-                       "deployment": (serving_dep or {}).get("metadata", {}).get("name", revs.desired_dep),
-                       "fingerprint": annotations.get(render.ANNOTATION_FINGERPRINT) if switching
-                       else revs.fingerprint},
-            "servingRevision": serving_rev,
-            "desiredRevisionLive": serving_rev == revision and not switching}
-
-
 def _cost(decision: policy.Decision | None, old_status: Mapping[str, Any], *, total: int, desired: int,
           replica_usd: float) -> dict[str, Any]:
     cost: dict[str, Any] = {"hourlyUSD": round(total * replica_usd, 4),
@@ -552,8 +465,8 @@ def finish(prepared: Prepared, observed: Observed, *, metrics: Sequence[ScrapeRe
                        policy_state=policy_state)
 
     # Which revision serves, and the fleet the autoscaler sizes.
-    revs = _revisions(md, observed)
-    current = _current_replicas(revs, RolloutState.from_status(old_status))
+    revs = revisions.revisions(md, observed.deployments)
+    current = revisions.current_replicas(revs, RolloutState.from_status(old_status))
     desired, decision = _autoscale(prepared, observed, metrics, policy_state, current)
     new_policy_state = decision.state if decision is not None else policy_state
     if decision is not None and decision.desired_replicas != (policy_state.last_desired
@@ -610,7 +523,7 @@ def finish(prepared: Prepared, observed: Observed, *, metrics: Sequence[ScrapeRe
         "selector": render.selector_string(md),
         "conditions": [c.model_dump(mode="json", by_alias=True, exclude_none=True)
                        for c in conditions],
-        **_serving(md, revs, rollout, switching),
+        **revisions.serving(md, revs, rollout, switching),
         "endpoint": render.endpoint(md),
         "canary": canary_doc,
         "rolloutHistory": [{k: v for k, v in h.items() if v is not None}
