@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
+from modelplane.api.models import ScalingSpec
 from modelplane.autoscaler.policy import (
     Decision,
     Observation,
@@ -194,7 +195,8 @@ CASES = {
         Step(0, (IDLE,), 1, Reason.HOLD),
         Step(5000, (IDLE,), 1, Reason.MIN_REPLICAS),
     )),
-    "a restarted operator at zero stays at zero": Case(PolicySpec(min_replicas=0), 0, (
+    "a restarted operator at zero stays at zero": Case(
+        PolicySpec(min_replicas=0, scale_to_zero_after=900), 0, (
         Step(0, (), 0, Reason.HOLD),
     )),
     "cost target skips the window when the queue is idle": Case(
@@ -268,15 +270,20 @@ def test_parse_duration_refuses(text: str) -> None:
 
 
 @pytest.mark.parametrize(("scaling", "want"), [
-    ({}, PolicySpec(usd_per_replica_hour=2.0)),
+    # Nothing set: the API's defaults, scaleToZeroAfter "never" among them (it was 15m here while
+    # the API documented never).
+    ({}, PolicySpec(min_replicas=1, max_replicas=4, target_queue_depth=4, scale_down_delay=300,
+                    scale_to_zero_after=None, usd_per_replica_hour=2.0)),
+    ({"minReplicas": 0}, PolicySpec(min_replicas=0, scale_to_zero_after=None, usd_per_replica_hour=2.0)),
     ({"minReplicas": 0, "maxReplicas": 8, "targetQueueDepth": 2, "scaleToZeroAfter": "10m",
       "scaleDownDelay": "1m", "cost": {"maxHourlyUSD": 40, "targetUSDPerMillionTokens": 0.5}},
      PolicySpec(min_replicas=0, max_replicas=8, target_queue_depth=2, scale_to_zero_after=600,
                 scale_down_delay=60, max_hourly_usd=40, target_usd_per_million_tokens=0.5,
                 usd_per_replica_hour=2.0)),
-], ids=["defaults", "all fields"])
+], ids=["defaults", "minReplicas 0 without scaleToZeroAfter: never", "all fields"])
 def test_policy_spec_from_scaling(scaling: dict[str, object], want: PolicySpec) -> None:
-    assert policy_spec_from_scaling(scaling, usd_per_replica_hour=2.0) == want
+    parsed = ScalingSpec.model_validate(scaling)
+    assert policy_spec_from_scaling(parsed, usd_per_replica_hour=2.0) == want
 
 
 @pytest.mark.parametrize("kwargs", [

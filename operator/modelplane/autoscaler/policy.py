@@ -79,6 +79,7 @@ from enum import StrEnum
 from typing import Any
 
 from modelplane import durations
+from modelplane.api.models import ScalingSpec
 from modelplane.autoscaler import cost
 from modelplane.autoscaler import throughput as tp
 
@@ -149,16 +150,26 @@ class Observation:
     activator_pending: int = 0
 
 
+#: ``spec.scaling`` with nothing set: its defaults are the API's (``api.models.ScalingSpec``), the
+#: one place that knows them; ``PolicySpec``'s own defaults for those fields are read from it.
+_API_DEFAULTS = ScalingSpec()
+
+
 @dataclass(frozen=True)
 class PolicySpec:
-    """``spec.scaling`` in seconds and dollars, plus what the plan knows and the policy's tunables."""
+    """``spec.scaling`` in seconds and dollars, plus what the plan knows and the policy's tunables.
 
-    min_replicas: int = 1
-    max_replicas: int = 4
-    target_queue_depth: float = 4.0
-    scale_down_delay: float = 300.0
+    The operator builds it with ``policy_spec_from_scaling`` from the parsed spec; tests and the
+    benchmark may build it directly, and then get the API's defaults for the spec's fields.
+    """
+
+    min_replicas: int = _API_DEFAULTS.min_replicas
+    max_replicas: int = _API_DEFAULTS.max_replicas
+    target_queue_depth: float = _API_DEFAULTS.target_queue_depth
+    scale_down_delay: float = durations.seconds(_API_DEFAULTS.scale_down_delay)
     #: None: never scale to zero (a ``minReplicas`` of 0 then behaves as 1).
-    scale_to_zero_after: float | None = 900.0
+    scale_to_zero_after: float | None = (None if _API_DEFAULTS.scale_to_zero_after is None
+                                         else durations.seconds(_API_DEFAULTS.scale_to_zero_after))
     max_hourly_usd: float | None = None
     target_usd_per_million_tokens: float | None = None
     #: $/hour of one replica (GPUs per replica × $/GPU-hour, ``cost.replica_hourly_usd``); 0 = unknown.
@@ -713,23 +724,24 @@ def parse_duration(value: str | float | int) -> float:
     return durations.seconds(value.strip())
 
 
-def policy_spec_from_scaling(scaling: Mapping[str, Any], *, usd_per_replica_hour: float,
+def policy_spec_from_scaling(scaling: ScalingSpec, *, usd_per_replica_hour: float,
                              replica_concurrency: int = 256, **tunables: Any) -> PolicySpec:
-    """A ``PolicySpec`` from ``spec.scaling`` as a camelCase dict (``model_dump(by_alias=True)``).
+    """A ``PolicySpec`` from the parsed ``spec.scaling`` (defaults already applied by the API model).
 
     ``usd_per_replica_hour`` comes from the plan (``cost.replica_hourly_usd``) and
     ``replica_concurrency`` from ``spec.engine.maxNumSeqs`` (vLLM's default 256 when unset).
     """
-    cost_spec: Mapping[str, Any] = scaling.get("cost") or {}
-    to_zero = scaling.get("scaleToZeroAfter", "15m")
+    cost_spec = scaling.cost
+    to_zero = scaling.scale_to_zero_after
     return PolicySpec(
-        min_replicas=int(scaling.get("minReplicas", 1)),
-        max_replicas=int(scaling.get("maxReplicas", 4)),
-        target_queue_depth=float(scaling.get("targetQueueDepth", 4)),
-        scale_down_delay=parse_duration(scaling.get("scaleDownDelay", "5m")),
-        scale_to_zero_after=None if to_zero is None else parse_duration(to_zero),
-        max_hourly_usd=cost_spec.get("maxHourlyUSD"),
-        target_usd_per_million_tokens=cost_spec.get("targetUSDPerMillionTokens"),
+        min_replicas=scaling.min_replicas,
+        max_replicas=scaling.max_replicas,
+        target_queue_depth=float(scaling.target_queue_depth),
+        scale_down_delay=durations.seconds(scaling.scale_down_delay),
+        scale_to_zero_after=None if to_zero is None else durations.seconds(to_zero),
+        max_hourly_usd=cost_spec.max_hourly_usd if cost_spec is not None else None,
+        target_usd_per_million_tokens=(cost_spec.target_usd_per_million_tokens
+                                       if cost_spec is not None else None),
         usd_per_replica_hour=usd_per_replica_hour,
         replica_concurrency=replica_concurrency,
         **tunables,

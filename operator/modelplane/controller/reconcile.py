@@ -239,8 +239,7 @@ def _autoscale(prepared: Prepared, observed: Observed, metrics: Sequence[ScrapeR
     if observed.metrics_max_age is not None:
         tunables["metrics_max_age"] = observed.metrics_max_age
     spec = policy.policy_spec_from_scaling(
-        md.spec.scaling.model_dump(mode="json", by_alias=True, exclude_none=True),
-        usd_per_replica_hour=usd, replica_concurrency=md.spec.engine.max_num_seqs or 256,
+        md.spec.scaling, usd_per_replica_hour=usd, replica_concurrency=md.spec.engine.max_num_seqs or 256,
         **tunables)
     by_pod = {m.pod: m for m in metrics}
     ready, starting = [], []
