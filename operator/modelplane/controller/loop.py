@@ -220,6 +220,12 @@ class Controller:
     def synced(self) -> bool:
         return all(i.synced.is_set() for i in self._all_informers())
 
+    def _ready_to_reconcile(self) -> bool:
+        """The objects and their children have been listed once (the core must not take a child it
+        has not seen yet for a missing one). Events and nodes only explain; they may lag."""
+        needed = ("modeldeployments", "deployments", "services", "pdbs", "pods")
+        return all(i.synced.is_set() for kind in needed for i in self.informers[kind])
+
     # --- feeding ----------------------------------------------------------------------------
 
     def _on_model_deployment(self, event_type: str, body: dict[str, Any]) -> None:
@@ -306,7 +312,7 @@ class Controller:
         now = time.monotonic()
         opmetrics.WATCHES_DOWN.set(sum(i.down_since is not None for i in self._all_informers()))
         wait = 1.0  # at most: alive_at must move even when nothing is due
-        if all(i.synced.is_set() for i in self._all_informers()) and await self._active():
+        if self._ready_to_reconcile() and await self._active():
             due = [k for k, at in self._due.items() if at <= now]
             for key in due:
                 del self._due[key]
