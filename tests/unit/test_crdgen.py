@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from modelplane.api import crdgen
-from modelplane.api.models import ModelDeploymentSpec
+from modelplane.api.models import ConditionType, ModelDeploymentSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = crdgen.build_crd()
@@ -123,6 +123,12 @@ def test_cel_rule(path: str, message: str, field_path: str | None) -> None:
     matching = [r for r in node.get("x-kubernetes-validations", []) if message in r["message"]]
     assert matching, node.get("x-kubernetes-validations")
     assert matching[0].get("fieldPath") == field_path
+
+
+@pytest.mark.parametrize("where", ["status.conditions", "status.conditions[].type"])
+@pytest.mark.parametrize("condition_type", list(ConditionType))
+def test_status_documents_every_condition_type(where: str, condition_type: ConditionType) -> None:
+    assert condition_type.value in dict(ALL)[where]["description"]
 
 
 INT_OR_STRING = ["spec.resources.gpu.count", "spec.resources.cpu", "spec.resources.memory",

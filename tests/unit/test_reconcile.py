@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from modelplane import reconcile, render
-from modelplane.reconcile import APPLIED_HASH, Observed
+from modelplane.api.models import ConditionType
+from modelplane.reconcile import APPLIED_HASH, ModelConfig, Observed
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
@@ -212,3 +213,13 @@ def test_the_autoscaler_status_shows_the_cold_start_it_learnt_from_a_pod_seen_st
     got = reconcile.finish(reconcile.prepare(after, prices={}), after, policy_state=seen.policy_state)
     assert got.policy_state.cold_starts == (40.0,)
     assert got.effective_status["autoscaler"]["lastDecision"]["coldStartSeconds"] == 40.0
+
+
+def test_every_condition_written_is_a_documented_condition_type() -> None:
+    """The status lists its condition types from api.models.ConditionType (and the CRD documents each
+    from there), so every type the core writes must be one of them."""
+    body = md(rollout={"evaluation": {"suiteRef": {"configMap": "evals"}}})
+    result = run(body, model_config=ModelConfig(arch=None, reason="NotFound", message="no config.json"))
+    assert result.status is not None
+    written = [c["type"] for c in result.status["conditions"]]
+    assert sorted(written) == sorted(t.value for t in ConditionType)

@@ -203,13 +203,31 @@ class ConditionStatus(StrEnum):
 
 
 class ConditionType(StrEnum):
-    """The condition types the operator maintains."""
+    """The condition types the operator writes; the status descriptions list them from here."""
 
     READY = "Ready"
     PROGRESSING = "Progressing"
     DEGRADED = "Degraded"
     SCALING_LIMITED = "ScalingLimited"
+    METRICS_AVAILABLE = "MetricsAvailable"
+    MODEL_CONFIG_LOADED = "ModelConfigLoaded"
     EVALUATING = "Evaluating"
+
+
+#: What each condition type says, for the status field descriptions (``kubectl explain``).
+CONDITION_MEANINGS: Mapping[ConditionType, str] = {
+    ConditionType.READY: "True when the desired replicas serve (during a rollout: at least one)",
+    ConditionType.PROGRESSING: "True while replicas start, a revision switches or a rollout drives",
+    ConditionType.DEGRADED: "True when a problem keeps replicas from serving or no GPU plan fits (the "
+                            "reason names which)",
+    ConditionType.SCALING_LIMITED: "True when maxReplicas or the budget holds the built-in autoscaler back",
+    ConditionType.METRICS_AVAILABLE: "False when a ready replica's metrics could not be read, so the "
+                                     "built-in autoscaler holds its last decision",
+    ConditionType.MODEL_CONFIG_LOADED: "True when the model's config.json was read to size the plan "
+                                       "(False says why not)",
+    ConditionType.EVALUATING: "True while the rollout's evaluation gate runs, then False with the last "
+                              "gate's scores",
+}
 
 
 # --- spec ---
@@ -638,7 +656,8 @@ class Condition(_Model):
 
     type: str = Field(
         min_length=1, max_length=316,
-        description="Condition type: Ready, Progressing, Degraded, ScalingLimited or Evaluating.")
+        description="Condition type. " + " ".join(f"{t.value}: {meaning}."
+                                                  for t, meaning in CONDITION_MEANINGS.items()))
     status: ConditionStatus = Field(description="True, False or Unknown.")
     reason: str = Field(min_length=1, max_length=1024, pattern=REASON_PATTERN,
                         description="CamelCase reason a person can act on, e.g. InsufficientGPU.")
@@ -800,7 +819,10 @@ class ModelDeploymentStatus(_Model):
     conditions: list[Condition] = Field(
         default_factory=list, max_length=16,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
-        description="Ready, Progressing, Degraded, ScalingLimited, Evaluating.")
+        description="One per type: " + ", ".join(t.value for t in ConditionType)
+                    + " (conditions[].type says what each means). ScalingLimited and MetricsAvailable "
+                      "appear with the built-in autoscaler, ModelConfigLoaded once config.json was tried, "
+                      "Evaluating with an evaluation gate.")
     stable: StableStatus | None = Field(default=None, description="The serving revision.")
     canary: CanaryStatus | None = Field(default=None, description="The revision being rolled out, if any.")
     plan: PlanStatus | None = Field(default=None, description="The GPU plan.")
