@@ -1,6 +1,7 @@
 """Bad input is refused by the API server itself — schema and CEL rules — with a message that
 names the field, and nothing reaches the operator. Each manifest in tests/data/invalid/ says in
-its first line (``# expect: …``) what the refusal must contain.
+its first line (``# expect: …``) what the refusal must contain, and in ``# message: …`` lines the
+words of the rule's message (the Python validators say the same: tests/unit/test_api_models.py).
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ def expectation(path: Path) -> str:
     return first.removeprefix("# expect: ").strip()
 
 
+def messages(path: Path) -> list[str]:
+    return [line.removeprefix("# message: ").strip() for line in path.read_text().splitlines()
+            if line.startswith("# message: ")]
+
+
 def test_there_are_enough_invalid_manifests() -> None:
     assert len(INVALID) >= 15
 
@@ -39,6 +45,8 @@ async def test_invalid_manifest_is_refused_naming_the_field(
     with pytest.raises(kube.Invalid) as info:
         await kube_client.create(body)
     assert expectation(path) in info.value.message, info.value.message
+    for message in messages(path):
+        assert message in info.value.message, info.value.message
     assert await kube_client.list(kube.MODELDEPLOYMENTS, namespace=namespace) == []
 
 

@@ -9,11 +9,13 @@ from typing import Any
 import pytest
 import yaml
 
+from modelplane import render
 from modelplane.api.models import (
     API_VERSION,
     FIELD_MANAGER,
     GROUP,
     KIND,
+    OWNED_FLAGS,
     PLURAL,
     SHORT_NAME,
     VERSION,
@@ -24,6 +26,7 @@ from modelplane.api.models import (
     ModelDeployment,
     ModelDeploymentSpec,
     ModelDeploymentStatus,
+    OwnedFlag,
     Phase,
     ScalingMode,
     duration_seconds,
@@ -240,6 +243,13 @@ def _expect(path: Path) -> str:
     return match.group(1).strip()
 
 
+def _messages(path: Path) -> list[str]:
+    """The ``# message: <substring>`` lines: words the refusal must contain, from the API server's CEL
+    rule and from the Python validator alike (tests/integration/test_crd_validation.py checks the former)."""
+    return [line.removeprefix("# message: ").strip() for line in path.read_text().splitlines()
+            if line.startswith("# message: ")]
+
+
 def test_enough_invalid_manifests() -> None:
     assert len(INVALID) >= 18
 
@@ -252,6 +262,8 @@ def test_invalid_manifest_refused(path: Path) -> None:
     # The API server names the full path; the Python error names at least the field itself.
     leaf = re.sub(r"\[\d+\]", "", expect).rsplit(".", 1)[-1]
     assert leaf in str(info.value), f"{path.name}: {info.value}"
+    for message in _messages(path):
+        assert message in str(info.value), f"{path.name}: {info.value}"
 
 
 @pytest.mark.parametrize("path", VALID, ids=[p.stem for p in VALID])
@@ -336,3 +348,189 @@ def test_condition_reason_must_be_camel_case() -> None:
                 "lastTransitionTime": "2026-11-26T12:00:00Z",
             }
         )
+
+
+# --- refusals the CRD's CEL rules make too (issue 14); tests/data/invalid has one manifest per kind ---
+# Each table is also the list of cases the CEL rule must agree with: the manifests in tests/data/invalid
+# run through the real API server in tests/integration/test_crd_validation.py.
+
+
+def _refusal(spec: dict[str, Any]) -> str:
+    with pytest.raises(InvalidSpecError) as info:
+        ModelDeployment.parse(_obj(spec))
+    return str(info.value)
+
+
+# (field, value, accepted): int-or-string quantities may not be negative, as an int or as a string.
+QUANTITIES: list[tuple[str, int | str, bool]] = [
+    ("cpu", "-2", False), ("cpu", "-0.5", False), ("cpu", "-1e3", False), ("cpu", -1, False),
+    ("cpu", "2", True), ("cpu", "+2", True), ("cpu", "7500m", True), ("cpu", "1e3", True),
+    ("cpu", "1e-3", True), ("cpu", 0, True), ("cpu", 8, True),
+    ("memory", "-8Gi", False), ("memory", "-8", False), ("memory", "64Gi", True), ("memory", ".5Gi", True),
+    ("sizeLimit", "-10Gi", False), ("sizeLimit", "100Gi", True), ("sizeLimit", 0, True),
+]
+
+
+def _quantity_spec(field: str, value: int | str) -> dict[str, Any]:
+    if field == "sizeLimit":
+        return _spec(resources={"modelCache": {"sizeLimit": value}})
+    return _spec(resources={field: value})
+
+
+@pytest.mark.parametrize(("field", "value", "accepted"), QUANTITIES,
+                         ids=[f"{f}={v!r}" for f, v, _ in QUANTITIES])
+def test_quantity_sign(field: str, value: int | str, accepted: bool) -> None:
+    spec = _quantity_spec(field, value)
+    if accepted:
+        ModelDeployment.parse(_obj(spec))
+        return
+    assert (f"{field}: must be an integer >= 0 or a non-negative quantity such as 7500m or 64Gi, "
+            f"got {value!r}") in _refusal(spec)
+
+
+# (source, accepted): each scheme's rule refuses what its message says the source needs.
+SOURCES: list[tuple[str, bool]] = [
+    ("hf://meta-llama/Llama-3.1-8B-Instruct", True), ("hf://Qwen/Qwen3-8B", True),
+    ("hf://Llama-3.1-8B-Instruct", False), ("hf://org/name/subfolder", False), ("hf://org/", False),
+    ("s3://models-bucket/llama", True), ("s3://models-bucket/llama/", True), ("s3://b.example/a/b", True),
+    ("s3://models-bucket", False), ("s3://models-bucket/", False), ("s3://models-bucket//llama", False),
+    ("gs://models-bucket/llama", True), ("gs://models-bucket", False), ("gs://models-bucket/", False),
+    ("pvc://model-cache/llama", True), ("pvc://model-cache", True), ("pvc://model-cache/", True),
+    ("pvc:///llama", False), ("pvc://model-cache//llama", False), ("pvc://Model-Cache/llama", False),
+    ("oci://ghcr.io/acme/llama:v1", True), ("oci://ghcr.io", False), ("oci://ghcr.io/acme/Llama:v1", False),
+]
+
+
+@pytest.mark.parametrize(("source", "accepted"), SOURCES, ids=[s for s, _ in SOURCES])
+def test_source_forms(source: str, accepted: bool) -> None:
+    spec = _spec(model={"source": source})
+    if accepted:
+        assert ModelDeployment.parse(_obj(spec)).spec.model.source == source
+        return
+    scheme = source.split("://", 1)[0]
+    message = _refusal(spec)
+    assert f"spec.model.source: malformed {scheme}:// source: expected {scheme}://" in message
+
+
+# (extraArgs, the flag named in the refusal, or None when accepted). vLLM reads "--a_b" as "--a-b"
+# and "--flag=value" as "--flag value", and argparse reads "-qawq" as "-q awq".
+EXTRA_ARGS: list[tuple[list[str], str | None]] = [
+    (["--max-model-len", "65536"], "--max-model-len"), (["--max-model-len=65536"], "--max-model-len"),
+    (["--max_model_len", "65536"], "--max-model-len"), (["--max_model-len=1"], "--max-model-len"),
+    (["--revision", "abc"], "--revision"), (["--revision=abc"], "--revision"),
+    (["--model", "org/other"], "--model"), (["--model=org/other"], "--model"),
+    (["--served-model-name", "x"], "--served-model-name"), (["--served_model_name=x"], "--served-model-name"),
+    (["-tp", "2"], "--tensor-parallel-size"), (["-tp=2"], "--tensor-parallel-size"),
+    (["--tensor_parallel_size=2"], "--tensor-parallel-size"),
+    (["-pp", "2"], "--pipeline-parallel-size"), (["--pipeline-parallel-size=2"], "--pipeline-parallel-size"),
+    (["-dp", "2"], "--data-parallel-size"), (["--data_parallel_size", "2"], "--data-parallel-size"),
+    (["-dpl", "2"], "--data-parallel-size-local"),
+    (["--data-parallel-size-local=2"], "--data-parallel-size-local"),
+    (["--max-num-seqs", "512"], "--max-num-seqs"),
+    (["--gpu-memory-utilization=0.95"], "--gpu-memory-utilization"),
+    (["--quantization", "awq"], "--quantization"), (["-q", "awq"], "--quantization"),
+    (["-qawq"], "--quantization"), (["-q=awq"], "--quantization"),
+    (["--dtype", "float32"], "--dtype"), (["--port=9000"], "--port"), (["--port", "9000"], "--port"),
+    (["--download-dir", "/tmp"], "--download-dir"),
+    (["--enable-prefix-caching", "--max-model-len", "8192"], "--max-model-len"),
+    # Flags the operator leaves to the user, some of them sharing a prefix with one it owns.
+    (["--enable-prefix-caching"], None), (["--max-num-batched-tokens", "8192"], None),
+    (["--kv-cache-dtype", "fp8"], None), (["--tokenizer-revision", "v2"], None),
+    (["--code-revision=v2"], None), (["--model-impl", "transformers"], None),
+    (["--model-loader-extra-config", "{}"], None), (["--enable-expert-parallel"], None),
+    (["--data-parallel-backend", "mp"], None), (["-O3"], None), (["--trust-remote-code"], None),
+    (["--quantization-param-path", "scales.json"], None), (["--max-model-len-note"], None),
+    (["--load-format", "mistral"], None),  # an hf:// source: see LOAD_FORMAT
+]
+
+
+@pytest.mark.parametrize(("args", "flag"), EXTRA_ARGS, ids=[" ".join(a) for a, _ in EXTRA_ARGS])
+def test_extra_args_may_not_set_owned_flags(args: list[str], flag: str | None) -> None:
+    spec = _spec(engine={"extraArgs": args})
+    if flag is None:
+        assert ModelDeployment.parse(_obj(spec)).spec.engine.extra_args == args
+        return
+    message = _refusal(spec)
+    assert f"spec.engine.extraArgs: extraArgs must not set {flag}" in message
+
+
+# (flag, the typed field the refusal must name): a flag with a typed field points at that field.
+TYPED_FIELDS = [
+    ("--model", "spec.model.source"), ("--revision", "spec.model.revision"),
+    ("--served-model-name", "spec.model.servedName"), ("--tensor-parallel-size", "spec.resources.gpu.count"),
+    ("--max-model-len", "spec.engine.maxModelLen"), ("--max-num-seqs", "spec.engine.maxNumSeqs"),
+    ("--gpu-memory-utilization", "spec.engine.gpuMemoryUtilization"),
+    ("--quantization", "spec.engine.quantization"), ("--dtype", "spec.engine.dtype"),
+    ("--download-dir", "spec.resources.modelCache"),
+]
+
+
+@pytest.mark.parametrize(("flag", "field"), TYPED_FIELDS, ids=[f for f, _ in TYPED_FIELDS])
+def test_extra_args_refusal_names_the_typed_field(flag: str, field: str) -> None:
+    message = _refusal(_spec(engine={"extraArgs": [flag, "x"]}))
+    assert f"extraArgs must not set {flag}" in message and field in message
+
+
+def test_every_flag_the_operator_renders_is_owned() -> None:
+    """Each flag render.vllm_args writes (with every optional typed field set) is refused in extraArgs."""
+    spec = ModelDeploymentSpec.model_validate(_spec(
+        model={"source": "hf://a/b", "servedName": "chat"},
+        engine={"maxModelLen": 8192, "quantization": "fp8", "dtype": "bfloat16", "maxNumSeqs": 64}))
+    s3 = ModelDeploymentSpec.model_validate(_spec(model={"source": "s3://bucket/model"}))
+    rendered: set[str] = set()
+    for s in (spec, s3):
+        workload = render.WorkloadPlan(role=render.Role.STABLE, source=s.model.source, revision="main",
+                                       replicas=1, gpu_type=None, gpus_per_replica=2, tensor_parallel_size=2)
+        rendered |= {a for a in render.vllm_args("chat", s, workload) if a.startswith("-")}
+    assert {"--port", "--revision", "--load-format", "--max-model-len"} <= rendered
+    owned = {name for flag in OWNED_FLAGS for name in flag.names}
+    assert rendered <= owned, rendered - owned
+
+
+@pytest.mark.parametrize("flag", OWNED_FLAGS, ids=[f.names[0] for f in OWNED_FLAGS])
+def test_owned_flag_pattern_is_anchored(flag: OwnedFlag) -> None:
+    assert flag.pattern.startswith("^(")
+    assert re.match(flag.pattern, flag.names[0])
+    assert not re.match(flag.pattern, "x" + flag.names[0])
+
+
+# (source, extraArgs, refused): the operator sets --load-format runai_streamer for s3:// and gs:// only;
+# other sources may choose their format (a Mistral checkpoint asks for "--load-format mistral").
+LOAD_FORMAT: list[tuple[str, list[str], bool]] = [
+    ("s3://models-bucket/llama", ["--load-format", "safetensors"], True),
+    ("gs://models-bucket/llama", ["--load_format=safetensors"], True),
+    ("s3://models-bucket/llama", ["--enable-prefix-caching"], False),
+    ("s3://models-bucket/llama", [], False),
+    ("hf://mistralai/Mistral-Small-24B-Instruct-2501", ["--load_format", "mistral"], False),
+    ("pvc://model-cache/llama", ["--load-format", "safetensors"], False),
+]
+
+
+@pytest.mark.parametrize(("source", "args", "refused"), LOAD_FORMAT,
+                         ids=[f"{s.split(':')[0]}-{' '.join(a) or 'none'}" for s, a, _ in LOAD_FORMAT])
+def test_load_format_is_the_operators_for_object_storage(source: str, args: list[str], refused: bool) -> None:
+    spec = _spec(model={"source": source}, engine={"extraArgs": args})
+    if not refused:
+        assert ModelDeployment.parse(_obj(spec)).spec.engine.extra_args == args
+        return
+    assert ("engine.extraArgs: extraArgs must not set --load-format with an s3:// or gs:// source: the "
+            "operator sets runai_streamer") in _refusal(spec)
+
+
+# (env name, accepted): variables that carry credentials may not be plain values.
+ENV_NAMES = [
+    ("HF_TOKEN", False), ("HUGGING_FACE_HUB_TOKEN", False), ("AWS_SECRET_ACCESS_KEY", False),
+    ("AWS_SESSION_TOKEN", False), ("GOOGLE_APPLICATION_CREDENTIALS", True), ("AWS_REGION", True),
+    ("AWS_ACCESS_KEY_ID", True), ("VLLM_ATTENTION_BACKEND", True), ("HF_HUB_OFFLINE", True),
+]
+
+
+@pytest.mark.parametrize(("name", "accepted"), ENV_NAMES, ids=[n for n, _ in ENV_NAMES])
+def test_env_refuses_plain_credentials(name: str, accepted: bool) -> None:
+    spec = _spec(engine={"env": [{"name": "A", "value": "1"}, {"name": name, "value": "x"}]})
+    if accepted:
+        assert ModelDeployment.parse(_obj(spec)).spec.engine.env[1].name == name
+        return
+    message = _refusal(spec)
+    assert f"spec.engine.env[1].name: {name}: " in message
+    assert "put the value in the Secret that spec.model.credentialsSecret names" in message

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from modelplane.api import crdgen
-from modelplane.api.models import ModelDeploymentSpec
+from modelplane.api.models import OWNED_FLAGS, ConditionType, ModelDeploymentSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = crdgen.build_crd()
@@ -98,7 +98,10 @@ def test_field_paths_point_at_properties() -> None:
     for path, node in ALL:
         for rule in node.get("x-kubernetes-validations", []):
             if "fieldPath" in rule:
-                assert rule["fieldPath"].lstrip(".") in node["properties"], (path, rule)
+                target = node
+                for part in rule["fieldPath"].lstrip(".").split("."):  # ".engine.extraArgs" walks down
+                    assert part in target["properties"], (path, rule)
+                    target = target["properties"][part]
 
 
 RULES = [
@@ -112,8 +115,13 @@ RULES = [
     ("spec.resources.modelCache", "sizeLimit applies to the emptyDir cache", ".sizeLimit"),
     ("spec.model.source", "malformed hf:// source", None),
     ("spec.model.source", "malformed pvc:// source", None),
-    ("spec.engine.env", "HF_TOKEN", None),
+    ("spec.engine.env[].name", "AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN carry credentials", None),
     ("spec.engine.extraArgs", "--port", None),
+    ("spec.engine.extraArgs", "--max-model-len: use spec.engine.maxModelLen", None),
+    ("spec.engine.extraArgs", "--revision: use spec.model.revision", None),
+    ("spec", "--load-format with an s3:// or gs:// source", ".engine.extraArgs"),
+    ("spec.model.source", "malformed s3:// source: expected s3://<bucket>/<path>", None),
+    ("spec.resources.cpu", "must be an integer >= 0 or a non-negative quantity such as 7500m or 64Gi", None),
 ]
 
 
@@ -123,6 +131,19 @@ def test_cel_rule(path: str, message: str, field_path: str | None) -> None:
     matching = [r for r in node.get("x-kubernetes-validations", []) if message in r["message"]]
     assert matching, node.get("x-kubernetes-validations")
     assert matching[0].get("fieldPath") == field_path
+
+
+def test_every_owned_flag_has_a_rule() -> None:
+    """One CEL rule per owned flag, on extraArgs or (when the source decides) on the spec."""
+    messages = [r["message"] for path in ("spec.engine.extraArgs", "spec")
+                for r in dict(ALL)[path].get("x-kubernetes-validations", [])]
+    assert [m for m in messages if m.startswith("extraArgs must not set")] == [f.message for f in OWNED_FLAGS]
+
+
+@pytest.mark.parametrize("where", ["status.conditions", "status.conditions[].type"])
+@pytest.mark.parametrize("condition_type", list(ConditionType))
+def test_status_documents_every_condition_type(where: str, condition_type: ConditionType) -> None:
+    assert condition_type.value in dict(ALL)[where]["description"]
 
 
 INT_OR_STRING = ["spec.resources.gpu.count", "spec.resources.cpu", "spec.resources.memory",

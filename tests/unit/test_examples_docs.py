@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from modelplane.api.models import ConditionType
 from modelplane.autoscaler import policy
 from modelplane.controller import health, reconcile
 from modelplane.planner.plan import PlanReason
@@ -27,3 +28,8 @@ REASONS = sorted({(e.__module__.rsplit(".", 1)[-1], r.value) for e in ENUMS for 
 def test_every_reason_has_a_troubleshooting_entry(module: str, reason: str) -> None:
     assert f"| `{reason}` |" in TROUBLESHOOTING or f"`{reason}` (" in TROUBLESHOOTING, (
         f"{module}.{reason} is not in docs/troubleshooting.md")
+
+
+@pytest.mark.parametrize("condition_type", list(ConditionType), ids=[t.value for t in ConditionType])
+def test_every_condition_type_has_a_troubleshooting_entry(condition_type: ConditionType) -> None:
+    assert f"| `{condition_type.value}` |" in TROUBLESHOOTING

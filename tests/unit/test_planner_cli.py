@@ -87,6 +87,29 @@ def test_bad_input_names_the_document_and_field(tmp_path: Path, capsys: pytest.C
     assert "document 3 (ModelDeployment team-c/broken): spec.engine.maxModelLen: must be an integer" in err
 
 
+REFUSED_BY_THE_API_SERVER = [
+    ("engine: {maxModelLen: 16384}", "engine: {extraArgs: [--max_model_len=131072]}",
+     "spec.engine.extraArgs: extraArgs must not set --max-model-len: use spec.engine.maxModelLen"),
+    ("engine: {maxModelLen: 16384}",
+     "engine: {maxModelLen: 16384, env: [{name: HUGGING_FACE_HUB_TOKEN, value: x}]}",
+     "spec.engine.env[0].name: HUGGING_FACE_HUB_TOKEN: "),
+    ("types: [nvidia-l40s, nvidia-h100-80gb]}}", "types: [nvidia-l40s, nvidia-h100-80gb]}, memory: '-8Gi'}",
+     "spec.resources.memory: must be an integer >= 0 or a non-negative quantity such as 7500m or 64Gi"),
+    ("hf://meta-llama/Llama-3.1-8B-Instruct", "hf://Llama-3.1-8B-Instruct",
+     "spec.model.source: malformed hf:// source"),
+]
+
+
+@pytest.mark.parametrize(("old", "new", "message"), REFUSED_BY_THE_API_SERVER,
+                         ids=["extra-args", "secret-env", "negative-quantity", "source"])
+def test_refuses_what_the_api_server_refuses(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                             old: str, new: str, message: str) -> None:
+    assert old in FITS
+    assert run(tmp_path, FITS.replace(old, new)) == 2
+    err = capsys.readouterr().err
+    assert "document 2 (ModelDeployment team-a/support-chat): " in err and message in err
+
+
 @pytest.mark.parametrize("fmt", ["json", "yaml"])
 def test_structured_output(tmp_path: Path, capsys: pytest.CaptureFixture[str], fmt: str) -> None:
     assert run(tmp_path, DOES_NOT_FIT, "-o", fmt) == 1

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from modelplane import render
+from modelplane.api.models import ConditionType
 from modelplane.controller import reconcile
-from modelplane.controller.reconcile import APPLIED_HASH, Observed
+from modelplane.controller.reconcile import APPLIED_HASH, ModelConfig, Observed
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
@@ -236,3 +237,13 @@ def test_a_child_the_api_server_refuses_is_shown_as_degraded(
     # Once said, it is not said again: the next reconcile sees the condition in status.
     again = run({**md(), "status": result.status}, **materialise(first, ready=1), rejected=rejected)
     assert not [e for e in again.events if e.reason == "ChildRejected"]
+
+
+def test_every_condition_written_is_a_documented_condition_type() -> None:
+    """The status lists its condition types from api.models.ConditionType (and the CRD documents each
+    from there), so every type the core writes must be one of them."""
+    body = md(rollout={"evaluation": {"suiteRef": {"configMap": "evals"}}})
+    result = run(body, model_config=ModelConfig(arch=None, reason="NotFound", message="no config.json"))
+    assert result.status is not None
+    written = [c["type"] for c in result.status["conditions"]]
+    assert sorted(written) == sorted(t.value for t in ConditionType)

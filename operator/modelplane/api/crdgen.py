@@ -126,8 +126,11 @@ def _int_or_string(branches: list[Schema], node: Schema) -> Schema:
     if "pattern" in str_branch:
         str_tests.append(f"self.matches(r'{str_branch['pattern']}')")
         examples = str_branch.get("examples")
-        str_words.append(f"a string such as {' or '.join(examples)}" if examples
-                         else f"a string matching {str_branch['pattern']}")
+        if "description" in str_branch:  # the branch says in words what its pattern accepts
+            str_words.append(str_branch["description"])
+        else:
+            str_words.append(f"a string such as {' or '.join(examples)}" if examples
+                             else f"a string matching {str_branch['pattern']}")
     rule = (f"type(self) == int ? ({' && '.join(int_tests) or 'true'})"
             f" : ({' && '.join(str_tests) or 'true'})")
     message = f"must be an integer{' ' + ' and '.join(int_words) if int_words else ''}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Final, Literal, Self
@@ -54,36 +55,118 @@ DEFAULT_IMAGE = "vllm/vllm-openai:v0.11.0"
 DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 #: A DNS-1035 label: the ModelDeployment's own name, because it also names its Service.
 DNS1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
-#: Go-style durations restricted to what people write: "30s", "5m", "1h30m", "500ms".
-#: A Kubernetes resource quantity ("500m", "16Gi", "1.5", "2e3").
+#: A non-negative Kubernetes resource quantity ("500m", "16Gi", "1.5", "2e3"). Kubernetes parses "-8Gi"
+#: too, but refuses it in a container's resources and an emptyDir's sizeLimit: a Deployment rendered
+#: from it would fail to create on every reconcile, so the sign is refused here with the syntax.
 QUANTITY_PATTERN = (
-    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+    r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
+#: How the refusal of a bad quantity string words it, in the CRD's rule and the Python error alike.
+QUANTITY_WORDS = "a non-negative quantity such as 7500m or 64Gi"
 #: An environment variable name, as Kubernetes accepts it.
 ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 #: A condition reason (metav1.Condition): CamelCase, machine-readable.
 REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
 
-_PATH = r"(/[^\s]*)?"
-#: One pattern per source scheme, with the example the refusal message shows.
+#: A path inside a bucket or claim: "/" then at least one character that is neither "/" nor a space.
+_PATH = r"/[^\s/][^\s]*"
+#: One pattern per source scheme, with the form the refusal message shows. Each message names every
+#: part its pattern requires, and shows an optional part in brackets.
 SOURCE_SCHEMES: Mapping[str, tuple[str, str]] = {
-    "hf": (r"^hf://([A-Za-z0-9][A-Za-z0-9._-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9._-]{0,95}$",
+    # The Hub names every model <org>/<name> (the old unprefixed names redirect to one), and the
+    # planner reads config.json only for such an id; "hf://Llama-3.1-8B" is a forgotten org.
+    "hf": (r"^hf://[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$",
            "hf://<org>/<name>, e.g. hf://meta-llama/Llama-3.1-8B-Instruct"),
     "s3": (r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]" + _PATH + "$",
-           "s3://<bucket>/<path>, the bucket a valid S3 bucket name"),
+           "s3://<bucket>/<path>, the bucket a valid S3 bucket name and the path (the folder holding "
+           "the model) not empty"),
     "gs": (r"^gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]" + _PATH + "$",
-           "gs://<bucket>/<path>, the bucket a valid GCS bucket name"),
-    "pvc": (r"^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*" + _PATH + "$",
-            "pvc://<claim>/<path>, the claim a DNS-1123 name in the same namespace"),
+           "gs://<bucket>/<path>, the bucket a valid GCS bucket name and the path (the folder holding "
+           "the model) not empty"),
+    # The path is optional here: without it the model is at the root of the claim (mounted at /models).
+    "pvc": (r"^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*(" + _PATH + ")?/?$",
+            "pvc://<claim>[/<path>], the claim a DNS-1123 name in the same namespace (no path: the model "
+            "is at the claim's root)"),
     "oci": (r"^oci://[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?(/[a-z0-9]([a-z0-9._-]*[a-z0-9])?)+"
             r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|@sha256:[a-f0-9]{64})?$",
             "oci://<registry>/<repository>[:<tag>|@sha256:<digest>]"),
 }
 SOURCE_MAX_LENGTH = 1024
 
-#: vLLM flags the operator sets itself and that ``extraArgs`` must not override: probes and the
-#: Service use the port, clients use the served name, and the GPU count is the tensor-parallel size.
-MANAGED_FLAGS: tuple[str, ...] = ("--port", "--served-model-name", "--tensor-parallel-size", "-tp")
+
+
+@dataclass(frozen=True)
+class OwnedFlag:
+    """A vLLM flag that ``engine.extraArgs`` may not set, because the operator derives it (from a
+    typed field or on its own) or because it changes how many GPUs a replica needs."""
+
+    names: tuple[str, ...]  #: the long name, then vLLM's short aliases
+    instead: str  #: what to do instead, for the refusal message
+    #: Source schemes for which the operator renders the flag; empty: refused whatever the source.
+    schemes: tuple[str, ...] = ()
+
+    @property
+    def pattern(self) -> str:
+        """Every spelling vLLM's parser reads as this flag: ``--max-model-len`` and ``--max_model_len``
+        (it turns underscores into dashes), each alone or as ``--flag=value``; a one-letter alias
+        also with its value attached (``-qfp8``, as argparse allows)."""
+        forms: list[str] = []
+        for name in self.names:
+            if name.startswith("--"):
+                forms.append("--" + "[-_]".join(name[2:].split("-")) + "(=|$)")
+            elif len(name) == 2:
+                forms.append(name)
+            else:
+                forms.append(name + "(=|$)")
+        return "^(" + "|".join(forms) + ")"
+
+    @property
+    def message(self) -> str:
+        where = f" with an {' or '.join(s + '://' for s in self.schemes)} source" if self.schemes else ""
+        return f"extraArgs must not set {' or '.join(self.names)}{where}: {self.instead}"
+
+    def refuses(self, args: list[str], source: str) -> bool:
+        """Whether ``args`` set this flag where the operator owns it (the Python side of the CEL rule)."""
+        if self.schemes and source.split("://", 1)[0] not in self.schemes:
+            return False
+        return any(re.match(self.pattern, arg) for arg in args)
+
+
+_NOT_SUPPORTED_PARALLELISM = ("a replica's GPUs (spec.resources.gpu.count) all serve tensor parallelism, "
+                              "so a replica would ask for more GPUs than the plan gives it")
+
+#: Every vLLM flag the operator renders (render.vllm_args), every flag a typed field stands for, and
+#: the parallelism flags that multiply a replica's GPUs: the planner sizes and prices the replica, and
+#: status reports its revision, from the typed fields, so extraArgs may not contradict them.
+OWNED_FLAGS: tuple[OwnedFlag, ...] = (
+    OwnedFlag(("--model",), "use spec.model.source"),
+    OwnedFlag(("--revision",), "use spec.model.revision (status reports the revision it names)"),
+    OwnedFlag(("--served-model-name",), "use spec.model.servedName"),
+    OwnedFlag(("--tensor-parallel-size", "-tp"),
+              "use spec.resources.gpu.count (a replica's GPUs are its tensor-parallel size)"),
+    OwnedFlag(("--pipeline-parallel-size", "-pp"), _NOT_SUPPORTED_PARALLELISM),
+    OwnedFlag(("--data-parallel-size", "-dp"), _NOT_SUPPORTED_PARALLELISM),
+    OwnedFlag(("--data-parallel-size-local", "-dpl"), _NOT_SUPPORTED_PARALLELISM),
+    OwnedFlag(("--max-model-len",), "use spec.engine.maxModelLen (the planner sizes the KV cache for it)"),
+    OwnedFlag(("--max-num-seqs",), "use spec.engine.maxNumSeqs (the planner sizes the KV cache for it)"),
+    OwnedFlag(("--gpu-memory-utilization",), "use spec.engine.gpuMemoryUtilization"),
+    OwnedFlag(("--quantization", "-q"), "use spec.engine.quantization"),
+    OwnedFlag(("--dtype",), "use spec.engine.dtype"),
+    OwnedFlag(("--port",), "the operator sets it: the probes and the Service use port 8000"),
+    OwnedFlag(("--download-dir",), "the operator sets it to the model cache (spec.resources.modelCache)"),
+    # Other sources may choose their format (a Mistral checkpoint asks for --load-format mistral).
+    OwnedFlag(("--load-format",), "the operator sets runai_streamer to stream the weights from the bucket",
+              schemes=("s3", "gs")),
+)
+
+#: Environment variables that carry a credential: a plain ``engine.env`` value would sit in the spec
+#: for anyone who can read the object. GOOGLE_APPLICATION_CREDENTIALS is not here: it names a file.
+SECRET_ENV_NAMES: tuple[str, ...] = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "AWS_SECRET_ACCESS_KEY",
+                                     "AWS_SESSION_TOKEN")
+SECRET_ENV_MESSAGE = (
+    f"{', '.join(SECRET_ENV_NAMES[:-1])} and {SECRET_ENV_NAMES[-1]} carry credentials: put the value in the "
+    "Secret that spec.model.credentialsSecret names (its key HF_TOKEN becomes the Hugging Face token; for "
+    "s3:// and gs:// every key becomes a variable), never in a plain env value")
 
 
 def rules(*items: tuple[str, str] | tuple[str, str, str]) -> dict[str, Any]:
@@ -149,9 +232,23 @@ GPUTypeName = Annotated[str, AfterValidator(_check_gpu_type),
                         WithJsonSchema({"type": "string", "enum": list(GPU_TYPE_NAMES)})]
 ObjectName = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS1123_SUBDOMAIN)]
 Duration = Annotated[str, Field(min_length=2, max_length=32, pattern=DURATION_PATTERN)]
-#: int or string, like Kubernetes resource quantities (``cpu: 4`` and ``memory: 16Gi``).
-Quantity = (Annotated[StrictInt, Field(ge=0)]
-            | Annotated[str, Field(max_length=64, pattern=QUANTITY_PATTERN, examples=["7500m", "64Gi"])])
+
+
+def _check_quantity(value: int | str) -> int | str:
+    if (value < 0) if isinstance(value, int) else not re.match(QUANTITY_PATTERN, value):
+        # The words of the CRD rule's message (crdgen builds it from the schema below).
+        raise ValueError(f"must be an integer >= 0 or {QUANTITY_WORDS}, got {value!r}")
+    return value
+
+
+#: int or string, like Kubernetes resource quantities (``cpu: 4`` and ``memory: 16Gi``), never negative.
+#: One validator checks both branches, so an error says one thing; the string branch's description
+#: words its part of the CRD rule's message (crdgen).
+Quantity = Annotated[
+    StrictInt | Annotated[str, Field(max_length=64)], AfterValidator(_check_quantity),
+    WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 0},
+                              {"type": "string", "maxLength": 64, "pattern": QUANTITY_PATTERN,
+                               "description": QUANTITY_WORDS}]})]
 GPUCount = Annotated[StrictInt, Field(ge=1, le=8)] | Literal["auto"]
 
 
@@ -203,13 +300,31 @@ class ConditionStatus(StrEnum):
 
 
 class ConditionType(StrEnum):
-    """The condition types the operator maintains."""
+    """The condition types the operator writes; the status descriptions list them from here."""
 
     READY = "Ready"
     PROGRESSING = "Progressing"
     DEGRADED = "Degraded"
     SCALING_LIMITED = "ScalingLimited"
+    METRICS_AVAILABLE = "MetricsAvailable"
+    MODEL_CONFIG_LOADED = "ModelConfigLoaded"
     EVALUATING = "Evaluating"
+
+
+#: What each condition type says, for the status field descriptions (``kubectl explain``).
+CONDITION_MEANINGS: Mapping[ConditionType, str] = {
+    ConditionType.READY: "True when the desired replicas serve (during a rollout: at least one)",
+    ConditionType.PROGRESSING: "True while replicas start, a revision switches or a rollout drives",
+    ConditionType.DEGRADED: "True when a problem keeps replicas from serving or no GPU plan fits (the "
+                            "reason names which)",
+    ConditionType.SCALING_LIMITED: "True when maxReplicas or the budget holds the built-in autoscaler back",
+    ConditionType.METRICS_AVAILABLE: "False when a ready replica's metrics could not be read, so the "
+                                     "built-in autoscaler holds its last decision",
+    ConditionType.MODEL_CONFIG_LOADED: "True when the model's config.json was read to size the plan "
+                                       "(False says why not)",
+    ConditionType.EVALUATING: "True while the rollout's evaluation gate runs, then False with the last "
+                              "gate's scores",
+}
 
 
 # --- spec ---
@@ -272,9 +387,10 @@ class ModelSpec(_SpecModel):
         json_schema_extra=_source_rules(),
         description="Where the weights are. hf://<org>/<name> (Hugging Face Hub), s3://<bucket>/<path>, "
                     "gs://<bucket>/<path> (streamed by vLLM's Run:ai model streamer), "
-                    "pvc://<claim>/<path> (a PersistentVolumeClaim in the same namespace, mounted "
-                    "read-only), oci://<registry>/<repository>:<tag> (an image holding the model under "
-                    "/models, mounted as an image volume). Required.")
+                    "pvc://<claim>[/<path>] (a PersistentVolumeClaim in the same namespace, mounted "
+                    "read-only; no path: the model is at its root), "
+                    "oci://<registry>/<repository>[:<tag>|@sha256:<digest>] (an image holding the model "
+                    "under /models, mounted as an image volume). Required.")
     revision: str = Field(
         default="main", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$",
         description="The model revision: a Hugging Face branch, tag or commit (passed as --revision), "
@@ -297,18 +413,55 @@ class ModelSpec(_SpecModel):
         description="Model shape for the GPU planner when config.json cannot be read. Optional.")
 
 
+def _check_env_name(name: str) -> str:
+    if name in SECRET_ENV_NAMES:
+        raise ValueError(f"{name}: {SECRET_ENV_MESSAGE}")
+    return name
+
+
+def _secret_env_rule() -> dict[str, Any]:
+    names = ", ".join(f"'{n}'" for n in SECRET_ENV_NAMES)
+    return rules((f"!(self in [{names}])", SECRET_ENV_MESSAGE))
+
+
 class EnvVar(_SpecModel):
     """One environment variable of the vLLM container."""
 
-    name: str = Field(min_length=1, max_length=256, pattern=ENV_NAME_PATTERN,
-                      description="Variable name, e.g. VLLM_ATTENTION_BACKEND.")
+    name: Annotated[str, AfterValidator(_check_env_name)] = Field(
+        min_length=1, max_length=256, pattern=ENV_NAME_PATTERN, json_schema_extra=_secret_env_rule(),
+        description=f"Variable name, e.g. VLLM_ATTENTION_BACKEND. Not {', '.join(SECRET_ENV_NAMES)}: "
+                    "those carry credentials, which belong in the Secret model.credentialsSecret names.")
     value: str = Field(default="", max_length=32768, description="Variable value. Default empty.")
 
 
-def _managed_flags_rule() -> tuple[str, str]:
-    tests = " || ".join(f"a == '{flag}' || a.startsWith('{flag}=')" for flag in MANAGED_FLAGS)
-    return (f"!self.exists(a, {tests})",
-            f"extraArgs must not set {', '.join(MANAGED_FLAGS)}: the operator sets them from typed fields")
+def _check_extra_args(args: list[str]) -> list[str]:
+    problems = [flag.message for flag in OWNED_FLAGS if not flag.schemes and flag.refuses(args, "")]
+    if problems:
+        raise ValueError("; ".join(problems))
+    return args
+
+
+def _owned_flag_rules() -> dict[str, Any]:
+    """The rules on engine.extraArgs itself, for the flags owned whatever the source."""
+    return rules(*((f"!self.exists(a, a.matches(r'{flag.pattern}'))", flag.message)
+                   for flag in OWNED_FLAGS if not flag.schemes))
+
+
+def _scheme_owned_flag_rules() -> list[tuple[str, str, str]]:
+    """The rules on the spec, for flags owned only with some sources (they need model.source)."""
+    out: list[tuple[str, str, str]] = []
+    for flag in OWNED_FLAGS:
+        if flag.schemes:
+            sources = " || ".join(f"self.model.source.startsWith('{s}://')" for s in flag.schemes)
+            out.append((f"!({sources}) || !has(self.engine.extraArgs) || "
+                        f"!self.engine.extraArgs.exists(a, a.matches(r'{flag.pattern}'))",
+                        flag.message, ".engine.extraArgs"))
+    return out
+
+
+def _owned_flags_doc() -> str:
+    return ", ".join("/".join(flag.names) + (f" (with {' and '.join(s + '://' for s in flag.schemes)})"
+                                             if flag.schemes else "") for flag in OWNED_FLAGS)
 
 
 class EngineSpec(_SpecModel):
@@ -338,32 +491,27 @@ class EngineSpec(_SpecModel):
         default=None, ge=1, le=65536,
         description="Maximum concurrent sequences per replica (--max-num-seqs). The planner sizes the KV "
                     "cache for this concurrency. Default: vLLM's (256). 1-65536.")
-    extra_args: list[Annotated[str, Field(max_length=1024)]] = Field(
+    extra_args: Annotated[list[Annotated[str, Field(max_length=1024)]],
+                          AfterValidator(_check_extra_args)] = Field(
         default_factory=list, max_length=64,
-        json_schema_extra=rules(_managed_flags_rule()),
-        description="More vLLM arguments, appended after the ones the operator derives (so they win for "
-                    "flags it does not manage), e.g. [\"--enable-prefix-caching\"]. At most 64.")
+        json_schema_extra=_owned_flag_rules(),
+        description="More vLLM arguments, appended after the ones the operator derives, e.g. "
+                    "[\"--enable-prefix-caching\"]. At most 64. Refused, in any spelling vLLM reads "
+                    "(--flag value, --flag=value, --flag_with_underscores): the flags the operator renders "
+                    "or a typed field stands for, and the parallelism flags that would need more GPUs than "
+                    f"a replica gets: {_owned_flags_doc()}. The message names the field to use instead.")
     env: list[EnvVar] = Field(
         default_factory=list, max_length=64,
-        json_schema_extra={
-            "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"],
-            **rules(("!self.exists(e, e.name == 'HF_TOKEN')",
-                     "set HF_TOKEN through spec.model.credentialsSecret, never as a plain env value")),
-        },
-        description="Extra environment variables for the vLLM container (names unique; HF_TOKEN is not "
-                    "allowed here, use model.credentialsSecret). At most 64.")
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+        description="Extra environment variables for the vLLM container (names unique; "
+                    f"{', '.join(SECRET_ENV_NAMES)} are refused here: put credentials in the Secret "
+                    "model.credentialsSecret names). At most 64.")
 
     @model_validator(mode="after")
     def _checks(self) -> Self:
-        for arg in self.extra_args:
-            for flag in MANAGED_FLAGS:
-                if arg == flag or arg.startswith(flag + "="):
-                    raise ValueError(f"extraArgs must not set {flag}: the operator sets it from typed fields")
         names = [e.name for e in self.env]
         if len(names) != len(set(names)):
             raise ValueError("env names must be unique")
-        if "HF_TOKEN" in names:
-            raise ValueError("env: set HF_TOKEN through spec.model.credentialsSecret, never as a plain value")
         return self
 
 
@@ -608,6 +756,7 @@ class ModelDeploymentSpec(_SpecModel):
         # The /scale subresource cannot be read without spec.replicas, and HPA reads it first.
         ("self.scaling.mode != 'External' || has(self.replicas)",
          "scaling.mode External needs replicas (the starting count an HPA or KEDA then drives)", ".replicas"),
+        *_scheme_owned_flag_rules(),
     ))
 
     model: ModelSpec = Field(description="The model to serve. Required.")
@@ -628,6 +777,9 @@ class ModelDeploymentSpec(_SpecModel):
         if self.replicas is None and self.scaling.mode == ScalingMode.EXTERNAL:
             raise ValueError("scaling.mode External needs replicas "
                              "(the starting count an HPA or KEDA then drives)")
+        for flag in OWNED_FLAGS:
+            if flag.schemes and flag.refuses(list(self.engine.extra_args), self.model.source):
+                raise ValueError(f"engine.extraArgs: {flag.message}")
         return self
 
 
@@ -638,7 +790,8 @@ class Condition(_Model):
 
     type: str = Field(
         min_length=1, max_length=316,
-        description="Condition type: Ready, Progressing, Degraded, ScalingLimited or Evaluating.")
+        description="Condition type. " + " ".join(f"{t.value}: {meaning}."
+                                                  for t, meaning in CONDITION_MEANINGS.items()))
     status: ConditionStatus = Field(description="True, False or Unknown.")
     reason: str = Field(min_length=1, max_length=1024, pattern=REASON_PATTERN,
                         description="CamelCase reason a person can act on, e.g. InsufficientGPU.")
@@ -800,7 +953,10 @@ class ModelDeploymentStatus(_Model):
     conditions: list[Condition] = Field(
         default_factory=list, max_length=16,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
-        description="Ready, Progressing, Degraded, ScalingLimited, Evaluating.")
+        description="One per type: " + ", ".join(t.value for t in ConditionType)
+                    + " (conditions[].type says what each means). ScalingLimited and MetricsAvailable "
+                      "appear with the built-in autoscaler, ModelConfigLoaded once config.json was tried, "
+                      "Evaluating with an evaluation gate.")
     stable: StableStatus | None = Field(default=None, description="The serving revision.")
     canary: CanaryStatus | None = Field(default=None, description="The revision being rolled out, if any.")
     plan: PlanStatus | None = Field(default=None, description="The GPU plan.")

@@ -28,6 +28,7 @@ from modelplane import gpus, render
 from modelplane.api.models import (
     Condition,
     ConditionStatus,
+    ConditionType,
     InvalidSpecError,
     ModelDeployment,
     ModelDeploymentStatus,
@@ -263,7 +264,7 @@ def _autoscale(prepared: Prepared, observed: Observed, metrics: Sequence[ScrapeR
     return decision.desired_replicas, decision
 
 
-def _condition(type_: str, status: bool, reason: str, message: str, *, now: datetime,
+def _condition(type_: ConditionType, status: bool, reason: str, message: str, *, now: datetime,
                generation: int | None, previous: Mapping[str, Condition]) -> Condition:
     value = ConditionStatus.TRUE if status else ConditionStatus.FALSE
     prev = previous.get(type_)
@@ -318,7 +319,7 @@ def _children(md: ModelDeployment, observed: Observed, revs: revisions.Revisions
     return apply, delete
 
 
-Cond = Callable[[str, bool, str, str], Condition]
+Cond = Callable[[ConditionType, bool, str, str], Condition]
 
 
 def _health_conditions(prepared: Prepared, counts: health.PodCounts, problem: health.Problem | None, *,
@@ -328,35 +329,35 @@ def _health_conditions(prepared: Prepared, counts: health.PodCounts, problem: he
     plan = prepared.plan
     conditions: list[Condition] = []
     if plan is not None and prepared.gpus_per_replica is None:
-        return Phase.FAILED, [cond("Ready", False, plan.reason_code, plan.reason),
-                              cond("Degraded", True, plan.reason_code, plan.reason)]
+        return Phase.FAILED, [cond(ConditionType.READY, False, plan.reason_code, plan.reason),
+                              cond(ConditionType.DEGRADED, True, plan.reason_code, plan.reason)]
     ready_ok = desired >= 1 and counts.ready >= desired and problem is None
     if problem is not None:
         phase = Phase.DEGRADED
-        conditions.append(cond("Ready", counts.ready >= 1 and counts.ready >= desired,
+        conditions.append(cond(ConditionType.READY, counts.ready >= 1 and counts.ready >= desired,
                                problem.reason, problem.message))
-        conditions.append(cond("Degraded", True, problem.reason, problem.message))
+        conditions.append(cond(ConditionType.DEGRADED, True, problem.reason, problem.message))
     else:
         if desired == 0 and counts.total == 0:
             phase = Phase.SCALED_TO_ZERO
-            conditions.append(cond("Ready", False, Reason.SCALED_TO_ZERO,
+            conditions.append(cond(ConditionType.READY, False, Reason.SCALED_TO_ZERO,
                                    "no replicas: scaled to zero until requests arrive"))
         elif ready_ok and not switching:
             phase = Phase.READY
-            conditions.append(cond("Ready", True, Reason.ALL_REPLICAS_READY,
+            conditions.append(cond(ConditionType.READY, True, Reason.ALL_REPLICAS_READY,
                                    f"{counts.ready}/{desired} replicas ready"))
         else:
             phase = Phase.PROGRESSING
-            conditions.append(cond("Ready", False, Reason.REPLICAS_STARTING,
+            conditions.append(cond(ConditionType.READY, False, Reason.REPLICAS_STARTING,
                                    f"{counts.ready}/{desired} replicas ready"))
-        conditions.append(cond("Degraded", False, Reason.HEALTHY, "no problem seen"))
+        conditions.append(cond(ConditionType.DEGRADED, False, Reason.HEALTHY, "no problem seen"))
     progressing = switching or counts.ready != desired or counts.total != desired
     if switching:
-        conditions.append(cond("Progressing", True, Reason.SWITCHING_REVISION,
+        conditions.append(cond(ConditionType.PROGRESSING, True, Reason.SWITCHING_REVISION,
                                f"starting revision {revision}; the previous revision serves "
                                "until a new replica is ready"))
     else:
-        conditions.append(cond("Progressing", progressing,
+        conditions.append(cond(ConditionType.PROGRESSING, progressing,
                                Reason.REPLICAS_STARTING if progressing else Reason.STABLE,
                                f"{counts.ready}/{desired} replicas ready"))
     return phase, conditions
@@ -368,15 +369,15 @@ def _rollout_conditions(phase: Phase, conditions: list[Condition], rollout: roll
     state = rollout.state
     if rollout.driving or state.phase in rollouts.DRIVING:
         rollout_message = f"rollout {state.phase.value}: {state.message}"
-        conditions = [c for c in conditions if c.type != "Progressing"]
+        conditions = [c for c in conditions if c.type != ConditionType.PROGRESSING]
         active = state.phase in rollouts.DRIVING
-        conditions.append(cond("Progressing", active,
+        conditions.append(cond(ConditionType.PROGRESSING, active,
                                state.reason.value if state.reason else Reason.ROLLOUT,
                                rollout_message))
         if active and phase in (Phase.READY, Phase.PROGRESSING):
             phase = Phase.PROGRESSING
-            conditions = [c for c in conditions if c.type != "Ready"] + [
-                cond("Ready", counts.ready >= 1, Reason.ROLLOUT_IN_PROGRESS,
+            conditions = [c for c in conditions if c.type != ConditionType.READY] + [
+                cond(ConditionType.READY, counts.ready >= 1, Reason.ROLLOUT_IN_PROGRESS,
                      f"{counts.ready}/{counts.total} replicas ready; {rollout_message}")]
     if rollout.rollout_spec is not None and rollout.rollout_spec.evaluation or state.eval_score is not None:
         conditions.append(_evaluating_condition(state, cond))
@@ -388,17 +389,17 @@ def _scaling_conditions(decision: policy.Decision | None, model_config: ModelCon
     """ScalingLimited and MetricsAvailable (with the autoscaler), ModelConfigLoaded (once read)."""
     conditions: list[Condition] = []
     if decision is not None:
-        conditions.append(cond("ScalingLimited", decision.limited,
+        conditions.append(cond(ConditionType.SCALING_LIMITED, decision.limited,
                                decision.reason if decision.limited else Reason.WITHIN_LIMITS,
                                decision.message))
         # Metrics missing or stale: the autoscaler holds its last decision until they return.
         blind = decision.reason == policy.Reason.METRICS_UNAVAILABLE
-        conditions.append(cond("MetricsAvailable", not blind,
+        conditions.append(cond(ConditionType.METRICS_AVAILABLE, not blind,
                                policy.Reason.METRICS_UNAVAILABLE if blind else Reason.METRICS_READ,
                                decision.message if blind else "every ready replica's metrics read"))
     if model_config is not None:
-        conditions.append(cond("ModelConfigLoaded", model_config.arch is not None, model_config.reason,
-                               model_config.message))
+        conditions.append(cond(ConditionType.MODEL_CONFIG_LOADED, model_config.arch is not None,
+                               model_config.reason, model_config.message))
     return conditions
 
 
@@ -448,7 +449,7 @@ def finish(prepared: Prepared, observed: Observed, *, metrics: Sequence[ScrapeRe
     except ValueError:
         previous_conditions = {}
 
-    def cond(type_: str, status: bool, reason: str, message: str) -> Condition:
+    def cond(type_: ConditionType, status: bool, reason: str, message: str) -> Condition:
         return _condition(type_, status, reason, message, now=now, generation=generation,
                           previous=previous_conditions)
 
@@ -458,8 +459,8 @@ def finish(prepared: Prepared, observed: Observed, *, metrics: Sequence[ScrapeRe
         message = f"the spec cannot be served: {prepared.invalid}"
         status = ModelDeploymentStatus(
             observed_generation=generation, phase=Phase.FAILED,
-            conditions=[cond("Ready", False, Reason.INVALID_SPEC, message),
-                        cond("Degraded", True, Reason.INVALID_SPEC, message)])
+            conditions=[cond(ConditionType.READY, False, Reason.INVALID_SPEC, message),
+                        cond(ConditionType.DEGRADED, True, Reason.INVALID_SPEC, message)])
         return _result(status, old_status, events=[EventSpec("Warning", Reason.INVALID_SPEC, message)],
                        policy_state=policy_state)
 
@@ -546,7 +547,7 @@ def finish(prepared: Prepared, observed: Observed, *, metrics: Sequence[ScrapeRe
         events.append(EventSpec("Normal" if plan.fits else "Warning",
                                 Reason.PLANNED if plan.fits else plan.reason_code, plan.reason))
     if problem is not None and not any(
-            c.get("type") == "Degraded" and c.get("reason") == problem.reason
+            c.get("type") == ConditionType.DEGRADED and c.get("reason") == problem.reason
             for c in old_status.get("conditions") or []):
         events.append(EventSpec("Warning", problem.reason, problem.message))
     return replace(_result(status, old_status, events=events, policy_state=new_policy_state, apply=apply,
@@ -558,10 +559,10 @@ def finish(prepared: Prepared, observed: Observed, *, metrics: Sequence[ScrapeRe
 def _evaluating_condition(state: RolloutState, cond: Cond) -> Condition:
     """``Evaluating``: True while the gate runs; afterwards False with the last gate's numbers."""
     if state.phase is RolloutPhase.EVALUATING:
-        return cond("Evaluating", True, Reason.EVALUATION_RUNNING,
+        return cond(ConditionType.EVALUATING, True, Reason.EVALUATION_RUNNING,
                     f"attempt {state.evaluation_attempts}: {state.message}")
     if state.eval_score is None:
-        return cond("Evaluating", False, Reason.NOT_EVALUATED, "no evaluation has run")
+        return cond(ConditionType.EVALUATING, False, Reason.NOT_EVALUATED, "no evaluation has run")
     baseline = f"{state.baseline_score:.3f}" if state.baseline_score is not None else "n/a"
     bound = f"{state.eval_lower_bound:+.3f}" if state.eval_lower_bound is not None else "n/a"
     failing = ", ".join(state.failing_case_ids[:5])
@@ -569,7 +570,7 @@ def _evaluating_condition(state: RolloutState, cond: Cond) -> Condition:
     message = (f"revision {who}: canary {state.eval_score:.3f} vs stable "
                f"{baseline} on {state.eval_cases} cases, lower bound of the difference {bound}"
                + (f"; failing cases include {failing}" if failing else ""))
-    return cond("Evaluating", False, Reason.EVALUATION_COMPLETE, message)
+    return cond(ConditionType.EVALUATING, False, Reason.EVALUATION_COMPLETE, message)
 
 
 def _result(status: ModelDeploymentStatus, old_status: Mapping[str, Any], *,

@@ -3,7 +3,8 @@
 For review of a pull request that adds or changes a deployment: which GPUs it will get, what a
 replica and the fleet cost per hour, and whether it fits at all. Models are sized from spec hints and
 the built-in catalog (no network). Exit codes: 0 every deployment fits, 1 one does not, 2 bad input
-(the message names the file, the document and the field).
+(the message names the file, the document and the field), which includes everything the API server
+would refuse: the API models' validators are the Python twins of the CRD's rules.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, TextIO
 import yaml
 
 from modelplane import gpus
+from modelplane.api.models import InvalidSpecError, ModelDeployment
 from modelplane.gpus import GPUType
 from modelplane.planner.plan import Plan, SpecError, build_plan, plan_request_from_spec
 
@@ -156,7 +158,9 @@ def plan_manifests(text: str, where: str, catalog: Mapping[str, GPUType]) -> tup
                 raise SpecError("spec.resources.gpu.types",
                                 f"unknown GPU types {', '.join(unknown)}; known: {', '.join(catalog)}")
             fleet = fleet_range(spec)
-        except SpecError as err:
+            # Everything else the API server would refuse (its CEL rules have Python twins in the models).
+            ModelDeployment.parse(doc)
+        except (SpecError, InvalidSpecError) as err:
             errors.append(f"{label}: {err}")
             continue
         plan = build_plan(request, catalog)
