@@ -156,7 +156,7 @@ async def test_a_child_the_api_server_refuses_makes_the_object_degraded_once(
         own_operator: OperatorHandle) -> None:
     policy = f"deny-{namespace}"
     message = "deployments of this model are blocked by the cluster's policy"
-    await kube_client.create({
+    await kube_client.request("POST", VAP.path(), body={
         "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
         "metadata": {"name": policy},
         "spec": {"failurePolicy": "Fail",
@@ -164,13 +164,30 @@ async def test_a_child_the_api_server_refuses_makes_the_object_degraded_once(
                      "apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
                      "resources": ["deployments"]}]},
                  "validations": [{"expression": "false", "message": message, "reason": "Invalid"}]}})
-    await kube_client.create({
+    await kube_client.request("POST", VAP_BINDING.path(), body={
         "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
         "metadata": {"name": policy},
         "spec": {"policyName": policy, "validationActions": ["Deny"],
                  "matchResources": {"namespaceSelector": {"matchLabels": {
                      "kubernetes.io/metadata.name": namespace}}}}})
     try:
+        # A new policy takes a moment to be enforced: wait until a dry-run Deployment is refused, so
+        # that the operator's first write is.
+        probe = {"apiVersion": "apps/v1", "kind": "Deployment",
+                 "metadata": {"name": "probe", "namespace": namespace},
+                 "spec": {"selector": {"matchLabels": {"a": "b"}},
+                          "template": {"metadata": {"labels": {"a": "b"}},
+                                       "spec": {"containers": [{"name": "c", "image": "x"}]}}}}
+
+        async def enforced() -> bool:
+            try:
+                await kube_client.request("POST", kube.DEPLOYMENTS.path(namespace=namespace),
+                                          params={"dryRun": "All"}, body=probe)
+                return False
+            except kube.Invalid:
+                return True
+
+        await wait_for(enforced, timeout=30, what="the admission policy to be enforced")
         await kube_client.create(manifest("blocked"), namespace=namespace)
 
         async def degraded() -> dict[str, Any] | None:
@@ -180,8 +197,6 @@ async def test_a_child_the_api_server_refuses_makes_the_object_degraded_once(
                     return dict(cond)
             return None
 
-        # A new policy takes a moment to be enforced; the operator may create the Deployment first
-        # and be refused on the next write, or be refused at once. Either way it must say so.
         cond = await wait_for(degraded, timeout=60, what="Degraded/ChildRejected")
         assert cond["status"] == "True" and message in cond["message"], cond
         await asyncio.sleep(8)  # several beats: still one Event, one log line, no traceback
