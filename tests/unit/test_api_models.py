@@ -26,9 +26,11 @@ from modelplane.api.models import (
     ModelDeploymentStatus,
     Phase,
     ScalingMode,
+    WeightPrecision,
     duration_seconds,
     to_camel,
 )
+from modelplane.planner import Precision
 
 ROOT = Path(__file__).resolve().parents[2]
 INVALID = sorted((ROOT / "tests" / "data" / "invalid").glob("*.yaml"))
@@ -336,3 +338,17 @@ def test_condition_reason_must_be_camel_case() -> None:
                 "lastTransitionTime": "2026-11-26T12:00:00Z",
             }
         )
+
+
+def test_hint_precision_values_are_the_planners() -> None:
+    """spec.model.hints.precision (issue 14) is read by the planner as its own Precision."""
+    assert [p.value for p in WeightPrecision] == [p.value for p in Precision]
+    model = {"source": "hf://acme/x-FP8", "hints": {"precision": "fp8"}}
+    md = ModelDeployment.parse(_obj(_spec(model=model)))
+    assert md.spec.model.hints is not None and md.spec.model.hints.precision is WeightPrecision.FP8
+
+
+def test_unknown_fields_are_named_as_such() -> None:
+    with pytest.raises(InvalidSpecError) as info:
+        ModelDeployment.parse(_obj(_spec(engine={"maxModelLength": 8192})))
+    assert info.value.problems == [("spec.engine.maxModelLength", "unknown field")]
