@@ -33,7 +33,10 @@ class GPUType:
     #: Peak dense BF16 TFLOPS and memory bandwidth (GB/s), for the simulator's performance model.
     bf16_tflops: float
     bandwidth_gbps: float
-    fp8: bool  #: native FP8 tensor cores (Hopper, Ada)
+    #: FP8 tensor cores: Ada Lovelace and Hopper or newer (L4, L40S, H100, H200, B200), not Ampere
+    #: (A100, A10G), Turing (T4) or Volta (V100). The planner puts FP8 weights only on these: elsewhere
+    #: vLLM runs FP8 checkpoints at best as weight-only FP8 (Marlin kernels), without FP8 compute.
+    fp8: bool
     #: Memory as CUDA reports it (``nvidia-smi``, and the ``nvidia.com/gpu.memory`` label), in MiB.
     #: The planner sizes against this, not the marketing figure in ``memory_gib`` (an "80GB" H100
     #: has 79.6 GiB, a "24GB" L4 22.5 GiB). 0 = unknown: the planner falls back to ``memory_gib``.

@@ -29,9 +29,11 @@ from modelplane.api.models import (
     OwnedFlag,
     Phase,
     ScalingMode,
+    WeightPrecision,
     duration_seconds,
     to_camel,
 )
+from modelplane.planner import Precision
 
 ROOT = Path(__file__).resolve().parents[2]
 INVALID = sorted((ROOT / "tests" / "data" / "invalid").glob("*.yaml"))
@@ -534,3 +536,17 @@ def test_env_refuses_plain_credentials(name: str, accepted: bool) -> None:
     message = _refusal(spec)
     assert f"spec.engine.env[1].name: {name}: " in message
     assert "put the value in the Secret that spec.model.credentialsSecret names" in message
+
+
+def test_hint_precision_values_are_the_planners() -> None:
+    """spec.model.hints.precision (issue 14) is read by the planner as its own Precision."""
+    assert [p.value for p in WeightPrecision] == [p.value for p in Precision]
+    model = {"source": "hf://acme/x-FP8", "hints": {"precision": "fp8"}}
+    md = ModelDeployment.parse(_obj(_spec(model=model)))
+    assert md.spec.model.hints is not None and md.spec.model.hints.precision is WeightPrecision.FP8
+
+
+def test_unknown_fields_are_named_as_such() -> None:
+    with pytest.raises(InvalidSpecError) as info:
+        ModelDeployment.parse(_obj(_spec(engine={"maxModelLength": 8192})))
+    assert info.value.problems == [("spec.engine.maxModelLength", "unknown field")]

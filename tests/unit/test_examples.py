@@ -2,9 +2,10 @@
 
 Each example names, in a comment, either the GPU shape the planner gives it (``GPU shape: 2x
 nvidia-h100-80gb``) or the condition it ends in (``Condition: NoSingleNodeFits``). Every example is
-parsed by the API models and planned twice — as ``modelplane plan`` does (no cluster) and against the
-dev cluster's default node profile — and both must agree with the comment. The canary example's
-suite is the simulator's own task family, so the gate can be exercised on the dev cluster.
+parsed by the API models and planned (the plan does not depend on the cluster's nodes), must agree
+with the comment, and its shape must be schedulable on the dev cluster's default node profile. The
+canary example's suite is the simulator's own task family, so the gate can be exercised on the dev
+cluster.
 
 Regenerate the suite ConfigMap after changing its size or seed::
 
@@ -26,7 +27,7 @@ from modelplane import gpus
 from modelplane.api.models import ModelDeployment
 from modelplane.cli import main as cli_main
 from modelplane.planner.cli import EXIT_DOES_NOT_FIT, EXIT_FITS
-from modelplane.planner.plan import NodeShape, Plan, build_plan, plan_request_from_spec
+from modelplane.planner.plan import Plan, build_plan, plan_request_from_spec
 from modelplane.rollout.graders import grade
 from modelplane.rollout.stats import PairedOutcome, evaluate_gate
 from modelplane.rollout.suite import parse_suite
@@ -51,10 +52,14 @@ SHAPE_COMMENT = re.compile(r"^# GPU shape: (\d+x [a-z0-9-]+) per replica", re.MU
 CONDITION_COMMENT = re.compile(r"^# Condition: ([A-Za-z]+)\.", re.MULTILINE)
 
 
-def dev_cluster_shapes() -> list[NodeShape]:
-    """The GPU nodes of the dev cluster's default profile, as the planner sees a cluster."""
+def dev_cluster_gpus_per_node() -> dict[str, int]:
+    """The most GPUs one node of each type has in the dev cluster's default profile."""
     profile = yaml.safe_load(PROFILES.read_text())["profiles"]["default"]
-    return [NodeShape(n["gpu"], int(n["gpus"]), int(n["count"])) for n in profile["nodes"] if n.get("gpu")]
+    most: dict[str, int] = {}
+    for group in profile["nodes"]:
+        if group.get("gpu"):
+            most[group["gpu"]] = max(most.get(group["gpu"], 0), int(group["gpus"]))
+    return most
 
 
 def _documents(path: Path) -> list[dict[str, Any]]:
@@ -65,11 +70,11 @@ def _model_deployments(path: Path) -> list[dict[str, Any]]:
     return [d for d in _documents(path) if d.get("kind") == "ModelDeployment"]
 
 
-def _plan(doc: dict[str, Any], node_shapes: list[NodeShape] | None) -> Plan:
+def _plan(doc: dict[str, Any]) -> Plan:
     """Plan the way the reconcile does: validate, dump with defaults, plan."""
     md = ModelDeployment.parse(doc)
     spec = md.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
-    return build_plan(plan_request_from_spec(spec), gpus.GPU_TYPES, node_shapes=node_shapes)
+    return build_plan(plan_request_from_spec(spec), gpus.GPU_TYPES)
 
 
 MD_FILES = sorted(p.name for p in EXAMPLES.glob("*.yaml") if _model_deployments(p))
@@ -99,14 +104,16 @@ def test_example_comment_tells_its_plan(name: str) -> None:
     shapes, conditions = SHAPE_COMMENT.findall(text), CONDITION_COMMENT.findall(text)
     assert len(shapes) + len(conditions) == 1, "one '# GPU shape: …' or '# Condition: ….' comment"
     doc = _model_deployments(EXAMPLES / name)[0]
-    for node_shapes, where in ((None, "modelplane plan"), (dev_cluster_shapes(), "the dev cluster")):
-        plan = _plan(doc, node_shapes)
-        if shapes:
-            assert plan.fits, f"{where}: {plan.reason}"
-            assert plan.shape == shapes[0], f"{where}: {plan.reason}"
-        else:
-            assert not plan.fits, where
-            assert plan.reason_code.value == conditions[0], f"{where}: {plan.reason}"
+    plan = _plan(doc)
+    if shapes:
+        assert plan.fits, plan.reason
+        assert plan.shape == shapes[0], plan.reason
+        assert plan.gpu_type is not None
+        assert dev_cluster_gpus_per_node().get(plan.gpu_type, 0) >= plan.gpus_per_replica, \
+            f"the dev cluster has no node for {plan.shape}"
+    else:
+        assert not plan.fits
+        assert plan.reason_code.value == conditions[0], plan.reason
 
 
 @pytest.mark.parametrize("name", MD_FILES, ids=MD_FILES)
@@ -121,7 +128,7 @@ def test_modelplane_plan_exit_code(name: str, capsys: pytest.CaptureFixture[str]
 def test_budget_cap_binds_below_max_replicas() -> None:
     doc = _model_deployments(EXAMPLES / "budget-capped.yaml")[0]
     scaling = doc["spec"]["scaling"]
-    per_replica = _plan(doc, dev_cluster_shapes()).usd_per_hour_per_replica
+    per_replica = _plan(doc).usd_per_hour_per_replica
     affordable = int(scaling["cost"]["maxHourlyUSD"] // per_replica)
     assert scaling["minReplicas"] <= affordable < scaling["maxReplicas"]
     assert f"pays for {affordable} replicas" in (EXAMPLES / "budget-capped.yaml").read_text()

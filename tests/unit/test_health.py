@@ -58,6 +58,9 @@ NODES = [node("kwok-h100-0", "NVIDIA-H100-80GB-HBM3", 8), node("kwok-l4-0", "NVI
          node("kwok-cpu-0", None, 0)]
 UNSCHED = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
            "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}
+#: What the scheduler says when no node has the product the pod's affinity asks for.
+NO_MATCH = {**UNSCHED, "message": "0/3 nodes are available: 3 node(s) didn't match Pod's node "
+                                  "affinity/selector. preemption: 0/3 nodes are available"}
 
 
 @pytest.mark.parametrize(
@@ -77,9 +80,20 @@ UNSCHED = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
         (pod(waiting={"reason": "CrashLoopBackOff"}, last_terminated={"exitCode": 1, "reason": "Error"}),
          [], Reason.CRASH_LOOP_BACK_OFF, ["7 restarts", "exit code 1"]),
         (pod(started_ago=1300), [], Reason.MODEL_LOAD_TIMEOUT, ["1300 s after start", "1200 s"]),
+        # Issue 14: a pool scaled to zero has no node; the pod waits for one and says so.
+        (pod(gpus=4, node=None, conditions=[NO_MATCH], products=["NVIDIA-A100-SXM4-80GB"]), [],
+         Reason.WAITING_FOR_GPU_NODE,
+         ["waits for a node with 4 GPUs of type nvidia-a100-80gb (NVIDIA-A100-SXM4-80GB)",
+          "the cluster has none now", "scaled to zero", "didn't match Pod's node affinity"]),
+        (pod(gpus=1, node=None, products=["NVIDIA-A10G", "NVIDIA-H200"]),
+         [{"reason": "FailedScheduling", "involvedObject": {"name": "p-1"}, "message": NO_MATCH["message"]}],
+         Reason.WAITING_FOR_GPU_NODE, ["nvidia-a10g (NVIDIA-A10G) or nvidia-h200-141gb (NVIDIA-H200)"]),
+        (pod(gpus=9, node=None, conditions=[UNSCHED], products=["NVIDIA-L4"]), [], Reason.INSUFFICIENT_GPU,
+         ["asks for 9", "offers 1"]),
     ],
     ids=["gpu-too-many", "gpu-type-too-small", "gpu-from-event", "other-unschedulable",
-         "image-pull", "crash-loop", "load-timeout"],
+         "image-pull", "crash-loop", "load-timeout", "no-node-of-type", "no-node-of-any-type",
+         "some-gpu-node-exists"],
 )
 def test_pod_problems_name_the_cause_with_numbers(the_pod: dict[str, Any], events: list[Any],
                                                   reason: Reason, fragments: list[str]) -> None:
@@ -102,6 +116,15 @@ def test_first_problem_prefers_scheduling_over_later_stages() -> None:
     pods = [pod("a", started_ago=5000), pod("b", gpus=9, node=None, conditions=[UNSCHED])]
     problem = first_problem(pods, nodes=NODES, events=[], now=NOW, startup_budget_seconds=1200)
     assert problem is not None and problem.reason == Reason.INSUFFICIENT_GPU and problem.pod == "b"
+
+
+def test_waiting_for_a_gpu_node_only_when_the_pod_cannot_be_scheduled() -> None:
+    # Not yet judged by the scheduler, or a CPU-only pod: nothing to say about GPU nodes.
+    assert pod_problem(pod(node=None, products=["NVIDIA-A10G"]), nodes=NODES, events=[], now=NOW,
+                       startup_budget_seconds=1200) is None
+    cpu_only = pod(gpus=0, node=None, conditions=[NO_MATCH], products=["NVIDIA-A10G"])
+    problem = pod_problem(cpu_only, nodes=NODES, events=[], now=NOW, startup_budget_seconds=1200)
+    assert problem is not None and problem.reason == Reason.UNSCHEDULABLE
 
 
 def test_largest_node_respects_allowed_products() -> None:

@@ -158,6 +158,14 @@ def test_hints_override_a_catalog_entry() -> None:
     ("s3://bucket/checkpoints/Qwen3-8B", "Qwen3-8B", None),
     ("oci://ghcr.io/acme/llama-3.1-8b-instruct:v3", "Llama-3.1-8B", None),
     ("hf://acme/Llama-3.1-8B-Instruct-support-v2", "Llama-3.1-8B", None),
+    ("hf://deepseek-ai/DeepSeek-R1-Distill-Llama-8B", "DeepSeek-R1-Distill-Llama-8B", None),
+    ("hf://deepseek-ai/DeepSeek-R1-Distill-Llama-70B", "DeepSeek-R1-Distill-Llama-70B", None),
+    ("hf://deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "DeepSeek-R1-Distill-Qwen-1.5B", None),
+    ("hf://deepseek-ai/DeepSeek-R1-Distill-Qwen-14B", "DeepSeek-R1-Distill-Qwen-14B", None),
+    ("hf://RedHatAI/DeepSeek-R1-Distill-Llama-70B-FP8-dynamic", "DeepSeek-R1-Distill-Llama-70B",
+     Precision.FP8),
+    ("hf://acme/DeepSeek-R1-Distill-Qwen-14B-support-v2", "DeepSeek-R1-Distill-Qwen-14B", None),
+    ("hf://acme/DeepSeek-R1-0528-support", "DeepSeek-R1", None),
 ], ids=lambda v: str(v))
 def test_catalog_matching(source: str, name: str, precision: Precision | None) -> None:
     match = match_model(source)
@@ -169,9 +177,70 @@ def test_catalog_matching(source: str, name: str, precision: Precision | None) -
 @pytest.mark.parametrize("source", [
     "hf://acme/secret-model", "hf://meta-llama/Llama-3.1-405B-Instruct", "hf://Qwen/Qwen3-4B",
     "hf://acme/llama-3.1", "s3://bucket/",
+    # Built from a catalog model, another architecture: not sized as the model they name first.
+    "hf://deepseek-ai/DeepSeek-R1-Distill-Qwen-3B", "hf://deepseek-ai/DeepSeek-R1-0528-Qwen3-8B",
+    "hf://acme/DeepSeek-R1-distill-mistral-7b", "hf://acme/Qwen3-32B-distill", "hf://acme/Llama-3.1-70B-to-8B",
 ], ids=lambda v: str(v))
 def test_catalog_does_not_guess(source: str) -> None:
     assert match_model(source) is None
+
+
+@pytest.mark.parametrize(("source", "precision"), [
+    ("hf://meta-llama/Llama-3.1-405B-Instruct-FP8", Precision.FP8),
+    ("hf://RedHatAI/Meta-Llama-3.1-405B-Instruct-FP8-dynamic", Precision.FP8),
+    ("hf://Qwen/Qwen2.5-72B-Instruct-AWQ", Precision.INT4),
+    ("hf://Qwen/Qwen2.5-72B-Instruct-GPTQ-Int4", Precision.INT4),
+    ("hf://Qwen/Qwen2.5-72B-Instruct-GPTQ-Int8", Precision.INT8),
+    ("hf://RedHatAI/Meta-Llama-3.1-405B-Instruct-quantized.w4a16", Precision.INT4),
+    ("hf://RedHatAI/Meta-Llama-3.1-405B-Instruct-quantized.w8a8", Precision.INT8),
+    ("hf://openai/gpt-oss-120b-MXFP4", Precision.INT4),
+    ("hf://acme/model-8bit", Precision.INT8),
+    ("hf://acme/model-BF16", Precision.BF16),
+    ("hf://acme/model-v2.5", None),
+    ("hf://acme/fp8lover-7b", None),
+], ids=lambda v: str(v))
+def test_precision_named_in_the_source(source: str, precision: Precision | None) -> None:
+    """The planner reads the precision from the name of a model outside the catalog too."""
+    assert normalize_model_name(source)[1] is precision
+
+
+def test_hints_replace_the_attention_of_an_mla_base() -> None:
+    """A hinted attention is grouped-query attention from the hints: no MLA latent is kept from R1."""
+    r1 = _arch("hf://deepseek-ai/DeepSeek-R1")
+    gqa = arch_from_hints({"numLayers": 32, "numAttentionHeads": 32, "numKeyValueHeads": 8, "headDim": 128},
+                          name="x", base=r1)
+    assert not gqa.is_mla
+    assert gqa.kv_bytes_per_token_per_rank(tp=1, kv_bytes=2) == 2 * 32 * 8 * 128 * 2
+    mha = arch_from_hints({"numAttentionHeads": 32}, name="x", base=r1)
+    assert not mha.is_mla and mha.num_kv_heads == 32  # not R1's 128 "KV heads"
+    finetune = arch_from_hints({"parametersBillions": 680}, name="x", base=r1)  # an R1 fine-tune
+    assert finetune.is_mla and finetune.kv_lora_rank == 512
+
+
+@pytest.mark.parametrize(("hints", "message"), [
+    ({"numKeyValueHeads": 64},
+     r"numKeyValueHeads \(64\) must be <= numAttentionHeads \(32 of Llama-3.1-8B\)"),
+    ({"numAttentionHeads": 4, "numKeyValueHeads": 8},
+     r"numKeyValueHeads \(8\) must be <= numAttentionHeads \(4\)"),
+    ({"precision": "fp4"}, "precision must be one of bf16, fp16, fp8, int8, int4"),
+], ids=["kv-above-base-heads", "kv-above-hinted-heads", "unknown-precision"])
+def test_inconsistent_hints_are_refused(hints: dict[str, Any], message: str) -> None:
+    with pytest.raises(ModelArchError, match=message):
+        arch_from_hints(hints, name="x", base=_arch("hf://meta-llama/Llama-3.1-8B-Instruct"))
+
+
+@pytest.mark.parametrize(("hints", "named", "base_source", "want"), [
+    ({}, Precision.FP8, None, Precision.FP8),
+    ({"precision": "int4"}, Precision.FP8, None, Precision.INT4),
+    ({}, None, "hf://deepseek-ai/DeepSeek-R1", Precision.FP8),
+    ({"precision": "bf16"}, None, "hf://deepseek-ai/DeepSeek-R1", Precision.BF16),
+    ({}, None, None, Precision.BF16),
+], ids=["from-name", "hint-wins", "from-base", "hint-over-base", "default"])
+def test_hinted_precision(hints: dict[str, Any], named: Precision | None, base_source: str | None,
+                          want: Precision) -> None:
+    full = {"parametersBillions": 8, "numLayers": 32, "hiddenSize": 4096, "numAttentionHeads": 32, **hints}
+    base = _arch(base_source) if base_source else None
+    assert arch_from_hints(full, name="x", base=base, named_precision=named).native_precision is want
 
 
 def test_prefix_match_is_marked_inexact() -> None:

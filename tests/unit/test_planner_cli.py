@@ -1,9 +1,12 @@
-"""``modelplane plan -f FILE``: output formats, fleet cost lines, and exit codes 0 / 1 / 2."""
+"""``modelplane plan -f FILE``: output formats, fleet cost lines, strict validation, exit codes 0 / 1 / 2."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -84,7 +87,8 @@ def test_text_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
 def test_bad_input_names_the_document_and_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(tmp_path, BAD_FIELD) == 2
     err = capsys.readouterr().err
-    assert "document 3 (ModelDeployment team-c/broken): spec.engine.maxModelLen: must be an integer" in err
+    assert ("document 3 (ModelDeployment team-c/broken): spec.engine.maxModelLen: "
+            "Input should be a valid integer") in err
 
 
 REFUSED_BY_THE_API_SERVER = [
@@ -161,3 +165,88 @@ def test_registered_in_the_modelplane_command(tmp_path: Path, capsys: pytest.Cap
     path.write_text(FITS)
     assert main_cli.main(["plan", "-f", str(path), "-o", "json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["name"] == "support-chat"
+
+
+# --- issue 14: plan -f validates as the API does, and more ------------------------------------------
+
+ONE = """
+apiVersion: modelplane.dev/v1alpha1
+kind: ModelDeployment
+metadata: {name: chat}
+spec:
+  model: {source: hf://meta-llama/Llama-3.1-8B-Instruct}
+  engine: {maxModelLen: 8192}
+"""
+
+
+@pytest.mark.parametrize(("old", "new", "problem"), [
+    ("maxModelLen: 8192", "maxModelLength: 8192", "spec.engine.maxModelLength: unknown field"),
+    ("engine:", "engnie:", "spec.engnie: unknown field"),
+    ("kind: ModelDeployment", "kind: ModelDeploymnet", "kind: unknown kind 'ModelDeploymnet'"),
+    ("kind: ModelDeployment", "kind: ModelService", "kind: unknown kind 'ModelService'"),
+    ("modelplane.dev/v1alpha1", "modelplane.dev/v1", "apiVersion: must be modelplane.dev/v1alpha1"),
+    ("metadata: {name: chat}", "metadata: {name: chat, lables: {a: b}}", "metadata.lables: unknown field"),
+    ("metadata: {name: chat}", "metadata: {name: chat}\nstatuss: {}", "statuss: unknown field"),
+    ("metadata: {name: chat}", "metadata: {namespace: x}", "metadata.name: is required"),
+    ("Llama-3.1-8B-Instruct}", "Llama-3.1-8B-Instruct, hints: {numKeyValueHeads: 64, numAttentionHeads: 32}}",
+     "spec.model.hints: numKeyValueHeads must be <= numAttentionHeads"),
+    ("maxModelLen: 8192", "maxModelLen: 8192, extraArgs: [--tensor-parallel-size=2]",
+     "spec.engine.extraArgs: extraArgs must not set --tensor-parallel-size"),
+    ("maxModelLen: 8192", "maxModelLen: 8192, extraArgs: [--enable-prefix-caching, --max-model-len=131072]",
+     "spec.engine.extraArgs: extraArgs must not set --max-model-len: use spec.engine.maxModelLen"),
+    ("maxModelLen: 8192", "maxModelLen: 8192, extraArgs: [--dtype, float16]",
+     "spec.engine.extraArgs: extraArgs must not set --dtype: use spec.engine.dtype"),
+    ("maxModelLen: 8192", "maxModelLen: 8192, extraArgs: [--pipeline-parallel-size, '2']",
+     "extraArgs must not set --pipeline-parallel-size or -pp"),
+    ("maxModelLen: 8192", "maxModelLen: 8192, extraArgs: [-q=fp8]", "use spec.engine.quantization"),
+    ("maxModelLen: 8192", "maxModelLen: 8192, extraArgs: [--gpu-memory-utilization=0.95]",
+     "use spec.engine.gpuMemoryUtilization"),
+    ("maxModelLen: 8192", "maxModelLen: 8192, extraArgs: [--max-num-seqs, '512']",
+     "use spec.engine.maxNumSeqs"),
+], ids=["misspelt-field", "misspelt-section", "misspelt-kind", "unknown-kind", "unknown-version",
+        "misspelt-metadata", "unknown-top-level", "no-name", "kv-above-heads", "tensor-parallel-flag",
+        "max-model-len-flag", "dtype-flag", "pipeline-parallel-flag", "quantization-flag", "utilization-flag",
+        "max-num-seqs-flag"])
+def test_strict_validation(tmp_path: Path, capsys: pytest.CaptureFixture[str], old: str, new: str,
+                           problem: str) -> None:
+    """Issue 14: plan -f dropped misspelt fields (a 128k plan for maxModelLength), skipped a misspelt
+    kind, and planned what the API server refuses."""
+    assert old in ONE
+    assert run(tmp_path, ONE.replace(old, new)) == cli.EXIT_BAD_INPUT
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert lines == [line for line in lines if line.startswith("modelplane plan: ")], "one line per problem"
+    assert any(problem in line for line in lines), captured.err
+    assert "Traceback" not in captured.err and captured.out.strip() in ("", "[]")
+
+
+def test_every_problem_of_a_document_gets_its_own_line(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    manifest = ONE.replace("maxModelLen: 8192",
+                           "maxModelLength: 8192, maxNumSeqs: many, extraArgs: [--dtype=half]")
+    assert run(tmp_path, manifest) == cli.EXIT_BAD_INPUT
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert [line.split(": ", 3)[-1].split(":")[0] for line in lines] == [
+        "spec.engine.maxNumSeqs", "spec.engine.extraArgs", "spec.engine.maxModelLength"]
+
+
+def test_other_kinds_are_still_skipped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    other = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\nspec: {replicas: 1}\n---\n"
+    assert run(tmp_path, other + ONE) == cli.EXIT_FITS
+    assert "default/chat" in capsys.readouterr().out
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    """``modelplane plan -f x | head -1``: no BrokenPipeError traceback, the plan's exit code kept."""
+    path = tmp_path / "deploy.yaml"
+    path.write_text(ONE)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line is written
+    try:
+        done = subprocess.run([sys.executable, "-m", "modelplane.cli", "plan", "-f", str(path)],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, check=False)
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr, done.stderr
+    assert done.returncode == cli.EXIT_FITS

@@ -1,4 +1,4 @@
-"""The planner's decisions and messages: reason codes, fixed counts, node shapes, the spec adapter."""
+"""The planner's decisions and messages: reason codes, fixed counts, FP8 GPUs, distills, the spec adapter."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import pytest
 
 from modelplane import gpus
 from modelplane.planner import (
-    NodeShape,
     PlanReason,
     Precision,
     SpecError,
@@ -16,14 +15,13 @@ from modelplane.planner import (
     estimate_memory,
     kv_tokens,
     match_model,
-    node_shapes_from_nodes,
     plan_request_from_spec,
     startup_budget_seconds,
 )
 from modelplane.planner.plan import format_tokens
 
-H100, H200, A100, L40S, L4 = ("nvidia-h100-80gb", "nvidia-h200-141gb", "nvidia-a100-80gb", "nvidia-l40s",
-                              "nvidia-l4")
+H100, H200, A100, L40S, L4, A10G = ("nvidia-h100-80gb", "nvidia-h200-141gb", "nvidia-a100-80gb",
+                                    "nvidia-l40s", "nvidia-l4", "nvidia-a10g")
 LLAMA_8B = "hf://meta-llama/Llama-3.1-8B-Instruct"
 LLAMA_70B = "hf://meta-llama/Llama-3.1-70B-Instruct"
 
@@ -41,8 +39,8 @@ def md(source: str = LLAMA_8B, *, hints: dict[str, Any] | None = None, count: An
     return {"model": model, "engine": engine, "resources": {"gpu": gpu}}
 
 
-def plan_for(spec: dict[str, Any], node_shapes: list[NodeShape] | None = None) -> Any:
-    return build_plan(plan_request_from_spec(spec), gpus.GPU_TYPES, node_shapes=node_shapes)
+def plan_for(spec: dict[str, Any]) -> Any:
+    return build_plan(plan_request_from_spec(spec), gpus.GPU_TYPES)
 
 
 @pytest.mark.parametrize(("spec", "code", "in_reason"), [
@@ -94,35 +92,6 @@ def test_unknown_model_with_fixed_count_still_names_a_shape() -> None:
 def test_long_context_allowed_with_the_env_override() -> None:
     spec = md(maxModelLen=262144, env=[{"name": "VLLM_ALLOW_LONG_MAX_MODEL_LEN", "value": "1"}])
     assert plan_for(spec).fits
-
-
-@pytest.mark.parametrize(("shapes", "want"), [
-    ([NodeShape(L4, 1), NodeShape(H100, 8)], (H100, 1)),  # L4 nodes hold one GPU: 2xL4 impossible
-    ([NodeShape(L4, 2), NodeShape(H100, 8)], (L4, 2)),
-    ([NodeShape(L40S, 4, nodes=3)], (L40S, 1)),
-], ids=["one-gpu-l4-nodes", "two-gpu-l4-nodes", "only-l40s-in-cluster"])
-def test_node_shapes_bound_the_choice(shapes: list[NodeShape], want: tuple[str, int]) -> None:
-    plan = plan_for(md(maxModelLen=131072), node_shapes=shapes)
-    assert plan.fits and (plan.gpu_type, plan.gpus_per_replica) == want
-
-
-def test_no_node_of_an_allowed_type() -> None:
-    plan = plan_for(md(types=[H200]), node_shapes=[NodeShape(L4, 1)])
-    assert plan.reason_code is PlanReason.NO_ALLOWED_GPU_TYPE
-    assert "no node in the cluster" in plan.reason
-
-
-def test_node_shapes_from_nodes() -> None:
-    def node(product: str, count: str, *, unschedulable: bool = False,
-             allocatable: bool = True) -> dict[str, Any]:
-        labels = {gpus.PRODUCT_LABEL: product, gpus.COUNT_LABEL: count}
-        return {"metadata": {"name": "n", "labels": labels}, "spec": {"unschedulable": unschedulable},
-                "status": {"allocatable": {gpus.GPU_RESOURCE: count} if allocatable else {}}}
-
-    nodes = [node("NVIDIA-H100-80GB-HBM3", "8"), node("NVIDIA-H100-80GB-HBM3", "8"),
-             node("NVIDIA-L4", "1", allocatable=False), node("NVIDIA-L4", "4", unschedulable=True),
-             node("Tesla-T4", "1"), {"metadata": {"name": "cpu"}}]
-    assert node_shapes_from_nodes(nodes) == (NodeShape(H100, 8, nodes=2), NodeShape(L4, 1, nodes=1))
 
 
 def test_status_has_exactly_the_api_fields() -> None:
@@ -252,3 +221,115 @@ def test_memory_estimate_splits_across_ranks() -> None:
     assert two.per_gpu_required_gib < one.per_gpu_required_gib
     assert two.available_gib == pytest.approx(2 * one.available_gib)
     assert not one.fits and two.fits
+
+
+# --- issue 14: distills, precision from the name and hints, FP8 GPUs --------------------------------
+
+R1_DISTILL = "hf://deepseek-ai/DeepSeek-R1-Distill-"
+LLAMA_8B_HINTS = {"parametersBillions": 8.03, "numLayers": 32, "hiddenSize": 4096, "numAttentionHeads": 32,
+                  "numKeyValueHeads": 8}
+LLAMA_405B_HINTS = {"parametersBillions": 405.9, "numLayers": 126, "hiddenSize": 16384,
+                    "numAttentionHeads": 128, "numKeyValueHeads": 8}
+
+
+@pytest.mark.parametrize(("source", "sized_from", "params_b", "kv_gib_at_128k", "shape"), [
+    # Each distill is its student: Llama 3.1 8B / 3.3 70B, Qwen 2.5 1.5B / 14B (GQA, dense, BF16).
+    (R1_DISTILL + "Llama-8B", "catalog (DeepSeek-R1-Distill-Llama-8B)", 8.03, 16.0, "2x nvidia-l4"),
+    (R1_DISTILL + "Qwen-1.5B", "catalog (DeepSeek-R1-Distill-Qwen-1.5B)", 1.78, 3.5, "1x nvidia-l4"),
+    (R1_DISTILL + "Qwen-14B", "catalog (DeepSeek-R1-Distill-Qwen-14B)", 14.8, 24.0, "1x nvidia-a100-80gb"),
+    (R1_DISTILL + "Llama-70B", "catalog (DeepSeek-R1-Distill-Llama-70B)", 70.6, 40.0, "4x nvidia-a100-80gb"),
+    ("hf://unsloth/DeepSeek-R1-Distill-Llama-8B", "catalog (DeepSeek-R1-Distill-Llama-8B)", 8.03, 16.0,
+     "2x nvidia-l4"),
+], ids=["llama-8b", "qwen-1.5b", "qwen-14b", "llama-70b", "mirror"])
+def test_r1_distills_are_sized_as_their_student(source: str, sized_from: str, params_b: float,
+                                                kv_gib_at_128k: float, shape: str) -> None:
+    """Issue 14: they matched the catalog's "deepseek-r1" prefix and were planned as the 671B model."""
+    request = plan_request_from_spec(md(source))
+    assert request.arch is not None and request.arch_source == sized_from
+    assert not request.arch.is_mla and not request.arch.is_moe
+    assert request.arch.total_params == pytest.approx(params_b * 1e9)
+    plan = build_plan(request, gpus.GPU_TYPES)
+    assert plan.fits and plan.shape == shape, plan.reason
+    assert plan.memory is not None and plan.memory.kv_cache_gib == pytest.approx(kv_gib_at_128k, abs=0.05)
+
+
+@pytest.mark.parametrize(("source", "in_reason"), [
+    (R1_DISTILL + "Qwen-3B", "DeepSeek-R1-Distill-Qwen-3B is DeepSeek-R1 distilled into qwen-3b"),
+    ("hf://deepseek-ai/DeepSeek-R1-0528-Qwen3-8B", "names another size (8b) than DeepSeek-R1"),
+    ("hf://acme/Llama-3.1-8B-Instruct-distill-tiny", "Llama-3.1-8B distilled into tiny"),
+], ids=["unknown-distill", "student-named-by-size", "distill-of-another-model"])
+def test_models_built_from_a_catalog_model_are_not_sized_as_it(source: str, in_reason: str) -> None:
+    plan = plan_for(md(source))
+    assert plan.reason_code is PlanReason.UNKNOWN_MODEL_SIZE
+    assert in_reason in plan.reason and "set spec.model.hints" in plan.reason
+
+
+def test_hints_for_a_distill_replace_the_attention_of_r1() -> None:
+    """The user's case: hints for an R1 distill gave a 4.5 GiB MLA cache where GQA needs 16 GiB."""
+    for source in (R1_DISTILL + "Llama-8B-custom", "hf://deepseek-ai/DeepSeek-R1-finetune"):
+        plan = plan_for(md(source, hints=LLAMA_8B_HINTS, maxModelLen=131072))
+        assert plan.fits, plan.reason
+        assert plan.memory is not None and plan.memory.kv_cache_gib == pytest.approx(16.0)
+
+
+@pytest.mark.parametrize(("source", "hints", "engine", "precision", "from_", "shape"), [
+    ("hf://meta-llama/Llama-3.1-405B-Instruct-FP8", LLAMA_405B_HINTS, {}, Precision.FP8,
+     "FP8 in the model's name", "8x nvidia-h100-80gb"),
+    ("hf://acme/llama-405b", {**LLAMA_405B_HINTS, "precision": "fp8"}, {}, Precision.FP8,
+     "spec.model.hints.precision", "8x nvidia-h100-80gb"),
+    ("hf://acme/llama-405b-AWQ", LLAMA_405B_HINTS, {}, Precision.INT4, "INT4 in the model's name",
+     "4x nvidia-h100-80gb"),
+    ("hf://acme/llama-405b-FP8", {**LLAMA_405B_HINTS, "precision": "int4"}, {}, Precision.INT4,
+     "spec.model.hints.precision", "4x nvidia-h100-80gb"),
+    ("hf://acme/llama-405b-FP8", LLAMA_405B_HINTS, {"quantization": "awq"}, Precision.INT4,
+     "spec.engine.quantization", "4x nvidia-h100-80gb"),
+], ids=["fp8-in-name", "hint", "awq-in-name", "hint-beats-name", "quantization-beats-both"])
+def test_precision_outside_the_catalog(source: str, hints: dict[str, Any], engine: dict[str, Any],
+                                       precision: Precision, from_: str, shape: str) -> None:
+    """Issue 14: Llama-3.1-405B-Instruct-FP8 was sized as BF16 and refused on H100 nodes."""
+    request = plan_request_from_spec(md(source, hints=hints, types=[H100], maxModelLen=8192, **engine))
+    plan = build_plan(request, gpus.GPU_TYPES)
+    assert (plan.precision, request.precision_from) == (precision, from_)
+    assert plan.fits and plan.shape == shape, plan.reason
+
+
+@pytest.mark.parametrize(("spec", "code", "shape", "in_reason"), [
+    (md(LLAMA_70B, quantization="fp8", maxModelLen=8192, types=[A100, H100]), PlanReason.FITS,
+     "2x nvidia-h100-80gb", "not on nvidia-a100-80gb: no FP8 support"),
+    (md(LLAMA_70B, quantization="fp8", maxModelLen=8192, types=[A100, A10G]), PlanReason.NO_ALLOWED_GPU_TYPE,
+     "", "FP8 weights (from spec.engine.quantization), which need a GPU with FP8 support"),
+    (md(quantization="fp8", maxModelLen=8192, count=1, types=[A10G]), PlanReason.NO_ALLOWED_GPU_TYPE,
+     "", "none of the allowed types has it (nvidia-a10g)"),
+    (md("hf://RedHatAI/Llama-3.3-70B-Instruct-FP8-dynamic", maxModelLen=8192, types=[A100]),
+     PlanReason.NO_ALLOWED_GPU_TYPE, "", "FP8 weights (from FP8 in the model's name)"),
+    (md("hf://acme/private", hints={**LLAMA_8B_HINTS, "precision": "fp8"}, maxModelLen=8192, types=[A10G]),
+     PlanReason.NO_ALLOWED_GPU_TYPE, "", "from spec.model.hints.precision"),
+    (md("hf://deepseek-ai/DeepSeek-R1", types=[A100]), PlanReason.NO_ALLOWED_GPU_TYPE, "",
+     "from the catalog's DeepSeek-R1 entry"),
+    (md(LLAMA_70B, quantization="fp8", maxModelLen=8192), PlanReason.FITS, "4x nvidia-l4", "cheapest"),
+    (md(LLAMA_70B, maxModelLen=8192, types=[A100, A10G]), PlanReason.FITS, "2x nvidia-a100-80gb",
+     "cheapest"),
+], ids=["a100-skipped", "no-fp8-type", "fixed-count-no-fp8-type", "fp8-checkpoint-by-name", "fp8-hint",
+        "fp8-native-catalog", "all-types", "bf16-on-ampere"])
+def test_fp8_weights_only_on_gpus_with_fp8(spec: dict[str, Any], code: PlanReason, shape: str,
+                                           in_reason: str) -> None:
+    """Issue 14: quantization fp8 was planned onto A100 and A10G, which have no FP8 tensor cores."""
+    plan = plan_for(spec)
+    assert plan.reason_code is code and plan.shape == shape, plan.reason
+    assert in_reason in plan.reason
+    if plan.fits and plan.precision is Precision.FP8:
+        assert gpus.GPU_TYPES[plan.gpu_type].fp8
+
+
+@pytest.mark.parametrize(("name", "fp8"), [
+    (H100, True), (H200, True), (L40S, True), (L4, True), (A100, False), (A10G, False),
+], ids=lambda v: str(v))
+def test_gpu_catalog_knows_fp8_support(name: str, fp8: bool) -> None:
+    """FP8 tensor cores: Ada Lovelace (L4, L40S) and Hopper (H100, H200) have them, Ampere does not."""
+    assert gpus.GPU_TYPES[name].fp8 is fp8
+
+
+def test_hint_precision_is_checked() -> None:
+    with pytest.raises(SpecError) as caught:
+        plan_request_from_spec(md(hints={"precision": "fp4"}))
+    assert caught.value.field == "spec.model.hints.precision"

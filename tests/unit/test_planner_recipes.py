@@ -16,7 +16,6 @@ from modelplane import gpus
 from modelplane.gpus import GPUType
 from modelplane.planner import (
     ModelArch,
-    NodeShape,
     PlanReason,
     PlanRequest,
     Precision,
@@ -283,10 +282,6 @@ def test_planner_never_picks_a_shape_that_does_not_fit() -> None:
         catalog = _random_catalog(rng)
         names = list(catalog)
         types = tuple(rng.sample(names, rng.randint(1, len(names)))) if rng.random() < 0.6 else ()
-        node_shapes = None
-        if rng.random() < 0.4:
-            chosen = rng.sample(names, rng.randint(1, 4))
-            node_shapes = [NodeShape(n, rng.choice([1, 2, 4, 8])) for n in chosen]
         request = PlanRequest(
             source="hf://test/random", model_name="random", arch=arch, arch_source="test",
             precision=rng.choice([None, *Precision]),
@@ -298,7 +293,7 @@ def test_planner_never_picks_a_shape_that_does_not_fit() -> None:
             kv_cache_bytes=rng.choice([1.0, 2.0]),
             allow_long_context=True,
         )
-        plan = build_plan(request, catalog, node_shapes=node_shapes)
+        plan = build_plan(request, catalog)
         checked += 1
         if not plan.fits:
             continue
@@ -310,24 +305,19 @@ def test_planner_never_picks_a_shape_that_does_not_fit() -> None:
         assert arch.valid_tensor_parallel(plan.tensor_parallel_size)
         assert plan.gpus_per_replica == plan.tensor_parallel_size
         assert plan.gpu_type in (types or names)
-        limit = 8
-        if node_shapes is not None:
-            sizes = [s.gpus_per_node for s in node_shapes if s.gpu_type == plan.gpu_type]
-            assert sizes, "a type with no node was chosen"
-            limit = max(sizes)
-        assert plan.gpus_per_replica <= limit
+        assert plan.gpus_per_replica <= 8
+        precision = request.precision or arch.native_precision
+        allowed = [n for n in types or names if precision is not Precision.FP8 or catalog[n].fp8]
+        assert plan.gpu_type in allowed, "FP8 weights on a GPU without FP8 support"
         if request.gpu_count is not None:
             assert plan.gpus_per_replica == request.gpu_count
         else:
             # Brute force: no valid one-node shape among the allowed types is cheaper and fits.
-            precision = request.precision or arch.native_precision
             context = request.max_model_len or arch.max_position_embeddings
             assert context is not None
             tokens = kv_tokens(max_model_len=context, max_num_seqs=request.max_num_seqs)
-            for name in types or names:
-                per_node = 8 if node_shapes is None else max(
-                    [s.gpus_per_node for s in node_shapes if s.gpu_type == name], default=0)
-                for n in range(1, per_node + 1):
+            for name in allowed:
+                for n in range(1, 9):
                     if not arch.valid_tensor_parallel(n):
                         continue
                     m = estimate_memory(arch, precision=precision,

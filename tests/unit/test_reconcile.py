@@ -139,6 +139,66 @@ def test_unschedulable_gpu_pods_make_the_deployment_degraded_with_insufficient_g
     assert any(c["kind"] == "Deployment" for c in result.apply)
 
 
+L4_NODE = {"metadata": {"name": "kwok-l4-0", "labels": {"nvidia.com/gpu.product": "NVIDIA-L4"}},
+           "status": {"allocatable": {"nvidia.com/gpu": "1"}}}
+
+
+def _container(result: reconcile.Result) -> dict[str, Any]:
+    deployment = next(c for c in result.apply if c["kind"] == "Deployment")
+    return dict(deployment["spec"]["template"]["spec"]["containers"][0])
+
+
+def _products(result: reconcile.Result) -> list[str]:
+    deployment = next(c for c in result.apply if c["kind"] == "Deployment")
+    terms = (deployment["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]
+             ["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"])
+    return [v for t in terms for e in t["matchExpressions"] if e["key"] == "nvidia.com/gpu.product"
+            for v in e["values"]]
+
+
+def test_a_gpu_type_without_nodes_is_planned_and_its_pod_waits_for_a_node() -> None:
+    """Issue 14: with the H100 pool scaled to zero and one L4 node, Llama 3.3 70B got NoAllowedGPUType
+    and no pod, so the cluster autoscaler never saw a pod to scale the pool up for."""
+    body = md(model={"source": "hf://meta-llama/Llama-3.3-70B-Instruct", "revision": "main"},
+              resources={"gpu": {"count": "auto", "types": ["nvidia-h100-80gb"]}})
+    result = run(body, nodes=(L4_NODE,))
+    assert result.status is not None
+    assert result.status["plan"]["shape"] == "2x nvidia-h100-80gb", result.status["plan"]["reason"]
+    assert _products(result) == ["NVIDIA-H100-80GB-HBM3"]
+    # The pod that the autoscaler sees: pending, no node of its type; the condition says so.
+    no_match = "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector."
+    waiting = pod("p1", ready=False, node=None, gpus=2, unschedulable=no_match)
+    deployment = next(c for c in result.apply if c["kind"] == "Deployment")
+    waiting["spec"]["affinity"] = deployment["spec"]["template"]["spec"]["affinity"]
+    result = run(body, nodes=(L4_NODE,), pods=(waiting,), **materialise(result, ready=0))
+    assert result.status is not None
+    degraded = cond(result.status, "Degraded")
+    assert degraded["reason"] == "WaitingForGPUNode"
+    assert "nvidia-h100-80gb" in degraded["message"] and "scaled to zero" in degraded["message"]
+    assert result.status["plan"]["shape"] == "2x nvidia-h100-80gb"
+
+
+def test_hinted_precision_changes_the_plan_not_the_pod_args_or_the_revision() -> None:
+    """Issue 14: spec.model.hints.precision is for planning; engine.quantization is what adds a flag."""
+    source = {"source": "s3://models/acme-70b", "revision": "main"}
+    hints = {"parametersBillions": 70.6, "numLayers": 80, "hiddenSize": 8192, "numAttentionHeads": 64,
+             "numKeyValueHeads": 8}
+    types = {"gpu": {"count": "auto", "types": ["nvidia-h100-80gb"]}}
+    plain = run(md(model={**source, "hints": hints}, resources=types))
+    fp8 = run(md(model={**source, "hints": {**hints, "precision": "fp8"}}, resources=types))
+    assert plain.status is not None and fp8.status is not None
+    assert (plain.status["plan"]["shape"], fp8.status["plan"]["shape"]) == (
+        "2x nvidia-h100-80gb", "1x nvidia-h100-80gb")
+    def args_but_tp(result: reconcile.Result) -> list[str]:
+        args = list(_container(result)["args"])
+        at = args.index("--tensor-parallel-size")
+        return args[:at] + args[at + 2:]
+
+    assert args_but_tp(fp8) == args_but_tp(plain)
+    assert "--quantization" not in args_but_tp(fp8)
+    assert fp8.status["stable"]["fingerprint"] == plain.status["stable"]["fingerprint"]
+
+
 def test_a_model_no_allowed_gpu_can_hold_fails_without_creating_pods() -> None:
     body = md(model={"source": "hf://deepseek-ai/DeepSeek-R1", "revision": "main"},
               resources={"gpu": {"count": "auto", "types": ["nvidia-l4"]}})

@@ -275,6 +275,16 @@ class DType(StrEnum):
     FLOAT16 = "float16"
 
 
+class WeightPrecision(StrEnum):
+    """How a checkpoint's weights are stored, for the planner (``modelplane.planner.Precision``)."""
+
+    BF16 = "bf16"
+    FP16 = "fp16"
+    FP8 = "fp8"
+    INT8 = "int8"
+    INT4 = "int4"
+
+
 class ScalingMode(StrEnum):
     """Who decides the replica count."""
 
@@ -331,7 +341,9 @@ CONDITION_MEANINGS: Mapping[ConditionType, str] = {
 
 class ModelHints(_SpecModel):
     """Model shape for the GPU planner, for when the operator cannot read the model's config.json
-    (private buckets, OCI images). Each hint overrides what config.json says."""
+    (private buckets, OCI images, gated repositories without a token). Used only when config.json
+    was not read; laid over the built-in catalog entry when the source matches one. Hints change
+    the plan only, never the vLLM flags."""
 
     model_config = ConfigDict(json_schema_extra=rules(
         ("!has(self.activeParametersBillions) || !has(self.parametersBillions) || "
@@ -356,17 +368,31 @@ class ModelHints(_SpecModel):
     hidden_size: StrictInt | None = Field(
         default=None, ge=1, le=1_000_000, description="Hidden dimension (hidden_size). 1-1000000.")
     num_attention_heads: StrictInt | None = Field(
-        default=None, ge=1, le=4096, description="Attention heads per layer. 1-4096.")
+        default=None, ge=1, le=4096,
+        description="Attention heads per layer. 1-4096. Setting it, numKeyValueHeads or headDim describes "
+                    "the attention completely: the KV cache is sized as grouped-query attention from the "
+                    "hints, and nothing of a catalog entry's attention (e.g. DeepSeek's compressed latent) "
+                    "is kept.")
     num_key_value_heads: StrictInt | None = Field(
         default=None, ge=1, le=4096,
         description="Key/value heads per layer (grouped-query attention); at most numAttentionHeads. "
-                    "Sizes the KV cache. Unset: numAttentionHeads.")
+                    "Sizes the KV cache. Unset: numAttentionHeads (the largest KV cache), or the catalog "
+                    "entry's when the source matches one and numAttentionHeads is not hinted.")
     head_dim: StrictInt | None = Field(
         default=None, ge=1, le=4096,
-        description="Dimension of one attention head. Unset: hiddenSize / numAttentionHeads.")
+        description="Dimension of one attention head. Unset: the catalog entry's when neither hiddenSize "
+                    "nor numAttentionHeads is hinted, else hiddenSize / numAttentionHeads.")
     num_experts: StrictInt | None = Field(
         default=None, ge=1, le=4096,
         description="Experts in each mixture-of-experts layer. Unset: a dense model.")
+    precision: WeightPrecision | None = Field(
+        default=None,
+        description="How the checkpoint's weights are stored: bf16, fp16, fp8, int8 (GPTQ 8-bit, W8A8) or "
+                    "int4 (AWQ, GPTQ 4-bit, W4A16). Sizes the weights, and fp8 plans only onto GPUs with "
+                    "FP8 support. Planning only: it adds no vLLM flag and does not start a rollout "
+                    "(engine.quantization asks vLLM to quantize). Unset: the precision the model's name "
+                    "states (FP8, AWQ, GPTQ, INT4, INT8, W4A16, W8A8, ... as a word of the name), else "
+                    "the catalog entry's, else bf16.")
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -476,9 +502,11 @@ class EngineSpec(_SpecModel):
                     "reserves. Default: the model's own maximum. 1-16777216.")
     quantization: Quantization | None = Field(
         default=None,
-        description="Weight quantization (--quantization): fp8 (8-bit weights), awq or gptq (4-bit "
-                    "weights; the checkpoint must be quantized that way). Default: none, the checkpoint's "
-                    "own precision.")
+        description="Weight quantization (--quantization): fp8 (8-bit weights; planned only onto GPUs with "
+                    "FP8 support, L4, L40S, H100 and H200, not A100 or A10G), awq or gptq (4-bit weights; "
+                    "the checkpoint must be quantized that way). Default: none, the checkpoint's own "
+                    "precision. To tell the planner the precision of an already quantized checkpoint "
+                    "without adding the flag, use model.hints.precision.")
     dtype: DType = Field(
         default=DType.AUTO,
         description="Weight and activation dtype (--dtype): auto, bfloat16 or float16. Default auto "
@@ -527,7 +555,10 @@ class GPUSpec(_SpecModel):
         default=None, min_length=1, max_length=len(GPU_TYPE_NAMES),
         json_schema_extra={"x-kubernetes-list-type": "set"},
         description="GPU types the pods may run on, in no particular order; the planner picks the "
-                    f"cheapest that fits. Known: {', '.join(GPU_TYPE_NAMES)}. Default: any of them.")
+                    "cheapest that fits, whether or not the cluster has a node of it right now (a node pool "
+                    "scaled to zero is grown by the cluster autoscaler for the pending pod; the Degraded "
+                    f"condition says WaitingForGPUNode meanwhile). Known: {', '.join(GPU_TYPE_NAMES)}. "
+                    "Default: any of them.")
 
 
 class ModelCacheSpec(_SpecModel):
@@ -1025,7 +1056,9 @@ class ModelDeployment(BaseModel):
             return cls.model_validate(dict(obj))
         except ValidationError as exc:
             # "Value error, " is pydantic's prefix for a validator's message; the message says it all.
-            problems = [(_field_path(tuple(e["loc"])), e["msg"].removeprefix("Value error, "))
+            problems = [(_field_path(tuple(e["loc"])),
+                         "unknown field" if e["type"] == "extra_forbidden"
+                         else e["msg"].removeprefix("Value error, "))
                         for e in exc.errors()]
             raise InvalidSpecError(problems) from None
 

@@ -1,9 +1,11 @@
 """What is wrong with a ModelDeployment's pods, in words a person can act on. Pure.
 
 The handlers hand over the raw pods, nodes and events they read; this module finds the first
-problem that explains why replicas are not Ready — a GPU request no node can satisfy, an image
-that cannot be pulled, an engine that crashes, a model that does not load within its budget —
-and says so with the numbers (GPUs asked, the largest node, the exit code, the seconds waited).
+problem that explains why replicas are not Ready — a GPU type with no node (yet: the planner plans
+from the allowed types, and a cluster autoscaler may be growing a pool from zero), a GPU request no
+node can satisfy, an image that cannot be pulled, an engine that crashes, a model that does not
+load within its budget — and says so with the numbers (GPUs asked, the largest node, the exit code,
+the seconds waited).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ class Reason(StrEnum):
     """Condition reasons for problems with replicas; each has a troubleshooting entry in docs."""
 
     INSUFFICIENT_GPU = "InsufficientGPU"
+    WAITING_FOR_GPU_NODE = "WaitingForGPUNode"  #: no node of the pod's GPU types is in the cluster
     UNSCHEDULABLE = "Unschedulable"
     IMAGE_PULL_BACK_OFF = "ImagePullBackOff"
     CRASH_LOOP_BACK_OFF = "CrashLoopBackOff"
@@ -115,6 +118,27 @@ def largest_gpu_node(nodes: Sequence[Obj], products: set[str] | None) -> tuple[i
     return best, desc
 
 
+def _gpu_type_names(products: set[str] | None) -> str:
+    """"nvidia-h100-80gb (NVIDIA-H100-80GB-HBM3)" for each product, in the spec's terms."""
+    if products is None:
+        return "any GPU type"
+    names = []
+    for product in sorted(products):
+        gpu = gpus.by_product(product)
+        names.append(f"{gpu.name} ({product})" if gpu else product)
+    return " or ".join(names)
+
+
+def has_node_of(nodes: Sequence[Obj], products: set[str] | None) -> bool:
+    """Whether any node carries one of the GPU products (any GPU node when ``products`` is None)."""
+    for node in nodes:
+        labels = node.get("metadata", {}).get("labels") or {}
+        product = labels.get(gpus.PRODUCT_LABEL)
+        if product and (products is None or product in products):
+            return True
+    return False
+
+
 def _unschedulable_message(pod: Obj, events: Sequence[Obj]) -> str | None:
     for cond in pod.get("status", {}).get("conditions") or []:
         if (cond.get("type") == "PodScheduled" and cond.get("status") == "False"
@@ -139,8 +163,15 @@ def pod_problem(pod: Obj, *, nodes: Sequence[Obj], events: Sequence[Obj], now: d
         "nodeName") else None
     if unschedulable is not None:
         asked = gpus_requested(pod)
+        products = allowed_products(pod)
+        if asked and not has_node_of(nodes, products):
+            return Problem(Reason.WAITING_FOR_GPU_NODE,
+                           f"pod {name} waits for a node with {asked} GPUs of type "
+                           f"{_gpu_type_names(products)}: the cluster has none now. A cluster autoscaler "
+                           f"(Karpenter, cluster-autoscaler) adds one for this pod if a node pool of that "
+                           f"type exists, even one scaled to zero; otherwise add such nodes or allow "
+                           f"another type in spec.resources.gpu.types. Scheduler: {unschedulable}", name)
         if gpus.GPU_RESOURCE in unschedulable and asked:
-            products = allowed_products(pod)
             most, where = largest_gpu_node(nodes, products)
             allowed = ", ".join(sorted(products)) if products else "any type"
             return Problem(Reason.INSUFFICIENT_GPU,

@@ -47,7 +47,6 @@ from modelplane.planner.plan import (
     PlanRequest,
     SpecError,
     build_plan,
-    node_shapes_from_nodes,
     plan_request_from_spec,
 )
 from modelplane.rollout import driver as rollouts
@@ -188,9 +187,9 @@ def prepare(observed: Observed, *, prices: Mapping[str, float]) -> Prepared:
             config_note=config.message if config is not None and config.arch is None else "")
     except SpecError as exc:
         return Prepared(md=md, invalid=str(exc))
-    catalog = gpus.with_prices(prices)
-    shapes = node_shapes_from_nodes(observed.nodes)
-    plan = build_plan(request, catalog, node_shapes=shapes or None)
+    # Planned from the allowed types alone: a type with no node now may be a pool scaled to zero,
+    # which a cluster autoscaler grows for the pending pod (health explains a pod that waits).
+    plan = build_plan(request, gpus.with_prices(prices))
     served = md.spec.model.served_name or md.name
     targets = tuple(
         ScrapeTarget(pod=p["metadata"]["name"], ip=p["status"]["podIP"], port=render.PORT)

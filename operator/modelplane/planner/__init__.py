@@ -18,14 +18,12 @@ from modelplane.planner.cost import (
 )
 from modelplane.planner.memory import MemoryEstimate, estimate_memory, kv_tokens
 from modelplane.planner.plan import (
-    NodeShape,
     Plan,
     PlanReason,
     PlanRequest,
     ShapeOption,
     SpecError,
     build_plan,
-    node_shapes_from_nodes,
     plan_request_from_spec,
     startup_budget_seconds,
 )
@@ -38,9 +36,8 @@ from modelplane.planner.source import (
 
 __all__ = [
     "CATALOG", "CatalogEntry", "ConfigReadError", "ConfigReadReason", "CounterSample", "MemoryEstimate",
-    "ModelArch", "ModelArchError", "NodeShape", "Plan", "PlanReason", "PlanRequest", "Precision",
+    "ModelArch", "ModelArchError", "Plan", "PlanReason", "PlanRequest", "Precision",
     "ShapeOption", "SpecError", "arch_from_config", "arch_from_hints", "build_plan", "cost_status",
-    "estimate_memory", "fleet_hourly_usd", "kv_tokens", "match_model", "node_shapes_from_nodes",
-    "plan_request_from_spec", "read_model_arch", "read_model_config", "startup_budget_seconds",
-    "token_rate", "usd_per_million_tokens",
+    "estimate_memory", "fleet_hourly_usd", "kv_tokens", "match_model", "plan_request_from_spec",
+    "read_model_arch", "read_model_config", "startup_budget_seconds", "token_rate", "usd_per_million_tokens",
 ]

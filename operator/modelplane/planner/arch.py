@@ -321,14 +321,22 @@ def arch_from_config(config: Mapping[str, Any], *, name: str, total_params: floa
 
 #: Hints without which a model that is neither in config.json nor in the catalog cannot be sized.
 REQUIRED_HINTS: tuple[str, ...] = ("parametersBillions", "numLayers", "hiddenSize", "numAttentionHeads")
+#: Hints that describe the attention: any of them replaces the base model's attention layout whole.
+ATTENTION_HINTS: tuple[str, ...] = ("numAttentionHeads", "numKeyValueHeads", "headDim")
 
 
-def arch_from_hints(hints: Mapping[str, Any], *, name: str, base: ModelArch | None = None) -> ModelArch:
+def arch_from_hints(hints: Mapping[str, Any], *, name: str, base: ModelArch | None = None,
+                    named_precision: Precision | None = None) -> ModelArch:
     """A ``ModelArch`` from ``spec.model.hints``, laid over a catalog entry when one matched.
 
     Without a base, ``REQUIRED_HINTS`` must all be present; KV heads default to the attention heads
     (plain multi-head attention, the largest KV cache, so the estimate errs on the safe side) and the
-    head dim to hidden size / heads. Raises ``ModelArchError`` naming the missing hints.
+    head dim to hidden size / heads. Raises ``ModelArchError`` naming the missing or inconsistent hints.
+
+    Any of ``ATTENTION_HINTS`` describes the attention completely: grouped-query attention with the
+    hinted heads, KV heads (default: the attention heads, unless only they are left from a GQA base)
+    and head dim; nothing of a base's multi-head latent attention is kept. The precision is the
+    ``precision`` hint, else ``named_precision`` (read from the model's name), else the base's, else BF16.
     """
     if base is None:
         missing = [h for h in REQUIRED_HINTS if hints.get(h) is None]
@@ -347,11 +355,20 @@ def arch_from_hints(hints: Mapping[str, Any], *, name: str, base: ModelArch | No
     assert total_b is not None and layers is not None and hidden is not None and heads is not None
     if total_b <= 0 or layers < 1 or hidden < 1 or heads < 1:
         raise ModelArchError("spec.model.hints must be positive numbers")
-    kv_heads = pick("numKeyValueHeads", base.num_kv_heads if base else heads)
-    head_dim = pick("headDim", base.head_dim if base and hints.get("hiddenSize") is None
-                    and hints.get("numAttentionHeads") is None else math.floor(hidden / heads))
+    attention_hinted = any(hints.get(h) is not None for h in ATTENTION_HINTS)
+    # The base's attention holds only while no hint changes it (MLA's "KV heads" are no GQA figure).
+    keep_base_kv = base is not None and not base.is_mla and hints.get("numAttentionHeads") is None
+    keep_base_head_dim = keep_base_kv and hints.get("hiddenSize") is None
+    kv_heads = pick("numKeyValueHeads", base.num_kv_heads if base and keep_base_kv else heads)
+    head_dim = pick("headDim", base.head_dim if base and keep_base_head_dim else math.floor(hidden / heads))
     experts = pick("numExperts", base.num_experts if base else 0)
     assert kv_heads is not None and head_dim is not None and experts is not None and active_b is not None
+    if kv_heads > heads:
+        of = "" if hints.get("numAttentionHeads") is not None else f" of {base.name if base else name}"
+        raise ModelArchError(f"spec.model.hints.numKeyValueHeads ({int(kv_heads)}) must be <= "
+                             f"numAttentionHeads ({int(heads)}{of})")
+    keep_mla = base is not None and base.is_mla and not attention_hinted
+    precision = _hinted_precision(hints) or named_precision or (base.native_precision if base else None)
     return ModelArch(
         name=name,
         total_params=total_b * 1e9,
@@ -363,12 +380,24 @@ def arch_from_hints(hints: Mapping[str, Any], *, name: str, base: ModelArch | No
         head_dim=int(head_dim),
         num_experts=int(experts),
         experts_per_token=base.experts_per_token if base else 0,
-        native_precision=base.native_precision if base else Precision.BF16,
+        native_precision=precision or Precision.BF16,
         max_position_embeddings=base.max_position_embeddings if base else None,
         # Embedding size is unknown without a base: all weights are then counted as linear layers.
         vocab_size=base.vocab_size if base else 0,
         tie_word_embeddings=base.tie_word_embeddings if base else False,
-        mlp_width=base.mlp_width if base else 0,
-        kv_lora_rank=base.kv_lora_rank if base else 0,
-        qk_rope_head_dim=base.qk_rope_head_dim if base else 0,
+        # The base's MLP width is stale once the hidden size changes; 0 estimates it from the hints.
+        mlp_width=base.mlp_width if base and hints.get("hiddenSize") is None else 0,
+        kv_lora_rank=base.kv_lora_rank if base and keep_mla else 0,
+        qk_rope_head_dim=base.qk_rope_head_dim if base and keep_mla else 0,
     )
+
+
+def _hinted_precision(hints: Mapping[str, Any]) -> Precision | None:
+    value = hints.get("precision")
+    if value is None:
+        return None
+    try:
+        return Precision(str(value).lower())
+    except ValueError:
+        raise ModelArchError(f"spec.model.hints.precision must be one of "
+                             f"{', '.join(p.value for p in Precision)}, got {value!r}") from None

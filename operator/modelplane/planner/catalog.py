@@ -84,11 +84,12 @@ _DEEPSEEK_V3: dict[str, Any] = {
 }
 
 
-def _qwen2(hidden: int, inter: int, layers: int, heads: int, kv: int) -> dict[str, Any]:
+def _qwen2(hidden: int, inter: int, layers: int, heads: int, kv: int, *,
+           vocab: int = 152064) -> dict[str, Any]:
     return {
         "model_type": "qwen2", "hidden_size": hidden, "intermediate_size": inter,
         "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv,
-        "vocab_size": 152064, "max_position_embeddings": 131072, "tie_word_embeddings": False,
+        "vocab_size": vocab, "max_position_embeddings": 131072, "tie_word_embeddings": False,
         "torch_dtype": "bfloat16",
     }
 
@@ -155,12 +156,26 @@ CATALOG: tuple[CatalogEntry, ...] = (
     CatalogEntry("DeepSeek-R1", ("deepseek-r1", "deepseek-r1-0528"),
                  _DEEPSEEK_V3, 671 * _B, 37 * _B,
                  _hf("deepseek-ai/DeepSeek-R1") + " (671B, 37B active; same architecture as V3)"),
+    # The R1 distills are Qwen 2.5 and Llama 3 models fine-tuned on R1's outputs: each has its
+    # student's architecture, nothing of R1's (no MLA, no experts).
+    CatalogEntry("DeepSeek-R1-Distill-Qwen-1.5B", ("deepseek-r1-distill-qwen-1.5b",),
+                 _qwen2(1536, 8960, 28, 12, 2, vocab=151936), 1.78 * _B, 1.78 * _B,
+                 _hf("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B") + " (Qwen2.5-Math-1.5B base, 1.78B)"),
     CatalogEntry("DeepSeek-R1-Distill-Qwen-7B", ("deepseek-r1-distill-qwen-7b",),
                  _qwen2(3584, 18944, 28, 28, 4), 7.62 * _B, 7.62 * _B,
                  _hf("deepseek-ai/DeepSeek-R1-Distill-Qwen-7B") + " (Qwen2.5-Math-7B base, 7.62B)"),
+    CatalogEntry("DeepSeek-R1-Distill-Qwen-14B", ("deepseek-r1-distill-qwen-14b",),
+                 _qwen2(5120, 13824, 48, 40, 8), 14.8 * _B, 14.8 * _B,
+                 _hf("deepseek-ai/DeepSeek-R1-Distill-Qwen-14B") + " (Qwen2.5-14B base, 14.8B)"),
     CatalogEntry("DeepSeek-R1-Distill-Qwen-32B", ("deepseek-r1-distill-qwen-32b",),
                  _qwen2(5120, 27648, 64, 40, 8), 32.8 * _B, 32.8 * _B,
                  _hf("deepseek-ai/DeepSeek-R1-Distill-Qwen-32B") + " (Qwen2.5-32B base, 32.8B)"),
+    CatalogEntry("DeepSeek-R1-Distill-Llama-8B", ("deepseek-r1-distill-llama-8b",),
+                 _llama(4096, 14336, 32, 32, 8), 8.03 * _B, 8.03 * _B,
+                 _hf("deepseek-ai/DeepSeek-R1-Distill-Llama-8B") + " (Llama-3.1-8B base, 8.03B)"),
+    CatalogEntry("DeepSeek-R1-Distill-Llama-70B", ("deepseek-r1-distill-llama-70b",),
+                 _llama(8192, 28672, 80, 64, 8), 70.6 * _B, 70.6 * _B,
+                 _hf("deepseek-ai/DeepSeek-R1-Distill-Llama-70B") + " (Llama-3.3-70B-Instruct base, 70.6B)"),
     CatalogEntry("Qwen3-8B", ("qwen3-8b",), _qwen3(4096, 12288, 36, 32, 8), 8.2 * _B, 8.2 * _B,
                  _hf("Qwen/Qwen3-8B") + " (8.2B; 32k native context, 128k with YaRN)"),
     CatalogEntry("Qwen3-32B", ("qwen3-32b",), _qwen3(5120, 25600, 64, 64, 8), 32.8 * _B, 32.8 * _B,
@@ -175,15 +190,24 @@ CATALOG: tuple[CatalogEntry, ...] = (
                  235 * _B, 22 * _B, _hf("Qwen/Qwen3-235B-A22B") + " (235B total, 22B active)"),
 )
 
-#: Packaging words dropped from a name before matching, and the precision each one implies.
+#: Packaging words dropped from a name before matching, and the precision each one implies. They
+#: also set the precision of a model outside the catalog (sized from hints): ``...-405B-Instruct-FP8``.
 _PRECISION_WORDS: Mapping[str, Precision] = {
+    "bf16": Precision.BF16, "fp16": Precision.FP16,
     "fp8": Precision.FP8, "w8a8": Precision.INT8, "int8": Precision.INT8, "w8a16": Precision.INT8,
+    "8bit": Precision.INT8,
     "awq": Precision.INT4, "gptq": Precision.INT4, "int4": Precision.INT4, "w4a16": Precision.INT4,
-    "4bit": Precision.INT4, "bnb": Precision.INT4, "nvfp4": Precision.INT4,
+    "4bit": Precision.INT4, "bnb": Precision.INT4, "nvfp4": Precision.INT4, "mxfp4": Precision.INT4,
 }
 _NOISE_WORDS = frozenset({"instruct", "chat", "it", "hf", "base", "dynamic", "static", "block",
                           "quantized", "marlin", "latest"})
 _TRAILING_REVISION = re.compile(r"[:@].*$")
+#: A parameter count ("8b", "1.5b", "8x7b", "a3b"). After a catalog name it means a model of another
+#: size built from that one, not a fine-tune of it: ``DeepSeek-R1-0528-Qwen3-8B`` is Qwen3 8B.
+_SIZE_WORD = re.compile(r"^(a|\d+x)?\d+(\.\d+)?[bm]$")
+#: ``<teacher>-Distill-<student>``: the name before "distill" is the model it learnt from, the
+#: architecture is the student's (``DeepSeek-R1-Distill-Llama-8B`` is a Llama 3.1 8B).
+_DISTILL_WORD = "distill"
 
 
 def _last_segment(source: str) -> str:
@@ -193,37 +217,79 @@ def _last_segment(source: str) -> str:
     return _TRAILING_REVISION.sub("", segment)
 
 
+def _is_packaging(word: str) -> bool:
+    return word in _PRECISION_WORDS or word in _NOISE_WORDS
+
+
 def normalize_model_name(source: str) -> tuple[str, Precision | None]:
-    """(normalized name, precision named by it) for a source URI or a bare model name."""
+    """(normalized name, precision named by it) for a source URI or a bare model name.
+
+    Packaging words joined by dots count too (``...-quantized.w4a16``); the last precision word wins
+    (``GPTQ-Int8`` is 8-bit).
+    """
     words = _last_segment(source).lower().replace("_", "-").split("-")
     precision: Precision | None = None
     kept: list[str] = []
     for word in words:
-        if word in _PRECISION_WORDS:
-            precision = _PRECISION_WORDS[word]
-        elif word and word not in _NOISE_WORDS:
-            kept.append(word)
+        parts = word.split(".") if "." in word and all(_is_packaging(p) for p in word.split(".")) else [word]
+        for part in parts:
+            if part in _PRECISION_WORDS:
+                precision = _PRECISION_WORDS[part]
+            elif part and part not in _NOISE_WORDS:
+                kept.append(part)
     return "-".join(kept), precision
 
 
 _BY_ALIAS: Mapping[str, CatalogEntry] = {alias: e for e in CATALOG for alias in e.aliases}
 
 
+def _longest_prefix(name: str) -> tuple[str, list[str]] | None:
+    """(alias, the words after it) of the longest alias ``name`` starts with on a ``-`` boundary."""
+    prefixes = [a for a in _BY_ALIAS if name.startswith(a + "-")]
+    if not prefixes:
+        return None
+    alias = max(prefixes, key=len)
+    return alias, name[len(alias) + 1:].split("-")
+
+
+def _derived_words(rest: list[str]) -> list[str]:
+    """The words after a catalog name that say the model is another architecture built from it."""
+    return [w for w in rest if w == _DISTILL_WORD or _SIZE_WORD.match(w)]
+
+
 def match_model(source: str) -> CatalogMatch | None:
     """The catalog entry for a source URI, case-insensitive and tolerant of packaging suffixes.
 
     An exact normalized name wins; otherwise the longest alias the name starts with (on a ``-``
-    boundary), so ``my-org/Llama-3.1-8B-Instruct-support-v2`` sizes as Llama 3.1 8B.
+    boundary), so ``my-org/Llama-3.1-8B-Instruct-support-v2`` sizes as Llama 3.1 8B. A prefix is not
+    a match when the rest of the name says "distill" or gives another parameter count: that model
+    was built from the catalog one (a distill, or a student trained on its outputs) but has another
+    architecture, so sizing it as the catalog model would be wrong (``unmatched_note`` says why).
     """
     name, precision = normalize_model_name(source)
     entry = _BY_ALIAS.get(name)
     exact = entry is not None
     if entry is None:
-        prefixes = [a for a in _BY_ALIAS if name.startswith(a + "-")]
-        if not prefixes:
+        found = _longest_prefix(name)
+        if found is None or _derived_words(found[1]):
             return None
-        entry = _BY_ALIAS[max(prefixes, key=len)]
+        entry = _BY_ALIAS[found[0]]
     arch = entry.arch
     if precision is not None and precision != arch.native_precision:
         arch = replace(arch, native_precision=precision)
     return CatalogMatch(entry=entry, arch=arch, exact=exact)
+
+
+def unmatched_note(source: str) -> str:
+    """Why a source that starts with a catalog name is not sized as that model ("" when it is not so)."""
+    name, _ = normalize_model_name(source)
+    found = None if name in _BY_ALIAS else _longest_prefix(name)
+    if found is None or not _derived_words(found[1]):
+        return ""
+    teacher, rest, model = _BY_ALIAS[found[0]].name, found[1], _last_segment(source)
+    if _DISTILL_WORD in rest:
+        student = "-".join(rest[rest.index(_DISTILL_WORD) + 1:]) or "another model"
+        return (f"{model} is {teacher} distilled into {student}: it has {student}'s architecture, not "
+                f"{teacher}'s, and is not in the built-in catalog")
+    return (f"{model} names another size ({', '.join(_derived_words(rest))}) than {teacher}: it is a "
+            f"model built from {teacher}, not {teacher} itself, and is not in the built-in catalog")

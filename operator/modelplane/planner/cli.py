@@ -2,16 +2,20 @@
 
 For review of a pull request that adds or changes a deployment: which GPUs it will get, what a
 replica and the fleet cost per hour, and whether it fits at all. Models are sized from spec hints and
-the built-in catalog (no network). Exit codes: 0 every deployment fits, 1 one does not, 2 bad input
-(the message names the file, the document and the field), which includes everything the API server
-would refuse: the API models' validators are the Python twins of the CRD's rules.
+the built-in catalog (no network). Each ModelDeployment is validated as strictly as the API server
+does, and more: unknown fields, an unknown kind or apiVersion of modelplane.dev, and vLLM flags in
+extraArgs that a typed field sets (--max-model-len, --dtype, ...) are errors. Exit codes: 0 every
+deployment fits, 1 one does not, 2 bad input (one line per problem, naming the file, the document
+and the field). Output cut short by a closed pipe (plan -f x | head) keeps the exit code of the plan.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import math
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,14 +24,29 @@ from typing import Any, TextIO
 import yaml
 
 from modelplane import gpus
-from modelplane.api.models import InvalidSpecError, ModelDeployment
+from modelplane.api.models import (
+    API_VERSION,
+    GROUP,
+    KIND,
+    InvalidSpecError,
+    ModelDeployment,
+    ScalingMode,
+)
+from modelplane.api.models import ModelDeploymentSpec as Spec
 from modelplane.gpus import GPUType
 from modelplane.planner.plan import Plan, SpecError, build_plan, plan_request_from_spec
 
-API_GROUP = "modelplane.dev"
-KIND = "ModelDeployment"
+API_GROUP = GROUP
 EXIT_FITS, EXIT_DOES_NOT_FIT, EXIT_BAD_INPUT = 0, 1, 2
 
+#: The fields of a Kubernetes object, and of its metadata, that a manifest may carry; the API server
+#: refuses (kubectl's strict field validation) or drops anything else.
+OBJECT_FIELDS = frozenset({"apiVersion", "kind", "metadata", "spec", "status"})
+METADATA_FIELDS = frozenset({
+    "name", "namespace", "labels", "annotations", "generateName", "uid", "resourceVersion", "generation",
+    "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "ownerReferences",
+    "finalizers", "managedFields", "selfLink",
+})
 
 class InputError(Exception):
     """Input the command cannot use; the message says where."""
@@ -94,44 +113,66 @@ def load_prices(text: str, where: str) -> dict[str, GPUType]:
         raise InputError(f"{where}: {err}") from None
 
 
-def _int_field(section: Mapping[str, Any], key: str, field: str, default: int, minimum: int) -> int:
-    value = section.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise SpecError(field, f"must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def fleet_range(spec: Mapping[str, Any]) -> FleetRange:
+def fleet_range(spec: Spec) -> FleetRange:
     """Replica range from ``spec.scaling`` (Builtin: min..max) or ``spec.replicas`` (External)."""
-    scaling = spec.get("scaling") or {}
-    if not isinstance(scaling, Mapping):
-        raise SpecError("spec.scaling", "must be a mapping")
-    mode = scaling.get("mode", "Builtin")
-    if mode not in ("Builtin", "External"):
-        raise SpecError("spec.scaling.mode", f"must be Builtin or External, got {mode!r}")
-    if mode == "External":
-        replicas = _int_field(spec, "replicas", "spec.replicas", 1, 0)
-        low = high = replicas
+    scaling = spec.scaling
+    if scaling.mode is ScalingMode.EXTERNAL:
+        low = high = spec.replicas if spec.replicas is not None else 1
     else:
-        low = _int_field(scaling, "minReplicas", "spec.scaling.minReplicas", 1, 0)
-        high = _int_field(scaling, "maxReplicas", "spec.scaling.maxReplicas", 4, 1)
-        if high < low:
-            raise SpecError("spec.scaling.maxReplicas", f"must be >= minReplicas ({low}), got {high}")
-    cost = scaling.get("cost") or {}
-    if not isinstance(cost, Mapping):
-        raise SpecError("spec.scaling.cost", "must be a mapping")
-    budget = cost.get("maxHourlyUSD")
-    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int | float) or budget < 0):
-        raise SpecError("spec.scaling.cost.maxHourlyUSD", f"must be a number >= 0, got {budget!r}")
-    return FleetRange(low, high, float(budget) if budget is not None else None)
+        low, high = scaling.min_replicas, scaling.max_replicas
+    budget = scaling.cost.max_hourly_usd if scaling.cost is not None else None
+    return FleetRange(low, high, budget)
+
+
+def _is_ours(doc: Mapping[str, Any]) -> bool:
+    """A modelplane object, or meant as one: its group, or a kind spelt close to ModelDeployment
+    (0.85 keeps "Deployment", at 0.8, out)."""
+    api_version, kind = str(doc.get("apiVersion", "")), str(doc.get("kind", ""))
+    return (api_version.split("/", 1)[0] == API_GROUP
+            or difflib.SequenceMatcher(None, kind.lower(), KIND.lower()).ratio() >= 0.85)
+
+
+def _object_problems(doc: Mapping[str, Any]) -> list[str]:
+    """What the API server would refuse about the object outside its spec."""
+    problems = []
+    if doc.get("kind") != KIND:
+        problems.append(f"kind: unknown kind {doc.get('kind')!r}; {API_GROUP} has one kind, {KIND}")
+    if doc.get("apiVersion") != API_VERSION:
+        problems.append(f"apiVersion: must be {API_VERSION}, got {doc.get('apiVersion')!r}")
+    problems += [f"{key}: unknown field" for key in doc if key not in OBJECT_FIELDS]
+    metadata = doc.get("metadata")
+    if not isinstance(metadata, Mapping):
+        problems.append("metadata: is required and must be a mapping")
+    else:
+        problems += [f"metadata.{key}: unknown field" for key in metadata if key not in METADATA_FIELDS]
+        if not metadata.get("name"):
+            problems.append("metadata.name: is required")
+    return problems
+
+
+def _check_document(doc: Mapping[str, Any]) -> tuple[ModelDeployment | None, list[str]]:
+    """The validated object, or every problem that stops it, each ``path: problem``."""
+    problems = _object_problems(doc)
+    if doc.get("kind") != KIND or doc.get("apiVersion") != API_VERSION:
+        return None, problems  # the spec of an unknown kind or version means nothing
+    md: ModelDeployment | None = None
+    try:
+        md = ModelDeployment.parse(doc)
+    except InvalidSpecError as err:
+        problems += [f"{path}: {message}" for path, message in err.problems]
+    return (None, problems) if problems else (md, [])
 
 
 def plan_manifests(text: str, where: str, catalog: Mapping[str, GPUType]) -> tuple[list[Result], list[str]]:
-    """(results, errors) for every ModelDeployment in a multi-document YAML text."""
+    """(results, errors) for every ModelDeployment in a multi-document YAML text.
+
+    Each ModelDeployment is validated by the API's own models (``ModelDeployment.parse``, which
+    refuses unknown fields) before it is planned; other kinds (Secrets, ConfigMaps, ...) are skipped.
+    """
     try:
         documents = list(yaml.safe_load_all(text))
     except yaml.YAMLError as err:
-        return [], [f"{where}: not YAML: {err}"]
+        return [], [f"{where}: not YAML: {' '.join(str(err).split())}"]
     results: list[Result] = []
     errors: list[str] = []
     for index, doc in enumerate(documents, start=1):
@@ -140,31 +181,25 @@ def plan_manifests(text: str, where: str, catalog: Mapping[str, GPUType]) -> tup
         if not isinstance(doc, Mapping):
             errors.append(f"{where}: document {index}: not a Kubernetes object")
             continue
-        if doc.get("kind") != KIND or not str(doc.get("apiVersion", "")).startswith(API_GROUP + "/"):
+        if not _is_ours(doc):
             continue  # Secrets, ConfigMaps and the like travel in the same files
-        metadata = doc.get("metadata") or {}
-        name = str(metadata.get("name", "")) if isinstance(metadata, Mapping) else ""
-        namespace = str(metadata.get("namespace", "default")) if isinstance(metadata, Mapping) else "default"
-        label = f"{where}: document {index} ({KIND} {namespace}/{name or '?'})"
-        spec = doc.get("spec")
+        raw_metadata = doc.get("metadata")
+        metadata: Mapping[str, Any] = raw_metadata if isinstance(raw_metadata, Mapping) else {}
+        name = str(metadata.get("name") or "?")
+        namespace = str(metadata.get("namespace") or "default")
+        label = f"{where}: document {index} ({doc.get('kind') or KIND} {namespace}/{name})"
+        md, problems = _check_document(doc)
+        if md is None:
+            errors += [f"{label}: {problem}" for problem in problems]
+            continue
+        spec_raw = md.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
         try:
-            if not name:
-                raise SpecError("metadata.name", "is required")
-            if not isinstance(spec, Mapping):
-                raise SpecError("spec", "is required and must be a mapping")
-            request = plan_request_from_spec(spec)
-            unknown = [t for t in request.gpu_types if t not in catalog]
-            if unknown:
-                raise SpecError("spec.resources.gpu.types",
-                                f"unknown GPU types {', '.join(unknown)}; known: {', '.join(catalog)}")
-            fleet = fleet_range(spec)
-            # Everything else the API server would refuse (its CEL rules have Python twins in the models).
-            ModelDeployment.parse(doc)
-        except (SpecError, InvalidSpecError) as err:
+            request = plan_request_from_spec(spec_raw)
+        except SpecError as err:  # the API models accept nothing the planner refuses; kept as a guard
             errors.append(f"{label}: {err}")
             continue
         plan = build_plan(request, catalog)
-        results.append(Result(name, namespace, request.source, plan, fleet))
+        results.append(Result(name, namespace, request.source, plan, fleet_range(md.spec)))
     if not results and not errors:
         errors.append(f"{where}: no {KIND} ({API_GROUP}) found")
     return results, errors
@@ -221,12 +256,19 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
 
     results, errors = plan_manifests(text, where, catalog)
-    if args.output == "json":
-        print(json.dumps([r.to_dict() for r in results], indent=2))
-    elif args.output == "yaml":
-        print(yaml.safe_dump([r.to_dict() for r in results], sort_keys=False), end="")
-    else:
-        render_text(results, sys.stdout)
+    try:
+        if args.output == "json":
+            print(json.dumps([r.to_dict() for r in results], indent=2))
+        elif args.output == "yaml":
+            print(yaml.safe_dump([r.to_dict() for r in results], sort_keys=False), end="")
+        else:
+            render_text(results, sys.stdout)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader left (``| head``). Point stdout at /dev/null so that the flush at exit does not
+        # raise again, as the Python docs advise (signal.SIGPIPE), and keep the plan's exit code.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
     for error in errors:
         print(f"modelplane plan: {error}", file=sys.stderr)
     if errors:

@@ -2,29 +2,30 @@
 
 ``plan_request_from_spec`` turns a raw ModelDeployment spec (plus, when the handler could read it,
 the model's config.json) into a ``PlanRequest``; ``build_plan`` turns that and the GPU catalog into
-a ``Plan``. Both are pure: the handler reads the world (config.json, nodes, prices), calls them, and
-writes ``Plan.to_status()`` to ``status.plan``.
+a ``Plan``. Both are pure: the handler reads the world (config.json, prices), calls them, and writes
+``Plan.to_status()`` to ``status.plan``. The cluster's nodes are not an input: a GPU type with no
+node right now may be a pool scaled to zero that a cluster autoscaler grows for the pending pod, so
+whether a node exists is a scheduling fact (``modelplane.health`` reports it), not a planning one.
 
 A shape is one GPU type times a number of GPUs on one node, used as vLLM's tensor-parallel size.
-Among the allowed GPU types the planner takes, for each type, the fewest GPUs whose tensor-parallel
-split vLLM accepts and whose per-GPU memory need fits, then the cheapest of those per hour. When no
-single node can hold the model it says so, with the smallest multi-node shape that would (tensor
-parallel within a node, pipeline stages across nodes), for a condition message: multi-node serving
-is not built yet.
+Among the allowed GPU types (for FP8 weights, only those with FP8 support) the planner takes, for
+each type, the fewest GPUs (up to 8, one node) whose tensor-parallel split vLLM accepts and whose
+per-GPU memory need fits, then the cheapest of those per hour. When no single node can hold the
+model it says so, with the smallest multi-node shape that would (tensor parallel within a node,
+pipeline stages across nodes), for a condition message: multi-node serving is not built yet.
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
-from modelplane.gpus import COUNT_LABEL, GPU_RESOURCE, PRODUCT_LABEL, GPUType, by_product
+from modelplane.gpus import GPUType
 from modelplane.planner.arch import ModelArch, ModelArchError, Precision, arch_from_hints
-from modelplane.planner.catalog import match_model, normalize_model_name
+from modelplane.planner.catalog import match_model, normalize_model_name, unmatched_note
 from modelplane.planner.memory import (
     AVERAGE_SEQUENCE_TOKENS,
     DEFAULT_BATCHED_TOKENS,
@@ -33,8 +34,8 @@ from modelplane.planner.memory import (
     kv_tokens,
 )
 
-#: GPUs per node when the cluster's nodes are unknown: the common 8-GPU server (DGX/HGX, p5, a3).
-DEFAULT_MAX_GPUS_PER_NODE = 8
+#: GPUs of one node: the common 8-GPU server (DGX/HGX, p5, a3), and the most resources.gpu.count allows.
+MAX_GPUS_PER_NODE = 8
 #: How many nodes the multi-node suggestion may span before giving up.
 MAX_SUGGESTED_NODES = 16
 SOURCE_SCHEMES: tuple[str, ...] = ("hf", "s3", "gs", "pvc", "oci")
@@ -51,7 +52,7 @@ class PlanReason(StrEnum):
     UNKNOWN_MODEL_SIZE = "UnknownModelSize"  #: no config.json, catalog entry or sufficient hints
     UNKNOWN_CONTEXT_LENGTH = "UnknownContextLength"  #: no maxModelLen and no model max to default to
     CONTEXT_EXCEEDS_MODEL = "ContextExceedsModel"  #: vLLM refuses maxModelLen > the model's max
-    NO_ALLOWED_GPU_TYPE = "NoAllowedGPUType"  #: unknown type names, or none of them in the cluster
+    NO_ALLOWED_GPU_TYPE = "NoAllowedGPUType"  #: unknown type names, or none can hold the weights' precision
 
 
 class SpecError(ValueError):
@@ -64,15 +65,6 @@ class SpecError(ValueError):
 
 
 @dataclass(frozen=True)
-class NodeShape:
-    """GPU nodes of one kind in the cluster."""
-
-    gpu_type: str  #: catalog name
-    gpus_per_node: int
-    nodes: int = 1
-
-
-@dataclass(frozen=True)
 class PlanRequest:
     """Everything the planner needs, taken from the spec; no Kubernetes types."""
 
@@ -82,6 +74,8 @@ class PlanRequest:
     arch_source: str  #: "config.json", "hints", "catalog (NAME)", "catalog (NAME) + hints" or "none"
     arch_note: str = ""  #: why the preferred source was not used, for the reason text
     precision: Precision | None = None  #: None: the checkpoint's own precision
+    #: Where the precision the plan uses comes from, for the reason text (e.g. "spec.engine.quantization").
+    precision_from: str = "the default"
     max_model_len: int | None = None  #: None: the model's max_position_embeddings, as vLLM does
     max_num_seqs: int | None = None
     gpu_memory_utilization: float = 0.9
@@ -204,16 +198,6 @@ def _usd(value: float) -> str:
 # --- the planner -----------------------------------------------------------------------------------
 
 
-def _max_gpus_per_node(names: Sequence[str], node_shapes: Sequence[NodeShape] | None) -> dict[str, int]:
-    if node_shapes is None:
-        return {n: DEFAULT_MAX_GPUS_PER_NODE for n in names}
-    most: dict[str, int] = {}
-    for shape in node_shapes:
-        if shape.gpu_type in names and shape.gpus_per_node > 0 and shape.nodes > 0:
-            most[shape.gpu_type] = max(most.get(shape.gpu_type, 0), shape.gpus_per_node)
-    return most
-
-
 def _option(request: PlanRequest, arch: ModelArch, precision: Precision, gpu: GPUType, *, tp: int,
             tokens: int, pp: int = 1) -> ShapeOption:
     memory = estimate_memory(arch, precision=precision, gpu_memory_gib=gpu.usable_memory_gib,
@@ -269,25 +253,21 @@ def _not_fitting(request: PlanRequest, code: PlanReason, reason: str, *, precisi
                 smallest_shape=smallest)
 
 
-def build_plan(request: PlanRequest, catalog: Mapping[str, GPUType], *,
-               node_shapes: Sequence[NodeShape] | None = None) -> Plan:
+def build_plan(request: PlanRequest, catalog: Mapping[str, GPUType]) -> Plan:
     """The cheapest one-node GPU shape for ``request`` among ``catalog``'s allowed types.
 
-    ``node_shapes`` describes the cluster's GPU nodes when known: a GPU type then needs at least one
-    node to be considered, and a shape may use at most as many GPUs as its largest node has. Without
-    it every allowed type is considered with up to ``DEFAULT_MAX_GPUS_PER_NODE`` GPUs.
+    Every allowed type is considered with up to ``MAX_GPUS_PER_NODE`` GPUs, whether or not the
+    cluster has a node of it now; FP8 weights only on types with FP8 support.
     """
     names = list(request.gpu_types) or list(catalog)
     unknown = [n for n in names if n not in catalog]
     if unknown:
         return _not_fitting(request, PlanReason.NO_ALLOWED_GPU_TYPE,
                             f"unknown GPU types {', '.join(unknown)}; known: {', '.join(catalog)}")
-    per_node = _max_gpus_per_node(names, node_shapes)
-    if not per_node:
-        return _not_fitting(request, PlanReason.NO_ALLOWED_GPU_TYPE,
-                            f"no node in the cluster has any of the allowed GPU types ({', '.join(names)})")
+    if not names:
+        return _not_fitting(request, PlanReason.NO_ALLOWED_GPU_TYPE, "the GPU catalog is empty")
     fixed = request.gpu_count
-    cheapest_type = min(per_node, key=lambda n: (catalog[n].usd_per_hour, n))
+    cheapest_type = min(names, key=lambda n: (catalog[n].usd_per_hour, n))
 
     arch = request.arch
     if arch is None:
@@ -299,6 +279,18 @@ def build_plan(request: PlanRequest, catalog: Mapping[str, GPUType], *,
             gpu_type=cheapest_type if fixed else None, gpus=fixed or 0,
             usd=(fixed or 0) * catalog[cheapest_type].usd_per_hour)
     precision = request.precision or arch.native_precision
+    skipped: list[str] = []
+    if precision is Precision.FP8:
+        skipped = [n for n in names if not catalog[n].fp8]
+        names = [n for n in names if catalog[n].fp8]
+        if not names:
+            able = ", ".join(n for n, g in catalog.items() if g.fp8)
+            return _not_fitting(
+                request, PlanReason.NO_ALLOWED_GPU_TYPE,
+                f"{request.model_name} has FP8 weights (from {request.precision_from}), which need a GPU "
+                f"with FP8 support (Ada Lovelace, Hopper or newer); none of the allowed types has it "
+                f"({', '.join(skipped)}): allow one of {able}, or serve BF16 weights", precision=precision)
+    per_node = {n: MAX_GPUS_PER_NODE for n in names}
     model_max = arch.max_position_embeddings
     context = request.max_model_len or model_max
     if context is None:
@@ -313,8 +305,12 @@ def build_plan(request: PlanRequest, catalog: Mapping[str, GPUType], *,
     tokens = kv_tokens(max_model_len=context, max_num_seqs=request.max_num_seqs)
 
     if fixed is not None:
-        return _plan_fixed(request, arch, precision, catalog, per_node, context, tokens, fixed, node_shapes)
-    return _plan_auto(request, arch, precision, catalog, per_node, context, tokens)
+        plan = _plan_fixed(request, arch, precision, catalog, per_node, context, tokens, fixed)
+    else:
+        plan = _plan_auto(request, arch, precision, catalog, per_node, context, tokens)
+    if skipped and request.gpu_types:
+        plan = replace(plan, reason=f"{plan.reason}; not on {', '.join(skipped)}: no FP8 support")
+    return plan
 
 
 def _finish(request: PlanRequest, arch: ModelArch, precision: Precision, context: int, tokens: int,
@@ -383,8 +379,7 @@ def _plan_auto(request: PlanRequest, arch: ModelArch, precision: Precision, cata
 
 
 def _plan_fixed(request: PlanRequest, arch: ModelArch, precision: Precision, catalog: Mapping[str, GPUType],
-                per_node: Mapping[str, int], context: int, tokens: int, count: int,
-                node_shapes: Sequence[NodeShape] | None) -> Plan:
+                per_node: Mapping[str, int], context: int, tokens: int, count: int) -> Plan:
     if not arch.valid_tensor_parallel(count):
         sizes = ", ".join(str(n) for n in _valid_sizes(arch, max(per_node.values())))
         kv = "" if arch.is_mla else f" and {arch.num_kv_heads} KV heads"
@@ -412,7 +407,7 @@ def _plan_fixed(request: PlanRequest, arch: ModelArch, precision: Precision, cat
     need = _describe_need(request.model_name, precision, closest.memory, context, request.max_num_seqs)
     reason = (f"{need} but resources.gpu.count {count} offers at most {closest.memory.available_gib:.1f} GiB "
               f"({closest.label})")
-    auto = build_plan(replace(request, gpu_count=None), catalog, node_shapes=node_shapes)
+    auto = build_plan(replace(request, gpu_count=None), catalog)
     suggestion: str | None = None
     if auto.fits:
         suggestion = auto.shape
@@ -465,10 +460,11 @@ def _flag_value(args: Sequence[str], flag: str) -> str | None:
     return found
 
 
-_HINT_FIELDS: Mapping[str, bool] = {  # name -> integer-valued
+_HINT_FIELDS: Mapping[str, bool] = {  # numeric name -> integer-valued
     "parametersBillions": False, "activeParametersBillions": False, "numLayers": True, "hiddenSize": True,
     "numAttentionHeads": True, "numKeyValueHeads": True, "headDim": True, "numExperts": True,
 }
+_PRECISION_HINT = "precision"
 
 
 def plan_request_from_spec(spec: Mapping[str, Any], *, config_arch: ModelArch | None = None,
@@ -490,8 +486,14 @@ def plan_request_from_spec(spec: Mapping[str, Any], *, config_arch: ModelArch | 
         raise SpecError("spec.model.source", f"must start with one of {schemes}, got {source!r}")
     hints = _mapping(model.get("hints"), "spec.model.hints")
     for key in hints:
+        if key == _PRECISION_HINT:
+            if hints[key] is not None and hints[key] not in tuple(Precision):
+                raise SpecError("spec.model.hints.precision",
+                                f"must be one of {', '.join(Precision)}, got {hints[key]!r}")
+            continue
         if key not in _HINT_FIELDS:
-            raise SpecError(f"spec.model.hints.{key}", f"unknown hint; known: {', '.join(_HINT_FIELDS)}")
+            raise SpecError(f"spec.model.hints.{key}",
+                            f"unknown hint; known: {', '.join([*_HINT_FIELDS, _PRECISION_HINT])}")
         if _HINT_FIELDS[key]:
             _opt_int(hints, key, f"spec.model.hints.{key}")
         else:
@@ -532,7 +534,8 @@ def plan_request_from_spec(spec: Mapping[str, Any], *, config_arch: ModelArch | 
 
     # The model's facts, in order of preference.
     match = match_model(source)
-    display = match.entry.name if match else (normalize_model_name(source)[0] or source)
+    normalized, named_precision = normalize_model_name(source)
+    display = match.entry.name if match else (normalized or source)
     arch: ModelArch | None = None
     arch_source = "none"
     note = config_note
@@ -540,26 +543,37 @@ def plan_request_from_spec(spec: Mapping[str, Any], *, config_arch: ModelArch | 
         arch, arch_source, display = config_arch, "config.json", config_arch.name or display
     elif hints:
         try:
-            arch = arch_from_hints(hints, name=display, base=match.arch if match else None)
+            arch = arch_from_hints(hints, name=display, base=match.arch if match else None,
+                                   named_precision=named_precision)
             arch_source = f"catalog ({match.entry.name}) + hints" if match else "hints"
         except ModelArchError as err:
-            note = "; ".join(n for n in (config_note, str(err)) if n)
+            note = "; ".join(n for n in (config_note, unmatched_note(source), str(err)) if n)
     elif match is not None:
         arch, arch_source = match.arch, f"catalog ({match.entry.name})"
     else:
-        missing = "not in the built-in catalog, and no spec.model.hints"
-        note = "; ".join(n for n in (config_note, missing) if n)
+        missing = unmatched_note(source) or "not in the built-in catalog"
+        note = "; ".join(n for n in (config_note, missing, "no spec.model.hints") if n)
 
     precision: Precision | None = None
+    precision_from = "spec.engine.quantization"
     if quantization == "fp8":
         precision = Precision.FP8
     elif quantization in ("awq", "gptq"):
         precision = Precision.INT4
-    elif arch is not None and arch.native_precision in (Precision.BF16, Precision.FP16):
-        if dtype == "float16":
-            precision = Precision.FP16
-        elif dtype == "bfloat16":
-            precision = Precision.BF16
+    elif arch is not None and arch.native_precision in (Precision.BF16, Precision.FP16) and dtype in (
+            "float16", "bfloat16"):
+        precision = Precision.FP16 if dtype == "float16" else Precision.BF16
+        precision_from = "spec.engine.dtype"
+    elif arch_source == "config.json":
+        precision_from = "the checkpoint's config.json"
+    elif hints.get(_PRECISION_HINT) is not None:
+        precision_from = "spec.model.hints.precision"
+    elif named_precision is not None:
+        precision_from = f"{named_precision.label} in the model's name"
+    elif match is not None:
+        precision_from = f"the catalog's {match.entry.name} entry"
+    else:
+        precision_from = "the default"
 
     kv_dtype = (_flag_value(extra_args, "--kv-cache-dtype") or "auto").lower()
     batched = _flag_value(extra_args, "--max-num-batched-tokens")
@@ -573,6 +587,7 @@ def plan_request_from_spec(spec: Mapping[str, Any], *, config_arch: ModelArch | 
         arch_source=arch_source,
         arch_note=note,
         precision=precision,
+        precision_from=precision_from,
         max_model_len=max_model_len,
         max_num_seqs=max_num_seqs,
         gpu_memory_utilization=float(utilization),
@@ -582,31 +597,3 @@ def plan_request_from_spec(spec: Mapping[str, Any], *, config_arch: ModelArch | 
         batched_tokens=int(batched) if batched and batched.isdigit() else DEFAULT_BATCHED_TOKENS,
         allow_long_context=env_long or rope_override,
     )
-
-
-def node_shapes_from_nodes(nodes: Iterable[Mapping[str, Any]]) -> tuple[NodeShape, ...]:
-    """The cluster's GPU node shapes from raw Node objects, for ``build_plan(node_shapes=...)``.
-
-    A node counts when it is schedulable and its ``nvidia.com/gpu.product`` label names a catalog
-    GPU; its GPU count is the allocatable ``nvidia.com/gpu`` (else the ``nvidia.com/gpu.count``
-    label).
-    """
-    counter: Counter[tuple[str, int]] = Counter()
-    for node in nodes:
-        metadata = node.get("metadata") or {}
-        labels = metadata.get("labels") or {}
-        if (node.get("spec") or {}).get("unschedulable"):
-            continue
-        gpu = by_product(str(labels.get(PRODUCT_LABEL, "")))
-        if gpu is None:
-            continue
-        allocatable = (node.get("status") or {}).get("allocatable") or {}
-        raw = allocatable.get(GPU_RESOURCE, labels.get(COUNT_LABEL, "0"))
-        try:
-            count = int(str(raw))
-        except ValueError:
-            continue
-        if count > 0:
-            counter[(gpu.name, count)] += 1
-    return tuple(NodeShape(gpu_type=name, gpus_per_node=gpus, nodes=n)
-                 for (name, gpus), n in sorted(counter.items()))
