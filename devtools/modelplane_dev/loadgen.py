@@ -462,7 +462,8 @@ def run(args: argparse.Namespace) -> int:
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("load", help="drive open-loop chat load against an OpenAI-compatible URL",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base-url", default="http://127.0.0.1:8000/v1", help="OpenAI base URL (with /v1)")
+    parser.add_argument("--base-url", "--url", dest="base_url", default="http://127.0.0.1:8000/v1",
+                        help="OpenAI base URL, with /v1 (--url is the same option)")
     parser.add_argument("--model", default=None, help="model name (default: the first of GET /models)")
     parser.add_argument("--schedule", default="constant:1", help="rate schedule (see above)")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of arrivals")

@@ -15,8 +15,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib.metadata import entry_points
+from typing import NoReturn
 
 from modelplane import __version__
 
@@ -36,8 +37,21 @@ def subcommand_modules() -> list[str]:
     return [*SUBCOMMAND_MODULES, *(ep.value for ep in plugins)]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line (the command, what is wrong, where the help is), not the usage dump.
+
+    Subcommand parsers are made with the parent's class, so this holds for every subcommand.
+    """
+
+    #: The subcommands' parsers by name (on the top-level parser).
+    commands: Mapping[str, argparse.ArgumentParser]
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> _Parser:
+    parser = _Parser(
         prog="modelplane",
         description="Serve open-weight models on Kubernetes GPUs with vLLM.",
     )
@@ -45,12 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in subcommand_modules():
         importlib.import_module(name).register(subparsers)
+    parser.commands = subparsers.choices
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        # Said by the subcommand's parser, so the line points at its --help.
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     code: int = args.func(args)
     return code
 

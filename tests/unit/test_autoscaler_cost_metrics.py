@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from modelplane.autoscaler import cost
@@ -26,17 +28,6 @@ def test_fleet_hourly_usd_refuses(gpu: str, prices: dict[str, float] | None) -> 
         cost.fleet_hourly_usd(1, gpu, 1, prices=prices)
 
 
-@pytest.mark.parametrize(("previous", "current", "want"), [
-    ({"a": 100, "b": 50}, {"a": 160, "b": 80}, 90),
-    ({"a": 100}, {"a": 30}, 30),  # a restarted engine counts from zero
-    ({"a": 100}, {"a": 120, "new": 40}, 60),  # a new pod's counter is all new
-    ({"a": 100, "gone": 500}, {"a": 110}, 10),  # a pod that left is not counted
-    ({}, {}, 0),
-], ids=["steady", "reset", "new pod", "pod left", "empty"])
-def test_tokens_between(previous: dict[str, float], current: dict[str, float], want: float) -> None:
-    assert cost.tokens_between(previous, current) == want
-
-
 @pytest.mark.parametrize(("hourly", "tokens", "seconds", "want"), [
     (2.69, 1e6, 3600, 2.69),
     (10.0, 500, 1, 10.0 / 1.8),
@@ -48,11 +39,69 @@ def test_usd_per_million_tokens(hourly: float, tokens: float, seconds: float, wa
     assert got == (None if want is None else pytest.approx(want))
 
 
-def test_usd_per_million_tokens_between_samples() -> None:
-    before = cost.TokenSample.of(0, {"a": 0, "b": 1000})
-    after = cost.TokenSample.of(60, {"a": 30000, "b": 31000})
-    assert cost.tokens_per_second_between(before, after) == 1000
-    assert cost.usd_per_million_tokens_between(before, after, hourly_usd=3.6) == pytest.approx(1.0)
+Reading = tuple[float, dict[str, float]]  # (when, each ready pod's generation-token counter)
+
+
+def _steady(rates: dict[str, float], until: float, *, every: float = 2.0, start: float = 0.0,
+            base: dict[str, float] | None = None) -> list[Reading]:
+    """Readings every ``every`` s of pods generating at constant ``rates`` (tokens/s)."""
+    base = base or {}
+    steps = round((until - start) / every)
+    return [(start + i * every, {pod: base.get(pod, 0.0) + rate * i * every for pod, rate in rates.items()})
+            for i in range(steps + 1)]
+
+
+def _then(readings: list[Reading], rates: dict[str, float], until: float) -> list[Reading]:
+    """``readings`` followed by the same pods at new ``rates``, continuing their counters."""
+    at, last = readings[-1]
+    return readings + _steady(rates, until, start=at, base=last)[1:]
+
+
+# The window's rate after each run of readings: (readings, the rate at the last one).
+TOKEN_WINDOW_CASES: dict[str, tuple[list[Reading], float | None]] = {
+    "steady": (_steady({"a": 500, "b": 300}, 120), 800),
+    "not yet a full window": (_steady({"a": 500}, 58), None),
+    "a full window": (_steady({"a": 500}, 60), 500),
+    # The rate changes at 130 s: a window later only the new rate is left in it.
+    "rate doubles": (_then(_steady({"a": 500, "b": 500}, 130), {"a": 1000, "b": 1000}, 190), 2000),
+    "rate halves": (_then(_steady({"a": 1000}, 130), {"a": 500}, 190), 500),
+    "half a window after a change": (_then(_steady({"a": 1000}, 120), {"a": 400}, 150), 700),
+    "idle": (_then(_steady({"a": 1000}, 130), {"a": 0}, 190), 0),
+    # A pod that leaves stops counting at once; one that comes counts from its second reading.
+    "a pod leaves": (_steady({"a": 400, "b": 400}, 100) + [(102, {"a": 40800})], 400),
+    "a pod comes": (_steady({"a": 400}, 100) + [(102, {"a": 40800, "b": 50}), (104, {"a": 41600, "b": 850})],
+                    800),
+    # A counter that went down restarted from zero: its new value is the increase.
+    "engine restart": (_steady({"a": 100}, 60) + [(62, {"a": 200}), (64, {"a": 400})], 100),
+    # A reading less than a thirtieth of the window after the last one adds nothing.
+    "readings too close": (_steady({"a": 100}, 60) + [(60.5, {"a": 10**6})], 100),
+    "not finite": (_steady({"a": 100}, 60) + [(62, {"a": math.nan})], 100),
+}
+
+
+@pytest.mark.parametrize(("readings", "want"), list(TOKEN_WINDOW_CASES.values()),
+                         ids=list(TOKEN_WINDOW_CASES))
+def test_token_window_rate(readings: list[Reading], want: float | None) -> None:
+    window = cost.TokenWindow(seconds=60)
+    for at, counters in readings:
+        window = window.observe(at, {pod: cost.CounterSample(at, value) for pod, value in counters.items()})
+    got = window.tokens_per_second(readings[-1][0])
+    assert got == (None if want is None else pytest.approx(want))
+
+
+def test_token_window_readings_expire() -> None:
+    window = cost.TokenWindow(seconds=60)
+    for at, counters in _steady({"a": 100}, 60):
+        window = window.observe(at, {pod: cost.CounterSample(at, value) for pod, value in counters.items()})
+    # Readings leave the window as they age; once all are older than it, nothing is measured.
+    assert window.expire(100).tokens_per_second(100) == pytest.approx(100)
+    gone = window.expire(121)
+    assert gone.pods == () and gone.since is None and gone.tokens_per_second(121) is None
+
+
+def test_token_window_refuses_an_empty_window() -> None:
+    with pytest.raises(ValueError, match="token window"):
+        cost.TokenWindow(seconds=0)
 
 
 PAGE = """# HELP vllm:num_requests_running Number of requests in model execution batches.

@@ -6,11 +6,13 @@ import argparse
 import asyncio
 import json
 import random
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from modelplane import cli
 from modelplane_dev import loadgen
 from modelplane_dev.loadgen import Lengths, LoadConfig, Progress, parse_lengths, parse_schedule, run_load
 from modelplane_dev.sim.config import SimConfig
@@ -93,3 +95,24 @@ def test_the_command_refuses_a_bad_schedule(capsys: pytest.CaptureFixture[str]) 
     args = parser.parse_args(["load", "--schedule", "sine:3"])
     assert args.func(args) == 2
     assert "schedule" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--base-url", "--url"])
+async def test_the_command_takes_the_url_as_base_url_or_url(sim: SimServer, flag: str,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    code = await asyncio.to_thread(cli.main, ["load", flag, f"{sim.url}/v1", "--schedule", "constant:10",
+                                              "--duration", "0.5", "--output-tokens", "2"])
+    assert code == 0
+    assert "latency p50" in capsys.readouterr().out
+
+
+def test_the_readme_s_modelplane_load_command_parses() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    commands = re.findall(r"`modelplane load ([^`]*)`", readme)
+    assert commands, "the README shows no modelplane load command"
+    parser = argparse.ArgumentParser()
+    loadgen.register(parser.add_subparsers())
+    for command in commands:
+        # The README's placeholders (URL, NAME, "…") stand for values; argparse fails on an unknown flag.
+        args = parser.parse_args(["load", *command.replace("…", "constant:1").split()])
+        assert args.base_url == "URL" and args.model == "NAME"

@@ -224,9 +224,9 @@ async def test_query_pods_reads_a_simulators_page_through_the_query_api(tmp_path
 ], ids=["no-scheme", "zero-age", "bad-label"])
 def test_bad_prometheus_flags_stop_modelplane_run_with_the_reason(flags: list[str], message: str) -> None:
     from modelplane.cli import build_parser
-    from modelplane.controller.run import prometheus_source
+    from modelplane.controller.run import StartupError, prometheus_source
 
-    with pytest.raises(SystemExit, match=re.escape(message)):
+    with pytest.raises(StartupError, match=re.escape(message)):
         prometheus_source(build_parser().parse_args(["run", *flags]))
 
 

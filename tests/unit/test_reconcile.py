@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -10,8 +11,10 @@ import pytest
 
 from modelplane import render
 from modelplane.api.models import ConditionType
+from modelplane.autoscaler.policy import PodMetrics
 from modelplane.controller import reconcile
 from modelplane.controller.reconcile import APPLIED_HASH, ModelConfig, Observed
+from modelplane.metrics.scrape import ScrapeResult
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
@@ -307,3 +310,66 @@ def test_every_condition_written_is_a_documented_condition_type() -> None:
     assert result.status is not None
     written = [c["type"] for c in result.status["conditions"]]
     assert sorted(written) == sorted(t.value for t in ConditionType)
+
+
+@dataclass(frozen=True)
+class Load:
+    """From ``at`` seconds on, ``pods`` ready pods each generate ``rate`` tokens/s."""
+
+    at: float
+    pods: int
+    rate: float
+
+
+# (phases of load, when the last phase starts): status.cost must follow the counters within 60 s.
+COST_CASES: dict[str, tuple[Load, ...]] = {
+    "steady": (Load(0, 2, 500),),
+    "the rate doubles": (Load(0, 2, 500), Load(130, 2, 1000)),
+    "the rate falls": (Load(0, 3, 900), Load(130, 3, 300)),
+    # Demand steady, one of three replicas removed: a token costs a third less.
+    "a replica leaves": (Load(0, 3, 400), Load(130, 2, 600)),
+    "it goes idle": (Load(0, 2, 500), Load(130, 2, 0)),
+}
+
+
+def _cost_run(phases: tuple[Load, ...], until: float) -> list[tuple[float, dict[str, Any]]]:
+    """Reconcile every 2 s (the resync beat) with scraped counters; (time, status.cost) after each."""
+    children = materialise(run(md()), ready=1)
+    body, state, out = md(), None, []
+    counters: dict[str, float] = {}
+    t = 0.0
+    while t <= until:
+        load = [p for p in phases if p.at <= t][-1]
+        names = [f"p{i}" for i in range(load.pods)]
+        pods = tuple(pod(n, ready=True) for n in names)
+        metrics = [ScrapeResult(n, PodMetrics(waiting=0, running=10, kv_cache_usage=0.1,
+                                              generation_tokens=counters.get(n, 0.0),
+                                              scraped_at=1000.0 + t), None, None) for n in names]
+        # The Deployment asks for the pods there are (as after the autoscaler's last decision).
+        deployment = copy.deepcopy(children["deployments"][0])
+        deployment["spec"]["replicas"] = deployment["status"]["replicas"] = load.pods
+        obs = Observed(body=body, now=NOW + timedelta(seconds=t), monotonic=1000.0 + t, pods=pods,
+                       **{**children, "deployments": (deployment,)})
+        result = reconcile.finish(reconcile.prepare(obs, prices={}), obs, metrics=metrics,
+                                  policy_state=state)
+        state, body = result.policy_state, {**md(), "status": result.effective_status}
+        out.append((t, result.effective_status["cost"]))
+        for n in names:
+            counters[n] = counters.get(n, 0.0) + load.rate * 2
+        t += 2
+    return out
+
+
+@pytest.mark.parametrize("phases", list(COST_CASES.values()), ids=list(COST_CASES))
+def test_cost_per_million_tokens_follows_the_counters_within_the_window(phases: tuple[Load, ...]) -> None:
+    window = 60
+    for t, cost in _cost_run(phases, until=phases[-1].at + 2 * window):
+        load = [p for p in phases if p.at <= t][-1]
+        if t < load.at + window and t >= window:
+            continue  # the window still holds the previous rate: no claim
+        if t < window:
+            assert "usdPerMillionTokens" not in cost, (t, cost)  # not measured for a full window yet
+            continue
+        assert cost["hourlyUSD"] == pytest.approx(load.pods * 1.91)
+        want = cost["hourlyUSD"] / (load.pods * load.rate * 3600) * 1e6 if load.rate else None
+        assert cost.get("usdPerMillionTokens") == (pytest.approx(want, abs=1e-4) if want else None), (t, cost)

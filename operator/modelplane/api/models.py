@@ -926,7 +926,13 @@ class CostStatus(_Model):
     desired_hourly_usd: StrictFloat | None = Field(
         default=None, description="GPU cost at the desired replicas, USD/hour.")
     usd_per_million_tokens: StrictFloat | None = Field(
-        default=None, description="Recent cost per million generated tokens, USD.")
+        default=None,
+        description="Cost per million generated tokens, USD: hourlyUSD divided by the tokens per hour "
+                    "the ready pods generated over the last 60 s (the sum of each pod's rate from its "
+                    "vllm:generation_tokens_total readings in that window). Recomputed at every "
+                    "reconcile, so it follows a change of load within 60 s. Absent while idle, until "
+                    "the operator has read the counters for 60 s (after its start or a scale from "
+                    "zero), when none were read in the last 60 s, and in External scaling mode.")
 
 
 class ScalingDecision(_Model):

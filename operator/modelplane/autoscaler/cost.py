@@ -6,16 +6,17 @@ The one implementation of the cost arithmetic: the autoscaler uses it, and ``mod
 tokens over seconds).
 
 Prices come from ``modelplane.gpus`` and can be overridden per provider (the operator's
-configuration passes its price table). Token throughput is measured from two samples of each pod's
-``vllm:generation_tokens_total`` counter, the way Prometheus' ``increase()`` does: a counter that
-went down restarted from zero, so its new value is the increase.
+configuration passes its price table). Token throughput is measured from each ready pod's
+``vllm:generation_tokens_total`` counter over a sliding window (``TokenWindow``, the last
+``TOKEN_WINDOW_SECONDS``), the way Prometheus' ``sum(rate(...[60s]))`` does: each pod's rate over its
+own readings in the window, a counter that went down restarted from zero, summed over the pods.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from modelplane import gpus
@@ -52,29 +53,6 @@ def fleet_hourly_usd(replicas: int, gpu_type: str | None = None, gpus_per_replic
     if gpu_type is None:
         raise ValueError("need gpu_type or usd_per_gpu_hour")
     return replicas * replica_hourly_usd(gpu_type, gpus_per_replica, prices=prices)
-
-
-@dataclass(frozen=True)
-class TokenSample:
-    """The generation-token counter of each pod at one instant (seconds on any monotonic clock)."""
-
-    at: float
-    counters: tuple[tuple[str, float], ...]  #: (pod name, counter value), one entry per pod
-
-    @classmethod
-    def of(cls, at: float, counters: Mapping[str, float]) -> TokenSample:
-        return cls(at=at, counters=tuple(sorted(counters.items())))
-
-
-def tokens_between(previous: Mapping[str, float], current: Mapping[str, float]) -> float:
-    """Tokens generated between two samples of per-pod counters.
-
-    A counter lower than before restarted (the pod's engine restarted), so its whole value is new.
-    A pod absent from ``previous`` became ready after it, so its counter, which started at zero,
-    is all new as well. A pod absent from ``current`` left; what it made since ``previous`` is lost,
-    which under-counts rather than inventing tokens.
-    """
-    return sum(counter_increase(previous.get(pod), value) for pod, value in current.items())
 
 
 def counter_increase(before: float | None, after: float) -> float:
@@ -134,16 +112,77 @@ def cost_status(*, hourly_usd: float, tokens_per_second: float | None) -> dict[s
     return status
 
 
-def usd_per_million_tokens_between(previous: TokenSample, current: TokenSample, *,
-                                   hourly_usd: float) -> float | None:
-    """$ per million generated tokens between two counter samples, at a fleet cost of ``hourly_usd``."""
-    tokens = tokens_between(dict(previous.counters), dict(current.counters))
-    return usd_per_million_tokens(hourly_usd=hourly_usd, tokens=tokens, seconds=current.at - previous.at)
+#: Seconds of counter readings the measured throughput (and so ``status.cost.usdPerMillionTokens``
+#: and the autoscaler's cost target) looks at.
+TOKEN_WINDOW_SECONDS = 60.0
+
+#: A pod's readings are kept at least this share of the window apart (the reconcile runs every few
+#: seconds, and more often on events), which bounds the readings per pod to about 30.
+_READING_SPACING = 1 / 30
 
 
-def tokens_per_second_between(previous: TokenSample, current: TokenSample) -> float | None:
-    """Generation throughput between two samples; None when they are not in time order."""
-    seconds = current.at - previous.at
-    if seconds <= 0:
+@dataclass(frozen=True)
+class TokenWindow:
+    """Each ready pod's generation-token counter readings over the last ``seconds``, oldest first.
+
+    Feed it every reading with ``observe``; ``tokens_per_second`` is the fleet's generation rate over
+    the window: the sum over the pods of each one's increase over its own readings (a counter that
+    went down restarted from zero) divided by the time they span. Readings carry the time the page
+    was read (``PodMetrics.scraped_at``), not the time of the decision, so a late scrape or a
+    Prometheus sample taken earlier does not stretch or shrink the interval.
+    """
+
+    seconds: float = TOKEN_WINDOW_SECONDS
+    #: (pod name, its readings within the window, oldest first), by pod name.
+    pods: tuple[tuple[str, tuple[CounterSample, ...]], ...] = ()
+    #: When the current run of readings began (None: no readings). Until ``seconds`` have passed
+    #: since, there is no rate: a fresh window (an operator restart, a fleet back from zero) would
+    #: otherwise report the throughput of a few seconds.
+    since: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.seconds > 0:
+            raise ValueError(f"the token window must be > 0 s, got {self.seconds}")
+
+    def expire(self, now: float) -> TokenWindow:
+        """The window without the readings older than ``seconds`` before ``now``."""
+        horizon = now - self.seconds
+        kept = tuple((pod, fresh) for pod, samples in self.pods
+                     if (fresh := tuple(s for s in samples if s.at_seconds >= horizon)))
+        return replace(self, pods=kept, since=self.since if kept else None)
+
+    def observe(self, now: float, readings: Mapping[str, CounterSample]) -> TokenWindow:
+        """Add one reading of each ready pod's counter, and forget the pods that are not among them.
+
+        A pod that is no longer ready (or was deleted) stops counting at once: its cost has left
+        ``hourlyUSD`` too. A reading that is not finite, or not newer than the pod's last one by a
+        thirtieth of the window (e.g. a Prometheus sample already seen), adds nothing.
+        """
+        had = dict(self.pods)
+        spacing = self.seconds * _READING_SPACING
+        pods: list[tuple[str, tuple[CounterSample, ...]]] = []
+        for pod, reading in sorted(readings.items()):
+            samples = had.get(pod, ())
+            if (math.isfinite(reading.at_seconds) and math.isfinite(reading.value) and reading.value >= 0
+                    and (not samples or reading.at_seconds >= samples[-1].at_seconds + spacing)):
+                samples = (*samples, reading)
+            if samples:
+                pods.append((pod, samples))
+        since = self.since if self.since is not None and self.pods else now
+        return replace(self, pods=tuple(pods), since=since).expire(now)
+
+    def tokens_per_second(self, now: float) -> float | None:
+        """The fleet's generation rate over the window; None until the window has been observed for
+        ``seconds``, or while no pod has two readings in it."""
+        if self.since is None or now - self.since < self.seconds:
+            return None
+        rates = [rate for _, samples in self.pods if (rate := _pod_rate(samples)) is not None]
+        return sum(rates) if rates else None
+
+
+def _pod_rate(samples: tuple[CounterSample, ...]) -> float | None:
+    """Tokens per second over one pod's readings (a reset in between counts from zero)."""
+    if len(samples) < 2 or samples[-1].at_seconds <= samples[0].at_seconds:
         return None
-    return tokens_between(dict(previous.counters), dict(current.counters)) / seconds
+    tokens = sum(counter_increase(a.value, b.value) for a, b in zip(samples, samples[1:], strict=False))
+    return tokens / (samples[-1].at_seconds - samples[0].at_seconds)

@@ -185,8 +185,9 @@ class PolicySpec:
     scale_down_min_step: int = 1
     scale_down_period: float = 30.0
     cold_start_backlog_credit: float = 1.0
-    #: $/Mtok is measured over at least this long, so one busy scrape does not swing it.
-    cost_window: float = 60.0
+    #: $/Mtok is measured over the last this many seconds of the pods' token counters (a sliding
+    #: window, so one busy scrape does not swing it and a change of rate shows within it).
+    cost_window: float = cost.TOKEN_WINDOW_SECONDS
     #: Throughput sizing (``modelplane.autoscaler.throughput``), on when both priors are set: one
     #: replica's prefill tokens/s and decode tokens/s at a full batch, from the engine profile.
     prefill_tokens_per_second: float | None = None
@@ -278,9 +279,8 @@ class PolicyState:
     last_scale_down_at: float | None = None
     #: Since when demand has been zero; None while there is demand.
     idle_since: float | None = None
-    token_sample: cost.TokenSample | None = None
-    usd_per_million_tokens: float | None = None
-    tokens_per_second: float | None = None
+    #: The ready pods' generation-token counters over the last ``cost_window`` (None: not started).
+    tokens: cost.TokenWindow | None = None
     throughput: tp.ThroughputState = field(default_factory=tp.ThroughputState)
     #: The scale-down window is ``scale_down_delay × window_factor`` (1 until a regret).
     window_factor: float = 1.0
@@ -325,6 +325,9 @@ class Decision:
     activator_pending: int = 0
     hourly_usd: float = 0.0  #: the fleet asked for now (ready + starting)
     desired_hourly_usd: float = 0.0
+    #: Generation tokens per second over the last ``cost_window`` (None: idle or not measured yet).
+    tokens_per_second: float | None = None
+    #: ``hourly_usd`` per million of those tokens (None with them).
     usd_per_million_tokens: float | None = None
     inputs: Mapping[str, float] = field(default_factory=dict)
     #: The cold start as measured (rule 5: the median of the last pods seen to start), or the
@@ -430,6 +433,13 @@ def _burst_rhythm(spec: PolicySpec, state: PolicyState, now: float, recs: tuple[
     return rhythm  # later than any burst came back: the plain (lengthened) window again
 
 
+def _token_window(state: PolicyState, spec: PolicySpec) -> cost.TokenWindow:
+    """The state's token window, or a fresh one (also when ``cost_window`` changed)."""
+    if state.tokens is None or state.tokens.seconds != spec.cost_window:
+        return cost.TokenWindow(seconds=spec.cost_window)
+    return state.tokens
+
+
 def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
     """The desired replica count for ``obs``; see the module docstring for the rules."""
     now, current = obs.now, obs.current_replicas
@@ -455,14 +465,18 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
 
     problems = _metric_problems(obs, spec)
     if problems:
+        # The readings already in the window still count until they are older than it.
+        tokens = _token_window(state, spec).expire(now)
+        tok_s = tokens.tokens_per_second(now)
         held = _clamp_hold(state.last_desired if state.last_desired is not None else current, spec)
         return Decision(
             desired_replicas=held, reason=Reason.METRICS_UNAVAILABLE,
             message=f"holding {held} replicas: {'; '.join(problems)}",
-            state=replace(state, last_desired=held), recommended=held,
+            state=replace(state, last_desired=held, tokens=tokens), recommended=held,
             ready=len(obs.ready), starting=len(obs.starting), activator_pending=obs.activator_pending,
-            hourly_usd=current * price, desired_hourly_usd=held * price,
-            usd_per_million_tokens=state.usd_per_million_tokens, cold_start_seconds=cold_start)
+            hourly_usd=current * price, desired_hourly_usd=held * price, tokens_per_second=tok_s,
+            usd_per_million_tokens=cost.usd_per_million_tokens(current * price, tok_s),
+            cold_start_seconds=cold_start)
 
     metrics = [p.metrics for p in obs.ready if p.metrics is not None]
     waiting = sum(m.waiting for m in metrics)
@@ -507,17 +521,12 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
     if demand > 0:
         recommended = max(recommended, 1)
 
-    # Cost measured from the token counters, over at least ``cost_window``.
-    usd_mtok, tok_s, sample = state.usd_per_million_tokens, state.tokens_per_second, state.token_sample
-    if metrics:
-        now_sample = cost.TokenSample.of(now, {p.name: p.metrics.generation_tokens
-                                               for p in obs.ready if p.metrics is not None})
-        if sample is None:
-            sample = now_sample
-        elif now - sample.at >= spec.cost_window:
-            tok_s = cost.tokens_per_second_between(sample, now_sample)
-            usd_mtok = cost.usd_per_million_tokens_between(sample, now_sample, hourly_usd=current * price)
-            sample = now_sample
+    # Cost: the ready pods' token counters over the last ``cost_window``, at the fleet's cost now.
+    tokens = _token_window(state, spec).observe(now, {
+        p.name: cost.CounterSample(p.metrics.scraped_at, p.metrics.generation_tokens)
+        for p in obs.ready if p.metrics is not None})
+    tok_s = tokens.tokens_per_second(now)
+    usd_mtok = cost.usd_per_million_tokens(current * price, tok_s)
 
     idle_since = None if demand > 0 else (state.idle_since if state.idle_since is not None else now)
     idle_for = now - idle_since if idle_since is not None else 0.0
@@ -672,9 +681,7 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
         last_scale_at=now if desired != current else state.last_scale_at,
         last_scale_down_at=now if desired < current else last_down,
         idle_since=idle_since,
-        token_sample=sample,
-        usd_per_million_tokens=usd_mtok,
-        tokens_per_second=tok_s,
+        tokens=tokens,
         throughput=tp_state,
         window_factor=factor,
         window_changed_at=factor_at,
@@ -710,7 +717,8 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
         desired_replicas=desired, reason=reason, message=message, state=new_state,
         recommended=recommended, demand=demand, waiting=waiting, running=running,
         ready=n_ready, starting=n_starting, activator_pending=held_requests,
-        hourly_usd=current * price, desired_hourly_usd=desired * price, usd_per_million_tokens=usd_mtok,
+        hourly_usd=current * price, desired_hourly_usd=desired * price, tokens_per_second=tok_s,
+        usd_per_million_tokens=usd_mtok,
         inputs=inputs, cold_start_seconds=cold_start,
     )
 

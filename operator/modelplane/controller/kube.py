@@ -143,6 +143,25 @@ class Invalid(ApiError):
 _ERRORS: dict[int, type[ApiError]] = {404: NotFound, 409: Conflict, 403: Forbidden, 422: Invalid}
 
 
+class ConfigError(ValueError):
+    """The kubeconfig or the in-cluster credentials cannot be used; the message says which and why."""
+
+
+#: What a call raises when the API server cannot be reached at all (refused, DNS, TLS, timeout).
+UNREACHABLE = (aiohttp.ClientError, OSError, asyncio.TimeoutError)
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line for a person: its message, whitespace folded; its type if empty."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        return f"{exc.problem} (line {mark.line + 1}, column {mark.column + 1})"
+    text = " ".join(str(exc).split())
+    if not text and isinstance(exc, asyncio.TimeoutError):
+        return "no answer before the timeout"
+    return text or type(exc).__name__
+
+
 # --- configuration ----------------------------------------------------------------------------
 
 
@@ -161,41 +180,63 @@ class KubeConfig:
     extra: Mapping[str, str] = field(default_factory=dict)
 
 
-def _data_or_file(entry: Mapping[str, Any], key: str, base: Path) -> bytes | None:
+def _data_or_file(entry: Mapping[str, Any], key: str, base: Path, *, source: Path) -> bytes | None:
     if entry.get(f"{key}-data"):
-        return base64.b64decode(str(entry[f"{key}-data"]))
+        try:
+            return base64.b64decode(str(entry[f"{key}-data"]))
+        except ValueError as exc:
+            raise ConfigError(f"kubeconfig {source}: {key}-data is not base64: {exc}") from exc
     if entry.get(key):
         path = Path(str(entry[key]))
-        return (path if path.is_absolute() else base / path).read_bytes()
+        path = path if path.is_absolute() else base / path
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"kubeconfig {source}: cannot read {key} {path}: {exc.strerror}") from exc
     return None
 
 
 def load_kubeconfig(path: str | os.PathLike[str] | None = None, *,
                     context: str | None = None) -> KubeConfig:
-    """Read a kubeconfig file (``$KUBECONFIG`` or ``~/.kube/config`` when no path is given)."""
+    """Read a kubeconfig file (``$KUBECONFIG`` or ``~/.kube/config`` when no path is given).
+
+    Raises ``ConfigError`` naming the file and the problem: missing or unreadable, not YAML, no such
+    context, a context without a cluster server, or a certificate file that cannot be read.
+    """
     if path is None:
         env = os.environ.get("KUBECONFIG", "")
         path = env.split(os.pathsep)[0] if env else Path.home() / ".kube" / "config"
     p = Path(path)
     try:
-        doc = yaml.safe_load(p.read_text()) or {}
+        doc = yaml.safe_load(p.read_text())
     except OSError as exc:
-        raise ValueError(f"cannot read kubeconfig {p}: {exc.strerror}") from exc
+        hint = " (set KUBECONFIG or create ~/.kube/config)" if isinstance(exc, FileNotFoundError) else ""
+        raise ConfigError(f"cannot read kubeconfig {p}: {exc.strerror}{hint}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"kubeconfig {p} is not YAML: {one_line(exc)}") from exc
+    doc = doc or {}
+    if not isinstance(doc, dict):
+        raise ConfigError(f"kubeconfig {p} is not a kubeconfig (a YAML mapping)")
     ctx_name = context or doc.get("current-context")
-    contexts = {c["name"]: c.get("context", {}) for c in doc.get("contexts") or []}
+    contexts = _named(doc, "contexts", "context", p)
+    if not ctx_name:
+        raise ConfigError(f"kubeconfig {p} sets no current-context")
     if ctx_name not in contexts:
-        raise ValueError(f"kubeconfig {p} has no context {ctx_name!r}")
+        raise ConfigError(f"kubeconfig {p} has no context {ctx_name!r}")
     ctx = contexts[ctx_name]
-    clusters = {c["name"]: c.get("cluster", {}) for c in doc.get("clusters") or []}
-    users = {u["name"]: u.get("user", {}) for u in doc.get("users") or []}
-    cluster = clusters.get(ctx.get("cluster"), {})
-    user = users.get(ctx.get("user"), {})
+    clusters = _named(doc, "clusters", "cluster", p)
+    users = _named(doc, "users", "user", p)
+    cluster = clusters.get(str(ctx.get("cluster")), {})
+    user = users.get(str(ctx.get("user")), {})
+    if not cluster.get("server"):
+        raise ConfigError(f"kubeconfig {p}: context {ctx_name!r} names cluster {ctx.get('cluster')!r}, "
+                          "which has no server")
     base = p.parent
     return KubeConfig(
         server=str(cluster["server"]).rstrip("/"),
-        ca_data=_data_or_file(cluster, "certificate-authority", base),
-        cert_data=_data_or_file(user, "client-certificate", base),
-        key_data=_data_or_file(user, "client-key", base),
+        ca_data=_data_or_file(cluster, "certificate-authority", base, source=p),
+        cert_data=_data_or_file(user, "client-certificate", base, source=p),
+        key_data=_data_or_file(user, "client-key", base, source=p),
         token=user.get("token"),
         token_file=user.get("tokenFile"),
         insecure=bool(cluster.get("insecure-skip-tls-verify", False)),
@@ -203,20 +244,32 @@ def load_kubeconfig(path: str | os.PathLike[str] | None = None, *,
     )
 
 
+def _named(doc: Mapping[str, Any], key: str, inner: str, source: Path) -> dict[str, dict[str, Any]]:
+    """A kubeconfig list (``contexts``, ``clusters``, ``users``) by name: each entry's ``inner`` mapping."""
+    entries = doc.get(key) or []
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and "name" in e for e in entries):
+        raise ConfigError(f"kubeconfig {source}: {key} must be a list of entries with a name")
+    named = {str(e["name"]): e.get(inner) or {} for e in entries}
+    if not all(isinstance(v, dict) for v in named.values()):
+        raise ConfigError(f"kubeconfig {source}: each of {key} needs a {inner} mapping")
+    return named
+
+
 def in_cluster_config() -> KubeConfig:
     """The ServiceAccount credentials mounted into a pod."""
     host = os.environ.get("KUBERNETES_SERVICE_HOST")
     port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
     if not host:
-        raise ValueError("not running in a cluster: KUBERNETES_SERVICE_HOST is not set")
+        raise ConfigError("not running in a cluster: KUBERNETES_SERVICE_HOST is not set")
     if ":" in host:
         host = f"[{host}]"
-    return KubeConfig(
-        server=f"https://{host}:{port}",
-        ca_data=(SA_DIR / "ca.crt").read_bytes(),
-        token_file=str(SA_DIR / "token"),
-        namespace=(SA_DIR / "namespace").read_text().strip(),
-    )
+    try:
+        ca_data = (SA_DIR / "ca.crt").read_bytes()
+        namespace = (SA_DIR / "namespace").read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the ServiceAccount credentials in {SA_DIR}: {exc.strerror}") from exc
+    return KubeConfig(server=f"https://{host}:{port}", ca_data=ca_data, token_file=str(SA_DIR / "token"),
+                      namespace=namespace)
 
 
 def auto_config() -> KubeConfig:
@@ -291,7 +344,12 @@ class Kube:
         self.writes = 0
 
     async def __aenter__(self) -> Kube:
-        connector = aiohttp.TCPConnector(ssl=_ssl_context(self.config), limit=32)
+        try:
+            tls = _ssl_context(self.config)
+        except (ssl.SSLError, ValueError) as exc:
+            raise ConfigError(f"the TLS settings for {self.config.server} (certificate-authority, "
+                              f"client-certificate or client-key) cannot be used: {one_line(exc)}") from exc
+        connector = aiohttp.TCPConnector(ssl=tls, limit=32)
         self._session = aiohttp.ClientSession(
             connector=connector, timeout=aiohttp.ClientTimeout(total=self._timeout))
         return self

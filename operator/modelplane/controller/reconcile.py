@@ -35,7 +35,7 @@ from modelplane.api.models import (
     Phase,
     ScalingMode,
 )
-from modelplane.autoscaler import policy
+from modelplane.autoscaler import cost, policy
 from modelplane.controller import health, kube
 from modelplane.metrics.scrape import ScrapeResult, ScrapeTarget
 
@@ -402,15 +402,17 @@ def _scaling_conditions(decision: policy.Decision | None, model_config: ModelCon
     return conditions
 
 
-def _cost(decision: policy.Decision | None, old_status: Mapping[str, Any], *, total: int, desired: int,
+def _cost(decision: policy.Decision | None, *, total: int, desired: int,
           replica_usd: float) -> dict[str, Any]:
-    cost: dict[str, Any] = {"hourlyUSD": round(total * replica_usd, 4),
-                            "desiredHourlyUSD": round(desired * replica_usd, 4)}
-    if decision is not None and decision.usd_per_million_tokens is not None:
-        cost["usdPerMillionTokens"] = round(decision.usd_per_million_tokens, 4)
-    elif isinstance(old_status.get("cost"), Mapping) and "usdPerMillionTokens" in old_status["cost"]:
-        cost["usdPerMillionTokens"] = old_status["cost"]["usdPerMillionTokens"]
-    return cost
+    """``status.cost``: $/hour of the pods there are, and $ per million tokens at that cost.
+
+    The token rate is the autoscaler's, over the pods' counters of the last ``cost_window``; it is
+    computed afresh at every reconcile, and with none (idle, metrics missing longer than the
+    window, a fresh operator, External mode) the field is left out rather than kept from before.
+    """
+    doc = cost.cost_status(hourly_usd=total * replica_usd,
+                           tokens_per_second=decision.tokens_per_second if decision is not None else None)
+    return {**doc, "desiredHourlyUSD": round(desired * replica_usd, 4)}
 
 
 def _autoscaler_status(decision: policy.Decision, old_status: Mapping[str, Any],
@@ -527,7 +529,7 @@ def finish(prepared: Prepared, observed: Observed, *, metrics: Sequence[ScrapeRe
         "canary": canary_doc,
         "rolloutHistory": [{k: v for k, v in h.items() if v is not None}
                            for h in machine_status["rolloutHistory"]],
-        "cost": _cost(decision, old_status, total=counts.total, desired=desired, replica_usd=replica_usd),
+        "cost": _cost(decision, total=counts.total, desired=desired, replica_usd=replica_usd),
     }
     if plan is not None:
         status_doc["plan"] = plan.to_status()

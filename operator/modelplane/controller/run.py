@@ -5,16 +5,24 @@ informers; kopf runs only in an HA install, for its peering (which replica is ac
 tells the truth: 503 while the controller's loop has not turned within the last minute, or while a
 watch has been down longer than ``WATCH_GRACE_SECONDS`` (the API server is unreachable or refuses
 us), with the reason in its JSON. SIGTERM or SIGINT stops everything within about a second.
+
+What cannot work is refused at start with one line on stderr and no traceback (``StartupError``):
+a bad flag value or ``--prices`` file (exit code 2), missing or unusable credentials, or a port
+that cannot be bound (exit code 1). An API server that cannot be reached is not one of these: the
+watches retry, and /healthz reports it.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import math
 import os
 import random
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +44,15 @@ LIVENESS_SECONDS = 60.0
 WATCH_GRACE_SECONDS = 15.0
 #: How long shutdown waits for the tasks to end after it has cancelled them.
 SHUTDOWN_SECONDS = 1.5
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class StartupError(Exception):
+    """The operator cannot start as asked; the message says why, as one line for a person."""
+
+    def __init__(self, message: str, *, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def register(subparsers: Any) -> None:
@@ -73,7 +90,8 @@ def register(subparsers: Any) -> None:
                              "(default https://huggingface.co)")
     parser.add_argument("--no-model-config", action="store_true",
                         help="never read config.json; plan from the catalog and spec.model.hints")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
+                        help="DEBUG, INFO (default), WARNING or ERROR")
     parser.set_defaults(func=main)
 
 
@@ -88,22 +106,57 @@ def prometheus_source(args: argparse.Namespace) -> PrometheusSource | None:
             lookback_seconds=max(120.0, args.prometheus_max_age), max_age_seconds=args.prometheus_max_age,
             bearer_token_file=args.prometheus_token_file)
     except ValueError as exc:
-        raise SystemExit(f"--prometheus-*: {exc}") from exc
+        raise StartupError(f"--prometheus-*: {exc}") from exc
 
 
 def load_prices(path: Path | None) -> dict[str, float]:
+    """The ``--prices`` file: a JSON or YAML mapping of GPU type to $/GPU-hour. ``StartupError``
+    names the file and the problem: unreadable, not YAML, not a mapping, a price that is not a
+    number >= 0, or an unknown GPU type."""
     if path is None:
         return {}
     import yaml
 
     from modelplane import gpus
 
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise StartupError(f"--prices {path}: cannot read it: {exc.strerror}") from exc
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise StartupError(f"--prices {path}: not JSON or YAML: {kube.one_line(exc)}") from exc
     if not isinstance(data, dict):
-        raise SystemExit(f"{path}: expected a mapping of GPU type to $/GPU-hour")
-    prices = {str(k): float(v) for k, v in data.items()}
-    gpus.with_prices(prices)  # refuses unknown types and negative prices, naming them
+        raise StartupError(f"--prices {path}: expected a mapping of GPU type to $/GPU-hour, e.g. "
+                           "'nvidia-h100-80gb: 2.49'")
+    prices: dict[str, float] = {}
+    for name, value in data.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise StartupError(f"--prices {path}: the price of {name} must be a number of $/GPU-hour, "
+                               f"got {value!r}")
+        prices[str(name)] = float(value)
+    try:
+        gpus.with_prices(prices)  # refuses unknown types and negative prices, naming them
+    except ValueError as exc:
+        raise StartupError(f"--prices {path}: {exc}") from exc
     return prices
+
+
+def build_settings(args: argparse.Namespace) -> Settings:
+    """The flags as the controller's settings; ``StartupError`` for a value that cannot work."""
+    if not (math.isfinite(args.resync_seconds) and args.resync_seconds > 0):
+        raise StartupError(f"--resync-seconds must be a number of seconds > 0, got {args.resync_seconds:g}")
+    if not 0 <= args.metrics_port <= 65535:
+        raise StartupError(f"--metrics-port must be 0 (off) or a port 1-65535, got {args.metrics_port}")
+    # HA: every replica gets its own random priority; kopf runs the highest one and pauses the
+    # others (equal priorities would pause them all), and our loop follows kopf's verdict.
+    peering_name = os.environ.get("MODELPLANE_PEERING") or None
+    priority = random.SystemRandom().randint(1, 2**31 - 1)
+    return Settings(resync_seconds=args.resync_seconds, prices=load_prices(args.prices),
+                    activator_url=args.activator_url, prometheus=prometheus_source(args),
+                    read_model_config=not args.no_model_config,
+                    namespaces=tuple(args.namespace),
+                    hf_endpoint=args.hf_endpoint or HF_BASE_URL,
+                    peering=(peering_name, priority, tuple(args.namespace)) if peering_name else None)
 
 
 def health_report(controller: Controller, now: float | None = None) -> tuple[dict[str, Any], int]:
@@ -141,27 +194,26 @@ async def serve_http(controller: Controller, host: str, port: int) -> web.AppRun
     return runner
 
 
-async def operate(args: argparse.Namespace) -> None:
-    # HA: every replica gets its own random priority; kopf runs the highest one and pauses the
-    # others (equal priorities would pause them all), and our loop follows kopf's verdict.
-    peering_name = os.environ.get("MODELPLANE_PEERING") or None
-    priority = random.SystemRandom().randint(1, 2**31 - 1)
-    settings = Settings(resync_seconds=args.resync_seconds, prices=load_prices(args.prices),
-                        activator_url=args.activator_url, prometheus=prometheus_source(args),
-                        read_model_config=not args.no_model_config,
-                        namespaces=tuple(args.namespace),
-                        hf_endpoint=args.hf_endpoint or HF_BASE_URL,
-                        peering=(peering_name, priority, tuple(args.namespace))
-                        if peering_name else None)
+async def operate(args: argparse.Namespace, settings: Settings, config: kube.KubeConfig) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    async with kube.Kube(kube.auto_config()) as client:
+    peering_name, priority = settings.peering[:2] if settings.peering else (None, 0)
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            client = await stack.enter_async_context(kube.Kube(config))
+        except kube.ConfigError as exc:  # the TLS settings
+            raise StartupError(str(exc), exit_code=1) from exc
         controller = Controller(client, settings)
         runner = None
         if args.metrics_port:
-            runner = await serve_http(controller, args.metrics_host, args.metrics_port)
+            try:
+                runner = await serve_http(controller, args.metrics_host, args.metrics_port)
+            except OSError as exc:
+                raise StartupError(f"cannot serve /healthz and /metrics on {args.metrics_host}:"
+                                   f"{args.metrics_port}: {exc.strerror or kube.one_line(exc)} "
+                                   "(--metrics-port, --metrics-host)", exit_code=1) from exc
             log.info("serving /healthz and /metrics on %s:%d", args.metrics_host, args.metrics_port)
         tasks = [asyncio.create_task(controller.run(), name="modelplane-controller")]
         if peering_name:
@@ -189,10 +241,18 @@ async def operate(args: argparse.Namespace) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        asyncio.run(operate(args))
+        settings = build_settings(args)
+        try:
+            config = kube.auto_config()
+        except kube.ConfigError as exc:
+            raise StartupError(str(exc), exit_code=1) from exc
+        logging.basicConfig(level=getattr(logging, args.log_level, logging.INFO),
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        asyncio.run(operate(args, settings, config))
+    except StartupError as exc:
+        print(f"modelplane run: {exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         pass
     return 0

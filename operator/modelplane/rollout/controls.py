@@ -52,20 +52,37 @@ async def send_control(client: kube.Kube, *, name: str, namespace: str, command:
 
 
 def _run(args: argparse.Namespace) -> int:
+    """Send one control; every ordinary failure is one line on stderr and exit code 1."""
     command = Command(args.control)
+    prefix = f"modelplane {command.value}"
+    try:
+        config = kube.auto_config()
+    except kube.ConfigError as exc:
+        print(f"{prefix}: {exc}", file=sys.stderr)
+        return 1
+    namespace = args.namespace or config.namespace
+    target = f"modeldeployment {args.name} in namespace {namespace}"
 
     async def go() -> str:
-        async with kube.Kube(kube.auto_config()) as client:
-            namespace = args.namespace or client.config.namespace
+        async with kube.Kube(config) as client:
             return await send_control(client, name=args.name, namespace=namespace, command=command)
 
     try:
         value = asyncio.run(go())
     except kube.NotFound:
-        print(f"modeldeployment {args.name} not found", file=sys.stderr)
+        print(f"{prefix}: {target} not found (kubectl get md -n {namespace} lists them)", file=sys.stderr)
+        return 1
+    except kube.Forbidden as exc:
+        print(f"{prefix}: not allowed to patch {target}: {kube.one_line(exc)}", file=sys.stderr)
         return 1
     except kube.ApiError as exc:
-        print(f"could not set {CONTROL_ANNOTATION}: {exc}", file=sys.stderr)
+        print(f"{prefix}: the API server refused to patch {target}: {kube.one_line(exc)}", file=sys.stderr)
+        return 1
+    except kube.ConfigError as exc:
+        print(f"{prefix}: {exc}", file=sys.stderr)
+        return 1
+    except kube.UNREACHABLE as exc:
+        print(f"{prefix}: cannot reach the API server {config.server}: {kube.one_line(exc)}", file=sys.stderr)
         return 1
     print(f"modeldeployment {args.name}: {CONTROL_ANNOTATION}={value} "
           "(kubectl describe md shows what the operator did)")
