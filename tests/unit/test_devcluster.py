@@ -9,6 +9,7 @@ import yaml
 
 from modelplane import gpus
 from modelplane_dev.devcluster.cluster import (
+    DevCluster,
     DevClusterError,
     NodeGroup,
     build_kwok_config,
@@ -104,3 +105,18 @@ def test_parse_duration(text: str, ms: int) -> None:
 def test_parse_duration_refuses_garbage(text: str) -> None:
     with pytest.raises(DevClusterError):
         parse_duration_ms(text)
+
+
+@pytest.mark.parametrize(("action", "component", "error"), [
+    ("kill", "kubelet", "unknown component 'kubelet'; known: etcd, kube-apiserver"),
+    ("start", "kubelet", "unknown component 'kubelet'; known: etcd, kube-apiserver"),
+    ("kill", "kube-apiserver", "kube-apiserver is not running in"),
+    ("start", "kube-apiserver", "no dev cluster runs in"),
+])
+def test_one_component_at_a_time_refuses_what_cannot_be_done(
+        tmp_path: Path, action: str, component: str, error: str) -> None:
+    cluster = DevCluster(tmp_path, log=lambda _: None)
+    call = cluster.kill_component if action == "kill" else cluster.start_component
+    with pytest.raises(DevClusterError, match=error):
+        call(component)
+    assert list(tmp_path.iterdir()) == []  # nothing was started or written

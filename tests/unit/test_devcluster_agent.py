@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -26,8 +31,9 @@ from modelplane_dev.devcluster.agent import (
     plan_servers,
     pod_target,
 )
+from modelplane_dev.devcluster.supervise import describe_exit, restart_delay
 from modelplane_dev.sim.quality import BehaviorMap
-from tests.waiting import wait_for
+from tests.waiting import wait_for, wait_until
 
 L4 = "kwok-l4-0"
 H100 = "kwok-h100-0"
@@ -125,6 +131,17 @@ A, B = target("a"), target("b", ip="127.64.0.3")
 def test_plan_servers(pods: list[dict[str, Any]], nodes: dict[str, str],
                       handled: dict[str, PodTarget], plan: ServerPlan) -> None:
     assert plan_servers(pods, nodes, handled) == plan
+
+
+@pytest.mark.parametrize(("failures", "delay"), [(0, 1.0), (1, 2.0), (3, 8.0), (5, 30.0), (99, 30.0)])
+def test_supervisor_restart_delay_is_bounded(failures: int, delay: float) -> None:
+    assert restart_delay(failures) == delay
+
+
+@pytest.mark.parametrize(("code", "text"), [(0, "code 0"), (1, "code 1"), (-9, "signal SIGKILL"),
+                                            (-15, "signal SIGTERM")])
+def test_supervisor_describes_an_exit(code: int, text: str) -> None:
+    assert describe_exit(code) == text
 
 
 # --- the agent through outages, against a scripted API ----------------------------------------
@@ -308,3 +325,40 @@ async def test_a_model_that_does_not_fit_is_not_tried_again_until_its_pod_change
     assert set(agent.handled) == {"uid-p1", "uid-p2"} and set(agent.servers) == {"uid-p2"}
     await stop_agent(agent, task)
 
+
+def test_the_supervisor_starts_a_crashed_child_again_and_ends_it_on_sigterm(tmp_path: Path) -> None:
+    """The dev cluster runs its pod agent under this supervisor: a crash (here exit code 3) is
+    followed by a new start; SIGTERM to the supervisor alone is passed on, and both end."""
+    starts = tmp_path / "starts"
+    child = ("import pathlib, sys, time\n"
+             f"p = pathlib.Path({str(starts)!r})\n"
+             "n = len(p.read_text()) if p.exists() else 0\n"
+             "p.write_text('x' * (n + 1))\n"
+             "sys.exit(3) if n == 0 else time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-m", "modelplane_dev.devcluster.supervise",
+                             "--name=crashy", "--", sys.executable, "-c", child],
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_until(lambda: starts.exists() and starts.read_text() == "xx", timeout=15,
+                   what="the child to be started a second time")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.stderr is not None
+    said = proc.stderr.read()
+    proc.stderr.close()
+    assert "crashy (pid " in said and "exited with code 3 after" in said, said
+    assert "starting it again in 1.0 s" in said, said
+
+    def group_gone() -> bool:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    wait_until(group_gone, timeout=15, what="the supervised child to end with its supervisor")
+    assert starts.read_text() == "xx"  # not started a third time

@@ -556,9 +556,7 @@ class DevCluster:
                        component="kube-controller-manager")
             self._wait(f"{len(nodes)} nodes Ready", deadline,
                        lambda: asyncio.run(self._nodes_ready(len(nodes))), component="kwok")
-            self.start_process("sim-agent", [
-                sys.executable, "-m", "modelplane_dev.devcluster.agent",
-                f"--kubeconfig={self.kubeconfig}", f"--load-seconds={ready_ms / 1000}"])
+            self._start_agent(state)
         except BaseException:
             self._log(f"start failed; stopping what was started (logs kept in {self.run_dir}/logs)")
             self.down(remove=False, quiet=True)
@@ -590,6 +588,78 @@ class DevCluster:
             kept = "removed" if remove else "kept for inspection"
             self._log(f"stopped: {what}; run directory {self.run_dir} {kept}")
         return stopped
+
+    # --- one component at a time (fault tests) --------------------------------------------
+    # These block (they poll the component's health); from async code call them through
+    # ``asyncio.to_thread``.
+
+    def kill_component(self, component: str) -> int:
+        """Kill one component of the running cluster with SIGKILL, as a crash would, and wait until
+        it is gone; returns the pid it had. The other components keep running (kube-apiserver
+        killed: every client's connection drops and is refused until ``start_component``). The
+        ``sim-agent`` entry is the agent's supervisor: killing it kills the agent too."""
+        self._check_component(component)
+        pid = self._read_pid(component)
+        if pid is None or not self._is_ours(pid):
+            raise DevClusterError(f"{component} is not running in {self.run_dir}; `modelplane "
+                                  "cluster status` says what runs")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        proc = self._procs.pop(component, None)
+        deadline = time.monotonic() + 10
+        while self._is_ours(pid):
+            if proc is not None:
+                proc.poll()  # reaps it when we are its parent
+            else:
+                self._reap(pid)
+            if time.monotonic() > deadline:
+                raise DevClusterError(f"{component} (pid {pid}) is still alive 10 s after SIGKILL")
+            time.sleep(0.05)
+        with contextlib.suppress(FileNotFoundError):
+            self._pid_file(component).unlink()
+        self._log(f"killed {component} (pid {pid}) with SIGKILL")
+        return pid
+
+    def start_component(self, component: str, *, timeout: float = 60.0) -> None:
+        """Start one stopped component of the running cluster again, with the flags and ports it
+        was first started with (``state.json``), and wait until it works: etcd's /health,
+        kube-apiserver's /readyz; the others only have to be running."""
+        self._check_component(component)
+        state = self.state()
+        if state is None:
+            raise DevClusterError(f"no dev cluster runs in {self.run_dir} (no state.json); "
+                                  "`modelplane cluster up` starts one")
+        pid = self._read_pid(component)
+        if pid is not None and self._is_ours(pid):
+            raise DevClusterError(f"{component} is already running (pid {pid})")
+        starters: dict[str, Callable[[State], None]] = {
+            "etcd": self._start_etcd, "kube-apiserver": self._start_apiserver,
+            "kube-controller-manager": self._start_controller_manager,
+            "kube-scheduler": self._start_scheduler, "kwok": self._start_kwok,
+            "sim-agent": self._start_agent}
+        starters[component](state)
+        deadline = time.monotonic() + timeout
+        if component == "etcd":
+            self._wait("etcd", deadline, lambda: self._etcd_healthy(state.ports["etcd"]),
+                       component=component)
+        elif component == "kube-apiserver":
+            self._wait("kube-apiserver /readyz", deadline,
+                       lambda: asyncio.run(self._readyz()) == "ok", component=component)
+        else:
+            self._check_alive(component)
+            self._log(f"started {component} again")
+
+    def restart_component(self, component: str, *, down_seconds: float = 0.0,
+                          timeout: float = 60.0) -> None:
+        """``kill_component``, leave it down for ``down_seconds`` (the outage), ``start_component``."""
+        self.kill_component(component)
+        time.sleep(down_seconds)
+        self.start_component(component, timeout=timeout)
+
+    @staticmethod
+    def _check_component(component: str) -> None:
+        if component not in PROCESSES:
+            raise DevClusterError(f"unknown component {component!r}; known: {', '.join(PROCESSES)}")
 
     # --- process handling -----------------------------------------------------------------
 
@@ -761,6 +831,14 @@ class DevCluster:
             # Its INFO level logs every lease renewal; warnings are what a person needs.
             "--v=WARN",
         ])
+
+    def _start_agent(self, state: State) -> None:
+        # Under a supervisor that starts it again if it ever dies: every pod IP depends on it.
+        load_seconds = parse_duration_ms(state.pod_ready_delay) / 1000
+        self.start_process("sim-agent", [
+            sys.executable, "-m", "modelplane_dev.devcluster.supervise", "--name=sim-agent", "--",
+            sys.executable, "-m", "modelplane_dev.devcluster.agent",
+            f"--kubeconfig={self.kubeconfig}", f"--load-seconds={load_seconds}"])
 
     def _write_kubeconfigs(self, state: State) -> None:
         pki = self.run_dir / "pki"
