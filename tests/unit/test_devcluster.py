@@ -9,12 +9,14 @@ import yaml
 
 from modelplane import gpus
 from modelplane_dev.devcluster.cluster import (
+    DevCluster,
     DevClusterError,
     NodeGroup,
     build_kwok_config,
     build_nodes,
     load_profiles,
     parse_duration_ms,
+    pod_cidr_for,
 )
 
 
@@ -104,3 +106,33 @@ def test_parse_duration(text: str, ms: int) -> None:
 def test_parse_duration_refuses_garbage(text: str) -> None:
     with pytest.raises(DevClusterError):
         parse_duration_ms(text)
+
+
+@pytest.mark.parametrize(("action", "component", "error"), [
+    ("kill", "kubelet", "unknown component 'kubelet'; known: etcd, kube-apiserver"),
+    ("start", "kubelet", "unknown component 'kubelet'; known: etcd, kube-apiserver"),
+    ("kill", "kube-apiserver", "kube-apiserver is not running in"),
+    ("start", "kube-apiserver", "no dev cluster runs in"),
+])
+def test_one_component_at_a_time_refuses_what_cannot_be_done(
+        tmp_path: Path, action: str, component: str, error: str) -> None:
+    cluster = DevCluster(tmp_path, log=lambda _: None)
+    call = cluster.kill_component if action == "kill" else cluster.start_component
+    with pytest.raises(DevClusterError, match=error):
+        call(component)
+    assert list(tmp_path.iterdir()) == []  # nothing was started or written
+
+
+def test_each_run_directory_gets_its_own_pod_ip_range() -> None:
+    """kwok hands out pod IPs in order from the start of its range: two clusters with one range
+    would serve their first pods on the same IPs, and each one's pod agent would answer for both."""
+    dirs = [Path(f"/work/{name}/.run/devcluster") for name in ("main", "wt-a", "wt-b", "wt-c")]
+    cidrs = [pod_cidr_for(d) for d in dirs]
+    assert len(set(cidrs)) == len(dirs)  # these four differ (any two collide 1 time in 128)
+    for cidr in cidrs:
+        second = int(cidr.split(".")[1])
+        assert cidr == f"127.{second}.0.0/16" and 64 <= second <= 191
+    assert pod_cidr_for(dirs[0]) == cidrs[0]  # the same directory always gets the same range
+    doc = next(yaml.safe_load_all(build_kwok_config(ready_delay_ms=0, ready_jitter_ms=0,
+                                                    pod_cidr=cidrs[0])))
+    assert doc["options"]["cidr"] == cidrs[0]

@@ -41,8 +41,14 @@ T = TypeVar("T")
 
 #: kwok manages only the nodes that carry this annotation, so it never touches a real node.
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
-#: Pod IPs are drawn from here: loopback, so the simulator can bind each pod's IP on this machine.
+#: Pod IPs are drawn from a /16 of loopback, so the simulator can bind each pod's IP on this
+#: machine. kwok hands them out in order from the start of its range, so two dev clusters with one
+#: range (two checkouts, a developer's and a helper's) would give their first pods the same IPs:
+#: each run directory gets its own /16 (``pod_cidr_for``). This one is what a cluster started
+#: before that (no ``pod_cidr`` in its state.json) uses.
 POD_CIDR = "127.64.0.0/16"
+#: The /16s ``pod_cidr_for`` chooses from: 127.64.0.0/16 to 127.191.0.0/16.
+POD_CIDR_FIRST, POD_CIDR_COUNT = 64, 128
 SERVICE_CIDR = "10.96.0.0/16"
 #: How long a deleted pod keeps serving before kwok removes it (the preStop drain, shortened).
 POD_DRAIN_MS = 3000
@@ -279,8 +285,18 @@ def _node_stage(name: str, selector: list[dict[str, Any]], delay_ms: int) -> dic
             "spec": spec}
 
 
+def pod_cidr_for(run_dir: Path) -> str:
+    """The pod IP range of the cluster in ``run_dir``: a /16 of 127.0.0.0/8 picked by a hash of
+    the directory's path, so clusters in different run directories almost never share one
+    (two of them do with a chance of 1 in 128)."""
+    import hashlib
+
+    digest = hashlib.sha256(str(run_dir.resolve()).encode()).digest()
+    return f"127.{POD_CIDR_FIRST + digest[0] % POD_CIDR_COUNT}.0.0/16"
+
+
 def build_kwok_config(*, ready_delay_ms: int, ready_jitter_ms: int,
-                      create_delay_ms: int = 200) -> str:
+                      create_delay_ms: int = 200, pod_cidr: str = POD_CIDR) -> str:
     """kwok's configuration: its own settings and our Pod stages (which replace kwok's defaults).
 
     A pod gets its IP and a running-but-unready container at once (the image is "pulled"), turns
@@ -326,7 +342,7 @@ def build_kwok_config(*, ready_delay_ms: int, ready_jitter_ms: int,
         "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
         "kind": "KwokConfiguration",
         # Our Stages replace kwok's built-in ones, and with them the defaults of these options.
-        "options": {"cidr": POD_CIDR, "nodeIP": "127.0.0.1", "enableCRDs": [],
+        "options": {"cidr": pod_cidr, "nodeIP": "127.0.0.1", "enableCRDs": [],
                     "nodeLeaseDurationSeconds": 40, "nodeLeaseParallelism": 4,
                     "podPlayStageParallelism": 8, "nodePlayStageParallelism": 4,
                     "podsOnNodeSyncParallelism": 1},
@@ -432,6 +448,8 @@ class State:
     nodes: list[str] = field(default_factory=list)
     #: What the cluster was started with (stages, profile, versions); reuse only on a match.
     config_hash: str = ""
+    #: Where its pod IPs come from (``pod_cidr_for``).
+    pod_cidr: str = POD_CIDR
 
     @property
     def server(self) -> str:
@@ -534,10 +552,10 @@ class DevCluster:
         state = State(run_dir=str(self.run_dir), bin_dir=str(bin_dir), profile=options.profile,
                       ports=ports, kubeconfig=str(self.kubeconfig),
                       pod_ready_delay=options.pod_ready_delay, started_at=time.time(),
-                      config_hash=wanted)
+                      config_hash=wanted, pod_cidr=pod_cidr_for(self.run_dir))
         self._write_kubeconfigs(state)
-        (self.run_dir / "kwok.yaml").write_text(build_kwok_config(ready_delay_ms=ready_ms,
-                                                                  ready_jitter_ms=jitter_ms))
+        (self.run_dir / "kwok.yaml").write_text(build_kwok_config(
+            ready_delay_ms=ready_ms, ready_jitter_ms=jitter_ms, pod_cidr=state.pod_cidr))
         deadline = time.monotonic() + options.start_timeout
         try:
             self._start_etcd(state)
@@ -556,9 +574,7 @@ class DevCluster:
                        component="kube-controller-manager")
             self._wait(f"{len(nodes)} nodes Ready", deadline,
                        lambda: asyncio.run(self._nodes_ready(len(nodes))), component="kwok")
-            self.start_process("sim-agent", [
-                sys.executable, "-m", "modelplane_dev.devcluster.agent",
-                f"--kubeconfig={self.kubeconfig}", f"--load-seconds={ready_ms / 1000}"])
+            self._start_agent(state)
         except BaseException:
             self._log(f"start failed; stopping what was started (logs kept in {self.run_dir}/logs)")
             self.down(remove=False, quiet=True)
@@ -590,6 +606,78 @@ class DevCluster:
             kept = "removed" if remove else "kept for inspection"
             self._log(f"stopped: {what}; run directory {self.run_dir} {kept}")
         return stopped
+
+    # --- one component at a time (fault tests) --------------------------------------------
+    # These block (they poll the component's health); from async code call them through
+    # ``asyncio.to_thread``.
+
+    def kill_component(self, component: str) -> int:
+        """Kill one component of the running cluster with SIGKILL, as a crash would, and wait until
+        it is gone; returns the pid it had. The other components keep running (kube-apiserver
+        killed: every client's connection drops and is refused until ``start_component``). The
+        ``sim-agent`` entry is the agent's supervisor: killing it kills the agent too."""
+        self._check_component(component)
+        pid = self._read_pid(component)
+        if pid is None or not self._is_ours(pid):
+            raise DevClusterError(f"{component} is not running in {self.run_dir}; `modelplane "
+                                  "cluster status` says what runs")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        proc = self._procs.pop(component, None)
+        deadline = time.monotonic() + 10
+        while self._is_ours(pid):
+            if proc is not None:
+                proc.poll()  # reaps it when we are its parent
+            else:
+                self._reap(pid)
+            if time.monotonic() > deadline:
+                raise DevClusterError(f"{component} (pid {pid}) is still alive 10 s after SIGKILL")
+            time.sleep(0.05)
+        with contextlib.suppress(FileNotFoundError):
+            self._pid_file(component).unlink()
+        self._log(f"killed {component} (pid {pid}) with SIGKILL")
+        return pid
+
+    def start_component(self, component: str, *, timeout: float = 60.0) -> None:
+        """Start one stopped component of the running cluster again, with the flags and ports it
+        was first started with (``state.json``), and wait until it works: etcd's /health,
+        kube-apiserver's /readyz; the others only have to be running."""
+        self._check_component(component)
+        state = self.state()
+        if state is None:
+            raise DevClusterError(f"no dev cluster runs in {self.run_dir} (no state.json); "
+                                  "`modelplane cluster up` starts one")
+        pid = self._read_pid(component)
+        if pid is not None and self._is_ours(pid):
+            raise DevClusterError(f"{component} is already running (pid {pid})")
+        starters: dict[str, Callable[[State], None]] = {
+            "etcd": self._start_etcd, "kube-apiserver": self._start_apiserver,
+            "kube-controller-manager": self._start_controller_manager,
+            "kube-scheduler": self._start_scheduler, "kwok": self._start_kwok,
+            "sim-agent": self._start_agent}
+        starters[component](state)
+        deadline = time.monotonic() + timeout
+        if component == "etcd":
+            self._wait("etcd", deadline, lambda: self._etcd_healthy(state.ports["etcd"]),
+                       component=component)
+        elif component == "kube-apiserver":
+            self._wait("kube-apiserver /readyz", deadline,
+                       lambda: asyncio.run(self._readyz()) == "ok", component=component)
+        else:
+            self._check_alive(component)
+            self._log(f"started {component} again")
+
+    def restart_component(self, component: str, *, down_seconds: float = 0.0,
+                          timeout: float = 60.0) -> None:
+        """``kill_component``, leave it down for ``down_seconds`` (the outage), ``start_component``."""
+        self.kill_component(component)
+        time.sleep(down_seconds)
+        self.start_component(component, timeout=timeout)
+
+    @staticmethod
+    def _check_component(component: str) -> None:
+        if component not in PROCESSES:
+            raise DevClusterError(f"unknown component {component!r}; known: {', '.join(PROCESSES)}")
 
     # --- process handling -----------------------------------------------------------------
 
@@ -790,11 +878,19 @@ class DevCluster:
             self._bin(state, "kwok"), f"--kubeconfig={self.run_dir / 'kwok.kubeconfig'}",
             f"--config={self.run_dir / 'kwok.yaml'}",
             f"--manage-nodes-with-annotation-selector={KWOK_ANNOTATION}=fake",
-            f"--cidr={POD_CIDR}", "--node-ip=127.0.0.1",
+            f"--cidr={state.pod_cidr}", "--node-ip=127.0.0.1",
             f"--server-address=127.0.0.1:{state.ports['kwok']}",
             # Its INFO level logs every lease renewal; warnings are what a person needs.
             "--v=WARN",
         ])
+
+    def _start_agent(self, state: State) -> None:
+        # Under a supervisor that starts it again if it ever dies: every pod IP depends on it.
+        load_seconds = parse_duration_ms(state.pod_ready_delay) / 1000
+        self.start_process("sim-agent", [
+            sys.executable, "-m", "modelplane_dev.devcluster.supervise", "--name=sim-agent", "--",
+            sys.executable, "-m", "modelplane_dev.devcluster.agent",
+            f"--kubeconfig={self.kubeconfig}", f"--load-seconds={load_seconds}"])
 
     def _write_kubeconfigs(self, state: State) -> None:
         pki = self.run_dir / "pki"
