@@ -4,7 +4,9 @@ Requests arrive as a Poisson process whose rate follows a schedule, whatever the
 (open loop: a slow server gets a growing backlog, as in production, instead of a politely slower
 client). Each request is a streamed chat completion with a prompt and output length drawn from
 distributions; the report gives the achieved rate, TTFT and end-to-end latency percentiles and
-errors, and can be written as JSON. ``run_load`` is the library entry point for tests and the demo.
+errors by kind (``http_<status>``, ``timeout``, a client error's name, ``bad_stream`` for a stream
+that is not JSON, ``stream_error`` for an error event inside a stream that began with 200), and can
+be written as JSON. ``run_load`` is the library entry point for tests and the demo.
 
 Schedules (``--schedule``), rates in requests/s, times in seconds from the start:
 
@@ -319,6 +321,9 @@ async def _one_request(http: aiohttp.ClientSession, config: LoadConfig, model: s
                 if data == b"[DONE]":
                     break
                 chunk = json.loads(data)
+                if chunk.get("error"):
+                    # vLLM reports a failure after the 200 this way (e.g. vLLM 0.32's engine errors).
+                    return _Result(False, "stream_error")
                 usage = chunk.get("usage")
                 if usage:
                     tokens = int(usage.get("completion_tokens", tokens))

@@ -5,8 +5,9 @@ TTFT, token and success counters, with ``model_name`` and ``engine`` labels; fai
 API server's ``http_requests_total{method,status,handler}``) and the evaluation gate
 and the load generator call the OpenAI API, streamed and not. Each test states one such reliance;
 the same suite passes against the simulator and against real vLLM (see ``conftest.py``).
-Removed metric names are not checked here: that the operator never reads them is the operator's
-business, and a real vLLM 0.11 still exposes ``vllm:time_per_output_token_seconds``.
+The suite follows the operator's default image (vLLM 0.32, docs/vllm-versions.md): it also checks
+that the names 0.32 removed are gone, so nothing may read them, and the finished reasons and gauges
+0.32 added. Against vLLM 0.11 those checks fail and the rest pass.
 """
 
 from __future__ import annotations
@@ -28,6 +29,12 @@ GAUGES = ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cac
 HISTOGRAMS = ("vllm:time_to_first_token_seconds", "vllm:inter_token_latency_seconds",
               "vllm:e2e_request_latency_seconds", "vllm:request_queue_time_seconds")
 COUNTERS = ("vllm:prompt_tokens", "vllm:generation_tokens", "vllm:request_success")
+#: Deprecated in 0.9.2 / 0.11 (hidden behind --show-hidden-metrics-for-version) and gone in 0.32.
+REMOVED = ("vllm:gpu_cache_usage_perc", "vllm:gpu_prefix_cache_queries", "vllm:gpu_prefix_cache_hits",
+           "vllm:time_per_output_token_seconds")
+#: ``vllm:request_success_total{finished_reason}`` in 0.32: "error" (the engine failed the request)
+#: and "repetition" joined stop, length and abort. The live analysis counts "error" as a failure.
+FINISHED_REASONS = {"stop", "length", "abort", "error", "repetition"}
 
 
 @pytest.fixture
@@ -225,3 +232,30 @@ def test_http_requests_total_counts_api_answers_by_grouped_status(target: Target
     wait_until(lambda: increase() == expected, timeout=10,
                what=f"http_requests_total to increase by {expected}")
     assert increase() == expected
+
+
+def test_removed_metric_names_are_gone(target: Target) -> None:
+    families = scrape(target)
+    assert [name for name in REMOVED if name in families] == []
+
+
+def test_request_success_has_a_series_for_every_finished_reason(target: Target) -> None:
+    """Each reason's series exists from the start (at 0), "error" among them: a window's increase of
+    ``finished_reason="error"`` is what the live analysis subtracts from the successes."""
+    families = scrape(target)
+    reasons = {s.labels["finished_reason"] for s in families["vllm:request_success"].samples
+               if s.name == "vllm:request_success_total" and s.labels.get("model_name") == target.model}
+    assert reasons == FINISHED_REASONS
+
+
+def test_waiting_by_reason_adds_up_and_the_engine_is_awake(target: Target) -> None:
+    families = scrape(target)
+    assert families["vllm:num_requests_waiting_by_reason"].type == "gauge"
+    by_reason = {s.labels["reason"]: s.value for s in families["vllm:num_requests_waiting_by_reason"].samples
+                 if s.labels.get("model_name") == target.model}
+    assert set(by_reason) == {"capacity", "deferred"}
+    waiting = sample(families, "vllm:num_requests_waiting", "vllm:num_requests_waiting", target)
+    assert sum(by_reason.values()) == waiting
+    states = {s.labels["sleep_state"]: s.value for s in families["vllm:engine_sleep_state"].samples
+              if s.labels.get("model_name") == target.model}
+    assert states == {"awake": 1, "weights_offloaded": 0, "discard_all": 0}

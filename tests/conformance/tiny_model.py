@@ -11,6 +11,8 @@ import sys
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+#: The smallest head size vLLM 0.32's CPU attention supports (cpu_attn.py: 32, 64, 80, ...); 0.11 also ran 16.
+HEAD_DIM = 32
 CHAT_TEMPLATE = "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}<|assistant|>\n"
 
 
@@ -29,9 +31,9 @@ def main(out: str) -> None:
         json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
                    "unk_token": "<unk>", "model_max_length": 512, "chat_template": CHAT_TEMPLATE}, f)
     with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64,
-                   "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-                   "num_key_value_heads": 2, "head_dim": 16, "vocab_size": tok.get_vocab_size(),
+        json.dump({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 128,
+                   "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+                   "num_key_value_heads": 2, "head_dim": HEAD_DIM, "vocab_size": tok.get_vocab_size(),
                    "max_position_embeddings": 512, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
                    "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "bfloat16",
                    "tie_word_embeddings": False, "hidden_act": "silu"}, f)

@@ -35,7 +35,7 @@ def gpu_deployment(name: str, *, gpus_per_pod: int, product: str | None,
             "template": {
                 "metadata": {"labels": {"app": name}},
                 "spec": {
-                    "containers": [{"name": "vllm", "image": "vllm/vllm-openai:v0.11.0",
+                    "containers": [{"name": "vllm", "image": "vllm/vllm-openai:v0.32.0",
                                     "resources": {"limits": {gpus.GPU_RESOURCE: str(gpus_per_pod)}}}],
                     "tolerations": [{"key": gpus.GPU_RESOURCE, "operator": "Exists",
                                      "effect": "NoSchedule"}],

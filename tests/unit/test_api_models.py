@@ -74,7 +74,7 @@ DEFAULTS: list[tuple[str, Any]] = [
     ("model.served_name", None),
     ("model.credentials_secret", None),
     ("model.hints", None),
-    ("engine.image", "vllm/vllm-openai:v0.11.0"),
+    ("engine.image", "vllm/vllm-openai:v0.32.0"),
     ("engine.max_model_len", None),
     ("engine.quantization", None),
     ("engine.dtype", DType.AUTO),

@@ -159,7 +159,7 @@ def test_int_or_string(path: str) -> None:
 
 
 SCHEMA_DEFAULTS = [
-    ("spec.engine", {"image": "vllm/vllm-openai:v0.11.0", "dtype": "auto", "gpuMemoryUtilization": 0.9}),
+    ("spec.engine", {"image": "vllm/vllm-openai:v0.32.0", "dtype": "auto", "gpuMemoryUtilization": 0.9}),
     ("spec.resources", {"gpu": {"count": "auto"}}), ("spec.resources.gpu", {"count": "auto"}),
     ("spec.scaling", {"mode": "Builtin", "minReplicas": 1, "maxReplicas": 4, "targetQueueDepth": 4.0,
                       "scaleDownDelay": "5m"}),

@@ -23,7 +23,7 @@ def pod(name: str = "p-1", *, gpus: int = 1, node: str | None = "kwok-l4-0",
         ready: bool = False, started_ago: float | None = 10, conditions: list[Any] | None = None,
         waiting: dict[str, Any] | None = None, last_terminated: dict[str, Any] | None = None,
         products: list[str] | None = None, deleting: bool = False) -> dict[str, Any]:
-    spec: dict[str, Any] = {"containers": [{"name": "vllm", "image": "vllm/vllm-openai:v0.11.0",
+    spec: dict[str, Any] = {"containers": [{"name": "vllm", "image": "vllm/vllm-openai:v0.32.0",
                                             "resources": {"limits": {"nvidia.com/gpu": str(gpus)}}}]}
     if node:
         spec["nodeName"] = node
@@ -36,7 +36,7 @@ def pod(name: str = "p-1", *, gpus: int = 1, node: str | None = "kwok-l4-0",
     status["conditions"].append({"type": "Ready", "status": "True" if ready else "False"})
     if started_ago is not None and node:
         status["startTime"] = (NOW - timedelta(seconds=started_ago)).isoformat().replace("+00:00", "Z")
-    cs: dict[str, Any] = {"name": "vllm", "image": "vllm/vllm-openai:v0.11.0", "restartCount": 0,
+    cs: dict[str, Any] = {"name": "vllm", "image": "vllm/vllm-openai:v0.32.0", "restartCount": 0,
                           "state": {"waiting": waiting} if waiting else {"running": {}}}
     if last_terminated:
         cs["lastState"] = {"terminated": last_terminated}

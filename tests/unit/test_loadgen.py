@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
+from aiohttp import web
 
 from modelplane_dev.loadgen import Lengths, LoadConfig, arrivals, parse_schedule, percentile, run_load
 from modelplane_dev.sim.config import SimConfig
@@ -92,3 +94,36 @@ async def test_errors_are_counted_by_kind() -> None:
     report = await run_load(config)
     assert report.sent > 0 and report.errors == report.sent and report.ok == 0
     assert sum(report.error_kinds.values()) == report.errors
+
+
+async def test_an_error_event_inside_a_200_stream_is_an_error() -> None:
+    """vLLM (0.32: a request the engine fails) reports it in the stream once the 200 is sent."""
+    chunk = {"id": "c", "object": "chat.completion.chunk", "model": "x",
+             "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"},
+                          "finish_reason": None}]}
+    error = {"error": {"message": "Internal server error", "type": "InternalServerError", "param": None,
+                       "code": 500}}
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for payload in (chunk, error):
+            await response.write(b"data: " + json.dumps(payload).encode() + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        config = LoadConfig(base_url=f"http://127.0.0.1:{port}/v1", model="x",
+                            schedule=parse_schedule("constant:5"), duration=1.0, timeout=5)
+        report = await run_load(config)
+    finally:
+        await runner.cleanup()
+    assert report.sent > 0 and report.ok == 0
+    assert report.error_kinds == {"stream_error": report.sent}

@@ -168,3 +168,22 @@ def test_analyse_window_from_scrapes() -> None:
     assert result.canary.ttft_p95 == pytest.approx(2.5 + 2.5 * 0.95)
     empty = WindowStats.from_window(MetricSnapshot(), errors=3)
     assert (empty.requests, empty.error_rate, empty.ttft_p95) == (3, 1.0, None)
+
+
+@pytest.mark.parametrize(("success", "http_5xx", "requests", "errors"), [
+    pytest.param({"stop": 90, "length": 10}, 0, 100, 0, id="vllm-0.11-no-errors"),
+    pytest.param({"stop": 90, "length": 10, "abort": 2}, 3, 105, 3, id="aborts-finish-5xx-before-engine"),
+    pytest.param({"stop": 90, "error": 0}, 0, 90, 0, id="vllm-0.32-error-series-at-zero"),
+    # Not streamed: the engine's error is also the 500 the API server answered; counted once.
+    pytest.param({"stop": 90, "error": 10}, 10, 100, 10, id="engine-errors-answered-500"),
+    # Streamed: the answer was already 200, so only the engine's counter holds the failure.
+    pytest.param({"stop": 90, "error": 10}, 0, 100, 10, id="engine-errors-in-streams"),
+    pytest.param({"stop": 90, "error": 4}, 6, 96, 6, id="more-5xx-than-engine-errors"),
+    pytest.param({"stop": 80, "length": 5, "repetition": 5}, 0, 90, 0, id="repetition-is-a-finish"),
+])
+def test_window_counts_engine_errors_as_failures_once(success: dict[str, int], http_5xx: int, requests: int,
+                                                      errors: int) -> None:
+    window = parse_snapshot(vllm_page(success=success, ttft=[0] * 9))
+    stats = WindowStats.from_window(window, errors=http_5xx)
+    assert (stats.requests, stats.errors) == (requests, errors)
+    assert stats.error_rate == pytest.approx(errors / requests)

@@ -18,7 +18,7 @@ from modelplane.rollout.spec import (
 BASE: dict[str, Any] = {
     "model": {"source": "hf://meta-llama/Llama-3.1-8B-Instruct", "revision": "0e9e39f", "servedName": "chat"},
     "engine": {
-        "image": "vllm/vllm-openai:v0.11.0",
+        "image": "vllm/vllm-openai:v0.32.0",
         "maxModelLen": 16384,
         "extraArgs": ["--enable-prefix-caching"],
         "env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}],

@@ -57,11 +57,17 @@ _EPS = 1e-9
 
 
 class FinishReason(StrEnum):
-    """Why a request ended, as vLLM labels ``vllm:request_success_total{finished_reason}``."""
+    """Why a request ended, as vLLM labels ``vllm:request_success_total{finished_reason}``.
+
+    vLLM exposes a series for each reason from the start; the simulated engine never finishes a
+    request with ``ERROR`` or ``REPETITION`` (vLLM 0.32's newer reasons), so theirs stay at 0.
+    """
 
     STOP = "stop"  #: the output ended on its own
     LENGTH = "length"  #: ``max_tokens`` was reached
     ABORT = "abort"  #: the client went away
+    ERROR = "error"  #: the engine failed the request (answered 500, or an error event in a stream)
+    REPETITION = "repetition"  #: vLLM stopped a repetitive output
 
 
 class EventKind(StrEnum):

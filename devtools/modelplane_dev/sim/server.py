@@ -61,8 +61,9 @@ from modelplane_dev.sim.quality import (
 
 log = logging.getLogger(__name__)
 
-#: The vLLM version the simulator imitates (the operator's default image is vllm/vllm-openai:v0.11.0).
-VLLM_VERSION = "0.11.0"
+#: The vLLM version the simulator imitates: the operator's default image's (``api.models.DEFAULT_IMAGE``);
+#: docs/vllm-versions.md lists what changed since 0.11.
+VLLM_VERSION = "0.32.0"
 #: vLLM's default ``max_tokens`` for the legacy completions API.
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 # The pump never sleeps longer than this while requests run, so streams stay smooth.
@@ -71,7 +72,7 @@ _MAX_PUMP_SLEEP_S = 0.05
 HTTP_REQUESTS_TOTAL = "http_requests_total"
 #: Its label names, in the instrumentator's order.
 HTTP_REQUESTS_LABELS = ("method", "status", "handler")
-#: vLLM 0.11 leaves these out of the counter (``mount_metrics``: the Instrumentator's
+#: vLLM (0.11 and 0.32 alike) leaves these out of the counter (``mount_metrics``: the Instrumentator's
 #: ``excluded_handlers``, regexes searched in the path). Besides matching vLLM, leaving /health out
 #: keeps the probes' 503s during the model load from reading as failed requests.
 UNCOUNTED_HANDLERS = ("/metrics", "/health", "/load", "/ping", "/version", "/server_info")
@@ -153,6 +154,18 @@ class _EngineCollector(Collector):
                     engine.num_running)
         yield gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.",
                     engine.num_waiting)
+        # vLLM 0.32: the waiting requests split by reason (the simulated engine defers none: no LoRA
+        # budget, no KV transfer), and the sleep state (the simulator never sleeps).
+        waiting = GaugeMetricFamily("vllm:num_requests_waiting_by_reason",
+                                    "Number of waiting requests by reason.", labels=[*labels, "reason"])
+        waiting.add_metric([*values, "capacity"], engine.num_waiting)
+        waiting.add_metric([*values, "deferred"], 0)
+        yield waiting
+        sleep = GaugeMetricFamily("vllm:engine_sleep_state", "Engine sleep state.",
+                                  labels=[*labels, "sleep_state"])
+        for state, value in (("awake", 1), ("weights_offloaded", 0), ("discard_all", 0)):
+            sleep.add_metric([*values, state], value)
+        yield sleep
         yield gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.",
                     engine.kv_cache_usage)
         yield counter("vllm:num_preemptions", "Cumulative number of preemption from the engine.",

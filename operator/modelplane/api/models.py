@@ -47,7 +47,7 @@ SHORT_NAME = "md"
 CATEGORIES: tuple[str, ...] = ("modelplane",)
 FIELD_MANAGER = "modelplane"
 
-DEFAULT_IMAGE = "vllm/vllm-openai:v0.11.0"
+DEFAULT_IMAGE = "vllm/vllm-openai:v0.32.0"
 
 # --- patterns shared by the Python validators and the CRD (RE2 and Rust regex both accept them) ---
 

@@ -8,6 +8,13 @@ vLLM's success counter does not see requests that never reached the engine).
 Per revision: requests = successes + errors, error rate = errors / requests, TTFT p95 from the
 ``vllm:time_to_first_token_seconds`` buckets (Prometheus ``histogram_quantile``).
 
+vLLM 0.32's engine also finishes a request with ``finished_reason="error"`` (an internal error
+during generation, e.g. a failed KV load) and counts it in ``vllm:request_success_total`` too;
+vLLM 0.11 had only stop, length and abort. Such a request is a failure, not a success: it is
+answered 500 when not streamed (so the 5xx count already holds it), and 200 followed by an error
+event when streamed (so only the engine's counter does). The failures are therefore the larger
+of the two counts, which is exact for either kind alone and never counts one request twice.
+
 Outcomes, checked in this order:
 
 * INCONCLUSIVE — the canary served fewer than ``min_requests`` in the window (too little evidence
@@ -35,6 +42,8 @@ from modelplane.metrics.promtext import MetricSnapshot, histogram_quantile
 from modelplane.rollout.stats import wilson_lower_bound
 
 SUCCESS_COUNTER = "vllm:request_success_total"
+#: The ``finished_reason`` of a request the engine failed (vLLM 0.32, not 0.11; docs/vllm-versions.md).
+ENGINE_ERROR_REASON = "error"
 TTFT_HISTOGRAM = "vllm:time_to_first_token_seconds"
 
 
@@ -79,14 +88,19 @@ class WindowStats:
 
     @classmethod
     def from_window(cls, window: MetricSnapshot, *, errors: int) -> WindowStats:
-        """From a window's metric increase (``promtext.delta``) and the failed requests counted."""
-        successes = int(round(window.counter(SUCCESS_COUNTER)))
-        requests = successes + max(0, errors)
+        """From a window's metric increase (``promtext.delta``) and the 5xx answers counted.
+
+        Requests the engine finished with ``finished_reason="error"`` are failures, not successes.
+        """
+        finished = int(round(window.counter(SUCCESS_COUNTER)))
+        engine_errors = int(round(window.counter(SUCCESS_COUNTER, finished_reason=ENGINE_ERROR_REASON)))
+        failed = max(0, errors, engine_errors)
+        requests = finished - engine_errors + failed
         p95 = histogram_quantile(0.95, window.buckets(TTFT_HISTOGRAM))
         return cls(
             requests=requests,
-            errors=max(0, errors),
-            error_rate=errors / requests if requests else 0.0,
+            errors=failed,
+            error_rate=failed / requests if requests else 0.0,
             ttft_p95=None if math.isnan(p95) else p95,
         )
 

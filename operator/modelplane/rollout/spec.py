@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelplane import durations
+from modelplane.api.models import DEFAULT_IMAGE
 
-DEFAULT_IMAGE = "vllm/vllm-openai:v0.11.0"
 DEFAULT_REVISION = "main"
 
 
