@@ -115,7 +115,7 @@ async def test_the_operator_acts_on_a_change_after_an_api_server_outage(
         finally:
             os.kill(pid, signal.SIGCONT)
     else:
-        cluster.dev.stop_component("kube-apiserver")
+        await asyncio.to_thread(cluster.dev.kill_component, "kube-apiserver")
         try:
             # The watches fail at once; /healthz tells the truth once one is down 15 s.
             async def unhealthy() -> dict[str, Any] | None:
@@ -126,7 +126,7 @@ async def test_the_operator_acts_on_a_change_after_an_api_server_outage(
             assert body["watchesDown"], body
             assert any("has been down" in p for p in body["problems"]), body
         finally:
-            cluster.dev.start_component("kube-apiserver")
+            await asyncio.to_thread(cluster.dev.start_component, "kube-apiserver")
     await until_api_answers(kube_client)
     await asyncio.sleep(10)  # the edit comes 10 s after the server is back, as in the report
 

@@ -128,6 +128,12 @@ NESTED_DEFAULTS: list[tuple[str, dict[str, Any], str, Any]] = [
         0.95,
     ),
     (
+        "max-error-rate",
+        {"rollout": {"evaluation": {"suiteRef": {"configMap": "evals"}}}},
+        "rollout.evaluation.max_error_rate",
+        0.05,
+    ),
+    (
         "concurrency",
         {"rollout": {"evaluation": {"suiteRef": {"configMap": "evals"}}}},
         "rollout.evaluation.concurrency",

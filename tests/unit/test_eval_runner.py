@@ -149,7 +149,7 @@ async def test_same_sampling_parameters_on_both_sides(serve: Any) -> None:
     assert (long["max_tokens"], long["temperature"], long["seed"], long["model"]) == (7, 0.0, 3, "ft")
 
 
-async def test_retries_then_counts_failures_as_wrong(serve: Any) -> None:
+async def test_retries_then_reports_failures_as_errors(serve: Any) -> None:
     canary = await serve(
         Peer(table=GOOD, fail_first={"Flaky?"}, always_fail={"Capital of France?"}, hang={"Long?"})
     )
@@ -169,6 +169,41 @@ async def test_retries_then_counts_failures_as_wrong(serve: Any) -> None:
     assert not by_id["long"].correct and by_id["long"].attempts == 2
     assert "no answer within 0.3s" in (by_id["long"].error or "")
     assert run.canary_errors == 2 and run.stable_errors == 0
+    # A failed request is an error of its case, not a wrong answer: the gate leaves the pair out.
+    errored = {o.case_id for o in run.outcomes if o.canary_error}
+    assert errored == {"capital", "long"} and not any(o.stable_error for o in run.outcomes)
+
+
+def numbered_suite(n: int) -> Any:
+    return parse_suite("\n".join(json.dumps({"id": f"c{i:03d}", "prompt": f"q{i}", "expected": "yes"})
+                                 for i in range(n)))
+
+
+async def test_a_model_that_answers_nothing_gets_no_verdict(serve: Any) -> None:
+    """Both revisions refuse every request (a base model without a chat template answers 400/404).
+    Counted as wrong answers, 0.000 vs 0.000 with no discordant pair passed the gate from 133 cases."""
+    suite = numbered_suite(140)
+    prompts = {f"q{i}" for i in range(140)}
+    canary = await serve(Peer(table={}, always_fail=set(prompts)))
+    stable = await serve(Peer(table={}, always_fail=set(prompts)))
+    run = await run_evaluation(suite=suite, canary=Endpoint(canary.url, "m"),
+                               stable=Endpoint(stable.url, "m"), backoff_seconds=0)
+    gate = evaluate_gate(run.outcomes, min_score=0.0)
+    assert not gate.passed and gate.errored
+    assert (gate.canary_errors, gate.stable_errors, gate.n) == (140, 140, 0)
+
+
+async def test_stable_errors_do_not_win_the_gate_for_the_canary(serve: Any) -> None:
+    """Canary 0.82 vs stable 0.85; stable answers 400 to a fifth of the suite. Counted as wrong answers,
+    stable's errors made the canary look better and it passed."""
+    suite = numbered_suite(200)
+    canary = await serve(Peer(table={f"q{i}": "yes" for i in range(164)}))
+    stable = await serve(Peer(table={f"q{i}": "yes" for i in range(170)},
+                              always_fail={f"q{i}" for i in range(40)}))
+    run = await run_evaluation(suite=suite, canary=Endpoint(canary.url, "m"),
+                               stable=Endpoint(stable.url, "m"), backoff_seconds=0)
+    gate = evaluate_gate(run.outcomes, min_score=0.0)
+    assert not gate.passed and gate.errored and gate.stable_errors == 40
 
 
 async def test_unreachable_endpoint_is_reported_not_raised(serve: Any) -> None:
@@ -224,11 +259,12 @@ async def test_judge_cases_ask_the_judge(serve: Any) -> None:
     assert (run.outcomes[0].canary_correct, run.outcomes[0].stable_correct) == (True, False)
 
 
-async def test_judge_cases_without_a_judge_are_wrong_and_reported(serve: Any) -> None:
+async def test_judge_cases_without_a_judge_are_errors_and_reported(serve: Any) -> None:
     suite = parse_suite(json.dumps({"id": "j", "prompt": "Summarise", "expected": "x", "grader": "judge"}))
     peer = await serve(Peer(table={"Summarise": "x"}))
     run = await run_evaluation(suite=suite, canary=Endpoint(peer.url, "m"), stable=Endpoint(peer.url, "m"))
     assert not run.outcomes[0].canary_correct and "no judge" in (run.canary[0].error or "")
+    assert run.outcomes[0].canary_error and run.outcomes[0].stable_error
 
 
 async def test_completions_api_for_base_models(serve: Any) -> None:

@@ -309,7 +309,9 @@ def test_every_condition_written_is_a_documented_condition_type() -> None:
     result = run(body, model_config=ModelConfig(arch=None, reason="NotFound", message="no config.json"))
     assert result.status is not None
     written = [c["type"] for c in result.status["conditions"]]
-    assert sorted(written) == sorted(t.value for t in ConditionType)
+    # SuiteUnderpowered appears only once the suite's size is known (test_rollout_machine covers it).
+    assert sorted(written) == sorted(t.value for t in ConditionType
+                                     if t is not ConditionType.SUITE_UNDERPOWERED)
 
 
 @dataclass(frozen=True)

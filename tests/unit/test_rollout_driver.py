@@ -64,14 +64,14 @@ class World:
         self.status: dict[str, Any] | None = None
 
     def tick(self, body: dict[str, Any], now: datetime,
-             memory: rollouts.Memory | None = None) -> reconcile.Result:
+             memory: rollouts.Memory | None = None, suite_cases: int | None = None) -> reconcile.Result:
         body = copy.deepcopy(body)
         if self.status is not None:
             body["status"] = self.status
         deps = tuple(self.deployments.values())
         obs = Observed(body=body, deployments=deps, services=tuple(self.services.values()),
                        pdbs=tuple(self.pdbs.values()), pods=pods_for(deps), now=now,
-                       monotonic=now.timestamp())
+                       monotonic=now.timestamp(), suite_cases=suite_cases)
         result = reconcile.finish(reconcile.prepare(obs, prices={}), obs, rollout_memory=memory)
         for child in result.apply:
             obj = copy.deepcopy(child)
@@ -150,6 +150,105 @@ def test_a_failed_gate_rolls_back_after_draining_and_the_status_says_why() -> No
     assert again.status is None and again.apply == () and again.delete == ()
 
 
+def test_an_underpowered_suite_is_a_warning_condition_and_one_event() -> None:
+    world = World()
+    world.tick(md("rev-a"), NOW)
+    first = world.tick(md("rev-b"), NOW + timedelta(seconds=1))  # Deploying, the suite not read yet
+    assert world.status is not None
+    assert "SuiteUnderpowered" not in {c["type"] for c in world.status["conditions"]}
+    counted = world.tick(md("rev-b"), NOW + timedelta(seconds=2), first.rollout_memory, suite_cases=200)
+    warnings = [e for e in counted.events if e.reason == "SuiteUnderpowered"]
+    assert len(warnings) == 1 and warnings[0].type == "Warning" and "1,565 cases" in warnings[0].message
+    condition = next(c for c in world.status["conditions"] if c["type"] == "SuiteUnderpowered")
+    assert (condition["status"], condition["reason"]) == ("True", "SuiteUnderpowered")
+    assert "21.5%" in condition["message"] and "assumed" in condition["message"]
+    power = world.status["canary"]["power"]
+    assert (power["cases"], power["casesNeeded"], power["underpowered"]) == (200, 1565, True)
+    # Not a block: the canary is ready, so its evaluation starts in the same tick; no second warning.
+    assert counted.start_evaluation is not None
+    later = world.tick(md("rev-b"), NOW + timedelta(seconds=3), counted.rollout_memory, suite_cases=200)
+    assert "SuiteUnderpowered" not in {e.reason for e in later.events}
+    assert world.status["canary"]["phase"] == "Evaluating"
+
+
+def test_an_evaluation_without_a_verdict_is_run_again() -> None:
+    world = World()
+    world.tick(md("rev-a"), NOW)
+    memory = world.tick(md("rev-b"), NOW + timedelta(seconds=1)).rollout_memory
+    memory = world.tick(md("rev-b"), NOW + timedelta(seconds=2), memory).rollout_memory
+    assert memory.evaluation is not None
+    errored = EvalResult(passed=False, reason="no verdict: 200 of 200 cases ...", canary_score=0.0,
+                         stable_score=0.0, cases=0, errored=True, canary_errors=200, stable_errors=200,
+                         suite_cases=200)
+    memory = rollouts.Memory(evaluation=rollouts.EvalSlot(memory.evaluation.revision, 1, running=False,
+                                                          result=errored))
+    again = world.tick(md("rev-b"), NOW + timedelta(seconds=3), memory)
+    assert again.start_evaluation is not None and again.start_evaluation.attempt == 2
+    assert world.status is not None and world.status["canary"]["phase"] == "Evaluating"
+    assert (world.status["canary"]["canaryErrors"], world.status["canary"]["stableErrors"]) == (200, 200)
+    assert "EvaluationErrors" in {e.reason for e in again.events}
+    for attempt in (2, 3):  # the same errors every time: rolled back after the third, never promoted
+        memory = rollouts.Memory(evaluation=rollouts.EvalSlot(memory.evaluation.revision, attempt,
+                                                              running=False, result=errored))
+        memory = world.tick(md("rev-b"), NOW + timedelta(seconds=2 + attempt), memory).rollout_memory
+    canary = world.status["canary"]
+    assert canary["phase"] == "RollingBack" and canary["reason"] == "EvaluationErrors"
+    assert "no evaluation verdict after 3 attempts" in canary["message"]
+    evaluating = next(c for c in world.status["conditions"] if c["type"] == "Evaluating")
+    assert evaluating["reason"] == "EvaluationErrors" and "canary 200, stable 200" in evaluating["message"]
+
+
+def status_of(phase: str, stable: str | None, rejected: str | None = None) -> dict[str, Any]:
+    return {"stable": {"fingerprint": stable}, "canary": {"phase": phase, "rejectedFingerprint": rejected}}
+
+
+FP_A, FP_B = revision_fingerprint(md("rev-a")["spec"]), revision_fingerprint(md("rev-b")["spec"])
+
+
+@pytest.mark.parametrize(
+    ("spec", "status", "wanted"),
+    [
+        pytest.param(md("rev-b")["spec"], status_of("Promoted", FP_A), ("suite", "suite.jsonl"),
+                     id="a-new-revision-can-start-a-rollout"),
+        pytest.param(md("rev-b")["spec"], status_of("Evaluating", FP_A), ("suite", "suite.jsonl"),
+                     id="evaluating"),
+        pytest.param(md("rev-b")["spec"], status_of("Promoted", FP_B), None, id="settled-on-the-spec"),
+        pytest.param(md("rev-b")["spec"], status_of("RolledBack", FP_A, FP_B), None,
+                     id="rejected-not-retried"),
+        pytest.param(md("rev-b")["spec"], None, None, id="first-deploy-has-no-gate"),
+        pytest.param(md("rev-b", rollout={"steps": STEPS, "evaluation": {
+            "suiteRef": {"configMap": "qa", "key": "cases.jsonl"}}})["spec"], status_of("Deploying", FP_A),
+            ("qa", "cases.jsonl"), id="own-key"),
+        pytest.param(md("rev-b", rollout={"steps": STEPS, "evaluation": {
+            "evaluator": {"image": "lm-eval:1"}}})["spec"], status_of("Deploying", FP_A), None,
+            id="custom-evaluator-has-no-suite"),
+        pytest.param(md("rev-b", rollout={"steps": STEPS})["spec"], status_of("Deploying", FP_A), None,
+                     id="no-evaluation"),
+    ],
+)
+def test_suite_to_count(spec: dict[str, Any], status: dict[str, Any] | None,
+                        wanted: tuple[str, str] | None) -> None:
+    assert rollouts.suite_to_count(spec, status) == wanted
+
+
+def test_the_report_counts_errors_per_side_and_the_power() -> None:
+    from modelplane.rollout.evaluate import Answer, EvaluationRun
+    from modelplane.rollout.stats import PairedOutcome, evaluate_gate
+
+    outcomes = tuple(PairedOutcome(f"c{i}", True, True, stable_error=i < 5) for i in range(200))
+    answers = tuple(Answer(o.case_id, "yes", True, None, 1, 0.1) for o in outcomes)
+    stable = tuple(Answer(o.case_id, None, False, "HTTP 503: busy" if o.stable_error else None, 3, 0.1)
+                   for o in outcomes)
+    run = EvaluationRun(outcomes=outcomes, canary=answers, stable=stable)
+    gate = evaluate_gate(outcomes, min_score=0.0)
+    report = json.loads(rollouts_runtime.build_report(order(), gate, run)["data"]["report.json"])
+    assert (report["verdict"], report["cases"], report["suiteCases"], report["excludedCases"]) == (
+        "Pass", 195, 200, 5)
+    assert (report["canaryErrorCount"], report["stableErrorCount"], report["maxErrorRate"]) == (0, 5, 0.05)
+    assert report["stableErrors"]["c0"] == "HTTP 503: busy" and report["discordance"] == 0.0
+    assert report["equalCanaryPassProbability"] == 1.0
+
+
 def test_without_a_rollout_spec_a_revision_change_switches_directly() -> None:
     world = World()
     world.tick(md("rev-a", rollout={}), NOW)
@@ -221,7 +320,8 @@ def order(**overrides: Any) -> rollouts.EvaluationOrder:
         canary_url="http://127.64.0.2:8000", stable_url="http://127.64.0.1:8000", served_name="chat",
         suite_config_map=None, suite_key="suite.jsonl",
         evaluator={"image": "ghcr.io/acme/lm-eval:1", "args": ["--tasks", "gsm8k"]}, judge=None,
-        min_score=0.7, max_regression=0.02, confidence=0.95, concurrency=4, timeout_seconds=60.0)
+        min_score=0.7, max_regression=0.02, confidence=0.95, max_error_rate=0.05, concurrency=4,
+        timeout_seconds=60.0)
     base.update(overrides)
     return rollouts.EvaluationOrder(**base)
 

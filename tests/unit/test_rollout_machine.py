@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from modelplane.api.models import CanaryStatus, RolloutRecord
 from modelplane.rollout.analysis import AnalysisResult, Outcome, WindowStats
 from modelplane.rollout.machine import (
     DEFAULT_SETTINGS,
@@ -40,8 +41,9 @@ from modelplane.rollout.machine import (
     split_replicas,
     window_end,
 )
+from modelplane.rollout.power import PowerCheck, assess
 from modelplane.rollout.spec import RolloutSpec, Step
-from modelplane.rollout.stats import evaluate_gate, outcomes_from_pairs
+from modelplane.rollout.stats import PairedOutcome, evaluate_gate, outcomes_from_pairs
 
 T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 SPEC = RolloutSpec(steps=(Step(10, 300), Step(50, 600)), evaluation=True, analysis=True, min_score=0.8)
@@ -598,6 +600,136 @@ def test_rollback_event_and_status_say_why_the_revision_is_not_live() -> None:
     )
 
 
+# --- evaluations without a verdict ------------------------------------------------------------
+
+
+def everything_failed(cases: int = 200) -> EvalResult:
+    """The gate on a suite where every request of both revisions failed (a base model answering 404)."""
+    outcomes = [PairedOutcome(f"c{i}", False, False, canary_error=True, stable_error=True)
+                for i in range(cases)]
+    return EvalResult.from_gate(evaluate_gate(outcomes, min_score=0.0))
+
+
+@pytest.mark.parametrize("spec", [SPEC, NO_STEPS], ids=["with-steps", "without-steps"])
+@pytest.mark.parametrize(
+    ("attempts", "phase", "actions"),
+    [
+        pytest.param(1, Phase.EVALUATING, [StartEvaluation, EmitEvent], id="first-attempt-retried"),
+        pytest.param(2, Phase.EVALUATING, [StartEvaluation, EmitEvent], id="second-attempt-retried"),
+        pytest.param(3, Phase.ROLLING_BACK, [SetWeight, Rollback, EmitEvent], id="last-attempt-rolls-back"),
+    ],
+)
+def test_an_evaluation_without_a_verdict_is_tried_again_then_rolled_back(
+        spec: RolloutSpec, attempts: int, phase: Phase, actions: list[type]) -> None:
+    result = everything_failed()
+    assert result.errored and not result.passed
+    new, done = advance(st(Phase.EVALUATING, evaluation_attempts=attempts), obs(evaluation=result), spec, T0)
+    assert new.phase is phase and [type(a) for a in done] == actions
+    assert new.reason is Reason.EVALUATION_ERRORS and new.weight == 0
+    assert (new.eval_canary_errors, new.eval_stable_errors, new.eval_cases) == (200, 200, 0)
+    warning = events(done)[-1]
+    assert warning.type == "Warning" and warning.reason is Reason.EVALUATION_ERRORS
+    assert "canary 200, stable 200" in warning.message
+    if phase is Phase.EVALUATING:
+        assert new.evaluation_attempts == attempts + 1
+        assert done[0] == StartEvaluation("r2", attempts + 1)
+    status = new.to_status()["canary"]
+    assert (status["canaryErrors"], status["stableErrors"]) == (200, 200)
+    assert status["reason"] == "EvaluationErrors"
+
+
+def test_no_verdict_is_never_a_pass() -> None:
+    with pytest.raises(ValueError, match="no verdict"):
+        EvalResult(passed=True, reason="x", canary_score=1.0, errored=True)
+
+
+# --- the gate's power ---------------------------------------------------------------------------
+
+DEFAULT_MARGIN = replace(SPEC, max_regression=0.02)  # SPEC's gate with the API defaults
+ASSUMED_CHECK = assess(200, max_regression=0.02, confidence=0.95, measured_discordance=None)
+MEASURED_2PCT = HistoryEntry("r1", Decision.PROMOTED, Reason.STEPS_COMPLETE, "ok", T0, T0, 0.9, 0.9, -0.01,
+                             discordance=0.02)
+
+
+@pytest.mark.parametrize(
+    ("state", "inputs", "spec", "phase", "actions", "needed", "measured"),
+    [
+        pytest.param(st(Phase.DEPLOYING), obs(suite_cases=200), DEFAULT_MARGIN, Phase.DEPLOYING, [EmitEvent],
+                     1565, False, id="underpowered-at-the-assumed-discordance-warns"),
+        pytest.param(st(Phase.DEPLOYING, history=(MEASURED_2PCT,)), obs(suite_cases=200), DEFAULT_MARGIN,
+                     Phase.DEPLOYING, [EmitEvent], 401, True, id="measured-by-the-last-rollout"),
+        pytest.param(st(Phase.DEPLOYING), obs(suite_cases=3000), DEFAULT_MARGIN, Phase.DEPLOYING, [],
+                     None, False, id="large-suite-no-warning"),
+        pytest.param(st(Phase.DEPLOYING), obs(canary_ready_replicas=1, suite_cases=200), DEFAULT_MARGIN,
+                     Phase.EVALUATING, [EmitEvent, StartEvaluation, EmitEvent], 1565, False,
+                     id="checked-in-the-tick-the-canary-is-ready"),
+        pytest.param(st(Phase.EVALUATING), obs(evaluation_running=True, suite_cases=200), DEFAULT_MARGIN,
+                     Phase.EVALUATING, [EmitEvent], 1565, False, id="checked-while-evaluating"),
+    ],
+)
+def test_the_power_check_warns_once_and_never_blocks(
+        state: RolloutState, inputs: Inputs, spec: RolloutSpec, phase: Phase, actions: list[type],
+        needed: int | None, measured: bool) -> None:
+    new, done = advance(state, inputs, spec, T0 + timedelta(seconds=10))
+    assert new.phase is phase and [type(a) for a in done] == actions
+    assert new.power is not None and new.power.cases == inputs.suite_cases
+    assert new.power.cases_needed == needed and new.power.measured is measured
+    assert new.power.underpowered is (needed is not None)
+    if needed is not None:
+        warning = events(done)[0]
+        assert (warning.type, warning.reason) == ("Warning", Reason.SUITE_UNDERPOWERED)
+        assert f"{needed:,} cases or more would give 80%" in warning.message
+    # Once checked, the next tick says nothing more.
+    again, more = advance(new, replace(inputs, canary_ready_replicas=0, evaluation_running=True), spec,
+                          T0 + timedelta(seconds=20))
+    assert again.power == new.power and not events(more)
+
+
+@pytest.mark.parametrize(
+    ("state", "inputs", "spec"),
+    [
+        pytest.param(st(Phase.DEPLOYING), obs(), DEFAULT_MARGIN, id="suite-size-not-known-yet"),
+        pytest.param(st(Phase.DEPLOYING), obs(suite_cases=200), replace(NO_EVAL, max_regression=0.02),
+                     id="no-evaluation-gate"),
+        pytest.param(st(Phase.ANALYZING), obs(suite_cases=200), DEFAULT_MARGIN, id="past-the-gate"),
+    ],
+)
+def test_no_power_check(state: RolloutState, inputs: Inputs, spec: RolloutSpec) -> None:
+    new, done = advance(state, inputs, spec, T0 + timedelta(seconds=10))
+    assert new.power is None and not any(e.reason is Reason.SUITE_UNDERPOWERED for e in events(done))
+
+
+@pytest.mark.parametrize(
+    ("passed", "lower_bound", "phase", "note"),
+    [
+        pytest.param(False, -0.05, Phase.ROLLING_BACK, True, id="refused-on-the-margin-says-underpowered"),
+        pytest.param(False, -0.01, Phase.ROLLING_BACK, False, id="refused-by-the-floor-no-note"),
+        pytest.param(True, -0.01, Phase.STEPPING, False, id="passed"),
+    ],
+)
+def test_the_evaluation_rechecks_power_at_the_measured_discordance(passed: bool, lower_bound: float,
+                                                                  phase: Phase, note: bool) -> None:
+    result = EvalResult(passed=passed, reason="numbers", canary_score=0.8, stable_score=0.81,
+                        lower_bound=lower_bound, cases=200, suite_cases=200, discordance=0.06)
+    new, _ = advance(st(Phase.EVALUATING, power=ASSUMED_CHECK), obs(evaluation=result), DEFAULT_MARGIN, T0)
+    assert new.phase is phase and new.eval_discordance == 0.06
+    assert new.power is not None and new.power.measured and new.power.discordance == 0.06
+    assert new.power.cases_needed == 965
+    assert ("suite underpowered" in new.message and "965 cases" in new.message) is note
+
+
+def test_a_finished_rollout_hands_its_discordance_to_the_next() -> None:
+    result = EvalResult(passed=True, reason="ok", canary_score=0.9, stable_score=0.9, lower_bound=-0.01,
+                        cases=200, suite_cases=200, discordance=0.03)
+    state, _ = advance(st(Phase.EVALUATING), obs(evaluation=result), NO_STEPS, T0)
+    state, _ = advance(state, obs(stable_revision_live="r2"), NO_STEPS, T0 + timedelta(minutes=1))
+    assert state.phase is Phase.PROMOTED and state.history[-1].discordance == 0.03
+    state, _ = advance(state, obs(desired_revision="r3"), NO_STEPS, T0 + timedelta(minutes=2))
+    state, _ = advance(state, obs(desired_revision="r3", suite_cases=500), DEFAULT_MARGIN,
+                       T0 + timedelta(minutes=3))
+    assert state.power is not None and state.power.measured and state.power.discordance == 0.03
+
+
 # --- scenarios: drive the machine as a handler would ------------------------------------------
 
 
@@ -661,7 +793,8 @@ def test_restart_mid_rollout_reaches_the_same_decision() -> None:
 
 def test_status_round_trip_is_exact() -> None:
     entry = HistoryEntry(
-        "r0", Decision.PROMOTED, Reason.STEPS_COMPLETE, "ok", T0, T0 + timedelta(hours=1), 0.9, 0.88, -0.01
+        "r0", Decision.PROMOTED, Reason.STEPS_COMPLETE, "ok", T0, T0 + timedelta(hours=1), 0.9, 0.88, -0.01,
+        discordance=0.04,
     )
     state = st(
         Phase.ANALYZING,
@@ -677,11 +810,19 @@ def test_status_round_trip_is_exact() -> None:
         reason=Reason.WINDOW_EXTENDED,
         message="m",
         history=(entry,),
+        eval_canary_errors=3,
+        eval_stable_errors=1,
+        eval_discordance=0.045,
+        power=PowerCheck(cases=300, max_regression=0.02, confidence=0.95, discordance=0.05, measured=True,
+                         pass_probability=0.42, cases_needed=850),
     )
     status = json.loads(json.dumps(state.to_status()))
     assert set(status) == {"stable", "canary", "rolloutHistory"}
     assert RolloutState.from_status(status) == state
     assert RolloutState.from_status(None) == RolloutState()
+    # What the status carries is what the API accepts.
+    CanaryStatus.model_validate({k: v for k, v in status["canary"].items() if v is not None})
+    RolloutRecord.model_validate({k: v for k, v in status["rolloutHistory"][0].items() if v is not None})
 
 
 def test_history_is_bounded() -> None:

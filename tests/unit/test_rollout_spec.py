@@ -107,6 +107,7 @@ def test_rollout_spec_from_spec() -> None:
                 "suiteRef": {"configMap": "evals"},
                 "minScore": 0.85,
                 "maxRegression": 0,
+                "maxErrorRate": 0.1,
                 "analysis": {"maxErrorRate": 0.01},
             },
         }
@@ -118,7 +119,10 @@ def test_rollout_spec_from_spec() -> None:
         min_score=0.85,
         max_regression=0.0,
         confidence=0.95,
+        max_error_rate=0.1,  # the suite's request errors, not analysis.maxErrorRate
     )
+    defaults = RolloutSpec.from_spec({"evaluation": {"suiteRef": {"configMap": "e"}}})
+    assert defaults is not None and defaults.max_error_rate == 0.05
     assert RolloutSpec.from_spec(None) is None
     assert RolloutSpec.from_spec({}) == RolloutSpec()
     with pytest.raises(ValueError, match="weight"):

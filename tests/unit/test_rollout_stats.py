@@ -7,7 +7,10 @@ import random
 import pytest
 
 from modelplane.rollout.stats import (
+    PairedOutcome,
+    Verdict,
     evaluate_gate,
+    non_inferior,
     outcomes_from_pairs,
     paired_diff_lower_bound,
     tango_score,
@@ -83,6 +86,97 @@ def test_gate_reports_failing_cases_regressions_first() -> None:
 def test_empty_suite_never_passes() -> None:
     result = evaluate_gate((), min_score=0.0)
     assert not result.passed and result.n == 0 and "no cases" in result.reason
+    assert result.verdict is Verdict.ERROR
+
+
+# --- request errors: neither passes nor failures ----------------------------------------------------
+
+
+def suite_with_errors(n: int, *, canary_right: range, stable_right: range, canary_failed: range = range(0),
+                      stable_failed: range = range(0)) -> list[PairedOutcome]:
+    """n cases; a failed request has no answer (the runner marks it an error, never right)."""
+    return [
+        PairedOutcome(f"case-{i:03d}", i in canary_right and i not in canary_failed,
+                      i in stable_right and i not in stable_failed,
+                      canary_error=i in canary_failed, stable_error=i in stable_failed)
+        for i in range(n)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("outcomes", "verdict", "compared", "errors"),
+    [
+        # A base model without a chat template: every request of both revisions fails (HTTP 400/404).
+        # Counted as wrong answers this was 0.000 vs 0.000 with no discordant pair: a pass from 133 cases.
+        pytest.param(suite_with_errors(133, canary_right=range(0), stable_right=range(0),
+                                       canary_failed=range(133), stable_failed=range(133)),
+                     Verdict.ERROR, 0, (133, 133), id="everything-fails-on-both-133"),
+        pytest.param(suite_with_errors(500, canary_right=range(0), stable_right=range(0),
+                                       canary_failed=range(500), stable_failed=range(500)),
+                     Verdict.ERROR, 0, (500, 500), id="everything-fails-on-both-500"),
+        # Canary 0.82 vs stable 0.85; stable fails 20% of its requests (busy with user traffic). Counted
+        # as wrong, stable's errors made the canary look 12 points better: a pass.
+        pytest.param(suite_with_errors(200, canary_right=range(164), stable_right=range(170),
+                                       stable_failed=range(40)),
+                     Verdict.ERROR, 160, (0, 40), id="stable-fails-20pct"),
+        # The same canary, stable failing on 10 cases (5%, within maxErrorRate): those pairs are left
+        # out and the 6 regressions in 190 cases decide (main counted 10 fixes and passed it).
+        pytest.param(suite_with_errors(200, canary_right=range(164), stable_right=range(170),
+                                       stable_failed=range(10)),
+                     Verdict.FAIL, 190, (0, 10), id="stable-fails-5pct-excluded"),
+        # The canary's own errors are no regressions either: left out, not counted as wrong.
+        pytest.param(suite_with_errors(400, canary_right=range(400), stable_right=range(400),
+                                       canary_failed=range(20)),
+                     Verdict.PASS, 380, (20, 0), id="canary-fails-5pct-excluded"),
+        pytest.param(suite_with_errors(400, canary_right=range(400), stable_right=range(400),
+                                       canary_failed=range(21)),
+                     Verdict.ERROR, 379, (21, 0), id="canary-fails-just-over-5pct"),
+        # A case failing on both sides is one excluded pair, not two.
+        pytest.param(suite_with_errors(400, canary_right=range(400), stable_right=range(400),
+                                       canary_failed=range(20), stable_failed=range(20)),
+                     Verdict.PASS, 380, (20, 20), id="same-cases-fail-on-both"),
+    ],
+)
+def test_errors_are_left_out_and_too_many_give_no_verdict(
+        outcomes: list[PairedOutcome], verdict: Verdict, compared: int, errors: tuple[int, int]) -> None:
+    result = evaluate_gate(outcomes, min_score=0.0)  # the defaults: maxRegression 0.02, maxErrorRate 0.05
+    assert result.verdict is verdict
+    assert result.passed is (verdict is Verdict.PASS) and result.errored is (verdict is Verdict.ERROR)
+    assert (result.n, result.total, result.excluded) == (compared, len(outcomes), len(outcomes) - compared)
+    assert (result.canary_errors, result.stable_errors) == errors
+    if verdict is Verdict.ERROR:
+        assert "no verdict" in result.reason and f"canary {errors[0]}, stable {errors[1]}" in result.reason
+    elif result.excluded:
+        assert f"{result.excluded} of {len(outcomes)} cases left out" in result.reason
+
+
+@pytest.mark.parametrize(
+    ("max_error_rate", "failed", "verdict"),
+    [(0.0, 0, Verdict.PASS), (0.0, 1, Verdict.ERROR), (0.1, 40, Verdict.PASS), (0.1, 41, Verdict.ERROR),
+     (1.0, 399, Verdict.FAIL), (1.0, 400, Verdict.ERROR)],
+    ids=["zero-clean", "zero-one-error", "ten-pct-at-limit", "ten-pct-over", "one-compared-is-a-verdict",
+         "all-failed"],
+)
+def test_max_error_rate_bounds_the_left_out_share(max_error_rate: float, failed: int,
+                                                  verdict: Verdict) -> None:
+    outcomes = suite_with_errors(400, canary_right=range(400), stable_right=range(400),
+                                 stable_failed=range(failed))
+    result = evaluate_gate(outcomes, min_score=0.0, max_regression=0.5, max_error_rate=max_error_rate)
+    assert result.verdict is verdict
+
+
+def test_bad_max_error_rate_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_error_rate"):
+        evaluate_gate((), min_score=0.0, max_error_rate=1.5)
+
+
+@pytest.mark.parametrize(("b", "c", "n"), [(5, 5, 200), (12, 3, 100), (2, 9, 50), (0, 0, 133), (0, 0, 132),
+                                           (30, 40, 1000), (1, 0, 5)])
+@pytest.mark.parametrize("margin", [0.0, 0.02, 0.05, 0.1])
+def test_the_decision_agrees_with_the_reported_bound(b: int, c: int, n: int, margin: float) -> None:
+    # The gate decides with the score test at -margin; the bound it reports says the same.
+    bound = paired_diff_lower_bound(b, c, n)
+    assert non_inferior(b, c, n, max_regression=margin, confidence=0.95) is (bound >= -margin - 1e-8)
 
 
 @pytest.mark.parametrize(("k", "n"), [(0, 10), (5, 10), (10, 10), (85, 100)])
@@ -143,9 +237,8 @@ def test_a_checkpoint_worse_than_the_margin_is_promoted_at_most_5_percent(
 @pytest.mark.parametrize(
     ("n", "discordance"),
     [
-        # The documented sizing (docs/rollouts.md): accuracy 0.85, margin 0.05, floor 0.80. With 5%
-        # of cases discordant (2.5% each way), 300 cases keep false rejections near 3%; with 10%
-        # discordant, 600 cases are needed.
+        # Accuracy 0.85, margin 0.05, floor 0.80: sizes above the 95% column of the sizing table in
+        # docs/rollouts.md (exact false refusals: 2.7%, 1.3% and 1.6%; test_rollout_power computes them).
         pytest.param(300, 0.05, id="n300-discordance5"),
         pytest.param(400, 0.06, id="n400-discordance6"),
         pytest.param(600, 0.10, id="n600-discordance10"),

@@ -681,40 +681,6 @@ class DevCluster:
 
     # --- process handling -----------------------------------------------------------------
 
-    # --- faults, for tests ------------------------------------------------------------------
-
-    def stop_component(self, component: str) -> None:
-        """Kill one control-plane component with SIGKILL, as a crash would (fault tests)."""
-        pid = self._read_pid(component)
-        if pid is None or not self._is_ours(pid):
-            raise DevClusterError(f"{component} is not running")
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while self._is_ours(pid) and time.monotonic() < deadline:
-            self._reap(pid)
-            time.sleep(0.05)
-        self._reap(pid)
-        self._pid_file(component).unlink(missing_ok=True)
-
-    def start_component(self, component: str) -> None:
-        """Start one stopped control-plane component again with the flags ``up`` gave it; the
-        caller waits for it to serve (the API server's /readyz, say)."""
-        state = self.state()
-        if state is None:
-            raise DevClusterError("the dev cluster is not up")
-        starters: dict[str, Callable[[State], None]] = {
-            "etcd": self._start_etcd, "kube-apiserver": self._start_apiserver,
-            "kube-controller-manager": self._start_controller_manager,
-            "kube-scheduler": self._start_scheduler, "kwok": self._start_kwok}
-        if component not in starters:
-            raise DevClusterError(f"{component}: not a component that can be restarted "
-                                  f"(one of {', '.join(starters)})")
-        pid = self._read_pid(component)
-        if pid is not None and self._is_ours(pid):
-            raise DevClusterError(f"{component} is already running (pid {pid})")
-        starters[component](state)
-
     def _read_pid(self, component: str) -> int | None:
         try:
             return int(self._pid_file(component).read_text().strip())

@@ -319,6 +319,8 @@ class ConditionType(StrEnum):
     METRICS_AVAILABLE = "MetricsAvailable"
     MODEL_CONFIG_LOADED = "ModelConfigLoaded"
     EVALUATING = "Evaluating"
+    #: True while the evaluation suite is too small to pass an equal canary with 80% probability.
+    SUITE_UNDERPOWERED = "SuiteUnderpowered"
 
 
 #: What each condition type says, for the status field descriptions (``kubectl explain``).
@@ -334,6 +336,9 @@ CONDITION_MEANINGS: Mapping[ConditionType, str] = {
                                        "(False says why not)",
     ConditionType.EVALUATING: "True while the rollout's evaluation gate runs, then False with the last "
                               "gate's scores",
+    ConditionType.SUITE_UNDERPOWERED: "True while the evaluation suite is too small to pass an equal canary "
+                                      "with 80% probability at its margin and confidence (the message "
+                                      "gives the size that would suffice); a warning, never a block",
 }
 
 
@@ -734,6 +739,14 @@ class EvaluationSpec(_SpecModel):
         default=0.95, ge=0.5, lt=1,
         description="Confidence of the statistical gate (lower bound of the score difference). "
                     "Default 0.95. Range [0.5, 1).")
+    max_error_rate: StrictFloat = Field(
+        default=0.05, ge=0, le=1,
+        description="Largest share of suite cases, 0-1, whose request fails (after retries) on the canary, "
+                    "on stable or on both and the evaluation still gives a verdict. Such cases are left out "
+                    "of the comparison on both sides (an error is neither a right nor a wrong answer); with "
+                    "more of them the evaluation has no verdict, is tried again (3 attempts in all) and the "
+                    "canary is then rolled back with reason EvaluationErrors, never promoted. Default 0.05. "
+                    "Not to be confused with analysis.maxErrorRate, the live error rate during the steps.")
     concurrency: StrictInt = Field(
         default=4, ge=1, le=256, description="Suite requests in flight at once. Default 4. 1-256.")
     timeout_seconds: StrictInt = Field(
@@ -843,6 +856,28 @@ class StableStatus(_Model):
     deployment: str | None = Field(default=None, description="Name of its Deployment.")
 
 
+class GatePowerStatus(_Model):
+    """How often the evaluation gate would pass a canary exactly as good as stable on this suite."""
+
+    cases: StrictInt = Field(ge=0, description="Cases in the suite.")
+    max_regression: StrictFloat = Field(description="The gate's maxRegression.")
+    confidence: StrictFloat = Field(description="The gate's confidence.")
+    discordance: StrictFloat = Field(
+        description="Share of cases on which canary and stable answer differently, used for the "
+                    "computation: measured by the last evaluation (rounded up to half a point), else 0.10.")
+    discordance_measured: StrictBool = Field(
+        description="True when the discordance was measured, false when it is the assumed 0.10.")
+    pass_probability: StrictFloat = Field(
+        ge=0, le=1, description="Exact probability that an equal canary passes the gate, 0-1.")
+    cases_needed: StrictInt | None = Field(
+        default=None, ge=1,
+        description="Suite size from which on that probability is at least 0.8; set when the suite is "
+                    "underpowered (empty beyond 200000 cases).")
+    underpowered: StrictBool = Field(
+        description="The probability is under 0.8 (condition SuiteUnderpowered).")
+    message: str | None = Field(default=None, description="The same in a sentence.")
+
+
 class CanaryStatus(_Model):
     """The rollout state machine: the revision being rolled out, or the outcome of the last rollout."""
 
@@ -875,6 +910,19 @@ class CanaryStatus(_Model):
         default_factory=list, max_length=20,
         description="IDs of (up to 20) cases the canary failed, regressions first; the report ConfigMap "
                     "<name>-eval-<fingerprint> has all.")
+    canary_errors: StrictInt | None = Field(
+        default=None, ge=0,
+        description="Suite cases of the last evaluation whose canary request failed (left out of the "
+                    "comparison).")
+    stable_errors: StrictInt | None = Field(
+        default=None, ge=0,
+        description="Suite cases of the last evaluation whose stable request failed (left out of the "
+                    "comparison).")
+    discordance: StrictFloat | None = Field(
+        default=None, ge=0, le=1,
+        description="Share of the compared cases on which canary and stable answered differently.")
+    power: GatePowerStatus | None = Field(
+        default=None, description="The gate's power on this canary's suite, checked when the rollout starts.")
     decision: str | None = Field(
         default=None, description="The outcome being executed or reached: Promoted, RolledBack, Aborted, "
                                   "Superseded or Direct.")
@@ -968,6 +1016,9 @@ class RolloutRecord(_Model):
     baseline_score: StrictFloat | None = Field(default=None, description="Stable score.")
     lower_bound: StrictFloat | None = Field(
         default=None, description="Lower confidence bound of canary minus stable score.")
+    discordance: StrictFloat | None = Field(
+        default=None, ge=0, le=1,
+        description="Share of compared suite cases on which canary and stable answered differently.")
     started_at: datetime | None = Field(default=None, description="When it started.")
     finished_at: datetime | None = Field(default=None, description="When it ended.")
     reason: str | None = Field(default=None, description="Why it ended so.")

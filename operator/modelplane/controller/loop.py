@@ -46,6 +46,7 @@ from modelplane.planner.source import HF_BASE_URL, ConfigReadError, read_model_a
 from modelplane.rollout import driver as rollouts
 from modelplane.rollout import runtime as rollouts_runtime
 from modelplane.rollout.machine import EvalResult
+from modelplane.rollout.suite import SuiteError, parse_suite
 
 log = logging.getLogger("modelplane.controller.loop")
 
@@ -79,6 +80,9 @@ class Settings:
     #: is kept for a day (a revision's config does not change; a branch's rarely does).
     model_config_retry_seconds: float = 600.0
     model_config_keep_seconds: float = 86400.0
+    #: The evaluation suite's size (for the rollout's power check) is read again after this long,
+    #: and only while a rollout can start or runs (``rollouts.suite_to_count``).
+    suite_size_keep_seconds: float = 60.0
     #: The namespaces (or glob patterns) served; () for all.
     namespaces: tuple[str, ...] = ()
     #: After a failed reconcile, retry after 1 s, doubling up to this.
@@ -164,6 +168,9 @@ class Controller:
         self._again: set[Key] = set()
         self._wake = asyncio.Event()
         self.informers = self._build_informers()
+        #: (namespace, ConfigMap, key) → (expires at, cases or None); reads in flight.
+        self._suites: dict[tuple[str, str, str], tuple[float, int | None]] = {}
+        self._suite_reads: dict[tuple[str, str, str], asyncio.Task[None]] = {}
 
     # --- the caches -------------------------------------------------------------------------
 
@@ -401,6 +408,7 @@ class Controller:
             now=datetime.now(UTC), monotonic=time.monotonic(),
             activator_pending=self._pending.get(key, 0),
             model_config=self._model_config(key, body),
+            suite_cases=self._suite_cases(key, body),
             metrics_max_age=(self.settings.prometheus.max_age_seconds
                              if self.settings.prometheus is not None else None),
             rejected=memory.rejected)
@@ -522,6 +530,36 @@ class Controller:
             self._config_reads[cache_key] = task
             task.add_done_callback(lambda _: self._config_reads.pop(cache_key, None))
         return cached[1] if cached is not None else None
+
+    def _suite_cases(self, key: Key, body: Mapping[str, Any]) -> int | None:
+        """The cached size of the rollout's evaluation suite, starting a read when there is none.
+
+        Read beside the reconcile, like the model's config.json; when it finishes the object is
+        reconciled again and the rollout checks its gate's power.
+        """
+        wanted = rollouts.suite_to_count(body.get("spec") or {}, body.get("status"))
+        if wanted is None:
+            return None
+        cache_key = (key[0], *wanted)
+        cached = self._suites.get(cache_key)
+        if (cached is None or cached[0] < time.monotonic()) and cache_key not in self._suite_reads:
+            task = asyncio.create_task(self._read_suite_size(key, cache_key))
+            self._suite_reads[cache_key] = task
+            task.add_done_callback(lambda _: self._suite_reads.pop(cache_key, None))
+        return cached[1] if cached is not None else None
+
+    async def _read_suite_size(self, key: Key, cache_key: tuple[str, str, str]) -> None:
+        namespace, name, data_key = cache_key
+        cases: int | None = None
+        try:
+            found = await self.kube.get(kube.CONFIGMAPS, name, namespace=namespace)
+            text = ((found or {}).get("data") or {}).get(data_key)
+            cases = len(parse_suite(text).cases) if text else None
+        except (kube.ApiError, SuiteError) as exc:
+            # The evaluation reads the suite again and reports what is wrong with it.
+            log.debug("suite %s/%s key %s not counted: %s", namespace, name, data_key, exc)
+        self._suites[cache_key] = (time.monotonic() + self.settings.suite_size_keep_seconds, cases)
+        self.poke(key)
 
     async def _read_model_config(self, key: Key, cache_key: tuple[str, str, str, str]) -> None:
         namespace, source, revision, secret = cache_key

@@ -52,6 +52,7 @@ from modelplane.planner.plan import (
 from modelplane.rollout import driver as rollouts
 from modelplane.rollout import revisions
 from modelplane.rollout.machine import Phase as RolloutPhase
+from modelplane.rollout.machine import Reason as RolloutReason
 from modelplane.rollout.machine import RolloutState
 
 Obj = Mapping[str, Any]
@@ -81,6 +82,8 @@ class Reason(StrEnum):
     EVALUATION_RUNNING = "EvaluationRunning"
     NOT_EVALUATED = "NotEvaluated"
     EVALUATION_COMPLETE = "EvaluationComplete"
+    SUITE_UNDERPOWERED = "SuiteUnderpowered"
+    SUITE_SUFFICIENT = "SuiteSufficient"
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,9 @@ class Observed:
     #: The API server's refusal of a child on the last attempt ("Deployment x: <its message>");
     #: None: every child was accepted. Shown as Degraded/ChildRejected until a write succeeds.
     rejected: str | None = None
+    #: Cases in the rollout's evaluation suite, once the controller has read its ConfigMap (None:
+    #: not read, unreadable, or no suite); the rollout checks the gate's power with it.
+    suite_cases: int | None = None
 
 
 @dataclass(frozen=True)
@@ -380,6 +386,12 @@ def _rollout_conditions(phase: Phase, conditions: list[Condition], rollout: roll
                      f"{counts.ready}/{counts.total} replicas ready; {rollout_message}")]
     if rollout.rollout_spec is not None and rollout.rollout_spec.evaluation or state.eval_score is not None:
         conditions.append(_evaluating_condition(state, cond))
+    if state.power is not None:
+        # A warning, never a block: the gate refuses most equal canaries on this suite.
+        under = state.power.underpowered
+        conditions.append(cond(ConditionType.SUITE_UNDERPOWERED, under,
+                               Reason.SUITE_UNDERPOWERED if under else Reason.SUITE_SUFFICIENT,
+                               state.power.message))
     return phase, conditions
 
 
@@ -482,7 +494,8 @@ def finish(prepared: Prepared, observed: Observed, *, metrics: Sequence[ScrapeRe
     rollout = rollouts.drive(
         md_meta=meta, spec_raw=revs.spec_raw, status=old_status, deployments=observed.deployments,
         services=observed.services, pods=observed.pods, metrics=metrics, memory=rollout_memory,
-        total=desired, shape=shape, served_name=prepared.served_name or md.name, now=now)
+        total=desired, shape=shape, served_name=prepared.served_name or md.name, now=now,
+        suite_cases=observed.suite_cases)
     events += [EventSpec(e.type, e.reason.value, e.message, rollout=True) for e in rollout.events]
     # While a rollout drives, it (not the plain switch) says which revision serves.
     switching = revs.switching and not rollout.driving
@@ -571,6 +584,11 @@ def _evaluating_condition(state: RolloutState, cond: Cond) -> Condition:
     message = (f"revision {who}: canary {state.eval_score:.3f} vs stable "
                f"{baseline} on {state.eval_cases} cases, lower bound of the difference {bound}"
                + (f"; failing cases include {failing}" if failing else ""))
+    if state.eval_canary_errors or state.eval_stable_errors:
+        message += (f"; request errors left cases out: canary {state.eval_canary_errors}, "
+                    f"stable {state.eval_stable_errors}")
+    if state.reason is RolloutReason.EVALUATION_ERRORS:
+        return cond(ConditionType.EVALUATING, False, RolloutReason.EVALUATION_ERRORS, message)
     return cond(ConditionType.EVALUATING, False, Reason.EVALUATION_COMPLETE, message)
 
 

@@ -136,6 +136,7 @@ class EvaluationOrder:
     min_score: float
     max_regression: float
     confidence: float
+    max_error_rate: float
     concurrency: int
     timeout_seconds: float
 
@@ -314,8 +315,13 @@ def drive(
     shape: Shape | None,
     served_name: str,
     now: datetime,
+    suite_cases: int | None = None,
 ) -> Outcome:
-    """One reconcile's worth of rollout: advance the machine, then say what to run."""
+    """One reconcile's worth of rollout: advance the machine, then say what to run.
+
+    ``suite_cases``: the size of the evaluation suite when the controller has read it (the machine
+    checks the gate's power with it once per canary).
+    """
     rspec = rollout_spec(spec_raw)
     desired = revision_fingerprint(spec_raw)
     label = str((spec_raw.get("model") or {}).get("revision") or "main")
@@ -367,6 +373,7 @@ def drive(
             analysis_window_open=window is not None and window.revision == state.canary_revision
             and window.step == state.step,
             control=control,
+            suite_cases=suite_cases,
         )
         pending_verdict = None
         new, actions = advance(state, inputs, rspec, now)
@@ -414,6 +421,27 @@ def drive(
                    shape=shape, services=services, narrowed=memory.narrowed, now=now)
 
 
+def suite_to_count(spec_raw: Mapping[str, Any], status: Mapping[str, Any] | None) -> tuple[str, str] | None:
+    """The suite ConfigMap and key whose size the machine's power check needs now, or None.
+
+    Only a built-in suite (a custom evaluator reports aggregates, there is no paired test), and only
+    while a rollout can be admitted or is running: the desired revision is not the stable one, not
+    the rejected one, or the canary is still Deploying or Evaluating.
+    """
+    evaluation = ((spec_raw.get("rollout") or {}).get("evaluation") or {})
+    suite = evaluation.get("suiteRef") or {}
+    if not suite.get("configMap") or evaluation.get("evaluator"):
+        return None
+    status = status or {}
+    canary = status.get("canary") or {}
+    stable = (status.get("stable") or {}).get("fingerprint")
+    desired = revision_fingerprint(spec_raw)
+    waiting = canary.get("phase") in (Phase.DEPLOYING.value, Phase.EVALUATING.value)
+    if not waiting and (stable is None or desired in (stable, canary.get("rejectedFingerprint"))):
+        return None
+    return str(suite["configMap"]), str(suite.get("key") or "suite.jsonl")
+
+
 def _order(*, md_meta: Mapping[str, Any], spec_raw: Mapping[str, Any], evaluation: Mapping[str, Any],
            rspec: RolloutSpec | None, state: RolloutState, action: StartEvaluation, pods: Sequence[Obj],
            served_name: str, canary_key: str | None, stable_key: str | None) -> EvaluationOrder:
@@ -435,6 +463,7 @@ def _order(*, md_meta: Mapping[str, Any], spec_raw: Mapping[str, Any], evaluatio
         min_score=rspec.min_score if rspec else 0.0,
         max_regression=rspec.max_regression if rspec else 0.02,
         confidence=rspec.confidence if rspec else 0.95,
+        max_error_rate=rspec.max_error_rate if rspec else 0.05,
         concurrency=int(evaluation.get("concurrency") or 4),
         timeout_seconds=float(evaluation.get("timeoutSeconds") or 60),
     )

@@ -3,10 +3,11 @@
 Both revisions get the same cases with the same sampling parameters (temperature 0 by default, so
 the comparison measures the checkpoints, not the dice). Requests go out with bounded concurrency
 per endpoint (so both see the same load), a per-request timeout, and bounded retries with backoff
-for what can recover (connection errors, timeouts, 429, 5xx). A request that still fails counts as a
-wrong answer for that revision and is reported with its error: a canary that cannot answer is not
-better than one that answers wrong. The caller feeds ``EvaluationRun.outcomes`` to
-``stats.evaluate_gate``.
+for what can recover (connection errors, timeouts, 429, 5xx). A request that still fails (or whose
+judge fails) is reported with its error and marks its case as an error for that revision, not as a
+wrong answer: the gate leaves such cases out of the comparison, and too many of them leave the
+evaluation without a verdict (``stats.evaluate_gate``), so neither revision wins by the other's
+errors. The caller feeds ``EvaluationRun.outcomes`` to ``stats.evaluate_gate``.
 
 Cases with the ``judge`` grader need a ``Judge``: an async callable that asks another model (another
 ModelDeployment's endpoint) whether an answer is right; ``OpenAIJudge`` is one.
@@ -220,7 +221,8 @@ async def run_evaluation(
     canary_answers: tuple[Answer, ...] = tuple(flat[:n])
     stable_answers: tuple[Answer, ...] = tuple(flat[n:])
     outcomes = tuple(
-        PairedOutcome(case.id, c.correct, s.correct)
+        PairedOutcome(case.id, c.correct, s.correct, canary_error=c.error is not None,
+                      stable_error=s.error is not None)
         for case, c, s in zip(suite.cases, canary_answers, stable_answers, strict=True)
     )
     return EvaluationRun(outcomes=outcomes, canary=canary_answers, stable=stable_answers)

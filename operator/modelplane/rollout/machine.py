@@ -13,11 +13,17 @@ Phases::
     Evaluating --gate passed--> Stepping(0) --canary replicas ready--> Analyzing --window passed-->
         Stepping(i+1) … --last step passed--> Promoting --stable serves new revision--> Promoted
     Evaluating --gate failed/error/timeout--> RollingBack --canary gone--> RolledBack
+    Evaluating --too many request errors (no verdict)--> Evaluating (a new attempt)
+        --still no verdict after the last attempt--> RollingBack (EvaluationErrors)
     Analyzing --fail--> RollingBack;  --inconclusive--> Analyzing (window extended, bounded)
         --still inconclusive--> Paused (a human decides; ``settings.on_inconclusive`` can roll back)
     any active phase --abort--> RollingBack --canary gone--> Aborted
     Stepping/Analyzing --pause--> Paused --resume--> Stepping(current step, fresh window)
     Evaluating/Stepping/Analyzing/Paused --promote--> Promoting (remaining steps skipped)
+
+While Deploying or Evaluating, once the suite's size is known (``Inputs.suite_cases``), the machine
+checks the gate's power (``power.assess``: how often it would pass a canary exactly as good as
+stable) and warns with ``SuiteUnderpowered`` when that is under 80%; it never blocks on it.
 
 Decisions documented in docs/rollouts.md: a new revision during a rollout supersedes the canary (it
 is replaced and re-evaluated; stable never stops serving); a revision that was rolled back is not
@@ -34,7 +40,9 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+from modelplane.rollout import power
 from modelplane.rollout.analysis import AnalysisResult, Outcome
+from modelplane.rollout.power import PowerCheck
 from modelplane.rollout.spec import RolloutSpec
 from modelplane.rollout.stats import GateResult
 
@@ -82,6 +90,10 @@ class Reason(StrEnum):
     EVALUATION_PASSED = "EvaluationPassed"
     EVALUATION_FAILED = "EvaluationFailed"
     EVALUATION_ERROR = "EvaluationError"
+    #: Too many suite requests failed (on either side) for the gate to compare: no verdict.
+    EVALUATION_ERRORS = "EvaluationErrors"
+    #: The suite is too small for its margin and confidence to pass an equal canary (a warning).
+    SUITE_UNDERPOWERED = "SuiteUnderpowered"
     EVALUATION_TIMEOUT = "EvaluationTimeout"
     STEP_STARTED = "StepStarted"
     WINDOW_STARTED = "AnalysisWindowStarted"
@@ -159,14 +171,26 @@ class EvalResult:
     canary_score: float
     stable_score: float | None = None
     lower_bound: float | None = None
-    cases: int = 0
+    cases: int = 0  #: cases compared (a request error on either side leaves a case out)
     failing_case_ids: tuple[str, ...] = ()
+    #: Too many request errors to compare: no verdict (never a pass); the machine tries again.
+    errored: bool = False
+    canary_errors: int = 0  #: cases whose canary request failed
+    stable_errors: int = 0  #: cases whose stable request failed
+    suite_cases: int = 0  #: cases in the suite (compared or not); 0 when unknown (a custom evaluator)
+    discordance: float | None = None  #: share of compared cases the two revisions answered differently
+
+    def __post_init__(self) -> None:
+        if self.passed and self.errored:
+            raise ValueError("an evaluation with no verdict cannot pass")
 
     @classmethod
     def from_gate(cls, gate: GateResult) -> EvalResult:
         return cls(passed=gate.passed, reason=gate.reason, canary_score=gate.canary_score,
                    stable_score=gate.stable_score, lower_bound=gate.lower_bound, cases=gate.n,
-                   failing_case_ids=gate.failing_case_ids)
+                   failing_case_ids=gate.failing_case_ids, errored=gate.errored,
+                   canary_errors=gate.canary_errors, stable_errors=gate.stable_errors,
+                   suite_cases=gate.total, discordance=gate.discordance)
 
 
 @dataclass(frozen=True)
@@ -187,6 +211,8 @@ class Inputs:
     analysis: AnalysisResult | None = None  #: the verdict for the window that ``RunAnalysis`` asked for
     analysis_window_open: bool = True  #: the handler holds the window's start snapshot
     control: ManualControl | None = None
+    #: Cases in the evaluation suite, once the handler has read it (None: unknown, or no suite).
+    suite_cases: int | None = None
 
 
 # --- actions ----------------------------------------------------------------------------------
@@ -265,6 +291,7 @@ class HistoryEntry:
     baseline_score: float | None = None
     lower_bound: float | None = None
     label: str | None = None  #: the revision's name for people (``model.revision``)
+    discordance: float | None = None  #: measured by its evaluation; the next rollout's power check uses it
 
 
 @dataclass(frozen=True)
@@ -305,6 +332,10 @@ class RolloutState:
     eval_lower_bound: float | None = None
     eval_cases: int = 0
     failing_case_ids: tuple[str, ...] = ()  #: the first 20; the report ConfigMap has all
+    eval_canary_errors: int = 0  #: cases of the last evaluation whose canary request failed
+    eval_stable_errors: int = 0  #: the same on stable
+    eval_discordance: float | None = None
+    power: PowerCheck | None = None  #: the gate's power for this canary's suite, once checked
     decision: Decision | None = None  #: the outcome being executed or reached
     reason: Reason | None = None
     message: str = ""
@@ -335,6 +366,10 @@ class RolloutState:
             "lowerBound": self.eval_lower_bound,
             "cases": self.eval_cases,
             "failingCases": list(self.failing_case_ids),
+            "canaryErrors": self.eval_canary_errors,
+            "stableErrors": self.eval_stable_errors,
+            "discordance": self.eval_discordance,
+            "power": _power_status(self.power),
             "decision": self.decision.value if self.decision else None,
             "reason": self.reason.value if self.reason else None,
             "message": self.message,
@@ -355,6 +390,7 @@ class RolloutState:
                 "evalScore": h.eval_score,
                 "baselineScore": h.baseline_score,
                 "lowerBound": h.lower_bound,
+                "discordance": h.discordance,
             }
             for h in self.history
         ]
@@ -379,6 +415,7 @@ class RolloutState:
                 eval_score=h.get("evalScore"),
                 baseline_score=h.get("baselineScore"),
                 lower_bound=h.get("lowerBound"),
+                discordance=h.get("discordance"),
             )
             for h in status.get("rolloutHistory") or []
         )
@@ -398,6 +435,10 @@ class RolloutState:
             eval_lower_bound=c.get("lowerBound"),
             eval_cases=int(c.get("cases") or 0),
             failing_case_ids=tuple(c.get("failingCases") or ()),
+            eval_canary_errors=int(c.get("canaryErrors") or 0),
+            eval_stable_errors=int(c.get("stableErrors") or 0),
+            eval_discordance=c.get("discordance"),
+            power=_power_from_status(c.get("power")),
             decision=Decision(c["decision"]) if c.get("decision") else None,
             reason=Reason(c["reason"]) if c.get("reason") else None,
             message=c.get("message") or "",
@@ -409,6 +450,26 @@ class RolloutState:
             canary_label=c.get("revision"),
             rejected_label=c.get("rejectedRevision"),
         )
+
+
+def _power_status(check: PowerCheck | None) -> dict[str, Any] | None:
+    if check is None:
+        return None
+    return {"cases": check.cases, "maxRegression": check.max_regression, "confidence": check.confidence,
+            "discordance": check.discordance, "discordanceMeasured": check.measured,
+            "passProbability": check.pass_probability, "casesNeeded": check.cases_needed,
+            "underpowered": check.underpowered, "message": check.message}
+
+
+def _power_from_status(doc: Mapping[str, Any] | None) -> PowerCheck | None:
+    if not doc or doc.get("cases") is None:
+        return None
+    needed = doc.get("casesNeeded")
+    return PowerCheck(cases=int(doc["cases"]), max_regression=float(doc["maxRegression"]),
+                      confidence=float(doc["confidence"]), discordance=float(doc["discordance"]),
+                      measured=bool(doc.get("discordanceMeasured")),
+                      pass_probability=float(doc["passProbability"]),
+                      cases_needed=int(needed) if needed is not None else None)
 
 
 def _iso(t: datetime | None) -> str | None:
@@ -589,6 +650,7 @@ def _entry(state: RolloutState, decision: Decision, reason: Reason, message: str
         revision=state.canary_revision or "", decision=decision, reason=reason, message=message,
         started_at=state.started_at, finished_at=now, eval_score=state.eval_score,
         baseline_score=state.baseline_score, lower_bound=state.eval_lower_bound,
+        discordance=state.eval_discordance,
     )
 
 
@@ -651,9 +713,36 @@ def _enter_traffic(state: RolloutState, spec: RolloutSpec, now: datetime) -> Res
     return _promoting(state, now, Reason.STEPS_COMPLETE, "no traffic steps configured; promoting")
 
 
+def measured_discordance(history: Sequence[HistoryEntry]) -> float | None:
+    """The discordance the most recent evaluated rollout measured, if any."""
+    return next((h.discordance for h in reversed(history) if h.discordance is not None), None)
+
+
+def _check_power(state: RolloutState, inputs: Inputs, spec: RolloutSpec) -> Result:
+    """Once per canary, when the suite's size is known: is the gate able to pass an equal canary?
+
+    A warning (condition and Event), never a block: the user may accept a strict gate knowingly.
+    """
+    if state.power is not None or inputs.suite_cases is None or not spec.evaluation:
+        return state, ()
+    check = power.assess(inputs.suite_cases, max_regression=spec.max_regression,
+                         confidence=spec.confidence, measured_discordance=measured_discordance(state.history))
+    new = replace(state, power=check)
+    if not check.underpowered:
+        return new, ()
+    return new, (_event(Reason.SUITE_UNDERPOWERED, f"suite underpowered: {check.message}", warning=True),)
+
+
 def _deploying(state: RolloutState, inputs: Inputs, spec: RolloutSpec | None, now: datetime,
                settings: MachineSettings) -> Result:
     assert spec is not None  # advance() handles spec None before dispatching on phase
+    state, warned = _check_power(state, inputs, spec)
+    new, actions = _deploying_step(state, inputs, spec, now, settings)
+    return new, warned + actions
+
+
+def _deploying_step(state: RolloutState, inputs: Inputs, spec: RolloutSpec, now: datetime,
+                    settings: MachineSettings) -> Result:
     if inputs.canary_ready_replicas >= 1:
         if spec.evaluation:
             message = f"evaluating canary {state.canary_revision} against stable {state.stable_revision}"
@@ -671,15 +760,28 @@ def _deploying(state: RolloutState, inputs: Inputs, spec: RolloutSpec | None, no
 def _evaluating(state: RolloutState, inputs: Inputs, spec: RolloutSpec | None, now: datetime,
                 settings: MachineSettings) -> Result:
     assert spec is not None
+    state, warned = _check_power(state, inputs, spec)
+    new, actions = _evaluating_step(state, inputs, spec, now, settings)
+    return new, warned + actions
+
+
+def _evaluating_step(state: RolloutState, inputs: Inputs, spec: RolloutSpec, now: datetime,
+                     settings: MachineSettings) -> Result:
     revision = state.canary_revision or ""
     result = inputs.evaluation
     if result is not None:
         recorded = replace(state, eval_score=result.canary_score, baseline_score=result.stable_score,
                            eval_lower_bound=result.lower_bound, eval_cases=result.cases,
-                           failing_case_ids=result.failing_case_ids[:20])
+                           failing_case_ids=result.failing_case_ids[:20],
+                           eval_canary_errors=result.canary_errors, eval_stable_errors=result.stable_errors,
+                           eval_discordance=None if result.errored else result.discordance)
+        if result.errored:
+            return _no_verdict(recorded, now, settings, result)
+        # The power at the discordance this evaluation measured (it replaces an assumed one).
+        recorded, note = _remeasured_power(recorded, spec, result)
         if not result.passed:
             return _rolling_back(recorded, now, Decision.ROLLED_BACK, Reason.EVALUATION_FAILED,
-                                 f"evaluation gate failed: {result.reason}")
+                                 f"evaluation gate failed: {result.reason}{note}")
         new, actions = _enter_traffic(recorded, spec, now)
         return new, (_event(Reason.EVALUATION_PASSED, f"evaluation gate passed: {result.reason}"), *actions)
     lost = not inputs.evaluation_running
@@ -698,6 +800,37 @@ def _evaluating(state: RolloutState, inputs: Inputs, spec: RolloutSpec | None, n
                                      f"evaluation took longer than {settings.evaluation_timeout}")
         return new, (CancelEvaluation(revision), *actions)
     return state, ()
+
+
+def _no_verdict(state: RolloutState, now: datetime, settings: MachineSettings, result: EvalResult) -> Result:
+    """Too many request errors: like a runner error, a new attempt, and after the last a rollback.
+
+    Never a promotion: the canary has not been compared. Errors are often transient (stable busy
+    with user traffic, a canary still warming up); the same errors on every attempt (a model
+    without a chat template answers 400/404 to everything) end in a rollback that says so.
+    """
+    revision = state.canary_revision or ""
+    if state.evaluation_attempts >= settings.max_evaluation_attempts:
+        return _rolling_back(state, now, Decision.ROLLED_BACK, Reason.EVALUATION_ERRORS,
+                             f"no evaluation verdict after {state.evaluation_attempts} attempts; the last: "
+                             f"{result.reason}")
+    attempt = state.evaluation_attempts + 1
+    message = (f"evaluation attempt {attempt} of canary {revision}; the previous had no verdict: "
+               f"{result.reason}")
+    new = replace(state, phase_since=now, evaluation_attempts=attempt, reason=Reason.EVALUATION_ERRORS,
+                  message=message)
+    return new, (StartEvaluation(revision, attempt), _event(Reason.EVALUATION_ERRORS, message, warning=True))
+
+
+def _remeasured_power(state: RolloutState, spec: RolloutSpec, result: EvalResult) -> tuple[RolloutState, str]:
+    """The power check again, at the discordance just measured; a note for a refusal it explains."""
+    if result.discordance is None or result.suite_cases <= 0 or not spec.evaluation:
+        return state, ""
+    check = power.assess(result.suite_cases, max_regression=spec.max_regression, confidence=spec.confidence,
+                         measured_discordance=result.discordance)
+    refused_on_margin = result.lower_bound is not None and result.lower_bound < -spec.max_regression
+    note = f" (suite underpowered: {check.message})" if check.underpowered and refused_on_margin else ""
+    return replace(state, power=check), note
 
 
 def _stepping(state: RolloutState, inputs: Inputs, now: datetime, settings: MachineSettings) -> Result:

@@ -32,6 +32,7 @@ import aiohttp
 from modelplane import render
 from modelplane.api.models import API_VERSION, KIND
 from modelplane.controller import kube
+from modelplane.rollout import power
 from modelplane.rollout.driver import EvaluationOrder, ready_pod_url
 from modelplane.rollout.evaluate import Endpoint, EvaluationRun, OpenAIJudge, run_evaluation
 from modelplane.rollout.machine import EvalResult
@@ -64,9 +65,17 @@ def _labels(order: EvaluationOrder) -> dict[str, str]:
 def build_report(order: EvaluationOrder, gate: GateResult, run: EvaluationRun) -> dict[str, Any]:
     """The report ConfigMap of one suite evaluation: the gate's numbers and every failing case."""
     errors = {a.case_id: a.error for a in run.canary if a.error}
+    equal_pass = None
+    if gate.discordance is not None:
+        equal_pass = power.pass_probability(max(gate.total, 1), max_regression=gate.max_regression,
+                                            confidence=gate.confidence, discordance=gate.discordance)
     report = {
         "revision": order.label, "fingerprint": order.revision, "stableFingerprint": order.stable_revision,
-        "attempt": order.attempt, "passed": gate.passed, "reason": gate.reason, "cases": gate.n,
+        "attempt": order.attempt, "passed": gate.passed, "verdict": gate.verdict.value, "reason": gate.reason,
+        "cases": gate.n, "suiteCases": gate.total, "excludedCases": gate.excluded,
+        "canaryErrorCount": gate.canary_errors, "stableErrorCount": gate.stable_errors,
+        "maxErrorRate": gate.max_error_rate, "discordance": gate.discordance,
+        "equalCanaryPassProbability": equal_pass,
         "canaryScore": gate.canary_score, "stableScore": gate.stable_score, "difference": gate.diff,
         "lowerBound": gate.lower_bound, "confidence": gate.confidence, "minScore": gate.min_score,
         "maxRegression": gate.max_regression, "canaryOnly": gate.canary_only, "stableOnly": gate.stable_only,
@@ -171,7 +180,7 @@ async def run_suite(client: kube.Kube, http: aiohttp.ClientSession, order: Evalu
                                concurrency=order.concurrency, timeout_seconds=order.timeout_seconds,
                                judge=judge, session=http)
     gate = evaluate_gate(run.outcomes, min_score=order.min_score, max_regression=order.max_regression,
-                         confidence=order.confidence)
+                         confidence=order.confidence, max_error_rate=order.max_error_rate)
     await client.apply(build_report(order, gate, run))
     return EvalResult.from_gate(gate)
 

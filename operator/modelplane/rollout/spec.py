@@ -76,6 +76,7 @@ class RolloutSpec:
     min_score: float = 0.0
     max_regression: float = 0.02
     confidence: float = 0.95
+    max_error_rate: float = 0.05  #: share of suite cases that may fail (either side) and still give a verdict
 
     @classmethod
     def from_spec(cls, rollout: Mapping[str, Any] | None) -> RolloutSpec | None:
@@ -97,6 +98,7 @@ class RolloutSpec:
             min_score=float(_or_default(ev.get("minScore"), 0.0)),
             max_regression=float(_or_default(ev.get("maxRegression"), 0.02)),
             confidence=float(_or_default(ev.get("confidence"), 0.95)),
+            max_error_rate=float(_or_default(ev.get("maxErrorRate"), 0.05)),
         )
 
 
