@@ -244,6 +244,48 @@ def test_parse_error_names_field_path(case: str, spec: dict[str, Any], path: str
     assert info.value.problems
 
 
+def _with(section: str, **fields: Any) -> dict[str, Any]:
+    if section == "model":
+        return _spec(model={"source": "hf://meta-llama/Llama-3.1-8B-Instruct", **fields})
+    if section == "hints":
+        return _spec(model={"source": "hf://meta-llama/Llama-3.1-8B-Instruct", "hints": fields})
+    if section == "gpu":
+        return _spec(resources={"gpu": fields})
+    return _spec(**{section: fields})
+
+
+#: What the planner used to refuse on its own (planner.plan's SpecError, issue 14): the API model
+#: refuses all of it, naming the same field, so the planner takes the parsed spec and checks nothing.
+PLANNER_REFUSALS = [
+    ("no-model", {}, "spec.model"),
+    ("bad-scheme", _spec(model={"source": "http://example.com/model"}), "spec.model.source"),
+    ("model-not-mapping", _spec(model="hf://a/b"), "spec.model"),
+    ("len-string", _with("engine", maxModelLen="8k"), "spec.engine.maxModelLen"),
+    ("len-zero", _with("engine", maxModelLen=0), "spec.engine.maxModelLen"),
+    ("seqs-negative", _with("engine", maxNumSeqs=-1), "spec.engine.maxNumSeqs"),
+    ("quantization", _with("engine", quantization="int3"), "spec.engine.quantization"),
+    ("dtype", _with("engine", dtype="float32"), "spec.engine.dtype"),
+    ("utilization", _with("engine", gpuMemoryUtilization=1.5), "spec.engine.gpuMemoryUtilization"),
+    ("extra-args", _with("engine", extraArgs="--foo"), "spec.engine.extraArgs"),
+    ("env-not-mappings", _with("engine", env=["X=1"]), "spec.engine.env[0]"),
+    ("count-zero", _with("gpu", count=0), "spec.resources.gpu.count"),
+    ("count-word", _with("gpu", count="two"), "spec.resources.gpu.count"),
+    ("types-string", _with("gpu", types="nvidia-l4"), "spec.resources.gpu.types"),
+    ("hint-string", _with("hints", parametersBillions="seven"), "spec.model.hints.parametersBillions"),
+    ("hint-float-layers", _with("hints", numLayers=3.5), "spec.model.hints.numLayers"),
+    ("hint-unknown", _with("hints", layers=32), "spec.model.hints.layers"),
+    ("hint-precision", _with("hints", precision="fp4"), "spec.model.hints.precision"),
+    ("hint-kv-above-heads", _with("hints", numAttentionHeads=4, numKeyValueHeads=8), "spec.model.hints"),
+]
+
+
+@pytest.mark.parametrize(("case", "spec", "path"), PLANNER_REFUSALS, ids=[c[0] for c in PLANNER_REFUSALS])
+def test_the_api_refuses_what_the_planner_refused(case: str, spec: dict[str, Any], path: str) -> None:
+    with pytest.raises(InvalidSpecError) as info:
+        ModelDeployment.parse(_obj(spec))
+    assert path in [p for p, _ in info.value.problems]
+
+
 def _expect(path: Path) -> str:
     first = path.read_text().splitlines()[0]
     match = re.fullmatch(r"# expect: (\S.*)", first)

@@ -71,10 +71,9 @@ def _model_deployments(path: Path) -> list[dict[str, Any]]:
 
 
 def _plan(doc: dict[str, Any]) -> Plan:
-    """Plan the way the reconcile does: validate, dump with defaults, plan."""
+    """Plan the way the reconcile does: validate, then plan from the parsed spec."""
     md = ModelDeployment.parse(doc)
-    spec = md.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
-    return build_plan(plan_request_from_spec(spec), gpus.GPU_TYPES)
+    return build_plan(plan_request_from_spec(md.spec), gpus.GPU_TYPES)
 
 
 MD_FILES = sorted(p.name for p in EXAMPLES.glob("*.yaml") if _model_deployments(p))

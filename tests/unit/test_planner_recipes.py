@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from modelplane import gpus
+from modelplane.api.models import ModelDeploymentSpec
 from modelplane.gpus import GPUType
 from modelplane.planner import (
     ModelArch,
@@ -33,11 +34,15 @@ LLAMA_70B = "hf://meta-llama/Llama-3.1-70B-Instruct"
 
 
 def spec(source: str, *, types: list[str] | None = None, count: int | None = None,
-         **engine: Any) -> dict[str, Any]:
-    gpu: dict[str, Any] = {"types": types or []}
+         **engine: Any) -> ModelDeploymentSpec:
+    """The spec as the operator plans it: parsed by the API model, its defaults applied."""
+    gpu: dict[str, Any] = {}
+    if types:
+        gpu["types"] = types
     if count is not None:
         gpu["count"] = count
-    return {"model": {"source": source}, "engine": engine, "resources": {"gpu": gpu}}
+    return ModelDeploymentSpec.model_validate({"model": {"source": source}, "engine": engine,
+                                               "resources": {"gpu": gpu}})
 
 
 # --- published memory figures ----------------------------------------------------------------------
@@ -118,7 +123,7 @@ def test_fp8_keeps_embeddings_in_16_bit() -> None:
 @dataclass(frozen=True)
 class Recipe:
     id: str
-    spec: dict[str, Any]
+    spec: ModelDeploymentSpec
     fits: bool
     gpu_type: str | None
     gpus: int | None
@@ -333,4 +338,4 @@ def test_planner_never_picks_a_shape_that_does_not_fit() -> None:
 def test_catalog_matches_recipe_sources() -> None:
     # Guard for the tables above: each recipe names a catalog model (else it would test nothing).
     for recipe in RECIPES:
-        assert match_model(recipe.spec["model"]["source"]) is not None, recipe.id
+        assert match_model(recipe.spec.model.source) is not None, recipe.id

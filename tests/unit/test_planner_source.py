@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from modelplane.api.models import ModelDeploymentSpec
 from modelplane.planner import (
     ConfigReadError,
     ConfigReadReason,
@@ -204,7 +205,8 @@ async def test_pvc_errors(tmp_path: Path, source: str, mounted: bool, reason: Co
 async def test_a_read_config_drives_the_plan(hub: FakeHub) -> None:
     """The handler's sequence: read config.json, then plan from it."""
     arch = await read_model_arch(source="hf://acme/custom-moe", hf_base_url=hub.base_url, timeout=5)
-    request = plan_request_from_spec({"model": {"source": "hf://acme/custom-moe"}}, config_arch=arch)
+    request = plan_request_from_spec(
+        ModelDeploymentSpec.model_validate({"model": {"source": "hf://acme/custom-moe"}}), config_arch=arch)
     plan = build_plan(request, {})
     assert request.arch_source == "config.json"
     # An empty catalog is reported, not crashed on.

@@ -45,7 +45,6 @@ from modelplane.planner.arch import ModelArch
 from modelplane.planner.plan import (
     Plan,
     PlanRequest,
-    SpecError,
     build_plan,
     plan_request_from_spec,
 )
@@ -185,14 +184,10 @@ def prepare(observed: Observed, *, prices: Mapping[str, float]) -> Prepared:
         md = ModelDeployment.parse(observed.body)
     except InvalidSpecError as exc:
         return Prepared(md=None, invalid=str(exc))
-    spec_raw = md.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
-    try:
-        config = observed.model_config
-        request = plan_request_from_spec(
-            spec_raw, config_arch=config.arch if config is not None else None,
-            config_note=config.message if config is not None and config.arch is None else "")
-    except SpecError as exc:
-        return Prepared(md=md, invalid=str(exc))
+    config = observed.model_config
+    request = plan_request_from_spec(
+        md.spec, config_arch=config.arch if config is not None else None,
+        config_note=config.message if config is not None and config.arch is None else "")
     # Planned from the allowed types alone: a type with no node now may be a pool scaled to zero,
     # which a cluster autoscaler grows for the pending pod (health explains a pod that waits).
     plan = build_plan(request, gpus.with_prices(prices))

@@ -22,7 +22,6 @@ from modelplane.planner.plan import (
     PlanReason,
     PlanRequest,
     ShapeOption,
-    SpecError,
     build_plan,
     plan_request_from_spec,
     startup_budget_seconds,
@@ -37,7 +36,7 @@ from modelplane.planner.source import (
 __all__ = [
     "CATALOG", "CatalogEntry", "ConfigReadError", "ConfigReadReason", "CounterSample", "MemoryEstimate",
     "ModelArch", "ModelArchError", "Plan", "PlanReason", "PlanRequest", "Precision",
-    "ShapeOption", "SpecError", "arch_from_config", "arch_from_hints", "build_plan", "cost_status",
+    "ShapeOption", "arch_from_config", "arch_from_hints", "build_plan", "cost_status",
     "estimate_memory", "fleet_hourly_usd", "kv_tokens", "match_model", "plan_request_from_spec",
     "read_model_arch", "read_model_config", "startup_budget_seconds", "token_rate", "usd_per_million_tokens",
 ]

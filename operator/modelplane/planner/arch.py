@@ -3,8 +3,9 @@
 ``ModelArch`` holds the few numbers that decide GPU memory: parameter counts (total, and active for
 mixtures of experts), the attention geometry that sizes the KV cache (layers, KV heads, head dim, or
 the compressed latent of multi-head latent attention), the widths that size activations, and the
-precision the checkpoint ships in. Everything here is pure arithmetic over plain mappings; reading a
-config.json over the network or from a volume lives in ``planner.source``.
+precision the checkpoint ships in. Everything here is pure arithmetic over a config.json mapping or
+the parsed ``spec.model.hints``; reading a config.json over the network or from a volume lives in
+``planner.source``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
+
+from modelplane.api.models import ModelHints, to_camel
 
 
 class Precision(StrEnum):
@@ -320,18 +323,21 @@ def arch_from_config(config: Mapping[str, Any], *, name: str, total_params: floa
 # --- spec.model.hints ------------------------------------------------------------------------------
 
 #: Hints without which a model that is neither in config.json nor in the catalog cannot be sized.
-REQUIRED_HINTS: tuple[str, ...] = ("parametersBillions", "numLayers", "hiddenSize", "numAttentionHeads")
+REQUIRED_HINTS: tuple[str, ...] = ("parameters_billions", "num_layers", "hidden_size", "num_attention_heads")
 #: Hints that describe the attention: any of them replaces the base model's attention layout whole.
-ATTENTION_HINTS: tuple[str, ...] = ("numAttentionHeads", "numKeyValueHeads", "headDim")
+ATTENTION_HINTS: tuple[str, ...] = ("num_attention_heads", "num_key_value_heads", "head_dim")
 
 
-def arch_from_hints(hints: Mapping[str, Any], *, name: str, base: ModelArch | None = None,
+def arch_from_hints(hints: ModelHints, *, name: str, base: ModelArch | None = None,
                     named_precision: Precision | None = None) -> ModelArch:
-    """A ``ModelArch`` from ``spec.model.hints``, laid over a catalog entry when one matched.
+    """A ``ModelArch`` from the parsed ``spec.model.hints``, laid over a catalog entry when one matched.
 
+    The API model has checked each hint (ranges, types, activeParametersBillions <= parametersBillions,
+    numKeyValueHeads <= numAttentionHeads when both are hinted); what it cannot judge is left here.
     Without a base, ``REQUIRED_HINTS`` must all be present; KV heads default to the attention heads
     (plain multi-head attention, the largest KV cache, so the estimate errs on the safe side) and the
-    head dim to hidden size / heads. Raises ``ModelArchError`` naming the missing or inconsistent hints.
+    head dim to hidden size / heads. Raises ``ModelArchError`` naming the missing hints, or the KV
+    heads hinted above the base's attention heads.
 
     Any of ``ATTENTION_HINTS`` describes the attention completely: grouped-query attention with the
     hinted heads, KV heads (default: the attention heads, unless only they are left from a GQA base)
@@ -339,36 +345,35 @@ def arch_from_hints(hints: Mapping[str, Any], *, name: str, base: ModelArch | No
     ``precision`` hint, else ``named_precision`` (read from the model's name), else the base's, else BF16.
     """
     if base is None:
-        missing = [h for h in REQUIRED_HINTS if hints.get(h) is None]
+        missing = [h for h in REQUIRED_HINTS if getattr(hints, h) is None]
         if missing:
-            raise ModelArchError("missing spec.model.hints: " + ", ".join(missing))
+            raise ModelArchError("missing spec.model.hints: " + ", ".join(to_camel(h) for h in missing))
 
-    def pick(key: str, fallback: float | None) -> float | None:
-        value = hints.get(key)
+    def pick(value: float | None, fallback: float | None) -> float | None:
         return float(value) if value is not None else fallback
 
-    total_b = pick("parametersBillions", base.total_params / 1e9 if base else None)
-    active_b = pick("activeParametersBillions", base.active_params / 1e9 if base and base.is_moe else total_b)
-    layers = pick("numLayers", base.num_layers if base else None)
-    hidden = pick("hiddenSize", base.hidden_size if base else None)
-    heads = pick("numAttentionHeads", base.num_attention_heads if base else None)
+    total_b = pick(hints.parameters_billions, base.total_params / 1e9 if base else None)
+    active_b = pick(hints.active_parameters_billions,
+                    base.active_params / 1e9 if base and base.is_moe else total_b)
+    layers = pick(hints.num_layers, base.num_layers if base else None)
+    hidden = pick(hints.hidden_size, base.hidden_size if base else None)
+    heads = pick(hints.num_attention_heads, base.num_attention_heads if base else None)
     assert total_b is not None and layers is not None and hidden is not None and heads is not None
-    if total_b <= 0 or layers < 1 or hidden < 1 or heads < 1:
-        raise ModelArchError("spec.model.hints must be positive numbers")
-    attention_hinted = any(hints.get(h) is not None for h in ATTENTION_HINTS)
+    attention_hinted = any(getattr(hints, h) is not None for h in ATTENTION_HINTS)
     # The base's attention holds only while no hint changes it (MLA's "KV heads" are no GQA figure).
-    keep_base_kv = base is not None and not base.is_mla and hints.get("numAttentionHeads") is None
-    keep_base_head_dim = keep_base_kv and hints.get("hiddenSize") is None
-    kv_heads = pick("numKeyValueHeads", base.num_kv_heads if base and keep_base_kv else heads)
-    head_dim = pick("headDim", base.head_dim if base and keep_base_head_dim else math.floor(hidden / heads))
-    experts = pick("numExperts", base.num_experts if base else 0)
+    keep_base_kv = base is not None and not base.is_mla and hints.num_attention_heads is None
+    keep_base_head_dim = keep_base_kv and hints.hidden_size is None
+    kv_heads = pick(hints.num_key_value_heads, base.num_kv_heads if base and keep_base_kv else heads)
+    head_dim = pick(hints.head_dim,
+                    base.head_dim if base and keep_base_head_dim else math.floor(hidden / heads))
+    experts = pick(hints.num_experts, base.num_experts if base else 0)
     assert kv_heads is not None and head_dim is not None and experts is not None and active_b is not None
-    if kv_heads > heads:
-        of = "" if hints.get("numAttentionHeads") is not None else f" of {base.name if base else name}"
+    if kv_heads > heads:  # hinted KV heads over the base's heads (the API refuses it when both are hinted)
         raise ModelArchError(f"spec.model.hints.numKeyValueHeads ({int(kv_heads)}) must be <= "
-                             f"numAttentionHeads ({int(heads)}{of})")
+                             f"numAttentionHeads ({int(heads)} of {base.name if base else name})")
     keep_mla = base is not None and base.is_mla and not attention_hinted
-    precision = _hinted_precision(hints) or named_precision or (base.native_precision if base else None)
+    hinted = Precision(hints.precision.value) if hints.precision is not None else None
+    precision = hinted or named_precision or (base.native_precision if base else None)
     return ModelArch(
         name=name,
         total_params=total_b * 1e9,
@@ -386,18 +391,7 @@ def arch_from_hints(hints: Mapping[str, Any], *, name: str, base: ModelArch | No
         vocab_size=base.vocab_size if base else 0,
         tie_word_embeddings=base.tie_word_embeddings if base else False,
         # The base's MLP width is stale once the hidden size changes; 0 estimates it from the hints.
-        mlp_width=base.mlp_width if base and hints.get("hiddenSize") is None else 0,
+        mlp_width=base.mlp_width if base and hints.hidden_size is None else 0,
         kv_lora_rank=base.kv_lora_rank if base and keep_mla else 0,
         qk_rope_head_dim=base.qk_rope_head_dim if base and keep_mla else 0,
     )
-
-
-def _hinted_precision(hints: Mapping[str, Any]) -> Precision | None:
-    value = hints.get("precision")
-    if value is None:
-        return None
-    try:
-        return Precision(str(value).lower())
-    except ValueError:
-        raise ModelArchError(f"spec.model.hints.precision must be one of "
-                             f"{', '.join(p.value for p in Precision)}, got {value!r}") from None

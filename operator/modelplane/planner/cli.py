@@ -34,7 +34,7 @@ from modelplane.api.models import (
 )
 from modelplane.api.models import ModelDeploymentSpec as Spec
 from modelplane.gpus import GPUType
-from modelplane.planner.plan import Plan, SpecError, build_plan, plan_request_from_spec
+from modelplane.planner.plan import Plan, build_plan, plan_request_from_spec
 
 API_GROUP = GROUP
 EXIT_FITS, EXIT_DOES_NOT_FIT, EXIT_BAD_INPUT = 0, 1, 2
@@ -192,12 +192,7 @@ def plan_manifests(text: str, where: str, catalog: Mapping[str, GPUType]) -> tup
         if md is None:
             errors += [f"{label}: {problem}" for problem in problems]
             continue
-        spec_raw = md.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
-        try:
-            request = plan_request_from_spec(spec_raw)
-        except SpecError as err:  # the API models accept nothing the planner refuses; kept as a guard
-            errors.append(f"{label}: {err}")
-            continue
+        request = plan_request_from_spec(md.spec)
         plan = build_plan(request, catalog)
         results.append(Result(name, namespace, request.source, plan, fleet_range(md.spec)))
     if not results and not errors:

@@ -28,6 +28,7 @@ import re
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from modelplane.api.models import EngineSpec
 from modelplane.gpus import GPU_TYPE_NAMES, GPU_TYPES
 
 
@@ -163,9 +164,14 @@ def kv_bytes_per_token(parameters_billions: float) -> float:
     return float(KV_BYTES_PER_TOKEN_8B * (max(parameters_billions, 0.1) / 8.0) ** 0.4)
 
 
+#: ``spec.engine.gpuMemoryUtilization`` unset: the API's default (``api.models.EngineSpec``), its one home.
+_API_GPU_MEMORY_UTILIZATION = EngineSpec().gpu_memory_utilization
+
+
 def params_for(gpu_type: str, parameters_billions: float, tensor_parallel_size: int, max_model_len: int,
                max_num_seqs: int, *, quantization: str | None = None,
-               gpu_memory_utilization: float = 0.9, max_num_batched_tokens: int = 8192) -> EngineParams:
+               gpu_memory_utilization: float = _API_GPU_MEMORY_UTILIZATION,
+               max_num_batched_tokens: int = 8192) -> EngineParams:
     """Engine parameters for one vLLM replica of a model on ``tensor_parallel_size`` GPUs.
 
     Raises ``ValueError`` where vLLM itself would refuse to start: unknown GPU type, weights that do

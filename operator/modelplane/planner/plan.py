@@ -1,9 +1,10 @@
 """The GPU planner: the cheapest GPU shape that holds a model, and why.
 
-``plan_request_from_spec`` turns a raw ModelDeployment spec (plus, when the handler could read it,
-the model's config.json) into a ``PlanRequest``; ``build_plan`` turns that and the GPU catalog into
-a ``Plan``. Both are pure: the handler reads the world (config.json, prices), calls them, and writes
-``Plan.to_status()`` to ``status.plan``. The cluster's nodes are not an input: a GPU type with no
+``plan_request_from_spec`` turns the parsed ModelDeployment spec (``api.models.ModelDeploymentSpec``,
+validated and defaulted there) plus, when the handler could read it, the model's config.json into a
+``PlanRequest``; ``build_plan`` turns that and the GPU catalog into a ``Plan``. Both are pure: the
+handler reads the world (config.json, prices), calls them, and writes ``Plan.to_status()`` to
+``status.plan``. The cluster's nodes are not an input: a GPU type with no
 node right now may be a pool scaled to zero that a cluster autoscaler grows for the pending pod, so
 whether a node exists is a scheduling fact (``modelplane.health`` reports it), not a planning one.
 
@@ -23,6 +24,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
+from modelplane.api.models import DType, EngineSpec, ModelDeploymentSpec, ModelHints, Quantization
 from modelplane.gpus import GPUType
 from modelplane.planner.arch import ModelArch, ModelArchError, Precision, arch_from_hints
 from modelplane.planner.catalog import match_model, normalize_model_name, unmatched_note
@@ -38,7 +40,6 @@ from modelplane.planner.memory import (
 MAX_GPUS_PER_NODE = 8
 #: How many nodes the multi-node suggestion may span before giving up.
 MAX_SUGGESTED_NODES = 16
-SOURCE_SCHEMES: tuple[str, ...] = ("hf", "s3", "gs", "pvc", "oci")
 
 
 class PlanReason(StrEnum):
@@ -55,18 +56,14 @@ class PlanReason(StrEnum):
     NO_ALLOWED_GPU_TYPE = "NoAllowedGPUType"  #: unknown type names, or none can hold the weights' precision
 
 
-class SpecError(ValueError):
-    """A spec field the planner cannot use; ``field`` is its dotted path."""
-
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"{field}: {problem}")
-        self.field = field
-        self.problem = problem
+#: ``spec.engine`` with nothing set: its defaults are the API's (``api.models.EngineSpec``), the one
+#: place that knows them; a ``PlanRequest`` built directly (tests, the benchmark) gets them too.
+_API_ENGINE = EngineSpec()
 
 
 @dataclass(frozen=True)
 class PlanRequest:
-    """Everything the planner needs, taken from the spec; no Kubernetes types."""
+    """Everything the planner needs, taken from the parsed spec by ``plan_request_from_spec``."""
 
     source: str
     model_name: str  #: display name
@@ -78,7 +75,7 @@ class PlanRequest:
     precision_from: str = "the default"
     max_model_len: int | None = None  #: None: the model's max_position_embeddings, as vLLM does
     max_num_seqs: int | None = None
-    gpu_memory_utilization: float = 0.9
+    gpu_memory_utilization: float = _API_ENGINE.gpu_memory_utilization
     gpu_count: int | None = None  #: None: "auto"
     gpu_types: tuple[str, ...] = ()  #: empty: every type in the catalog
     kv_cache_bytes: float = 2.0  #: 1 with --kv-cache-dtype fp8
@@ -423,32 +420,6 @@ def _plan_fixed(request: PlanRequest, arch: ModelArch, precision: Precision, cat
 # --- from the spec ---------------------------------------------------------------------------------
 
 
-def _mapping(value: Any, field: str) -> Mapping[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise SpecError(field, f"must be a mapping, got {type(value).__name__}")
-    return value
-
-
-def _opt_int(section: Mapping[str, Any], key: str, field: str, minimum: int = 1) -> int | None:
-    value = section.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise SpecError(field, f"must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _opt_number(section: Mapping[str, Any], key: str, field: str) -> float | None:
-    value = section.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise SpecError(field, f"must be a positive number, got {value!r}")
-    return float(value)
-
-
 def _flag_value(args: Sequence[str], flag: str) -> str | None:
     """The value of ``--flag VALUE`` or ``--flag=VALUE`` in vLLM arguments (the last one wins)."""
     found: str | None = None
@@ -460,77 +431,25 @@ def _flag_value(args: Sequence[str], flag: str) -> str | None:
     return found
 
 
-_HINT_FIELDS: Mapping[str, bool] = {  # numeric name -> integer-valued
-    "parametersBillions": False, "activeParametersBillions": False, "numLayers": True, "hiddenSize": True,
-    "numAttentionHeads": True, "numKeyValueHeads": True, "headDim": True, "numExperts": True,
-}
-_PRECISION_HINT = "precision"
+def _hinted(hints: ModelHints | None) -> bool:
+    """Whether ``spec.model.hints`` sets anything (``hints: {}`` says nothing)."""
+    return hints is not None and any(getattr(hints, f) is not None for f in ModelHints.model_fields)
 
 
-def plan_request_from_spec(spec: Mapping[str, Any], *, config_arch: ModelArch | None = None,
+def plan_request_from_spec(spec: ModelDeploymentSpec, *, config_arch: ModelArch | None = None,
                            config_note: str = "") -> PlanRequest:
-    """A ``PlanRequest`` from a raw ModelDeployment ``spec`` dict.
+    """A ``PlanRequest`` from the parsed ModelDeployment ``spec``.
 
+    The API model has validated the spec and applied its defaults, so nothing here can be malformed.
     The model's facts come, in order of preference, from ``config_arch`` (the config.json the handler
     read, see ``planner.source``), from ``spec.model.hints`` (laid over the catalog entry when the
     source matches one), or from the built-in catalog. ``config_note`` says why config.json was not
-    read, for the reason text. Raises ``SpecError`` naming the field when the spec is malformed.
+    read, for the reason text.
     """
-    model = _mapping(spec.get("model"), "spec.model")
-    source = model.get("source")
-    if not isinstance(source, str) or not source.strip():
-        raise SpecError("spec.model.source", "is required (hf://org/name, s3://, gs://, pvc://, oci://)")
-    scheme = source.split("://", 1)[0] if "://" in source else ""
-    if scheme not in SOURCE_SCHEMES:
-        schemes = ", ".join(s + "://" for s in SOURCE_SCHEMES)
-        raise SpecError("spec.model.source", f"must start with one of {schemes}, got {source!r}")
-    hints = _mapping(model.get("hints"), "spec.model.hints")
-    for key in hints:
-        if key == _PRECISION_HINT:
-            if hints[key] is not None and hints[key] not in tuple(Precision):
-                raise SpecError("spec.model.hints.precision",
-                                f"must be one of {', '.join(Precision)}, got {hints[key]!r}")
-            continue
-        if key not in _HINT_FIELDS:
-            raise SpecError(f"spec.model.hints.{key}",
-                            f"unknown hint; known: {', '.join([*_HINT_FIELDS, _PRECISION_HINT])}")
-        if _HINT_FIELDS[key]:
-            _opt_int(hints, key, f"spec.model.hints.{key}")
-        else:
-            _opt_number(hints, key, f"spec.model.hints.{key}")
-
-    engine = _mapping(spec.get("engine"), "spec.engine")
-    max_model_len = _opt_int(engine, "maxModelLen", "spec.engine.maxModelLen")
-    max_num_seqs = _opt_int(engine, "maxNumSeqs", "spec.engine.maxNumSeqs")
-    quantization = engine.get("quantization")
-    if quantization not in (None, "fp8", "awq", "gptq"):
-        raise SpecError("spec.engine.quantization", f"must be fp8, awq or gptq, got {quantization!r}")
-    dtype = engine.get("dtype", "auto")
-    if dtype not in (None, "auto", "bfloat16", "float16"):
-        raise SpecError("spec.engine.dtype", f"must be auto, bfloat16 or float16, got {dtype!r}")
-    utilization = engine.get("gpuMemoryUtilization", 0.9)
-    if isinstance(utilization, bool) or not isinstance(utilization, int | float) or not 0 < utilization <= 1:
-        raise SpecError("spec.engine.gpuMemoryUtilization", f"must be in (0, 1], got {utilization!r}")
-    extra_args = engine.get("extraArgs") or []
-    if not isinstance(extra_args, list) or not all(isinstance(a, str) for a in extra_args):
-        raise SpecError("spec.engine.extraArgs", "must be a list of strings")
-    env = engine.get("env") or []
-    if not isinstance(env, list) or not all(isinstance(e, Mapping) for e in env):
-        raise SpecError("spec.engine.env", "must be a list of {name, value}")
-
-    resources = _mapping(spec.get("resources"), "spec.resources")
-    gpu = _mapping(resources.get("gpu"), "spec.resources.gpu")
-    count_value = gpu.get("count", "auto")
-    count: int | None
-    if count_value in (None, "auto"):
-        count = None
-    elif isinstance(count_value, int) and not isinstance(count_value, bool) and count_value >= 1:
-        count = count_value
-    else:
-        raise SpecError("spec.resources.gpu.count", f'must be "auto" or an integer >= 1, got {count_value!r}')
-    types = gpu.get("types") or []
-    if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
-        raise SpecError("spec.resources.gpu.types", "must be a list of GPU type names")
+    source = spec.model.source
+    hints = spec.model.hints if _hinted(spec.model.hints) else None
+    engine = spec.engine
+    gpu = spec.resources.gpu
 
     # The model's facts, in order of preference.
     match = match_model(source)
@@ -541,7 +460,7 @@ def plan_request_from_spec(spec: Mapping[str, Any], *, config_arch: ModelArch | 
     note = config_note
     if config_arch is not None:
         arch, arch_source, display = config_arch, "config.json", config_arch.name or display
-    elif hints:
+    elif hints is not None:
         try:
             arch = arch_from_hints(hints, name=display, base=match.arch if match else None,
                                    named_precision=named_precision)
@@ -556,17 +475,17 @@ def plan_request_from_spec(spec: Mapping[str, Any], *, config_arch: ModelArch | 
 
     precision: Precision | None = None
     precision_from = "spec.engine.quantization"
-    if quantization == "fp8":
+    if engine.quantization is Quantization.FP8:
         precision = Precision.FP8
-    elif quantization in ("awq", "gptq"):
+    elif engine.quantization in (Quantization.AWQ, Quantization.GPTQ):
         precision = Precision.INT4
-    elif arch is not None and arch.native_precision in (Precision.BF16, Precision.FP16) and dtype in (
-            "float16", "bfloat16"):
-        precision = Precision.FP16 if dtype == "float16" else Precision.BF16
+    elif arch is not None and arch.native_precision in (Precision.BF16, Precision.FP16) and engine.dtype in (
+            DType.FLOAT16, DType.BFLOAT16):
+        precision = Precision.FP16 if engine.dtype is DType.FLOAT16 else Precision.BF16
         precision_from = "spec.engine.dtype"
     elif arch_source == "config.json":
         precision_from = "the checkpoint's config.json"
-    elif hints.get(_PRECISION_HINT) is not None:
+    elif hints is not None and hints.precision is not None:
         precision_from = "spec.model.hints.precision"
     elif named_precision is not None:
         precision_from = f"{named_precision.label} in the model's name"
@@ -575,10 +494,11 @@ def plan_request_from_spec(spec: Mapping[str, Any], *, config_arch: ModelArch | 
     else:
         precision_from = "the default"
 
+    extra_args = engine.extra_args
     kv_dtype = (_flag_value(extra_args, "--kv-cache-dtype") or "auto").lower()
     batched = _flag_value(extra_args, "--max-num-batched-tokens")
-    env_long = any(e.get("name") == "VLLM_ALLOW_LONG_MAX_MODEL_LEN"
-                   and str(e.get("value", "")).lower() in ("1", "true") for e in env)
+    env_long = any(e.name == "VLLM_ALLOW_LONG_MAX_MODEL_LEN" and e.value.lower() in ("1", "true")
+                   for e in engine.env)
     rope_override = any(a.startswith(("--hf-overrides", "--rope-scaling")) for a in extra_args)
     return PlanRequest(
         source=source,
@@ -588,11 +508,11 @@ def plan_request_from_spec(spec: Mapping[str, Any], *, config_arch: ModelArch | 
         arch_note=note,
         precision=precision,
         precision_from=precision_from,
-        max_model_len=max_model_len,
-        max_num_seqs=max_num_seqs,
-        gpu_memory_utilization=float(utilization),
-        gpu_count=count,
-        gpu_types=tuple(types),
+        max_model_len=engine.max_model_len,
+        max_num_seqs=engine.max_num_seqs,
+        gpu_memory_utilization=engine.gpu_memory_utilization,
+        gpu_count=None if gpu.count == "auto" else gpu.count,
+        gpu_types=tuple(gpu.types or ()),  # unset: every type in the catalog
         kv_cache_bytes=1.0 if kv_dtype.startswith("fp8") else 2.0,
         batched_tokens=int(batched) if batched and batched.isdigit() else DEFAULT_BATCHED_TOKENS,
         allow_long_context=env_long or rope_override,

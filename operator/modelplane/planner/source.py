@@ -1,9 +1,9 @@
 """Reading a model's config.json: from the Hugging Face Hub, or from a mounted volume.
 
 The only I/O in the planner. The handler calls ``read_model_arch`` before planning and passes the
-result (or the error's message) to ``plan_request_from_spec``; on any failure it plans from hints
-or the catalog and says why in the plan's reason. Every call has a timeout and a size limit, and the
-token never appears in an error message or a log line.
+result (or the error's message), with the parsed spec, to ``plan_request_from_spec``; on any failure
+it plans from hints or the catalog and says why in the plan's reason. Every call has a timeout and a
+size limit, and the token never appears in an error message or a log line.
 
 Sources the operator can read here: ``hf://org/name[/subfolder]`` over HTTPS with the
 credentialsSecret's token as a Bearer header, and ``pvc://claim/path`` when that claim is mounted
