@@ -33,7 +33,7 @@ from modelplane.gateway.table import Endpoint
 
 #: Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus those aiohttp sets.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
-                        "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "host",
+                        "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "host", "expect",
                         "content-length"})
 #: Replica statuses worth one more try on another replica (nothing is sent to the client yet).
 RETRY_STATUSES = frozenset({502, 503, 504})
