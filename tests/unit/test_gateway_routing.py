@@ -12,6 +12,7 @@ from modelplane.gateway.routing import (
     RequestInfo,
     models_listing,
     parse_request,
+    prompt_prefix,
     resolve,
 )
 from modelplane.gateway.table import Backend, Endpoint, build_table
@@ -130,3 +131,34 @@ def test_error_statuses_and_bodies(kind: ErrorKind, status: int, error_type: str
 
 def test_every_error_kind_has_a_status() -> None:
     assert set(STATUS) == set(ErrorKind)
+
+
+SYSTEM = "You are a helpful assistant. " * 4  # 116 characters
+
+
+@pytest.mark.parametrize(("doc", "chars", "expected"), [
+    pytest.param({"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "hi"}]},
+                 32, "system\x1f" + SYSTEM[:25], id="chat-cut-in-the-system-prompt"),
+    pytest.param({"messages": [{"role": "system", "content": "Be brief."},
+                               {"role": "user", "content": "hi"}]},
+                 20, "system\x1fBe brief.\x1euse", id="chat-across-messages"),
+    pytest.param({"messages": [{"role": "user", "content": [
+                     {"type": "text", "text": "abc"}, {"type": "image_url", "image_url": {"url": "u"}}]}]},
+                 12, "user\x1fabc{'ur", id="chat-parts"),
+    pytest.param({"messages": [{"role": "user", "content": "short"}]}, 100, None, id="chat-too-short"),
+    pytest.param({"messages": "nonsense"}, 4, None, id="chat-malformed"),
+    pytest.param({"prompt": "Once upon a time"}, 9, "Once upon", id="completion"),
+    pytest.param({"prompt": ["Once upon a time", "Other"]}, 9, "Once upon", id="completion-batch"),
+    pytest.param({"prompt": [101, 2023, 7]}, 8, "101,2023", id="token-ids"),
+    pytest.param({"input": "embed this text"}, 5, "embed", id="embedding"),
+    pytest.param({"prompt": "Once"}, 9, None, id="completion-too-short"),
+    pytest.param({}, 1, None, id="no-prompt"),
+])
+def test_prompt_prefix(doc: dict[str, object], chars: int, expected: str | None) -> None:
+    assert prompt_prefix(doc, chars) == expected
+
+
+def test_the_prefix_is_read_only_when_asked() -> None:
+    body = json.dumps({"model": "m", "prompt": SYSTEM}).encode()
+    assert parse_request(body, {}, max_bytes=LIMIT).prefix is None
+    assert parse_request(body, {}, max_bytes=LIMIT, prefix_chars=10).prefix == SYSTEM[:10]

@@ -226,6 +226,28 @@ async def test_canary_weight_through_the_gateway() -> None:
     assert len(stable.got) + len(canary.got) == 250
 
 
+async def test_prefix_affinity_keeps_a_shared_prompt_on_one_replica(sims: list[SimServer]) -> None:
+    routes = StaticRoutes()
+    routes.set_backends([backend(*(address(s.url) for s in sims))])
+    gateway = Gateway(routes, Settings(prefix_chars=64))
+    system = {"role": "system", "content": "You answer questions about the tax code of a small country. " * 3}
+    async with serving(gateway) as url, aiohttp.ClientSession() as http:
+        async def ask(messages: list[dict[str, str]]) -> None:
+            body = {"model": "chat", "messages": messages, "max_tokens": 2}
+            async with http.post(f"{url}/v1/chat/completions", json=body) as response:
+                assert response.status == 200
+
+        for i in range(6):  # one tenant, one after another: all on one replica
+            await ask([system, {"role": "user", "content": f"question {i}"}])
+        first = [s.http_requests[("POST", "2xx", "/v1/chat/completions")] for s in sims]
+        assert sorted(first) == [0, 0, 6]
+        for i in range(30):  # many tenants: spread over the replicas (none gets none: p ≈ 1e-5)
+            await ask([{"role": "system", "content": f"tenant {i} " * 20}, {"role": "user", "content": "hi"}])
+    after = [s.http_requests[("POST", "2xx", "/v1/chat/completions")] for s in sims]
+    spread = [b - a for a, b in zip(first, after, strict=True)]
+    assert sum(spread) == 30 and all(n > 0 for n in spread), spread
+
+
 # --- the client goes away ----------------------------------------------------------------------
 
 

@@ -1,9 +1,14 @@
 """From a request to the ModelDeployment that serves it (pure).
 
-The body is parsed once (``json.loads``), only to read three fields: ``model`` (which
-ModelDeployment), ``stream`` (whether time to first token can be measured), and ``user`` (a
-session key for sticky canary assignment, when the session header is absent). The bytes
-forwarded to the model server are the client's, unchanged.
+The body is parsed once (``json.loads``), only to read: ``model`` (which ModelDeployment),
+``stream`` (whether time to first token can be measured), ``user`` (a session key for sticky
+canary assignment, when the session header is absent) and, with prefix affinity on, the prompt's
+leading text. The bytes forwarded to the model server are the client's, unchanged.
+
+The prompt's prefix is the first ``prefix_chars`` characters of the prompt as the model server
+sees it in order — each chat message's role and text, a completion's prompt, an embedding's
+input — and only a prompt at least that long has one: like vLLM's prefix cache, which keeps only
+full blocks, a shorter prompt shares nothing worth routing for.
 """
 
 from __future__ import annotations
@@ -31,11 +36,15 @@ class RequestInfo:
     model: str
     stream: bool = False
     session: str | None = None  #: the session header, else the body's ``user``; None: anonymous
+    prefix: str | None = None  #: the prompt's leading text (prefix affinity on, prompt long enough)
 
 
 def parse_request(body: bytes, headers: Mapping[str, str], *, max_bytes: int,
-                  session_header: str = SESSION_HEADER) -> RequestInfo:
-    """The model, stream flag and session key of a request; raises ``GatewayError`` (400, 413)."""
+                  session_header: str = SESSION_HEADER, prefix_chars: int = 0) -> RequestInfo:
+    """The model, stream flag, session key and prompt prefix (``prefix_chars`` > 0) of a request.
+
+    Raises ``GatewayError`` (400, 413).
+    """
     if len(body) > max_bytes:
         raise GatewayError(ErrorKind.TOO_LARGE, f"the request body is {len(body)} bytes; this gateway "
                                                 f"accepts at most {max_bytes}")
@@ -57,7 +66,47 @@ def parse_request(body: bytes, headers: Mapping[str, str], *, max_bytes: int,
         session = user if isinstance(user, str) and user else None
     if session is not None:
         session = session[:MAX_SESSION_CHARS]
-    return RequestInfo(model=model, stream=doc.get("stream") is True, session=session)
+    prefix = prompt_prefix(doc, prefix_chars) if prefix_chars > 0 else None
+    return RequestInfo(model=model, stream=doc.get("stream") is True, session=session, prefix=prefix)
+
+
+def prompt_prefix(doc: Mapping[str, Any], chars: int) -> str | None:
+    """The first ``chars`` characters of the prompt, or None when it is shorter (or has none)."""
+    pieces: list[str] = []
+    size = 0
+
+    def add(text: str) -> None:
+        nonlocal size
+        if size < chars:
+            pieces.append(text[:chars - size])
+            size += len(pieces[-1])
+
+    messages = doc.get("messages")
+    if isinstance(messages, list):
+        for message in messages:
+            if isinstance(message, dict):
+                add(f"{message.get('role')}\x1f")
+                content = message.get("content")
+                for part in content if isinstance(content, list) else [content]:
+                    if isinstance(part, dict):  # {"type": "text", "text": …}, or an image by its URL
+                        part = part.get("text") or str(part.get("image_url") or part.get("type") or "")
+                    if isinstance(part, str):
+                        add(part)
+                add("\x1e")
+            if size >= chars:
+                break
+    else:
+        prompt = doc.get("prompt", doc.get("input"))
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
+            prompt = prompt[0]  # a batch: its first prompt
+        if isinstance(prompt, str):
+            add(prompt)
+        elif isinstance(prompt, list):  # token ids
+            for token in prompt:
+                add(f"{token},")
+                if size >= chars:
+                    break
+    return "".join(pieces) if size >= chars else None
 
 
 def resolve(table: RouteTable, model: str) -> Backend:

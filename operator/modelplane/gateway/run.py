@@ -87,6 +87,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--session-header", default=SESSION_HEADER,
                         help="request header that keeps a client on one side of a canary split "
                              f"(default {SESSION_HEADER}; the body's user field otherwise)")
+    parser.add_argument("--prefix-chars", type=int, default=0,
+                        help="prefix affinity: send requests whose prompts share their first this-many "
+                             "characters to the same replica, within --affinity-load-factor "
+                             "(default 0: off, least outstanding requests); e.g. 2048, about 512 tokens")
+    parser.add_argument("--affinity-load-factor", type=float, default=Settings.affinity_load_factor,
+                        help="prefix affinity's bound: a replica takes at most this many times its share "
+                             "of the outstanding requests (default 1.25)")
     parser.add_argument("--shutdown-timeout", type=float, default=30.0,
                         help="seconds requests in flight get to finish on SIGTERM (default 30)")
     parser.add_argument("--no-uvloop", action="store_true", help="use asyncio's event loop, not uvloop")
@@ -103,6 +110,7 @@ def config_from(args: argparse.Namespace) -> Config:
         settings = Settings(
             max_body_bytes=args.max_body_bytes, connect_timeout_seconds=args.connect_timeout,
             session_header=args.session_header.lower(), serve_metrics=args.metrics_port == 0,
+            prefix_chars=args.prefix_chars, affinity_load_factor=args.affinity_load_factor,
             holds=HoldLimits(max_per_model=args.max_held, timeout_seconds=args.hold_timeout,
                              retry_after_seconds=args.retry_after))
     except ValueError as exc:

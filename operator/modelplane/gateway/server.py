@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -32,7 +33,7 @@ from modelplane.gateway import metrics
 from modelplane.gateway.activator import HoldLimits, Holds
 from modelplane.gateway.cache import Routes
 from modelplane.gateway.errors import ErrorKind, GatewayError
-from modelplane.gateway.picking import pick_endpoint
+from modelplane.gateway.picking import pick_by_prefix, pick_endpoint
 from modelplane.gateway.proxy import Relayed, Upstream, UpstreamFailure, relay, request_headers, unreachable
 from modelplane.gateway.routing import (
     INFERENCE_PATHS,
@@ -60,10 +61,18 @@ class Settings:
     connect_timeout_seconds: float = 5.0  #: to open a connection to a replica
     session_header: str = SESSION_HEADER  #: keeps a client on one side of a canary split
     serve_metrics: bool = False  #: also serve /metrics on the API port
+    #: Prefix affinity: route by the prompt's first this-many characters (0: off, least outstanding).
+    prefix_chars: int = 0
+    #: Prefix affinity's load bound: no replica above this many times its share of outstanding requests.
+    affinity_load_factor: float = 1.25
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1:
             raise ValueError(f"max_body_bytes must be >= 1, got {self.max_body_bytes}")
+        if self.prefix_chars < 0:
+            raise ValueError(f"prefix_chars must be >= 0, got {self.prefix_chars}")
+        if self.affinity_load_factor < 1:
+            raise ValueError(f"affinity_load_factor must be >= 1, got {self.affinity_load_factor}")
         if self.connect_timeout_seconds <= 0:
             raise ValueError(f"connect_timeout_seconds must be > 0, got {self.connect_timeout_seconds}")
 
@@ -199,7 +208,8 @@ class Gateway:
             raise GatewayError(ErrorKind.TOO_LARGE, f"the request body is over {limit} bytes, "
                                                     "the most this gateway accepts") from None
         return parse_request(body, request.headers, max_bytes=limit,
-                             session_header=self.settings.session_header), body
+                             session_header=self.settings.session_header,
+                             prefix_chars=self.settings.prefix_chars), body
 
     async def _forward(self, request: web.Request, body: bytes, info: RequestInfo, backend: Backend,
                        state: _Pick) -> tuple[web.StreamResponse, Relayed]:
@@ -270,10 +280,8 @@ class Gateway:
     def _pick(self, backend: Backend, info: RequestInfo, state: _Pick) -> Endpoint | None:
         """The endpoint for this attempt; decides the canary group at the first endpoint found."""
         split = backend.split
-        avoid = [f.endpoint.address for f in state.failures]
         if split is None:
-            return pick_endpoint(backend.endpoints, self.upstream.outstanding, u=self.rng.random(),
-                                 avoid=avoid)
+            return self._pick_in(backend.endpoints, info, state)
         group = state.group
         commit: float | None = None
         if group is None:
@@ -285,12 +293,19 @@ class Gateway:
             group, commit = choose_group(split.weight, deficit=deficit, u=self.rng.random(),
                                          session_u=session_u)
         candidates, used = group_endpoints(backend, group)
-        endpoint = pick_endpoint(candidates, self.upstream.outstanding, u=self.rng.random(), avoid=avoid)
+        endpoint = self._pick_in(candidates, info, state)
         if endpoint is not None and state.group is None:
             state.group = group
             if used is group and commit is not None:
                 self._deficits[backend.key] = (split.revision, commit)
         return endpoint
+
+    def _pick_in(self, candidates: Sequence[Endpoint], info: RequestInfo, state: _Pick) -> Endpoint | None:
+        avoid = [f.endpoint.address for f in state.failures]
+        if info.prefix is not None:
+            return pick_by_prefix(candidates, self.upstream.outstanding, prefix=info.prefix,
+                                  load_factor=self.settings.affinity_load_factor, avoid=avoid)
+        return pick_endpoint(candidates, self.upstream.outstanding, u=self.rng.random(), avoid=avoid)
 
 
 async def start(gateway: Gateway, *, host: str, port: int, reuse_port: bool = False,
