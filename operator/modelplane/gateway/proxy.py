@@ -76,8 +76,9 @@ class Upstream:
         self.outstanding: dict[str, int] = {}
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=60.0,
-                                         enable_cleanup_closed=False)
+        # vLLM's server (uvicorn) closes an idle connection after 5 s (VLLM_HTTP_TIMEOUT_KEEP_ALIVE);
+        # dropping ours first keeps a request from meeting a connection the replica is closing.
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=4.0)
         self._session = aiohttp.ClientSession(
             connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
