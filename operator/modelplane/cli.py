@@ -24,6 +24,7 @@ from modelplane import __version__
 #: Modules that contribute subcommands, in the order ``--help`` lists them.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "modelplane.controller.run",
+    "modelplane.gateway.run",
     "modelplane.planner.cli",
     "modelplane.rollout.controls",
 )
