@@ -199,7 +199,13 @@ async def test_a_child_the_api_server_refuses_makes_the_object_degraded_once(
 
         cond = await wait_for(degraded, timeout=60, what="Degraded/ChildRejected")
         assert cond["status"] == "True" and message in cond["message"], cond
-        await asyncio.sleep(8)  # several beats: still one Event, one log line, no traceback
+        # Several more reconciles of the object (its retries): still one Event, one log line.
+        def reconciles() -> float:
+            return sum(float(line.rsplit(" ", 1)[1]) for line in own_operator.metrics_text().splitlines()
+                       if line.startswith("modelplane_reconciles_total{") and '"blocked"' in line)
+
+        seen = reconciles()
+        await wait_for(lambda: reconciles() >= seen + 3, timeout=60, what="three more reconciles")
         events = [e for e in await kube_client.list(kube.EVENTS, namespace=namespace)
                   if e.get("reason") == "ChildRejected"]
         assert len(events) == 1 and events[0].get("count", 1) == 1, events
@@ -229,7 +235,9 @@ async def test_sigterm_ends_the_operator_promptly(cluster: ClusterHandle, namesp
     handle = start_operator(cluster, cluster.dev.log_file(f"operator-{namespace}"),
                             namespaces=(namespace,))
     try:
-        await asyncio.sleep(2)  # informers synced, workers idle: the usual state at a rollout
+        # Informers synced, workers idle: the usual state at a rollout.
+        await wait_for(lambda: healthz(handle)[1].get("synced") is True, timeout=30,
+                       what="the operator's informers to be synced")
         sent = time.monotonic()
         os.killpg(handle.process.pid, signal.SIGTERM)
         handle.process.wait(timeout=15)
