@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from bench.autoscale import run, traces
+from bench.readme import replace_section
 
 HERE = Path(__file__).resolve().parent
 README = HERE.parent / "README.md"
@@ -70,13 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_write:
         for path in run.plot(main_results, HERE / "results" if args.quick else HERE / "results" / "full"):
             print(f"wrote {path.relative_to(HERE.parent.parent)}")
-        text = README.read_text() if README.exists() else f"{begin}\n{end}\n"
-        if begin in text and end in text:
-            head, rest = text.split(begin, 1)
-            text = head + section + rest.split(end, 1)[1]
-        else:
-            text += "\n" + section + "\n"
-        README.write_text(text)
+        replace_section(README, section, begin=begin, end=end)
         print(f"updated {README.relative_to(HERE.parent.parent)}")
     return 0
 

@@ -14,7 +14,7 @@ import dataclasses
 import sys
 from concurrent.futures import ProcessPoolExecutor
 
-from bench.autoscale import run, traces
+from bench.autoscale import policies, run, traces
 from bench.autoscale.harness import run as run_trace
 
 DURATION = 4 * 3600.0
@@ -26,7 +26,7 @@ def one(job: tuple[str, int, bool]) -> str:
     params = run.engine_params()
     built, initial = run.build_policies(trace, params)
     ours = built[0]
-    assert isinstance(ours, run.policies.Ours)
+    assert isinstance(ours, policies.Ours)
     if not rhythm:
         ours.spec = dataclasses.replace(ours.spec, rhythm_gaps=10**6, rhythm_min_gaps=10**6)
     config = run.sim_config(params)

@@ -51,13 +51,13 @@ def engine_params() -> EngineParams:
     return params_for(GPU, 70.0, GPUS_PER_REPLICA, MAX_MODEL_LEN, MAX_NUM_SEQS, quantization="fp8")
 
 
-def throughput_priors(params: EngineParams, *, error: float = 1.0) -> dict[str, float]:
-    """Our policy's prior of a replica's token rates, from the engine profile (what the planner knows).
+def throughput_priors(params: EngineParams, *, error: float = 1.0) -> tuple[float, float]:
+    """Our policy's prior of a replica's (prefill, decode) token rates, from the engine profile
+    (what the planner knows).
 
     ``error`` multiplies both, to check that the learned capacity corrects a wrong profile.
     """
-    return {"prefill_tokens_per_second": params.prefill_tokens_per_s * error,
-            "decode_tokens_per_second": saturated_tokens_per_s(params) * error}
+    return params.prefill_tokens_per_s * error, saturated_tokens_per_s(params) * error
 
 
 def _make_engine(params: EngineParams, start: float) -> EngineModel:
@@ -89,10 +89,12 @@ def build_policies(trace: traces.Trace, params: EngineParams, *, cold_start: flo
     oracle_needed = policies.needed_replicas(trace, capacity, utilization=utilization, window=window)
     initial = needed[0]
     per_replica = (MAX_NUM_SEQS + TARGET_QUEUE_DEPTH) * target_factor
+    prefill, decode = throughput_priors(params)
     spec = PolicySpec(min_replicas=MIN_REPLICAS, max_replicas=max_replicas,
                       target_queue_depth=TARGET_QUEUE_DEPTH, scale_down_delay=300.0,
                       usd_per_replica_hour=replica_hourly_usd(GPU, GPUS_PER_REPLICA),
-                      replica_concurrency=MAX_NUM_SEQS, **throughput_priors(params))
+                      replica_concurrency=MAX_NUM_SEQS, prefill_tokens_per_second=prefill,
+                      decode_tokens_per_second=decode)
     built: list[Autoscaler] = [
         policies.Ours(spec),
         policies.HPAStyle(target_per_pod=per_replica, min_replicas=MIN_REPLICAS, max_replicas=max_replicas),

@@ -41,6 +41,7 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.readme import replace_section
 from modelplane.controller import kube
 from modelplane_dev import demo
 from modelplane_dev.devcluster import DevCluster, DevClusterError, Options
@@ -311,12 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     section = report(rows, command.strip())
     print(section)
     if not args.no_write:
-        text = README.read_text()
-        if BEGIN in text and END in text:
-            head, rest = text.split(BEGIN, 1)
-            README.write_text(head + section + rest.split(END, 1)[1])
-        else:
-            README.write_text(text + "\n## Many ModelDeployments (`bench/scale`)\n\n" + section + "\n")
+        replace_section(README, section, begin=BEGIN, end=END,
+                        heading="## Many ModelDeployments (`bench/scale`)")
         print(f"updated {README.name}")
     return 0
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import aiohttp
 
+from bench.readme import replace_section
 from modelplane import render
 from modelplane.controller import health, kube
 from modelplane.metrics.vllm import MetricsError, parse_vllm_metrics
@@ -205,12 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     section = report(trials, time.monotonic() - started)
     print(section)
     if not args.no_write:
-        text = README.read_text()
-        if BEGIN in text and END in text:
-            head, rest = text.split(BEGIN, 1)
-            README.write_text(head + section + rest.split(END, 1)[1])
-        else:
-            README.write_text(text + "\n" + section + "\n")
+        replace_section(README, section, begin=BEGIN, end=END)
         print(f"updated {README.name}")
     return 0
 

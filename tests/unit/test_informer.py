@@ -17,6 +17,7 @@ import pytest
 
 from modelplane.controller import kube
 from modelplane.controller.informer import Backoff, Informer
+from tests.waiting import wait_for
 
 POD = kube.PODS
 
@@ -128,11 +129,11 @@ async def test_index_follows_label_changes() -> None:
 
 
 async def test_down_for_counts_while_failing() -> None:
-    script = Script([REFUSED, REFUSED, REFUSED], [])
+    script = Script([REFUSED] * 1000, [])  # more refusals than the wait below can use
     informer = Informer(script, POD, backoff=Backoff(first=0.01, cap=0.01))  # type: ignore[arg-type]
     task = asyncio.create_task(informer.run())
-    await asyncio.sleep(0.015)
-    assert informer.down_since is not None and informer.down_for() > 0
+    await wait_for(lambda: informer.down_since is not None and informer.down_for() > 0, timeout=5,
+                   what="the informer to count itself down")
     assert informer.last_error is not None and "Cannot connect" in informer.last_error
     assert not informer.synced.is_set()
     task.cancel()
