@@ -844,8 +844,12 @@ def _parent_key(ref: ParentRef) -> tuple[str, str, str]:
     return (ref.name, ref.namespace or "", ref.section_name or "")
 
 
-_PARENT_KEY = ("{0}.name + '/' + (has({0}.namespace) ? {0}.namespace : '') + '/' + "
-               "(has({0}.sectionName) ? {0}.sectionName : '')")
+#: Two parentRefs name the same listener (CEL, over ``p`` and ``q``). ``namespace`` is a CEL keyword,
+#: so the API server's CEL spells the field ``__namespace__``.
+_SAME_PARENT = ("q.name == p.name && has(q.__namespace__) == has(p.__namespace__) && "
+                "(!has(p.__namespace__) || q.__namespace__ == p.__namespace__) && "
+                "has(q.sectionName) == has(p.sectionName) && "
+                "(!has(p.sectionName) || q.sectionName == p.sectionName)")
 
 
 class HTTPRouteSpec(_SpecModel):
@@ -854,7 +858,7 @@ class HTTPRouteSpec(_SpecModel):
     parent_refs: list[ParentRef] = Field(
         min_length=1, max_length=32,
         json_schema_extra=rules(
-            (f"self.all(p, self.exists_one(q, {_PARENT_KEY.format('q')} == {_PARENT_KEY.format('p')}))",
+            (f"self.all(p, self.exists_one(q, {_SAME_PARENT}))",
              "parentRefs must be unique (name, namespace and sectionName)"),
         ),
         description="The Gateways the route attaches to, each at most once. Required. 1-32.")
