@@ -87,7 +87,6 @@ class Reason(StrEnum):
     INFERENCE_POOL_CRD_MISSING = "InferencePoolCRDMissing"
     HTTP_ROUTE_CRD_MISSING = "HTTPRouteCRDMissing"
     API_NOT_YET_LISTED = "APINotYetListed"
-    CHILD_REJECTED = "ChildRejected"
 
 
 @dataclass(frozen=True)
@@ -399,7 +398,7 @@ def _inference_children(md: ModelDeployment, observed: Observed, *, only_key: st
                              f"{_CRDS[kind][0].version}: install {what} (docs/inference-extension.md), or "
                              f"remove spec.inferencePool{'.httpRoute' if kind == 'HTTPRoute' else ''}{done}")
     elif observed.rejected is not None and observed.rejected.split(" ", 1)[0] in _CRDS:
-        condition = cond(ConditionType.INFERENCE_POOL_READY, False, Reason.CHILD_REJECTED,
+        condition = cond(ConditionType.INFERENCE_POOL_READY, False, health.Reason.CHILD_REJECTED,
                          f"the API server refused {observed.rejected}")
     else:
         condition = cond(ConditionType.INFERENCE_POOL_READY, True, Reason.INFERENCE_POOL_APPLIED,
