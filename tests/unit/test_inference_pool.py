@@ -302,3 +302,56 @@ async def test_a_404_is_an_outage_for_a_kind_that_must_exist() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+# --- the controller's side: which kinds are served, whom a change wakes -------------------------
+
+
+def _controller_with(states: dict[str, list[bool | None]]) -> Any:
+    from modelplane.controller.loop import Controller, Settings
+
+    controller = Controller(None, Settings(namespaces=("a", "b")))  # type: ignore[arg-type] — never runs
+    for kind, served in states.items():
+        for informer, state in zip(controller.informers[kind], served, strict=True):
+            if state is not None:
+                informer.synced.set()
+                informer.absent = not state
+    return controller
+
+
+@pytest.mark.parametrize(("served", "expected"), [
+    ([None, None], None), ([True, None], None), ([True, True], True), ([True, False], False),
+    ([False, False], False),
+], ids=["none listed", "one listed", "both served", "one absent", "both absent"])
+def test_a_kind_is_served_when_every_namespace_informer_finds_it(served: list[bool | None],
+                                                                 expected: bool | None) -> None:
+    controller = _controller_with({"inferencepools": served})
+    assert controller._served("inferencepools") is expected  # noqa: SLF001
+
+
+def test_a_crd_coming_or_going_wakes_only_the_models_that_ask_for_a_pool() -> None:
+    controller = _controller_with({})
+    controller.known = {("a", "pooled"): md(inferencePool={"endpointPicker": PICKER}),
+                        ("a", "plain"): md()}
+    controller._on_inference_api_change()  # noqa: SLF001
+    assert set(controller._due) == {("a", "pooled")}  # noqa: SLF001
+
+
+def test_cluster_up_with_the_flag_installs_the_crds(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    from modelplane.cli import build_parser
+    from modelplane_dev.devcluster import cli, inference_extension
+
+    class Up:
+        bin_dir, kubeconfig = str(tmp_path / "bin"), str(tmp_path / "kubeconfig")
+
+    installed: list[tuple[str, str]] = []
+    monkeypatch.setattr(cli.DevCluster, "up", lambda self, options: Up())
+    monkeypatch.setattr(inference_extension, "install",
+                        lambda kubectl, kubeconfig: installed.append((kubectl, str(kubeconfig))))
+    for argv, calls in ((["cluster", "up"], []),
+                        (["cluster", "up", "--with-inference-extension"],
+                         [(str(tmp_path / "bin" / "kubectl"), str(tmp_path / "kubeconfig"))])):
+        installed.clear()
+        args = build_parser().parse_args(argv)
+        assert args.func(args) == 0
+        assert installed == calls
