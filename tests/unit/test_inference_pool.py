@@ -355,3 +355,13 @@ def test_cluster_up_with_the_flag_installs_the_crds(monkeypatch: pytest.MonkeyPa
         args = build_parser().parse_args(argv)
         assert args.func(args) == 0
         assert installed == calls
+
+
+def test_a_refused_optional_watch_does_not_fail_healthz() -> None:
+    controller = _controller_with({})
+    pools = controller.informers["inferencepools"][0]
+    pods = controller.informers["pods"][0]
+    pools._failed(kube.Forbidden(403, "Forbidden", "inferencepools is forbidden"))  # noqa: SLF001
+    assert controller.watch_health(now=pools.down_since + 60) == {}
+    pods._failed(kube.Forbidden(403, "Forbidden", "pods is forbidden"))  # noqa: SLF001
+    assert list(controller.watch_health(now=pods.down_since + 60)) == [pods.name]

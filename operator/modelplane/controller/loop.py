@@ -234,8 +234,15 @@ class Controller:
         return [o for i in self.informers[kind] for o in i.by_index(key)]
 
     def watch_health(self, now: float | None = None) -> dict[str, float]:
-        """Seconds each informer has been without a working watch (only those down)."""
-        return {i.name: round(i.down_for(now), 1) for i in self._all_informers() if i.down_since is not None}
+        """Seconds each informer has been without a working watch (only those down).
+
+        Not the optional ones (InferencePools, HTTPRoutes): a role without them (RBAC kept from
+        before the feature) must not fail /healthz and restart an operator that serves everything
+        else; the InferencePoolReady condition of the models that ask for them says so instead.
+        An outage of the API server shows on the other informers anyway.
+        """
+        return {i.name: round(i.down_for(now), 1) for i in self._all_informers()
+                if i.down_since is not None and not i.optional}
 
     @property
     def synced(self) -> bool:
