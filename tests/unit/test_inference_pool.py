@@ -250,9 +250,12 @@ def test_a_missing_crd_is_named_once_in_an_event(pool_api: bool, route_api: bool
     assert not [e for e in again.events if e.reason == cond["reason"]]
 
 
-def test_a_refused_pool_is_said_in_the_condition() -> None:
+@pytest.mark.parametrize("rejected", ["InferencePool chat: spec.targetPorts: Too many",
+                                      "Deployment chat-1a2b3c4d: spec.template: Invalid value"])
+def test_a_refusal_is_said_in_the_condition(rejected: str) -> None:
+    """Whether the pool or a child applied before it was refused, the pool is not in place."""
     body, observed = _world({"endpointPicker": PICKER}, inference_pool_api=True, http_route_api=True,
-                            rejected="InferencePool chat: spec.targetPorts: Too many")
+                            rejected=rejected)
     result = run(body, **observed)
     assert _condition(result) == ("False", "ChildRejected")
 

@@ -397,7 +397,8 @@ def _inference_children(md: ModelDeployment, observed: Observed, *, only_key: st
                              f"the API server does not serve {_CRDS[kind][0].plural}.{_CRDS[kind][0].group}/"
                              f"{_CRDS[kind][0].version}: install {what} (docs/inference-extension.md), or "
                              f"remove spec.inferencePool{'.httpRoute' if kind == 'HTTPRoute' else ''}{done}")
-    elif observed.rejected is not None and observed.rejected.split(" ", 1)[0] in _CRDS:
+    elif observed.rejected is not None:
+        # The pool and route are applied last: a refusal of any child stops them too.
         condition = cond(ConditionType.INFERENCE_POOL_READY, False, health.Reason.CHILD_REJECTED,
                          f"the API server refused {observed.rejected}")
     else:
