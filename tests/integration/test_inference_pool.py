@@ -10,6 +10,7 @@ No gateway runs here: only the CRDs, so the objects are checked, not served.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,13 @@ POOL: dict[str, Any] = {
 }
 #: The operator looks for an absent CRD every 30 s (Settings.optional_api_retry_seconds).
 NOTICE_SECONDS = 60
+
+
+@pytest.fixture(scope="module", autouse=True)
+def default_cluster_afterwards(cluster: ClusterHandle) -> Iterator[None]:
+    """The dev cluster's default has none of these CRDs: later tests of the session see it so."""
+    yield
+    inference_extension.remove(cluster.kubectl, cluster.kubeconfig)
 
 
 async def wait_condition(client: kube.Kube, ns: str, name: str, status: str, reason: str) -> dict[str, Any]:
