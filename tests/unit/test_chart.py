@@ -47,6 +47,9 @@ NAMESPACED_NEEDS = (
     | _triples("", "events", "list", "watch", "create")
     | _triples("", "configmaps", "get", "create", "patch")                     # evaluation suite/report
     | _triples("batch", "jobs", "get", "create")                               # custom evaluator
+    | _triples("inference.networking.k8s.io", "inferencepools",               # spec.inferencePool
+               "list", "watch", "create", "patch", "delete")
+    | _triples("gateway.networking.k8s.io", "httproutes", "list", "watch", "create", "patch", "delete")
 )
 CLUSTER_NEEDS = _triples("", "nodes", "list", "watch")
 #: kopf runs only in HA (peering); it discovers resources through the CRDs.

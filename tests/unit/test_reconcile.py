@@ -47,7 +47,7 @@ def materialise(result: reconcile.Result, *, ready: int) -> dict[str, tuple[dict
             deployments.append(obj)
         elif obj["kind"] == "Service":
             services.append(obj)
-        else:
+        elif obj["kind"] == "PodDisruptionBudget":
             pdbs.append(obj)
     return {"deployments": tuple(deployments), "services": tuple(services), "pdbs": tuple(pdbs)}
 
@@ -305,8 +305,10 @@ def test_a_child_the_api_server_refuses_is_shown_as_degraded(
 def test_every_condition_written_is_a_documented_condition_type() -> None:
     """The status lists its condition types from api.models.ConditionType (and the CRD documents each
     from there), so every type the core writes must be one of them."""
-    body = md(rollout={"evaluation": {"suiteRef": {"configMap": "evals"}}})
-    result = run(body, model_config=ModelConfig(arch=None, reason="NotFound", message="no config.json"))
+    body = md(rollout={"evaluation": {"suiteRef": {"configMap": "evals"}}},
+              inferencePool={"endpointPicker": {"service": "chat-epp", "port": 9002}})
+    result = run(body, model_config=ModelConfig(arch=None, reason="NotFound", message="no config.json"),
+                 inference_pool_api=True, http_route_api=True)
     assert result.status is not None
     written = [c["type"] for c in result.status["conditions"]]
     # SuiteUnderpowered appears only once the suite's size is known (test_rollout_machine covers it).
