@@ -313,7 +313,7 @@ async def test_a_404_is_an_outage_for_a_kind_that_must_exist() -> None:
 def _controller_with(states: dict[str, list[bool | None]]) -> Any:
     from modelplane.controller.loop import Controller, Settings
 
-    controller = Controller(None, Settings(namespaces=("a", "b")))  # type: ignore[arg-type] — never runs
+    controller = Controller(None, Settings(namespaces=("a", "b")))  # type: ignore[arg-type]  # never runs
     for kind, served in states.items():
         for informer, state in zip(controller.informers[kind], served, strict=True):
             if state is not None:
@@ -342,13 +342,14 @@ def test_a_crd_coming_or_going_wakes_only_the_models_that_ask_for_a_pool() -> No
 
 def test_cluster_up_with_the_flag_installs_the_crds(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
     from modelplane.cli import build_parser
-    from modelplane_dev.devcluster import cli, inference_extension
+    from modelplane_dev.devcluster import inference_extension
+    from modelplane_dev.devcluster.cluster import DevCluster
 
     class Up:
         bin_dir, kubeconfig = str(tmp_path / "bin"), str(tmp_path / "kubeconfig")
 
     installed: list[tuple[str, str]] = []
-    monkeypatch.setattr(cli.DevCluster, "up", lambda self, options: Up())
+    monkeypatch.setattr(DevCluster, "up", lambda self, options: Up())
     monkeypatch.setattr(inference_extension, "install",
                         lambda kubectl, kubeconfig: installed.append((kubectl, str(kubeconfig))))
     for argv, calls in ((["cluster", "up"], []),
