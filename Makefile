@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: venv test test-unit test-integration test-e2e lint crds crds-check cluster-up cluster-down \
-        binaries demo bench bench-scaleup clean
+        binaries demo bench bench-scaleup clean image
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml operator/pyproject.toml
@@ -30,8 +30,14 @@ test-unit: venv
 test-integration: venv binaries
 	$(BIN)/pytest tests/integration
 
-test-e2e: venv binaries
+# Includes tests/e2e/test_image.py: the image's entrypoint against the dev cluster.
+test-e2e: venv binaries image
 	$(BIN)/pytest tests/e2e
+
+## The operator image (buildah, chroot isolation, on a local Debian base; no Docker, no registry),
+## tagged localhost/modelplane/operator:<version>, and its SBOM in dist/. IMAGE=... to retag.
+image: venv
+	PYTHON=$(CURDIR)/$(BIN)/python bash hack/image/build.sh
 
 ## Regenerate crds/ and docs/api-reference.md from the pydantic models.
 crds: venv

@@ -17,4 +17,13 @@ buildah bud --quiet --isolation chroot --layers \
   --volume /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro \
   --build-arg "BASE=$base" --build-arg "VERSION=$version" \
   --tag "$image" --file Dockerfile . >&2
+# The SBOM (SPDX JSON: dpkg's packages and the virtualenv's distributions) and the size.
+python=${PYTHON:-$root/.venv/bin/python}
+sbom=$root/dist/modelplane-operator-$version.spdx.json
+ctr=$(buildah from --pull-never "$image")
+trap 'buildah umount "$ctr" >/dev/null 2>&1 || true; buildah rm "$ctr" >/dev/null 2>&1 || true' EXIT
+rootfs=$(buildah mount "$ctr")
+PYTHONPATH=$root/devtools${PYTHONPATH:+:$PYTHONPATH} "$python" -m modelplane_dev.sbom "$rootfs" \
+  --name "$image" --output "$sbom" >&2
+echo "image $image: $(buildah images --format '{{.Size}}' "$image")" >&2
 echo "$image"
