@@ -43,6 +43,7 @@ image: venv
 crds: venv
 	$(BIN)/python -m modelplane.api.crdgen --write
 	cp crds/*.yaml charts/modelplane/crds/
+	cp charts/modelplane/crds/*.yaml charts/modelplane-crds/files/
 
 ## Fail when the committed CRD or API reference differs from a fresh generation.
 crds-check: venv
