@@ -18,9 +18,11 @@ $(VENV)/.installed: pyproject.toml operator/pyproject.toml
 ## Everything CI runs: lint, types, CRD drift, unit, integration, e2e.
 test: lint crds-check test-unit test-integration test-e2e
 
+# actionlint (the GitHub workflows) is built from its Go module on first use, then cached.
 lint: venv
 	$(BIN)/ruff check operator devtools tests bench
 	$(BIN)/mypy
+	"$$(bash hack/actionlint/build.sh)" -no-color
 
 # Pure logic, and the vLLM conformance suite against the simulator (no cluster).
 test-unit: venv
