@@ -1,3 +1,4 @@
+# syntax=docker/dockerfile:1
 # The operator image: `modelplane run` as a non-root user (uid 10001) on a read-only root filesystem.
 #
 #   make image                                  # here: buildah, on a Debian base made with mmdebstrap
