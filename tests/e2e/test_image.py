@@ -15,6 +15,7 @@ unwritable before it starts the operator.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import shutil
@@ -22,8 +23,9 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,6 +130,16 @@ def operator_uids(port: int) -> list[int]:
         except OSError:
             continue
     return uids
+
+
+@pytest.fixture
+async def namespace(kube_client: kube.Kube) -> AsyncIterator[str]:
+    """A namespace of this test alone: the session's operator (if another test started it) watches
+    ``t<session>-*`` namespaces, and must not reconcile what the image's operator is tested on."""
+    name = "image-" + hashlib.sha1(f"{os.getpid()}{time.time()}".encode()).hexdigest()[:8]
+    await kube_client.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    yield name
+    await kube_client.delete(kube.NAMESPACES, name)
 
 
 async def test_the_images_entrypoint_reconciles_an_example_to_ready(
