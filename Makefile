@@ -39,7 +39,7 @@ test-e2e: venv binaries image
 ## The operator image (buildah, chroot isolation, on a local Debian base; no Docker, no registry),
 ## tagged localhost/modelplane/operator:<version>, and its SBOM in dist/. IMAGE=... to retag.
 image: venv
-	PYTHON=$(CURDIR)/$(BIN)/python bash hack/image/build.sh
+	PYTHON=$(abspath $(BIN))/python bash hack/image/build.sh
 
 ## Regenerate crds/ and docs/api-reference.md from the pydantic models.
 crds: venv
