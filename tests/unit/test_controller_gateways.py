@@ -159,7 +159,7 @@ async def test_the_operator_sums_the_replicas_and_wakes_the_model_deployments_th
 
     a, b = await FakeGateway().start(), await FakeGateway().start()
     controller = Controller(None, Settings(gateway_metrics_urls=(a.url, b.url),  # type: ignore[arg-type]
-                                           gateway_scrape_seconds=0.02))
+                                           gateway_scrape_seconds=0.02, gateway_stale_seconds=1.0))
     controller.known = {("ns", "lazy"): {}, ("ns", "busy"): {}}
     poked: list[tuple[str, str]] = []
     controller.poke = lambda key, at=None: poked.append(key)  # type: ignore[method-assign]
@@ -170,14 +170,17 @@ async def test_the_operator_sums_the_replicas_and_wakes_the_model_deployments_th
         await wait_for(lambda: controller._pending == {("ns", "lazy"): 500, ("ns", "gone"): 3},  # noqa: SLF001
                        timeout=5, what="the sum over both replicas")
         assert poked == [("ns", "lazy")], "woken once, and only a ModelDeployment it knows"
-        # A replica that fails to answer keeps its last reading: nothing looks released.
+        # A replica that fails to answer keeps its last reading a while: a blip releases nothing...
         b.down = True
         await asyncio.sleep(0.2)
         assert controller._pending[("ns", "lazy")] == 500  # noqa: SLF001
+        # ... but one that stays down (killed, with what it held) stops counting.
+        await wait_for(lambda: controller._pending == {("ns", "lazy"): 250}, timeout=5,  # noqa: SLF001
+                       what="the silent replica's reading to go stale")
         b.down = False
         a.held, b.held = [], []
         await wait_for(lambda: controller._pending == {}, timeout=5, what="every held request released")  # noqa: SLF001
-        assert poked == [("ns", "lazy"), ("ns", "lazy")]
+        assert poked == [("ns", "lazy")] * 3
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

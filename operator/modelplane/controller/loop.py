@@ -72,6 +72,9 @@ class Settings:
     gateway_namespace: str | None = None
     gateway_metrics_urls: tuple[str, ...] = ()
     gateway_scrape_seconds: float = 0.25
+    #: A replica that stops answering keeps its last reading this long (a blip must not look like
+    #: every held request released), then counts for nothing (it is gone, with what it held).
+    gateway_stale_seconds: float = 10.0
     #: Read the pods' metrics from this Prometheus instead of scraping them; None: scrape the pods.
     prometheus: promquery.PrometheusSource | None = None
     #: HA: (kopf peering object name, this replica's priority, namespaces or () for cluster-wide).
@@ -160,8 +163,8 @@ class Controller:
         self._instance = f"{socket.gethostname()}-{os.getpid()}"
         self.alive_at = time.monotonic()
         self._pending: dict[Key, int] = {}
-        #: Each gateway replica's held requests as last read (kept while a read fails).
-        self._held_by_gateway: dict[str, dict[Key, int]] = {}
+        #: Each gateway replica's held requests as last read, and when (kept a while when a read fails).
+        self._held_by_gateway: dict[str, tuple[float, dict[Key, int]]] = {}
         #: (namespace, source, revision, secret) → (expires at, outcome); reads in flight.
         self._configs: dict[tuple[str, str, str, str], tuple[float, core.ModelConfig]] = {}
         self._config_reads: dict[tuple[str, str, str, str], asyncio.Task[None]] = {}
@@ -642,10 +645,13 @@ class Controller:
         if not urls or self._http is None:
             return {}
         results = await asyncio.gather(*(self._read_held(u) for u in urls))
+        now = time.monotonic()
         for url, held in zip(urls, results, strict=True):
             if held is not None:
-                self._held_by_gateway[url] = held
-        return gateways.sum_held(self._held_by_gateway.values())
+                self._held_by_gateway[url] = (now, held)
+        fresh = [held for at, held in self._held_by_gateway.values()
+                 if now - at <= self.settings.gateway_stale_seconds]
+        return gateways.sum_held(fresh)
 
     async def _read_held(self, url: str) -> dict[Key, int] | None:
         """One replica's held requests; None when it did not answer (its last reading stands)."""
