@@ -37,7 +37,7 @@ def model(name: str, namespace: str, served: str, **scaling: Any) -> dict[str, A
             "metadata": {"name": name, "namespace": namespace},
             "spec": {"model": {"source": "hf://meta-llama/Llama-3.1-8B-Instruct", "revision": "main",
                                "servedName": served},
-                     "engine": {"maxModelLen": 4096, "maxNumSeqs": 64},
+                     "engine": {"maxModelLen": 2048, "maxNumSeqs": 16},
                      "resources": {"gpu": {"count": "auto", "types": ["nvidia-l4"]}},
                      "scaling": scaling}}
 
@@ -165,7 +165,7 @@ async def test_scale_from_zero_holds_500_across_two_gateways_and_a_killed_gatewa
     await kube_client.create(model("chat", namespace, chat, minReplicas=1, maxReplicas=1))
     for name in ("lazy", "lazy2"):
         await kube_client.create(model(name, namespace, served_name(name, namespace), minReplicas=0,
-                                       maxReplicas=2, scaleToZeroAfter="20s", scaleDownDelay="20s"))
+                                       maxReplicas=1, scaleToZeroAfter="20s", scaleDownDelay="20s"))
     for name, phase in (("chat", "Ready"), ("lazy", "ScaledToZero"), ("lazy2", "ScaledToZero")):
         await wait_for(lambda n=name, p=phase: _is(kube_client, namespace, n, p), timeout=90,
                        what=f"{name} {phase}")
@@ -212,7 +212,7 @@ async def test_scale_from_zero_holds_500_across_two_gateways_and_a_killed_gatewa
         outcomes: list[str] = []
 
         async def stream_until_cut() -> None:
-            async with http.post(f"{a.url}{CHAT}", data=chat_body(chat, stream=True, max_tokens=2000),
+            async with http.post(f"{a.url}{CHAT}", data=chat_body(chat, stream=True, max_tokens=1500),
                                  headers={"Content-Type": "application/json"}) as resp:
                 assert resp.status == 200
                 streams_open.append(resp)
