@@ -235,10 +235,12 @@ async def run(trials: int, cluster: DevCluster, kubeconfig: str) -> list[Trial]:
     async with kube.Kube(kube.load_kubeconfig(kubeconfig)) as client, aiohttp.ClientSession() as http:
         await demo.install(client, namespace=namespace)
         gateway_proc, gateway = start_gateway(kubeconfig, cluster.log_file("gateway-bench"), namespace)
-        operator = demo.start_operator(kubeconfig, cluster.log_file("operator-bench"), namespace=namespace,
-                                       extra_args=("--gateway-metrics-url", gateway.metrics_url))
+        operator: subprocess.Popen[bytes] | None = None
         out: list[Trial] = []
         try:
+            operator = demo.start_operator(kubeconfig, cluster.log_file("operator-bench"),
+                                           namespace=namespace,
+                                           extra_args=("--gateway-metrics-url", gateway.metrics_url))
             async def gateway_ready() -> bool:
                 with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                     async with http.get(gateway.metrics_url.replace("/metrics", "/readyz")) as resp:
@@ -252,7 +254,8 @@ async def run(trials: int, cluster: DevCluster, kubeconfig: str) -> list[Trial]:
                       f"queue → pod {trial.latency:.2f} s; Kubernetes floor {trial.floor:.2f} s", flush=True)
                 out.append(trial)
         finally:
-            demo.stop_process(operator)
+            if operator is not None:
+                demo.stop_process(operator)
             demo.stop_process(gateway_proc)
             with contextlib.suppress(kube.ApiError):
                 await client.delete(kube.NAMESPACES, namespace)
