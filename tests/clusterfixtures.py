@@ -7,6 +7,10 @@
 - ``kube``: an async API client for one test.
 - ``namespace``: a fresh namespace per test, deleted afterwards. When the test failed, the objects
   and events in it and the tails of the control-plane logs are printed first.
+- ``gateways``: session-scoped. Two ``modelplane gateway`` processes, each on the IP of a gateway
+  Pod of the dev cluster (kwok gives the Pod a loopback IP and runs nothing; the process binds that
+  IP), so that the session's operator finds them as it does in a cluster: by watching the pods of
+  ``GATEWAY_SELECTOR`` in ``GATEWAY_NAMESPACE`` and reading each one's /metrics.
 """
 
 from __future__ import annotations
@@ -177,6 +181,19 @@ class OperatorHandle:
         return total
 
 
+#: Where the session's gateway pods live, and their labels: the session's operator reads the
+#: requests they hold (``--gateway-selector``/``--gateway-namespace``, as the chart sets them).
+GATEWAY_NAMESPACE = f"{NAMESPACE_PREFIX}gateway"
+GATEWAY_LABELS = {"app.kubernetes.io/component": "gateway", "modelplane.dev/test-session": SESSION}
+GATEWAY_SELECTOR = ",".join(f"{k}={v}" for k, v in sorted(GATEWAY_LABELS.items()))
+GATEWAY_PORT, GATEWAY_METRICS_PORT = 8000, 9090
+
+
+def gateway_args() -> tuple[str, ...]:
+    """``modelplane run`` flags that make an operator read the session's gateways."""
+    return ("--gateway-selector", GATEWAY_SELECTOR, "--gateway-namespace", GATEWAY_NAMESPACE)
+
+
 def start_operator(cluster: ClusterHandle, log: Path, *, resync: float = 1.0,
                    namespaces: tuple[str, ...] = (), hf_endpoint: str = NOWHERE,
                    extra_env: dict[str, str] | None = None,
@@ -247,6 +264,139 @@ def operator(cluster: ClusterHandle, crds: Path,
     # Only this session's per-test namespaces: tests that run an operator of their own (the RBAC
     # lifecycle, scale to zero) use other namespaces, where this one must not help.
     handle = start_operator(cluster, log, namespaces=(f"{NAMESPACE_PREFIX}*",),
-                            hf_endpoint=hf_endpoint[0])
+                            hf_endpoint=hf_endpoint[0], extra_args=gateway_args())
     yield handle
     stop_operator(handle)
+
+
+@dataclass
+class GatewayReplica:
+    """One ``modelplane gateway`` process on its pod's IP."""
+
+    pod: str
+    host: str
+    log: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{GATEWAY_PORT}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{GATEWAY_METRICS_PORT}/metrics"
+
+    def metrics_text(self) -> str:
+        import urllib.request
+
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as resp:
+            return str(resp.read().decode())
+
+    def start(self, cluster: ClusterHandle) -> None:
+        import sys
+        import urllib.request
+
+        env = dict(os.environ, KUBECONFIG=str(cluster.kubeconfig), PYTHONUNBUFFERED="1")
+        out = self.log.open("ab")
+        self.process = proc = subprocess.Popen(
+            [sys.executable, "-m", "modelplane.cli", "gateway", "--host", self.host,
+             "--port", str(GATEWAY_PORT), "--metrics-port", str(GATEWAY_METRICS_PORT),
+             "--hold-timeout", "120", "--max-body-bytes", str(GATEWAY_MAX_BODY),
+             "--shutdown-timeout", "2"],
+            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        out.close()
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"the gateway exited with {proc.returncode}; see {self.log}:\n"
+                                     + self.log.read_text(errors="replace")[-3000:])
+            try:
+                with urllib.request.urlopen(f"http://{self.host}:{GATEWAY_METRICS_PORT}/readyz", timeout=2):
+                    return True
+            except OSError:
+                return False
+
+        try:
+            wait_until(ready, timeout=30, what=f"the gateway's /readyz (log: {self.log})")
+        except AssertionError:
+            proc.kill()
+            raise
+
+    def kill(self) -> None:
+        """SIGKILL, as a node or OOM kill would: no draining."""
+        import signal
+
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        import signal
+
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=5)
+
+
+#: The e2e gateways' --max-body-bytes (small, so a test can send one byte more).
+GATEWAY_MAX_BODY = 256 * 1024
+
+
+@dataclass
+class Gateways:
+    cluster: ClusterHandle
+    replicas: list[GatewayReplica]
+
+    def ensure_running(self) -> None:
+        """Start again any replica a test killed."""
+        for replica in self.replicas:
+            if replica.process is None or replica.process.poll() is not None:
+                replica.start(self.cluster)
+
+
+def _gateway_pod(name: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": GATEWAY_NAMESPACE, "labels": GATEWAY_LABELS},
+            "spec": {"containers": [{"name": "gateway", "image": "modelplane/operator:dev",
+                                     "command": ["modelplane"], "args": ["gateway"],
+                                     "ports": [{"name": "http", "containerPort": GATEWAY_PORT},
+                                               {"name": "metrics", "containerPort": GATEWAY_METRICS_PORT}]}],
+                     "tolerations": [{"operator": "Exists"}]}}
+
+
+@pytest.fixture(scope="session")
+def gateways(cluster: ClusterHandle, operator: OperatorHandle) -> Iterator[Gateways]:
+    """Two gateway replicas for the session (the operator reads their held requests)."""
+    import json
+
+    cluster.run_kubectl("create", "namespace", GATEWAY_NAMESPACE)
+    names = ["gateway-0", "gateway-1"]
+    cluster.run_kubectl("apply", "-f", "-", input_="\n".join(json.dumps(_gateway_pod(n)) for n in names))
+    hosts: dict[str, str] = {}
+
+    def have_ips() -> bool:
+        for name in names:
+            got = cluster.run_kubectl("get", "pod", name, "-n", GATEWAY_NAMESPACE,
+                                      "-o", "jsonpath={.status.podIP}", check=False)
+            if got.returncode == 0 and got.stdout.strip():
+                hosts[name] = got.stdout.strip()
+        return len(hosts) == len(names)
+
+    replicas: list[GatewayReplica] = []
+    try:
+        wait_until(have_ips, timeout=60, what="the gateway pods' IPs")
+        for name in names:
+            log = (cluster.dev.log_file(f"gateway-{name}") if cluster.dev is not None
+                   else Path(f"/tmp/modelplane-{name}.log"))
+            replica = GatewayReplica(name, hosts[name], log)
+            replicas.append(replica)
+            replica.start(cluster)
+        yield Gateways(cluster, replicas)
+    finally:
+        for replica in replicas:
+            replica.stop()
+        cluster.run_kubectl("delete", "namespace", GATEWAY_NAMESPACE, "--wait=false", check=False)

@@ -2,10 +2,10 @@
 
 It brings up the dev cluster (or reuses the running one), installs the CRD, starts the operator,
 applies a ModelDeployment of Llama 3.1 8B on L4 GPUs, and sends it traffic through a stand-in for
-its Service (``devcluster.serviceproxy``, which also holds requests while no replica is ready —
-the activator). A live view shows pods starting and turning Ready, requests per second, the queue,
-replicas asked and running, and the fleet's $/hour, until Ctrl-C or ``--duration``. Everything it
-started is stopped on the way out; a cluster that was already running is left running.
+its Service (``devcluster.serviceproxy``). A live view shows pods starting and turning Ready,
+requests per second, the queue, replicas asked and running, and the fleet's $/hour, until Ctrl-C
+or ``--duration``. Everything it started is stopped on the way out; a cluster that was already
+running is left running.
 
 ``--ci`` prints plain lines instead of redrawing, ends after ``--duration`` seconds, and exits
 non-zero unless the model became Ready and served every request it was sent.
@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,6 @@ class View:
     reason: str = ""
     forwarded: int = 0
     failed: int = 0
-    held: int = 0
     rps: float = 0.0
     max_ready: int = 0
     became_ready_at: float | None = None
@@ -90,7 +90,7 @@ class View:
     def line(self) -> str:
         return (f"{time.monotonic() - self.started:6.1f}s  phase {self.phase:<12} pods "
                 f"{self.ready}/{self.pods} ready, desired {self.desired}  |  {self.rps:5.1f} answered/s, "
-                f"held {self.held}, queue/replica {self.queue:4.1f}  |  ${self.hourly_usd:.2f}/h"
+                f"queue/replica {self.queue:4.1f}  |  ${self.hourly_usd:.2f}/h"
                 f"  |  {self.reason[:60]}")
 
 
@@ -113,7 +113,7 @@ async def refresh(view: View, client: kube.Kube, proxy: ServiceProxy, last: list
     now = time.monotonic()
     view.rps = (proxy.stats.forwarded - last[1]) / max(1e-6, now - last[0])
     last[0], last[1] = now, proxy.stats.forwarded
-    view.forwarded, view.failed, view.held = proxy.stats.forwarded, proxy.stats.failed, proxy.stats.held
+    view.forwarded, view.failed = proxy.stats.forwarded, proxy.stats.failed
     if view.phase == "Ready" and view.became_ready_at is None:
         view.became_ready_at = now - view.started
 
@@ -143,15 +143,15 @@ async def install(client: kube.Kube, namespace: str = NAMESPACE) -> None:
                              "metadata": {"name": namespace}})
 
 
-def start_operator(kubeconfig: str, log: Path, activator_url: str | None, *,
-                   namespace: str = NAMESPACE) -> subprocess.Popen[bytes]:
+def start_operator(kubeconfig: str, log: Path, *, namespace: str = NAMESPACE,
+                   extra_args: Sequence[str] = ()) -> subprocess.Popen[bytes]:
     """``modelplane run`` for ``namespace`` as its own process, logging to ``log``."""
     port = free_port()
     out = log.open("ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "modelplane.cli", "run", "--namespace", namespace,
          "--metrics-host", "127.0.0.1", "--metrics-port", str(port), "--resync-seconds", "2",
-         *(("--activator-url", activator_url) if activator_url else ()),
+         *extra_args,
          # A mirror of the Hub for config.json, e.g. inside a perimeter (tests point it at loopback).
          *(("--hf-endpoint", os.environ["MODELPLANE_HF_ENDPOINT"])
            if os.environ.get("MODELPLANE_HF_ENDPOINT") else ())],
@@ -185,10 +185,10 @@ async def run_demo(args: argparse.Namespace, cluster: DevCluster, kubeconfig: st
     async with kube.Kube(kube.load_kubeconfig(kubeconfig)) as client:
         say("installing the ModelDeployment CRD")
         await install(client)
-        proxy = ServiceProxy(client, namespace=NAMESPACE, service=NAME, hold_seconds=120)
+        proxy = ServiceProxy(client, namespace=NAMESPACE, service=NAME)
         port = await proxy.start()
         log = cluster.log_file("operator-demo")
-        operator = start_operator(kubeconfig, log, proxy.activator_url)
+        operator = start_operator(kubeconfig, log)
         say(f"operator started (log: {log}); service proxy on http://127.0.0.1:{port}/v1")
         view = View()
         load_task: asyncio.Task[loadgen.LoadReport] | None = None

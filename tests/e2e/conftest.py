@@ -3,6 +3,7 @@
 from tests.clusterfixtures import (
     cluster,
     crds,
+    gateways,
     hf_endpoint,
     kube_client,
     namespace,
@@ -11,6 +12,6 @@ from tests.clusterfixtures import (
     pytest_runtest_teardown,
 )
 
-__all__ = ["cluster", "crds", "hf_endpoint", "kube_client", "namespace", "operator",
+__all__ = ["cluster", "crds", "gateways", "hf_endpoint", "kube_client", "namespace", "operator",
            "pytest_runtest_makereport",
            "pytest_runtest_teardown"]

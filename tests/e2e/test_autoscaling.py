@@ -1,7 +1,7 @@
 """Autoscaling end to end: the operator scrapes the simulator's /metrics on each pod, scales up
 when a queue forms, holds the fleet at the budget cap with ScalingLimited/BudgetCap, scales down
-after the window, and scales to zero and back — with the activator (the service proxy) holding the
-first requests so that none is lost.
+after the window, and scales to zero and back — with the gateway (``modelplane gateway``) holding the
+first requests so that none is lost, and the operator reading what it holds.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from modelplane import render
 from modelplane.controller import health, kube
 from modelplane_dev import loadgen
 from modelplane_dev.devcluster.serviceproxy import ServiceProxy
-from tests.clusterfixtures import ClusterHandle, OperatorHandle, start_operator, stop_operator
+from tests.clusterfixtures import ClusterHandle, Gateways, OperatorHandle, start_operator, stop_operator
 from tests.promfake import FakePrometheus
 from tests.promreal import RealPrometheus
 from tests.waiting import wait_for
@@ -32,11 +32,11 @@ pytestmark = pytest.mark.e2e
 SAMPLE_SECONDS = 0.5
 
 
-def model(name: str, namespace: str, **scaling: Any) -> dict[str, Any]:
+def model(name: str, namespace: str, served: str | None = None, **scaling: Any) -> dict[str, Any]:
     return {"apiVersion": "modelplane.dev/v1alpha1", "kind": "ModelDeployment",
             "metadata": {"name": name, "namespace": namespace},
             "spec": {"model": {"source": "hf://meta-llama/Llama-3.1-8B-Instruct", "revision": "main",
-                               "servedName": name},
+                               "servedName": served or name},
                      # Small batches so that a modest load queues.
                      "engine": {"maxModelLen": 4096, "maxNumSeqs": 4},
                      "resources": {"gpu": {"count": "auto", "types": ["nvidia-l4"]}},
@@ -128,48 +128,44 @@ async def _phase(client: kube.Kube, ns: str, name: str, phase: str) -> bool:
 
 
 async def test_scale_to_zero_and_back_loses_no_request(
-        cluster: ClusterHandle, kube_client: kube.Kube, crds: Path) -> None:
-    # Its own namespace and its own operator, wired to this test's activator (the service proxy).
-    ns = "s2z-" + hashlib.sha1(str(time.time()).encode()).hexdigest()[:6]
-    await kube_client.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
-    proxy = ServiceProxy(kube_client, namespace=ns, service="lazy", hold_seconds=120)
-    port = await proxy.start()
-    log = cluster.dev.log_file("operator-s2z") if cluster.dev else Path("/tmp/operator-s2z.log")
-    try:
-        handle = start_operator(cluster, log, namespaces=(ns,),
-                                extra_args=("--activator-url", proxy.activator_url))
-    except BaseException:
-        await proxy.stop()
-        raise
-    try:
-        await kube_client.create(model("lazy", ns, minReplicas=0, maxReplicas=2,
-                                       scaleToZeroAfter="10s", scaleDownDelay="5s"))
-        await wait_for(lambda: _phase(kube_client, ns, "lazy", "ScaledToZero"), timeout=90,
-                       what="ScaledToZero with no demand")
-        assert await kube_client.list(kube.PODS, namespace=ns) == []
-        config = loadgen.LoadConfig(base_url=f"http://127.0.0.1:{port}/v1", model="lazy",
-                                    schedule=loadgen.parse_schedule("constant:2"), duration=3,
-                                    prompt_tokens=loadgen.Lengths(50),
-                                    output_tokens=loadgen.Lengths(8, maximum=16), timeout=120)
-        started = time.monotonic()
-        report = await loadgen.run_load(config)
-        waited = time.monotonic() - started
-        print(f"\n{report.sent} requests sent at zero replicas; all answered after {waited:.1f} s; "
-              f"held at most by the activator: {proxy.stats.held_total}")
-        assert report.sent >= 2
-        assert report.errors == 0 and report.ok == report.sent, report.to_dict()
-        assert proxy.stats.held_total >= 1, "the first request had to wait for a replica"
-        status = await status_of(kube_client, ns, "lazy")
-        assert status.get("desiredReplicas", 0) >= 1
-        # And down to zero again once idle.
-        await wait_for(lambda: _phase(kube_client, ns, "lazy", "ScaledToZero"), timeout=120,
-                       what="back to zero after scaleToZeroAfter of idleness")
-    finally:
-        # The proxy first: stopping the operator blocks this thread for seconds, and connections
-        # the operator opens to the activator meanwhile would wait, unaccepted, for the loop.
-        await proxy.stop()
-        stop_operator(handle)
-        await kube_client.delete(kube.NAMESPACES, ns)
+        kube_client: kube.Kube, namespace: str, operator: OperatorHandle, gateways: Gateways) -> None:
+    # The load goes through the session's gateway, which holds it while no replica is ready; the
+    # session's operator reads the held requests from the gateway's /metrics and scales from zero.
+    gateways.ensure_running()
+    served = f"lazy-{namespace[-8:]}"  # the gateway serves every namespace: a name of its own
+    await kube_client.create(model("lazy", namespace, minReplicas=0, maxReplicas=2,
+                                   scaleToZeroAfter="10s", scaleDownDelay="5s", served=served))
+    await wait_for(lambda: _phase(kube_client, namespace, "lazy", "ScaledToZero"), timeout=90,
+                   what="ScaledToZero with no demand")
+    assert await kube_client.list(kube.PODS, namespace=namespace) == []
+    gateway = gateways.replicas[0]
+    config = loadgen.LoadConfig(base_url=f"{gateway.url}/v1", model=served,
+                                schedule=loadgen.parse_schedule("constant:2"), duration=3,
+                                prompt_tokens=loadgen.Lengths(50),
+                                output_tokens=loadgen.Lengths(8, maximum=16), timeout=120)
+    started = time.monotonic()
+    report = await loadgen.run_load(config)
+    waited = time.monotonic() - started
+    held = _held_total(gateway.metrics_text(), namespace, "lazy")
+    print(f"\n{report.sent} requests sent at zero replicas; all answered after {waited:.1f} s; "
+          f"held by the gateway: {held}")
+    assert report.sent >= 2
+    assert report.errors == 0 and report.ok == report.sent, report.to_dict()
+    assert held >= 1, "the first request had to wait for a replica, at the gateway"
+    status = await status_of(kube_client, namespace, "lazy")
+    assert status.get("desiredReplicas", 0) >= 1
+    # And down to zero again once idle.
+    await wait_for(lambda: _phase(kube_client, namespace, "lazy", "ScaledToZero"), timeout=120,
+                   what="back to zero after scaleToZeroAfter of idleness")
+
+
+def _held_total(text: str, namespace: str, name: str) -> int:
+    """Requests the gateway has held for ``namespace/name`` so far (its hold-duration count)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(int(s.value) for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == "modelplane_gateway_hold_duration_seconds_count"
+               and s.labels.get("namespace") == namespace and s.labels.get("model_deployment") == name)
 
 
 @pytest.mark.parametrize("backend", ["prometheus", "fake"])

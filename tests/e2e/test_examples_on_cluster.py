@@ -84,7 +84,7 @@ def starting_replicas(doc: dict[str, Any]) -> int:
 
     A scale-to-zero example (minReplicas 0) starts at zero: with no demand there is nothing to
     start (modelplane.autoscaler.policy), and the test wakes it by raising the floor to one, as its
-    comment tells users to while no activator is installed.
+    comment tells users to when they run without the gateway.
     """
     return int(doc["spec"].get("scaling", {}).get("minReplicas", 1))
 

@@ -1,7 +1,8 @@
 """The operator runs with the Helm chart's ServiceAccount token only — not as admin — through a
 full lifecycle: create, scale, roll out a new revision behind the evaluation gate, delete. A verb
 missing from the chart's ClusterRole makes a call fail with 403, which shows up as a reconcile error
-and fails this test.
+and fails this test. The gateway, likewise, routes with its own read-only ServiceAccount's token,
+which may not write anything.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import yaml
 from modelplane.controller import kube
 from modelplane_dev.sim.quality import generate_suite, suite_jsonl
 from tests.chart import rbac_manifests
-from tests.clusterfixtures import ClusterHandle, start_operator, stop_operator
+from tests.clusterfixtures import ClusterHandle, OperatorHandle, start_operator, stop_operator
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -32,10 +33,10 @@ async def ensure_namespace(client: kube.Kube, name: str) -> None:
         pass
 
 
-async def token_kubeconfig(client: kube.Kube, path: Path) -> Path:
-    """A kubeconfig that authenticates as the chart's ServiceAccount, with a fresh bound token."""
+async def token_kubeconfig(client: kube.Kube, path: Path, account: str = "modelplane") -> Path:
+    """A kubeconfig that authenticates as one of the chart's ServiceAccounts, with a fresh bound token."""
     request = await client.request(
-        "POST", kube.SERVICEACCOUNTS.path(namespace=SYSTEM_NAMESPACE, name="modelplane",
+        "POST", kube.SERVICEACCOUNTS.path(namespace=SYSTEM_NAMESPACE, name=account,
                                           subresource="token"),
         body={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
               "spec": {"expirationSeconds": 3600}})
@@ -145,3 +146,82 @@ async def test_the_operator_runs_a_full_lifecycle_with_the_charts_rbac_only(
     finally:
         stop_operator(handle)
         await kube_client.delete(kube.NAMESPACES, ns)
+
+
+async def test_the_gateway_routes_with_the_charts_read_only_rbac(
+        cluster: ClusterHandle, kube_client: kube.Kube, namespace: str, operator: OperatorHandle,
+        tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import aiohttp
+
+    from modelplane_dev.devcluster.cluster import free_port
+
+    await ensure_namespace(kube_client, SYSTEM_NAMESPACE)
+    for manifest in rbac_manifests(namespace=SYSTEM_NAMESPACE):
+        await kube_client.apply(manifest, field_manager="helm")
+    kubeconfig = await token_kubeconfig(kube_client, tmp_path / "gateway.kubeconfig", "modelplane-gateway")
+    served = f"rbac-{namespace[-8:]}"
+    await kube_client.create({
+        "apiVersion": "modelplane.dev/v1alpha1", "kind": "ModelDeployment",
+        "metadata": {"name": "chat", "namespace": namespace},
+        "spec": {"model": {"source": "hf://meta-llama/Llama-3.1-8B-Instruct", "revision": "main",
+                           "servedName": served},
+                 "engine": {"maxModelLen": 2048, "maxNumSeqs": 4},
+                 "resources": {"gpu": {"count": "auto", "types": ["nvidia-l4"]}},
+                 "scaling": {"minReplicas": 1, "maxReplicas": 1}}})
+    port, metrics_port = free_port(), free_port()
+    log = (cluster.dev.log_file("gateway-rbac") if cluster.dev is not None else tmp_path / "gateway-rbac.log")
+    offset = log.stat().st_size if log.exists() else 0
+    out = log.open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "modelplane.cli", "gateway", "--host", "127.0.0.1", "--port", str(port),
+         "--metrics-port", str(metrics_port)],
+        stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        env=dict(os.environ, KUBECONFIG=str(kubeconfig), PYTHONUNBUFFERED="1"))
+    out.close()
+    try:
+        async with aiohttp.ClientSession() as http:
+            async def status(path: str, port_: int) -> int:
+                try:
+                    async with http.get(f"http://127.0.0.1:{port_}{path}") as resp:
+                        return resp.status
+                except aiohttp.ClientError:
+                    return 0
+
+            # Ready once every watch has listed: a missing list or watch verb keeps it at 503.
+            await wait_for(lambda: _eq(status("/readyz", metrics_port), 200), timeout=30,
+                           what="the gateway's watches to list with its own token")
+
+            async def answered() -> bool:
+                body = {"model": served, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+                async with http.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body) as resp:
+                    return resp.status == 200
+
+            await wait_for(answered, timeout=90, what="a chat answered through the read-only gateway")
+            assert await status("/healthz", metrics_port) == 200
+        text = log.read_text(errors="replace")[offset:]
+        assert "403" not in text and "orbidden" not in text, text[-2000:]
+        # Read-only: the gateway's token may not write, not even a ModelDeployment's status.
+        async with kube.Kube(kube.load_kubeconfig(kubeconfig)) as as_gateway:
+            with pytest.raises(kube.Forbidden):
+                await as_gateway.patch(kube.MODELDEPLOYMENTS, "chat", {"metadata": {"labels": {"x": "y"}}},
+                                       namespace=namespace)
+            with pytest.raises(kube.Forbidden):
+                await as_gateway.create({"apiVersion": "v1", "kind": "ConfigMap",
+                                         "metadata": {"name": "nope", "namespace": namespace}})
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5)
+
+
+async def _eq(value: Any, want: int) -> bool:
+    return bool(await value == want)

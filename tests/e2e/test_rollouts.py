@@ -182,9 +182,15 @@ async def traffic(kube_client: kube.Kube, namespace: str) -> AsyncIterator[Load]
     load = Load(f"http://127.0.0.1:{port}", "chat")
     task: asyncio.Task[None] | None = None
 
+    async def run_once_served() -> None:
+        # The proxy reads the endpoints every 0.25 s, and a Service with no endpoint refuses (it
+        # holds nothing, as kube-proxy does not): the load starts once it has read the Ready pod.
+        await proxy.refresh()
+        await load.run()
+
     def start() -> None:
         nonlocal task
-        task = asyncio.create_task(load.run())
+        task = asyncio.create_task(run_once_served())
 
     load.start = start  # type: ignore[attr-defined]
     yield load

@@ -60,6 +60,13 @@ CLUSTER_PEERING_NEEDS = _triples("kopf.dev", "clusterkopfpeerings", "list", "wat
 NAMESPACED_PEERING_NEEDS = _triples("kopf.dev", "kopfpeerings", "list", "watch", "patch")
 #: Only with rbac.readModelCredentials: a gated model's HF_TOKEN, read by name.
 CREDENTIALS_NEEDS = _triples("", "secrets", "get")
+#: The gateway only reads: its informers (gateway.cache.ClusterRoutes), nothing else.
+GATEWAY_NEEDS = (_triples("modelplane.dev", "modeldeployments", "list", "watch")
+                 | _triples("", "pods", "list", "watch")
+                 | _triples("apps", "deployments", "list", "watch"))
+#: The operator finds the gateway's replicas by watching their pods in the release namespace.
+OPERATOR_GATEWAY_NEEDS = _triples("", "pods", "list", "watch")
+GATEWAY = f"{FULLNAME}-gateway"
 
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "default": {},
@@ -76,6 +83,13 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
                                         "tokenSecret": "prom-token"}},
     "tuned": {"metrics": {"port": 9090}, "resyncSeconds": 5, "logLevel": "DEBUG",
               "image": {"repository": "registry.example/modelplane", "tag": "dev"}},
+    "gateway-tuned": {"gateway": {"replicas": 4, "workers": 2, "port": 8080, "metricsPort": 9100,
+                                  "maxBodyBytes": 1048576, "prefixChars": 2048, "heldScrapeSeconds": 0.5,
+                                  "hold": {"maxPerModel": 50, "timeoutSeconds": 60, "retryAfterSeconds": 2},
+                                  "resources": {"requests": {"cpu": "2", "memory": "1Gi"}},
+                                  "pdb": {"maxUnavailable": 2}, "service": {"port": 8000}},
+                      "watchNamespaces": ["a"]},
+    "no-gateway": {"gateway": {"enabled": False}},
 }
 
 
@@ -142,7 +156,8 @@ def test_rbac_grants_exactly_what_the_operator_uses(name: str, rendered: dict[st
     cluster_role = one(manifests, "ClusterRole", f"{FULLNAME}-cluster")
     assert permissions(cluster_role["rules"]) == cluster
     assert one(manifests, "ClusterRoleBinding", f"{FULLNAME}-cluster")["subjects"] == [subject]
-    assert {r["metadata"]["namespace"] for r in pick(manifests, "Role")} == set(watch)
+    roles = [r for r in pick(manifests, "Role") if r["metadata"]["name"] == FULLNAME]
+    assert {r["metadata"]["namespace"] for r in roles} == set(watch)
     for ns in watch:
         assert permissions(one(manifests, "Role", FULLNAME, ns)["rules"]) == namespaced
         binding = one(manifests, "RoleBinding", FULLNAME, ns)
@@ -176,6 +191,140 @@ def test_every_informer_is_granted_list_and_watch(peering: Any) -> None:
     assert ("", "nodes") in watched and ("modelplane.dev", "modeldeployments") in watched
 
 
+@pytest.mark.parametrize(("gateway", "peering"), [(True, None), (True, ("mp", 1, ("a",))), (False, None)],
+                         ids=["gateway", "gateway-ha-namespaced", "no-gateway"])
+def test_the_operator_watches_the_gateway_pods_only_with_a_selector_and_is_granted_it(
+        gateway: bool, peering: Any) -> None:
+    from modelplane.controller.loop import Controller, Settings
+
+    settings = Settings(peering=peering, gateway_selector="app=gw" if gateway else None,
+                        gateway_namespace="mp" if gateway else None)
+    controller = Controller(None, settings)  # type: ignore[arg-type] — never runs
+    watched = {(i.resource.group, i.resource.plural)
+               for i in controller.informers.get("gateways", [])}
+    assert watched == ({("", "pods")} if gateway else set())
+    for group, plural in watched:
+        assert {(group, plural, "list"), (group, plural, "watch")} <= OPERATOR_GATEWAY_NEEDS
+
+
+# --- the gateway -----------------------------------------------------------------------------------
+
+
+def test_the_gateway_watches_exactly_what_its_rbac_grants() -> None:
+    """An informer added to the gateway without its RBAC (or RBAC it no longer uses) fails here."""
+    from modelplane.gateway.cache import ClusterRoutes
+
+    for namespaces in ((), ("a", "b")):
+        routes = ClusterRoutes(None, namespaces)  # type: ignore[arg-type] — never runs
+        watched = {(i.resource.group, i.resource.plural, verb) for i in routes.informers
+                   for verb in ("list", "watch")}
+        assert watched == GATEWAY_NEEDS
+
+
+@pytest.mark.parametrize("name", list(VALUE_SETS), ids=list(VALUE_SETS))
+def test_gateway_rbac_is_read_only_and_exactly_what_it_uses(name: str, rendered: dict[str, Any]) -> None:
+    manifests, values = rendered[name], VALUE_SETS[name]
+    if not values.get("gateway", {}).get("enabled", True):
+        assert not [m for m in manifests if m["metadata"]["name"].startswith(GATEWAY)]
+        return
+    one(manifests, "ServiceAccount", GATEWAY, NAMESPACE)
+    subject = [{"kind": "ServiceAccount", "name": GATEWAY, "namespace": NAMESPACE}]
+    operator = [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
+    watch = values.get("watchNamespaces") or []
+    if not watch:
+        assert permissions(one(manifests, "ClusterRole", GATEWAY)["rules"]) == GATEWAY_NEEDS
+        binding = one(manifests, "ClusterRoleBinding", GATEWAY)
+        assert binding["subjects"] == subject and binding["roleRef"]["name"] == GATEWAY
+        assert not pick(manifests, "Role", f"{FULLNAME}-gateway-pods")
+        # The operator's ClusterRole covers the gateway's pods in the release namespace.
+        assert OPERATOR_GATEWAY_NEEDS <= permissions(one(manifests, "ClusterRole", FULLNAME)["rules"])
+        return
+    assert not pick(manifests, "ClusterRole", GATEWAY)
+    for ns in watch:
+        assert permissions(one(manifests, "Role", GATEWAY, ns)["rules"]) == GATEWAY_NEEDS
+        assert one(manifests, "RoleBinding", GATEWAY, ns)["subjects"] == subject
+    pods = one(manifests, "Role", f"{FULLNAME}-gateway-pods", NAMESPACE)
+    assert permissions(pods["rules"]) == OPERATOR_GATEWAY_NEEDS
+    assert one(manifests, "RoleBinding", f"{FULLNAME}-gateway-pods", NAMESPACE)["subjects"] == operator
+
+
+@pytest.mark.parametrize("name", ["default", "gateway-tuned", "namespaced"])
+def test_gateway_deployment_service_and_pdb(name: str, rendered: dict[str, Any]) -> None:
+    manifests, values = rendered[name], VALUE_SETS[name]
+    g = values.get("gateway", {})
+    deployment = one(manifests, "Deployment", GATEWAY, NAMESPACE)
+    assert deployment["spec"]["replicas"] == g.get("replicas", 2) >= 2
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == GATEWAY
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    [container] = pod["containers"]
+    assert container["command"] == ["modelplane"]
+    args = build_parser().parse_args(container["args"])
+    hold = g.get("hold", {})
+    assert (args.command, args.port, args.metrics_port, args.workers, args.max_body_bytes, args.max_held,
+            args.hold_timeout, args.retry_after, args.prefix_chars, args.namespace) == (
+        "gateway", g.get("port", 8000), g.get("metricsPort", 9090), g.get("workers", 1),
+        g.get("maxBodyBytes", 16 * 2**20), hold.get("maxPerModel", 1000), hold.get("timeoutSeconds", 300),
+        hold.get("retryAfterSeconds", 5), g.get("prefixChars", 0), values.get("watchNamespaces", []))
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
+        "http": g.get("port", 8000), "metrics": g.get("metricsPort", 9090)}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    if "resources" in g:
+        assert container["resources"]["requests"] == g["resources"]["requests"]
+    else:
+        assert container["resources"]["requests"]["cpu"] and container["resources"]["limits"]["memory"]
+    match = deployment["spec"]["selector"]["matchLabels"]
+    assert match.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    assert match != _deployment(manifests)["spec"]["selector"]["matchLabels"], "not the operator's pods"
+    service = one(manifests, "Service", GATEWAY, NAMESPACE)
+    assert service["spec"]["selector"] == match
+    assert {"name": "http", "port": g.get("service", {}).get("port", 80), "targetPort": "http",
+            "protocol": "TCP"} in service["spec"]["ports"]
+    pdb = one(manifests, "PodDisruptionBudget", GATEWAY, NAMESPACE)
+    assert pdb["spec"]["selector"]["matchLabels"] == match
+    assert pdb["spec"]["maxUnavailable"] == g.get("pdb", {}).get("maxUnavailable", 1)
+    assert pdb["spec"]["maxUnavailable"] < deployment["spec"]["replicas"], "a drain leaves one serving"
+
+
+def _gateway_value_paths() -> set[str]:
+    """Every ``gateway.*`` value the templates read."""
+    paths: set[str] = set()
+    for template in (CHART / "templates").glob("*.yaml"):
+        text = template.read_text()
+        paths.update("gateway." + p for p in re.findall(r"\$g\.([A-Za-z][\w.]*)", text))
+        paths.update("gateway." + p for p in re.findall(r"\.Values\.gateway\.([A-Za-z][\w.]*)", text))
+    return paths
+
+
+def test_every_gateway_value_is_in_values_yaml_and_documented() -> None:
+    text = (CHART / "values.yaml").read_text()
+    values = yaml.safe_load(text)
+    lines = text.splitlines()
+    paths = _gateway_value_paths()
+    assert {"gateway.replicas", "gateway.resources", "gateway.hold.maxPerModel", "gateway.maxBodyBytes",
+            "gateway.pdb.maxUnavailable"} <= paths
+    for path in sorted(paths):
+        node: Any = values
+        for part in path.split("."):
+            assert isinstance(node, dict) and part in node, f"{path} is read by a template, not in values"
+            node = node[part]
+        # The key's own line, or one of its parents', is right below a comment block that starts
+        # with `# --` (helm-docs' convention).
+        documented, indent, start = False, 0, 0
+        for part in path.split("."):
+            at = next(i for i in range(start, len(lines)) if lines[i].startswith(" " * indent + part + ":"))
+            first = at
+            while first > 0 and lines[first - 1].strip().startswith("#"):
+                first -= 1
+            documented = documented or (first < at and lines[first].strip().startswith("# --"))
+            start, indent = at + 1, indent + 2
+        assert documented, f"{path}: no `# --` comment on it or a parent in values.yaml"
+
+
 # --- the operator Deployment -----------------------------------------------------------------------
 
 
@@ -192,6 +341,15 @@ def test_deployment_runs_modelplane_run_with_flags_its_parser_accepts(name: str,
     assert args.resync_seconds == values.get("resyncSeconds", 2)
     assert args.log_level == values.get("logLevel", "INFO")
     assert args.namespace == values.get("watchNamespaces", [])
+    if values.get("gateway", {}).get("enabled", True):
+        gateway_pod = one(rendered[name], "Deployment", GATEWAY, NAMESPACE)["spec"]["template"]
+        labels = gateway_pod["metadata"]["labels"]
+        selector = dict(term.split("=", 1) for term in args.gateway_selector.split(","))
+        assert selector.items() <= labels.items(), "the operator finds the gateway's pods"
+        assert args.gateway_namespace == NAMESPACE
+        assert args.gateway_scrape_seconds == values.get("gateway", {}).get("heldScrapeSeconds", 0.25)
+    else:
+        assert args.gateway_selector is None and not args.gateway_metrics_url
     image = values.get("image", {})
     repository, tag = image.get("repository", "modelplane/operator"), image.get("tag", "0.1.0")
     assert container["image"] == f"{repository}:{tag}"
@@ -299,8 +457,10 @@ def test_peering_crds_serve_the_kinds_kopf_uses() -> None:
     ({"serviceMonitor": {"enabled": True}, "metrics": {"service": {"enabled": False}}},
      "serviceMonitor.enabled needs metrics.service.enabled"),
     ({"serviceAccount": {"create": False}}, "serviceAccount.name is required"),
+    ({"gateway": {"replicas": 0}}, "gateway.replicas must be >= 1"),
+    ({"gateway": {"workers": 0}}, "gateway.workers must be >= 1"),
 ], ids=["replicas-without-ha", "unknown-gpu-price", "negative-price", "monitor-without-service",
-        "no-service-account-name"])
+        "no-service-account-name", "no-gateway-replica", "no-gateway-worker"])
 def test_refused_values_say_why(values: dict[str, Any], message: str) -> None:
     from tests.chart import HelmError
 

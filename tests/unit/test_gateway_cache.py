@@ -54,24 +54,21 @@ def model_deployment(rv: str = "1", weight: int = 30) -> Obj:
 
 def owned(name: str, key: str, **extra: Any) -> Obj:
     labels = {render.LABEL_MODEL_DEPLOYMENT: "chat", render.LABEL_REVISION_HASH: key}
-    return meta(name, labels=labels, **extra)
+    return {**meta(name), "labels": labels, **extra}
 
 
-def endpoint_slice(rv: str, canary_ready: bool) -> Obj:
-    return {"metadata": meta("chat-x1", rv, labels={"kubernetes.io/service-name": "chat"}),
-            "addressType": "IPv4", "ports": [{"name": "http", "port": 8000}],
-            "endpoints": [
-                {"addresses": ["10.0.0.1"], "conditions": {"ready": True},
-                 "targetRef": {"kind": "Pod", "name": "chat-aaaa-1"}},
-                {"addresses": ["10.0.0.2"], "conditions": {"ready": canary_ready},
-                 "targetRef": {"kind": "Pod", "name": "chat-bbbb-1"}}]}
+def server_pod(name: str, key: str, ip: str, rv: str = "1", ready: bool = True) -> Obj:
+    return {"metadata": owned(name, key, resourceVersion=rv),
+            "spec": {"containers": [{"name": "vllm", "ports": [{"name": "http", "containerPort": 8000}]}]},
+            "status": {"podIP": ip,
+                       "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
 
 
 async def test_the_table_follows_the_cluster() -> None:
     cluster = FakeCluster({
         "modeldeployments": [model_deployment()],
-        "endpointslices": [endpoint_slice("1", canary_ready=True)],
-        "pods": [{"metadata": owned("chat-aaaa-1", "aaaa")}, {"metadata": owned("chat-bbbb-1", "bbbb")}],
+        "pods": [server_pod("chat-aaaa-1", "aaaa", "127.64.0.1"),
+                 server_pod("chat-bbbb-1", "bbbb", "127.64.0.2")],
         "deployments": [
             {"metadata": owned("chat-aaaa", "aaaa", annotations={render.ANNOTATION_FINGERPRINT: "f1"})},
             {"metadata": owned("chat-bbbb", "bbbb", annotations={render.ANNOTATION_FINGERPRINT: "f2"})}],
@@ -81,21 +78,31 @@ async def test_the_table_follows_the_cluster() -> None:
     task = asyncio.create_task(routes.run())
     try:
         await wait_for(lambda: routes.synced, timeout=5, what="the informers to sync")
-        assert cluster.selectors == {"modeldeployments": None, "endpointslices": SERVER_SELECTOR,
-                                     "pods": SERVER_SELECTOR, "deployments": SERVER_SELECTOR}
+        # Pods, not EndpointSlices: the gateway watches exactly these (its RBAC, test_chart.py).
+        assert cluster.selectors == {"modeldeployments": None, "pods": SERVER_SELECTOR,
+                                     "deployments": SERVER_SELECTOR}
         backend = routes.table().get("llama")
         assert backend is not None and (backend.namespace, backend.name) == ("ns", "chat")
         assert backend.split == CanarySplit("bbbb", 30)
-        assert backend.endpoints == (Endpoint("10.0.0.1:8000", "chat-aaaa-1", "aaaa"),
-                                     Endpoint("10.0.0.2:8000", "chat-bbbb-1", "bbbb"))
+        assert backend.endpoints == (Endpoint("127.64.0.1:8000", "chat-aaaa-1", "aaaa"),
+                                     Endpoint("127.64.0.2:8000", "chat-bbbb-1", "bbbb"))
 
         # The canary's pod stops being ready: a held request waiting on the table wakes up.
         waiting = asyncio.create_task(routes.wait_changed(5))
         await asyncio.sleep(0)
-        cluster.push("endpointslices", "MODIFIED", endpoint_slice("2", canary_ready=False))
+        cluster.push("pods", "MODIFIED", server_pod("chat-bbbb-1", "bbbb", "127.64.0.2", rv="2", ready=False))
         assert await waiting
         await wait_for(lambda: len(routes.table().models["llama"].endpoints) == 1, timeout=5,
                        what="the canary endpoint to leave the table")
+        # A new stable pod turns Ready; then one terminates (deletionTimestamp): in, then out.
+        cluster.push("pods", "ADDED", server_pod("chat-aaaa-2", "aaaa", "127.64.0.3", rv="3"))
+        await wait_for(lambda: [e.pod for e in routes.table().models["llama"].endpoints]
+                       == ["chat-aaaa-1", "chat-aaaa-2"], timeout=5, what="the new pod")
+        going = server_pod("chat-aaaa-1", "aaaa", "127.64.0.1", rv="4")
+        going["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+        cluster.push("pods", "MODIFIED", going)
+        await wait_for(lambda: [e.pod for e in routes.table().models["llama"].endpoints] == ["chat-aaaa-2"],
+                       timeout=5, what="the terminating pod to leave the table")
 
         # The rollout moves the weight; then the ModelDeployment goes.
         cluster.push("modeldeployments", "MODIFIED", model_deployment("3", weight=60))

@@ -1,4 +1,4 @@
-"""The gateway's routing table (pure): ModelDeployments, EndpointSlices, pods and Deployments in."""
+"""The gateway's routing table (pure): ModelDeployments, server pods and Deployments in."""
 
 from __future__ import annotations
 
@@ -20,50 +20,50 @@ from modelplane.gateway.table import (
 )
 
 
-def ep(ip: str, *, ready: bool | None = True, pod: str | None = None, kind: str = "Pod") -> dict[str, Any]:
-    out: dict[str, Any] = {"addresses": [ip]}
+def pod(name: str, ip: str | None = "10.0.0.1", *, ready: str | None = "True", revision: str | None = "aaaa",
+        deleting: bool = False, ports: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": "ns",
+                            "labels": {render.LABEL_REVISION_HASH: revision} if revision else {}}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    status: dict[str, Any] = {}
+    if ip is not None:
+        status["podIP"] = ip
     if ready is not None:
-        out["conditions"] = {"ready": ready, "serving": ready, "terminating": False}
-    if pod is not None:
-        out["targetRef"] = {"kind": kind, "name": pod, "namespace": "ns"}
-    return out
+        status["conditions"] = [{"type": "PodScheduled", "status": "True"},
+                                {"type": "Ready", "status": ready}]
+    container: dict[str, Any] = {"name": "vllm"}
+    container["ports"] = [{"name": "http", "containerPort": 8000}] if ports is None else ports
+    return {"metadata": meta, "spec": {"containers": [container]}, "status": status}
 
 
-def eps(*endpoints: dict[str, Any], ports: list[dict[str, Any]] | None = None,
-        address_type: str = "IPv4") -> dict[str, Any]:
-    return {"addressType": address_type, "endpoints": list(endpoints),
-            "ports": [{"name": "http", "port": 8000, "protocol": "TCP"}] if ports is None else ports,
-            "metadata": {"labels": {"kubernetes.io/service-name": "chat"}}}
-
-
-@pytest.mark.parametrize(("slices", "revisions", "expected"), [
-    pytest.param([], {}, (), id="no-slices"),
-    pytest.param([eps(ep("10.0.0.2", pod="p2"), ep("10.0.0.1", pod="p1"))], {"p1": "aaaa", "p2": "bbbb"},
+@pytest.mark.parametrize(("pods", "expected"), [
+    pytest.param([], (), id="no-pods"),
+    pytest.param([pod("p2", "10.0.0.2", revision="bbbb"), pod("p1", "10.0.0.1")],
                  (Endpoint("10.0.0.1:8000", "p1", "aaaa"), Endpoint("10.0.0.2:8000", "p2", "bbbb")),
                  id="sorted-with-revisions"),
-    pytest.param([eps(ep("10.0.0.1", ready=False, pod="p1"), ep("10.0.0.2", pod="p2"))], {},
-                 (Endpoint("10.0.0.2:8000", "p2"),), id="not-ready-left-out"),
-    pytest.param([eps(ep("10.0.0.1", ready=None, pod="p1"))], {},
-                 (Endpoint("10.0.0.1:8000", "p1"),), id="ready-missing-means-ready"),
-    pytest.param([eps({"addresses": []}, ep("10.0.0.2"))], {}, (Endpoint("10.0.0.2:8000"),),
-                 id="no-address-and-no-target"),
-    pytest.param([eps(ep("10.0.0.1"), ports=[{"name": "metrics", "port": 9000},
-                                             {"name": "http", "port": 8001}])], {},
-                 (Endpoint("10.0.0.1:8001"),), id="the-http-port"),
-    pytest.param([eps(ep("10.0.0.1"), ports=[{"name": "other", "port": 9000}])], {},
-                 (Endpoint("10.0.0.1:9000"),), id="else-the-first-port"),
-    pytest.param([eps(ep("10.0.0.1"), ports=[])], {}, (), id="no-port"),
-    pytest.param([eps(ep("chat.example"), address_type="FQDN")], {}, (), id="fqdn-skipped"),
-    pytest.param([eps(ep("fd00::1", pod="p1"), address_type="IPv6")], {"p1": "aaaa"},
-                 (Endpoint("[fd00::1]:8000", "p1", "aaaa"),), id="ipv6"),
-    pytest.param([eps(ep("10.0.0.1", pod="p1")), eps(ep("10.0.0.1", pod="p1"))], {},
-                 (Endpoint("10.0.0.1:8000", "p1"),), id="listed-twice-counts-once"),
-    pytest.param([eps(ep("10.0.0.1", pod="n1", kind="Node"))], {"n1": "x"},
-                 (Endpoint("10.0.0.1:8000"),), id="target-not-a-pod"),
+    pytest.param([pod("p1", "10.0.0.1", ready="False"), pod("p2", "10.0.0.2")],
+                 (Endpoint("10.0.0.2:8000", "p2", "aaaa"),), id="not-ready-left-out"),
+    pytest.param([pod("p1", ready=None)], (), id="no-ready-condition-means-not-ready"),
+    pytest.param([pod("p1", ready="Unknown")], (), id="ready-unknown-left-out"),
+    pytest.param([pod("p1", ip=None)], (), id="no-ip-yet"),
+    pytest.param([pod("p1", deleting=True)], (), id="terminating-left-out"),
+    pytest.param([pod("p1", revision=None)], (Endpoint("10.0.0.1:8000", "p1"),), id="no-revision-label"),
+    pytest.param([pod("p1", ports=[{"name": "metrics", "containerPort": 9000},
+                                   {"name": "http", "containerPort": 8001}])],
+                 (Endpoint("10.0.0.1:8001", "p1", "aaaa"),), id="the-http-port"),
+    pytest.param([pod("p1", ports=[{"name": "other", "containerPort": 9000}])],
+                 (Endpoint("10.0.0.1:9000", "p1", "aaaa"),), id="else-the-first-port"),
+    pytest.param([pod("p1", ports=[])], (Endpoint("10.0.0.1:8000", "p1", "aaaa"),),
+                 id="no-port-the-known-one"),
+    pytest.param([pod("p1", "127.64.0.5")], (Endpoint("127.64.0.5:8000", "p1", "aaaa"),),
+                 id="loopback-ip-the-dev-cluster"),
+    pytest.param([pod("p1", "fd00::1")], (Endpoint("[fd00::1]:8000", "p1", "aaaa"),), id="ipv6"),
+    pytest.param([pod("old", "10.0.0.1"), pod("new", "10.0.0.1", revision="bbbb")],
+                 (Endpoint("10.0.0.1:8000", "new", "bbbb"),), id="an-ip-listed-twice-counts-once"),
 ])
-def test_ready_endpoints(slices: list[dict[str, Any]], revisions: dict[str, str],
-                         expected: tuple[Endpoint, ...]) -> None:
-    assert ready_endpoints(slices, revisions) == expected
+def test_ready_endpoints(pods: list[dict[str, Any]], expected: tuple[Endpoint, ...]) -> None:
+    assert ready_endpoints(pods) == expected
 
 
 def deployment(key: str, fingerprint: str | None) -> dict[str, Any]:
@@ -108,8 +108,7 @@ def test_model_info(model: ModelDeployment, expected: ModelInfo) -> None:
     assert ModelInfo.from_model(model) == expected
 
 
-SLICES = [eps(ep("10.0.0.1", pod="stable-1"), ep("10.0.0.2", pod="canary-1"))]
-PODS = {"stable-1": "aaaa", "canary-1": "bbbb"}
+PODS = [pod("stable-1", "10.0.0.1", revision="aaaa"), pod("canary-1", "10.0.0.2", revision="bbbb")]
 DEPLOYMENTS = [deployment("aaaa", "f1"), deployment("bbbb", "f2")]
 
 
@@ -123,7 +122,7 @@ DEPLOYMENTS = [deployment("aaaa", "f1"), deployment("bbbb", "f2")]
                  None, id="canary-deployment-not-seen-yet"),
 ])
 def test_build_backend(info: ModelInfo, split: CanarySplit | None) -> None:
-    backend = build_backend(info, slices=SLICES, pod_revisions=PODS, deployments=DEPLOYMENTS)
+    backend = build_backend(info, pods=PODS, deployments=DEPLOYMENTS)
     assert backend.split == split
     assert backend.endpoints == (Endpoint("10.0.0.1:8000", "stable-1", "aaaa"),
                                  Endpoint("10.0.0.2:8000", "canary-1", "bbbb"))

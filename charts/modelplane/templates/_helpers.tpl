@@ -156,3 +156,50 @@ Rules for cluster-scoped resources: always a ClusterRole, in both modes.
   verbs: [list, watch, patch]
 {{- end }}
 {{- end }}
+
+{{/*
+The gateway (`modelplane gateway`): its names, labels and RBAC rules.
+*/}}
+{{- define "modelplane.gateway.fullname" -}}
+{{- printf "%s-gateway" (include "modelplane.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "modelplane.gateway.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "modelplane.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: gateway
+{{- end }}
+
+{{- define "modelplane.gateway.labels" -}}
+helm.sh/chart: {{ include "modelplane.chart" . }}
+{{ include "modelplane.gateway.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: modelplane
+{{- end }}
+
+{{/* The label selector of the gateway's pods, as `modelplane run --gateway-selector` takes it. */}}
+{{- define "modelplane.gateway.selector" -}}
+app.kubernetes.io/component=gateway,app.kubernetes.io/instance={{ .Release.Name }},app.kubernetes.io/name={{ include "modelplane.name" . }}
+{{- end }}
+
+{{- define "modelplane.gateway.serviceAccountName" -}}
+{{- default (include "modelplane.gateway.fullname" .) .Values.gateway.serviceAccount.name }}
+{{- end }}
+
+{{/*
+The gateway only reads: its informers (gateway.cache.ClusterRoutes) list and watch the
+ModelDeployments, the server pods (its endpoints) and the server Deployments (which one is the
+canary). tests/unit/test_chart.py compares these rules with those informers.
+*/}}
+{{- define "modelplane.gateway.rules" -}}
+- apiGroups: [modelplane.dev]
+  resources: [modeldeployments]
+  verbs: [list, watch]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list, watch]
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [list, watch]
+{{- end }}

@@ -5,10 +5,11 @@ loopback port and forwards each HTTP request to one of the Service's endpoints â
 non-terminating pods its selector matches, read from the API server like an EndpointSlice
 controller would â€” choosing the endpoint with the fewest requests in flight. Streaming responses
 are relayed chunk by chunk. While no endpoint is Ready (scaled to zero, or every pod starting) it
-holds requests up to ``hold_seconds`` instead of failing them, the way an activator does, and
-counts them in ``held``.
+answers 503 at once, as a Service with no endpoint refuses connections: it holds nothing. Holding
+requests at zero replicas, and telling the operator about them, is the gateway's job
+(``modelplane gateway``, docs/gateway.md).
 
-The demo and the end-to-end tests send their load through it, so traffic follows the Service's
+The demo and some end-to-end tests send their load through it, so traffic follows the Service's
 selector exactly as it would in a real cluster: the replica ratio of canary and stable is the
 traffic ratio.
 """
@@ -28,9 +29,6 @@ from aiohttp import web
 from modelplane.controller import kube
 
 log = logging.getLogger("modelplane.serviceproxy")
-
-#: Served by the proxy itself, never forwarded: the activator's held-request gauge.
-ACTIVATOR_METRICS_PATH = "/-/activator/metrics"
 
 _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "host",
                 "upgrade", "proxy-connection", "te", "trailer"}
@@ -57,22 +55,18 @@ class Endpoint:
 class ProxyStats:
     forwarded: int = 0
     failed: int = 0  #: requests that got no answer from any endpoint (5xx from the proxy itself)
-    held: int = 0  #: requests waiting for an endpoint right now
-    held_total: int = 0
     by_pod: dict[str, int] = field(default_factory=dict)
 
 
 class ServiceProxy:
     def __init__(self, client: kube.Kube, *, namespace: str, service: str,
-                 hold_seconds: float = 300.0, refresh_seconds: float = 0.5) -> None:
+                 refresh_seconds: float = 0.5) -> None:
         self.kube = client
         self.namespace = namespace
         self.service = service
-        self.hold_seconds = hold_seconds
         self.refresh_seconds = refresh_seconds
         self.endpoints: dict[str, Endpoint] = {}
         self.stats = ProxyStats()
-        self._have_endpoints = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._refresher: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -106,10 +100,6 @@ class ServiceProxy:
                 fresh[meta["name"]] = Endpoint(meta["name"], status["podIP"], int(port),
                                                old.in_flight if old else 0)
         self.endpoints = fresh
-        if fresh:
-            self._have_endpoints.set()
-        else:
-            self._have_endpoints.clear()
 
     async def _refresh_loop(self) -> None:
         while True:
@@ -126,23 +116,13 @@ class ServiceProxy:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        deadline = time.monotonic() + self.hold_seconds
         attempts = 0
         while True:
             endpoint = self._pick()
             if endpoint is None:
-                # No Ready endpoint: hold the request (activator) until one appears or time is up.
-                self.stats.held += 1
-                self.stats.held_total += 1
-                try:
-                    await asyncio.wait_for(self._have_endpoints.wait(),
-                                           timeout=max(0.0, deadline - time.monotonic()))
-                except TimeoutError:
-                    self.stats.failed += 1
-                    return web.json_response({"error": {"message": "no ready endpoint"}}, status=503)
-                finally:
-                    self.stats.held -= 1
-                continue
+                # No Ready endpoint: a Service with none refuses; the proxy holds nothing.
+                self.stats.failed += 1
+                return web.json_response({"error": {"message": "no ready endpoint"}}, status=503)
             attempts += 1
             endpoint.in_flight += 1
             try:
@@ -156,9 +136,7 @@ class ServiceProxy:
                 # The pod went away between the refresh and the connect (a scale-down or a
                 # promotion): drop it and try another, as kube-proxy's retries would.
                 self.endpoints.pop(endpoint.pod, None)
-                if not self.endpoints:
-                    self._have_endpoints.clear()
-                if attempts >= 3 or time.monotonic() > deadline:
+                if attempts >= 3:
                     self.stats.failed += 1
                     return web.json_response({"error": {"message": f"upstream failed: {exc}"}},
                                              status=502)
@@ -195,18 +173,6 @@ class ServiceProxy:
         self.stats.by_pod[endpoint.pod] = self.stats.by_pod.get(endpoint.pod, 0) + 1
         return response
 
-    async def _activator_metrics(self, _: web.Request) -> web.Response:
-        """What the operator's ``--activator-url`` reads: requests held, in Prometheus text."""
-        text = ("# HELP modelplane_activator_pending Requests held while no endpoint is ready.\n"
-                "# TYPE modelplane_activator_pending gauge\n"
-                f'modelplane_activator_pending{{namespace="{self.namespace}",'
-                f'service="{self.service}"}} {self.stats.held}\n')
-        return web.Response(text=text, content_type="text/plain")
-
-    @property
-    def activator_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}{ACTIVATOR_METRICS_PATH}"
-
     @staticmethod
     async def _relay(response: web.StreamResponse, chunk: bytes | None) -> bool:
         """Write a chunk (None: the end) to the client; False when the client is gone."""
@@ -229,7 +195,6 @@ class ServiceProxy:
             raise
         self._refresher = asyncio.create_task(self._refresh_loop())
         app = web.Application(client_max_size=64 * 2**20)
-        app.router.add_get(ACTIVATOR_METRICS_PATH, self._activator_metrics)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()

@@ -146,7 +146,7 @@ class Observation:
     current_replicas: int
     ready: tuple[ReadyPod, ...] = ()
     starting: tuple[StartingPod, ...] = ()
-    #: Requests the activator holds because no replica is ready to take them.
+    #: Requests the gateway holds because no replica is ready to take them (its activator).
     activator_pending: int = 0
 
 

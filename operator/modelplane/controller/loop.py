@@ -39,7 +39,7 @@ import aiohttp
 
 from modelplane.api.models import FIELD_MANAGER, GROUP, KIND, VERSION
 from modelplane.autoscaler.policy import PolicyState
-from modelplane.controller import kube, opmetrics, peering
+from modelplane.controller import gateways, kube, opmetrics, peering
 from modelplane.controller import reconcile as core
 from modelplane.controller.informer import Informer, object_key
 from modelplane.controller.kube import MODELDEPLOYMENTS
@@ -67,9 +67,16 @@ class Settings:
     scrape_timeout_seconds: float = 2.0
     prices: Mapping[str, float] = field(default_factory=dict)
     max_concurrent_reconciles: int = 8
-    #: Where the activator reports the requests it holds (Prometheus text, the metric
-    #: ``modelplane_activator_pending{namespace,service}``); None: no activator.
-    activator_url: str | None = None
+    #: The gateway replicas whose held requests wake a ModelDeployment at once (scale from zero):
+    #: the pods of ``gateway_selector`` in ``gateway_namespace`` (None: all namespaces), plus fixed
+    #: /metrics URLs. Read every ``gateway_scrape_seconds`` (``controller.gateways``).
+    gateway_selector: str | None = None
+    gateway_namespace: str | None = None
+    gateway_metrics_urls: tuple[str, ...] = ()
+    gateway_scrape_seconds: float = 0.25
+    #: A replica that stops answering keeps its last reading this long (a blip must not look like
+    #: every held request released), then counts for nothing (it is gone, with what it held).
+    gateway_stale_seconds: float = 10.0
     #: Read the pods' metrics from this Prometheus instead of scraping them; None: scrape the pods.
     prometheus: promquery.PrometheusSource | None = None
     #: HA: (kopf peering object name, this replica's priority, namespaces or () for cluster-wide).
@@ -161,6 +168,8 @@ class Controller:
         self._instance = f"{socket.gethostname()}-{os.getpid()}"
         self.alive_at = time.monotonic()
         self._pending: dict[Key, int] = {}
+        #: Each gateway replica's held requests as last read, and when (kept a while when a read fails).
+        self._held_by_gateway: dict[str, tuple[float, dict[Key, int]]] = {}
         #: (namespace, source, revision, secret) → (expires at, outcome); reads in flight.
         self._configs: dict[tuple[str, str, str, str], tuple[float, core.ModelConfig]] = {}
         self._config_reads: dict[tuple[str, str, str, str], asyncio.Task[None]] = {}
@@ -216,6 +225,11 @@ class Controller:
                            handler=self._on_event),
             "nodes": [Informer(self.kube, kube.NODES, watch_seconds=self.settings.watch_seconds)],
         }
+        if self.settings.gateway_selector:
+            # The gateway's replicas, for their held requests (not needed to reconcile).
+            informers["gateways"] = [Informer(self.kube, kube.PODS, namespace=self.settings.gateway_namespace,
+                                              label_selector=self.settings.gateway_selector,
+                                              watch_seconds=self.settings.watch_seconds)]
         if self.settings.peering is not None:
             name, _, namespaces = self.settings.peering
             selector = f"metadata.name={name}"
@@ -324,8 +338,8 @@ class Controller:
         tasks = [asyncio.create_task(i.run(), name=f"informer-{i.name}") for i in self._all_informers()]
         tasks += [asyncio.create_task(self._worker(), name=f"reconcile-worker-{n}")
                   for n in range(self.settings.max_concurrent_reconciles)]
-        if self.settings.activator_url:
-            tasks.append(asyncio.create_task(self._follow_activator(), name="activator"))
+        if self.settings.gateway_selector or self.settings.gateway_metrics_urls:
+            tasks.append(asyncio.create_task(self._follow_gateways(), name="gateways"))
         try:
             await self._schedule()
         finally:
@@ -643,37 +657,52 @@ class Controller:
                 return False
         return True
 
-    async def _follow_activator(self) -> None:
-        """Read the activator every resync; wake the objects whose held requests changed."""
+    def gateway_urls(self) -> list[str]:
+        """The /metrics URLs of the gateway replicas known now."""
+        pods = [p for i in self.informers.get("gateways", []) for p in i.items()]
+        return gateways.metrics_urls(pods, self.settings.gateway_metrics_urls)
+
+    async def _follow_gateways(self) -> None:
+        """Read the gateways' held requests often; wake the objects whose count changed."""
         while True:
-            pending = await self._activator_pending()
-            for key in set(pending) | set(self._pending):
-                if pending.get(key, 0) != self._pending.get(key, 0) and key in self.known:
-                    self.poke(key)
-            self._pending = pending
-            await asyncio.sleep(self.settings.resync_seconds)
+            try:
+                pending = await self._gateway_held()
+                for key in gateways.changed(self._pending, pending):
+                    if key in self.known:
+                        self.poke(key)
+                self._pending = pending
+            except Exception:  # a bug here must not end scale from zero for good
+                log.exception("reading the gateways' held requests failed; going on")
+            await asyncio.sleep(self.settings.gateway_scrape_seconds)
 
-    async def _activator_pending(self) -> dict[Key, int]:
-        """Requests the activator holds, by Service (= ModelDeployment name); {} when unknown."""
-        if not self.settings.activator_url or self._http is None:
+    async def _gateway_held(self) -> dict[Key, int]:
+        """Requests held per ModelDeployment, summed over every gateway replica."""
+        urls = self.gateway_urls()
+        for gone in set(self._held_by_gateway) - set(urls):
+            del self._held_by_gateway[gone]
+        if not urls or self._http is None:
             return {}
-        from prometheus_client.parser import text_string_to_metric_families
+        results = await asyncio.gather(*(self._read_held(u) for u in urls))
+        now = time.monotonic()
+        for url, held in zip(urls, results, strict=True):
+            if held is not None:
+                self._held_by_gateway[url] = (now, held)
+        fresh = [held for at, held in self._held_by_gateway.values()
+                 if now - at <= self.settings.gateway_stale_seconds]
+        return gateways.sum_held(fresh)
 
+    async def _read_held(self, url: str) -> dict[Key, int] | None:
+        """One replica's held requests; None when it did not answer (its last reading stands)."""
+        assert self._http is not None
         try:
-            async with self._http.get(self.settings.activator_url, timeout=aiohttp.ClientTimeout(
+            async with self._http.get(url, timeout=aiohttp.ClientTimeout(
                     total=self.settings.scrape_timeout_seconds)) as resp:
-                text = await resp.text()
-            pending: dict[Key, int] = {}
-            for family in text_string_to_metric_families(text):
-                for sample in family.samples:
-                    if sample.name == "modelplane_activator_pending":
-                        key = (sample.labels.get("namespace", ""), sample.labels.get("service", ""))
-                        pending[key] = int(sample.value)
-            return pending
+                resp.raise_for_status()
+                return gateways.parse_held(await resp.text())
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
-            # No activator signal: scale-from-zero waits for the next scrape, nothing else changes.
-            log.warning("activator at %s did not answer: %s", self.settings.activator_url, exc)
-            return {}
+            if url in self._held_by_gateway or url in self.settings.gateway_metrics_urls:
+                log.debug("gateway metrics at %s did not answer: %s", url, exc)
+            return None
 
     async def post_event(self, body: Mapping[str, Any], event: core.EventSpec) -> None:
         """A core/v1 Event on the ModelDeployment, as `kubectl describe` shows it."""

@@ -100,7 +100,8 @@ class Observed:
     nodes: tuple[Obj, ...] = ()
     now: datetime = datetime(1970, 1, 1)
     monotonic: float = 0.0  #: the autoscaler's clock
-    #: Requests the activator holds for this ModelDeployment's Service (no Ready replica yet).
+    #: Requests the gateway replicas hold for this ModelDeployment (no Ready replica yet), summed
+    #: (``controller.gateways``).
     activator_pending: int = 0
     #: The outcome of reading the model's config.json (None: not read — disabled or pending).
     model_config: ModelConfig | None = None

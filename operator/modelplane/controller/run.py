@@ -68,9 +68,19 @@ def register(subparsers: Any) -> None:
                         help="how often every ModelDeployment is reconciled and its pods scraped")
     parser.add_argument("--prices", type=Path, default=None,
                         help="JSON or YAML file mapping GPU type to $/GPU-hour (provider prices)")
-    parser.add_argument("--activator-url", default=None,
-                        help="URL of the activator's metrics (requests held while a ModelDeployment "
-                             "has no ready replica); scale from zero reacts to them at once")
+    gw = parser.add_argument_group(
+        "gateway", "where the operator reads the requests `modelplane gateway` holds while a "
+                   "ModelDeployment has no ready replica, so that scale from zero starts at once "
+                   "(docs/gateway.md)")
+    gw.add_argument("--gateway-selector", default=None,
+                    help="label selector of the gateway's pods, e.g. "
+                         "app.kubernetes.io/component=gateway (the chart sets it)")
+    gw.add_argument("--gateway-namespace", default=None,
+                    help="namespace of the gateway's pods (default: all namespaces)")
+    gw.add_argument("--gateway-metrics-url", action="append", default=[],
+                    help="a gateway replica's /metrics URL, for gateways that are not pods (repeatable)")
+    gw.add_argument("--gateway-scrape-seconds", type=float, default=0.25,
+                    help="how often each gateway replica's held requests are read (default 0.25)")
     prom = parser.add_argument_group(
         "Prometheus", "read the pods' vLLM metrics from a Prometheus that scrapes them, instead of "
                       "scraping the pods (docs/autoscaling.md)")
@@ -145,6 +155,14 @@ def build_settings(args: argparse.Namespace) -> Settings:
     """The flags as the controller's settings; ``StartupError`` for a value that cannot work."""
     if not (math.isfinite(args.resync_seconds) and args.resync_seconds > 0):
         raise StartupError(f"--resync-seconds must be a number of seconds > 0, got {args.resync_seconds:g}")
+    if not (math.isfinite(args.gateway_scrape_seconds) and args.gateway_scrape_seconds > 0):
+        raise StartupError("--gateway-scrape-seconds must be a number of seconds > 0, "
+                           f"got {args.gateway_scrape_seconds:g}")
+    if args.gateway_namespace and not args.gateway_selector:
+        raise StartupError("--gateway-namespace needs --gateway-selector (which pods are the gateway's)")
+    for url in args.gateway_metrics_url:
+        if not url.startswith(("http://", "https://")):
+            raise StartupError(f"--gateway-metrics-url must be an http(s) URL, got {url!r}")
     if not 0 <= args.metrics_port <= 65535:
         raise StartupError(f"--metrics-port must be 0 (off) or a port 1-65535, got {args.metrics_port}")
     # HA: every replica gets its own random priority; kopf runs the highest one and pauses the
@@ -152,7 +170,11 @@ def build_settings(args: argparse.Namespace) -> Settings:
     peering_name = os.environ.get("MODELPLANE_PEERING") or None
     priority = random.SystemRandom().randint(1, 2**31 - 1)
     return Settings(resync_seconds=args.resync_seconds, prices=load_prices(args.prices),
-                    activator_url=args.activator_url, prometheus=prometheus_source(args),
+                    gateway_selector=args.gateway_selector or None,
+                    gateway_namespace=args.gateway_namespace or None,
+                    gateway_metrics_urls=tuple(args.gateway_metrics_url),
+                    gateway_scrape_seconds=args.gateway_scrape_seconds,
+                    prometheus=prometheus_source(args),
                     read_model_config=not args.no_model_config,
                     namespaces=tuple(args.namespace),
                     hf_endpoint=args.hf_endpoint or HF_BASE_URL,

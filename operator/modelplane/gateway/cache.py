@@ -4,9 +4,10 @@
 ``wait_changed(timeout)`` (held requests sleep on it) and ``health()``. Two sources:
 
 - ``ClusterRoutes``: informers (LIST once, then WATCH; see ``modelplane.controller.informer``) on
-  ModelDeployments, and on the EndpointSlices, pods and Deployments labelled as a ModelDeployment's
-  server. Each event marks its ModelDeployment stale; ``table()`` rebuilds only the stale entries.
-  The gateway never writes to the cluster.
+  ModelDeployments, and on the pods and Deployments labelled as a ModelDeployment's server (the
+  pods give the endpoints: ``table.pod_endpoint``). Each event marks its ModelDeployment stale;
+  ``table()`` rebuilds only the stale entries. The gateway never writes to the cluster: it needs
+  ``list`` and ``watch`` on exactly these three resources (the chart's gateway RBAC).
 - ``StaticRoutes``: a table set by hand — tests, and ``modelplane gateway --routes FILE`` (a
   ModelDeployment-free setup for benchmarks against simulators).
 """
@@ -29,7 +30,6 @@ from modelplane.controller import kube
 from modelplane.controller.informer import Informer, Obj
 from modelplane.gateway import metrics
 from modelplane.gateway.table import (
-    LABEL_SERVICE_NAME,
     SERVER_SELECTOR,
     Backend,
     CanarySplit,
@@ -149,11 +149,8 @@ class ClusterRoutes(Routes):
         scopes: list[str | None] = list(namespaces) or [None]
         self.models = [Informer(client, kube.MODELDEPLOYMENTS, namespace=ns, handler=self._on_model)
                        for ns in scopes]
-        self.slices = [Informer(client, kube.ENDPOINTSLICES, namespace=ns, label_selector=SERVER_SELECTOR,
-                                index=_by_service, handler=self._on_child(_by_service))
-                       for ns in scopes]
         self.pods = [Informer(client, kube.PODS, namespace=ns, label_selector=SERVER_SELECTOR,
-                              handler=self._on_child(_by_owner)) for ns in scopes]
+                              index=_by_owner, handler=self._on_child(_by_owner)) for ns in scopes]
         self.deployments = [Informer(client, kube.DEPLOYMENTS, namespace=ns, label_selector=SERVER_SELECTOR,
                                      index=_by_owner, handler=self._on_child(_by_owner))
                             for ns in scopes]
@@ -165,7 +162,7 @@ class ClusterRoutes(Routes):
 
     @property
     def informers(self) -> list[Informer]:
-        return [*self.models, *self.slices, *self.pods, *self.deployments]
+        return [*self.models, *self.pods, *self.deployments]
 
     @property
     def synced(self) -> bool:
@@ -244,17 +241,9 @@ class ClusterRoutes(Routes):
         info = self._info(key)
         if info is None:
             return None
-        slices = [s for inf in self.slices for s in inf.by_index(key)]
-        pod_revisions: dict[str, str] = {}
-        for piece in slices:
-            for ep in piece.get("endpoints") or []:
-                pod_name = str((ep.get("targetRef") or {}).get("name") or "")
-                pod = _get(self.pods, (key[0], pod_name)) if pod_name else None
-                revision = _labels(pod).get(render.LABEL_REVISION_HASH) if pod is not None else None
-                if revision:
-                    pod_revisions[pod_name] = str(revision)
+        pods = [p for inf in self.pods for p in inf.by_index(key)]
         deployments = [d for inf in self.deployments for d in inf.by_index(key)]
-        return build_backend(info, slices=slices, pod_revisions=pod_revisions, deployments=deployments)
+        return build_backend(info, pods=pods, deployments=deployments)
 
 
 def _get(informers: Iterable[Informer], key: Key) -> Obj | None:
@@ -271,12 +260,6 @@ def _labels(obj: Obj) -> Mapping[str, Any]:
 
 def _namespace(obj: Obj) -> str:
     return str((obj.get("metadata") or {}).get("namespace") or "")
-
-
-def _by_service(obj: Obj) -> list[Key]:
-    """An EndpointSlice's ModelDeployment: its Service's name (the Service is named like it)."""
-    name = _labels(obj).get(LABEL_SERVICE_NAME)
-    return [(_namespace(obj), str(name))] if name else []
 
 
 def _by_owner(obj: Obj) -> list[Key]:

@@ -5,13 +5,15 @@ Built from what the cache watches, with no I/O:
 - a ModelDeployment (parsed with the API models) gives its served name (``spec.model.servedName``,
   else ``metadata.name``), its phase, and from status the canary: ``status.canary.fingerprint`` and
   ``status.canary.weight`` (percent of requests the canary should take);
-- the EndpointSlices of its Service (label ``kubernetes.io/service-name`` = the ModelDeployment's
-  name) give the ready endpoints: an endpoint whose ``conditions.ready`` is false (starting,
-  failing its readiness probe, or terminating) is left out; a missing ``ready`` means ready, as
-  the EndpointSlice API says;
-- each endpoint's pod (``targetRef``) carries the revision-hash label of its workload, and the
-  canary's Deployment carries the canary's fingerprint as an annotation: together they say which
-  endpoints are the canary's.
+- its server pods (labelled as its server, and with its name) give the ready endpoints, read from
+  the pods themselves as the Gateway API Inference Extension's endpoint picker does, not from
+  EndpointSlices: a pod is an endpoint when it has ``status.podIP``, its ``Ready`` condition is
+  ``True`` and it has no ``deletionTimestamp`` (terminating); the port is the container port named
+  ``http`` (else the first container port, else the server's known port 8000). (EndpointSlices
+  would add nothing the pods do not say, and some clusters cannot have them: the dev cluster's pod
+  IPs are loopback addresses, which the EndpointSlice controller refuses.)
+- each pod carries the revision-hash label of its workload, and the canary's Deployment carries
+  the canary's fingerprint as an annotation: together they say which endpoints are the canary's.
 
 Two ModelDeployments that serve the same name: the older one (then the first by namespace and
 name) keeps the name; the other is listed in ``shadowed`` and gets no request.
@@ -29,11 +31,9 @@ from modelplane.api.models import ModelDeployment
 
 Obj = dict[str, Any]
 
-#: The labels of everything that serves a ModelDeployment: its Service (so its EndpointSlices,
-#: which the EndpointSlice controller labels like their Service), pods and Deployments.
+#: The labels of everything that serves a ModelDeployment: its pods and Deployments.
 SERVER_SELECTOR = ",".join(f"{k}={v}" for k, v in sorted({
     render.LABEL_NAME: render.APP_NAME, render.LABEL_COMPONENT: render.COMPONENT}.items()))
-LABEL_SERVICE_NAME = "kubernetes.io/service-name"
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class Endpoint:
     """One ready model server: where to send requests, and which workload it belongs to."""
 
     address: str  #: ``host:port`` (``[v6]:port`` for IPv6)
-    pod: str = ""  #: the pod's name ("" when the EndpointSlice names none)
+    pod: str = ""  #: the pod's name ("" for a fixed table's endpoint)
     revision: str | None = None  #: the pod's revision-hash label (its workload's key); None: unknown
 
     @property
@@ -125,32 +125,51 @@ def _epoch(stamp: Any) -> int:
         return 0
 
 
-def ready_endpoints(slices: Iterable[Obj], pod_revisions: Mapping[str, str]) -> tuple[Endpoint, ...]:
-    """The ready endpoints of a Service's EndpointSlices, on the port named ``http`` (else the first).
+def pod_endpoint(pod: Obj) -> Endpoint | None:
+    """The endpoint of one server pod, or None while it cannot take requests.
 
-    ``pod_revisions`` maps a pod's name to its revision-hash label. An address listed twice (a pod
-    moving between slices) counts once.
+    Not an endpoint: no ``status.podIP`` yet, a ``Ready`` condition that is not ``True`` (starting,
+    loading, failing its readiness probe; a pod with no conditions is not ready), or a
+    ``deletionTimestamp`` (terminating: it finishes what it has, takes nothing new).
+    """
+    meta = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    if meta.get("deletionTimestamp"):
+        return None
+    host = status.get("podIP")
+    if not host:
+        return None
+    ready = next((c.get("status") for c in status.get("conditions") or []
+                  if isinstance(c, dict) and c.get("type") == "Ready"), None)
+    if ready != "True":
+        return None
+    host = str(host)
+    port = _server_port(pod)
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    revision = (meta.get("labels") or {}).get(render.LABEL_REVISION_HASH)
+    return Endpoint(address=address, pod=str(meta.get("name") or ""),
+                    revision=str(revision) if revision else None)
+
+
+def _server_port(pod: Obj) -> int:
+    """The container port named ``http``, else the first container port, else the known 8000."""
+    ports = [p for c in (pod.get("spec") or {}).get("containers") or [] for p in c.get("ports") or []
+             if isinstance(p, dict) and isinstance(p.get("containerPort"), int)]
+    named = [p for p in ports if p.get("name") == render.PORT_NAME]
+    return int((named or ports)[0]["containerPort"]) if (named or ports) else render.PORT
+
+
+def ready_endpoints(pods: Iterable[Obj]) -> tuple[Endpoint, ...]:
+    """The ready endpoints of a ModelDeployment's server pods, sorted by address.
+
+    An address listed twice (a pod IP reused while the old pod's deletion is not seen yet) counts
+    once: the pod listed last wins.
     """
     found: dict[str, Endpoint] = {}
-    for piece in slices:
-        if piece.get("addressType") not in ("IPv4", "IPv6"):
-            continue  # FQDN slices name hosts, not pods
-        ports = [p for p in piece.get("ports") or [] if isinstance(p, dict) and p.get("port")]
-        named = [p for p in ports if p.get("name") == render.PORT_NAME]
-        if not (named or ports):
-            continue
-        port = (named or ports)[0]
-        for ep in piece.get("endpoints") or []:
-            if (ep.get("conditions") or {}).get("ready") is False:
-                continue
-            addresses = ep.get("addresses") or []
-            if not addresses:
-                continue
-            host = str(addresses[0])
-            address = f"[{host}]:{port['port']}" if ":" in host else f"{host}:{port['port']}"
-            target = ep.get("targetRef") or {}
-            pod = str(target.get("name") or "") if target.get("kind", "Pod") == "Pod" else ""
-            found[address] = Endpoint(address=address, pod=pod, revision=pod_revisions.get(pod))
+    for pod in pods:
+        endpoint = pod_endpoint(pod)
+        if endpoint is not None:
+            found[endpoint.address] = endpoint
     return tuple(found[a] for a in sorted(found))
 
 
@@ -165,8 +184,7 @@ def canary_revision(deployments: Iterable[Obj], fingerprint: str) -> str | None:
     return None
 
 
-def build_backend(info: ModelInfo, *, slices: Iterable[Obj], pod_revisions: Mapping[str, str],
-                  deployments: Iterable[Obj]) -> Backend:
+def build_backend(info: ModelInfo, *, pods: Iterable[Obj], deployments: Iterable[Obj]) -> Backend:
     """A ModelDeployment with its ready endpoints and, while a canary runs, its split."""
     split = None
     if info.canary_fingerprint:
@@ -174,7 +192,7 @@ def build_backend(info: ModelInfo, *, slices: Iterable[Obj], pod_revisions: Mapp
         if revision is not None:
             split = CanarySplit(revision=revision, weight=min(100, max(0, info.canary_weight)))
     return Backend(namespace=info.namespace, name=info.name, served_name=info.served_name,
-                   phase=info.phase, endpoints=ready_endpoints(slices, pod_revisions), split=split,
+                   phase=info.phase, endpoints=ready_endpoints(pods), split=split,
                    created=info.created)
 
 
