@@ -11,13 +11,14 @@ from typing import Any
 import pytest
 
 from modelplane import render
+from modelplane.api.models import EvaluatorSpec, ModelDeploymentSpec
 from modelplane.controller import reconcile
 from modelplane.controller.reconcile import Observed
 from modelplane.rollout import controls
 from modelplane.rollout import driver as rollouts
 from modelplane.rollout import runtime as rollouts_runtime
 from modelplane.rollout.machine import CONTROL_ANNOTATION, Command, EvalResult
-from modelplane.rollout.spec import revision_fingerprint
+from modelplane.rollout.spec import gated_fields, revision_fingerprint, spec_with_gated
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 STEPS = [{"weight": 50, "pause": "10s"}]
@@ -202,7 +203,12 @@ def status_of(phase: str, stable: str | None, rejected: str | None = None) -> di
     return {"stable": {"fingerprint": stable}, "canary": {"phase": phase, "rejectedFingerprint": rejected}}
 
 
-FP_A, FP_B = revision_fingerprint(md("rev-a")["spec"]), revision_fingerprint(md("rev-b")["spec"])
+def spec_of(raw: dict[str, Any]) -> ModelDeploymentSpec:
+    return ModelDeploymentSpec.model_validate(raw)
+
+
+FP_A = revision_fingerprint(spec_of(md("rev-a")["spec"]))
+FP_B = revision_fingerprint(spec_of(md("rev-b")["spec"]))
 
 
 @pytest.mark.parametrize(
@@ -228,7 +234,7 @@ FP_A, FP_B = revision_fingerprint(md("rev-a")["spec"]), revision_fingerprint(md(
 )
 def test_suite_to_count(spec: dict[str, Any], status: dict[str, Any] | None,
                         wanted: tuple[str, str] | None) -> None:
-    assert rollouts.suite_to_count(spec, status) == wanted
+    assert rollouts.suite_to_count(spec_of(spec), status) == wanted
 
 
 def test_the_report_counts_errors_per_side_and_the_power() -> None:
@@ -286,16 +292,19 @@ def test_new_key_avoids_another_workloads_selector(taken: dict[str, str], expect
 
 
 def test_stable_is_rendered_from_its_snapshot_after_the_spec_moved_on() -> None:
-    spec_a = md("rev-a")["spec"]
-    spec_b = copy.deepcopy(md("rev-b")["spec"])
-    spec_b["engine"]["extraArgs"] = ["--enable-prefix-caching"]
+    spec_a = spec_of(md("rev-a")["spec"])
+    raw_b = copy.deepcopy(md("rev-b")["spec"])
+    raw_b["engine"]["extraArgs"] = ["--enable-prefix-caching"]
+    raw_b["scaling"] = {"minReplicas": 1, "maxReplicas": 3}
+    spec_b = spec_of(raw_b)
     shape = rollouts.Shape("nvidia-l40s", 1, 1, 600)
     snapshot = json.loads(rollouts.snapshot_annotation(spec_a, shape))
-    rendered = rollouts.spec_with_gated(spec_b, snapshot["gated"])
-    assert rendered["model"]["revision"] == "rev-a"
-    assert "extraArgs" not in rendered["engine"]
+    assert snapshot["gated"] == gated_fields(spec_a)
+    rendered = spec_with_gated(spec_b, snapshot["gated"])
+    assert rendered.model.revision == "rev-a"
+    assert rendered.engine.extra_args == []
     assert revision_fingerprint(rendered) == revision_fingerprint(spec_a)
-    assert rendered["scaling"] == spec_b["scaling"]  # direct fields follow the spec
+    assert rendered.scaling == spec_b.scaling  # direct fields follow the spec
 
 
 @pytest.mark.parametrize(
@@ -319,7 +328,7 @@ def order(**overrides: Any) -> rollouts.EvaluationOrder:
         stable_revision="0123", attempt=1, report_name="chat-eval-abcdef01", job_name="chat-eval-abcdef01-1",
         canary_url="http://127.64.0.2:8000", stable_url="http://127.64.0.1:8000", served_name="chat",
         suite_config_map=None, suite_key="suite.jsonl",
-        evaluator={"image": "ghcr.io/acme/lm-eval:1", "args": ["--tasks", "gsm8k"]}, judge=None,
+        evaluator=EvaluatorSpec(image="ghcr.io/acme/lm-eval:1", args=["--tasks", "gsm8k"]), judge=None,
         min_score=0.7, max_regression=0.02, confidence=0.95, max_error_rate=0.05, concurrency=4,
         timeout_seconds=60.0)
     base.update(overrides)

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from modelplane.api import models
 from modelplane.api.models import CanaryStatus, RolloutRecord
 from modelplane.rollout.analysis import AnalysisResult, Outcome, WindowStats
 from modelplane.rollout.machine import (
@@ -42,11 +43,22 @@ from modelplane.rollout.machine import (
     window_end,
 )
 from modelplane.rollout.power import PowerCheck, assess
-from modelplane.rollout.spec import RolloutSpec, Step
+from modelplane.rollout.spec import RolloutSpec, Step, rollout_spec_from_api
 from modelplane.rollout.stats import PairedOutcome, evaluate_gate, outcomes_from_pairs
 
 T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
-SPEC = RolloutSpec(steps=(Step(10, 300), Step(50, 600)), evaluation=True, analysis=True, min_score=0.8)
+
+
+def rollout_spec(raw: dict[str, object]) -> RolloutSpec:
+    """The machine's spec as the operator builds it: from the parsed API model."""
+    parsed = rollout_spec_from_api(models.RolloutSpec.model_validate(raw))
+    assert parsed is not None
+    return parsed
+
+
+SPEC = rollout_spec({"steps": [{"weight": 10, "pause": "5m"}, {"weight": 50, "pause": "10m"}],
+                     "evaluation": {"suiteRef": {"configMap": "suite"}, "minScore": 0.8,
+                                    "analysis": {"maxErrorRate": 0.05}}})
 NO_EVAL = replace(SPEC, evaluation=False)
 NO_STEPS = replace(SPEC, steps=())
 NO_ANALYSIS = replace(SPEC, analysis=False)
@@ -903,7 +915,9 @@ def test_parse_control(value: str | None, control: ManualControl | None) -> None
 
 
 def test_window_end_counts_extensions_with_a_minimum() -> None:
-    quick = RolloutSpec(steps=(Step(10, 0),), analysis=True)
+    quick = rollout_spec({"steps": [{"weight": 10, "pause": "0s"}],
+                          "evaluation": {"suiteRef": {"configMap": "suite"},
+                                         "analysis": {"maxErrorRate": 0.05}}})
     state = st(Phase.ANALYZING, window_extensions=2)
     assert window_end(state, quick) == T0 + timedelta(minutes=2)
     assert window_end(state, SPEC) == T0 + timedelta(minutes=15)

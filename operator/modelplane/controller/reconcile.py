@@ -487,7 +487,7 @@ def finish(prepared: Prepared, observed: Observed, *, metrics: Sequence[ScrapeRe
         prepared.gpu_type, prepared.gpus_per_replica, prepared.tensor_parallel_size,
         prepared.startup_budget_seconds)
     rollout = rollouts.drive(
-        md_meta=meta, spec_raw=revs.spec_raw, status=old_status, deployments=observed.deployments,
+        md_meta=meta, spec=md.spec, status=old_status, deployments=observed.deployments,
         services=observed.services, pods=observed.pods, metrics=metrics, memory=rollout_memory,
         total=desired, shape=shape, served_name=prepared.served_name or md.name, now=now,
         suite_cases=observed.suite_cases)

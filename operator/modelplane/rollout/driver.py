@@ -34,7 +34,8 @@ from datetime import datetime
 from typing import Any
 
 from modelplane import render
-from modelplane.api.models import ModelDeploymentSpec
+from modelplane.api import models
+from modelplane.api.models import EvaluationSpec, EvaluatorSpec, ModelDeploymentSpec
 from modelplane.controller.health import is_ready
 from modelplane.metrics.promtext import MetricSnapshot, PromTextError, delta, merge, parse_snapshot
 from modelplane.metrics.scrape import ScrapeResult
@@ -55,7 +56,13 @@ from modelplane.rollout.machine import (
     parse_control,
     replicas_for,
 )
-from modelplane.rollout.spec import RolloutSpec, gated_fields, revision_fingerprint
+from modelplane.rollout.spec import (
+    RolloutSpec,
+    gated_fields,
+    revision_fingerprint,
+    rollout_spec_from_api,
+    spec_with_gated,
+)
 
 Obj = Mapping[str, Any]
 
@@ -130,7 +137,7 @@ class EvaluationOrder:
     served_name: str
     suite_config_map: str | None
     suite_key: str
-    evaluator: Mapping[str, Any] | None
+    evaluator: EvaluatorSpec | None
     #: The ModelDeployment (same namespace) that grades ``judge`` cases; None without one.
     judge: str | None
     min_score: float
@@ -159,38 +166,12 @@ class Outcome:
 # --- spec helpers ---------------------------------------------------------------------------------
 
 
-def rollout_spec(spec_raw: Mapping[str, Any]) -> RolloutSpec | None:
-    """``spec.rollout`` as the machine sees it: None unless it has steps or an evaluation gate.
-
-    The API server defaults ``rollout`` to ``{}``; an empty one means "no gate", a direct switch.
-    """
-    parsed = RolloutSpec.from_spec(spec_raw.get("rollout"))
-    if parsed is None or (not parsed.steps and not parsed.evaluation):
-        return None
-    return parsed
-
-
-def snapshot_annotation(spec_raw: Mapping[str, Any], shape: Shape) -> str:
+def snapshot_annotation(spec: ModelDeploymentSpec, shape: Shape) -> str:
     """The ``ANNOTATION_GATED`` value: gated fields and shape, canonical JSON."""
-    return json.dumps({"gated": gated_fields(spec_raw), "shape": {
+    return json.dumps({"gated": gated_fields(spec), "shape": {
         "gpuType": shape.gpu_type, "gpusPerReplica": shape.gpus_per_replica,
         "tensorParallelSize": shape.tensor_parallel_size,
         "startupBudgetSeconds": shape.startup_budget_seconds}}, sort_keys=True, separators=(",", ":"))
-
-
-def spec_with_gated(spec_raw: Mapping[str, Any], gated: Mapping[str, Any]) -> dict[str, Any]:
-    """The current spec with the gated fields of a snapshot (everything else follows the spec)."""
-    out: dict[str, Any] = json.loads(json.dumps(dict(spec_raw)))
-    model = out.setdefault("model", {})
-    engine = out.setdefault("engine", {})
-    for key, value in (gated.get("model") or {}).items():
-        model[key] = value
-    for key, value in (gated.get("engine") or {}).items():
-        if value is None or value == []:
-            engine.pop(key, None)
-        else:
-            engine[key] = value
-    return out
 
 
 @dataclass(frozen=True)
@@ -237,12 +218,11 @@ def new_key(source: str, revision: str, fingerprint: str, taken: Mapping[str, st
     return default if holder == fingerprint else fingerprint[:10]
 
 
-def workload(*, role: render.Role, spec_raw: Mapping[str, Any], fingerprint: str, key: str, replicas: int,
+def workload(*, role: render.Role, spec: ModelDeploymentSpec, fingerprint: str, key: str, replicas: int,
              shape: Shape) -> render.WorkloadPlan:
-    """A workload rendered from ``spec_raw`` (already carrying the workload's gated fields)."""
-    spec = ModelDeploymentSpec.model_validate(dict(spec_raw))
+    """A workload rendered from ``spec`` (already carrying the workload's gated fields)."""
     annotations = ((render.ANNOTATION_FINGERPRINT, fingerprint),
-                   (render.ANNOTATION_GATED, snapshot_annotation(spec_raw, shape)))
+                   (render.ANNOTATION_GATED, snapshot_annotation(spec, shape)))
     return render.WorkloadPlan(
         role=role, source=spec.model.source, revision=spec.model.revision, replicas=replicas,
         gpu_type=shape.gpu_type, gpus_per_replica=shape.gpus_per_replica,
@@ -304,7 +284,7 @@ def ready_pod_url(pods: Sequence[Obj], key: str | None = None) -> str | None:
 def drive(
     *,
     md_meta: Mapping[str, Any],
-    spec_raw: Mapping[str, Any],
+    spec: ModelDeploymentSpec,
     status: Mapping[str, Any],
     deployments: Sequence[Obj],
     services: Sequence[Obj],
@@ -322,17 +302,17 @@ def drive(
     ``suite_cases``: the size of the evaluation suite when the controller has read it (the machine
     checks the gate's power with it once per canary).
     """
-    rspec = rollout_spec(spec_raw)
-    desired = revision_fingerprint(spec_raw)
-    label = str((spec_raw.get("model") or {}).get("revision") or "main")
+    rspec = rollout_spec_from_api(spec.rollout)
+    desired = revision_fingerprint(spec)
+    label = spec.model.revision
     annotations = md_meta.get("annotations") or {}
     control = parse_control(annotations.get(CONTROL_ANNOTATION))
     known = [_known(d) for d in deployments]
     by_fp = {k.fingerprint: k for k in known if k.fingerprint}
     pod_keys = {str(p["metadata"]["name"]): str((p["metadata"].get("labels") or {}).get(
         render.LABEL_REVISION_HASH, "")) for p in pods}
-    evaluation = (spec_raw.get("rollout") or {}).get("evaluation") or {}
-    thresholds = AnalysisThresholds.from_spec(evaluation.get("analysis"))
+    evaluation = spec.rollout.evaluation
+    thresholds = AnalysisThresholds.from_api(evaluation.analysis if evaluation is not None else None)
 
     state = RolloutState.from_status(status)
     events: list[EmitEvent] = []
@@ -381,7 +361,7 @@ def drive(
             if isinstance(action, StartEvaluation):
                 started_now.add(action.revision)
                 slot = EvalSlot(action.revision, action.attempt, running=True)
-                order = _order(md_meta=md_meta, spec_raw=spec_raw, evaluation=evaluation, rspec=rspec,
+                order = _order(md_meta=md_meta, evaluation=evaluation, rspec=rspec,
                                state=new, action=action, pods=pods, served_name=served_name,
                                canary_key=key_of(action.revision), stable_key=key_of(new.stable_revision))
                 cancel = False
@@ -417,36 +397,37 @@ def drive(
                       analysis=verdict)
     if not driving or shape is None:
         return outcome
-    return _render(outcome, known=known, by_fp=by_fp, spec_raw=spec_raw, desired=desired, total=total,
+    return _render(outcome, known=known, by_fp=by_fp, spec=spec, desired=desired, total=total,
                    shape=shape, services=services, narrowed=memory.narrowed, now=now)
 
 
-def suite_to_count(spec_raw: Mapping[str, Any], status: Mapping[str, Any] | None) -> tuple[str, str] | None:
+def suite_to_count(spec: ModelDeploymentSpec, status: Mapping[str, Any] | None) -> tuple[str, str] | None:
     """The suite ConfigMap and key whose size the machine's power check needs now, or None.
 
     Only a built-in suite (a custom evaluator reports aggregates, there is no paired test), and only
     while a rollout can be admitted or is running: the desired revision is not the stable one, not
     the rejected one, or the canary is still Deploying or Evaluating.
     """
-    evaluation = ((spec_raw.get("rollout") or {}).get("evaluation") or {})
-    suite = evaluation.get("suiteRef") or {}
-    if not suite.get("configMap") or evaluation.get("evaluator"):
+    evaluation = spec.rollout.evaluation
+    if evaluation is None or evaluation.suite_ref is None or evaluation.evaluator is not None:
         return None
     status = status or {}
     canary = status.get("canary") or {}
     stable = (status.get("stable") or {}).get("fingerprint")
-    desired = revision_fingerprint(spec_raw)
+    desired = revision_fingerprint(spec)
     waiting = canary.get("phase") in (Phase.DEPLOYING.value, Phase.EVALUATING.value)
     if not waiting and (stable is None or desired in (stable, canary.get("rejectedFingerprint"))):
         return None
-    return str(suite["configMap"]), str(suite.get("key") or "suite.jsonl")
+    return evaluation.suite_ref.config_map, evaluation.suite_ref.key
 
 
-def _order(*, md_meta: Mapping[str, Any], spec_raw: Mapping[str, Any], evaluation: Mapping[str, Any],
-           rspec: RolloutSpec | None, state: RolloutState, action: StartEvaluation, pods: Sequence[Obj],
-           served_name: str, canary_key: str | None, stable_key: str | None) -> EvaluationOrder:
+def _order(*, md_meta: Mapping[str, Any], evaluation: EvaluationSpec | None, rspec: RolloutSpec | None,
+           state: RolloutState, action: StartEvaluation, pods: Sequence[Obj], served_name: str,
+           canary_key: str | None, stable_key: str | None) -> EvaluationOrder:
+    # The machine starts an evaluation only when one is configured, so both are set here.
+    assert evaluation is not None and rspec is not None
     name = str(md_meta.get("name"))
-    suite = evaluation.get("suiteRef") or {}
+    suite = evaluation.suite_ref
     fp8 = action.revision[:8]
     return EvaluationOrder(
         namespace=str(md_meta.get("namespace")), md_name=name, md_uid=str(md_meta.get("uid") or ""),
@@ -457,20 +438,19 @@ def _order(*, md_meta: Mapping[str, Any], spec_raw: Mapping[str, Any], evaluatio
         canary_url=ready_pod_url(pods, canary_key) if canary_key else None,
         stable_url=ready_pod_url(pods, stable_key) if stable_key else None,
         served_name=served_name,
-        suite_config_map=suite.get("configMap"), suite_key=str(suite.get("key") or "suite.jsonl"),
-        evaluator=evaluation.get("evaluator"),
-        judge=(evaluation.get("judge") or {}).get("modelDeployment"),
-        min_score=rspec.min_score if rspec else 0.0,
-        max_regression=rspec.max_regression if rspec else 0.02,
-        confidence=rspec.confidence if rspec else 0.95,
-        max_error_rate=rspec.max_error_rate if rspec else 0.05,
-        concurrency=int(evaluation.get("concurrency") or 4),
-        timeout_seconds=float(evaluation.get("timeoutSeconds") or 60),
+        suite_config_map=suite.config_map if suite is not None else None,
+        suite_key=suite.key if suite is not None else models.SuiteRef.model_fields["key"].default,
+        evaluator=evaluation.evaluator,
+        judge=evaluation.judge.model_deployment if evaluation.judge is not None else None,
+        min_score=rspec.min_score, max_regression=rspec.max_regression, confidence=rspec.confidence,
+        max_error_rate=rspec.max_error_rate,
+        concurrency=evaluation.concurrency,
+        timeout_seconds=float(evaluation.timeout_seconds),
     )
 
 
 def _render(outcome: Outcome, *, known: Sequence[_Known], by_fp: Mapping[str, _Known],
-            spec_raw: Mapping[str, Any], desired: str, total: int, shape: Shape,
+            spec: ModelDeploymentSpec, desired: str, total: int, shape: Shape,
             services: Sequence[Obj], narrowed: tuple[str, datetime] | None, now: datetime) -> Outcome:
     state = outcome.state
     stable_n, canary_n = replicas_for(state, total)
@@ -478,15 +458,13 @@ def _render(outcome: Outcome, *, known: Sequence[_Known], by_fp: Mapping[str, _K
     plans: list[render.WorkloadPlan] = []
     keep: set[str] = set()
 
-    def from_known_or_spec(fp: str) -> tuple[dict[str, Any], Shape, str] | None:
+    def from_known_or_spec(fp: str) -> tuple[ModelDeploymentSpec, Shape, str] | None:
         k = by_fp.get(fp)
         if k is not None and k.gated is not None:
-            return spec_with_gated(spec_raw, k.gated), k.shape or shape, k.key
+            return spec_with_gated(spec, k.gated), k.shape or shape, k.key
         if fp == desired:
-            model = spec_raw.get("model") or {}
-            key = k.key if k is not None else new_key(str(model.get("source")),
-                                                      str(model.get("revision") or "main"), fp, taken)
-            return dict(spec_raw), shape, key
+            key = k.key if k is not None else new_key(spec.model.source, spec.model.revision, fp, taken)
+            return spec, shape, key
         return None
 
     canary_plan: render.WorkloadPlan | None = None
@@ -496,7 +474,7 @@ def _render(outcome: Outcome, *, known: Sequence[_Known], by_fp: Mapping[str, _K
         if found is not None:
             spec_c, shape_c, key_c = found
             replicas = max(total, 1) if state.phase is Phase.PROMOTING else canary_n
-            canary_plan = workload(role=render.Role.CANARY, spec_raw=spec_c,
+            canary_plan = workload(role=render.Role.CANARY, spec=spec_c,
                                    fingerprint=state.canary_revision, key=key_c, replicas=replicas,
                                    shape=shape_c)
             taken = {**taken, key_c: state.canary_revision}
@@ -509,7 +487,7 @@ def _render(outcome: Outcome, *, known: Sequence[_Known], by_fp: Mapping[str, _K
             if state.phase is Phase.PROMOTING:
                 k = by_fp.get(state.stable_revision)
                 replicas = max(k.replicas if k else 0, stable_n if state.weight < 100 else 0)
-            stable_plan = workload(role=render.Role.STABLE, spec_raw=spec_s,
+            stable_plan = workload(role=render.Role.STABLE, spec=spec_s,
                                    fingerprint=state.stable_revision, key=key_s, replicas=replicas,
                                    shape=shape_s)
 

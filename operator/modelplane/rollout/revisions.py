@@ -40,7 +40,6 @@ def spec_replicas(deployment: Obj | None) -> int:
 class Revisions:
     """Which Deployment runs the spec's revision, and which older ones still exist."""
 
-    spec_raw: dict[str, Any]
     fingerprint: str
     by_fp: dict[Any, Obj]  #: Deployments by the fingerprint annotation
     deployments: dict[str, Obj]  #: Deployments by name
@@ -51,8 +50,7 @@ class Revisions:
 
 def revisions(md: ModelDeployment, deployments_seen: Sequence[Obj]) -> Revisions:
     source, revision = md.spec.model.source, md.spec.model.revision
-    spec_raw = md.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
-    fingerprint = revision_fingerprint(spec_raw)
+    fingerprint = revision_fingerprint(md.spec)
     by_fp = {(d["metadata"].get("annotations") or {}).get(render.ANNOTATION_FINGERPRINT): d
              for d in deployments_seen}
     # The Deployment that runs the spec's gated fields, if one does (after a promotion it may carry
@@ -63,7 +61,7 @@ def revisions(md: ModelDeployment, deployments_seen: Sequence[Obj]) -> Revisions
     deployments = {d["metadata"]["name"]: d for d in deployments_seen}
     old_deps = [d for n, d in sorted(deployments.items()) if n != desired_dep]
     switching = bool(old_deps) and ready_replicas(deployments.get(desired_dep)) < 1
-    return Revisions(spec_raw, fingerprint, by_fp, deployments, desired_dep, old_deps, switching)
+    return Revisions(fingerprint, by_fp, deployments, desired_dep, old_deps, switching)
 
 
 def current_replicas(revs: Revisions, prior: RolloutState) -> int:
@@ -111,7 +109,7 @@ def plain_workload(md: ModelDeployment, revs: Revisions, *, desired: int,
     source, revision = md.spec.model.source, md.spec.model.revision
     have_dep = revs.deployments.get(revs.desired_dep)
     key = ((have_dep or {}).get("metadata", {}).get("labels") or {}).get(render.LABEL_REVISION_HASH)
-    return driver.workload(role=render.Role.STABLE, spec_raw=revs.spec_raw, fingerprint=revs.fingerprint,
+    return driver.workload(role=render.Role.STABLE, spec=md.spec, fingerprint=revs.fingerprint,
                            key=key or render.revision_hash(source, revision), replicas=desired, shape=shape)
 
 
