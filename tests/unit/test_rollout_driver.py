@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,6 +22,7 @@ from modelplane.rollout.machine import CONTROL_ANNOTATION, Command, EvalResult
 from modelplane.rollout.spec import gated_fields, revision_fingerprint, spec_with_gated
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+SOURCE = "hf://meta-llama/Llama-3.1-8B-Instruct"
 STEPS = [{"weight": 50, "pause": "10s"}]
 
 
@@ -262,7 +264,10 @@ def test_without_a_rollout_spec_a_revision_change_switches_directly() -> None:
     world.tick(md("rev-b", rollout={}), NOW + timedelta(seconds=2))
     assert world.status is not None and world.status["stable"]["revision"] == "rev-b"
     assert world.status["rolloutHistory"][-1]["decision"] == "Direct"
-    assert "revision-hash" not in json.dumps(world.services["chat"]["spec"]["selector"])
+    # The Service selects the revision that serves: rev-b's pods, once rev-a's are gone.
+    assert world.services["chat"]["spec"]["selector"][render.LABEL_REVISION_HASH] == \
+        render.revision_hash(SOURCE, "rev-b")
+    assert len(world.deployments) == 1
 
 
 def test_a_control_annotation_is_read_once() -> None:
@@ -360,3 +365,110 @@ def test_a_control_is_a_new_value_each_time() -> None:
     second = controls.build_patch(Command.PROMOTE, NOW + timedelta(microseconds=1))
     value = first["metadata"]["annotations"][CONTROL_ANNOTATION]
     assert value.startswith("promote@") and value != second["metadata"]["annotations"][CONTROL_ANNOTATION]
+
+
+# --- the weight is the gateway's; replicas are capacity; the Service selects stable ------------------
+
+PASSED = EvalResult(passed=True, reason="ok", canary_score=0.9, stable_score=0.88, lower_bound=-0.01,
+                    cases=60)
+
+
+def scaled(body: dict[str, Any], replicas: int) -> dict[str, Any]:
+    body["spec"]["scaling"] = {"minReplicas": replicas, "maxReplicas": replicas}
+    return body
+
+
+def by_key(world: World) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["labels"][render.LABEL_REVISION_HASH]: d for d in world.deployments.values()}
+
+
+def service_key(world: World) -> str | None:
+    return world.services["chat"]["spec"]["selector"].get(render.LABEL_REVISION_HASH)
+
+
+def run_rollout(world: World, body: dict[str, Any], start: datetime, *, ticks: int = 60,
+                verdict: EvalResult = PASSED) -> list[dict[str, Any]]:
+    """Tick once a second, passing the gate when asked; what each tick left: phase, weight, replicas."""
+    memory: rollouts.Memory | None = None
+    seen: list[dict[str, Any]] = []
+    key_a, key_b = render.revision_hash(SOURCE, "rev-a"), render.revision_hash(SOURCE, "rev-b")
+    for i in range(ticks):
+        result = world.tick(body, start + timedelta(seconds=i), memory)
+        memory = result.rollout_memory
+        if result.start_evaluation is not None:
+            order = result.start_evaluation
+            slot = rollouts.EvalSlot(order.revision, order.attempt, running=False, result=verdict)
+            memory = replace(memory, evaluation=slot)
+        assert world.status is not None
+        deps = by_key(world)
+        canary = world.status.get("canary") or {}
+        seen.append({"phase": canary.get("phase"), "weight": canary.get("weight", 0), "t": i,
+                     "stable": deps[key_a]["spec"]["replicas"] if key_a in deps else None,
+                     "canary": deps[key_b]["spec"]["replicas"] if key_b in deps else None,
+                     "service": service_key(world),
+                     "canary_template": deps[key_b]["spec"]["template"]["metadata"]["labels"]
+                     if key_b in deps else None})
+        if canary.get("phase") in ("Promoted", "RolledBack") and len(world.deployments) == 1:
+            break
+    return seen
+
+
+# (phase, weight in status, canary replicas) for a fleet of 4 and steps of 10% and 50%; a tick may
+# pass through several phases, so only those it ends in are seen.
+EXPECTED = {("Deploying", 0, 1), ("Evaluating", 0, 1), ("Stepping", 10, 1), ("Analyzing", 10, 1),
+            ("Stepping", 50, 2), ("Analyzing", 50, 2), ("Promoting", 100, 4)}
+SEEN_AT_LEAST = {("Evaluating", 0, 1), ("Analyzing", 10, 1), ("Analyzing", 50, 2), ("Promoting", 100, 4)}
+
+
+def test_the_weight_goes_to_status_and_the_canary_runs_its_share_beside_stables_whole_fleet() -> None:
+    rollout = {"steps": [{"weight": 10, "pause": "10s"}, {"weight": 50, "pause": "10s"}],
+               "evaluation": {"suiteRef": {"configMap": "suite"}}}
+    world = World()
+    world.tick(scaled(md("rev-a", rollout=rollout), 4), NOW)
+    world.tick(scaled(md("rev-a", rollout=rollout), 4), NOW + timedelta(seconds=1))
+    seen = run_rollout(world, scaled(md("rev-b", rollout=rollout), 4), NOW + timedelta(seconds=2))
+    during = [s for s in seen if s["phase"] not in ("Promoted", None)]
+    assert SEEN_AT_LEAST <= {(s["phase"], s["weight"], s["canary"]) for s in during} <= EXPECTED
+    # Stable keeps its whole fleet until the promotion is done (a rollback never finds it short): it
+    # goes only once the Service has moved to the promoted canary's whole fleet.
+    key_b = render.revision_hash(SOURCE, "rev-b")
+    assert all(s["stable"] == 4 or (s["phase"] == "Promoting" and s["service"] == key_b and s["canary"] == 4)
+               for s in during)
+    assert seen[-1]["phase"] == "Promoted" and seen[-1]["stable"] is None and seen[-1]["canary"] == 4
+
+
+def test_the_service_selects_stable_until_the_promoted_canary_has_its_whole_fleet() -> None:
+    rollout = {"steps": [{"weight": 10, "pause": "10s"}, {"weight": 50, "pause": "10s"}],
+               "evaluation": {"suiteRef": {"configMap": "suite"}}}
+    world = World()
+    world.tick(scaled(md("rev-a", rollout=rollout), 4), NOW)
+    seen = run_rollout(world, scaled(md("rev-b", rollout=rollout), 4), NOW + timedelta(seconds=1))
+    key_a, key_b = render.revision_hash(SOURCE, "rev-a"), render.revision_hash(SOURCE, "rev-b")
+    # One change of selector in the whole rollout, never while the canary takes a share.
+    changes = [s for prev, s in zip(seen, seen[1:], strict=False) if s["service"] != prev["service"]]
+    assert [s["service"] for s in seen[:1] + changes] == [key_a, key_b]
+    assert changes[0]["phase"] == "Promoting" and changes[0]["canary"] == 4
+    assert all(s["service"] == key_a for s in seen if s["phase"] in ("Deploying", "Evaluating", "Stepping",
+                                                                      "Analyzing"))
+    # The old stable leaves the Service before it is deleted.
+    gone = next(s for s in seen if s["stable"] is None)
+    assert gone["t"] - changes[0]["t"] >= rollouts.DRAIN_SECONDS
+    # The canary's pods were never relabelled (that would restart them): the template is as created.
+    templates = {json.dumps(s["canary_template"], sort_keys=True) for s in seen if s["canary_template"]}
+    assert len(templates) == 1
+
+
+def test_a_rolled_back_canary_is_deleted_once_the_gateways_have_seen_weight_0() -> None:
+    rollout = {"steps": [{"weight": 10, "pause": "10s"}], "evaluation": {"suiteRef": {"configMap": "suite"}}}
+    failed = replace(PASSED, passed=False, reason="worse", canary_score=0.5)
+    world = World()
+    world.tick(md("rev-a", rollout=rollout), NOW)
+    seen = run_rollout(world, md("rev-b", rollout=rollout), NOW + timedelta(seconds=1), verdict=failed)
+    rolling = [s for s in seen if s["phase"] == "RollingBack"]
+    assert rolling and all(s["weight"] == 0 for s in rolling)
+    deleted = next(s for s in seen if s["canary"] is None)
+    assert deleted["t"] - rolling[0]["t"] >= rollouts.DRAIN_SECONDS
+    assert all(s["canary"] == 1 for s in rolling if s["t"] - rolling[0]["t"] < rollouts.DRAIN_SECONDS)
+    key_a = render.revision_hash(SOURCE, "rev-a")
+    assert {s["service"] for s in seen} == {key_a}  # the canary was never behind the Service
+    assert seen[-1]["phase"] == "RolledBack"

@@ -37,9 +37,9 @@ from modelplane.rollout.machine import (
     StartEvaluation,
     SwitchStable,
     advance,
+    canary_replicas,
     parse_control,
     replicas_for,
-    split_replicas,
     window_end,
 )
 from modelplane.rollout.power import PowerCheck, assess
@@ -857,33 +857,38 @@ def test_gate_result_feeds_the_machine() -> None:
 
 
 @pytest.mark.parametrize(
-    ("total", "weight", "split"),
+    ("total", "weight", "canary"),
     [
-        pytest.param(10, 0, (10, 0), id="no-traffic"),
-        pytest.param(10, 100, (0, 10), id="all-traffic"),
-        pytest.param(10, 10, (9, 1), id="exact-10pct"),
-        pytest.param(10, 25, (7, 3), id="round-half-up"),
-        pytest.param(4, 10, (3, 1), id="canary-at-least-one"),
-        pytest.param(4, 99, (1, 3), id="stable-at-least-one"),
-        pytest.param(3, 50, (1, 2), id="nearest-of-1.5"),
-        pytest.param(1, 10, (1, 1), id="single-replica-runs-both"),
-        pytest.param(0, 50, (0, 0), id="scaled-to-zero"),
-        pytest.param(20, 33, (13, 7), id="20-at-33pct"),
+        pytest.param(10, 0, 0, id="no-traffic"),
+        pytest.param(10, 100, 10, id="all-traffic"),
+        pytest.param(10, 10, 1, id="exact-10pct"),
+        pytest.param(10, 25, 3, id="2.5-rounds-up"),
+        pytest.param(4, 10, 1, id="at-least-one"),
+        pytest.param(4, 99, 4, id="99pct-of-4"),
+        pytest.param(3, 50, 2, id="1.5-rounds-up"),
+        pytest.param(1, 10, 1, id="single-replica-fleet"),
+        pytest.param(2, 10, 1, id="10pct-of-2-is-one-not-half-the-fleet"),
+        pytest.param(0, 50, 0, id="scaled-to-zero"),
+        pytest.param(20, 33, 7, id="20-at-33pct"),
+        pytest.param(20, 35, 7, id="exactly-7"),
     ],
 )
-def test_split_replicas(total: int, weight: int, split: tuple[int, int]) -> None:
-    assert split_replicas(total, weight) == split
-    stable, canary = split
-    if total >= 2:
-        assert stable + canary == total
+def test_canary_replicas(total: int, weight: int, canary: int) -> None:
+    assert canary_replicas(total, weight) == canary
 
 
-def test_split_realises_the_nearest_weight() -> None:
-    for total in range(2, 41):
-        for weight in range(1, 100):
-            _, canary = split_replicas(total, weight)
-            best = min(range(1, total), key=lambda c: abs(c / total - weight / 100))
-            assert abs(canary / total - weight / 100) <= abs(best / total - weight / 100) + 1e-12
+def test_the_canary_has_at_least_its_share_and_less_than_one_replica_more() -> None:
+    for total in range(1, 41):
+        for weight in range(1, 101):
+            canary = canary_replicas(total, weight)
+            share = total * weight / 100
+            assert share <= canary < share + 1
+
+
+@pytest.mark.parametrize(("total", "weight"), [(-1, 10), (4, -1), (4, 101)])
+def test_canary_replicas_refuses_nonsense(total: int, weight: int) -> None:
+    with pytest.raises(ValueError, match="bad split"):
+        canary_replicas(total, weight)
 
 
 @pytest.mark.parametrize(
@@ -891,7 +896,11 @@ def test_split_realises_the_nearest_weight() -> None:
     [
         pytest.param(st(Phase.EVALUATING), (6, 1), id="evaluation-replica-beside-stable"),
         pytest.param(st(Phase.PAUSED, weight=0), (6, 1), id="paused-before-traffic"),
-        pytest.param(st(Phase.ANALYZING, weight=50), (3, 3), id="step"),
+        pytest.param(st(Phase.ANALYZING, weight=50), (6, 3), id="step-stable-keeps-its-fleet"),
+        pytest.param(st(Phase.STEPPING, weight=10), (6, 1), id="small-step-one-replica"),
+        pytest.param(st(Phase.PAUSED, weight=34), (6, 3), id="paused-at-a-step"),
+        pytest.param(st(Phase.ANALYZING, weight=100), (6, 6), id="a-100pct-step-keeps-stable"),
+        pytest.param(st(Phase.PROMOTING, weight=100), (6, 6), id="promoting"),
         pytest.param(st(Phase.ROLLING_BACK), (6, 0), id="rolling-back"),
         pytest.param(st(Phase.IDLE), (6, 0), id="idle"),
     ],

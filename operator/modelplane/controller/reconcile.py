@@ -295,8 +295,9 @@ def _children(md: ModelDeployment, observed: Observed, revs: revisions.Revisions
         revisions.plain_workload(md, revs, desired=desired, shape=shape)]
     existing = {(c["kind"], c["metadata"]["name"]): c
                 for c in (*observed.deployments, *observed.services, *observed.pdbs)}
-    only_key = rollout.service_only_key if rollout.driving else None
-    for child in render.build_children(md, md.spec, workloads, service_only_key=only_key):
+    service_key = rollout.service_key if rollout.driving else \
+        revisions.plain_service_key(md, revs, switching=switching)
+    for child in render.build_children(md, md.spec, workloads, service_key=service_key):
         manifest = _with_hash(child)
         have = existing.get((child["kind"], child["metadata"]["name"]))
         have_hash = ((have or {}).get("metadata", {}).get("annotations") or {}).get(APPLIED_HASH)

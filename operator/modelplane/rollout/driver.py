@@ -10,15 +10,21 @@ reconcile. It
   ``BeginAnalysisWindow`` snapshot, the order for an evaluation (``EvaluationOrder``) the controller
   then runs (I/O),
 * turns the new state into the workloads to render (stable from ITS snapshot, the canary from the
-  spec, replicas split by ``replicas_for``), the Deployments to remove and the Service's selector.
+  spec, replicas by ``replicas_for``), the Deployments to remove and the workload the Service selects.
 
-How the canary is kept out of user traffic before its first step: the shared Service selects every
-server pod, except while a canary runs at weight 0 (Deploying, Evaluating, paused before traffic,
-RollingBack), when its selector is narrowed to stable's revision-hash label; the evaluation talks to
-the canary pod by its pod IP. A Service's selector changes without restarting a pod, so the canary
-that passed the gate is the one that takes traffic. The same narrowing takes a workload out of the
-Service before it is deleted (an old stable after a promotion, a rolled-back canary), so no request
-is sent to pods that are going away.
+How a canary gets its share of requests: the weight is written to ``status.canary.weight``, which
+the gateway (``modelplane.gateway``) follows exactly, per request; the canary runs enough replicas
+for that share (``machine.canary_replicas``) beside stable's whole fleet. The ModelDeployment's
+Service selects one workload only, stable's, whatever the phase, so a client that goes straight to
+the Service is served by stable until the promotion, and a canary at weight 0 (Deploying,
+Evaluating, paused before traffic, RollingBack) is reached by no client: the gateway sends it
+nothing, the Service does not select it, and the evaluation talks to it by pod IP. The selector
+changes once per rollout, when a promoted canary has its whole fleet ready (it is stable from then
+on); no pod template label ever changes, so no pod restarts for it.
+
+Drain before delete: the old stable after a promotion leaves the Service ``DRAIN_SECONDS`` before it
+is deleted; a rolled-back canary is deleted ``DRAIN_SECONDS`` after the phase that set its weight
+to 0 began, so the gateways have seen the weight and the requests they sent it have finished.
 
 The actions ``DeployCanary``, ``SetWeight``, ``Promote``, ``Rollback`` and ``SwitchStable`` need no
 executing here: the workloads follow from the state. ``StartEvaluation`` and ``CancelEvaluation``
@@ -68,14 +74,13 @@ Obj = Mapping[str, Any]
 
 #: Phases in which the rollout, not the plain revision switch, decides the workloads.
 DRIVING = ACTIVE | {Phase.PROMOTING, Phase.ROLLING_BACK}
-#: A canary exists but must not take user traffic.
-_WEIGHT_ZERO = frozenset({Phase.DEPLOYING, Phase.EVALUATING, Phase.ROLLING_BACK})
 #: One reconcile advances the machine at most this often (each call makes one transition).
 MAX_TRANSITIONS = 8
 #: Failed requests in a window: real vLLM's HTTP instrumentation (``status`` "5xx", or the code).
 HTTP_REQUESTS = "http_requests_total"
-#: A workload leaves the Service this long before it is deleted: endpoints propagate to every
-#: kube-proxy (or Gateway) within a second or two, and requests already sent to it finish.
+#: A workload leaves the Service (or, for a rolled-back canary, goes to weight 0 in status) this long
+#: before it is deleted: endpoints and status propagate to every kube-proxy and gateway within a
+#: second or two, and requests already sent to it finish.
 DRAIN_SECONDS = 5.0
 
 
@@ -154,7 +159,8 @@ class Outcome:
     rollout_spec: RolloutSpec | None
     driving: bool  #: the rollout decides the workloads (else the plain revision switch does)
     workloads: tuple[render.WorkloadPlan, ...] = ()
-    service_only_key: str | None = None
+    #: The workload key the Service selects (``render.build_service``); None: every server pod.
+    service_key: str | None = None
     delete: tuple[str, ...] = ()  #: Deployment names
     memory: Memory = field(default_factory=Memory)
     start_evaluation: EvaluationOrder | None = None
@@ -491,20 +497,23 @@ def _render(outcome: Outcome, *, known: Sequence[_Known], by_fp: Mapping[str, _K
                                    fingerprint=state.stable_revision, key=key_s, replicas=replicas,
                                    shape=shape_s)
 
-    only_key: str | None = None
-    if canary_plan is not None and (state.phase in _WEIGHT_ZERO or (
-            state.phase is Phase.PAUSED and state.weight == 0)) and stable_plan is not None:
-        only_key = stable_plan.workload_key
-    elif state.phase is Phase.ROLLING_BACK and stable_plan is not None:
-        only_key = stable_plan.workload_key
-    elif state.phase is Phase.PROMOTING and canary_plan is not None:
+    # The Service selects one workload, stable's, whatever the weight: a canary takes requests only
+    # through the gateway, by status.canary.weight. Once a promoted canary has its whole fleet
+    # ready, the Service moves to it (it is stable from then on). No stable to render (its
+    # Deployment gone without a snapshot): every server pod, as without a rollout.
+    service_key = stable_plan.workload_key if stable_plan is not None else None
+    if state.phase is Phase.PROMOTING and canary_plan is not None:
         found_canary = by_fp.get(state.canary_revision or "")
         ready = found_canary.ready if found_canary is not None else 0
         if ready >= max(total, 1):
-            only_key = canary_plan.workload_key
+            service_key = canary_plan.workload_key
     observed_only = _observed_only_key(services)
     since = narrowed[1] if narrowed is not None and narrowed[0] == observed_only else now
     drained = observed_only is not None and (now - since).total_seconds() >= DRAIN_SECONDS
+    # The gateways learn the weight from status, written with this tick: a rolled-back canary keeps
+    # its pods until they have had DRAIN_SECONDS to see weight 0 and let in-flight requests finish.
+    phase_age = (now - state.phase_since).total_seconds() if state.phase_since is not None else DRAIN_SECONDS
+    weight_drained = phase_age >= DRAIN_SECONDS
 
     if canary_plan is not None:
         plans.append(canary_plan)
@@ -516,9 +525,11 @@ def _render(outcome: Outcome, *, known: Sequence[_Known], by_fp: Mapping[str, _K
         keep.add(stable_plan.workload_key)
     delete = tuple(sorted(
         k.name for k in known
-        if k.key not in keep and (k.ready == 0 or (drained and observed_only != k.key))))
+        if k.key not in keep and (k.ready == 0 or (
+            drained and observed_only != k.key
+            and (weight_drained or k.fingerprint != state.canary_revision)))))
     memory = replace(outcome.memory, narrowed=(observed_only, since) if observed_only is not None else None)
-    return replace(outcome, workloads=tuple(plans), service_only_key=only_key, delete=delete, memory=memory)
+    return replace(outcome, workloads=tuple(plans), service_key=service_key, delete=delete, memory=memory)
 
 
 def _observed_only_key(services: Sequence[Obj]) -> str | None:

@@ -220,15 +220,17 @@ class Inputs:
 
 @dataclass(frozen=True)
 class DeployCanary:
-    """Create (or replace) the canary workload at ``revision``: 1 replica, NOT an endpoint of the
-    shared Service (weight 0); the evaluation reaches it through its own Service."""
+    """Create (or replace) the canary workload at ``revision``: 1 replica at weight 0, which no
+    client request reaches (the gateway sends it none, the Service does not select it); the
+    evaluation reaches it by pod IP."""
 
     revision: str
 
 
 @dataclass(frozen=True)
 class SetWeight:
-    """Split traffic: ``split_replicas(total, weight)`` replicas behind the shared Service."""
+    """Send ``weight`` percent of the requests to the canary (``status.canary.weight``, which the
+    gateway follows), on ``canary_replicas(total, weight)`` replicas beside stable's full fleet."""
 
     weight: int
 
@@ -483,40 +485,34 @@ def _parse_time(value: str | None) -> datetime | None:
 # --- replicas ---------------------------------------------------------------------------------
 
 
-def split_replicas(total: int, weight: int) -> tuple[int, int]:
-    """(stable, canary) replicas for ``total`` at ``weight`` percent on the canary.
+def canary_replicas(total: int, weight: int) -> int:
+    """Replicas the canary runs for ``weight`` percent of the requests of a fleet of ``total``.
 
-    The Service spreads requests evenly over ready pods, so the realised weight is canary/total; the
-    canary count is the nearest to ``total × weight / 100``, kept at ≥ 1 while weight > 0 and stable
-    at ≥ 1 while weight < 100. With total 1 and 0 < weight < 100 both run one replica (2 in all): the
-    weight cannot be honoured otherwise, and stable must keep serving. Total 0 (scaled to zero) is 0, 0.
+    The gateway splits requests by the weight exactly, whatever the replica counts, so the replica
+    count no longer encodes the weight: it is the canary's share of the fleet, rounded up, at least
+    one while it takes traffic (``ceil(total × weight / 100)``); the whole fleet at 100; none at
+    weight 0 or with the fleet scaled to zero (there is no load to share).
     """
     if total < 0 or not 0 <= weight <= 100:
         raise ValueError(f"bad split: total={total}, weight={weight}")
-    if total == 0:
-        return 0, 0
-    if weight == 0:
-        return total, 0
-    if weight == 100:
-        return 0, total
-    if total == 1:
-        return 1, 1
-    canary = int(total * weight / 100 + 0.5)  # round half up, not to even
-    canary = min(max(canary, 1), total - 1)
-    return total - canary, canary
+    if total == 0 or weight == 0:
+        return 0
+    return max(1, -(-total * weight // 100))
 
 
 def replicas_for(state: RolloutState, total: int) -> tuple[int, int]:
     """(stable, canary) replicas the handler should run now, for the autoscaler's ``total``.
 
-    Before traffic (Deploying, Evaluating, Paused at weight 0) the canary runs one replica beside the
-    full stable fleet; during steps the total is split by the weight; otherwise no canary.
+    Stable keeps the whole fleet until the promotion is done, so a rollback never finds it short.
+    Before traffic (Deploying, Evaluating, Paused at weight 0) the canary runs the one replica the
+    evaluation talks to; during steps its share of the fleet (``canary_replicas``); while
+    Promoting the whole fleet; otherwise none.
     """
     before_traffic = state.phase is Phase.PAUSED and state.weight == 0
     if state.phase in (Phase.DEPLOYING, Phase.EVALUATING) or before_traffic:
         return total, 1
     if state.phase in (Phase.STEPPING, Phase.ANALYZING, Phase.PAUSED, Phase.PROMOTING):
-        return split_replicas(total, state.weight)
+        return total, canary_replicas(total, state.weight)
     return total, 0
 
 
@@ -834,7 +830,7 @@ def _remeasured_power(state: RolloutState, spec: RolloutSpec, result: EvalResult
 
 
 def _stepping(state: RolloutState, inputs: Inputs, now: datetime, settings: MachineSettings) -> Result:
-    _, wanted = split_replicas(inputs.total_replicas, state.weight)
+    wanted = canary_replicas(inputs.total_replicas, state.weight)
     if inputs.canary_ready_replicas >= max(1, wanted):
         message = f"analysis window of step {state.step + 1} began at {state.weight}%"
         new = replace(state, phase=Phase.ANALYZING, phase_since=now, step_started_at=now,

@@ -71,9 +71,10 @@ def current_replicas(revs: Revisions, prior: RolloutState) -> int:
         # While the new revision starts, the old one's replicas are what the fleet is.
         current = max(current, max(spec_replicas(d) for d in revs.old_deps))
     if prior.phase in driver.DRIVING:
-        # During a rollout the fleet is stable plus the canary's share of traffic.
-        current = spec_replicas(revs.by_fp.get(prior.stable_revision)) + (
-            spec_replicas(revs.by_fp.get(prior.canary_revision)) if prior.weight > 0 else 0)
+        # During a rollout stable keeps the whole fleet; the canary's replicas come on top of it
+        # for its share of the requests (``machine.canary_replicas``) and are not the fleet.
+        current = spec_replicas(revs.by_fp.get(prior.stable_revision)) or \
+            spec_replicas(revs.by_fp.get(prior.canary_revision))
     return current
 
 
@@ -106,11 +107,26 @@ def plain_workload(md: ModelDeployment, revs: Revisions, *, desired: int,
                    shape: driver.Shape) -> render.WorkloadPlan:
     """Without a rollout driving: the one workload of the spec's revision, at ``desired`` replicas
     (a Deployment that already runs it keeps its name, even after the revision's key changed)."""
-    source, revision = md.spec.model.source, md.spec.model.revision
+    return driver.workload(role=render.Role.STABLE, spec=md.spec, fingerprint=revs.fingerprint,
+                           key=_desired_key(md, revs), replicas=desired, shape=shape)
+
+
+def _desired_key(md: ModelDeployment, revs: Revisions) -> str:
     have_dep = revs.deployments.get(revs.desired_dep)
     key = ((have_dep or {}).get("metadata", {}).get("labels") or {}).get(render.LABEL_REVISION_HASH)
-    return driver.workload(role=render.Role.STABLE, spec=md.spec, fingerprint=revs.fingerprint,
-                           key=key or render.revision_hash(source, revision), replicas=desired, shape=shape)
+    return str(key) if key else render.revision_hash(md.spec.model.source, md.spec.model.revision)
+
+
+def plain_service_key(md: ModelDeployment, revs: Revisions, *, switching: bool) -> str:
+    """Without a rollout driving: the workload the Service selects, the one that serves — while a
+    new revision has no Ready replica yet, the old revision with the most Ready replicas (the first
+    by name on a tie); else the spec's."""
+    if switching:
+        best = max(revs.old_deps, key=ready_replicas)  # max keeps the first of equals, by name
+        key = ((best.get("metadata") or {}).get("labels") or {}).get(render.LABEL_REVISION_HASH)
+        if ready_replicas(best) > 0 and key:
+            return str(key)
+    return _desired_key(md, revs)
 
 
 def plain_deletes(revs: Revisions, *, switching: bool) -> list[str]:
