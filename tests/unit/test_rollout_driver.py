@@ -138,7 +138,7 @@ def test_a_failed_gate_rolls_back_after_draining_and_the_status_says_why() -> No
     memory = rollouts.Memory(evaluation=rollouts.EvalSlot(memory.evaluation.revision, 1, running=False,
                                                           result=verdict))
     t = NOW + timedelta(seconds=4)
-    for _ in range(12):  # rollback: narrow the Service, drain, delete the canary, settle
+    for _ in range(12):  # rollback: weight 0, drain, delete the canary, settle
         memory = world.tick(md("rev-b"), t, memory).rollout_memory
         t += timedelta(seconds=1)
     assert world.status is not None
