@@ -65,6 +65,7 @@ class World:
         self.services: dict[str, dict[str, Any]] = {}
         self.pdbs: dict[str, dict[str, Any]] = {}
         self.status: dict[str, Any] | None = None
+        self.memory: rollouts.Memory | None = None  #: the controller's, as run_rollout left it
 
     def tick(self, body: dict[str, Any], now: datetime,
              memory: rollouts.Memory | None = None, suite_cases: int | None = None) -> reconcile.Result:
@@ -410,6 +411,7 @@ def run_rollout(world: World, body: dict[str, Any], start: datetime, *, ticks: i
                      if key_b in deps else None})
         if canary.get("phase") in ("Promoted", "RolledBack") and len(world.deployments) == 1:
             break
+    world.memory = memory
     return seen
 
 
@@ -472,3 +474,20 @@ def test_a_rolled_back_canary_is_deleted_once_the_gateways_have_seen_weight_0() 
     key_a = render.revision_hash(SOURCE, "rev-a")
     assert {s["service"] for s in seen} == {key_a}  # the canary was never behind the Service
     assert seen[-1]["phase"] == "RolledBack"
+
+
+def test_a_superseded_canary_goes_at_once_and_the_new_one_starts_at_weight_0() -> None:
+    rollout = {"steps": [{"weight": 50, "pause": "10m"}], "evaluation": {"suiteRef": {"configMap": "suite"}}}
+    world = World()
+    world.tick(scaled(md("rev-a", rollout=rollout), 4), NOW)
+    seen = run_rollout(world, scaled(md("rev-b", rollout=rollout), 4), NOW + timedelta(seconds=1), ticks=6)
+    assert seen[-1]["phase"] == "Analyzing" and seen[-1]["weight"] == 50 and seen[-1]["canary"] == 2
+    result = world.tick(scaled(md("rev-c", rollout=rollout), 4), NOW + timedelta(seconds=10), world.memory)
+    assert world.status is not None and world.status["canary"]["phase"] == "Deploying"
+    assert world.status["canary"]["weight"] == 0
+    # Status names rev-c now: a gateway would take rev-b's pods for stable's, so they go in this tick.
+    assert [name for _, name in result.delete] == [f"chat-{render.revision_hash(SOURCE, 'rev-b')}"]
+    keys = set(by_key(world))
+    assert keys == {render.revision_hash(SOURCE, "rev-a"), render.revision_hash(SOURCE, "rev-c")}
+    assert service_key(world) == render.revision_hash(SOURCE, "rev-a")
+    assert by_key(world)[render.revision_hash(SOURCE, "rev-a")]["spec"]["replicas"] == 4
