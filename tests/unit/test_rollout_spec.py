@@ -264,3 +264,17 @@ def test_analysis_thresholds_from_the_parsed_spec(analysis: dict[str, Any] | Non
     limits = AnalysisThresholds.from_api(parsed)
     assert (limits.max_error_rate, limits.max_ttft_p95) == (error_rate, ttft)
     assert limits.min_requests == AnalysisThresholds().min_requests  # the operator's own settings stay
+
+
+@pytest.mark.parametrize(("parameter", "field"), [
+    ("max_regression", "max_regression"), ("confidence", "confidence"), ("max_error_rate", "max_error_rate")])
+def test_the_gates_own_defaults_are_the_apis(parameter: str, field: str) -> None:
+    # evaluate_gate and the power tables keep defaults for direct callers; they are the API's.
+    import inspect
+
+    from modelplane.rollout import power, stats
+
+    default = models.EvaluationSpec.model_fields[field].default
+    assert inspect.signature(stats.evaluate_gate).parameters[parameter].default == default
+    if parameter == "confidence":
+        assert inspect.signature(power.sizing_table).parameters[parameter].default == default
