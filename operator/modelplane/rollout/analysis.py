@@ -72,6 +72,7 @@ class AnalysisThresholds:
             return cls()
         return cls(max_error_rate=analysis.max_error_rate, max_ttft_p95=analysis.max_ttft_seconds_p95)
 
+
 @dataclass(frozen=True)
 class WindowStats:
     """One revision's traffic in the window."""

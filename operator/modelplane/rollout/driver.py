@@ -120,7 +120,7 @@ class Memory:
 
     evaluation: EvalSlot | None = None
     window: Window | None = None
-    #: Since when the observed Service has been narrowed to this key (the drain before a delete).
+    #: Since when the observed Service has selected this workload key (the drain before a delete).
     narrowed: tuple[str, datetime] | None = None
 
 
@@ -507,9 +507,9 @@ def _render(outcome: Outcome, *, known: Sequence[_Known], by_fp: Mapping[str, _K
         ready = found_canary.ready if found_canary is not None else 0
         if ready >= max(total, 1):
             service_key = canary_plan.workload_key
-    observed_only = _observed_only_key(services)
-    since = narrowed[1] if narrowed is not None and narrowed[0] == observed_only else now
-    drained = observed_only is not None and (now - since).total_seconds() >= DRAIN_SECONDS
+    observed_key = _observed_service_key(services)
+    since = narrowed[1] if narrowed is not None and narrowed[0] == observed_key else now
+    drained = observed_key is not None and (now - since).total_seconds() >= DRAIN_SECONDS
     # The gateways learn the weight from status, written with this tick: a rolled-back canary keeps
     # its pods until they have had DRAIN_SECONDS to see weight 0 and let in-flight requests finish.
     phase_age = (now - state.phase_since).total_seconds() if state.phase_since is not None else DRAIN_SECONDS
@@ -519,20 +519,20 @@ def _render(outcome: Outcome, *, known: Sequence[_Known], by_fp: Mapping[str, _K
         plans.append(canary_plan)
         keep.add(canary_plan.workload_key)
     if stable_plan is not None and not (state.phase is Phase.PROMOTING and drained
-                                        and observed_only == (canary_plan.workload_key if canary_plan
+                                        and observed_key == (canary_plan.workload_key if canary_plan
                                                               else None)):
         plans.append(stable_plan)
         keep.add(stable_plan.workload_key)
     delete = tuple(sorted(
         k.name for k in known
         if k.key not in keep and (k.ready == 0 or (
-            drained and observed_only != k.key
+            drained and observed_key != k.key
             and (weight_drained or k.fingerprint != state.canary_revision)))))
-    memory = replace(outcome.memory, narrowed=(observed_only, since) if observed_only is not None else None)
+    memory = replace(outcome.memory, narrowed=(observed_key, since) if observed_key is not None else None)
     return replace(outcome, workloads=tuple(plans), service_key=service_key, delete=delete, memory=memory)
 
 
-def _observed_only_key(services: Sequence[Obj]) -> str | None:
+def _observed_service_key(services: Sequence[Obj]) -> str | None:
     for svc in services:
         selector = (svc.get("spec") or {}).get("selector") or {}
         if render.LABEL_REVISION_HASH in selector:
