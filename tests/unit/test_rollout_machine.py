@@ -532,7 +532,7 @@ ROWS = {
         ctl(Command.PROMOTE),
         Phase.PROMOTING,
         [Promote, EmitEvent],
-        expect={"reason": Reason.MANUAL_PROMOTE, "weight": 100},
+        expect={"reason": Reason.MANUAL_PROMOTE, "weight": 10},  # 100 once its whole fleet is ready
     ),
     "promote-while-paused": Row(
         st(Phase.PAUSED), ctl(Command.PROMOTE), Phase.PROMOTING, [Promote, EmitEvent]
@@ -734,6 +734,7 @@ def test_a_finished_rollout_hands_its_discordance_to_the_next() -> None:
     result = EvalResult(passed=True, reason="ok", canary_score=0.9, stable_score=0.9, lower_bound=-0.01,
                         cases=200, suite_cases=200, discordance=0.03)
     state, _ = advance(st(Phase.EVALUATING), obs(evaluation=result), NO_STEPS, T0)
+    state, _ = advance(state, obs(canary_ready_replicas=1), NO_STEPS, T0 + timedelta(seconds=30))
     state, _ = advance(state, obs(stable_revision_live="r2"), NO_STEPS, T0 + timedelta(minutes=1))
     assert state.phase is Phase.PROMOTED and state.history[-1].discordance == 0.03
     state, _ = advance(state, obs(desired_revision="r3"), NO_STEPS, T0 + timedelta(minutes=2))
@@ -774,8 +775,11 @@ def happy_script() -> list[tuple[timedelta, Inputs]]:
         (15 * m, obs(canary_present=True, canary_ready_replicas=1, analysis=PASS_WINDOW)),
         (16 * m, obs(total_replicas=4, canary_present=True, canary_ready_replicas=2)),
         (26 * m, obs(canary_present=True, canary_ready_replicas=2, analysis=PASS_WINDOW)),
-        (27 * m, obs(canary_present=True, stable_revision_live="r1")),
-        (28 * m, obs(canary_present=False, stable_revision_live="r2")),
+        (27 * m, obs(total_replicas=4, canary_present=True, canary_ready_replicas=2,
+                     stable_revision_live="r1")),  # Promoting at 50%, the canary scaling to 4
+        (28 * m, obs(total_replicas=4, canary_present=True, canary_ready_replicas=4,
+                     stable_revision_live="r1")),  # its whole fleet is ready: 100%
+        (29 * m, obs(canary_present=False, stable_revision_live="r2")),
     ]
 
 
@@ -784,7 +788,7 @@ def test_happy_path_promotes_through_every_step(restart: bool) -> None:
     state, actions = run(RolloutState(), SPEC, happy_script(), restart=restart)
     assert state.phase is Phase.PROMOTED and state.stable_revision == "r2"
     weights = [a.weight for a in actions if isinstance(a, SetWeight)]
-    assert weights == [0, 10, 50]
+    assert weights == [0, 10, 50, 100]
     first_eval = next(i for i, a in enumerate(actions) if isinstance(a, StartEvaluation))
     first_traffic = next(i for i, a in enumerate(actions) if isinstance(a, SetWeight) and a.weight > 0)
     assert first_eval < first_traffic  # evaluation before any user traffic

@@ -22,6 +22,12 @@ nothing, the Service does not select it, and the evaluation talks to it by pod I
 changes once per rollout, when a promoted canary has its whole fleet ready (it is stable from then
 on); no pod template label ever changes, so no pod restarts for it.
 
+A promotion goes in this order: the canary scales to the whole fleet at the weight it had (the
+machine keeps the last step's weight, 0 without steps); once that fleet is ready the machine sets
+weight 100 and this tick writes it to status; the Service moves to the canary only in a later tick,
+one that read weight 100 from status (the gateways have had it since) and finds the fleet ready;
+the old stable is deleted ``DRAIN_SECONDS`` after the Service was seen on the canary.
+
 Drain before delete: the old stable after a promotion leaves the Service ``DRAIN_SECONDS`` before it
 is deleted; a rolled-back canary is deleted ``DRAIN_SECONDS`` after the phase that set its weight
 to 0 began, so the gateways have seen the weight and the requests they sent it have finished.
@@ -321,6 +327,8 @@ def drive(
     thresholds = AnalysisThresholds.from_api(evaluation.analysis if evaluation is not None else None)
 
     state = RolloutState.from_status(status)
+    #: The weight the gateways have had since the last tick wrote status (the canary it was for).
+    written = (state.canary_revision, state.weight)
     events: list[EmitEvent] = []
     order: EvaluationOrder | None = None
     cancel = False
@@ -404,7 +412,7 @@ def drive(
     if not driving or shape is None:
         return outcome
     return _render(outcome, known=known, by_fp=by_fp, spec=spec, desired=desired, total=total,
-                   shape=shape, services=services, narrowed=memory.narrowed, now=now)
+                   shape=shape, services=services, narrowed=memory.narrowed, now=now, written=written)
 
 
 def suite_to_count(spec: ModelDeploymentSpec, status: Mapping[str, Any] | None) -> tuple[str, str] | None:
@@ -457,7 +465,8 @@ def _order(*, md_meta: Mapping[str, Any], evaluation: EvaluationSpec | None, rsp
 
 def _render(outcome: Outcome, *, known: Sequence[_Known], by_fp: Mapping[str, _Known],
             spec: ModelDeploymentSpec, desired: str, total: int, shape: Shape,
-            services: Sequence[Obj], narrowed: tuple[str, datetime] | None, now: datetime) -> Outcome:
+            services: Sequence[Obj], narrowed: tuple[str, datetime] | None, now: datetime,
+            written: tuple[str | None, int] = (None, 0)) -> Outcome:
     state = outcome.state
     stable_n, canary_n = replicas_for(state, total)
     taken = {k.key: k.fingerprint for k in known}
@@ -479,9 +488,8 @@ def _render(outcome: Outcome, *, known: Sequence[_Known], by_fp: Mapping[str, _K
         found = from_known_or_spec(state.canary_revision)
         if found is not None:
             spec_c, shape_c, key_c = found
-            replicas = max(total, 1) if state.phase is Phase.PROMOTING else canary_n
             canary_plan = workload(role=render.Role.CANARY, spec=spec_c,
-                                   fingerprint=state.canary_revision, key=key_c, replicas=replicas,
+                                   fingerprint=state.canary_revision, key=key_c, replicas=canary_n,
                                    shape=shape_c)
             taken = {**taken, key_c: state.canary_revision}
     stable_plan: render.WorkloadPlan | None = None
@@ -498,16 +506,18 @@ def _render(outcome: Outcome, *, known: Sequence[_Known], by_fp: Mapping[str, _K
                                    shape=shape_s)
 
     # The Service selects one workload, stable's, whatever the weight: a canary takes requests only
-    # through the gateway, by status.canary.weight. Once a promoted canary has its whole fleet
-    # ready, the Service moves to it (it is stable from then on). No stable to render (its
-    # Deployment gone without a snapshot): every server pod, as without a rollout.
+    # through the gateway, by status.canary.weight. A promoted canary gets the Service once the
+    # gateways have it at 100% (read back from status: written by an earlier tick) and its whole
+    # fleet is ready; once moved, the Service stays on it (it is stable from then on). No stable to
+    # render (its Deployment gone without a snapshot): every server pod, as without a rollout.
     service_key = stable_plan.workload_key if stable_plan is not None else None
+    observed_key = _observed_service_key(services)
     if state.phase is Phase.PROMOTING and canary_plan is not None:
         found_canary = by_fp.get(state.canary_revision or "")
         ready = found_canary.ready if found_canary is not None else 0
-        if ready >= max(total, 1):
+        at_100 = written == (state.canary_revision, 100)
+        if at_100 and (ready >= max(total, 1) or observed_key == canary_plan.workload_key):
             service_key = canary_plan.workload_key
-    observed_key = _observed_service_key(services)
     since = narrowed[1] if narrowed is not None and narrowed[0] == observed_key else now
     drained = observed_key is not None and (now - since).total_seconds() >= DRAIN_SECONDS
     # The gateways learn the weight from status, written with this tick: a rolled-back canary keeps
