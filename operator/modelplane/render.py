@@ -1,9 +1,11 @@
 """Pure builders: a ModelDeployment and its workload plans → the child manifests, as plain dicts.
 
 One Deployment per model revision (``<md-name>-<hash of source+revision>``), so a stable and a canary
-revision run side by side; one ClusterIP Service and one PodDisruptionBudget over the server pods of
-every revision, so the replica ratio is the traffic ratio. No I/O, no clock, no randomness: the same
-input renders byte-identical output, which is what lets the handler skip writes on a resync.
+revision run side by side; one ClusterIP Service over the serving (stable) revision's pods, and one
+PodDisruptionBudget over the server pods of every revision. The split of requests between stable
+and a canary is the gateway's (by ``status.canary.weight``), not a replica ratio. No I/O, no clock,
+no randomness: the same input renders byte-identical output, which is what lets the handler skip
+writes on a resync.
 
 How each source scheme reaches vLLM (the model argument of ``vllm serve``):
 
@@ -449,16 +451,18 @@ def build_deployment(md: Owner, spec: ModelDeploymentSpec, workload: WorkloadPla
     }
 
 
-def build_service(md: Owner, *, only_key: str | None = None) -> Manifest:
-    """The ClusterIP Service for the OpenAI port, over the server pods of every revision.
+def build_service(md: Owner, *, key: str | None = None) -> Manifest:
+    """The ModelDeployment's ClusterIP Service for the OpenAI port: the pods of workload ``key``.
 
-    ``only_key`` narrows it to one workload's pods: a canary before its first traffic step (the
-    evaluation reaches it by pod IP), and a workload about to be removed (so that no request is
-    sent to pods that are going away). Changing a Service's selector restarts nothing.
+    It selects one workload, the serving (stable) one, so a client that goes to it straight is
+    served by stable only; a canary takes its share of requests through the gateway, which reads
+    every server pod and splits by ``status.canary.weight``. The selector changes only when the
+    serving workload does (a promotion, a revision switch), which restarts nothing. ``key`` None:
+    every server pod of every revision.
     """
     selector = server_selector(md)
-    if only_key is not None:
-        selector = {**selector, LABEL_REVISION_HASH: only_key}
+    if key is not None:
+        selector = {**selector, LABEL_REVISION_HASH: key}
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -485,13 +489,14 @@ def build_pdb(md: Owner) -> Manifest:
 
 
 def build_children(md: Owner, spec: ModelDeploymentSpec, workloads: Sequence[WorkloadPlan], *,
-                   service_only_key: str | None = None) -> list[Manifest]:
-    """Every child of ``md``: one Deployment per workload (stable first), the Service, the PDB."""
+                   service_key: str | None = None) -> list[Manifest]:
+    """Every child of ``md``: one Deployment per workload (stable first), the Service (over the pods
+    of workload ``service_key``), the PDB."""
     names = [workload_name(md.name, w.workload_key) for w in workloads]
     if len(set(names)) != len(names):
         raise ValueError(f"two workloads render the same Deployment: {names}")
     ordered = sorted(workloads, key=lambda w: 0 if w.role == Role.STABLE else 1)
-    return [*(build_deployment(md, spec, w) for w in ordered), build_service(md, only_key=service_only_key),
+    return [*(build_deployment(md, spec, w) for w in ordered), build_service(md, key=service_key),
             build_pdb(md)]
 
 

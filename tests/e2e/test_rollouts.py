@@ -4,10 +4,12 @@ Each test deploys a ModelDeployment at ``rev-a``, then changes ``spec.model.revi
 whose simulated behaviour (``modelplane-sim`` ConfigMap, keyed by revision) makes the gate or the
 live analysis decide: ``rev-good`` answers better, ``rev-bad`` worse, ``rev-slow`` as well but with
 a slow engine, ``rev-flaky`` as well but failing a share of its requests with HTTP 500. Load runs
-through a userspace kube-proxy for the Service (``ServiceProxy``), so traffic follows the Service's
-selector like in a real cluster, and every test that runs load checks that no request failed
-because of a promotion or a rollback (with ``rev-flaky``, only its own 500s fail). Short steps (4 s)
-and a 60-case suite keep the file within a few minutes.
+through the session's gateway (``gateways``: ``modelplane gateway`` processes reading the dev
+cluster), which splits requests between canary and stable by ``status.canary.weight`` like in a real
+cluster (the ModelDeployment's Service selects stable only, so load sent to it would never reach a
+canary), and every test that runs load checks that no request failed because of a promotion or a
+rollback (with ``rev-flaky``, only its own 500s fail). Short steps (4 s) and a 60-case suite keep
+the file within a few minutes.
 """
 
 from __future__ import annotations
@@ -28,12 +30,15 @@ from modelplane import render
 from modelplane.controller import kube
 from modelplane.rollout.controls import send_control
 from modelplane.rollout.machine import Command
-from modelplane_dev.devcluster.serviceproxy import ServiceProxy
 from modelplane_dev.sim.quality import TaskKind, generate_suite, suite_jsonl
 from tests.clusterfixtures import ClusterHandle, OperatorHandle, start_operator
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
+
+#: The session fixture ``gateways`` (tests.clusterfixtures.Gateways, from the gateway's e2e branch):
+#: ``replicas[i].url``, ``replicas[i].metrics_text()``, ``ensure_running()``.
+Gateways = Any
 
 BEHAVIORS = {
     "rev-a": {"accuracy": 0.85},
@@ -53,23 +58,37 @@ STEPS = [{"weight": 34, "pause": "4s"}, {"weight": 67, "pause": "4s"}]
 SLOW_STEPS = [{"weight": 34, "pause": "8s"}, {"weight": 67, "pause": "8s"}]
 
 
+SOURCE = "hf://meta-llama/Llama-3.1-8B-Instruct"
+
+
+def served_name(name: str, ns: str) -> str:
+    """A served name of its own per test: the gateways route by it, and a ModelDeployment of an
+    earlier test's namespace still being deleted would otherwise keep the name (the older one wins)."""
+    return f"{name}-{ns}"
+
+
 def manifest(name: str, *, steps: list[dict[str, Any]] | None = None,
-             evaluation: dict[str, Any] | None = None) -> dict[str, Any]:
+             evaluation: dict[str, Any] | None = None, served: str | None = None,
+             replicas: int = 1) -> dict[str, Any]:
     ev = {"suiteRef": {"configMap": "suite"}, "minScore": 0.75, "maxRegression": 0.1,
           "concurrency": 8, "timeoutSeconds": 10,
           "analysis": {"maxErrorRate": 0.05, "maxTTFTSecondsP95": 1.0}}
     ev.update(evaluation or {})
     ev = {k: v for k, v in ev.items() if v is not None}
+    model: dict[str, Any] = {"source": SOURCE, "revision": "rev-a"}
+    if served is not None:
+        model["servedName"] = served
     return {"apiVersion": "modelplane.dev/v1alpha1", "kind": "ModelDeployment",
             "metadata": {"name": name},
-            "spec": {"model": {"source": "hf://meta-llama/Llama-3.1-8B-Instruct", "revision": "rev-a"},
+            "spec": {"model": model,
                      "engine": {"maxModelLen": 8192},
                      "resources": {"gpu": {"count": "auto", "types": ["nvidia-h100-80gb"]}},
-                     # One replica: canary and stable run one each during the steps (split_replicas), so
-                     # no serving pod is scaled away except through the narrowed Service. (The dev
-                     # cluster's pod agent stops a pod's server the moment it is deleted, unlike vLLM
-                     # behind a preStop sleep, so an ordinary scale-down there cuts in-flight requests.)
-                     "scaling": {"minReplicas": 1, "maxReplicas": 1},
+                     # A fixed fleet (one replica unless asked): stable keeps it through the steps and
+                     # the canary runs ceil(weight% of it) beside it, so no serving pod is scaled away;
+                     # a workload is deleted only once nothing sends it requests. (The dev cluster's pod
+                     # agent stops a pod's server the moment it is deleted, unlike vLLM behind a preStop
+                     # sleep, so an ordinary scale-down there cuts in-flight requests.)
+                     "scaling": {"minReplicas": replicas, "maxReplicas": replicas},
                      "rollout": {"steps": STEPS if steps is None else steps, "evaluation": ev}}}
 
 
@@ -79,9 +98,10 @@ async def setup(client: kube.Kube, ns: str, name: str, **kwargs: Any) -> dict[st
                          "data": {"behaviors.yaml": yaml.safe_dump(BEHAVIORS)}}, namespace=ns)
     await client.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "suite"},
                          "data": {"suite.jsonl": suite_jsonl(generate_suite(60, seed=7))}}, namespace=ns)
-    await client.create(manifest(name, **kwargs), namespace=ns)
+    await client.create(manifest(name, served=served_name(name, ns), **kwargs), namespace=ns)
+    replicas = int(kwargs.get("replicas", 1))
     return await wait_md(client, ns, name, lambda md: md["status"].get("phase") == "Ready"
-                         and md["status"].get("readyReplicas") == 1, what="Ready at rev-a")
+                         and md["status"].get("readyReplicas") == replicas, what="Ready at rev-a")
 
 
 async def get_md(client: kube.Kube, ns: str, name: str) -> dict[str, Any]:
@@ -140,7 +160,7 @@ async def reasons(client: kube.Kube, ns: str, name: str) -> list[str]:
 
 @dataclass
 class Load:
-    """Chat requests through the Service proxy from a few workers; every non-200 is a failure."""
+    """Chat requests through a gateway from a few workers; every non-200 is a failure."""
 
     url: str
     model: str
@@ -175,11 +195,10 @@ class Load:
 
 
 @pytest.fixture
-async def traffic(kube_client: kube.Kube, namespace: str) -> AsyncIterator[Load]:
-    """Load through the Service of the ModelDeployment ``chat`` (started by the test, after setup)."""
-    proxy = ServiceProxy(kube_client, namespace=namespace, service="chat", refresh_seconds=0.25)
-    port = await proxy.start()
-    load = Load(f"http://127.0.0.1:{port}", "chat")
+async def traffic(namespace: str, gateways: Gateways) -> AsyncIterator[Load]:
+    """Load through a gateway to the ModelDeployment ``chat`` (started by the test, after setup)."""
+    gateways.ensure_running()
+    load = Load(gateways.replicas[0].url, served_name("chat", namespace))
     task: asyncio.Task[None] | None = None
 
     async def run_once_served() -> None:
@@ -197,7 +216,6 @@ async def traffic(kube_client: kube.Kube, namespace: str) -> AsyncIterator[Load]
     load.stop()
     if task is not None:
         await task
-    await proxy.stop()
 
 
 async def test_a_better_checkpoint_passes_the_gate_and_is_promoted_through_every_step(
@@ -237,6 +255,55 @@ async def test_a_better_checkpoint_passes_the_gate_and_is_promoted_through_every
         assert reason in seen, seen
     assert traffic.ok > 50
     assert traffic.failures == [], traffic.failures[:5]
+
+
+def answered_by_revision(metrics_text: str, ns: str) -> dict[str, float]:
+    """``modelplane_gateway_requests_total`` of ModelDeployment ``chat`` in ``ns``, by revision-hash."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            labels = sample.labels
+            if sample.name == "modelplane_gateway_requests_total" and labels.get("namespace") == ns \
+                    and labels.get("model_deployment") == "chat":
+                out[labels["revision"]] = out.get(labels["revision"], 0.0) + sample.value
+    return out
+
+
+async def test_a_10_percent_step_on_two_replicas_is_10_percent_at_the_gateway_and_none_at_the_service(
+        kube_client: kube.Kube, namespace: str, operator: OperatorHandle, gateways: Gateways) -> None:
+    await setup(kube_client, namespace, "chat", steps=[{"weight": 10, "pause": "10m"}],
+                evaluation={"analysis": None}, replicas=2)
+    await set_revision(kube_client, namespace, "chat", "rev-good")
+    md = await wait_md(kube_client, namespace, "chat", rollout_phase("Analyzing"), what="the 10% step",
+                       timeout=120)
+    assert canary(md)["weight"] == 10
+    # The weight is not a replica ratio: stable keeps both replicas, the canary runs ceil(10% of 2).
+    deployments = await kube_client.list(kube.DEPLOYMENTS, namespace=namespace)
+    replicas = {d["metadata"]["annotations"][render.ANNOTATION_REVISION]: d["spec"]["replicas"]
+                for d in deployments}
+    assert replicas == {"rev-a": 2, "rev-good": 1}, replicas
+    # The Service selects stable only: a client that skips the gateway gets no canary.
+    service = await kube_client.get(kube.SERVICES, "chat", namespace=namespace)
+    assert service is not None
+    stable_key, canary_key = render.revision_hash(SOURCE, "rev-a"), render.revision_hash(SOURCE, "rev-good")
+    assert service["spec"]["selector"][render.LABEL_REVISION_HASH] == stable_key
+
+    gateways.ensure_running()
+    gateway = gateways.replicas[0]
+    before = answered_by_revision(gateway.metrics_text(), namespace)
+    load = Load(gateway.url, served_name("chat", namespace), workers=8)
+    task = asyncio.create_task(load.run())
+    await wait_for(lambda: load.ok >= 2000, timeout=180, what="2000 requests through the gateway")
+    load.stop()
+    await task
+    after = answered_by_revision(gateway.metrics_text(), namespace)
+    canary_n = after.get(canary_key, 0.0) - before.get(canary_key, 0.0)
+    stable_n = after.get(stable_key, 0.0) - before.get(stable_key, 0.0)
+    share = canary_n / (canary_n + stable_n)
+    assert abs(share - 0.10) <= 0.02, (canary_n, stable_n)
+    assert load.failures == [], load.failures[:5]
 
 
 async def test_a_worse_checkpoint_is_rolled_back_at_the_gate_with_the_scores_in_status(

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from modelplane.api.models import ModelDeploymentSpec
 from modelplane.controller import kube
 from modelplane.controller.loop import Controller
 from modelplane.rollout.spec import revision_fingerprint
@@ -41,9 +42,10 @@ def body(evaluation: dict[str, Any], *, stable: str = "0123456789ab") -> dict[st
 
 async def counted(client: FakeKube, md: dict[str, Any]) -> tuple[int | None, int | None]:
     controller = Controller(client)  # type: ignore[arg-type]
-    first = controller._suite_cases(("ns", "chat"), md)
+    spec = ModelDeploymentSpec.model_validate(md["spec"])
+    first = controller._suite_cases(("ns", "chat"), spec, md)
     await asyncio.gather(*controller._suite_reads.values())
-    return first, controller._suite_cases(("ns", "chat"), md)
+    return first, controller._suite_cases(("ns", "chat"), spec, md)
 
 
 @pytest.mark.parametrize(
@@ -71,5 +73,6 @@ async def test_the_suite_is_counted_beside_the_reconcile(config_maps: dict[str, 
 async def test_no_read_when_no_rollout_can_start() -> None:
     client = FakeKube({"qa": {"suite.jsonl": SUITE}})
     settled = body({"suiteRef": {"configMap": "qa"}})
-    settled["status"]["stable"]["fingerprint"] = revision_fingerprint(settled["spec"])
+    spec = ModelDeploymentSpec.model_validate(settled["spec"])
+    settled["status"]["stable"]["fingerprint"] = revision_fingerprint(spec)
     assert await counted(client, settled) == (None, None) and client.reads == 0

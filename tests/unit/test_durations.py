@@ -9,7 +9,6 @@ import pytest
 from modelplane import durations
 from modelplane.api.models import duration_seconds
 from modelplane.autoscaler.policy import parse_duration as policy_duration
-from modelplane.rollout.spec import parse_duration as rollout_duration
 from modelplane_dev.devcluster.cluster import parse_duration_ms
 
 CASES = [("30s", 30.0), ("5m", 300.0), ("1h30m", 5400.0), ("1.5h", 5400.0), ("500ms", 0.5),
@@ -22,7 +21,6 @@ def test_every_reader_agrees_with_the_crd_pattern(text: str, seconds: float) -> 
     assert durations.seconds(text) == pytest.approx(seconds)
     assert duration_seconds(text) == pytest.approx(seconds)
     assert policy_duration(text) == pytest.approx(seconds)
-    assert rollout_duration(text) == pytest.approx(seconds)
     assert parse_duration_ms(text) == round(seconds * 1000)
 
 

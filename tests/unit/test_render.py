@@ -451,10 +451,32 @@ def test_service_pdb_selector_endpoint() -> None:
         "app.kubernetes.io/name=modelplane-server"
     )
     assert render.endpoint(md) == "http://llama.team-a.svc:8000/v1"
-    # The Service selects the pods of every revision: the selector is in every pod template.
+    # The PDB and the scale subresource's selector count the pods of every revision.
     for role, revision in ((Role.STABLE, "a"), (Role.CANARY, "b")):
         d = render.build_deployment(md, md.spec, _plan(md, role=role, revision=revision))
         assert selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_the_service_selects_one_workload_and_the_scale_selector_every_server_pod() -> None:
+    md = _md()
+    stable = render.build_deployment(md, md.spec, _plan(md, role=Role.STABLE, revision="a"))
+    canary = render.build_deployment(md, md.spec, _plan(md, role=Role.CANARY, revision="b"))
+    stable_key = stable["metadata"]["labels"]["modelplane.dev/revision-hash"]
+    service = render.build_service(md, key=stable_key)
+    selector = service["spec"]["selector"]
+
+    def selects(dep: render.Manifest, sel: dict[str, str]) -> bool:
+        return sel.items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+
+    assert selects(stable, selector) and not selects(canary, selector)
+    scale = dict(pair.split("=") for pair in render.selector_string(md).split(","))
+    assert selects(stable, scale) and selects(canary, scale)
+    # The role is on the Deployment, not in the pod template: promoting relabels no pod.
+    assert "modelplane.dev/role" not in canary["spec"]["template"]["metadata"]["labels"]
+    children = render.build_children(md, md.spec, [_plan(md, role=Role.STABLE, revision="a"),
+                                                   _plan(md, role=Role.CANARY, revision="b")],
+                                     service_key=stable_key)
+    assert next(c for c in children if c["kind"] == "Service")["spec"]["selector"] == selector
 
 
 def test_build_children() -> None:

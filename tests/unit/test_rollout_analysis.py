@@ -150,12 +150,6 @@ def test_error_rate_against_stable_without_absolute_limit() -> None:
     assert analyse(stats(1000, 10), stats(1000, 5), limits).outcome is Outcome.PASS
 
 
-def test_thresholds_from_spec() -> None:
-    limits = AnalysisThresholds.from_spec({"maxErrorRate": 0.02, "maxTTFTSecondsP95": 1})
-    assert (limits.max_error_rate, limits.max_ttft_p95) == (0.02, 1.0)
-    assert AnalysisThresholds.from_spec(None).max_error_rate is None
-
-
 def test_analyse_window_from_scrapes() -> None:
     canary_start = parse_snapshot(vllm_page(success={"stop": 0}, ttft=[0] * 9))
     canary_end = parse_snapshot(vllm_page(success={"stop": 200}, ttft=[0, 0, 0, 0, 0, 0, 0, 200, 0]))

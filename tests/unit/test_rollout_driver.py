@@ -5,21 +5,24 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from modelplane import render
+from modelplane.api.models import EvaluatorSpec, ModelDeploymentSpec
 from modelplane.controller import reconcile
 from modelplane.controller.reconcile import Observed
 from modelplane.rollout import controls
 from modelplane.rollout import driver as rollouts
 from modelplane.rollout import runtime as rollouts_runtime
 from modelplane.rollout.machine import CONTROL_ANNOTATION, Command, EvalResult
-from modelplane.rollout.spec import revision_fingerprint
+from modelplane.rollout.spec import gated_fields, revision_fingerprint, spec_with_gated
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+SOURCE = "hf://meta-llama/Llama-3.1-8B-Instruct"
 STEPS = [{"weight": 50, "pause": "10s"}]
 
 
@@ -62,6 +65,7 @@ class World:
         self.services: dict[str, dict[str, Any]] = {}
         self.pdbs: dict[str, dict[str, Any]] = {}
         self.status: dict[str, Any] | None = None
+        self.memory: rollouts.Memory | None = None  #: the controller's, as run_rollout left it
 
     def tick(self, body: dict[str, Any], now: datetime,
              memory: rollouts.Memory | None = None, suite_cases: int | None = None) -> reconcile.Result:
@@ -135,7 +139,7 @@ def test_a_failed_gate_rolls_back_after_draining_and_the_status_says_why() -> No
     memory = rollouts.Memory(evaluation=rollouts.EvalSlot(memory.evaluation.revision, 1, running=False,
                                                           result=verdict))
     t = NOW + timedelta(seconds=4)
-    for _ in range(12):  # rollback: narrow the Service, drain, delete the canary, settle
+    for _ in range(12):  # rollback: weight 0, drain, delete the canary, settle
         memory = world.tick(md("rev-b"), t, memory).rollout_memory
         t += timedelta(seconds=1)
     assert world.status is not None
@@ -203,7 +207,12 @@ def status_of(phase: str, stable: str | None, rejected: str | None = None) -> di
     return {"stable": {"fingerprint": stable}, "canary": {"phase": phase, "rejectedFingerprint": rejected}}
 
 
-FP_A, FP_B = revision_fingerprint(md("rev-a")["spec"]), revision_fingerprint(md("rev-b")["spec"])
+def spec_of(raw: dict[str, Any]) -> ModelDeploymentSpec:
+    return ModelDeploymentSpec.model_validate(raw)
+
+
+FP_A = revision_fingerprint(spec_of(md("rev-a")["spec"]))
+FP_B = revision_fingerprint(spec_of(md("rev-b")["spec"]))
 
 
 @pytest.mark.parametrize(
@@ -229,7 +238,7 @@ FP_A, FP_B = revision_fingerprint(md("rev-a")["spec"]), revision_fingerprint(md(
 )
 def test_suite_to_count(spec: dict[str, Any], status: dict[str, Any] | None,
                         wanted: tuple[str, str] | None) -> None:
-    assert rollouts.suite_to_count(spec, status) == wanted
+    assert rollouts.suite_to_count(spec_of(spec), status) == wanted
 
 
 def test_the_report_counts_errors_per_side_and_the_power() -> None:
@@ -257,7 +266,10 @@ def test_without_a_rollout_spec_a_revision_change_switches_directly() -> None:
     world.tick(md("rev-b", rollout={}), NOW + timedelta(seconds=2))
     assert world.status is not None and world.status["stable"]["revision"] == "rev-b"
     assert world.status["rolloutHistory"][-1]["decision"] == "Direct"
-    assert "revision-hash" not in json.dumps(world.services["chat"]["spec"]["selector"])
+    # The Service selects the revision that serves: rev-b's pods, once rev-a's are gone.
+    assert world.services["chat"]["spec"]["selector"][render.LABEL_REVISION_HASH] == \
+        render.revision_hash(SOURCE, "rev-b")
+    assert len(world.deployments) == 1
 
 
 def test_a_control_annotation_is_read_once() -> None:
@@ -287,16 +299,19 @@ def test_new_key_avoids_another_workloads_selector(taken: dict[str, str], expect
 
 
 def test_stable_is_rendered_from_its_snapshot_after_the_spec_moved_on() -> None:
-    spec_a = md("rev-a")["spec"]
-    spec_b = copy.deepcopy(md("rev-b")["spec"])
-    spec_b["engine"]["extraArgs"] = ["--enable-prefix-caching"]
+    spec_a = spec_of(md("rev-a")["spec"])
+    raw_b = copy.deepcopy(md("rev-b")["spec"])
+    raw_b["engine"]["extraArgs"] = ["--enable-prefix-caching"]
+    raw_b["scaling"] = {"minReplicas": 1, "maxReplicas": 3}
+    spec_b = spec_of(raw_b)
     shape = rollouts.Shape("nvidia-l40s", 1, 1, 600)
     snapshot = json.loads(rollouts.snapshot_annotation(spec_a, shape))
-    rendered = rollouts.spec_with_gated(spec_b, snapshot["gated"])
-    assert rendered["model"]["revision"] == "rev-a"
-    assert "extraArgs" not in rendered["engine"]
+    assert snapshot["gated"] == gated_fields(spec_a)
+    rendered = spec_with_gated(spec_b, snapshot["gated"])
+    assert rendered.model.revision == "rev-a"
+    assert rendered.engine.extra_args == []
     assert revision_fingerprint(rendered) == revision_fingerprint(spec_a)
-    assert rendered["scaling"] == spec_b["scaling"]  # direct fields follow the spec
+    assert rendered.scaling == spec_b.scaling  # direct fields follow the spec
 
 
 @pytest.mark.parametrize(
@@ -320,7 +335,7 @@ def order(**overrides: Any) -> rollouts.EvaluationOrder:
         stable_revision="0123", attempt=1, report_name="chat-eval-abcdef01", job_name="chat-eval-abcdef01-1",
         canary_url="http://127.64.0.2:8000", stable_url="http://127.64.0.1:8000", served_name="chat",
         suite_config_map=None, suite_key="suite.jsonl",
-        evaluator={"image": "ghcr.io/acme/lm-eval:1", "args": ["--tasks", "gsm8k"]}, judge=None,
+        evaluator=EvaluatorSpec(image="ghcr.io/acme/lm-eval:1", args=["--tasks", "gsm8k"]), judge=None,
         min_score=0.7, max_regression=0.02, confidence=0.95, max_error_rate=0.05, concurrency=4,
         timeout_seconds=60.0)
     base.update(overrides)
@@ -352,3 +367,129 @@ def test_a_control_is_a_new_value_each_time() -> None:
     second = controls.build_patch(Command.PROMOTE, NOW + timedelta(microseconds=1))
     value = first["metadata"]["annotations"][CONTROL_ANNOTATION]
     assert value.startswith("promote@") and value != second["metadata"]["annotations"][CONTROL_ANNOTATION]
+
+
+# --- the weight is the gateway's; replicas are capacity; the Service selects stable ------------------
+
+PASSED = EvalResult(passed=True, reason="ok", canary_score=0.9, stable_score=0.88, lower_bound=-0.01,
+                    cases=60)
+
+
+def scaled(body: dict[str, Any], replicas: int) -> dict[str, Any]:
+    body["spec"]["scaling"] = {"minReplicas": replicas, "maxReplicas": replicas}
+    return body
+
+
+def by_key(world: World) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["labels"][render.LABEL_REVISION_HASH]: d for d in world.deployments.values()}
+
+
+def service_key(world: World) -> str | None:
+    return world.services["chat"]["spec"]["selector"].get(render.LABEL_REVISION_HASH)
+
+
+def run_rollout(world: World, body: dict[str, Any], start: datetime, *, ticks: int = 60,
+                verdict: EvalResult = PASSED) -> list[dict[str, Any]]:
+    """Tick once a second, passing the gate when asked; what each tick left: phase, weight, replicas."""
+    memory: rollouts.Memory | None = None
+    seen: list[dict[str, Any]] = []
+    key_a, key_b = render.revision_hash(SOURCE, "rev-a"), render.revision_hash(SOURCE, "rev-b")
+    for i in range(ticks):
+        result = world.tick(body, start + timedelta(seconds=i), memory)
+        memory = result.rollout_memory
+        if result.start_evaluation is not None:
+            order = result.start_evaluation
+            slot = rollouts.EvalSlot(order.revision, order.attempt, running=False, result=verdict)
+            memory = replace(memory, evaluation=slot)
+        assert world.status is not None
+        deps = by_key(world)
+        canary = world.status.get("canary") or {}
+        seen.append({"phase": canary.get("phase"), "weight": canary.get("weight", 0), "t": i,
+                     "stable": deps[key_a]["spec"]["replicas"] if key_a in deps else None,
+                     "canary": deps[key_b]["spec"]["replicas"] if key_b in deps else None,
+                     "service": service_key(world),
+                     "canary_template": deps[key_b]["spec"]["template"]["metadata"]["labels"]
+                     if key_b in deps else None})
+        if canary.get("phase") in ("Promoted", "RolledBack") and len(world.deployments) == 1:
+            break
+    world.memory = memory
+    return seen
+
+
+# (phase, weight in status, canary replicas) for a fleet of 4 and steps of 10% and 50%; a tick may
+# pass through several phases, so only those it ends in are seen.
+EXPECTED = {("Deploying", 0, 1), ("Evaluating", 0, 1), ("Stepping", 10, 1), ("Analyzing", 10, 1),
+            ("Stepping", 50, 2), ("Analyzing", 50, 2), ("Promoting", 50, 4), ("Promoting", 100, 4)}
+SEEN_AT_LEAST = {("Evaluating", 0, 1), ("Analyzing", 10, 1), ("Analyzing", 50, 2), ("Promoting", 50, 4),
+                 ("Promoting", 100, 4)}
+
+
+def test_the_weight_goes_to_status_and_the_canary_runs_its_share_beside_stables_whole_fleet() -> None:
+    rollout = {"steps": [{"weight": 10, "pause": "10s"}, {"weight": 50, "pause": "10s"}],
+               "evaluation": {"suiteRef": {"configMap": "suite"}}}
+    world = World()
+    world.tick(scaled(md("rev-a", rollout=rollout), 4), NOW)
+    world.tick(scaled(md("rev-a", rollout=rollout), 4), NOW + timedelta(seconds=1))
+    seen = run_rollout(world, scaled(md("rev-b", rollout=rollout), 4), NOW + timedelta(seconds=2))
+    during = [s for s in seen if s["phase"] not in ("Promoted", None)]
+    assert SEEN_AT_LEAST <= {(s["phase"], s["weight"], s["canary"]) for s in during} <= EXPECTED
+    # Stable keeps its whole fleet until the promotion is done (a rollback never finds it short): it
+    # goes only once the Service has moved to the promoted canary's whole fleet.
+    key_b = render.revision_hash(SOURCE, "rev-b")
+    assert all(s["stable"] == 4 or (s["phase"] == "Promoting" and s["service"] == key_b and s["canary"] == 4)
+               for s in during)
+    assert seen[-1]["phase"] == "Promoted" and seen[-1]["stable"] is None and seen[-1]["canary"] == 4
+
+
+def test_the_service_selects_stable_until_the_promoted_canary_has_its_whole_fleet() -> None:
+    rollout = {"steps": [{"weight": 10, "pause": "10s"}, {"weight": 50, "pause": "10s"}],
+               "evaluation": {"suiteRef": {"configMap": "suite"}}}
+    world = World()
+    world.tick(scaled(md("rev-a", rollout=rollout), 4), NOW)
+    seen = run_rollout(world, scaled(md("rev-b", rollout=rollout), 4), NOW + timedelta(seconds=1))
+    key_a, key_b = render.revision_hash(SOURCE, "rev-a"), render.revision_hash(SOURCE, "rev-b")
+    # One change of selector in the whole rollout, never while the canary takes a share.
+    changes = [s for prev, s in zip(seen, seen[1:], strict=False) if s["service"] != prev["service"]]
+    assert [s["service"] for s in seen[:1] + changes] == [key_a, key_b]
+    assert changes[0]["phase"] == "Promoting" and changes[0]["canary"] == 4
+    assert all(s["service"] == key_a for s in seen if s["phase"] in ("Deploying", "Evaluating", "Stepping",
+                                                                      "Analyzing"))
+    # The old stable leaves the Service before it is deleted.
+    gone = next(s for s in seen if s["stable"] is None)
+    assert gone["t"] - changes[0]["t"] >= rollouts.DRAIN_SECONDS
+    # The canary's pods were never relabelled (that would restart them): the template is as created.
+    templates = {json.dumps(s["canary_template"], sort_keys=True) for s in seen if s["canary_template"]}
+    assert len(templates) == 1
+
+
+def test_a_rolled_back_canary_is_deleted_once_the_gateways_have_seen_weight_0() -> None:
+    rollout = {"steps": [{"weight": 10, "pause": "10s"}], "evaluation": {"suiteRef": {"configMap": "suite"}}}
+    failed = replace(PASSED, passed=False, reason="worse", canary_score=0.5)
+    world = World()
+    world.tick(md("rev-a", rollout=rollout), NOW)
+    seen = run_rollout(world, md("rev-b", rollout=rollout), NOW + timedelta(seconds=1), verdict=failed)
+    rolling = [s for s in seen if s["phase"] == "RollingBack"]
+    assert rolling and all(s["weight"] == 0 for s in rolling)
+    deleted = next(s for s in seen if s["canary"] is None)
+    assert deleted["t"] - rolling[0]["t"] >= rollouts.DRAIN_SECONDS
+    assert all(s["canary"] == 1 for s in rolling if s["t"] - rolling[0]["t"] < rollouts.DRAIN_SECONDS)
+    key_a = render.revision_hash(SOURCE, "rev-a")
+    assert {s["service"] for s in seen} == {key_a}  # the canary was never behind the Service
+    assert seen[-1]["phase"] == "RolledBack"
+
+
+def test_a_superseded_canary_goes_at_once_and_the_new_one_starts_at_weight_0() -> None:
+    rollout = {"steps": [{"weight": 50, "pause": "10m"}], "evaluation": {"suiteRef": {"configMap": "suite"}}}
+    world = World()
+    world.tick(scaled(md("rev-a", rollout=rollout), 4), NOW)
+    seen = run_rollout(world, scaled(md("rev-b", rollout=rollout), 4), NOW + timedelta(seconds=1), ticks=6)
+    assert seen[-1]["phase"] == "Analyzing" and seen[-1]["weight"] == 50 and seen[-1]["canary"] == 2
+    result = world.tick(scaled(md("rev-c", rollout=rollout), 4), NOW + timedelta(seconds=10), world.memory)
+    assert world.status is not None and world.status["canary"]["phase"] == "Deploying"
+    assert world.status["canary"]["weight"] == 0
+    # Status names rev-c now: a gateway would take rev-b's pods for stable's, so they go in this tick.
+    assert [name for _, name in result.delete] == [f"chat-{render.revision_hash(SOURCE, 'rev-b')}"]
+    keys = set(by_key(world))
+    assert keys == {render.revision_hash(SOURCE, "rev-a"), render.revision_hash(SOURCE, "rev-c")}
+    assert service_key(world) == render.revision_hash(SOURCE, "rev-a")
+    assert by_key(world)[render.revision_hash(SOURCE, "rev-a")]["spec"]["replicas"] == 4

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from modelplane.api import models
 from modelplane.api.models import CanaryStatus, RolloutRecord
 from modelplane.rollout.analysis import AnalysisResult, Outcome, WindowStats
 from modelplane.rollout.machine import (
@@ -36,17 +37,28 @@ from modelplane.rollout.machine import (
     StartEvaluation,
     SwitchStable,
     advance,
+    canary_replicas,
     parse_control,
     replicas_for,
-    split_replicas,
     window_end,
 )
 from modelplane.rollout.power import PowerCheck, assess
-from modelplane.rollout.spec import RolloutSpec, Step
+from modelplane.rollout.spec import RolloutSpec, Step, rollout_spec_from_api
 from modelplane.rollout.stats import PairedOutcome, evaluate_gate, outcomes_from_pairs
 
 T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
-SPEC = RolloutSpec(steps=(Step(10, 300), Step(50, 600)), evaluation=True, analysis=True, min_score=0.8)
+
+
+def rollout_spec(raw: dict[str, object]) -> RolloutSpec:
+    """The machine's spec as the operator builds it: from the parsed API model."""
+    parsed = rollout_spec_from_api(models.RolloutSpec.model_validate(raw))
+    assert parsed is not None
+    return parsed
+
+
+SPEC = rollout_spec({"steps": [{"weight": 10, "pause": "5m"}, {"weight": 50, "pause": "10m"}],
+                     "evaluation": {"suiteRef": {"configMap": "suite"}, "minScore": 0.8,
+                                    "analysis": {"maxErrorRate": 0.05}}})
 NO_EVAL = replace(SPEC, evaluation=False)
 NO_STEPS = replace(SPEC, steps=())
 NO_ANALYSIS = replace(SPEC, analysis=False)
@@ -520,7 +532,7 @@ ROWS = {
         ctl(Command.PROMOTE),
         Phase.PROMOTING,
         [Promote, EmitEvent],
-        expect={"reason": Reason.MANUAL_PROMOTE, "weight": 100},
+        expect={"reason": Reason.MANUAL_PROMOTE, "weight": 10},  # 100 once its whole fleet is ready
     ),
     "promote-while-paused": Row(
         st(Phase.PAUSED), ctl(Command.PROMOTE), Phase.PROMOTING, [Promote, EmitEvent]
@@ -722,6 +734,7 @@ def test_a_finished_rollout_hands_its_discordance_to_the_next() -> None:
     result = EvalResult(passed=True, reason="ok", canary_score=0.9, stable_score=0.9, lower_bound=-0.01,
                         cases=200, suite_cases=200, discordance=0.03)
     state, _ = advance(st(Phase.EVALUATING), obs(evaluation=result), NO_STEPS, T0)
+    state, _ = advance(state, obs(canary_ready_replicas=1), NO_STEPS, T0 + timedelta(seconds=30))
     state, _ = advance(state, obs(stable_revision_live="r2"), NO_STEPS, T0 + timedelta(minutes=1))
     assert state.phase is Phase.PROMOTED and state.history[-1].discordance == 0.03
     state, _ = advance(state, obs(desired_revision="r3"), NO_STEPS, T0 + timedelta(minutes=2))
@@ -762,8 +775,11 @@ def happy_script() -> list[tuple[timedelta, Inputs]]:
         (15 * m, obs(canary_present=True, canary_ready_replicas=1, analysis=PASS_WINDOW)),
         (16 * m, obs(total_replicas=4, canary_present=True, canary_ready_replicas=2)),
         (26 * m, obs(canary_present=True, canary_ready_replicas=2, analysis=PASS_WINDOW)),
-        (27 * m, obs(canary_present=True, stable_revision_live="r1")),
-        (28 * m, obs(canary_present=False, stable_revision_live="r2")),
+        (27 * m, obs(total_replicas=4, canary_present=True, canary_ready_replicas=2,
+                     stable_revision_live="r1")),  # Promoting at 50%, the canary scaling to 4
+        (28 * m, obs(total_replicas=4, canary_present=True, canary_ready_replicas=4,
+                     stable_revision_live="r1")),  # its whole fleet is ready: 100%
+        (29 * m, obs(canary_present=False, stable_revision_live="r2")),
     ]
 
 
@@ -772,7 +788,7 @@ def test_happy_path_promotes_through_every_step(restart: bool) -> None:
     state, actions = run(RolloutState(), SPEC, happy_script(), restart=restart)
     assert state.phase is Phase.PROMOTED and state.stable_revision == "r2"
     weights = [a.weight for a in actions if isinstance(a, SetWeight)]
-    assert weights == [0, 10, 50]
+    assert weights == [0, 10, 50, 100]
     first_eval = next(i for i, a in enumerate(actions) if isinstance(a, StartEvaluation))
     first_traffic = next(i for i, a in enumerate(actions) if isinstance(a, SetWeight) and a.weight > 0)
     assert first_eval < first_traffic  # evaluation before any user traffic
@@ -845,33 +861,38 @@ def test_gate_result_feeds_the_machine() -> None:
 
 
 @pytest.mark.parametrize(
-    ("total", "weight", "split"),
+    ("total", "weight", "canary"),
     [
-        pytest.param(10, 0, (10, 0), id="no-traffic"),
-        pytest.param(10, 100, (0, 10), id="all-traffic"),
-        pytest.param(10, 10, (9, 1), id="exact-10pct"),
-        pytest.param(10, 25, (7, 3), id="round-half-up"),
-        pytest.param(4, 10, (3, 1), id="canary-at-least-one"),
-        pytest.param(4, 99, (1, 3), id="stable-at-least-one"),
-        pytest.param(3, 50, (1, 2), id="nearest-of-1.5"),
-        pytest.param(1, 10, (1, 1), id="single-replica-runs-both"),
-        pytest.param(0, 50, (0, 0), id="scaled-to-zero"),
-        pytest.param(20, 33, (13, 7), id="20-at-33pct"),
+        pytest.param(10, 0, 0, id="no-traffic"),
+        pytest.param(10, 100, 10, id="all-traffic"),
+        pytest.param(10, 10, 1, id="exact-10pct"),
+        pytest.param(10, 25, 3, id="2.5-rounds-up"),
+        pytest.param(4, 10, 1, id="at-least-one"),
+        pytest.param(4, 99, 4, id="99pct-of-4"),
+        pytest.param(3, 50, 2, id="1.5-rounds-up"),
+        pytest.param(1, 10, 1, id="single-replica-fleet"),
+        pytest.param(2, 10, 1, id="10pct-of-2-is-one-not-half-the-fleet"),
+        pytest.param(0, 50, 0, id="scaled-to-zero"),
+        pytest.param(20, 33, 7, id="20-at-33pct"),
+        pytest.param(20, 35, 7, id="exactly-7"),
     ],
 )
-def test_split_replicas(total: int, weight: int, split: tuple[int, int]) -> None:
-    assert split_replicas(total, weight) == split
-    stable, canary = split
-    if total >= 2:
-        assert stable + canary == total
+def test_canary_replicas(total: int, weight: int, canary: int) -> None:
+    assert canary_replicas(total, weight) == canary
 
 
-def test_split_realises_the_nearest_weight() -> None:
-    for total in range(2, 41):
-        for weight in range(1, 100):
-            _, canary = split_replicas(total, weight)
-            best = min(range(1, total), key=lambda c: abs(c / total - weight / 100))
-            assert abs(canary / total - weight / 100) <= abs(best / total - weight / 100) + 1e-12
+def test_the_canary_has_at_least_its_share_and_less_than_one_replica_more() -> None:
+    for total in range(1, 41):
+        for weight in range(1, 101):
+            canary = canary_replicas(total, weight)
+            share = total * weight / 100
+            assert share <= canary < share + 1
+
+
+@pytest.mark.parametrize(("total", "weight"), [(-1, 10), (4, -1), (4, 101)])
+def test_canary_replicas_refuses_nonsense(total: int, weight: int) -> None:
+    with pytest.raises(ValueError, match="bad split"):
+        canary_replicas(total, weight)
 
 
 @pytest.mark.parametrize(
@@ -879,7 +900,11 @@ def test_split_realises_the_nearest_weight() -> None:
     [
         pytest.param(st(Phase.EVALUATING), (6, 1), id="evaluation-replica-beside-stable"),
         pytest.param(st(Phase.PAUSED, weight=0), (6, 1), id="paused-before-traffic"),
-        pytest.param(st(Phase.ANALYZING, weight=50), (3, 3), id="step"),
+        pytest.param(st(Phase.ANALYZING, weight=50), (6, 3), id="step-stable-keeps-its-fleet"),
+        pytest.param(st(Phase.STEPPING, weight=10), (6, 1), id="small-step-one-replica"),
+        pytest.param(st(Phase.PAUSED, weight=34), (6, 3), id="paused-at-a-step"),
+        pytest.param(st(Phase.ANALYZING, weight=100), (6, 6), id="a-100pct-step-keeps-stable"),
+        pytest.param(st(Phase.PROMOTING, weight=100), (6, 6), id="promoting"),
         pytest.param(st(Phase.ROLLING_BACK), (6, 0), id="rolling-back"),
         pytest.param(st(Phase.IDLE), (6, 0), id="idle"),
     ],
@@ -903,7 +928,9 @@ def test_parse_control(value: str | None, control: ManualControl | None) -> None
 
 
 def test_window_end_counts_extensions_with_a_minimum() -> None:
-    quick = RolloutSpec(steps=(Step(10, 0),), analysis=True)
+    quick = rollout_spec({"steps": [{"weight": 10, "pause": "0s"}],
+                          "evaluation": {"suiteRef": {"configMap": "suite"},
+                                         "analysis": {"maxErrorRate": 0.05}}})
     state = st(Phase.ANALYZING, window_extensions=2)
     assert window_end(state, quick) == T0 + timedelta(minutes=2)
     assert window_end(state, SPEC) == T0 + timedelta(minutes=15)

@@ -676,8 +676,11 @@ class RolloutStep(_SpecModel):
 
     weight: StrictInt = Field(
         ge=1, le=100,
-        description="Percent of replicas (and so of traffic) on the new revision during this step, 1-100. "
-                    "Steps must increase strictly. Required.")
+        description="Percent of requests sent to the new revision during this step, 1-100, split per "
+                    "request by the modelplane gateway (status.canary.weight); the new revision runs "
+                    "ceil(weight% of the replicas), at least 1, beside the full stable fleet. Clients "
+                    "that go to the ModelDeployment's Service directly reach only the stable revision "
+                    "until the promotion. Steps must increase strictly. Required.")
     pause: Duration = Field(
         default="5m",
         description="How long to hold this step while live analysis runs, e.g. 10m. Default 5m.")

@@ -37,7 +37,7 @@ from typing import Any
 
 import aiohttp
 
-from modelplane.api.models import FIELD_MANAGER, GROUP, KIND, VERSION
+from modelplane.api.models import FIELD_MANAGER, GROUP, KIND, VERSION, ModelDeploymentSpec
 from modelplane.autoscaler.policy import PolicyState
 from modelplane.controller import gateways, kube, opmetrics, peering
 from modelplane.controller import reconcile as core
@@ -456,7 +456,6 @@ class Controller:
             now=datetime.now(UTC), monotonic=time.monotonic(),
             activator_pending=self._pending.get(key, 0),
             model_config=self._model_config(key, body),
-            suite_cases=self._suite_cases(key, body),
             metrics_max_age=(self.settings.prometheus.max_age_seconds
                              if self.settings.prometheus is not None else None),
             rejected=memory.rejected,
@@ -465,6 +464,9 @@ class Controller:
             inference_pool_api=self._served("inferencepools"),
             http_route_api=self._served("httproutes"))
         prepared = core.prepare(observed, prices=self.settings.prices)
+        if prepared.md is not None:
+            # The suite's size is read from the parsed spec (prepare does not need it).
+            observed = replace(observed, suite_cases=self._suite_cases(key, prepared.md.spec, body))
         memory.serving = bool(prepared.scrape_targets)
         metrics: tuple[scrape.ScrapeResult, ...] = ()
         if prepared.scrape_targets and self._http is not None:
@@ -583,13 +585,13 @@ class Controller:
             task.add_done_callback(lambda _: self._config_reads.pop(cache_key, None))
         return cached[1] if cached is not None else None
 
-    def _suite_cases(self, key: Key, body: Mapping[str, Any]) -> int | None:
+    def _suite_cases(self, key: Key, spec: ModelDeploymentSpec, body: Mapping[str, Any]) -> int | None:
         """The cached size of the rollout's evaluation suite, starting a read when there is none.
 
         Read beside the reconcile, like the model's config.json; when it finishes the object is
         reconciled again and the rollout checks its gate's power.
         """
-        wanted = rollouts.suite_to_count(body.get("spec") or {}, body.get("status"))
+        wanted = rollouts.suite_to_count(spec, body.get("status"))
         if wanted is None:
             return None
         cache_key = (key[0], *wanted)

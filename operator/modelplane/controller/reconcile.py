@@ -307,8 +307,9 @@ def _children(md: ModelDeployment, observed: Observed, revs: revisions.Revisions
         revisions.plain_workload(md, revs, desired=desired, shape=shape)]
     existing = {(c["kind"], c["metadata"]["name"]): c
                 for c in (*observed.deployments, *observed.services, *observed.pdbs)}
-    only_key = rollout.service_only_key if rollout.driving else None
-    for child in render.build_children(md, md.spec, workloads, service_only_key=only_key):
+    service_key = rollout.service_key if rollout.driving else \
+        revisions.plain_service_key(md, revs, switching=switching)
+    for child in render.build_children(md, md.spec, workloads, service_key=service_key):
         manifest = _with_hash(child)
         have = existing.get((child["kind"], child["metadata"]["name"]))
         have_hash = ((have or {}).get("metadata", {}).get("annotations") or {}).get(APPLIED_HASH)
@@ -573,7 +574,7 @@ def finish(prepared: Prepared, observed: Observed, *, metrics: Sequence[ScrapeRe
         prepared.gpu_type, prepared.gpus_per_replica, prepared.tensor_parallel_size,
         prepared.startup_budget_seconds)
     rollout = rollouts.drive(
-        md_meta=meta, spec_raw=revs.spec_raw, status=old_status, deployments=observed.deployments,
+        md_meta=meta, spec=md.spec, status=old_status, deployments=observed.deployments,
         services=observed.services, pods=observed.pods, metrics=metrics, memory=rollout_memory,
         total=desired, shape=shape, served_name=prepared.served_name or md.name, now=now,
         suite_cases=observed.suite_cases)

@@ -33,11 +33,10 @@ Outcomes, checked in this order:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
 
+from modelplane.api.models import AnalysisSpec
 from modelplane.metrics.promtext import MetricSnapshot, histogram_quantile
 from modelplane.rollout.stats import wilson_lower_bound
 
@@ -66,15 +65,12 @@ class AnalysisThresholds:
     confidence: float = 0.95
 
     @classmethod
-    def from_spec(cls, analysis: Mapping[str, Any] | None) -> AnalysisThresholds:
-        """From ``spec.rollout.evaluation.analysis`` as a camelCase dict; tune the rest with ``replace``."""
-        analysis = analysis or {}
-        max_error = analysis.get("maxErrorRate")
-        max_ttft = analysis.get("maxTTFTSecondsP95")
-        return cls(
-            max_error_rate=float(max_error) if isinstance(max_error, int | float) else None,
-            max_ttft_p95=float(max_ttft) if isinstance(max_ttft, int | float) else None,
-        )
+    def from_api(cls, analysis: AnalysisSpec | None) -> AnalysisThresholds:
+        """From the parsed ``spec.rollout.evaluation.analysis`` (None: no absolute thresholds); the
+        rest are the operator's own settings, tuned with ``replace``."""
+        if analysis is None:
+            return cls()
+        return cls(max_error_rate=analysis.max_error_rate, max_ttft_p95=analysis.max_ttft_seconds_p95)
 
 
 @dataclass(frozen=True)

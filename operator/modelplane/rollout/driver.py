@@ -10,15 +10,27 @@ reconcile. It
   ``BeginAnalysisWindow`` snapshot, the order for an evaluation (``EvaluationOrder``) the controller
   then runs (I/O),
 * turns the new state into the workloads to render (stable from ITS snapshot, the canary from the
-  spec, replicas split by ``replicas_for``), the Deployments to remove and the Service's selector.
+  spec, replicas by ``replicas_for``), the Deployments to remove and the workload the Service selects.
 
-How the canary is kept out of user traffic before its first step: the shared Service selects every
-server pod, except while a canary runs at weight 0 (Deploying, Evaluating, paused before traffic,
-RollingBack), when its selector is narrowed to stable's revision-hash label; the evaluation talks to
-the canary pod by its pod IP. A Service's selector changes without restarting a pod, so the canary
-that passed the gate is the one that takes traffic. The same narrowing takes a workload out of the
-Service before it is deleted (an old stable after a promotion, a rolled-back canary), so no request
-is sent to pods that are going away.
+How a canary gets its share of requests: the weight is written to ``status.canary.weight``, which
+the gateway (``modelplane.gateway``) follows exactly, per request; the canary runs enough replicas
+for that share (``machine.canary_replicas``) beside stable's whole fleet. The ModelDeployment's
+Service selects one workload only, stable's, whatever the phase, so a client that goes straight to
+the Service is served by stable until the promotion, and a canary at weight 0 (Deploying,
+Evaluating, paused before traffic, RollingBack) is reached by no client: the gateway sends it
+nothing, the Service does not select it, and the evaluation talks to it by pod IP. The selector
+changes once per rollout, when a promoted canary has its whole fleet ready (it is stable from then
+on); no pod template label ever changes, so no pod restarts for it.
+
+A promotion goes in this order: the canary scales to the whole fleet at the weight it had (the
+machine keeps the last step's weight, 0 without steps); once that fleet is ready the machine sets
+weight 100 and this tick writes it to status; the Service moves to the canary only in a later tick,
+one that read weight 100 from status (the gateways have had it since) and finds the fleet ready;
+the old stable is deleted ``DRAIN_SECONDS`` after the Service was seen on the canary.
+
+Drain before delete: the old stable after a promotion leaves the Service ``DRAIN_SECONDS`` before it
+is deleted; a rolled-back canary is deleted ``DRAIN_SECONDS`` after the phase that set its weight
+to 0 began, so the gateways have seen the weight and the requests they sent it have finished.
 
 The actions ``DeployCanary``, ``SetWeight``, ``Promote``, ``Rollback`` and ``SwitchStable`` need no
 executing here: the workloads follow from the state. ``StartEvaluation`` and ``CancelEvaluation``
@@ -34,7 +46,8 @@ from datetime import datetime
 from typing import Any
 
 from modelplane import render
-from modelplane.api.models import ModelDeploymentSpec
+from modelplane.api import models
+from modelplane.api.models import EvaluationSpec, EvaluatorSpec, ModelDeploymentSpec
 from modelplane.controller.health import is_ready
 from modelplane.metrics.promtext import MetricSnapshot, PromTextError, delta, merge, parse_snapshot
 from modelplane.metrics.scrape import ScrapeResult
@@ -55,20 +68,25 @@ from modelplane.rollout.machine import (
     parse_control,
     replicas_for,
 )
-from modelplane.rollout.spec import RolloutSpec, gated_fields, revision_fingerprint
+from modelplane.rollout.spec import (
+    RolloutSpec,
+    gated_fields,
+    revision_fingerprint,
+    rollout_spec_from_api,
+    spec_with_gated,
+)
 
 Obj = Mapping[str, Any]
 
 #: Phases in which the rollout, not the plain revision switch, decides the workloads.
 DRIVING = ACTIVE | {Phase.PROMOTING, Phase.ROLLING_BACK}
-#: A canary exists but must not take user traffic.
-_WEIGHT_ZERO = frozenset({Phase.DEPLOYING, Phase.EVALUATING, Phase.ROLLING_BACK})
 #: One reconcile advances the machine at most this often (each call makes one transition).
 MAX_TRANSITIONS = 8
 #: Failed requests in a window: real vLLM's HTTP instrumentation (``status`` "5xx", or the code).
 HTTP_REQUESTS = "http_requests_total"
-#: A workload leaves the Service this long before it is deleted: endpoints propagate to every
-#: kube-proxy (or Gateway) within a second or two, and requests already sent to it finish.
+#: A workload leaves the Service (or, for a rolled-back canary, goes to weight 0 in status) this long
+#: before it is deleted: endpoints and status propagate to every kube-proxy and gateway within a
+#: second or two, and requests already sent to it finish.
 DRAIN_SECONDS = 5.0
 
 
@@ -108,7 +126,7 @@ class Memory:
 
     evaluation: EvalSlot | None = None
     window: Window | None = None
-    #: Since when the observed Service has been narrowed to this key (the drain before a delete).
+    #: Since when the observed Service has selected this workload key (the drain before a delete).
     narrowed: tuple[str, datetime] | None = None
 
 
@@ -130,7 +148,7 @@ class EvaluationOrder:
     served_name: str
     suite_config_map: str | None
     suite_key: str
-    evaluator: Mapping[str, Any] | None
+    evaluator: EvaluatorSpec | None
     #: The ModelDeployment (same namespace) that grades ``judge`` cases; None without one.
     judge: str | None
     min_score: float
@@ -147,7 +165,8 @@ class Outcome:
     rollout_spec: RolloutSpec | None
     driving: bool  #: the rollout decides the workloads (else the plain revision switch does)
     workloads: tuple[render.WorkloadPlan, ...] = ()
-    service_only_key: str | None = None
+    #: The workload key the Service selects (``render.build_service``); None: every server pod.
+    service_key: str | None = None
     delete: tuple[str, ...] = ()  #: Deployment names
     memory: Memory = field(default_factory=Memory)
     start_evaluation: EvaluationOrder | None = None
@@ -159,38 +178,12 @@ class Outcome:
 # --- spec helpers ---------------------------------------------------------------------------------
 
 
-def rollout_spec(spec_raw: Mapping[str, Any]) -> RolloutSpec | None:
-    """``spec.rollout`` as the machine sees it: None unless it has steps or an evaluation gate.
-
-    The API server defaults ``rollout`` to ``{}``; an empty one means "no gate", a direct switch.
-    """
-    parsed = RolloutSpec.from_spec(spec_raw.get("rollout"))
-    if parsed is None or (not parsed.steps and not parsed.evaluation):
-        return None
-    return parsed
-
-
-def snapshot_annotation(spec_raw: Mapping[str, Any], shape: Shape) -> str:
+def snapshot_annotation(spec: ModelDeploymentSpec, shape: Shape) -> str:
     """The ``ANNOTATION_GATED`` value: gated fields and shape, canonical JSON."""
-    return json.dumps({"gated": gated_fields(spec_raw), "shape": {
+    return json.dumps({"gated": gated_fields(spec), "shape": {
         "gpuType": shape.gpu_type, "gpusPerReplica": shape.gpus_per_replica,
         "tensorParallelSize": shape.tensor_parallel_size,
         "startupBudgetSeconds": shape.startup_budget_seconds}}, sort_keys=True, separators=(",", ":"))
-
-
-def spec_with_gated(spec_raw: Mapping[str, Any], gated: Mapping[str, Any]) -> dict[str, Any]:
-    """The current spec with the gated fields of a snapshot (everything else follows the spec)."""
-    out: dict[str, Any] = json.loads(json.dumps(dict(spec_raw)))
-    model = out.setdefault("model", {})
-    engine = out.setdefault("engine", {})
-    for key, value in (gated.get("model") or {}).items():
-        model[key] = value
-    for key, value in (gated.get("engine") or {}).items():
-        if value is None or value == []:
-            engine.pop(key, None)
-        else:
-            engine[key] = value
-    return out
 
 
 @dataclass(frozen=True)
@@ -237,12 +230,11 @@ def new_key(source: str, revision: str, fingerprint: str, taken: Mapping[str, st
     return default if holder == fingerprint else fingerprint[:10]
 
 
-def workload(*, role: render.Role, spec_raw: Mapping[str, Any], fingerprint: str, key: str, replicas: int,
+def workload(*, role: render.Role, spec: ModelDeploymentSpec, fingerprint: str, key: str, replicas: int,
              shape: Shape) -> render.WorkloadPlan:
-    """A workload rendered from ``spec_raw`` (already carrying the workload's gated fields)."""
-    spec = ModelDeploymentSpec.model_validate(dict(spec_raw))
+    """A workload rendered from ``spec`` (already carrying the workload's gated fields)."""
     annotations = ((render.ANNOTATION_FINGERPRINT, fingerprint),
-                   (render.ANNOTATION_GATED, snapshot_annotation(spec_raw, shape)))
+                   (render.ANNOTATION_GATED, snapshot_annotation(spec, shape)))
     return render.WorkloadPlan(
         role=role, source=spec.model.source, revision=spec.model.revision, replicas=replicas,
         gpu_type=shape.gpu_type, gpus_per_replica=shape.gpus_per_replica,
@@ -304,7 +296,7 @@ def ready_pod_url(pods: Sequence[Obj], key: str | None = None) -> str | None:
 def drive(
     *,
     md_meta: Mapping[str, Any],
-    spec_raw: Mapping[str, Any],
+    spec: ModelDeploymentSpec,
     status: Mapping[str, Any],
     deployments: Sequence[Obj],
     services: Sequence[Obj],
@@ -322,19 +314,21 @@ def drive(
     ``suite_cases``: the size of the evaluation suite when the controller has read it (the machine
     checks the gate's power with it once per canary).
     """
-    rspec = rollout_spec(spec_raw)
-    desired = revision_fingerprint(spec_raw)
-    label = str((spec_raw.get("model") or {}).get("revision") or "main")
+    rspec = rollout_spec_from_api(spec.rollout)
+    desired = revision_fingerprint(spec)
+    label = spec.model.revision
     annotations = md_meta.get("annotations") or {}
     control = parse_control(annotations.get(CONTROL_ANNOTATION))
     known = [_known(d) for d in deployments]
     by_fp = {k.fingerprint: k for k in known if k.fingerprint}
     pod_keys = {str(p["metadata"]["name"]): str((p["metadata"].get("labels") or {}).get(
         render.LABEL_REVISION_HASH, "")) for p in pods}
-    evaluation = (spec_raw.get("rollout") or {}).get("evaluation") or {}
-    thresholds = AnalysisThresholds.from_spec(evaluation.get("analysis"))
+    evaluation = spec.rollout.evaluation
+    thresholds = AnalysisThresholds.from_api(evaluation.analysis if evaluation is not None else None)
 
     state = RolloutState.from_status(status)
+    #: The weight the gateways have had since the last tick wrote status (the canary it was for).
+    written = (state.canary_revision, state.weight)
     events: list[EmitEvent] = []
     order: EvaluationOrder | None = None
     cancel = False
@@ -381,7 +375,7 @@ def drive(
             if isinstance(action, StartEvaluation):
                 started_now.add(action.revision)
                 slot = EvalSlot(action.revision, action.attempt, running=True)
-                order = _order(md_meta=md_meta, spec_raw=spec_raw, evaluation=evaluation, rspec=rspec,
+                order = _order(md_meta=md_meta, evaluation=evaluation, rspec=rspec,
                                state=new, action=action, pods=pods, served_name=served_name,
                                canary_key=key_of(action.revision), stable_key=key_of(new.stable_revision))
                 cancel = False
@@ -417,36 +411,37 @@ def drive(
                       analysis=verdict)
     if not driving or shape is None:
         return outcome
-    return _render(outcome, known=known, by_fp=by_fp, spec_raw=spec_raw, desired=desired, total=total,
-                   shape=shape, services=services, narrowed=memory.narrowed, now=now)
+    return _render(outcome, known=known, by_fp=by_fp, spec=spec, desired=desired, total=total,
+                   shape=shape, services=services, narrowed=memory.narrowed, now=now, written=written)
 
 
-def suite_to_count(spec_raw: Mapping[str, Any], status: Mapping[str, Any] | None) -> tuple[str, str] | None:
+def suite_to_count(spec: ModelDeploymentSpec, status: Mapping[str, Any] | None) -> tuple[str, str] | None:
     """The suite ConfigMap and key whose size the machine's power check needs now, or None.
 
     Only a built-in suite (a custom evaluator reports aggregates, there is no paired test), and only
     while a rollout can be admitted or is running: the desired revision is not the stable one, not
     the rejected one, or the canary is still Deploying or Evaluating.
     """
-    evaluation = ((spec_raw.get("rollout") or {}).get("evaluation") or {})
-    suite = evaluation.get("suiteRef") or {}
-    if not suite.get("configMap") or evaluation.get("evaluator"):
+    evaluation = spec.rollout.evaluation
+    if evaluation is None or evaluation.suite_ref is None or evaluation.evaluator is not None:
         return None
     status = status or {}
     canary = status.get("canary") or {}
     stable = (status.get("stable") or {}).get("fingerprint")
-    desired = revision_fingerprint(spec_raw)
+    desired = revision_fingerprint(spec)
     waiting = canary.get("phase") in (Phase.DEPLOYING.value, Phase.EVALUATING.value)
     if not waiting and (stable is None or desired in (stable, canary.get("rejectedFingerprint"))):
         return None
-    return str(suite["configMap"]), str(suite.get("key") or "suite.jsonl")
+    return evaluation.suite_ref.config_map, evaluation.suite_ref.key
 
 
-def _order(*, md_meta: Mapping[str, Any], spec_raw: Mapping[str, Any], evaluation: Mapping[str, Any],
-           rspec: RolloutSpec | None, state: RolloutState, action: StartEvaluation, pods: Sequence[Obj],
-           served_name: str, canary_key: str | None, stable_key: str | None) -> EvaluationOrder:
+def _order(*, md_meta: Mapping[str, Any], evaluation: EvaluationSpec | None, rspec: RolloutSpec | None,
+           state: RolloutState, action: StartEvaluation, pods: Sequence[Obj], served_name: str,
+           canary_key: str | None, stable_key: str | None) -> EvaluationOrder:
+    # The machine starts an evaluation only when one is configured, so both are set here.
+    assert evaluation is not None and rspec is not None
     name = str(md_meta.get("name"))
-    suite = evaluation.get("suiteRef") or {}
+    suite = evaluation.suite_ref
     fp8 = action.revision[:8]
     return EvaluationOrder(
         namespace=str(md_meta.get("namespace")), md_name=name, md_uid=str(md_meta.get("uid") or ""),
@@ -457,36 +452,34 @@ def _order(*, md_meta: Mapping[str, Any], spec_raw: Mapping[str, Any], evaluatio
         canary_url=ready_pod_url(pods, canary_key) if canary_key else None,
         stable_url=ready_pod_url(pods, stable_key) if stable_key else None,
         served_name=served_name,
-        suite_config_map=suite.get("configMap"), suite_key=str(suite.get("key") or "suite.jsonl"),
-        evaluator=evaluation.get("evaluator"),
-        judge=(evaluation.get("judge") or {}).get("modelDeployment"),
-        min_score=rspec.min_score if rspec else 0.0,
-        max_regression=rspec.max_regression if rspec else 0.02,
-        confidence=rspec.confidence if rspec else 0.95,
-        max_error_rate=rspec.max_error_rate if rspec else 0.05,
-        concurrency=int(evaluation.get("concurrency") or 4),
-        timeout_seconds=float(evaluation.get("timeoutSeconds") or 60),
+        suite_config_map=suite.config_map if suite is not None else None,
+        suite_key=suite.key if suite is not None else models.SuiteRef.model_fields["key"].default,
+        evaluator=evaluation.evaluator,
+        judge=evaluation.judge.model_deployment if evaluation.judge is not None else None,
+        min_score=rspec.min_score, max_regression=rspec.max_regression, confidence=rspec.confidence,
+        max_error_rate=rspec.max_error_rate,
+        concurrency=evaluation.concurrency,
+        timeout_seconds=float(evaluation.timeout_seconds),
     )
 
 
 def _render(outcome: Outcome, *, known: Sequence[_Known], by_fp: Mapping[str, _Known],
-            spec_raw: Mapping[str, Any], desired: str, total: int, shape: Shape,
-            services: Sequence[Obj], narrowed: tuple[str, datetime] | None, now: datetime) -> Outcome:
+            spec: ModelDeploymentSpec, desired: str, total: int, shape: Shape,
+            services: Sequence[Obj], narrowed: tuple[str, datetime] | None, now: datetime,
+            written: tuple[str | None, int] = (None, 0)) -> Outcome:
     state = outcome.state
     stable_n, canary_n = replicas_for(state, total)
     taken = {k.key: k.fingerprint for k in known}
     plans: list[render.WorkloadPlan] = []
     keep: set[str] = set()
 
-    def from_known_or_spec(fp: str) -> tuple[dict[str, Any], Shape, str] | None:
+    def from_known_or_spec(fp: str) -> tuple[ModelDeploymentSpec, Shape, str] | None:
         k = by_fp.get(fp)
         if k is not None and k.gated is not None:
-            return spec_with_gated(spec_raw, k.gated), k.shape or shape, k.key
+            return spec_with_gated(spec, k.gated), k.shape or shape, k.key
         if fp == desired:
-            model = spec_raw.get("model") or {}
-            key = k.key if k is not None else new_key(str(model.get("source")),
-                                                      str(model.get("revision") or "main"), fp, taken)
-            return dict(spec_raw), shape, key
+            key = k.key if k is not None else new_key(spec.model.source, spec.model.revision, fp, taken)
+            return spec, shape, key
         return None
 
     canary_plan: render.WorkloadPlan | None = None
@@ -495,9 +488,8 @@ def _render(outcome: Outcome, *, known: Sequence[_Known], by_fp: Mapping[str, _K
         found = from_known_or_spec(state.canary_revision)
         if found is not None:
             spec_c, shape_c, key_c = found
-            replicas = max(total, 1) if state.phase is Phase.PROMOTING else canary_n
-            canary_plan = workload(role=render.Role.CANARY, spec_raw=spec_c,
-                                   fingerprint=state.canary_revision, key=key_c, replicas=replicas,
+            canary_plan = workload(role=render.Role.CANARY, spec=spec_c,
+                                   fingerprint=state.canary_revision, key=key_c, replicas=canary_n,
                                    shape=shape_c)
             taken = {**taken, key_c: state.canary_revision}
     stable_plan: render.WorkloadPlan | None = None
@@ -509,41 +501,48 @@ def _render(outcome: Outcome, *, known: Sequence[_Known], by_fp: Mapping[str, _K
             if state.phase is Phase.PROMOTING:
                 k = by_fp.get(state.stable_revision)
                 replicas = max(k.replicas if k else 0, stable_n if state.weight < 100 else 0)
-            stable_plan = workload(role=render.Role.STABLE, spec_raw=spec_s,
+            stable_plan = workload(role=render.Role.STABLE, spec=spec_s,
                                    fingerprint=state.stable_revision, key=key_s, replicas=replicas,
                                    shape=shape_s)
 
-    only_key: str | None = None
-    if canary_plan is not None and (state.phase in _WEIGHT_ZERO or (
-            state.phase is Phase.PAUSED and state.weight == 0)) and stable_plan is not None:
-        only_key = stable_plan.workload_key
-    elif state.phase is Phase.ROLLING_BACK and stable_plan is not None:
-        only_key = stable_plan.workload_key
-    elif state.phase is Phase.PROMOTING and canary_plan is not None:
+    # The Service selects one workload, stable's, whatever the weight: a canary takes requests only
+    # through the gateway, by status.canary.weight. A promoted canary gets the Service once the
+    # gateways have it at 100% (read back from status: written by an earlier tick) and its whole
+    # fleet is ready; once moved, the Service stays on it (it is stable from then on). No stable to
+    # render (its Deployment gone without a snapshot): every server pod, as without a rollout.
+    service_key = stable_plan.workload_key if stable_plan is not None else None
+    observed_key = _observed_service_key(services)
+    if state.phase is Phase.PROMOTING and canary_plan is not None:
         found_canary = by_fp.get(state.canary_revision or "")
         ready = found_canary.ready if found_canary is not None else 0
-        if ready >= max(total, 1):
-            only_key = canary_plan.workload_key
-    observed_only = _observed_only_key(services)
-    since = narrowed[1] if narrowed is not None and narrowed[0] == observed_only else now
-    drained = observed_only is not None and (now - since).total_seconds() >= DRAIN_SECONDS
+        at_100 = written == (state.canary_revision, 100)
+        if at_100 and (ready >= max(total, 1) or observed_key == canary_plan.workload_key):
+            service_key = canary_plan.workload_key
+    since = narrowed[1] if narrowed is not None and narrowed[0] == observed_key else now
+    drained = observed_key is not None and (now - since).total_seconds() >= DRAIN_SECONDS
+    # The gateways learn the weight from status, written with this tick: a rolled-back canary keeps
+    # its pods until they have had DRAIN_SECONDS to see weight 0 and let in-flight requests finish.
+    phase_age = (now - state.phase_since).total_seconds() if state.phase_since is not None else DRAIN_SECONDS
+    weight_drained = phase_age >= DRAIN_SECONDS
 
     if canary_plan is not None:
         plans.append(canary_plan)
         keep.add(canary_plan.workload_key)
     if stable_plan is not None and not (state.phase is Phase.PROMOTING and drained
-                                        and observed_only == (canary_plan.workload_key if canary_plan
+                                        and observed_key == (canary_plan.workload_key if canary_plan
                                                               else None)):
         plans.append(stable_plan)
         keep.add(stable_plan.workload_key)
     delete = tuple(sorted(
         k.name for k in known
-        if k.key not in keep and (k.ready == 0 or (drained and observed_only != k.key))))
-    memory = replace(outcome.memory, narrowed=(observed_only, since) if observed_only is not None else None)
-    return replace(outcome, workloads=tuple(plans), service_only_key=only_key, delete=delete, memory=memory)
+        if k.key not in keep and (k.ready == 0 or (
+            drained and observed_key != k.key
+            and (weight_drained or k.fingerprint != state.canary_revision)))))
+    memory = replace(outcome.memory, narrowed=(observed_key, since) if observed_key is not None else None)
+    return replace(outcome, workloads=tuple(plans), service_key=service_key, delete=delete, memory=memory)
 
 
-def _observed_only_key(services: Sequence[Obj]) -> str | None:
+def _observed_service_key(services: Sequence[Obj]) -> str | None:
     for svc in services:
         selector = (svc.get("spec") or {}).get("selector") or {}
         if render.LABEL_REVISION_HASH in selector:

@@ -20,6 +20,9 @@ Phases::
     any active phase --abort--> RollingBack --canary gone--> Aborted
     Stepping/Analyzing --pause--> Paused --resume--> Stepping(current step, fresh window)
     Evaluating/Stepping/Analyzing/Paused --promote--> Promoting (remaining steps skipped)
+    Promoting: the canary scales to the whole fleet at the weight it had (the last step's; 0 when
+        it had none) --whole fleet ready--> weight 100 --stable serves new revision--> Promoted
+        --fleet not ready within ``deploy_timeout``--> RollingBack (CanaryNotReady)
 
 While Deploying or Evaluating, once the suite's size is known (``Inputs.suite_cases``), the machine
 checks the gate's power (``power.assess``: how often it would pass a canary exactly as good as
@@ -110,6 +113,8 @@ class Reason(StrEnum):
     SPEC_REVERTED = "SpecReverted"
     GATE_REMOVED = "RolloutSpecRemoved"
     STEPS_COMPLETE = "StepsComplete"
+    #: The promoted canary has its whole fleet ready: it takes 100% of the requests.
+    FLEET_READY = "PromotedFleetReady"
     PROMOTED = "Promoted"
     ROLLED_BACK = "RolledBack"
     CONTROL_IGNORED = "ControlIgnored"
@@ -150,7 +155,9 @@ def parse_control(value: str | None) -> ManualControl | None:
 class MachineSettings:
     """Operator-level knobs (not in the CRD); defaults sized for multi-minute model loads."""
 
-    deploy_timeout: timedelta = timedelta(hours=1)  #: canary (or a step's canary replicas) not ready
+    #: The canary not ready (Deploying), a step's canary replicas (Stepping), or the promoted canary's
+    #: whole fleet (Promoting, before it takes 100%): each ends in a rollback after this long.
+    deploy_timeout: timedelta = timedelta(hours=1)
     evaluation_timeout: timedelta = timedelta(hours=1)  #: one evaluation attempt
     max_evaluation_attempts: int = 3  #: runner errors or lost runs (operator restarts) retried this often
     max_window_extensions: int = 3
@@ -220,15 +227,18 @@ class Inputs:
 
 @dataclass(frozen=True)
 class DeployCanary:
-    """Create (or replace) the canary workload at ``revision``: 1 replica, NOT an endpoint of the
-    shared Service (weight 0); the evaluation reaches it through its own Service."""
+    """Create (or replace) the canary workload at ``revision``: 1 replica at weight 0, which no
+    client request reaches (the gateway sends it none, the Service does not select it); the
+    evaluation reaches it by pod IP."""
 
     revision: str
 
 
 @dataclass(frozen=True)
 class SetWeight:
-    """Split traffic: ``split_replicas(total, weight)`` replicas behind the shared Service."""
+    """Send ``weight`` percent of the requests to the canary (``status.canary.weight``, which the
+    gateway follows), on ``canary_replicas(total, weight)`` replicas beside stable's full fleet (on the
+    whole fleet while Promoting, where 100 comes once that fleet is ready)."""
 
     weight: int
 
@@ -483,40 +493,37 @@ def _parse_time(value: str | None) -> datetime | None:
 # --- replicas ---------------------------------------------------------------------------------
 
 
-def split_replicas(total: int, weight: int) -> tuple[int, int]:
-    """(stable, canary) replicas for ``total`` at ``weight`` percent on the canary.
+def canary_replicas(total: int, weight: int) -> int:
+    """Replicas the canary runs for ``weight`` percent of the requests of a fleet of ``total``.
 
-    The Service spreads requests evenly over ready pods, so the realised weight is canary/total; the
-    canary count is the nearest to ``total × weight / 100``, kept at ≥ 1 while weight > 0 and stable
-    at ≥ 1 while weight < 100. With total 1 and 0 < weight < 100 both run one replica (2 in all): the
-    weight cannot be honoured otherwise, and stable must keep serving. Total 0 (scaled to zero) is 0, 0.
+    The gateway splits requests by the weight exactly, whatever the replica counts, so the replica
+    count no longer encodes the weight: it is the canary's share of the fleet, rounded up, at least
+    one while it takes traffic (``ceil(total × weight / 100)``); the whole fleet at 100; none at
+    weight 0 or with the fleet scaled to zero (there is no load to share).
     """
     if total < 0 or not 0 <= weight <= 100:
         raise ValueError(f"bad split: total={total}, weight={weight}")
-    if total == 0:
-        return 0, 0
-    if weight == 0:
-        return total, 0
-    if weight == 100:
-        return 0, total
-    if total == 1:
-        return 1, 1
-    canary = int(total * weight / 100 + 0.5)  # round half up, not to even
-    canary = min(max(canary, 1), total - 1)
-    return total - canary, canary
+    if total == 0 or weight == 0:
+        return 0
+    return max(1, -(-total * weight // 100))
 
 
 def replicas_for(state: RolloutState, total: int) -> tuple[int, int]:
     """(stable, canary) replicas the handler should run now, for the autoscaler's ``total``.
 
-    Before traffic (Deploying, Evaluating, Paused at weight 0) the canary runs one replica beside the
-    full stable fleet; during steps the total is split by the weight; otherwise no canary.
+    Stable keeps the whole fleet until the promotion is done, so a rollback never finds it short.
+    Before traffic (Deploying, Evaluating, Paused at weight 0) the canary runs the one replica the
+    evaluation talks to; during steps its share of the fleet (``canary_replicas``); while
+    Promoting the whole fleet (at least one replica), whatever its weight (which stays at the last
+    step's until that fleet is ready, see ``_promoting_fleet``); otherwise none.
     """
     before_traffic = state.phase is Phase.PAUSED and state.weight == 0
     if state.phase in (Phase.DEPLOYING, Phase.EVALUATING) or before_traffic:
         return total, 1
-    if state.phase in (Phase.STEPPING, Phase.ANALYZING, Phase.PAUSED, Phase.PROMOTING):
-        return split_replicas(total, state.weight)
+    if state.phase is Phase.PROMOTING:
+        return total, max(total, 1)
+    if state.phase in (Phase.STEPPING, Phase.ANALYZING, Phase.PAUSED):
+        return total, canary_replicas(total, state.weight)
     return total, 0
 
 
@@ -597,7 +604,7 @@ def _advance(state: RolloutState, inputs: Inputs, spec: RolloutSpec | None, now:
     if state.phase is Phase.ANALYZING:
         return _analyzing(state, inputs, spec, now, settings)
     if state.phase is Phase.PROMOTING:
-        return _finish_promotion(state, inputs, now, settings)
+        return _promoting_fleet(state, inputs, now, settings)
     if state.phase is Phase.ROLLING_BACK:
         return _finish_rollback(state, inputs, now, settings)
     return state, ()  # Paused: only a control moves it
@@ -687,7 +694,8 @@ def _rolling_back(state: RolloutState, now: datetime, decision: Decision, reason
 
 
 def _promoting(state: RolloutState, now: datetime, reason: Reason, message: str) -> Result:
-    new = replace(state, phase=Phase.PROMOTING, phase_since=now, weight=100, decision=Decision.PROMOTED,
+    """Promoting at the weight the canary has (the last step's, 0 before any): see ``_promoting_fleet``."""
+    new = replace(state, phase=Phase.PROMOTING, phase_since=now, decision=Decision.PROMOTED,
                   reason=reason, message=message, hold=False)
     return new, (Promote(state.canary_revision or ""), _event(reason, message))
 
@@ -834,7 +842,7 @@ def _remeasured_power(state: RolloutState, spec: RolloutSpec, result: EvalResult
 
 
 def _stepping(state: RolloutState, inputs: Inputs, now: datetime, settings: MachineSettings) -> Result:
-    _, wanted = split_replicas(inputs.total_replicas, state.weight)
+    wanted = canary_replicas(inputs.total_replicas, state.weight)
     if inputs.canary_ready_replicas >= max(1, wanted):
         message = f"analysis window of step {state.step + 1} began at {state.weight}%"
         new = replace(state, phase=Phase.ANALYZING, phase_since=now, step_started_at=now,
@@ -903,6 +911,44 @@ def _analyzing(state: RolloutState, inputs: Inputs, spec: RolloutSpec | None, no
     new = replace(state, phase=Phase.PAUSED, phase_since=now, reason=Reason.ANALYSIS_INCONCLUSIVE,
                   message=message)
     return new, (_event(Reason.ANALYSIS_INCONCLUSIVE, message, warning=True),)
+
+
+#: Separates the message of the promotion's cause from the count of the fleet it waits for.
+_FLEET_WAIT = "; waiting for the canary's whole fleet: "
+
+
+def _promoting_fleet(state: RolloutState, inputs: Inputs, now: datetime, settings: MachineSettings) -> Result:
+    """Promoting below 100%: the canary keeps the weight it had until its whole fleet is ready.
+
+    The canary was scaled to the whole fleet on entering Promoting (``replicas_for``) but keeps the
+    weight it had (the last step's, or 0 when promoted before any step), so it never serves more
+    requests than its ready replicas were sized for (a 50% step on 4 replicas is 2 canary replicas;
+    100% at once would put 4 replicas' load on those 2 for one cold start). Once ``total`` (at
+    least 1) canary replicas are ready it takes 100% (``SetWeight(100)``); the driver then moves the
+    Service and removes stable, as before. Not ready within ``deploy_timeout`` (no GPU for the
+    second fleet): a rollback, which is still clean at this weight (stable has its whole fleet); the
+    wait shows in the message with the ready/wanted counts meanwhile. At 100 (a last step of 100%,
+    or the fleet ready): the old stable goes (``_finish_promotion``).
+    """
+    if state.weight >= 100:
+        return _finish_promotion(state, inputs, now, settings)
+    revision = state.canary_revision or ""
+    wanted = max(1, inputs.total_replicas)
+    ready = inputs.canary_ready_replicas
+    cause = state.message.split(_FLEET_WAIT, 1)[0]
+    if ready >= wanted:
+        message = (f"{cause}; the canary's whole fleet is ready ({ready}/{wanted} replicas): "
+                   f"it takes 100% of the requests (was {state.weight}%)")
+        new = replace(state, weight=100, message=message)
+        return new, (SetWeight(100), _event(Reason.FLEET_READY, message))
+    if state.phase_since is not None and now - state.phase_since > settings.deploy_timeout:
+        return _rolling_back(state, now, Decision.ROLLED_BACK, Reason.CANARY_NOT_READY,
+                             f"promotion of canary {revision}: {ready}/{wanted} replicas of its whole fleet "
+                             f"were ready after {settings.deploy_timeout} (it took {state.weight}% of the "
+                             f"requests); stable {state.stable_revision} keeps serving")
+    message = (f"{cause}{_FLEET_WAIT}{ready}/{wanted} replicas ready; it takes {state.weight}% of the "
+               f"requests until all are (rolled back if not within {settings.deploy_timeout})")
+    return (state if message == state.message else replace(state, message=message)), ()
 
 
 def _finish_promotion(state: RolloutState, inputs: Inputs, now: datetime,

@@ -38,7 +38,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from modelplane.rollout.stats import Z_TOLERANCE, tango_score, z_of
+from modelplane.rollout.stats import (
+    DEFAULT_CONFIDENCE,
+    DEFAULT_MAX_REGRESSION,
+    Z_TOLERANCE,
+    tango_score,
+    z_of,
+)
 
 #: The pass probability an equal canary should have: below it the suite is called underpowered.
 TARGET = 0.80
@@ -306,7 +312,8 @@ class SequentialDesign:
     equal_pass: float
 
 
-def compare_sequential(n: int, *, max_regression: float, discordance: float, confidence: float = 0.95,
+def compare_sequential(n: int, *, max_regression: float, discordance: float,
+                       confidence: float = DEFAULT_CONFIDENCE,
                        first_confidences: Sequence[float] = (0.99, 0.995, 0.999)
                        ) -> tuple[float, float, tuple[SequentialDesign, ...]]:
     """The fixed design's (equal-canary pass, false promotion) and, for each stage-one confidence, the
@@ -411,11 +418,12 @@ TABLE_DISCORDANCES = (0.02, 0.04, 0.06, 0.10, 0.15)
 TABLE_MARGINS = (0.10, 0.05, 0.02)
 
 
-def sizing_table(*, confidence: float = 0.95, discordances: Sequence[float] = TABLE_DISCORDANCES,
+def sizing_table(*, confidence: float = DEFAULT_CONFIDENCE,
+                 discordances: Sequence[float] = TABLE_DISCORDANCES,
                  margins: Sequence[float] = TABLE_MARGINS) -> str:
     """The Markdown table of docs/rollouts.md: cases for 80% and 95% passes of an equal canary."""
     head = "| discordance d | " + " | ".join(
-        f"m = {m:g}" + (" (default)" if m == 0.02 else "") for m in margins) + " |"
+        f"m = {m:g}" + (" (default)" if m == DEFAULT_MAX_REGRESSION else "") for m in margins) + " |"
     rows = [head, "| --- |" + " --- |" * len(margins)]
     for d in discordances:
         cells = []
@@ -427,7 +435,8 @@ def sizing_table(*, confidence: float = 0.95, discordances: Sequence[float] = TA
     return "\n".join(rows)
 
 
-def sequential_table(n: int, *, max_regression: float, discordance: float, confidence: float = 0.95) -> str:
+def sequential_table(n: int, *, max_regression: float, discordance: float,
+                     confidence: float = DEFAULT_CONFIDENCE) -> str:
     """``compare_sequential`` as Markdown rows (docs/rollouts.md)."""
     fixed_pass, fixed_fp, designs = compare_sequential(n, max_regression=max_regression,
                                                        discordance=discordance, confidence=confidence)
@@ -450,9 +459,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m modelplane.rollout.power",
         description="Suite sizes at which the evaluation gate passes an equal canary with 80%% / 95%% "
                     "probability (exact), or the pass probability of one suite.")
-    parser.add_argument("--confidence", type=float, default=0.95)
+    parser.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE)
     parser.add_argument("--cases", type=int, help="print the pass probability of this suite size instead")
-    parser.add_argument("--max-regression", type=float, default=0.02)
+    parser.add_argument("--max-regression", type=float, default=DEFAULT_MAX_REGRESSION)
     parser.add_argument("--discordance", type=float, default=ASSUMED_DISCORDANCE)
     parser.add_argument("--sequential", action="store_true",
                         help="compare two-stage designs with the fixed one at --cases (default 200)")

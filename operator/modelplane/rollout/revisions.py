@@ -40,7 +40,6 @@ def spec_replicas(deployment: Obj | None) -> int:
 class Revisions:
     """Which Deployment runs the spec's revision, and which older ones still exist."""
 
-    spec_raw: dict[str, Any]
     fingerprint: str
     by_fp: dict[Any, Obj]  #: Deployments by the fingerprint annotation
     deployments: dict[str, Obj]  #: Deployments by name
@@ -51,8 +50,7 @@ class Revisions:
 
 def revisions(md: ModelDeployment, deployments_seen: Sequence[Obj]) -> Revisions:
     source, revision = md.spec.model.source, md.spec.model.revision
-    spec_raw = md.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
-    fingerprint = revision_fingerprint(spec_raw)
+    fingerprint = revision_fingerprint(md.spec)
     by_fp = {(d["metadata"].get("annotations") or {}).get(render.ANNOTATION_FINGERPRINT): d
              for d in deployments_seen}
     # The Deployment that runs the spec's gated fields, if one does (after a promotion it may carry
@@ -63,7 +61,7 @@ def revisions(md: ModelDeployment, deployments_seen: Sequence[Obj]) -> Revisions
     deployments = {d["metadata"]["name"]: d for d in deployments_seen}
     old_deps = [d for n, d in sorted(deployments.items()) if n != desired_dep]
     switching = bool(old_deps) and ready_replicas(deployments.get(desired_dep)) < 1
-    return Revisions(spec_raw, fingerprint, by_fp, deployments, desired_dep, old_deps, switching)
+    return Revisions(fingerprint, by_fp, deployments, desired_dep, old_deps, switching)
 
 
 def current_replicas(revs: Revisions, prior: RolloutState) -> int:
@@ -73,9 +71,10 @@ def current_replicas(revs: Revisions, prior: RolloutState) -> int:
         # While the new revision starts, the old one's replicas are what the fleet is.
         current = max(current, max(spec_replicas(d) for d in revs.old_deps))
     if prior.phase in driver.DRIVING:
-        # During a rollout the fleet is stable plus the canary's share of traffic.
-        current = spec_replicas(revs.by_fp.get(prior.stable_revision)) + (
-            spec_replicas(revs.by_fp.get(prior.canary_revision)) if prior.weight > 0 else 0)
+        # During a rollout stable keeps the whole fleet; the canary's replicas come on top of it
+        # for its share of the requests (``machine.canary_replicas``) and are not the fleet.
+        current = spec_replicas(revs.by_fp.get(prior.stable_revision)) or \
+            spec_replicas(revs.by_fp.get(prior.canary_revision))
     return current
 
 
@@ -108,11 +107,26 @@ def plain_workload(md: ModelDeployment, revs: Revisions, *, desired: int,
                    shape: driver.Shape) -> render.WorkloadPlan:
     """Without a rollout driving: the one workload of the spec's revision, at ``desired`` replicas
     (a Deployment that already runs it keeps its name, even after the revision's key changed)."""
-    source, revision = md.spec.model.source, md.spec.model.revision
+    return driver.workload(role=render.Role.STABLE, spec=md.spec, fingerprint=revs.fingerprint,
+                           key=_desired_key(md, revs), replicas=desired, shape=shape)
+
+
+def _desired_key(md: ModelDeployment, revs: Revisions) -> str:
     have_dep = revs.deployments.get(revs.desired_dep)
     key = ((have_dep or {}).get("metadata", {}).get("labels") or {}).get(render.LABEL_REVISION_HASH)
-    return driver.workload(role=render.Role.STABLE, spec_raw=revs.spec_raw, fingerprint=revs.fingerprint,
-                           key=key or render.revision_hash(source, revision), replicas=desired, shape=shape)
+    return str(key) if key else render.revision_hash(md.spec.model.source, md.spec.model.revision)
+
+
+def plain_service_key(md: ModelDeployment, revs: Revisions, *, switching: bool) -> str:
+    """Without a rollout driving: the workload the Service selects, the one that serves — while a
+    new revision has no Ready replica yet, the old revision with the most Ready replicas (the first
+    by name on a tie); else the spec's."""
+    if switching:
+        best = max(revs.old_deps, key=ready_replicas)  # max keeps the first of equals, by name
+        key = ((best.get("metadata") or {}).get("labels") or {}).get(render.LABEL_REVISION_HASH)
+        if ready_replicas(best) > 0 and key:
+            return str(key)
+    return _desired_key(md, revs)
 
 
 def plain_deletes(revs: Revisions, *, switching: bool) -> list[str]:

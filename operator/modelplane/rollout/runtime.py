@@ -95,7 +95,7 @@ def build_job(order: EvaluationOrder) -> dict[str, Any]:
     """The custom evaluator's Job: one pod, never restarted, the endpoints in its environment."""
     assert order.evaluator is not None
     container: dict[str, Any] = {
-        "name": "evaluator", "image": str(order.evaluator["image"]),
+        "name": "evaluator", "image": order.evaluator.image,
         "env": [{"name": "CANARY_URL", "value": f"{order.canary_url}/v1"},
                 {"name": "STABLE_URL", "value": f"{order.stable_url}/v1"},
                 {"name": "MODEL", "value": order.served_name},
@@ -105,10 +105,10 @@ def build_job(order: EvaluationOrder) -> dict[str, Any]:
         # fails without writing it.
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    if order.evaluator.get("command"):
-        container["command"] = list(order.evaluator["command"])
-    if order.evaluator.get("args"):
-        container["args"] = list(order.evaluator["args"])
+    if order.evaluator.command:
+        container["command"] = list(order.evaluator.command)
+    if order.evaluator.args:
+        container["args"] = list(order.evaluator.args)
     return {
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {"name": order.job_name, "namespace": order.namespace, "labels": _labels(order),

@@ -1,7 +1,8 @@
-"""The rollout's view of the spec: steps and gate settings, durations, and which changes are gated.
+"""The rollout's view of the spec: steps and gate settings, and which changes are gated.
 
-Pure functions over the raw camelCase spec dicts (``model_dump(by_alias=True)`` of the API models or
-the object as the API server returns it), so this package does not depend on the API models.
+Built from the parsed API models (``api.models.ModelDeploymentSpec``), never from a dict: the API
+models are the only place that knows a default (a step's ``pause``, the gate's ``maxRegression``,
+the engine's image…), and this module only reads their typed fields.
 
 Which spec changes roll out behind the gate? Those that can change what the model *answers*:
 
@@ -26,116 +27,103 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from modelplane import durations
-from modelplane.api.models import DEFAULT_IMAGE
-
-DEFAULT_REVISION = "main"
-
-
-
-def parse_duration(value: str | float | int | None) -> float:
-    """Seconds in ``"30s"``, ``"5m"``, ``"1h30m"``, ``"500ms"``; a bare number is seconds; None or
-    "" is 0. The grammar is the API's (``modelplane.durations``)."""
-    if value is None:
-        return 0.0
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError(f"duration must be >= 0, got {value}")
-        return float(value)
-    text = value.strip()
-    if not text:
-        return 0.0
-    if re.fullmatch(r"\d+(?:\.\d+)?", text):
-        return float(text)
-    return durations.seconds(text)
-
-
-def _or_default(value: Any, default: float) -> Any:
-    # Not ``value or default``: an explicit 0 (e.g. maxRegression 0) is a meaningful setting.
-    return default if value is None else value
+from modelplane.api import models
 
 
 @dataclass(frozen=True)
 class Step:
-    weight: int  #: percent of traffic on the canary, 1..100
+    weight: int  #: percent of requests on the canary, 1..100
     pause_seconds: float  #: how long the step lasts (its analysis window)
 
 
 @dataclass(frozen=True)
 class RolloutSpec:
-    """``spec.rollout``, as the state machine needs it."""
+    """``spec.rollout``, as the state machine needs it (built by ``rollout_spec_from_api``)."""
 
-    steps: tuple[Step, ...] = ()
-    evaluation: bool = False  #: an evaluation gate is configured (suite or custom evaluator)
-    analysis: bool = False  #: live analysis thresholds are configured
-    min_score: float = 0.0
-    max_regression: float = 0.02
-    confidence: float = 0.95
-    max_error_rate: float = 0.05  #: share of suite cases that may fail (either side) and still give a verdict
-
-    @classmethod
-    def from_spec(cls, rollout: Mapping[str, Any] | None) -> RolloutSpec | None:
-        """None when the spec has no ``rollout`` (changes then switch directly)."""
-        if rollout is None:
-            return None
-        steps = []
-        for i, raw in enumerate(rollout.get("steps") or []):
-            weight = int(raw["weight"])
-            if not 1 <= weight <= 100:
-                raise ValueError(f"rollout.steps[{i}].weight must be 1..100, got {weight}")
-            steps.append(Step(weight=weight, pause_seconds=parse_duration(raw.get("pause"))))
-        evaluation: Mapping[str, Any] | None = rollout.get("evaluation")
-        ev = evaluation or {}
-        return cls(
-            steps=tuple(steps),
-            evaluation=bool(ev.get("suiteRef") or ev.get("evaluator")),
-            analysis=bool(ev.get("analysis")),
-            min_score=float(_or_default(ev.get("minScore"), 0.0)),
-            max_regression=float(_or_default(ev.get("maxRegression"), 0.02)),
-            confidence=float(_or_default(ev.get("confidence"), 0.95)),
-            max_error_rate=float(_or_default(ev.get("maxErrorRate"), 0.05)),
-        )
+    steps: tuple[Step, ...]
+    evaluation: bool  #: an evaluation gate is configured (suite or custom evaluator)
+    analysis: bool  #: live analysis thresholds are configured
+    min_score: float  #: 0 when the API's minScore is unset: scores are in [0, 1], so no floor
+    max_regression: float
+    confidence: float
+    max_error_rate: float  #: share of suite cases that may fail (either side) and still give a verdict
 
 
-def gated_fields(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """The part of a ModelDeployment spec that defines the revision, defaults filled in.
+def rollout_spec_from_api(rollout: models.RolloutSpec) -> RolloutSpec | None:
+    """The machine's view of the parsed ``spec.rollout``; None when it has neither steps nor an
+    evaluation (the API server defaults ``rollout`` to ``{}``, which means "no gate": a direct switch).
 
-    The handler keeps this for the stable revision (it must render stable from it after the spec has
-    moved on to the canary's values).
+    Without an evaluation the gate's numbers are never read; they are then the API's defaults.
     """
-    model: Mapping[str, Any] = spec.get("model") or {}
-    engine: Mapping[str, Any] = spec.get("engine") or {}
-    env = sorted(
-        ({"name": str(e.get("name")), "value": str(e.get("value", ""))} for e in engine.get("env") or []),
-        key=lambda e: e["name"],
+    if not rollout.steps and rollout.evaluation is None:
+        return None
+    evaluation = rollout.evaluation or models.EvaluationSpec.model_construct()
+    analysis = evaluation.analysis if rollout.evaluation is not None else None
+    return RolloutSpec(
+        steps=tuple(Step(s.weight, models.duration_seconds(s.pause)) for s in rollout.steps),
+        evaluation=rollout.evaluation is not None,
+        # Without a threshold a step simply lasts its pause (docs/rollouts.md, Live analysis).
+        analysis=analysis is not None and (analysis.max_error_rate is not None
+                                           or analysis.max_ttft_seconds_p95 is not None),
+        min_score=evaluation.min_score if evaluation.min_score is not None else 0.0,
+        max_regression=evaluation.max_regression,
+        confidence=evaluation.confidence,
+        max_error_rate=evaluation.max_error_rate,
     )
+
+
+def gated_fields(spec: models.ModelDeploymentSpec) -> dict[str, Any]:
+    """The part of a ModelDeployment spec that defines the revision, as camelCase JSON values.
+
+    The Deployments keep it as their snapshot (``render.ANNOTATION_GATED``), so stable is rendered
+    from its own values after the spec has moved on to the canary's; its canonical JSON is hashed
+    into the fingerprint, so the shape and spelling here must not change (every running
+    Deployment's fingerprint would, and every ModelDeployment would start a rollout).
+    """
+    engine = spec.engine
+    env = sorted(({"name": e.name, "value": e.value} for e in engine.env), key=lambda e: e["name"])
     return {
-        "model": {
-            "source": model.get("source"),
-            "revision": model.get("revision") or DEFAULT_REVISION,
-        },
+        "model": {"source": spec.model.source, "revision": spec.model.revision},
         "engine": {
-            "image": engine.get("image") or DEFAULT_IMAGE,
-            "quantization": engine.get("quantization"),
-            "dtype": engine.get("dtype") or "auto",
-            "maxModelLen": engine.get("maxModelLen"),
-            "extraArgs": [str(a) for a in engine.get("extraArgs") or []],
+            "image": engine.image,
+            "quantization": engine.quantization.value if engine.quantization is not None else None,
+            "dtype": engine.dtype.value,
+            "maxModelLen": engine.max_model_len,
+            "extraArgs": list(engine.extra_args),
             "env": env,
         },
     }
 
 
-def revision_fingerprint(spec: Mapping[str, Any]) -> str:
+def revision_fingerprint(spec: models.ModelDeploymentSpec) -> str:
     """A short stable id of the gated fields: the rollout's revision id and the pods' revision label."""
     canonical = json.dumps(gated_fields(spec), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
-def needs_gated_rollout(old_spec: Mapping[str, Any], new_spec: Mapping[str, Any]) -> bool:
-    """True when going from ``old_spec`` to ``new_spec`` changes what the model answers (see above)."""
-    return gated_fields(old_spec) != gated_fields(new_spec)
+def needs_gated_rollout(old: models.ModelDeploymentSpec, new: models.ModelDeploymentSpec) -> bool:
+    """True when going from ``old`` to ``new`` changes what the model answers (see above)."""
+    return gated_fields(old) != gated_fields(new)
+
+
+def spec_with_gated(spec: models.ModelDeploymentSpec, gated: Mapping[str, Any]) -> models.ModelDeploymentSpec:
+    """The current spec with the gated fields of a snapshot (everything else follows the spec).
+
+    The snapshot is a Deployment's annotation, so it is parsed like any input: a snapshot the API
+    models refuse raises ``pydantic.ValidationError``.
+    """
+    out: dict[str, Any] = spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+    model = out.setdefault("model", {})
+    engine = out.setdefault("engine", {})
+    for key, value in (gated.get("model") or {}).items():
+        model[key] = value
+    for key, value in (gated.get("engine") or {}).items():
+        if value is None or value == []:
+            engine.pop(key, None)
+        else:
+            engine[key] = value
+    return models.ModelDeploymentSpec.model_validate(out)

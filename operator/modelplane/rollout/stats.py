@@ -44,13 +44,19 @@ from enum import StrEnum
 from functools import lru_cache
 from statistics import NormalDist
 
+from modelplane.api.models import EvaluationSpec
+
 #: Bisection stops when the bracket is narrower than this (far below any meaningful score step).
 _TOLERANCE = 1e-9
 #: The score test passes at ``z - Z_TOLERANCE``, so that data landing exactly on the margin (where
 #: the score equals z up to rounding) is not refused by floating-point noise.
 Z_TOLERANCE = 1e-9
-#: Default share of pairs that may be left out for request errors before the evaluation is an error.
-DEFAULT_MAX_ERROR_RATE = 0.05
+#: The gate's defaults are the API's (``spec.rollout.evaluation``), which alone knows them; the
+#: operator passes the parsed values, these serve direct callers (tests, the power tables).
+DEFAULT_MAX_REGRESSION: float = EvaluationSpec.model_fields["max_regression"].default
+DEFAULT_CONFIDENCE: float = EvaluationSpec.model_fields["confidence"].default
+#: Share of pairs that may be left out for request errors before the evaluation is an error.
+DEFAULT_MAX_ERROR_RATE: float = EvaluationSpec.model_fields["max_error_rate"].default
 
 
 class Verdict(StrEnum):
@@ -207,8 +213,8 @@ def evaluate_gate(
     outcomes: Sequence[PairedOutcome],
     *,
     min_score: float,
-    max_regression: float = 0.02,
-    confidence: float = 0.95,
+    max_regression: float = DEFAULT_MAX_REGRESSION,
+    confidence: float = DEFAULT_CONFIDENCE,
     max_error_rate: float = DEFAULT_MAX_ERROR_RATE,
 ) -> GateResult:
     """Decide the gate from paired outcomes; pure, deterministic.
