@@ -451,6 +451,13 @@ def build_deployment(md: Owner, spec: ModelDeploymentSpec, workload: WorkloadPla
     }
 
 
+def serving_pods(md: Owner, key: str | None) -> dict[str, str]:
+    """The labels of the pods that take the Service's traffic: workload ``key``'s server pods
+    (every server pod when ``key`` is None)."""
+    selector = server_selector(md)
+    return {**selector, LABEL_REVISION_HASH: key} if key is not None else selector
+
+
 def build_service(md: Owner, *, key: str | None = None) -> Manifest:
     """The ModelDeployment's ClusterIP Service for the OpenAI port: the pods of workload ``key``.
 
@@ -460,9 +467,7 @@ def build_service(md: Owner, *, key: str | None = None) -> Manifest:
     serving workload does (a promotion, a revision switch), which restarts nothing. ``key`` None:
     every server pod of every revision.
     """
-    selector = server_selector(md)
-    if key is not None:
-        selector = {**selector, LABEL_REVISION_HASH: key}
+    selector = serving_pods(md, key)
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -502,17 +507,13 @@ def build_children(md: Owner, spec: ModelDeploymentSpec, workloads: Sequence[Wor
 
 # --- Gateway API Inference Extension ---------------------------------------------------------------
 
-def _server_pods(md: Owner, only_key: str | None) -> dict[str, str]:
-    """The labels of the pods that take traffic: the Service's selector (see ``build_service``)."""
-    selector = server_selector(md)
-    return {**selector, LABEL_REVISION_HASH: only_key} if only_key is not None else selector
+def build_inference_pool(md: Owner, pool: InferencePoolSpec, *, key: str | None = None) -> Manifest:
+    """The InferencePool (v1) over the pods the Service selects (workload ``key``, see
+    ``build_service``), on the vLLM port, naming the picker.
 
-
-def build_inference_pool(md: Owner, pool: InferencePoolSpec, *, only_key: str | None = None) -> Manifest:
-    """The InferencePool (v1) over the pods the Service selects, on the vLLM port, naming the picker.
-
-    ``only_key`` narrows it as it narrows the Service, so a canary before its first traffic step gets
-    no gateway traffic either.
+    Like the Service it holds the serving (stable) workload only: a canary is reached by the
+    evaluation and, at its weight, through modelplane's gateway, not through the pool, until it is
+    promoted (docs/inference-extension.md).
     """
     picker = pool.endpoint_picker
     if picker is None:
@@ -523,7 +524,7 @@ def build_inference_pool(md: Owner, pool: InferencePoolSpec, *, only_key: str | 
         "metadata": {"name": md.name, "namespace": md.namespace, "labels": _common_labels(md),
                      "ownerReferences": _owner_references(md)},
         "spec": {
-            "selector": {"matchLabels": _server_pods(md, only_key)},
+            "selector": {"matchLabels": serving_pods(md, key)},
             "targetPorts": [{"number": PORT}],
             "endpointPickerRef": {"group": "", "kind": "Service", "name": picker.service,
                                   "port": {"number": picker.port},
@@ -562,12 +563,12 @@ def build_http_route(md: Owner, route: HTTPRouteSpec, *, served_name: str) -> Ma
 
 
 def build_inference_children(md: Owner, spec: ModelDeploymentSpec, *, served_name: str,
-                             only_key: str | None = None) -> list[Manifest]:
+                             key: str | None = None) -> list[Manifest]:
     """The InferencePool, then the HTTPRoute when asked; none without an enabled spec.inferencePool."""
     pool = spec.inference_pool
     if pool is None or not pool.enabled:
         return []
-    children = [build_inference_pool(md, pool, only_key=only_key)]
+    children = [build_inference_pool(md, pool, key=key)]
     if pool.http_route is not None:
         children.append(build_http_route(md, pool.http_route, served_name=served_name))
     return children

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
 from typing import Any
@@ -167,7 +168,7 @@ async def test_scale_from_zero_holds_500_across_two_gateways_and_a_killed_gatewa
         await kube_client.create(model(name, namespace, served_name(name, namespace), minReplicas=0,
                                        maxReplicas=1, scaleToZeroAfter="20s", scaleDownDelay="20s"))
     for name, phase in (("chat", "Ready"), ("lazy", "ScaledToZero"), ("lazy2", "ScaledToZero")):
-        await wait_for(lambda n=name, p=phase: _is(kube_client, namespace, n, p), timeout=90,
+        await wait_for(functools.partial(_is, kube_client, namespace, name, phase), timeout=90,
                        what=f"{name} {phase}")
     a, b = gateways.replicas
     connector = aiohttp.TCPConnector(limit=0)

@@ -201,15 +201,10 @@ async def traffic(namespace: str, gateways: Gateways) -> AsyncIterator[Load]:
     load = Load(gateways.replicas[0].url, served_name("chat", namespace))
     task: asyncio.Task[None] | None = None
 
-    async def run_once_served() -> None:
-        # The proxy reads the endpoints every 0.25 s, and a Service with no endpoint refuses (it
-        # holds nothing, as kube-proxy does not): the load starts once it has read the Ready pod.
-        await proxy.refresh()
-        await load.run()
-
     def start() -> None:
+        # No proxy to wait for: the gateway holds a request until it sees a ready replica.
         nonlocal task
-        task = asyncio.create_task(run_once_served())
+        task = asyncio.create_task(load.run())
 
     load.start = start  # type: ignore[attr-defined]
     yield load

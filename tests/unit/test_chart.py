@@ -199,7 +199,7 @@ def test_the_operator_watches_the_gateway_pods_only_with_a_selector_and_is_grant
 
     settings = Settings(peering=peering, gateway_selector="app=gw" if gateway else None,
                         gateway_namespace="mp" if gateway else None)
-    controller = Controller(None, settings)  # type: ignore[arg-type] — never runs
+    controller = Controller(None, settings)  # type: ignore[arg-type]  # never runs
     watched = {(i.resource.group, i.resource.plural)
                for i in controller.informers.get("gateways", [])}
     assert watched == ({("", "pods")} if gateway else set())
@@ -215,7 +215,7 @@ def test_the_gateway_watches_exactly_what_its_rbac_grants() -> None:
     from modelplane.gateway.cache import ClusterRoutes
 
     for namespaces in ((), ("a", "b")):
-        routes = ClusterRoutes(None, namespaces)  # type: ignore[arg-type] — never runs
+        routes = ClusterRoutes(None, namespaces)  # type: ignore[arg-type]  # never runs
         watched = {(i.resource.group, i.resource.plural, verb) for i in routes.informers
                    for verb in ("list", "watch")}
         assert watched == GATEWAY_NEEDS

@@ -30,11 +30,11 @@ def parse(**pool: Any) -> ModelDeployment:
     return ModelDeployment.parse(md(inferencePool=pool))
 
 
-def children(pool: dict[str, Any] | None, *, only_key: str | None = None,
+def children(pool: dict[str, Any] | None, *, key: str | None = None,
              served_name: str = "chat") -> list[render.Manifest]:
     body = md() if pool is None else md(inferencePool=pool)
     parsed = ModelDeployment.parse(body)
-    return render.build_inference_children(parsed, parsed.spec, served_name=served_name, only_key=only_key)
+    return render.build_inference_children(parsed, parsed.spec, served_name=served_name, key=key)
 
 
 # --- render --------------------------------------------------------------------------------------
@@ -67,9 +67,9 @@ def test_the_pool_selects_the_server_pods_on_the_vllm_port_and_names_the_picker(
 
 def test_the_pool_selects_what_the_service_selects() -> None:
     parsed = parse(endpointPicker=PICKER)
-    for only_key in (None, "abcd1234"):
-        service = render.build_service(parsed, only_key=only_key)
-        [pool] = render.build_inference_children(parsed, parsed.spec, served_name="chat", only_key=only_key)
+    for key in (None, "abcd1234"):
+        service = render.build_service(parsed, key=key)
+        [pool] = render.build_inference_children(parsed, parsed.spec, served_name="chat", key=key)
         assert pool["spec"]["selector"]["matchLabels"] == service["spec"]["selector"]
 
 

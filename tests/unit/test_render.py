@@ -466,7 +466,7 @@ def test_the_service_selects_one_workload_and_the_scale_selector_every_server_po
     selector = service["spec"]["selector"]
 
     def selects(dep: render.Manifest, sel: dict[str, str]) -> bool:
-        return sel.items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+        return bool(sel.items() <= dep["spec"]["template"]["metadata"]["labels"].items())
 
     assert selects(stable, selector) and not selects(canary, selector)
     scale = dict(pair.split("=") for pair in render.selector_string(md).split(","))

@@ -385,7 +385,8 @@ def by_key(world: World) -> dict[str, dict[str, Any]]:
 
 
 def service_key(world: World) -> str | None:
-    return world.services["chat"]["spec"]["selector"].get(render.LABEL_REVISION_HASH)
+    key: str | None = world.services["chat"]["spec"]["selector"].get(render.LABEL_REVISION_HASH)
+    return key
 
 
 def run_rollout(world: World, body: dict[str, Any], start: datetime, *, ticks: int = 60,

@@ -10,8 +10,8 @@ requests at zero replicas, and telling the operator about them, is the gateway's
 (``modelplane gateway``, docs/gateway.md).
 
 The demo and some end-to-end tests send their load through it, so traffic follows the Service's
-selector exactly as it would in a real cluster: the replica ratio of canary and stable is the
-traffic ratio.
+selector exactly as it would in a real cluster: during a rollout that is stable's workload only
+(the canary gets its share through the gateway, by ``status.canary.weight``; docs/rollouts.md).
 """
 
 from __future__ import annotations

@@ -297,7 +297,7 @@ def _normalise(status: Mapping[str, Any]) -> dict[str, Any]:
 
 def _children(md: ModelDeployment, observed: Observed, revs: revisions.Revisions,
               rollout: rollouts.Outcome, *,
-              desired: int, shape: rollouts.Shape, switching: bool,
+              desired: int, shape: rollouts.Shape, switching: bool, service_key: str | None,
               events: list[EventSpec]) -> tuple[list[dict[str, Any]], list[tuple[kube.Resource, str]]]:
     """The children to apply (content hash changed) and the Deployments to delete; Events for each."""
     revision = md.spec.model.revision
@@ -307,8 +307,6 @@ def _children(md: ModelDeployment, observed: Observed, revs: revisions.Revisions
         revisions.plain_workload(md, revs, desired=desired, shape=shape)]
     existing = {(c["kind"], c["metadata"]["name"]): c
                 for c in (*observed.deployments, *observed.services, *observed.pdbs)}
-    service_key = rollout.service_key if rollout.driving else \
-        revisions.plain_service_key(md, revs, switching=switching)
     for child in render.build_children(md, md.spec, workloads, service_key=service_key):
         manifest = _with_hash(child)
         have = existing.get((child["kind"], child["metadata"]["name"]))
@@ -347,7 +345,7 @@ def _owned_by(obj: Obj, md: ModelDeployment) -> bool:
     return any(r.get("uid") == md.uid and r.get("controller") for r in refs)
 
 
-def _inference_children(md: ModelDeployment, observed: Observed, *, only_key: str | None, served_name: str,
+def _inference_children(md: ModelDeployment, observed: Observed, *, service_key: str | None, served_name: str,
                         events: list[EventSpec], cond: Cond,
                         ) -> tuple[list[dict[str, Any]], list[tuple[kube.Resource, str]], Condition | None]:
     """The InferencePool and HTTPRoute to apply or delete, and the InferencePoolReady condition.
@@ -356,7 +354,7 @@ def _inference_children(md: ModelDeployment, observed: Observed, *, only_key: st
     nothing to delete): the condition names the missing CRD and the rest of the model serves as
     usual. Objects of this ModelDeployment that the spec no longer asks for are deleted.
     """
-    wanted = render.build_inference_children(md, md.spec, served_name=served_name, only_key=only_key)
+    wanted = render.build_inference_children(md, md.spec, served_name=served_name, key=service_key)
     served = {"InferencePool": observed.inference_pool_api, "HTTPRoute": observed.http_route_api}
     existing = {(str(o.get("kind")), str((o.get("metadata") or {}).get("name"))): o
                 for o in (*observed.inference_pools, *observed.http_routes) if _owned_by(o, md)}
@@ -585,14 +583,17 @@ def finish(prepared: Prepared, observed: Observed, *, metrics: Sequence[ScrapeRe
     # Children.
     apply: list[dict[str, Any]] = []
     delete: list[tuple[kube.Resource, str]] = []
+    # The one workload the Service (and an InferencePool) selects: stable's while a rollout runs.
+    service_key = rollout.service_key if rollout.driving else \
+        revisions.plain_service_key(md, revs, switching=switching)
     if shape is not None:
         apply, delete = _children(md, observed, revs, rollout, desired=desired, shape=shape,
-                                  switching=switching, events=events)
+                                  switching=switching, service_key=service_key, events=events)
     inference_condition: Condition | None = None
     if shape is not None or md.spec.inference_pool is None or not md.spec.inference_pool.enabled:
         # Rendered with the other children (never before the Service exists); removed whenever.
         pool_apply, pool_delete, inference_condition = _inference_children(
-            md, observed, only_key=rollout.service_only_key if rollout.driving else None,
+            md, observed, service_key=service_key,
             served_name=prepared.served_name or md.name, events=events, cond=cond)
         apply += pool_apply
         delete += pool_delete
