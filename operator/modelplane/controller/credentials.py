@@ -17,6 +17,7 @@ credentials). Every failure is a ``ConfigError`` whose message is one line for a
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import datetime
 import os
@@ -402,3 +403,20 @@ def load_client_cert(ctx: ssl.SSLContext, cert: bytes | None, key: bytes | None)
         key_path.touch(mode=0o600)
         key_path.write_bytes(key)
         ctx.load_cert_chain(str(cert_path), str(key_path))
+
+
+# --- the command line -------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """kubectl's ``--kubeconfig`` and ``--context``, on a subcommand that talks to the cluster."""
+    parser.add_argument("--kubeconfig", default=None, metavar="FILE",
+                        help="kubeconfig file to use (default: $KUBECONFIG, a list merged as kubectl "
+                             "merges it, else ~/.kube/config; in a pod: the ServiceAccount)")
+    parser.add_argument("--context", default=None,
+                        help="kubeconfig context to use (default: the current-context)")
+
+
+def from_args(args: argparse.Namespace) -> KubeConfig:
+    """The credentials the ``--kubeconfig`` and ``--context`` flags (or their absence) select."""
+    return auto_config(kubeconfig=getattr(args, "kubeconfig", None), context=getattr(args, "context", None))

@@ -31,7 +31,7 @@ import kopf
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from modelplane.controller import kube, opmetrics
+from modelplane.controller import credentials, kube, opmetrics
 from modelplane.controller.loop import Controller, Settings
 from modelplane.metrics.promquery import PrometheusSource
 from modelplane.planner.source import HF_BASE_URL
@@ -92,6 +92,7 @@ def register(subparsers: Any) -> None:
                         help="never read config.json; plan from the catalog and spec.model.hints")
     parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
                         help="DEBUG, INFO (default), WARNING or ERROR")
+    credentials.add_arguments(parser)
     parser.set_defaults(func=main)
 
 
@@ -244,7 +245,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         settings = build_settings(args)
         try:
-            config = kube.auto_config()
+            config = credentials.from_args(args)
         except kube.ConfigError as exc:
             raise StartupError(str(exc), exit_code=1) from exc
         logging.basicConfig(level=getattr(logging, args.log_level, logging.INFO),
