@@ -352,3 +352,15 @@ def test_the_commands_take_kubectl_flags(two_files: tuple[Path, Path], capsys: p
     err = capsys.readouterr().err.strip()
     assert "\n" not in err
     assert err.startswith("modelplane pause: cannot reach the API server http://127.0.0.1:1")
+
+
+async def test_kopf_logs_in_with_the_same_credentials(tmp_path: Path) -> None:
+    import kopf
+
+    from modelplane.controller.handlers import login
+
+    cfg = credentials.load_kubeconfig(exec_kubeconfig(tmp_path, mode="token", expires=in_(60)))
+    memo = kopf.Memo(controller=type("C", (), {"kube": kube.Kube(cfg)})())
+    info = await login(memo=memo)
+    assert (info.server, info.scheme, info.token) == ("http://127.0.0.1:1", "Bearer", "from-arg-from-env-1")
+    assert info.expiration is not None and info.expiration > datetime.datetime.now(datetime.UTC)

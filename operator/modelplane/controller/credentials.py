@@ -87,12 +87,14 @@ class Auth:
         """The client certificate and key files (the loader writes data fields to private temp files)."""
         return self._configuration.cert_file or None, self._configuration.key_file or None
 
-    def _expired(self) -> bool:
+    def expiry(self) -> datetime.datetime | None:
+        """When an exec plugin's credential expires (None: it does not say, or none is used)."""
         expiry = getattr(self._loader, "expiry", None)
-        if expiry is None:
-            return False
-        when: datetime.datetime = parse_rfc3339(expiry)
-        return when - EXPIRY_SKEW <= datetime.datetime.now(tz=UTC)
+        return None if expiry is None else parse_rfc3339(expiry)
+
+    def _expired(self) -> bool:
+        when = self.expiry()
+        return when is not None and when - EXPIRY_SKEW <= datetime.datetime.now(tz=UTC)
 
     def _refresh_blocking(self, force: bool) -> None:
         try:
