@@ -27,6 +27,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "modelplane.gateway.run",
     "modelplane.planner.cli",
     "modelplane.rollout.controls",
+    "modelplane.rollout.get",
 )
 #: The entry-point group through which other distributions add subcommand modules.
 PLUGIN_GROUP = "modelplane.commands"
