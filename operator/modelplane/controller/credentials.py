@@ -132,6 +132,10 @@ class KubeConfig:
     proxy: str | None = None
     #: Where the context came from, for error messages: "context kind-dev of ~/.kube/config".
     source: str = ""
+    #: Honour HTTPS_PROXY/HTTP_PROXY/NO_PROXY for the API server, as kubectl does from a kubeconfig.
+    #: Never in a pod: the API server is in the cluster, and a proxy meant for the Internet would
+    #: be asked for it unless NO_PROXY happened to list its address.
+    trust_env: bool = False
     #: Credentials that change (exec plugins, the rotating ServiceAccount token); None: static ones.
     auth: Auth | None = field(default=None, compare=False, repr=False)
 
@@ -322,11 +326,11 @@ def load_kubeconfig(path: str | os.PathLike[str] | None = None, *, context: str 
     except ValueError as exc:  # bad base64 in a *-data field
         raise ConfigError(f"{source}: {_one_line(str(exc))}") from exc
     return _from_configuration(configuration, loader, namespace=str(ctx.get("namespace") or "default"),
-                               source=source)
+                               source=source, trust_env=True)
 
 
 def _from_configuration(configuration: Configuration, loader: KubeConfigLoader | InClusterConfigLoader, *,
-                        namespace: str, source: str) -> KubeConfig:
+                        namespace: str, source: str, trust_env: bool) -> KubeConfig:
     auth = Auth(configuration, loader)
     cert_file, key_file = auth.client_files()
     return KubeConfig(
@@ -339,6 +343,7 @@ def _from_configuration(configuration: Configuration, loader: KubeConfigLoader |
         tls_server_name=configuration.tls_server_name or None,
         proxy=configuration.proxy or None,
         source=source,
+        trust_env=trust_env and not configuration.proxy,
         auth=auth,
     )
 
@@ -363,7 +368,7 @@ def in_cluster_config(sa_dir: Path = SA_DIR, env: Mapping[str, str] | None = Non
     except OSError as exc:
         raise ConfigError(f"cannot read the ServiceAccount credentials in {sa_dir}: {exc.strerror}") from exc
     return _from_configuration(configuration, loader, namespace=namespace or "default",
-                               source=f"the ServiceAccount in {sa_dir}")
+                               source=f"the ServiceAccount in {sa_dir}", trust_env=False)
 
 
 def auto_config(*, kubeconfig: str | os.PathLike[str] | None = None, context: str | None = None,

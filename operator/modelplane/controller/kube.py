@@ -223,7 +223,8 @@ class Kube:
         self._client_files = self.config.auth.client_files() if self.config.auth else (None, None)
         connector = aiohttp.TCPConnector(ssl=tls, limit=32)
         self._session = aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(total=self._timeout))
+            connector=connector, timeout=aiohttp.ClientTimeout(total=self._timeout),
+            trust_env=self.config.trust_env)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
