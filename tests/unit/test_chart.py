@@ -77,7 +77,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "tuned": {"metrics": {"port": 9090}, "resyncSeconds": 5, "logLevel": "DEBUG",
               "image": {"repository": "registry.example/modelplane", "tag": "dev"}},
     "operator-flags": {"operator": {"hfEndpoint": "https://hf-mirror.example", "readModelConfig": False,
-                                    "extraArgs": ["--activator-url=http://gw.example:9090/metrics"],
+                                    "extraArgs": ["--prometheus-namespace-label=kubernetes_namespace"],
                                     "env": [{"name": "A", "value": "1"}]},
                        "extraEnv": [{"name": "B", "value": "2"}],
                        "proxy": {"httpsProxy": "http://proxy.corp:3128", "httpProxy": "http://proxy.corp:3128",
@@ -218,7 +218,10 @@ def test_deployment_runs_modelplane_run_with_flags_its_parser_accepts(name: str,
     operator = values.get("operator", {})
     assert args.hf_endpoint == (operator.get("hfEndpoint") or None)
     assert args.no_model_config is not operator.get("readModelConfig", True)
-    assert args.activator_url == next((a.split("=", 1)[1] for a in operator.get("extraArgs", [])), None)
+    assert container["args"][len(container["args"]) - len(operator.get("extraArgs", [])):] == \
+        operator.get("extraArgs", [])
+    if operator.get("extraArgs"):
+        assert args.prometheus_namespace_label == "kubernetes_namespace"
     assert args.resync_seconds == values.get("resyncSeconds", 2)
     assert args.log_level == values.get("logLevel", "INFO")
     assert args.namespace == values.get("watchNamespaces", [])
