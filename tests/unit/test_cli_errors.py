@@ -174,8 +174,9 @@ def test_kubectl_modelplane_fails_the_same_way(monkeypatch: pytest.MonkeyPatch,
                                       "directory (set KUBECONFIG or create ~/.kube/config)")
 
 
-@pytest.mark.parametrize("argv", [["promote", "chat"], ["run", "--metrics-port", "0"]],
-                         ids=["promote", "run"])
+@pytest.mark.parametrize("argv", [["promote", "chat"], ["run", "--metrics-port", "0"], ["get", "chat"],
+                                  ["get", "chat", "--watch"], ["gateway"]],
+                         ids=["promote", "run", "get", "get-watch", "gateway"])
 def test_the_installed_command_prints_no_traceback(argv: list[str], tmp_path: Path) -> None:
     env = {**os.environ, "KUBECONFIG": "/nope", "HOME": str(tmp_path),
            "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), str(ROOT / "devtools"), str(ROOT)])}
