@@ -24,6 +24,7 @@ import yaml
 from modelplane.controller import kube
 from modelplane.rollout.machine import CONTROL_ANNOTATION
 from tests.clusterfixtures import ClusterHandle
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -133,3 +134,32 @@ async def test_kubectl_modelplane_with_a_service_account_token_from_an_exec_plug
     assert refused.stderr.count("\n") == 1 and "Traceback" not in refused.stderr
     assert refused.stderr.startswith(f"modelplane promote: not allowed to patch modeldeployment chat in "
                                      f"namespace {namespace}: 403 Forbidden")
+
+
+async def test_kubectl_modelplane_get_watch_redraws_on_a_status_change(
+        cluster: ClusterHandle, crds: Path, kube_client: kube.Kube, namespace: str, tmp_path: Path) -> None:
+    dev = yaml.safe_load(cluster.kubeconfig.read_text())["users"][0]["user"]
+    env = setup_exec(cluster, tmp_path, {
+        "clientCertificateData": base64.b64decode(dev["client-certificate-data"]).decode(),
+        "clientKeyData": base64.b64decode(dev["client-key-data"]).decode()})
+    await make_md(kube_client, namespace)
+    out = tmp_path / "watch.out"
+    with out.open("w") as sink:
+        watcher = subprocess.Popen([cluster.kubectl, "modelplane", "get", "chat", "-n", namespace, "--watch"],
+                                   env=env, stdout=sink, stderr=subprocess.STDOUT, text=True)
+    try:
+        await wait_for(lambda: "(none yet" in out.read_text(), timeout=30, what="the first view")
+        # What the operator would write: a rollout at its first step.
+        await kube_client.apply({
+            "apiVersion": "modelplane.dev/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": "chat", "namespace": namespace},
+            "status": {"phase": "Progressing", "replicas": 2, "readyReplicas": 2, "desiredReplicas": 2,
+                       "canary": {"phase": "Stepping", "revision": "b", "weight": 10, "step": 0}}},
+            subresource="status", field_manager="test")
+        await wait_for(lambda: "► 1/1  weight 10%" in out.read_text(), timeout=30,
+                       what="the redraw after the status changed")
+        assert watcher.poll() is None  # still watching
+    finally:
+        watcher.terminate()
+        watcher.wait(timeout=10)
+    assert "Traceback" not in out.read_text()
