@@ -62,10 +62,11 @@ class Auth:
     """The credentials that the kubernetes loader keeps fresh, as an Authorization header and a
     client certificate.
 
-    ``refresh()`` runs the loader's refresh in a thread (an exec plugin is a subprocess, which must
-    not block the event loop): the exec plugin again once its credential has expired, the
-    ServiceAccount token file again every minute. ``force()`` re-runs the plugin whatever the
-    expiry says (after a 401, as kubectl does).
+    ``refresh()`` runs the loader's refresh, in a thread (an exec plugin is a subprocess, which must
+    not block the event loop), only when it is due: the exec plugin again once its credential is
+    within five minutes of ``expirationTimestamp``, the ServiceAccount token file again every
+    minute. ``refresh(force=True)`` re-runs the plugin whatever the expiry says (after a 401, as
+    kubectl does). A static token or certificate is never refreshed and costs nothing per request.
     """
 
     def __init__(self, configuration: Configuration,
@@ -96,23 +97,36 @@ class Auth:
         when = self.expiry()
         return when is not None and when - EXPIRY_SKEW <= datetime.datetime.now(tz=UTC)
 
+    def _due(self) -> bool:
+        if isinstance(self._loader, InClusterConfigLoader):
+            # The loader re-reads the token file a minute after the last read.
+            due_at = getattr(self._loader, "token_expires_at", None)
+            return due_at is not None and due_at <= datetime.datetime.now()
+        return self._expired()
+
     def _refresh_blocking(self, force: bool) -> None:
         try:
-            if force or (self._configuration.refresh_api_key_hook is None and self._expired()):
-                # A certificate from an exec plugin has no refresh hook of the loader's own.
-                self._loader.load_and_set(self._configuration)
-            elif self._configuration.refresh_api_key_hook is not None:
+            if isinstance(self._loader, InClusterConfigLoader) and not force:
                 self._configuration.refresh_api_key_hook(self._configuration)
+            else:
+                # Runs the exec plugin again (token or client certificate), or re-reads the files.
+                self._loader.load_and_set(self._configuration)
         except (ConfigException, OSError, ValueError) as exc:
             raise ConfigError(f"cannot refresh the credentials: {_one_line(str(exc))}") from exc
 
     async def refresh(self, *, force: bool = False) -> None:
+        if not (force or self._due()):
+            return
         async with self._lock:
-            await asyncio.to_thread(self._refresh_blocking, force)
+            if force or self._due():  # another request may have refreshed it meanwhile
+                await asyncio.to_thread(self._refresh_blocking, force)
 
     @property
     def refreshable(self) -> bool:
-        return self._configuration.refresh_api_key_hook is not None or hasattr(self._loader, "expiry")
+        """Whether running the loader again can give another credential (exec plugins, the SA token)."""
+        if isinstance(self._loader, InClusterConfigLoader):
+            return True
+        return "exec" in (self._loader._user or {})
 
 
 @dataclass(frozen=True)
