@@ -68,9 +68,13 @@ def test_only_a_kubeconfig_trusts_the_proxy_env(tmp_path: Path) -> None:
     path = tmp_path / "kubeconfig"
     path.write_text(json.dumps({
         "current-context": "a", "contexts": [{"name": "a", "context": {"cluster": "a", "user": "u"}},
-                                             {"name": "b", "context": {"cluster": "b", "user": "u"}}],
+                                             {"name": "b", "context": {"cluster": "b", "user": "u"}},
+                                             {"name": "c", "context": {"cluster": "c", "user": "u"}},
+                                             {"name": "d", "context": {"cluster": "d", "user": "u"}}],
         "clusters": [{"name": "a", "cluster": {"server": "https://a"}},
-                     {"name": "b", "cluster": {"server": "https://b", "proxy-url": "http://corp:3128"}}],
+                     {"name": "b", "cluster": {"server": "https://b", "proxy-url": "http://corp:3128"}},
+                     {"name": "c", "cluster": {"server": "https://127.0.0.1:6443"}},
+                     {"name": "d", "cluster": {"server": "https://localhost:6443"}}],
         "users": [{"name": "u", "user": {"token": "t"}}]}))
     sa = tmp_path / "sa"
     sa.mkdir()
@@ -82,6 +86,9 @@ def test_only_a_kubeconfig_trusts_the_proxy_env(tmp_path: Path) -> None:
     assert (from_kubeconfig.trust_env, from_kubeconfig.proxy) == (True, None)
     assert (with_proxy_url.trust_env, with_proxy_url.proxy) == (False, "http://corp:3128")
     assert (in_pod.trust_env, in_pod.proxy) == (False, None)
+    # As kubectl (Go's ProxyFromEnvironment): a server on this machine is never proxied.
+    assert not credentials.load_kubeconfig(path, context="c").trust_env
+    assert not credentials.load_kubeconfig(path, context="d").trust_env
 
 
 @pytest.mark.parametrize(("trust_env", "via"), [(True, "proxy"), (False, "direct")])

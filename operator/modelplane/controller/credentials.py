@@ -20,12 +20,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import ipaddress
 import os
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from kubernetes.client import Configuration
@@ -343,6 +345,18 @@ def load_kubeconfig(path: str | os.PathLike[str] | None = None, *, context: str 
                                source=source, trust_env=True)
 
 
+def _is_loopback(url: str) -> bool:
+    """A server on this machine: never through a proxy (Go's ProxyFromEnvironment, hence kubectl,
+    skips localhost and loopback addresses whatever NO_PROXY says)."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _from_configuration(configuration: Configuration, loader: KubeConfigLoader | InClusterConfigLoader, *,
                         namespace: str, source: str, trust_env: bool) -> KubeConfig:
     auth = Auth(configuration, loader)
@@ -357,7 +371,7 @@ def _from_configuration(configuration: Configuration, loader: KubeConfigLoader |
         tls_server_name=configuration.tls_server_name or None,
         proxy=configuration.proxy or None,
         source=source,
-        trust_env=trust_env and not configuration.proxy,
+        trust_env=trust_env and not configuration.proxy and not _is_loopback(str(configuration.host)),
         auth=auth,
     )
 
