@@ -364,3 +364,14 @@ async def test_kopf_logs_in_with_the_same_credentials(tmp_path: Path) -> None:
     info = await login(memo=memo)
     assert (info.server, info.scheme, info.token) == ("http://127.0.0.1:1", "Bearer", "from-arg-from-env-1")
     assert info.expiration is not None and info.expiration > datetime.datetime.now(datetime.UTC)
+
+
+@pytest.mark.parametrize("argv", [
+    ["pause", "chat", "--kubeconfig", "{first}", "--context", "dev"],
+    ["--kubeconfig", "{first}", "--context", "dev", "pause", "chat"],
+    ["--context", "prod", "--kubeconfig", "{first}", "pause", "chat", "--context", "dev"],
+], ids=["after the command", "before it (kubectl modelplane --context dev pause)", "the command's wins"])
+def test_the_flags_before_or_after_the_command(argv: list[str], two_files: tuple[Path, Path],
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    args = cli.build_parser().parse_args([a.format(first=two_files[0]) for a in argv])
+    assert credentials.from_args(args).server == "http://127.0.0.1:1"

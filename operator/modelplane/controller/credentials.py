@@ -443,12 +443,15 @@ def load_client_cert(ctx: ssl.SSLContext, cert: bytes | None, key: bytes | None)
 # --- the command line -------------------------------------------------------------------------
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """kubectl's ``--kubeconfig`` and ``--context``, on a subcommand that talks to the cluster."""
-    parser.add_argument("--kubeconfig", default=None, metavar="FILE",
+def add_arguments(parser: argparse.ArgumentParser, *, top_level: bool = False) -> None:
+    """kubectl's ``--kubeconfig`` and ``--context``: on a subcommand that talks to the cluster, and
+    on the top-level parser so that ``kubectl modelplane --context prod get chat`` works too (the
+    subcommand's own copy has no default, so it does not overwrite the top-level one)."""
+    default = None if top_level else argparse.SUPPRESS
+    parser.add_argument("--kubeconfig", default=default, metavar="FILE",
                         help="kubeconfig file to use (default: $KUBECONFIG, a list merged as kubectl "
                              "merges it, else ~/.kube/config; in a pod: the ServiceAccount)")
-    parser.add_argument("--context", default=None,
+    parser.add_argument("--context", default=default,
                         help="kubeconfig context to use (default: the current-context)")
 
 
