@@ -371,7 +371,6 @@ async def test_kopf_logs_in_with_the_same_credentials(tmp_path: Path) -> None:
     ["--kubeconfig", "{first}", "--context", "dev", "pause", "chat"],
     ["--context", "prod", "--kubeconfig", "{first}", "pause", "chat", "--context", "dev"],
 ], ids=["after the command", "before it (kubectl modelplane --context dev pause)", "the command's wins"])
-def test_the_flags_before_or_after_the_command(argv: list[str], two_files: tuple[Path, Path],
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_flags_before_or_after_the_command(argv: list[str], two_files: tuple[Path, Path]) -> None:
     args = cli.build_parser().parse_args([a.format(first=two_files[0]) for a in argv])
     assert credentials.from_args(args).server == "http://127.0.0.1:1"
