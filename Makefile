@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: venv test test-unit test-integration test-e2e lint crds crds-check cluster-up cluster-down \
-        binaries demo bench bench-scaleup clean
+        binaries demo bench bench-scaleup clean image
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml operator/pyproject.toml
@@ -18,9 +18,11 @@ $(VENV)/.installed: pyproject.toml operator/pyproject.toml
 ## Everything CI runs: lint, types, CRD drift, unit, integration, e2e.
 test: lint crds-check test-unit test-integration test-e2e
 
+# actionlint (the GitHub workflows) is built from its Go module on first use, then cached.
 lint: venv
 	$(BIN)/ruff check operator devtools tests bench
 	$(BIN)/mypy
+	"$$(bash hack/actionlint/build.sh)" -no-color
 
 # Pure logic, and the vLLM conformance suite against the simulator (no cluster).
 test-unit: venv
@@ -30,13 +32,20 @@ test-unit: venv
 test-integration: venv binaries
 	$(BIN)/pytest tests/integration
 
-test-e2e: venv binaries
+# Includes tests/e2e/test_image.py: the image's entrypoint against the dev cluster.
+test-e2e: venv binaries image
 	$(BIN)/pytest tests/e2e
+
+## The operator image (buildah, chroot isolation, on a local Debian base; no Docker, no registry),
+## tagged localhost/modelplane/operator:<version>, and its SBOM in dist/. IMAGE=... to retag.
+image: venv
+	PYTHON=$(abspath $(BIN))/python bash hack/image/build.sh
 
 ## Regenerate crds/ and docs/api-reference.md from the pydantic models.
 crds: venv
 	$(BIN)/python -m modelplane.api.crdgen --write
 	cp crds/*.yaml charts/modelplane/crds/
+	cp charts/modelplane/crds/*.yaml charts/modelplane-crds/files/
 
 ## Fail when the committed CRD or API reference differs from a fresh generation.
 crds-check: venv

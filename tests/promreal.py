@@ -80,7 +80,7 @@ class RealPrometheus:
                 raise RuntimeError(f"Prometheus exited with {proc.returncode}; see {self._log}")
             try:
                 with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as resp:
-                    return resp.status == 200
+                    return bool(resp.status == 200)
             except OSError:
                 return False
 

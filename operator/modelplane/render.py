@@ -19,6 +19,11 @@ How each source scheme reaches vLLM (the model argument of ``vllm serve``):
 
 The role label (stable/canary) is on the Deployment only, never on the pod template: promoting a
 canary relabels its Deployment without restarting its pods.
+
+With ``spec.inferencePool`` (Gateway API Inference Extension), an InferencePool named like the
+ModelDeployment selects the same pods as the Service on the vLLM port and names the user's endpoint
+picker; with ``inferencePool.httpRoute``, an HTTPRoute of the same name sends its Gateways' requests
+to that pool (``build_inference_children``).
 """
 
 from __future__ import annotations
@@ -34,7 +39,10 @@ from typing import Any, NotRequired, Protocol, TypedDict
 from modelplane.api.models import (
     API_VERSION,
     KIND,
+    MODEL_NAME_HEADER,
     DType,
+    HTTPRouteSpec,
+    InferencePoolSpec,
     ModelDeploymentSpec,
     ModelSpec,
 )
@@ -77,6 +85,12 @@ ANNOTATION_FINGERPRINT = "modelplane.dev/fingerprint"
 ANNOTATION_GATED = "modelplane.dev/gated-fields"
 
 _MAX_NAME = 63
+
+#: The Gateway API Inference Extension's group, and the InferencePool version rendered.
+INFERENCE_GROUP = "inference.networking.k8s.io"
+INFERENCE_POOL_API_VERSION = f"{INFERENCE_GROUP}/v1"
+GATEWAY_GROUP = "gateway.networking.k8s.io"
+HTTP_ROUTE_API_VERSION = f"{GATEWAY_GROUP}/v1"
 
 
 class Role(StrEnum):
@@ -479,3 +493,76 @@ def build_children(md: Owner, spec: ModelDeploymentSpec, workloads: Sequence[Wor
     ordered = sorted(workloads, key=lambda w: 0 if w.role == Role.STABLE else 1)
     return [*(build_deployment(md, spec, w) for w in ordered), build_service(md, only_key=service_only_key),
             build_pdb(md)]
+
+
+# --- Gateway API Inference Extension ---------------------------------------------------------------
+
+def _server_pods(md: Owner, only_key: str | None) -> dict[str, str]:
+    """The labels of the pods that take traffic: the Service's selector (see ``build_service``)."""
+    selector = server_selector(md)
+    return {**selector, LABEL_REVISION_HASH: only_key} if only_key is not None else selector
+
+
+def build_inference_pool(md: Owner, pool: InferencePoolSpec, *, only_key: str | None = None) -> Manifest:
+    """The InferencePool (v1) over the pods the Service selects, on the vLLM port, naming the picker.
+
+    ``only_key`` narrows it as it narrows the Service, so a canary before its first traffic step gets
+    no gateway traffic either.
+    """
+    picker = pool.endpoint_picker
+    if picker is None:
+        raise ValueError("an InferencePool needs spec.inferencePool.endpointPicker")
+    return {
+        "apiVersion": INFERENCE_POOL_API_VERSION,
+        "kind": "InferencePool",
+        "metadata": {"name": md.name, "namespace": md.namespace, "labels": _common_labels(md),
+                     "ownerReferences": _owner_references(md)},
+        "spec": {
+            "selector": {"matchLabels": _server_pods(md, only_key)},
+            "targetPorts": [{"number": PORT}],
+            "endpointPickerRef": {"group": "", "kind": "Service", "name": picker.service,
+                                  "port": {"number": picker.port},
+                                  "failureMode": picker.failure_mode.value},
+        },
+    }
+
+
+def build_http_route(md: Owner, route: HTTPRouteSpec, *, served_name: str) -> Manifest:
+    """The HTTPRoute from the user's Gateways to the InferencePool of ``md`` (same name)."""
+    parents: list[dict[str, Any]] = []
+    for ref in route.parent_refs:
+        parent: dict[str, Any] = {"group": GATEWAY_GROUP, "kind": "Gateway", "name": ref.name}
+        if ref.namespace is not None:
+            parent["namespace"] = ref.namespace
+        if ref.section_name is not None:
+            parent["sectionName"] = ref.section_name
+        parents.append(parent)
+    match: dict[str, Any] = {"path": {"type": "PathPrefix", "value": "/"}}
+    if route.match_model_header:
+        match["headers"] = [{"type": "Exact", "name": MODEL_NAME_HEADER, "value": served_name}]
+    spec: dict[str, Any] = {
+        "parentRefs": parents,
+        "rules": [{"matches": [match],
+                   "backendRefs": [{"group": INFERENCE_GROUP, "kind": "InferencePool", "name": md.name}]}],
+    }
+    if route.hostnames:
+        spec["hostnames"] = list(route.hostnames)
+    return {
+        "apiVersion": HTTP_ROUTE_API_VERSION,
+        "kind": "HTTPRoute",
+        "metadata": {"name": md.name, "namespace": md.namespace, "labels": _common_labels(md),
+                     "ownerReferences": _owner_references(md)},
+        "spec": spec,
+    }
+
+
+def build_inference_children(md: Owner, spec: ModelDeploymentSpec, *, served_name: str,
+                             only_key: str | None = None) -> list[Manifest]:
+    """The InferencePool, then the HTTPRoute when asked; none without an enabled spec.inferencePool."""
+    pool = spec.inference_pool
+    if pool is None or not pool.enabled:
+        return []
+    children = [build_inference_pool(md, pool, only_key=only_key)]
+    if pool.http_route is not None:
+        children.append(build_http_route(md, pool.http_route, served_name=served_name))
+    return children

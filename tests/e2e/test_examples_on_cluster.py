@@ -38,7 +38,9 @@ BATCHES: dict[str, tuple[str, ...]] = {
     "h100-tp4-and-l4": ("llama-3.3-70b.yaml", "llama-4-scout.yaml", "mistral-7b.yaml",
                         "deepseek-r1-distill-qwen-7b.yaml"),
     "h100-small-and-l4": ("mixtral-8x7b.yaml", "deepseek-r1-distill-qwen-32b.yaml",
-                          "mistral-small-24b.yaml", "qwen3-30b-a3b.yaml", "scale-to-zero.yaml"),
+                          "mistral-small-24b.yaml", "qwen3-30b-a3b.yaml", "scale-to-zero.yaml",
+                          # An L40S beside the H100s: the l40s batch has its share already.
+                          "llama-3.1-8b-inference-pool.yaml"),
     "l40s": ("llama-3.1-8b.yaml", "budget-capped.yaml", "canary-rollout.yaml"),
 }
 #: GPUs of each type one batch may ask for (see BATCHES).

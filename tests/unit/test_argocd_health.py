@@ -108,7 +108,8 @@ def _reconciled(example: str) -> dict[str, Any]:
     prepared = core.prepare(observed, prices={})
     result = core.finish(prepared, observed, metrics=(), policy_state=PolicyState())
     body["status"] = result.effective_status
-    return body
+    reconciled: dict[str, Any] = body
+    return reconciled
 
 
 @pytest.mark.parametrize(("example", "status", "message"), [

@@ -47,6 +47,9 @@ NAMESPACED_NEEDS = (
     | _triples("", "events", "list", "watch", "create")
     | _triples("", "configmaps", "get", "create", "patch")                     # evaluation suite/report
     | _triples("batch", "jobs", "get", "create")                               # custom evaluator
+    | _triples("inference.networking.k8s.io", "inferencepools",               # spec.inferencePool
+               "list", "watch", "create", "patch", "delete")
+    | _triples("gateway.networking.k8s.io", "httproutes", "list", "watch", "create", "patch", "delete")
 )
 CLUSTER_NEEDS = _triples("", "nodes", "list", "watch")
 #: kopf runs only in HA (peering); it discovers resources through the CRDs.
@@ -190,7 +193,7 @@ def test_every_informer_is_granted_list_and_watch(peering: Any) -> None:
     """Adding an informer on a new resource without RBAC fails here, before the cluster test."""
     from modelplane.controller.loop import Controller, Settings
 
-    controller = Controller(None, Settings(peering=peering))  # type: ignore[arg-type] — never runs
+    controller = Controller(None, Settings(peering=peering))  # type: ignore[arg-type]  # never runs
     watched = {(i.resource.group, i.resource.plural) for i in controller._all_informers()}  # noqa: SLF001
     needs = NAMESPACED_NEEDS | CLUSTER_NEEDS | CLUSTER_PEERING_NEEDS | NAMESPACED_PEERING_NEEDS
     for group, plural in watched:

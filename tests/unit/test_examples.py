@@ -46,6 +46,7 @@ EXPECTED_FILES = {
     "mistral-7b.yaml", "mistral-small-24b.yaml", "mixtral-8x7b.yaml", "deepseek-r1-distill-qwen-7b.yaml",
     "deepseek-r1-distill-qwen-32b.yaml", "qwen3-30b-a3b.yaml", "deepseek-r1.yaml", "deepseek-r1-on-h100.yaml",
     "canary-rollout.yaml", "canary-rollout-suite.yaml", "budget-capped.yaml", "scale-to-zero.yaml",
+    "llama-3.1-8b-inference-pool.yaml",
 }
 
 SHAPE_COMMENT = re.compile(r"^# GPU shape: (\d+x [a-z0-9-]+) per replica", re.MULTILINE)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypedDict
 
 import pytest
 
@@ -37,7 +37,13 @@ def run(body: dict[str, Any], **observed: Any) -> reconcile.Result:
     return reconcile.finish(reconcile.prepare(obs, prices={}), obs)
 
 
-def materialise(result: reconcile.Result, *, ready: int) -> dict[str, tuple[dict[str, Any], ...]]:
+class Children(TypedDict):
+    deployments: tuple[dict[str, Any], ...]
+    services: tuple[dict[str, Any], ...]
+    pdbs: tuple[dict[str, Any], ...]
+
+
+def materialise(result: reconcile.Result, *, ready: int) -> Children:
     """The children as the API server would hold them after applying ``result``."""
     deployments, services, pdbs = [], [], []
     for child in result.apply:
@@ -47,9 +53,9 @@ def materialise(result: reconcile.Result, *, ready: int) -> dict[str, tuple[dict
             deployments.append(obj)
         elif obj["kind"] == "Service":
             services.append(obj)
-        else:
+        elif obj["kind"] == "PodDisruptionBudget":
             pdbs.append(obj)
-    return {"deployments": tuple(deployments), "services": tuple(services), "pdbs": tuple(pdbs)}
+    return Children(deployments=tuple(deployments), services=tuple(services), pdbs=tuple(pdbs))
 
 
 def pod(name: str, *, ready: bool, revision_hash: str = "x", node: str | None = "kwok-l40s-0",
@@ -305,8 +311,10 @@ def test_a_child_the_api_server_refuses_is_shown_as_degraded(
 def test_every_condition_written_is_a_documented_condition_type() -> None:
     """The status lists its condition types from api.models.ConditionType (and the CRD documents each
     from there), so every type the core writes must be one of them."""
-    body = md(rollout={"evaluation": {"suiteRef": {"configMap": "evals"}}})
-    result = run(body, model_config=ModelConfig(arch=None, reason="NotFound", message="no config.json"))
+    body = md(rollout={"evaluation": {"suiteRef": {"configMap": "evals"}}},
+              inferencePool={"endpointPicker": {"service": "chat-epp", "port": 9002}})
+    result = run(body, model_config=ModelConfig(arch=None, reason="NotFound", message="no config.json"),
+                 inference_pool_api=True, http_route_api=True)
     assert result.status is not None
     written = [c["type"] for c in result.status["conditions"]]
     # SuiteUnderpowered appears only once the suite's size is known (test_rollout_machine covers it).
@@ -351,7 +359,7 @@ def _cost_run(phases: tuple[Load, ...], until: float) -> list[tuple[float, dict[
         deployment = copy.deepcopy(children["deployments"][0])
         deployment["spec"]["replicas"] = deployment["status"]["replicas"] = load.pods
         obs = Observed(body=body, now=NOW + timedelta(seconds=t), monotonic=1000.0 + t, pods=pods,
-                       **{**children, "deployments": (deployment,)})
+                       deployments=(deployment,), services=children["services"], pdbs=children["pdbs"])
         result = reconcile.finish(reconcile.prepare(obs, prices={}), obs, metrics=metrics,
                                   policy_state=state)
         state, body = result.policy_state, {**md(), "status": result.effective_status}

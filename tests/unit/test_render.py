@@ -253,6 +253,7 @@ NOT_RENDERED: dict[str, str] = {
     "replicas": "handler: External mode copies it into WorkloadPlan.replicas",
     "scaling": "autoscaler: decides WorkloadPlan.replicas",
     "rollout": "rollout: decides which WorkloadPlans exist and their replica split",
+    "inferencePool": "render.build_inference_children, not the Deployment (test_inference_pool.py)",
 }
 
 

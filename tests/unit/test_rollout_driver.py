@@ -41,7 +41,7 @@ def md(revision: str = "rev-a", *, rollout: dict[str, Any] | None = None,
 
 
 def pods_for(deployments: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], ...]:
-    pods = []
+    pods: list[dict[str, Any]] = []
     for dep in deployments:
         key = dep["metadata"]["labels"][render.LABEL_REVISION_HASH]
         for i in range(dep["status"]["readyReplicas"]):
@@ -188,6 +188,7 @@ def test_an_evaluation_without_a_verdict_is_run_again() -> None:
     assert (world.status["canary"]["canaryErrors"], world.status["canary"]["stableErrors"]) == (200, 200)
     assert "EvaluationErrors" in {e.reason for e in again.events}
     for attempt in (2, 3):  # the same errors every time: rolled back after the third, never promoted
+        assert memory.evaluation is not None
         memory = rollouts.Memory(evaluation=rollouts.EvalSlot(memory.evaluation.revision, attempt,
                                                               running=False, result=errored))
         memory = world.tick(md("rev-b"), NOW + timedelta(seconds=2 + attempt), memory).rollout_memory

@@ -37,7 +37,7 @@ def _grade(case: dict[str, Any], output: str) -> bool:
     if grader == "regex":
         return re.search(expected, output) is not None
     if grader == "numeric":
-        return abs(float(output) - expected) <= case["tolerance"]
+        return bool(abs(float(output) - expected) <= case["tolerance"])
     if grader == "choice":
         return bool(output.strip()[:1] == expected)
     if grader == "json_schema":

@@ -103,6 +103,15 @@ as (apiGroup, resource, verb) triples and fails when the two differ in either di
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, create]
+# spec.inferencePool (Gateway API Inference Extension): the InferencePool and HTTPRoute of a
+# ModelDeployment are watched (informers, which tolerate the CRDs being absent), applied, and deleted
+# when the spec stops asking for them.
+- apiGroups: [inference.networking.k8s.io]
+  resources: [inferencepools]
+  verbs: [list, watch, create, patch, delete]
+- apiGroups: [gateway.networking.k8s.io]
+  resources: [httproutes]
+  verbs: [list, watch, create, patch, delete]
 {{- if .Values.rbac.readModelCredentials }}
 # A gated model's config.json is fetched with the HF_TOKEN of its credentialsSecret
 # (loop._read_model_config); only `get` of a named Secret, never list or watch.

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from modelplane_dev.devcluster import inference_extension
 from modelplane_dev.devcluster.cluster import DevCluster, DevClusterError, Options
 
 
@@ -25,6 +26,10 @@ def register(subparsers: Any) -> None:
     up.add_argument("--pod-ready-jitter", default="5s", help="extra random delay, up to (5s)")
     up.add_argument("--port", type=int, default=None, help="API server port (default: a free one)")
     up.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for readiness")
+    up.add_argument("--with-inference-extension", action="store_true",
+                    help="also install the Gateway API (GatewayClass, Gateway, HTTPRoute) and Inference "
+                         "Extension (InferencePool v1) CRDs, fetched from their Go modules at pinned "
+                         "versions (docs/inference-extension.md)")
     up.set_defaults(func=_up)
 
     down = sub.add_parser("down", help="stop every process of the dev cluster (safe twice)")
@@ -41,6 +46,8 @@ def _up(args: argparse.Namespace) -> int:
         state = cluster.up(Options(profile=args.profile, pod_ready_delay=args.pod_ready_delay,
                                    pod_ready_jitter=args.pod_ready_jitter, apiserver_port=args.port,
                                    start_timeout=args.timeout))
+        if args.with_inference_extension:
+            inference_extension.install(str(Path(state.bin_dir) / "kubectl"), Path(state.kubeconfig))
     except DevClusterError as exc:
         print(f"modelplane cluster up: {exc}")
         return 1

@@ -321,6 +321,8 @@ class ConditionType(StrEnum):
     EVALUATING = "Evaluating"
     #: True while the evaluation suite is too small to pass an equal canary with 80% probability.
     SUITE_UNDERPOWERED = "SuiteUnderpowered"
+    #: Only with spec.inferencePool: whether the InferencePool (and HTTPRoute) are in place.
+    INFERENCE_POOL_READY = "InferencePoolReady"
 
 
 #: What each condition type says, for the status field descriptions (``kubectl explain``).
@@ -339,6 +341,10 @@ CONDITION_MEANINGS: Mapping[ConditionType, str] = {
     ConditionType.SUITE_UNDERPOWERED: "True while the evaluation suite is too small to pass an equal canary "
                                       "with 80% probability at its margin and confidence (the message "
                                       "gives the size that would suffice); a warning, never a block",
+    ConditionType.INFERENCE_POOL_READY: "Only with spec.inferencePool enabled: True when the InferencePool "
+                                        "(and the HTTPRoute, when asked) are applied; False when the "
+                                        "cluster lacks their CRDs (the reason names which) or the API "
+                                        "server refused them",
 }
 
 
@@ -790,6 +796,124 @@ class RolloutSpec(_SpecModel):
         return self
 
 
+#: A Gateway API hostname (HTTPRoute spec.hostnames): a DNS name, optionally "*." in front.
+HOSTNAME_PATTERN = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+#: A DNS-1123 label: a namespace's name.
+DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+#: The header the Inference Extension's body-based router sets from the request body's ``model``.
+MODEL_NAME_HEADER = "X-Gateway-Model-Name"
+
+
+class FailureMode(StrEnum):
+    """What the gateway does when the endpoint picker does not answer (InferencePool v1)."""
+
+    FAIL_CLOSE = "FailClose"
+    FAIL_OPEN = "FailOpen"
+
+
+class EndpointPickerSpec(_SpecModel):
+    """The endpoint picker (EPP) the gateway asks which pod serves each request."""
+
+    service: Annotated[str, Field(min_length=1, max_length=63, pattern=DNS1035_LABEL)] = Field(
+        description="Name of the Service of an endpoint picker you run, in the ModelDeployment's namespace "
+                    "(the Inference Extension's reference picker, or another that speaks its protocol). "
+                    "The operator does not deploy it. Required.")
+    port: StrictInt = Field(
+        ge=1, le=65535,
+        description="The picker Service's gRPC ext-proc port (the reference picker listens on 9002). "
+                    "Required. 1-65535.")
+    failure_mode: FailureMode = Field(
+        default=FailureMode.FAIL_CLOSE,
+        description="FailClose: the gateway refuses a request when the picker does not answer. FailOpen: "
+                    "it then sends the request to a pod of the pool on its own. Default FailClose.")
+
+
+class ParentRef(_SpecModel):
+    """A Gateway (or one of its listeners) that the HTTPRoute attaches to."""
+
+    name: ObjectName = Field(description="Name of the Gateway. Required.")
+    namespace: Annotated[str, Field(min_length=1, max_length=63, pattern=DNS1123_LABEL)] | None = Field(
+        default=None,
+        description="Namespace of the Gateway. Default: the ModelDeployment's (a Gateway in another "
+                    "namespace must allow routes from this one in its listeners' allowedRoutes).")
+    section_name: ObjectName | None = Field(
+        default=None, description="Name of one listener of the Gateway. Default: every listener.")
+
+
+def _parent_key(ref: ParentRef) -> tuple[str, str, str]:
+    return (ref.name, ref.namespace or "", ref.section_name or "")
+
+
+#: Two parentRefs name the same listener (CEL, over ``p`` and ``q``). ``namespace`` is a CEL keyword,
+#: so the API server's CEL spells the field ``__namespace__``.
+_SAME_PARENT = ("q.name == p.name && has(q.__namespace__) == has(p.__namespace__) && "
+                "(!has(p.__namespace__) || q.__namespace__ == p.__namespace__) && "
+                "has(q.sectionName) == has(p.sectionName) && "
+                "(!has(p.sectionName) || q.sectionName == p.sectionName)")
+
+
+class HTTPRouteSpec(_SpecModel):
+    """An HTTPRoute that sends a Gateway's requests to the ModelDeployment's InferencePool."""
+
+    parent_refs: list[ParentRef] = Field(
+        min_length=1, max_length=32,
+        json_schema_extra=rules(
+            (f"self.all(p, self.exists_one(q, {_SAME_PARENT}))",
+             "parentRefs must be unique (name, namespace and sectionName)"),
+        ),
+        description="The Gateways the route attaches to, each at most once. Required. 1-32.")
+    hostnames: list[Annotated[str, Field(min_length=1, max_length=253, pattern=HOSTNAME_PATTERN)]] = Field(
+        default_factory=list, max_length=16,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+        description="Host names the route matches, e.g. llm.example.com or *.example.com, each at most "
+                    "once. Default: every host name of the listener. At most 16.")
+    match_model_header: StrictBool = Field(
+        default=False,
+        description=f"Also match the header {MODEL_NAME_HEADER} equal to the served model name "
+                    "(model.servedName, or the ModelDeployment's name). The Inference Extension's "
+                    "body-based router sets that header from the request body's model field, so several "
+                    "ModelDeployments can share one Gateway, host name and path. Default false: every "
+                    "request the route's Gateway and host names take goes to this model.")
+
+    @model_validator(mode="after")
+    def _checks(self) -> Self:
+        keys = [_parent_key(p) for p in self.parent_refs]
+        if len(keys) != len(set(keys)):
+            raise ValueError("parentRefs must be unique (name, namespace and sectionName)")
+        if len(self.hostnames) != len(set(self.hostnames)):
+            raise ValueError("hostnames must be unique")
+        return self
+
+
+class InferencePoolSpec(_SpecModel):
+    """The Gateway API Inference Extension: an InferencePool (and optionally an HTTPRoute) for a gateway
+    that speaks it (docs/inference-extension.md)."""
+
+    model_config = ConfigDict(json_schema_extra=rules(
+        ("(has(self.enabled) && !self.enabled) || has(self.endpointPicker)",
+         "endpointPicker is required when the InferencePool is enabled", ".endpointPicker"),
+    ))
+
+    enabled: StrictBool = Field(
+        default=True,
+        description="Render the InferencePool (inference.networking.k8s.io/v1, named like the "
+                    "ModelDeployment, selecting its server pods on the vLLM port). False removes it and "
+                    "the HTTPRoute and keeps the settings. The cluster must have the InferencePool CRD; "
+                    "without it the InferencePoolReady condition says so. Default true.")
+    endpoint_picker: EndpointPickerSpec | None = Field(
+        default=None, description="The endpoint picker the pool names. Required when enabled.")
+    http_route: HTTPRouteSpec | None = Field(
+        default=None,
+        description="Also render an HTTPRoute (gateway.networking.k8s.io/v1, named like the "
+                    "ModelDeployment) whose backend is the pool. Default: no route (bring your own).")
+
+    @model_validator(mode="after")
+    def _checks(self) -> Self:
+        if self.enabled and self.endpoint_picker is None:
+            raise ValueError("endpointPicker is required when the InferencePool is enabled")
+        return self
+
+
 class ModelDeploymentSpec(_SpecModel):
     """What to serve and how: the user's side of the object. The operator never writes it."""
 
@@ -813,6 +937,10 @@ class ModelDeploymentSpec(_SpecModel):
                     "0-1000.")
     scaling: ScalingSpec = Field(default_factory=ScalingSpec, description="Autoscaling.")
     rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="How revision changes roll out.")
+    inference_pool: InferencePoolSpec | None = Field(
+        default=None,
+        description="Gateway API Inference Extension: an InferencePool for the server pods, and an "
+                    "HTTPRoute when asked, for clusters that run a gateway that speaks it. Default: none.")
 
     @model_validator(mode="after")
     def _checks(self) -> Self:

@@ -14,6 +14,10 @@ What it does on trouble, so that no outage ends it:
   a 403 while RBAC is being granted): log it once per outage, wait with bounded exponential
   backoff (``Backoff``), then LIST again. It never gives up; ``down_for`` tells /healthz how long
   it has been without a working watch.
+- ``404 Not Found`` on an ``optional`` informer's LIST or WATCH: the API server does not serve the
+  kind (its CRD is not installed, or was removed). That is a state, not an outage: the cache is
+  emptied, ``served`` turns False, it is logged once, and the informer lists again every
+  ``absent_retry_seconds`` to notice the CRD being installed.
 
 Cached objects drop ``metadata.managedFields``, which nothing here reads and which is often the
 largest part of an object.
@@ -87,7 +91,9 @@ class Informer:
                  label_selector: str | None = None, field_selector: str | None = None,
                  index: Callable[[Obj], Iterable[Any]] | None = None,
                  handler: Handler | None = None, watch_seconds: int = 290,
-                 backoff: Backoff | None = None) -> None:
+                 backoff: Backoff | None = None, optional: bool = False,
+                 absent_retry_seconds: float = 30.0,
+                 on_served_change: Callable[[], None] | None = None) -> None:
         self.client = client
         self.resource = resource
         self.namespace = namespace
@@ -106,11 +112,24 @@ class Informer:
         self.last_error: str | None = None
         self.lists = 0  #: LIST requests made (the initial one, and one after each outage or 410)
         self.watches = 0  #: WATCH requests made
+        #: A kind whose CRD may be missing (see the module doc); ``on_served_change`` hears when
+        #: ``served`` changes.
+        self.optional = optional
+        self.absent_retry_seconds = absent_retry_seconds
+        self._on_served_change = on_served_change
+        self.absent = False
 
     @property
     def name(self) -> str:
         where = f" in {self.namespace}" if self.namespace else ""
         return f"{self.resource.plural}{where}"
+
+    @property
+    def served(self) -> bool | None:
+        """Whether the API server serves the kind: None until the first LIST answered."""
+        if not self.synced.is_set():
+            return None
+        return not self.absent
 
     def down_for(self, now: float | None = None) -> float:
         """Seconds without a working watch (0 while it works)."""
@@ -191,6 +210,10 @@ class Informer:
                     KeyError, _Relist) as exc:
                 if isinstance(exc, _Relist) or (isinstance(exc, kube.ApiError) and exc.status == 410):
                     continue  # 410 Gone or a watch ERROR: LIST again at once
+                if self.optional and isinstance(exc, kube.NotFound):
+                    self._absent()
+                    await asyncio.sleep(self.absent_retry_seconds)
+                    continue
                 self._failed(exc)
                 await asyncio.sleep(self.backoff.next_delay())
 
@@ -222,13 +245,43 @@ class Informer:
                 rv = new_rv or rv
             self._working()  # the server ended the watch at its timeout: watch again from rv
 
+    def _absent(self) -> None:
+        """The kind is not served (see the module doc); the cache empties as if each object went."""
+        was = self.served
+        if not self.absent:
+            log.info("the API server does not serve %s (%s/%s): its CRD is not installed; looking again "
+                     "every %.0f s", self.name, self.resource.group, self.resource.version,
+                     self.absent_retry_seconds)
+        self.absent = True
+        self._replace([])
+        self.down_since = None
+        self.last_error = None
+        self.backoff.reset()
+        self.synced.set()
+        if was is not False:
+            self._served_changed()
+
+    def _served_changed(self) -> None:
+        if self._on_served_change is None:
+            return
+        try:
+            self._on_served_change()
+        except Exception:  # a callback's bug must not end the informer
+            log.exception("served-change callback of %s failed", self.name)
+
     def _working(self) -> None:
+        changed = self.served is not True
+        if self.absent:
+            log.info("the API server serves %s now", self.name)
+            self.absent = False
         if self.down_since is not None:
             log.info("watch of %s works again after %.1f s", self.name, self.down_for())
         self.down_since = None
         self.last_error = None
         self.backoff.reset()
         self.synced.set()
+        if changed:
+            self._served_changed()
 
     def _failed(self, exc: BaseException) -> None:
         message = f"{type(exc).__name__}: {exc}"

@@ -1,8 +1,10 @@
 """The controller: read the world from watch-fed caches, call the pure core, apply, write status.
 
 Informers (``modelplane.controller.informer``) LIST each kind once and then WATCH it: the
-ModelDeployments, and the Deployments, Services, PodDisruptionBudgets and Pods that carry the
-``modelplane.dev/model-deployment`` label, FailedScheduling Events and the nodes. A change to any of
+ModelDeployments, and the Deployments, Services, PodDisruptionBudgets, Pods, InferencePools and
+HTTPRoutes that carry the ``modelplane.dev/model-deployment`` label, FailedScheduling Events and the
+nodes. The last two kinds' CRDs may be absent: their informers then say so (``served``) and look
+again every ``optional_api_retry_seconds``. A change to any of
 them wakes the ModelDeployment it belongs to at once; otherwise each object wakes every
 ``resync_seconds`` (the autoscaler's beat, which scrapes the pods: no API call). Every object has
 its own wake-up time, so a slow one delays nobody else; after an error it retries with bounded
@@ -89,6 +91,9 @@ class Settings:
     error_backoff_max_seconds: float = 60.0
     #: The server ends each watch after about this long; the informer then watches again.
     watch_seconds: int = 290
+    #: While the InferencePool or HTTPRoute CRD is not installed, look for it again this often (one
+    #: LIST each, answered 404); the InferencePoolReady condition says what is missing meanwhile.
+    optional_api_retry_seconds: float = 30.0
 
 
 @dataclass
@@ -202,6 +207,15 @@ class Controller:
                              handler=self._on_child),
             "pdbs": each(kube.PDBS, label_selector=OWNER_LABEL, index=_owner_keys, handler=self._on_child),
             "pods": each(kube.PODS, label_selector=OWNER_LABEL, index=_owner_keys, handler=self._on_child),
+            # Gateway API Inference Extension (spec.inferencePool): their CRDs may be absent.
+            "inferencepools": each(kube.INFERENCEPOOLS, label_selector=OWNER_LABEL, index=_owner_keys,
+                                   handler=self._on_child, optional=True,
+                                   absent_retry_seconds=self.settings.optional_api_retry_seconds,
+                                   on_served_change=self._on_inference_api_change),
+            "httproutes": each(kube.HTTPROUTES, label_selector=OWNER_LABEL, index=_owner_keys,
+                               handler=self._on_child, optional=True,
+                               absent_retry_seconds=self.settings.optional_api_retry_seconds,
+                               on_served_change=self._on_inference_api_change),
             "events": each(kube.EVENTS, field_selector="reason=FailedScheduling", index=_namespace_key,
                            handler=self._on_event),
             "nodes": [Informer(self.kube, kube.NODES, watch_seconds=self.settings.watch_seconds)],
@@ -224,8 +238,15 @@ class Controller:
         return [o for i in self.informers[kind] for o in i.by_index(key)]
 
     def watch_health(self, now: float | None = None) -> dict[str, float]:
-        """Seconds each informer has been without a working watch (only those down)."""
-        return {i.name: round(i.down_for(now), 1) for i in self._all_informers() if i.down_since is not None}
+        """Seconds each informer has been without a working watch (only those down).
+
+        Not the optional ones (InferencePools, HTTPRoutes): a role without them (RBAC kept from
+        before the feature) must not fail /healthz and restart an operator that serves everything
+        else; the InferencePoolReady condition of the models that ask for them says so instead.
+        An outage of the API server shows on the other informers anyway.
+        """
+        return {i.name: round(i.down_for(now), 1) for i in self._all_informers()
+                if i.down_since is not None and not i.optional}
 
     @property
     def synced(self) -> bool:
@@ -246,6 +267,19 @@ class Controller:
     def _on_child(self, _: str, obj: dict[str, Any]) -> None:
         meta = obj.get("metadata") or {}
         self.poke_owner(meta.get("namespace"), meta.get("labels") or {})
+
+    def _on_inference_api_change(self) -> None:
+        """An InferencePool or HTTPRoute CRD came or went: wake the objects that ask for them."""
+        for key, body in list(self.known.items()):
+            if (body.get("spec") or {}).get("inferencePool") is not None:
+                self.poke(key)
+
+    def _served(self, kind: str) -> bool | None:
+        """Whether every informer of ``kind`` finds it served (None: one has not listed yet)."""
+        states = [i.served for i in self.informers[kind]]
+        if any(s is None for s in states):
+            return None
+        return all(states)
 
     def _on_event(self, _: str, event: dict[str, Any]) -> None:
         """A FailedScheduling Event: wake the ModelDeployment of the pod it is about."""
@@ -417,7 +451,11 @@ class Controller:
             suite_cases=self._suite_cases(key, body),
             metrics_max_age=(self.settings.prometheus.max_age_seconds
                              if self.settings.prometheus is not None else None),
-            rejected=memory.rejected)
+            rejected=memory.rejected,
+            inference_pools=tuple(self._cached("inferencepools", key)),
+            http_routes=tuple(self._cached("httproutes", key)),
+            inference_pool_api=self._served("inferencepools"),
+            http_route_api=self._served("httproutes"))
         prepared = core.prepare(observed, prices=self.settings.prices)
         memory.serving = bool(prepared.scrape_targets)
         metrics: tuple[scrape.ScrapeResult, ...] = ()

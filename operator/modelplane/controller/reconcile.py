@@ -83,6 +83,10 @@ class Reason(StrEnum):
     EVALUATION_COMPLETE = "EvaluationComplete"
     SUITE_UNDERPOWERED = "SuiteUnderpowered"
     SUITE_SUFFICIENT = "SuiteSufficient"
+    INFERENCE_POOL_APPLIED = "InferencePoolApplied"
+    INFERENCE_POOL_CRD_MISSING = "InferencePoolCRDMissing"
+    HTTP_ROUTE_CRD_MISSING = "HTTPRouteCRDMissing"
+    API_NOT_YET_LISTED = "APINotYetListed"
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,13 @@ class Observed:
     #: Cases in the rollout's evaluation suite, once the controller has read its ConfigMap (None:
     #: not read, unreadable, or no suite); the rollout checks the gate's power with it.
     suite_cases: int | None = None
+    #: The InferencePools and HTTPRoutes labelled as this ModelDeployment's (spec.inferencePool).
+    inference_pools: tuple[Obj, ...] = ()
+    http_routes: tuple[Obj, ...] = ()
+    #: Whether the API server serves InferencePool v1 / HTTPRoute v1 (their CRDs are optional):
+    #: True, False (not served: the CRD is not installed), None (not known yet: not listed yet).
+    inference_pool_api: bool | None = None
+    http_route_api: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -321,6 +332,80 @@ def _children(md: ModelDeployment, observed: Observed, revs: revisions.Revisions
 
 Cond = Callable[[ConditionType, bool, str, str], Condition]
 
+#: What the operator says when the cluster lacks a CRD that spec.inferencePool needs.
+_CRDS = {
+    "InferencePool": (kube.INFERENCEPOOLS, Reason.INFERENCE_POOL_CRD_MISSING,
+                      "the Gateway API Inference Extension's CRD (InferencePool v1)"),
+    "HTTPRoute": (kube.HTTPROUTES, Reason.HTTP_ROUTE_CRD_MISSING, "the Gateway API's CRDs (HTTPRoute v1)"),
+}
+
+
+def _owned_by(obj: Obj, md: ModelDeployment) -> bool:
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(r.get("uid") == md.uid and r.get("controller") for r in refs)
+
+
+def _inference_children(md: ModelDeployment, observed: Observed, *, only_key: str | None, served_name: str,
+                        events: list[EventSpec], cond: Cond,
+                        ) -> tuple[list[dict[str, Any]], list[tuple[kube.Resource, str]], Condition | None]:
+    """The InferencePool and HTTPRoute to apply or delete, and the InferencePoolReady condition.
+
+    A child whose CRD the API server does not serve is neither applied nor deleted (there is
+    nothing to delete): the condition names the missing CRD and the rest of the model serves as
+    usual. Objects of this ModelDeployment that the spec no longer asks for are deleted.
+    """
+    wanted = render.build_inference_children(md, md.spec, served_name=served_name, only_key=only_key)
+    served = {"InferencePool": observed.inference_pool_api, "HTTPRoute": observed.http_route_api}
+    existing = {(str(o.get("kind")), str((o.get("metadata") or {}).get("name"))): o
+                for o in (*observed.inference_pools, *observed.http_routes) if _owned_by(o, md)}
+    apply: list[dict[str, Any]] = []
+    delete: list[tuple[kube.Resource, str]] = []
+    missing: list[str] = []
+    for child in wanted:
+        kind, name = child["kind"], child["metadata"]["name"]
+        if served[kind] is not True:
+            missing.append(kind)
+            continue
+        manifest = _with_hash(child)
+        have = existing.get((kind, name))
+        if ((have or {}).get("metadata", {}).get("annotations") or {}).get(APPLIED_HASH) != \
+                manifest["metadata"]["annotations"][APPLIED_HASH]:
+            apply.append(manifest)
+            verb = "updated" if have else "created"
+            events.append(EventSpec("Normal", Reason.APPLIED, f"{verb} {kind} {name}"))
+    keep = {(c["kind"], c["metadata"]["name"]) for c in wanted}
+    # The route first, so that no gateway is left routing to a pool that is going away.
+    for kind, name in sorted(existing, key=lambda k: (k[0] != "HTTPRoute", k)):
+        if (kind, name) not in keep and kind in _CRDS:
+            delete.append((_CRDS[kind][0], name))
+            events.append(EventSpec("Normal", Reason.DELETED,
+                                    f"deleted {kind} {name}: spec.inferencePool no longer asks for it"))
+    if not wanted:
+        return apply, delete, None
+    names = " and ".join(f"{c['kind']} {c['metadata']['name']}" for c in wanted)
+    if missing:
+        kind = missing[0]
+        if served[kind] is None:
+            condition = cond(ConditionType.INFERENCE_POOL_READY, False, Reason.API_NOT_YET_LISTED,
+                             f"the operator has not yet listed {_CRDS[kind][0].plural}."
+                             f"{_CRDS[kind][0].group} (its watch is starting, or lacks RBAC)")
+        else:
+            _, reason, what = _CRDS[kind]
+            applied = [c for c in wanted if c["kind"] not in missing]
+            done = f"; {applied[0]['kind']} {applied[0]['metadata']['name']} is applied" if applied else ""
+            condition = cond(ConditionType.INFERENCE_POOL_READY, False, reason,
+                             f"the API server does not serve {_CRDS[kind][0].plural}.{_CRDS[kind][0].group}/"
+                             f"{_CRDS[kind][0].version}: install {what} (docs/inference-extension.md), or "
+                             f"remove spec.inferencePool{'.httpRoute' if kind == 'HTTPRoute' else ''}{done}")
+    elif observed.rejected is not None:
+        # The pool and route are applied last: a refusal of any child stops them too.
+        condition = cond(ConditionType.INFERENCE_POOL_READY, False, health.Reason.CHILD_REJECTED,
+                         f"the API server refused {observed.rejected}")
+    else:
+        condition = cond(ConditionType.INFERENCE_POOL_READY, True, Reason.INFERENCE_POOL_APPLIED,
+                         f"{names} applied")
+    return apply, delete, condition
+
 
 def _health_conditions(prepared: Prepared, counts: health.PodCounts, problem: health.Problem | None, *,
                        desired: int, switching: bool, revision: str,
@@ -501,6 +586,14 @@ def finish(prepared: Prepared, observed: Observed, *, metrics: Sequence[ScrapeRe
     if shape is not None:
         apply, delete = _children(md, observed, revs, rollout, desired=desired, shape=shape,
                                   switching=switching, events=events)
+    inference_condition: Condition | None = None
+    if shape is not None or md.spec.inference_pool is None or not md.spec.inference_pool.enabled:
+        # Rendered with the other children (never before the Service exists); removed whenever.
+        pool_apply, pool_delete, inference_condition = _inference_children(
+            md, observed, only_key=rollout.service_only_key if rollout.driving else None,
+            served_name=prepared.served_name or md.name, events=events, cond=cond)
+        apply += pool_apply
+        delete += pool_delete
 
     # Status.
     plan = prepared.plan
@@ -516,6 +609,13 @@ def finish(prepared: Prepared, observed: Observed, *, metrics: Sequence[ScrapeRe
                                            revision=md.spec.model.revision, cond=cond)
     phase, conditions = _rollout_conditions(phase, conditions, rollout, counts, cond)
     conditions += _scaling_conditions(decision, observed.model_config, cond)
+    if inference_condition is not None:
+        conditions.append(inference_condition)
+        if inference_condition.status == ConditionStatus.FALSE and not any(
+                c.get("type") == ConditionType.INFERENCE_POOL_READY
+                and c.get("reason") == inference_condition.reason
+                for c in old_status.get("conditions") or []):
+            events.append(EventSpec("Warning", inference_condition.reason, inference_condition.message))
 
     state = rollout.state
     machine_status = state.to_status()
