@@ -14,9 +14,9 @@ import json
 import os
 import stat
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from aiohttp import web
@@ -259,7 +259,7 @@ def test_an_exec_plugin_that_fails_says_why_in_one_line(mode: str, command: str 
 
 
 @pytest.fixture
-async def api(tmp_path: Path) -> Iterator[dict[str, Any]]:
+async def api(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     """An API server on loopback that accepts only the token named in ``state['accept']``."""
     state: dict[str, Any] = {"accept": "", "seen": []}
 
@@ -361,7 +361,7 @@ async def test_kopf_logs_in_with_the_same_credentials(tmp_path: Path) -> None:
 
     cfg = credentials.load_kubeconfig(exec_kubeconfig(tmp_path, mode="token", expires=in_(60)))
     memo = kopf.Memo(controller=type("C", (), {"kube": kube.Kube(cfg)})())
-    info = await login(memo=memo)
+    info = await cast(Any, login)(memo=memo)  # kopf's decorator types it as its handler protocol
     assert (info.server, info.scheme, info.token) == ("http://127.0.0.1:1", "Bearer", "from-arg-from-env-1")
     assert info.expiration is not None and info.expiration > datetime.datetime.now(datetime.UTC)
 
