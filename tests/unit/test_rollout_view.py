@@ -4,6 +4,7 @@ and the watch that redraws it, against a stand-in API server on loopback."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 from collections.abc import AsyncIterator
@@ -170,6 +171,8 @@ async def test_watch_redraws_on_every_change(api: dict[str, Any]) -> None:
                 break
             await asyncio.sleep(0.01)
         task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     frames = out.getvalue().split("\x1b[H\x1b[2J")[1:]
     assert len(frames) == 3
     assert "Rollout:     none in progress" in frames[0]
@@ -194,3 +197,21 @@ async def test_get_of_a_missing_object_is_one_line(api: dict[str, Any], tmp_path
     assert await asyncio.to_thread(cli.main, ["get", "chat", "--kubeconfig", str(path)]) == 1
     assert capsys.readouterr().err == ("modelplane get: modeldeployment chat in namespace team-a not found "
                                        "(kubectl get md -n team-a lists them)\n")
+
+
+async def test_watch_without_a_terminal_separates_views_by_a_blank_line(api: dict[str, Any]) -> None:
+    api["events"] = [{"type": "MODIFIED", "object": md(STEPPING)}]
+    out = io.StringIO()
+    async with kube.Kube(kube.KubeConfig(server=api["url"])) as client:
+        task = asyncio.create_task(show(client, name="chat", namespace="team-a", watch=True, out=out,
+                                        clear=False))
+        for _ in range(200):
+            if out.getvalue().count("Name:") == 2:
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    text = out.getvalue()
+    assert "\x1b" not in text and text.count("Name:") == 2
+    assert "\n\nName:        chat" in text and not text.startswith("\n")

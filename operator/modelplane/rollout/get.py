@@ -41,22 +41,23 @@ async def show(client: kube.Kube, *, name: str, namespace: str, watch: bool, out
     if obj is None:
         raise kube.NotFound(404, "NotFound", f"modeldeployment {name} in namespace {namespace} not found")
     decisions: list[ScalingDecision] = []
+    drawn = 0
 
     def draw(current: kube.Obj) -> None:
+        nonlocal drawn
         decision = _decision(current)
         if decision is not None and (not decisions or decisions[-1] != decision):
             decisions.append(decision)
         text = render(current, decisions=decisions, now=datetime.now(UTC))
-        out.write((CLEAR if clear else "") + text)
+        out.write((CLEAR if clear else ("\n" if drawn else "")) + text)
         out.flush()
+        drawn += 1
 
     draw(obj)
     if not watch:
         return
     version = str(obj.get("metadata", {}).get("resourceVersion") or "")
     while True:
-        if not clear:
-            out.write("\n")
         try:
             async for event in client.watch(kube.MODELDEPLOYMENTS, namespace=namespace,
                                             field_selector=f"metadata.name={name}",
