@@ -125,3 +125,11 @@ async def test_healthz_on_its_own_port(api: dict[str, Any]) -> None:
         finally:
             for runner in runners:
                 await runner.cleanup()
+
+
+def test_the_gateway_exports_its_process_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
+    from modelplane.gateway import metrics
+
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    text = metrics.exposition().decode()
+    assert "process_resident_memory_bytes" in text and "process_cpu_seconds_total" in text
