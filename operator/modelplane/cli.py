@@ -20,6 +20,7 @@ from importlib.metadata import entry_points
 from typing import NoReturn
 
 from modelplane import __version__
+from modelplane.controller import credentials
 
 #: Modules that contribute subcommands, in the order ``--help`` lists them.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
@@ -27,6 +28,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "modelplane.gateway.run",
     "modelplane.planner.cli",
     "modelplane.rollout.controls",
+    "modelplane.rollout.get",
 )
 #: The entry-point group through which other distributions add subcommand modules.
 PLUGIN_GROUP = "modelplane.commands"
@@ -57,6 +59,7 @@ def build_parser() -> _Parser:
         description="Serve open-weight models on Kubernetes GPUs with vLLM.",
     )
     parser.add_argument("--version", action="version", version=f"modelplane {__version__}")
+    credentials.add_arguments(parser, top_level=True)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in subcommand_modules():
         importlib.import_module(name).register(subparsers)

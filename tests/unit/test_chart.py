@@ -67,6 +67,9 @@ GATEWAY_NEEDS = (_triples("modelplane.dev", "modeldeployments", "list", "watch")
 #: The operator finds the gateway's replicas by watching their pods in the release namespace.
 OPERATOR_GATEWAY_NEEDS = _triples("", "pods", "list", "watch")
 GATEWAY = f"{FULLNAME}-gateway"
+#: With metrics.authentication (the default): who asks for /metrics, and may they.
+METRICS_AUTH_NEEDS = (_triples("authentication.k8s.io", "tokenreviews", "create")
+                      | _triples("authorization.k8s.io", "subjectaccessreviews", "create"))
 
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "default": {},
@@ -90,6 +93,23 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
                                   "pdb": {"maxUnavailable": 2}, "service": {"port": 8000}},
                       "watchNamespaces": ["a"]},
     "no-gateway": {"gateway": {"enabled": False}},
+    "operator-flags": {"operator": {"hfEndpoint": "https://hf-mirror.example", "readModelConfig": False,
+                                    "extraArgs": ["--prometheus-namespace-label=kubernetes_namespace"],
+                                    "env": [{"name": "A", "value": "1"}]},
+                       "extraEnv": [{"name": "B", "value": "2"}],
+                       "proxy": {"httpsProxy": "http://proxy.corp:3128", "httpProxy": "http://proxy.corp:3128",
+                                 "noProxy": ".svc,.cluster.local,prom.internal"}},
+    "metrics-private": {"metrics": {"host": "10.1.2.3", "healthPort": 8081,
+                                    "authentication": {"enabled": False}},
+                        "serviceMonitor": {"enabled": True}},
+    "metrics-readers": {"metrics": {"authentication": {"readers": [
+        {"kind": "ServiceAccount", "name": "prometheus-k8s", "namespace": "monitoring"}]}},
+        "serviceMonitor": {"enabled": True}},
+    "prometheus-namespaced": {"prometheusSource": {"url": "http://prom:9090",
+                                                   "podMonitor": {"interval": "10s", "labels": {"r": "k"}}},
+                              "watchNamespaces": ["a"]},
+    "prometheus-no-podmonitor": {"prometheusSource": {"url": "http://prom:9090",
+                                                      "podMonitor": {"enabled": False}}},
 }
 
 
@@ -127,6 +147,8 @@ def _expected(values: dict[str, Any]) -> tuple[set[tuple[str, str, str]], set[tu
     ha = values.get("ha", {}).get("enabled", False)
     if values.get("rbac", {}).get("readModelCredentials", False):
         namespaced |= CREDENTIALS_NEEDS
+    if values.get("metrics", {}).get("authentication", {}).get("enabled", True):
+        cluster |= METRICS_AUTH_NEEDS
     if ha:
         cluster |= HA_CLUSTER_NEEDS
         if values.get("watchNamespaces"):
@@ -172,6 +194,9 @@ def test_rbac_has_no_wildcards(name: str, rendered: dict[str, Any]) -> None:
     assert roles
     for role in roles:
         for rule in role["rules"]:
+            if role["metadata"]["name"] == f"{FULLNAME}-metrics-reader":
+                assert rule == {"nonResourceURLs": ["/metrics"], "verbs": ["get"]}  # for scrapers
+                continue
             for key in ("apiGroups", "resources", "verbs"):
                 assert "*" not in rule[key], (role["metadata"]["name"], rule)
             assert "nonResourceURLs" not in rule
@@ -336,8 +361,19 @@ def test_deployment_runs_modelplane_run_with_flags_its_parser_accepts(name: str,
     assert container["command"] == ["modelplane"]
     args = build_parser().parse_args(container["args"])
     assert args.command == "run"
-    assert args.metrics_port == values.get("metrics", {}).get("port", 8080)
-    assert args.metrics_host == "0.0.0.0"
+    metrics = values.get("metrics", {})
+    assert args.metrics_port == metrics.get("port", 8080)
+    assert args.metrics_host == metrics.get("host", "0.0.0.0")
+    assert args.health_port == (metrics.get("healthPort") or None)
+    assert args.metrics_auth == ("kubernetes" if metrics.get("authentication", {}).get("enabled", True)
+                                 else "none")
+    operator = values.get("operator", {})
+    assert args.hf_endpoint == (operator.get("hfEndpoint") or None)
+    assert args.no_model_config is not operator.get("readModelConfig", True)
+    assert container["args"][len(container["args"]) - len(operator.get("extraArgs", [])):] == \
+        operator.get("extraArgs", [])
+    if operator.get("extraArgs"):
+        assert args.prometheus_namespace_label == "kubernetes_namespace"
     assert args.resync_seconds == values.get("resyncSeconds", 2)
     assert args.log_level == values.get("logLevel", "INFO")
     assert args.namespace == values.get("watchNamespaces", [])
@@ -390,9 +426,12 @@ def test_deployment_is_non_root_read_only_and_probed_on_healthz(name: str, rende
     assert sc["runAsNonRoot"] is True
     assert sc["capabilities"] == {"drop": ["ALL"]}
     port = values.get("metrics", {}).get("port", 8080)
-    assert container["ports"] == [{"name": "metrics", "containerPort": port, "protocol": "TCP"}]
+    health = values.get("metrics", {}).get("healthPort")
+    assert container["ports"][0] == {"name": "metrics", "containerPort": port, "protocol": "TCP"}
+    if health:
+        assert container["ports"][1:] == [{"name": "health", "containerPort": health, "protocol": "TCP"}]
     for probe in ("livenessProbe", "readinessProbe"):
-        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health" if health else "metrics"}
     assert container["resources"]["requests"]["cpu"] and container["resources"]["limits"]["memory"]
     # The read-only root needs a writable /tmp.
     assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
@@ -452,8 +491,8 @@ def test_peering_crds_serve_the_kinds_kopf_uses() -> None:
 
 @pytest.mark.parametrize(("values", "message"), [
     ({"replicas": 2}, "replicas > 1 needs ha.enabled=true"),
-    ({"gpuPrices": {"nvidia-b200": 5.0}}, 'unknown GPU type "nvidia-b200"'),
-    ({"gpuPrices": {"nvidia-l4": -1}}, "cannot be negative"),
+    ({"gpuPrices": {"nvidia-b200": 5.0}}, "at '/gpuPrices': additional properties 'nvidia-b200' not allowed"),
+    ({"gpuPrices": {"nvidia-l4": -1}}, "at '/gpuPrices/nvidia-l4': minimum: got -1, want 0"),
     ({"serviceMonitor": {"enabled": True}, "metrics": {"service": {"enabled": False}}},
      "serviceMonitor.enabled needs metrics.service.enabled"),
     ({"serviceAccount": {"create": False}}, "serviceAccount.name is required"),
@@ -492,10 +531,85 @@ def test_chart_knows_the_same_gpu_types_as_the_catalog() -> None:
 def test_service_monitor_scrapes_the_metrics_port(rendered: dict[str, Any]) -> None:
     monitor = one(rendered["observability"], "ServiceMonitor", FULLNAME, NAMESPACE)
     assert monitor["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s",
-                                             "scrapeTimeout": "10s"}]
+                                             "scrapeTimeout": "10s", "bearerTokenFile": SA_TOKEN}]
+    private = one(rendered["metrics-private"], "ServiceMonitor", FULLNAME, NAMESPACE)
+    assert "bearerTokenFile" not in private["spec"]["endpoints"][0]
     assert monitor["spec"]["selector"]["matchLabels"] == \
         _deployment(rendered["observability"])["spec"]["selector"]["matchLabels"]
     assert not pick(rendered["default"], "ServiceMonitor")
+
+
+SA_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+
+def test_the_operator_env_has_the_proxy_and_the_extra_variables(rendered: dict[str, Any]) -> None:
+    env = _container(rendered["operator-flags"])["env"]
+    names = [e["name"] for e in env]
+    assert names[-5:] == ["HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", "A", "B"]
+    assert _env(_container(rendered["operator-flags"]))["NO_PROXY"] == ".svc,.cluster.local,prom.internal"
+    assert "HTTPS_PROXY" not in _env(_container(rendered["default"]))
+
+
+@pytest.mark.parametrize(("name", "readers"), [
+    ("default", None), ("metrics-private", "no role"),
+    ("metrics-readers", [{"kind": "ServiceAccount", "name": "prometheus-k8s", "namespace": "monitoring"}])])
+def test_metrics_readers(name: str, readers: Any, rendered: dict[str, Any]) -> None:
+    roles = pick(rendered[name], "ClusterRole", f"{FULLNAME}-metrics-reader")
+    bindings = pick(rendered[name], "ClusterRoleBinding", f"{FULLNAME}-metrics-reader")
+    if readers == "no role":
+        assert not roles and not bindings
+        return
+    assert [r["rules"] for r in roles] == [[{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}]]
+    assert [b["subjects"] for b in bindings] == ([readers] if readers else [])
+
+
+@pytest.mark.parametrize(("name", "namespaces"), [("prometheus", {"any": True}),
+                                                  ("prometheus-namespaced", {"matchNames": ["a"]}),
+                                                  ("prometheus-no-podmonitor", None), ("default", None)])
+def test_pod_monitor_scrapes_the_vllm_pods(name: str, namespaces: Any, rendered: dict[str, Any]) -> None:
+    from modelplane import render as mp_render
+
+    monitors = pick(rendered[name], "PodMonitor")
+    if namespaces is None:
+        assert not monitors
+        return
+    (monitor,) = monitors
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["spec"]["selector"]["matchLabels"] == {mp_render.LABEL_NAME: mp_render.APP_NAME,
+                                                          mp_render.LABEL_COMPONENT: mp_render.COMPONENT}
+    assert monitor["spec"]["namespaceSelector"] == namespaces
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert (endpoint["port"], endpoint["path"]) == (mp_render.PORT_NAME, "/metrics")
+
+
+def test_set_string_of_a_price_fails_with_the_schemas_message() -> None:
+    from tests.chart import helm
+
+    proc = helm("template", "mp", str(CHART), "--set-string", "gpuPrices.nvidia-l4=abc")
+    assert proc.returncode != 0
+    assert "at '/gpuPrices/nvidia-l4': got string, want number" in proc.stderr
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"logLevel": "loud"}, "at '/logLevel': value must be one of 'DEBUG', 'INFO', 'WARNING', 'ERROR'"),
+    ({"metrics": {"port": 0}}, "at '/metrics/port': minimum: got 0, want 1"),
+    ({"metricz": {"port": 1}}, "additional properties 'metricz' not allowed"),
+    ({"resyncSeconds": "2"}, "at '/resyncSeconds': got string, want number"),
+    ({"operator": {"extraArgs": ["run"]}}, "at '/operator/extraArgs/0'"),
+    ({"proxy": {"httpsProxy": "proxy:3128"}}, "at '/proxy/httpsProxy'"),
+    ({"serviceMonitor": {"interval": "often"}}, "at '/serviceMonitor/interval'"),
+], ids=["log-level", "port-0", "typo", "resync-string", "extra-arg-not-a-flag", "proxy-no-scheme",
+        "interval"])
+def test_the_schema_refuses_bad_values(values: dict[str, Any], message: str) -> None:
+    from tests.chart import HelmError
+
+    with pytest.raises(HelmError, match=re.escape(message)):
+        render(values)
+
+
+def test_the_schema_knows_the_same_gpu_types_as_the_catalog() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert tuple(schema["properties"]["gpuPrices"]["properties"]) == gpus.GPU_TYPE_NAMES
 
 
 def _exposed_metric_names() -> set[str]:

@@ -112,8 +112,8 @@ CONTROL_CASES: dict[str, tuple[str, int, str]] = {
     "not found": ("ok", 404, "modeldeployment chat in namespace team-a not found"),
     "forbidden": ("ok", 403, 'not allowed to patch modeldeployment chat in namespace team-a: 403 Forbidden: '
                              'modeldeployments.modelplane.dev "chat" is forbidden: User "dev" cannot patch'),
-    "unauthorized": ("ok", 401, "the API server refused to patch modeldeployment chat in namespace team-a: "
-                                "401 Unauthorized"),
+    "unauthorized": ("ok", 401, "the API server did not accept the credentials of context dev of "
+                                "{tmp}/kubeconfig: 401 Unauthorized"),
     "server error": ("ok", 500, "the API server refused to patch modeldeployment chat in namespace team-a: "
                                 "500 InternalError"),
 }
@@ -152,7 +152,7 @@ def test_a_rollout_control_that_cannot_act_says_why_in_one_line(
     assert cli.main([command, "chat"]) == 1
     line = one_error_line(capsys)
     assert line.startswith(f"modelplane {command}: ")
-    assert message.format(home=tmp_path / "home") in line
+    assert message.format(home=tmp_path / "home", tmp=tmp_path) in line
 
 
 def test_a_rollout_control_that_acts_says_what_it_set(api_server: FakeApiServer, tmp_path: Path,
@@ -174,8 +174,9 @@ def test_kubectl_modelplane_fails_the_same_way(monkeypatch: pytest.MonkeyPatch,
                                       "directory (set KUBECONFIG or create ~/.kube/config)")
 
 
-@pytest.mark.parametrize("argv", [["promote", "chat"], ["run", "--metrics-port", "0"]],
-                         ids=["promote", "run"])
+@pytest.mark.parametrize("argv", [["promote", "chat"], ["run", "--metrics-port", "0"], ["get", "chat"],
+                                  ["get", "chat", "--watch"], ["gateway"]],
+                         ids=["promote", "run", "get", "get-watch", "gateway"])
 def test_the_installed_command_prints_no_traceback(argv: list[str], tmp_path: Path) -> None:
     env = {**os.environ, "KUBECONFIG": "/nope", "HOME": str(tmp_path),
            "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), str(ROOT / "devtools"), str(ROOT)])}

@@ -135,6 +135,15 @@ Rules for cluster-scoped resources: always a ClusterRole, in both modes.
 - apiGroups: [""]
   resources: [nodes]
   verbs: [list, watch]
+{{- if .Values.metrics.authentication.enabled }}
+# metrics.authentication: who is asking for /metrics (TokenReview), and may they (SubjectAccessReview).
+- apiGroups: [authentication.k8s.io]
+  resources: [tokenreviews]
+  verbs: [create]
+- apiGroups: [authorization.k8s.io]
+  resources: [subjectaccessreviews]
+  verbs: [create]
+{{- end }}
 {{- if .Values.ha.enabled }}
 # HA only (kopf runs for peering): kopf discovers resources and follows CRD changes (kopf
 # resource_observer).

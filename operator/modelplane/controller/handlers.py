@@ -17,6 +17,8 @@ from typing import Any
 
 import kopf
 
+from modelplane.controller.credentials import KubeConfig
+
 
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -28,3 +30,20 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.connect_timeout = 10
     settings.networking.request_timeout = 30
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+
+
+@kopf.on.login()
+async def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
+    """kopf logs in with the controller's own credentials (same ``--kubeconfig``/``--context``,
+    exec plugin or ServiceAccount), refreshed first; kopf asks again after ``expiration``."""
+    config: KubeConfig = memo.controller.kube.config
+    header: str | None = f"Bearer {config.token}" if config.token else None
+    if config.auth is not None:
+        await config.auth.refresh()
+        header = config.auth.header() or header
+    scheme, _space, token = (header or "").partition(" ")
+    return kopf.ConnectionInfo(
+        server=config.server, ca_data=config.ca_data, insecure=config.insecure or None,
+        scheme=scheme or None, token=token or None, certificate_data=config.cert_data,
+        private_key_data=config.key_data, default_namespace=config.namespace,
+        expiration=config.auth.expiry() if config.auth is not None else None)

@@ -6,21 +6,19 @@ server-side apply (one field manager, ``modelplane``) on the main resource and o
 Errors are typed (``NotFound``, ``Conflict``, ``Forbidden``, ``Invalid``) so callers can treat a
 404 on delete or a 409 on create as the outcomes they are.
 
-Credentials come from a kubeconfig (client certificates, bearer tokens, CA data or files) or from
-the in-cluster ServiceAccount mount.
+Credentials come from ``modelplane.controller.credentials``: a kubeconfig read by kubectl's rules
+(merged ``KUBECONFIG`` lists, ``--context``, exec credential plugins) or the in-cluster
+ServiceAccount, through the official kubernetes client's loader. A credential that expires is
+refreshed before a request, and once more after a 401, as kubectl does.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import os
 import ssl
-import tempfile
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import urlencode
 
@@ -29,6 +27,15 @@ import yaml
 
 from modelplane.controller import opmetrics
 
+# Re-exported: callers reach the credentials through this module, as before.
+from modelplane.controller.credentials import SA_DIR as SA_DIR
+from modelplane.controller.credentials import ConfigError as ConfigError
+from modelplane.controller.credentials import KubeConfig as KubeConfig
+from modelplane.controller.credentials import auto_config as auto_config
+from modelplane.controller.credentials import in_cluster_config as in_cluster_config
+from modelplane.controller.credentials import load_client_cert, ssl_context
+from modelplane.controller.credentials import load_kubeconfig as load_kubeconfig
+
 Obj = dict[str, Any]
 
 #: Default per-request timeout; a watch sets its own.
@@ -36,8 +43,6 @@ REQUEST_TIMEOUT_SECONDS = 30.0
 #: Attempts for a request the server answers with 429 Too Many Requests.
 MAX_ATTEMPTS = 4
 FIELD_MANAGER = "modelplane"
-
-SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
 # --- resources --------------------------------------------------------------------------------
@@ -140,15 +145,16 @@ class Forbidden(ApiError):
     pass
 
 
+class Unauthorized(ApiError):
+    """401: the server did not accept the credentials (expired, revoked, or none)."""
+
+
 class Invalid(ApiError):
     pass
 
 
-_ERRORS: dict[int, type[ApiError]] = {404: NotFound, 409: Conflict, 403: Forbidden, 422: Invalid}
-
-
-class ConfigError(ValueError):
-    """The kubeconfig or the in-cluster credentials cannot be used; the message says which and why."""
+_ERRORS: dict[int, type[ApiError]] = {404: NotFound, 409: Conflict, 401: Unauthorized, 403: Forbidden,
+                                      422: Invalid}
 
 
 #: What a call raises when the API server cannot be reached at all (refused, DNS, TLS, timeout).
@@ -164,145 +170,6 @@ def one_line(exc: BaseException) -> str:
     if not text and isinstance(exc, asyncio.TimeoutError):
         return "no answer before the timeout"
     return text or type(exc).__name__
-
-
-# --- configuration ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class KubeConfig:
-    """How to reach and authenticate to one API server."""
-
-    server: str
-    ca_data: bytes | None = None
-    cert_data: bytes | None = None
-    key_data: bytes | None = None
-    token: str | None = None
-    token_file: str | None = None
-    insecure: bool = False
-    namespace: str = "default"
-    extra: Mapping[str, str] = field(default_factory=dict)
-
-
-def _data_or_file(entry: Mapping[str, Any], key: str, base: Path, *, source: Path) -> bytes | None:
-    if entry.get(f"{key}-data"):
-        try:
-            return base64.b64decode(str(entry[f"{key}-data"]))
-        except ValueError as exc:
-            raise ConfigError(f"kubeconfig {source}: {key}-data is not base64: {exc}") from exc
-    if entry.get(key):
-        path = Path(str(entry[key]))
-        path = path if path.is_absolute() else base / path
-        try:
-            return path.read_bytes()
-        except OSError as exc:
-            raise ConfigError(f"kubeconfig {source}: cannot read {key} {path}: {exc.strerror}") from exc
-    return None
-
-
-def load_kubeconfig(path: str | os.PathLike[str] | None = None, *,
-                    context: str | None = None) -> KubeConfig:
-    """Read a kubeconfig file (``$KUBECONFIG`` or ``~/.kube/config`` when no path is given).
-
-    Raises ``ConfigError`` naming the file and the problem: missing or unreadable, not YAML, no such
-    context, a context without a cluster server, or a certificate file that cannot be read.
-    """
-    if path is None:
-        env = os.environ.get("KUBECONFIG", "")
-        path = env.split(os.pathsep)[0] if env else Path.home() / ".kube" / "config"
-    p = Path(path)
-    try:
-        doc = yaml.safe_load(p.read_text())
-    except OSError as exc:
-        hint = " (set KUBECONFIG or create ~/.kube/config)" if isinstance(exc, FileNotFoundError) else ""
-        raise ConfigError(f"cannot read kubeconfig {p}: {exc.strerror}{hint}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"kubeconfig {p} is not YAML: {one_line(exc)}") from exc
-    doc = doc or {}
-    if not isinstance(doc, dict):
-        raise ConfigError(f"kubeconfig {p} is not a kubeconfig (a YAML mapping)")
-    ctx_name = context or doc.get("current-context")
-    contexts = _named(doc, "contexts", "context", p)
-    if not ctx_name:
-        raise ConfigError(f"kubeconfig {p} sets no current-context")
-    if ctx_name not in contexts:
-        raise ConfigError(f"kubeconfig {p} has no context {ctx_name!r}")
-    ctx = contexts[ctx_name]
-    clusters = _named(doc, "clusters", "cluster", p)
-    users = _named(doc, "users", "user", p)
-    cluster = clusters.get(str(ctx.get("cluster")), {})
-    user = users.get(str(ctx.get("user")), {})
-    if not cluster.get("server"):
-        raise ConfigError(f"kubeconfig {p}: context {ctx_name!r} names cluster {ctx.get('cluster')!r}, "
-                          "which has no server")
-    base = p.parent
-    return KubeConfig(
-        server=str(cluster["server"]).rstrip("/"),
-        ca_data=_data_or_file(cluster, "certificate-authority", base, source=p),
-        cert_data=_data_or_file(user, "client-certificate", base, source=p),
-        key_data=_data_or_file(user, "client-key", base, source=p),
-        token=user.get("token"),
-        token_file=user.get("tokenFile"),
-        insecure=bool(cluster.get("insecure-skip-tls-verify", False)),
-        namespace=str(ctx.get("namespace") or "default"),
-    )
-
-
-def _named(doc: Mapping[str, Any], key: str, inner: str, source: Path) -> dict[str, dict[str, Any]]:
-    """A kubeconfig list (``contexts``, ``clusters``, ``users``) by name: each entry's ``inner`` mapping."""
-    entries = doc.get(key) or []
-    if not isinstance(entries, list) or not all(isinstance(e, dict) and "name" in e for e in entries):
-        raise ConfigError(f"kubeconfig {source}: {key} must be a list of entries with a name")
-    named = {str(e["name"]): e.get(inner) or {} for e in entries}
-    if not all(isinstance(v, dict) for v in named.values()):
-        raise ConfigError(f"kubeconfig {source}: each of {key} needs a {inner} mapping")
-    return named
-
-
-def in_cluster_config() -> KubeConfig:
-    """The ServiceAccount credentials mounted into a pod."""
-    host = os.environ.get("KUBERNETES_SERVICE_HOST")
-    port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
-    if not host:
-        raise ConfigError("not running in a cluster: KUBERNETES_SERVICE_HOST is not set")
-    if ":" in host:
-        host = f"[{host}]"
-    try:
-        ca_data = (SA_DIR / "ca.crt").read_bytes()
-        namespace = (SA_DIR / "namespace").read_text().strip()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the ServiceAccount credentials in {SA_DIR}: {exc.strerror}") from exc
-    return KubeConfig(server=f"https://{host}:{port}", ca_data=ca_data, token_file=str(SA_DIR / "token"),
-                      namespace=namespace)
-
-
-def auto_config() -> KubeConfig:
-    """In-cluster credentials inside a pod, otherwise the kubeconfig."""
-    if os.environ.get("KUBERNETES_SERVICE_HOST") and (SA_DIR / "token").exists():
-        return in_cluster_config()
-    return load_kubeconfig()
-
-
-def _ssl_context(cfg: KubeConfig) -> ssl.SSLContext | bool:
-    if not cfg.server.startswith("https"):
-        return False
-    if cfg.insecure:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    elif cfg.ca_data:
-        ctx = ssl.create_default_context(cadata=cfg.ca_data.decode())
-    else:
-        ctx = ssl.create_default_context()
-    if cfg.cert_data and cfg.key_data:
-        # ssl can only load a client certificate from files; keep them private and short-lived.
-        with tempfile.TemporaryDirectory(prefix="modelplane-tls-") as tmp:
-            cert, key = Path(tmp) / "tls.crt", Path(tmp) / "tls.key"
-            cert.write_bytes(cfg.cert_data)
-            key.touch(mode=0o600)
-            key.write_bytes(cfg.key_data)
-            ctx.load_cert_chain(str(cert), str(key))
-    return ctx
 
 
 # --- the client -------------------------------------------------------------------------------
@@ -344,18 +211,23 @@ class Kube:
         self.config = config or auto_config()
         self._timeout = timeout
         self._session: aiohttp.ClientSession | None = None
+        self._tls: ssl.SSLContext | None = None
+        self._client_files: tuple[str | None, str | None] = (None, None)
         #: Writes made through this client (create, apply, patch, delete), for tests and metrics.
         self.writes = 0
 
     async def __aenter__(self) -> Kube:
         try:
-            tls = _ssl_context(self.config)
+            tls = ssl_context(self.config)
         except (ssl.SSLError, ValueError) as exc:
             raise ConfigError(f"the TLS settings for {self.config.server} (certificate-authority, "
                               f"client-certificate or client-key) cannot be used: {one_line(exc)}") from exc
+        self._tls = tls if isinstance(tls, ssl.SSLContext) else None
+        self._client_files = self.config.auth.client_files() if self.config.auth else (None, None)
         connector = aiohttp.TCPConnector(ssl=tls, limit=32)
         self._session = aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(total=self._timeout))
+            connector=connector, timeout=aiohttp.ClientTimeout(total=self._timeout),
+            trust_env=self.config.trust_env)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -366,17 +238,42 @@ class Kube:
             await self._session.close()
             self._session = None
 
-    def _headers(self, content_type: str | None = None) -> dict[str, str]:
+    async def _headers(self, content_type: str | None = None, *,
+                       force_refresh: bool = False) -> dict[str, str]:
         headers = {"Accept": "application/json", "User-Agent": "modelplane"}
-        token = self.config.token
-        if self.config.token_file:
-            # Projected ServiceAccount tokens rotate: read the file on each request.
-            token = Path(self.config.token_file).read_text().strip()
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
+        auth = self.config.auth
+        authorization = f"Bearer {self.config.token}" if self.config.token else None
+        if auth is not None:
+            # Exec plugins run again when their credential has expired; the ServiceAccount token
+            # (projected, rotating) is re-read every minute.
+            await auth.refresh(force=force_refresh)
+            self._reload_client_cert(auth.client_files())
+            authorization = auth.header() or authorization
+        if authorization:
+            headers["Authorization"] = authorization
         if content_type:
             headers["Content-Type"] = content_type
         return headers
+
+    def _reload_client_cert(self, files: tuple[str | None, str | None]) -> None:
+        """A refreshed exec credential with a new client certificate: new connections present it."""
+        if files == self._client_files or self._tls is None or not all(files):
+            return
+        cert, key = files
+        try:
+            with open(str(cert), "rb") as c, open(str(key), "rb") as k:
+                load_client_cert(self._tls, c.read(), k.read())
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"the refreshed client certificate cannot be used: {one_line(exc)}") from exc
+        self._client_files = files
+
+    def _request_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {}
+        if self.config.tls_server_name and self._tls is not None:
+            kwargs["server_hostname"] = self.config.tls_server_name
+        if self.config.proxy:
+            kwargs["proxy"] = self.config.proxy
+        return kwargs
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -393,15 +290,18 @@ class Kube:
             url += "?" + urlencode({k: v for k, v in params.items() if v is not None})
         data = None if body is None else (body if isinstance(body, (str, bytes))
                                           else json.dumps(body))
-        kwargs: dict[str, Any] = {}
+        kwargs = self._request_kwargs()
         if timeout is not None:
             kwargs["timeout"] = aiohttp.ClientTimeout(total=timeout)
         if method != "GET":
             self.writes += 1
         opmetrics.API_REQUESTS.labels(_verb(method, path), _resource_of(path)).inc()
+        reauthenticated = force_refresh = False
         for attempt in range(1, MAX_ATTEMPTS + 1):
-            async with self.session.request(method, url, data=data, headers=self._headers(
-                    content_type if data is not None else None), **kwargs) as resp:
+            headers = await self._headers(content_type if data is not None else None,
+                                          force_refresh=force_refresh)
+            force_refresh = False
+            async with self.session.request(method, url, data=data, headers=headers, **kwargs) as resp:
                 text = await resp.text()
                 payload: Obj = {}
                 if text:
@@ -414,6 +314,11 @@ class Kube:
                     # still initialising): wait as told, a bounded number of times.
                     delay = min(float(resp.headers.get("Retry-After", "1") or 1), 5.0)
                     await asyncio.sleep(delay)
+                    continue
+                if (resp.status == 401 and not reauthenticated and attempt < MAX_ATTEMPTS
+                        and self.config.auth is not None and self.config.auth.refreshable):
+                    # The credential was revoked or expired early: run the plugin again, once (kubectl's way).
+                    reauthenticated = force_refresh = True
                     continue
                 if resp.status >= 400:
                     cls = _ERRORS.get(resp.status, ApiError)
@@ -499,8 +404,9 @@ class Kube:
         url = self.config.server + resource.path(namespace=namespace) + "?" + urlencode(
             {k: v for k, v in params.items() if v is not None})
         opmetrics.API_REQUESTS.labels("watch", resource.plural).inc()
-        async with self.session.get(url, headers=self._headers(), timeout=aiohttp.ClientTimeout(
-                total=timeout_seconds + 10, sock_read=timeout_seconds + 10)) as resp:
+        timeout = aiohttp.ClientTimeout(total=timeout_seconds + 10, sock_read=timeout_seconds + 10)
+        async with self.session.get(url, headers=await self._headers(), timeout=timeout,
+                                    **self._request_kwargs()) as resp:
             if resp.status >= 400:
                 text = await resp.text()
                 raise _ERRORS.get(resp.status, ApiError)(resp.status, resp.reason or "", text)

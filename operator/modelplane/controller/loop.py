@@ -164,7 +164,11 @@ class Controller:
         self.settings = settings or Settings()
         self.known: dict[Key, dict[str, Any]] = {}
         self.memory: dict[Key, _Memory] = {}
+        # In-cluster calls (pod IPs, Services) go direct: a proxy cannot reach them, and NO_PROXY cannot
+        # list pod CIDRs for aiohttp. Calls that may leave the cluster (Hugging Face, Prometheus) honour
+        # HTTPS_PROXY/HTTP_PROXY/NO_PROXY (docs/troubleshooting.md, "Behind a proxy").
         self._http: aiohttp.ClientSession | None = None
+        self._outbound: aiohttp.ClientSession | None = None
         self._instance = f"{socket.gethostname()}-{os.getpid()}"
         self.alive_at = time.monotonic()
         self._pending: dict[Key, int] = {}
@@ -335,6 +339,7 @@ class Controller:
     async def run(self) -> None:
         """Run the informers, the scheduler and the workers until cancelled."""
         self._http = aiohttp.ClientSession()
+        self._outbound = aiohttp.ClientSession(trust_env=True)
         tasks = [asyncio.create_task(i.run(), name=f"informer-{i.name}") for i in self._all_informers()]
         tasks += [asyncio.create_task(self._worker(), name=f"reconcile-worker-{n}")
                   for n in range(self.settings.max_concurrent_reconciles)]
@@ -349,6 +354,7 @@ class Controller:
             for memory in self.memory.values():
                 memory.stop_evaluation()
             await self._http.close()
+            await self._outbound.close()
 
     async def _schedule(self) -> None:
         """Hand each object to the workers when it is due; forever. Never raises but to cancel."""
@@ -472,7 +478,7 @@ class Controller:
         if prepared.scrape_targets and self._http is not None:
             if self.settings.prometheus is not None:
                 metrics = tuple(await promquery.query_pods(
-                    self._http, self.settings.prometheus, namespace=namespace,
+                    self._outbound or self._http, self.settings.prometheus, namespace=namespace,
                     pods=[t.pod for t in prepared.scrape_targets], served_name=prepared.served_name))
             else:
                 metrics = tuple(await scrape.scrape_all(
@@ -633,7 +639,7 @@ class Controller:
             arch = await read_model_arch(source=source, revision=revision, token=token,
                                          hf_base_url=self.settings.hf_endpoint,
                                          timeout=self.settings.model_config_timeout_seconds,
-                                         session=self._http)
+                                         session=self._outbound)
             outcome = core.ModelConfig(arch, core.Reason.CONFIG_READ,
                                        f"config.json of {source}@{revision} read{note}")
             keep = self.settings.model_config_keep_seconds

@@ -2,14 +2,27 @@
 
 Every decision the operator makes is visible here as well as in conditions and Events: reconciles
 and their errors, writes to the API, the autoscaler's desired versus actual replicas and the queue
-it saw, the fleet's $/hour, and objects by phase.
+it saw, the fleet's $/hour, and objects by phase. The process itself is there too
+(``process_resident_memory_bytes``, ``process_cpu_seconds_total``, open file descriptors, the
+Python version and garbage collections), so its memory can be alerted on against its limit.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+# Our own registry leaves out the default one's process, platform and GC collectors: add them.
+for _collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+    REGISTRY.register(_collector)
 
 RECONCILES = Counter("modelplane_reconciles_total", "Reconciles of ModelDeployments.",
                      ["namespace", "name", "result"], registry=REGISTRY)

@@ -31,7 +31,7 @@ import kopf
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from modelplane.controller import kube, opmetrics
+from modelplane.controller import credentials, kube, metricsauth, opmetrics
 from modelplane.controller.loop import Controller, Settings
 from modelplane.metrics.promquery import PrometheusSource
 from modelplane.planner.source import HF_BASE_URL
@@ -64,6 +64,14 @@ def register(subparsers: Any) -> None:
                         help="port of /healthz and /metrics (default 8080; 0 disables)")
     parser.add_argument("--metrics-host", default="0.0.0.0",
                         help="address /healthz and /metrics listen on (default 0.0.0.0)")
+    parser.add_argument("--metrics-auth", choices=("none", "kubernetes"), default="none",
+                        help="kubernetes: /metrics answers only a bearer token that the API server "
+                             "authenticates (TokenReview) and allows to get /metrics "
+                             "(SubjectAccessReview), as kube-rbac-proxy does; none (default): anyone "
+                             "who reaches the port")
+    parser.add_argument("--health-port", type=int, default=None,
+                        help="serve /healthz on its own port, on all interfaces (for probes when "
+                             "--metrics-host is a private interface); default: the metrics port")
     parser.add_argument("--resync-seconds", type=float, default=2.0,
                         help="how often every ModelDeployment is reconciled and its pods scraped")
     parser.add_argument("--prices", type=Path, default=None,
@@ -102,6 +110,7 @@ def register(subparsers: Any) -> None:
                         help="never read config.json; plan from the catalog and spec.model.hints")
     parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
                         help="DEBUG, INFO (default), WARNING or ERROR")
+    credentials.add_arguments(parser)
     parser.set_defaults(func=main)
 
 
@@ -165,6 +174,10 @@ def build_settings(args: argparse.Namespace) -> Settings:
             raise StartupError(f"--gateway-metrics-url must be an http(s) URL, got {url!r}")
     if not 0 <= args.metrics_port <= 65535:
         raise StartupError(f"--metrics-port must be 0 (off) or a port 1-65535, got {args.metrics_port}")
+    if args.health_port is not None and not 1 <= args.health_port <= 65535:
+        raise StartupError(f"--health-port must be a port 1-65535, got {args.health_port}")
+    if args.health_port is not None and args.health_port == args.metrics_port:
+        raise StartupError(f"--health-port {args.health_port} is the metrics port: leave it out to share it")
     # HA: every replica gets its own random priority; kopf runs the highest one and pauses the
     # others (equal priorities would pause them all), and our loop follows kopf's verdict.
     peering_name = os.environ.get("MODELPLANE_PEERING") or None
@@ -198,22 +211,48 @@ def health_report(controller: Controller, now: float | None = None) -> tuple[dic
     return body, 200 if ok else 503
 
 
-async def serve_http(controller: Controller, host: str, port: int) -> web.AppRunner:
+async def serve_http(controller: Controller, host: str, port: int, *,
+                     auth: metricsauth.MetricsAuth | None = None,
+                     health_port: int | None = None) -> list[web.AppRunner]:
+    """/metrics (behind ``auth`` when given) and /healthz on host:port, or /healthz apart on
+    0.0.0.0:health_port."""
     async def healthz(_: web.Request) -> web.Response:
         body, status = health_report(controller)
         return web.json_response(body, status=status)
 
-    async def metrics(_: web.Request) -> web.Response:
+    async def metrics(request: web.Request) -> web.Response:
+        if auth is not None:
+            try:
+                verdict = await auth.check(request.headers.get("Authorization"))
+            except (kube.ApiError, *kube.UNREACHABLE) as exc:
+                return web.Response(status=503, text=f"cannot check the token: {kube.one_line(exc)}\n")
+            if verdict.status != 200:
+                headers = {"WWW-Authenticate": "Bearer"} if verdict.status == 401 else {}
+                return web.Response(status=verdict.status, text=verdict.reason + "\n", headers=headers)
         body = generate_latest(opmetrics.REGISTRY)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+    runners = []
     app = web.Application()
-    app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    return runner
+    if health_port is None:
+        app.router.add_get("/healthz", healthz)
+    sites = [(app, host, port)]
+    if health_port is not None:
+        health = web.Application()
+        health.router.add_get("/healthz", healthz)
+        sites.append((health, "0.0.0.0", health_port))
+    for application, bind, number in sites:
+        runner = web.AppRunner(application, access_log=None)
+        await runner.setup()
+        runners.append(runner)
+        try:
+            await web.TCPSite(runner, bind, number).start()
+        except OSError:
+            for started in runners:
+                await started.cleanup()
+            raise
+    return runners
 
 
 async def operate(args: argparse.Namespace, settings: Settings, config: kube.KubeConfig) -> None:
@@ -228,15 +267,19 @@ async def operate(args: argparse.Namespace, settings: Settings, config: kube.Kub
         except kube.ConfigError as exc:  # the TLS settings
             raise StartupError(str(exc), exit_code=1) from exc
         controller = Controller(client, settings)
-        runner = None
+        runners: list[web.AppRunner] = []
         if args.metrics_port:
+            auth = metricsauth.MetricsAuth(client) if args.metrics_auth == "kubernetes" else None
             try:
-                runner = await serve_http(controller, args.metrics_host, args.metrics_port)
+                runners = await serve_http(controller, args.metrics_host, args.metrics_port, auth=auth,
+                                           health_port=args.health_port)
             except OSError as exc:
                 raise StartupError(f"cannot serve /healthz and /metrics on {args.metrics_host}:"
                                    f"{args.metrics_port}: {exc.strerror or kube.one_line(exc)} "
-                                   "(--metrics-port, --metrics-host)", exit_code=1) from exc
-            log.info("serving /healthz and /metrics on %s:%d", args.metrics_host, args.metrics_port)
+                                   "(--metrics-port, --metrics-host, --health-port)", exit_code=1) from exc
+            log.info("serving /metrics%s on %s:%d%s", " (TokenReview + SubjectAccessReview)" if auth else "",
+                     args.metrics_host, args.metrics_port,
+                     f", /healthz on 0.0.0.0:{args.health_port}" if args.health_port else " with /healthz")
         tasks = [asyncio.create_task(controller.run(), name="modelplane-controller")]
         if peering_name:
             # HA (the chart's `ha.enabled` sets MODELPLANE_PEERING to the peering object's name):
@@ -258,7 +301,7 @@ async def operate(args: argparse.Namespace, settings: Settings, config: kube.Kub
             for task in [stopping, *tasks]:
                 task.cancel()
             await asyncio.wait([stopping, *tasks], timeout=SHUTDOWN_SECONDS)
-            if runner is not None:
+            for runner in runners:
                 await runner.cleanup()
 
 
@@ -266,7 +309,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         settings = build_settings(args)
         try:
-            config = kube.auto_config()
+            config = credentials.from_args(args)
         except kube.ConfigError as exc:
             raise StartupError(str(exc), exit_code=1) from exc
         logging.basicConfig(level=getattr(logging, args.log_level, logging.INFO),

@@ -4,7 +4,9 @@ Labels: ``namespace`` and ``model_deployment`` name the ModelDeployment (both em
 that named no served model), ``revision`` the revision-hash label of the replica that answered
 (empty when none did), so a canary's figures sit beside its stable's. With ``--workers`` the
 processes write their samples to ``PROMETHEUS_MULTIPROC_DIR`` and any of them answers /metrics
-with the sum (gauges: the sum over live workers).
+with the sum (gauges: the sum over live workers). A single process also exports its own resident
+memory, CPU and file descriptors (``process_*``); with ``--workers`` those are left out, as one
+worker's figures would pass for the replica's.
 """
 
 from __future__ import annotations
@@ -12,10 +14,21 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.multiprocess import MultiProcessCollector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+for _collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+    REGISTRY.register(_collector)
 
 _MODEL = ["namespace", "model_deployment"]
 _REVISION = [*_MODEL, "revision"]

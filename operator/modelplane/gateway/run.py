@@ -27,7 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
-from modelplane.controller import kube
+from modelplane.controller import credentials, kube
 from modelplane.gateway.activator import HoldLimits
 from modelplane.gateway.cache import ClusterRoutes, Routes, StaticRoutes, load_routes_file
 from modelplane.gateway.routing import SESSION_HEADER
@@ -49,6 +49,9 @@ class Config:
     shutdown_timeout: float = 30.0
     uvloop: bool = True
     log_level: str = "INFO"
+    #: kubectl's --kubeconfig and --context (None: $KUBECONFIG, or the ServiceAccount in a pod).
+    kubeconfig: str | None = None
+    context: str | None = None
 
 
 def register(subparsers: Any) -> None:
@@ -98,6 +101,7 @@ def register(subparsers: Any) -> None:
                         help="seconds requests in flight get to finish on SIGTERM (default 30)")
     parser.add_argument("--no-uvloop", action="store_true", help="use asyncio's event loop, not uvloop")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    credentials.add_arguments(parser)
     parser.set_defaults(func=main)
 
 
@@ -120,10 +124,15 @@ def config_from(args: argparse.Namespace) -> Config:
             load_routes_file(args.routes)  # refuse a bad file before anything starts
         except (OSError, ValueError) as exc:
             raise SystemExit(f"--routes: {exc}") from None
+    else:
+        try:
+            credentials.from_args(args)  # refuse unusable credentials before anything starts
+        except credentials.ConfigError as exc:
+            raise SystemExit(f"modelplane gateway: {exc}") from None
     return Config(host=args.host, port=args.port, metrics_port=args.metrics_port,
                   namespaces=tuple(args.namespace), routes_file=args.routes, settings=settings,
                   shutdown_timeout=args.shutdown_timeout, uvloop=not args.no_uvloop,
-                  log_level=args.log_level)
+                  log_level=args.log_level, kubeconfig=args.kubeconfig, context=args.context)
 
 
 async def serve(config: Config, *, reuse_port: bool = False, stop: asyncio.Event | None = None) -> None:
@@ -138,7 +147,8 @@ async def serve(config: Config, *, reuse_port: bool = False, stop: asyncio.Event
         if config.routes_file is not None:
             routes = StaticRoutes(load_routes_file(config.routes_file))
         else:
-            client = await stack.enter_async_context(kube.Kube(kube.auto_config()))
+            client = await stack.enter_async_context(kube.Kube(kube.auto_config(
+                kubeconfig=config.kubeconfig, context=config.context)))
             routes = ClusterRoutes(client, config.namespaces)
         gateway = Gateway(routes, config.settings)
         watching = asyncio.create_task(routes.run(), name="gateway-routes")

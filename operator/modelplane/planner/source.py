@@ -102,7 +102,8 @@ async def fetch_hf_config(*, source: str, revision: str = "main", token: str | N
     url = hf_config_url(source, revision, base_url=base_url)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     own = session is None
-    client = session or aiohttp.ClientSession()
+    # The Hub is outside the cluster: HTTPS_PROXY/HTTP_PROXY/NO_PROXY apply.
+    client = session or aiohttp.ClientSession(trust_env=True)
     try:
         async with client.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout),
                               allow_redirects=True) as response:

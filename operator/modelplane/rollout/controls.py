@@ -9,7 +9,9 @@ unknown annotations, the control has usually acted by then; the status says so i
 ``status.canary.handledControl``).
 
 The same commands work as a kubectl plugin: the ``kubectl-modelplane`` console script dispatches
-to this CLI, so ``kubectl modelplane promote support-chat -n team-a`` does the same.
+to this CLI, so ``kubectl modelplane promote support-chat -n team-a`` does the same. Credentials
+are kubectl's: ``--kubeconfig``, ``--context``, ``$KUBECONFIG`` lists and exec credential plugins
+(``modelplane.controller.credentials``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from modelplane.controller import kube
+from modelplane.controller import credentials, kube
 from modelplane.rollout.machine import CONTROL_ANNOTATION, Command
 
 FIELD_MANAGER = "modelplane-cli"
@@ -56,7 +58,7 @@ def _run(args: argparse.Namespace) -> int:
     command = Command(args.control)
     prefix = f"modelplane {command.value}"
     try:
-        config = kube.auto_config()
+        config = credentials.from_args(args)
     except kube.ConfigError as exc:
         print(f"{prefix}: {exc}", file=sys.stderr)
         return 1
@@ -69,6 +71,10 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         value = asyncio.run(go())
+    except kube.Unauthorized as exc:
+        print(f"{prefix}: the API server did not accept the credentials of {config.source or config.server}: "
+              f"{kube.one_line(exc)}", file=sys.stderr)
+        return 1
     except kube.NotFound:
         print(f"{prefix}: {target} not found (kubectl get md -n {namespace} lists them)", file=sys.stderr)
         return 1
@@ -95,6 +101,7 @@ def register(subparsers: Any) -> None:
         parser.add_argument("name", help="the ModelDeployment")
         parser.add_argument("--namespace", "-n", default=None,
                             help="its namespace (default: the kubeconfig context's)")
+        credentials.add_arguments(parser)
         parser.set_defaults(func=_run, control=command.value)
 
 
