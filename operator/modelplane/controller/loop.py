@@ -158,6 +158,13 @@ def _namespace_key(obj: Mapping[str, Any]) -> Iterable[str]:
     yield str((obj.get("metadata") or {}).get("namespace") or "")
 
 
+#: Events waiting to be posted, at most; and the tasks that post them.
+EVENT_QUEUE_SIZE = 10_000
+EVENT_SENDERS = 4
+#: At shutdown, how long the queued Events may take to be sent before they are left.
+EVENT_FLUSH_SECONDS = 0.5
+
+
 class Controller:
     def __init__(self, client: kube.Kube, settings: Settings | None = None) -> None:
         self.kube = client
@@ -189,6 +196,10 @@ class Controller:
         #: (namespace, ConfigMap, key) → (expires at, cases or None); reads in flight.
         self._suites: dict[tuple[str, str, str], tuple[float, int | None]] = {}
         self._suite_reads: dict[tuple[str, str, str], asyncio.Task[None]] = {}
+        #: Events to post, sent by their own tasks as client-go's event recorder does, so a reconcile
+        #: (and the next object's) never waits on them; bounded, the overflow counted and dropped.
+        self._events: asyncio.Queue[tuple[Mapping[str, Any], core.EventSpec]] = asyncio.Queue(
+            maxsize=EVENT_QUEUE_SIZE)
 
     # --- the caches -------------------------------------------------------------------------
 
@@ -343,6 +354,8 @@ class Controller:
         tasks = [asyncio.create_task(i.run(), name=f"informer-{i.name}") for i in self._all_informers()]
         tasks += [asyncio.create_task(self._worker(), name=f"reconcile-worker-{n}")
                   for n in range(self.settings.max_concurrent_reconciles)]
+        senders = [asyncio.create_task(self._send_events(), name=f"event-sender-{n}")
+                   for n in range(EVENT_SENDERS)]
         if self.settings.gateway_selector or self.settings.gateway_metrics_urls:
             tasks.append(asyncio.create_task(self._follow_gateways(), name="gateways"))
         try:
@@ -351,6 +364,13 @@ class Controller:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            # The Events the last reconciles made: sent if it can be done quickly (shutdown is
+            # bounded), else left; an Event is a courtesy, the status already says it.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._events.join(), timeout=EVENT_FLUSH_SECONDS)
+            for task in senders:
+                task.cancel()
+            await asyncio.gather(*senders, return_exceptions=True)
             for memory in self.memory.values():
                 memory.stop_evaluation()
             await self._http.close()
@@ -527,7 +547,7 @@ class Controller:
                                   subresource="status", field_manager=FIELD_MANAGER)
             opmetrics.API_WRITES.labels(KIND, "status").inc()
         for event in result.events:
-            await self.post_event(body, event)
+            self.record_event(body, event)
         self._export(key, result)
         return rejected is None
 
@@ -711,6 +731,27 @@ class Controller:
             if url in self._held_by_gateway or url in self.settings.gateway_metrics_urls:
                 log.debug("gateway metrics at %s did not answer: %s", url, exc)
             return None
+
+    def record_event(self, body: Mapping[str, Any], event: core.EventSpec) -> None:
+        """Queue an Event for the senders; when the queue is full it is counted and dropped."""
+        try:
+            self._events.put_nowait((body, event))
+        except asyncio.QueueFull:
+            opmetrics.EVENTS_DROPPED.inc()
+            log.debug("event queue full: dropped %s on %s/%s", event.reason,
+                      body["metadata"].get("namespace"), body["metadata"].get("name"))
+
+    async def _send_events(self) -> None:
+        while True:
+            body, event = await self._events.get()
+            try:
+                await self.post_event(body, event)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a sender must outlive any one Event's failure
+                log.warning("could not post event %s: %s: %s", event.reason, type(exc).__name__, exc)
+            finally:
+                self._events.task_done()
 
     async def post_event(self, body: Mapping[str, Any], event: core.EventSpec) -> None:
         """A core/v1 Event on the ModelDeployment, as `kubectl describe` shows it."""

@@ -307,6 +307,7 @@ def _children(md: ModelDeployment, observed: Observed, revs: revisions.Revisions
         revisions.plain_workload(md, revs, desired=desired, shape=shape)]
     existing = {(c["kind"], c["metadata"]["name"]): c
                 for c in (*observed.deployments, *observed.services, *observed.pdbs)}
+    applied: list[str] = []
     for child in render.build_children(md, md.spec, workloads, service_key=service_key):
         manifest = _with_hash(child)
         have = existing.get((child["kind"], child["metadata"]["name"]))
@@ -315,8 +316,10 @@ def _children(md: ModelDeployment, observed: Observed, revs: revisions.Revisions
             apply.append(manifest)
             verb = "updated" if have else "created"
             detail = f" ({desired} replicas)" if child["kind"] == "Deployment" else ""
-            events.append(EventSpec("Normal", Reason.APPLIED,
-                                    f"{verb} {child['kind']} {child['metadata']['name']}{detail}"))
+            applied.append(f"{verb} {child['kind']} {child['metadata']['name']}{detail}")
+    if applied:
+        # One Event for the children of one reconcile (a new object's three used to be three).
+        events.append(EventSpec("Normal", Reason.APPLIED, "; ".join(applied)))
     if rollout.driving:
         for dep_name in rollout.delete:
             delete.append((kube.DEPLOYMENTS, dep_name))
