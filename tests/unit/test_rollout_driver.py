@@ -58,7 +58,8 @@ def pods_for(deployments: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], .
 
 
 class World:
-    """The API server's view after applying each result: children with every replica ready."""
+    """The API server's view after applying each result: children with every replica ready, or at
+    most ``ready_cap[key]`` of the workload ``key`` (GPUs short, pods still loading)."""
 
     def __init__(self) -> None:
         self.deployments: dict[str, dict[str, Any]] = {}
@@ -66,12 +67,17 @@ class World:
         self.pdbs: dict[str, dict[str, Any]] = {}
         self.status: dict[str, Any] | None = None
         self.memory: rollouts.Memory | None = None  #: the controller's, as run_rollout left it
+        self.ready_cap: dict[str, int] = {}
 
     def tick(self, body: dict[str, Any], now: datetime,
              memory: rollouts.Memory | None = None, suite_cases: int | None = None) -> reconcile.Result:
         body = copy.deepcopy(body)
         if self.status is not None:
             body["status"] = self.status
+        for dep in self.deployments.values():
+            replicas = dep["spec"]["replicas"]
+            cap = self.ready_cap.get(dep["metadata"]["labels"][render.LABEL_REVISION_HASH], replicas)
+            dep["status"] = {"readyReplicas": min(replicas, cap)}
         deps = tuple(self.deployments.values())
         obs = Observed(body=body, deployments=deps, services=tuple(self.services.values()),
                        pdbs=tuple(self.pdbs.values()), pods=pods_for(deps), now=now,
@@ -80,7 +86,9 @@ class World:
         for child in result.apply:
             obj = copy.deepcopy(child)
             if obj["kind"] == "Deployment":
-                obj["status"] = {"readyReplicas": obj["spec"]["replicas"]}
+                cap = self.ready_cap.get(obj["metadata"]["labels"][render.LABEL_REVISION_HASH],
+                                         obj["spec"]["replicas"])
+                obj["status"] = {"readyReplicas": min(obj["spec"]["replicas"], cap)}
                 self.deployments[obj["metadata"]["name"]] = obj
             elif obj["kind"] == "Service":
                 self.services[obj["metadata"]["name"]] = obj
@@ -390,13 +398,15 @@ def service_key(world: World) -> str | None:
 
 
 def run_rollout(world: World, body: dict[str, Any], start: datetime, *, ticks: int = 60,
-                verdict: EvalResult = PASSED) -> list[dict[str, Any]]:
-    """Tick once a second, passing the gate when asked; what each tick left: phase, weight, replicas."""
-    memory: rollouts.Memory | None = None
+                verdict: EvalResult = PASSED, step: timedelta = timedelta(seconds=1),
+                until: str | None = None) -> list[dict[str, Any]]:
+    """Tick every ``step`` (1 s), passing the gate when asked, until the rollout is over or its phase is
+    ``until``; what each tick left: phase, weight, replicas, the Service's key, the message."""
+    memory: rollouts.Memory | None = world.memory
     seen: list[dict[str, Any]] = []
     key_a, key_b = render.revision_hash(SOURCE, "rev-a"), render.revision_hash(SOURCE, "rev-b")
     for i in range(ticks):
-        result = world.tick(body, start + timedelta(seconds=i), memory)
+        result = world.tick(body, start + step * i, memory)
         memory = result.rollout_memory
         if result.start_evaluation is not None:
             order = result.start_evaluation
@@ -410,8 +420,15 @@ def run_rollout(world: World, body: dict[str, Any], start: datetime, *, ticks: i
                      "canary": deps[key_b]["spec"]["replicas"] if key_b in deps else None,
                      "service": service_key(world),
                      "canary_template": deps[key_b]["spec"]["template"]["metadata"]["labels"]
-                     if key_b in deps else None})
+                     if key_b in deps else None,
+                     "canary_ready": deps[key_b]["status"]["readyReplicas"] if key_b in deps else None,
+                     "message": canary.get("message", ""),
+                     "progressing": next((c["message"] for c in world.status["conditions"]
+                                          if c["type"] == "Progressing"), "")})
+        world.memory = memory
         if canary.get("phase") in ("Promoted", "RolledBack") and len(world.deployments) == 1:
+            break
+        if until is not None and canary.get("phase") == until:
             break
     world.memory = memory
     return seen
@@ -453,6 +470,8 @@ def test_the_service_selects_stable_until_the_promoted_canary_has_its_whole_flee
     changes = [s for prev, s in zip(seen, seen[1:], strict=False) if s["service"] != prev["service"]]
     assert [s["service"] for s in seen[:1] + changes] == [key_a, key_b]
     assert changes[0]["phase"] == "Promoting" and changes[0]["canary"] == 4
+    # The gateways had weight 100 from status a tick before the Service moved.
+    assert seen[changes[0]["t"] - 1]["weight"] == 100 and seen[changes[0]["t"] - 1]["service"] == key_a
     assert all(s["service"] == key_a for s in seen if s["phase"] in ("Deploying", "Evaluating", "Stepping",
                                                                       "Analyzing"))
     # The old stable leaves the Service before it is deleted.
@@ -494,3 +513,104 @@ def test_a_superseded_canary_goes_at_once_and_the_new_one_starts_at_weight_0() -
     assert keys == {render.revision_hash(SOURCE, "rev-a"), render.revision_hash(SOURCE, "rev-c")}
     assert service_key(world) == render.revision_hash(SOURCE, "rev-a")
     assert by_key(world)[render.revision_hash(SOURCE, "rev-a")]["spec"]["replicas"] == 4
+
+
+# --- a promotion: the last step's weight until the canary's whole fleet is ready, then 100 -----------
+
+TWO_STEPS = {"steps": [{"weight": 10, "pause": "10s"}, {"weight": 50, "pause": "10s"}],
+             "evaluation": {"suiteRef": {"configMap": "suite"}}}
+KEY_A, KEY_B = render.revision_hash(SOURCE, "rev-a"), render.revision_hash(SOURCE, "rev-b")
+
+
+def test_a_promotion_keeps_the_last_step_weight_until_the_canary_has_its_whole_fleet_ready() -> None:
+    world = World()
+    world.tick(scaled(md("rev-a", rollout=TWO_STEPS), 4), NOW)
+    body = scaled(md("rev-b", rollout=TWO_STEPS), 4)
+    world.ready_cap[KEY_B] = 2  # enough for the steps (1 and 2 replicas), not for the whole fleet
+    steps = run_rollout(world, body, NOW + timedelta(seconds=1), until="Promoting")
+    t = NOW + timedelta(seconds=1 + len(steps))
+    assert steps[-1]["phase"] == "Promoting"
+    # Scaled to the whole fleet, 2 of 4 ready: the gateway keeps sending it 50%, stable keeps its fleet
+    # and the Service, and the status says what it waits for.
+    waiting = run_rollout(world, body, t, ticks=10)
+    t += timedelta(seconds=10)
+    assert [(s["phase"], s["weight"], s["canary"], s["canary_ready"], s["stable"], s["service"])
+            for s in steps[-1:] + waiting] == [("Promoting", 50, 4, 2, 4, KEY_A)] * 11
+    wait = "waiting for the canary's whole fleet: 2/4 replicas ready; it takes 50% of the requests"
+    assert all(wait in s["message"] and wait in s["progressing"] for s in waiting)
+    assert waiting[-1]["message"].startswith("all 2 steps passed; promoting canary")
+    world.ready_cap[KEY_B] = 3
+    three = run_rollout(world, body, t, ticks=3)
+    t += timedelta(seconds=3)
+    assert all(s["weight"] == 50 and "3/4 replicas ready" in s["progressing"] for s in three)
+    # The whole fleet ready: weight 100 in status, then the Service, then stable's removal.
+    del world.ready_cap[KEY_B]
+    rest = run_rollout(world, body, t)
+    at_100 = next(s for s in rest if s["weight"] == 100)
+    moved = next(s for s in rest if s["service"] == KEY_B)
+    gone = next(s for s in rest if s["stable"] is None)
+    assert at_100["t"] == 0 and at_100["service"] == KEY_A and at_100["stable"] == 4
+    assert "the canary's whole fleet is ready (4/4 replicas): it takes 100% of the requests (was 50%)" in \
+        at_100["message"]
+    assert at_100["t"] < moved["t"] and moved["weight"] == 100
+    assert gone["t"] - moved["t"] >= rollouts.DRAIN_SECONDS
+    assert all(s["stable"] == 4 for s in rest if s["t"] < gone["t"])
+    assert rest[-1]["phase"] == "Promoted" and rest[-1]["canary"] == 4 and rest[-1]["service"] == KEY_B
+    history = world.status["rolloutHistory"][-1] if world.status else {}
+    assert history["decision"] == "Promoted" and history["reason"] == "StepsComplete"
+
+
+def test_once_moved_the_service_stays_on_the_promoted_canary_through_a_readiness_blip() -> None:
+    world = World()
+    world.tick(scaled(md("rev-a", rollout=TWO_STEPS), 4), NOW)
+    body = scaled(md("rev-b", rollout=TWO_STEPS), 4)
+    seen = run_rollout(world, body, NOW + timedelta(seconds=1))
+    moved = next(s for s in seen if s["service"] == KEY_B)
+    # Again, but one canary pod goes unready right after the Service moved, before stable is gone.
+    world = World()
+    world.tick(scaled(md("rev-a", rollout=TWO_STEPS), 4), NOW)
+    first = run_rollout(world, body, NOW + timedelta(seconds=1), ticks=moved["t"] + 1)
+    assert first[-1]["service"] == KEY_B and first[-1]["stable"] == 4
+    world.ready_cap[KEY_B] = 3
+    blip = run_rollout(world, body, NOW + timedelta(seconds=2 + moved["t"]), ticks=3)
+    assert [(s["phase"], s["weight"], s["service"]) for s in blip] == [("Promoting", 100, KEY_B)] * 3
+
+
+def test_a_promotion_whose_fleet_never_gets_ready_rolls_back_after_the_deploy_timeout() -> None:
+    world = World()
+    world.tick(scaled(md("rev-a", rollout=TWO_STEPS), 4), NOW)
+    body = scaled(md("rev-b", rollout=TWO_STEPS), 4)
+    world.ready_cap[KEY_B] = 2  # no GPU for the other two
+    steps = run_rollout(world, body, NOW + timedelta(seconds=1), until="Promoting")
+    start = NOW + timedelta(seconds=1 + len(steps))
+    seen = run_rollout(world, body, start, step=timedelta(minutes=10), ticks=12)
+    promoting = [s for s in seen if s["phase"] == "Promoting"]
+    assert len(promoting) == 6  # 0-50 min; at 60 min not yet over the hour (it began a tick earlier)
+    assert all(s["weight"] == 50 and "2/4 replicas ready" in s["progressing"] for s in promoting)
+    rolling = next(s for s in seen if s["phase"] == "RollingBack")
+    assert rolling["weight"] == 0 and "promotion of canary" in rolling["message"]
+    assert "2/4 replicas of its whole fleet were ready after 1:00:00" in rolling["message"]
+    assert {s["service"] for s in steps + seen} == {KEY_A} and all(s["stable"] == 4 for s in seen)
+    assert world.status is not None
+    canary = world.status["canary"]
+    assert (canary["phase"], canary["reason"], canary["rejectedRevision"]) == (
+        "RolledBack", "CanaryNotReady", "rev-b")
+    assert set(by_key(world)) == {KEY_A}
+
+
+def test_a_promotion_without_steps_stays_at_weight_0_until_the_whole_fleet_is_ready() -> None:
+    rollout = {"evaluation": {"suiteRef": {"configMap": "suite"}}}
+    world = World()
+    world.tick(scaled(md("rev-a", rollout=rollout), 4), NOW)
+    body = scaled(md("rev-b", rollout=rollout), 4)
+    world.ready_cap[KEY_B] = 1
+    first = run_rollout(world, body, NOW + timedelta(seconds=1), ticks=8)
+    promoting = [s for s in first if s["phase"] == "Promoting"]
+    assert promoting and all((s["weight"], s["canary"], s["service"], s["stable"]) == (0, 4, KEY_A, 4)
+                             for s in promoting)
+    assert "1/4 replicas ready; it takes 0% of the requests" in promoting[-1]["progressing"]
+    del world.ready_cap[KEY_B]
+    rest = run_rollout(world, body, NOW + timedelta(seconds=9))
+    assert rest[0]["weight"] == 100 and rest[0]["service"] == KEY_A
+    assert {s["weight"] for s in first} == {0}  # no request reached the canary before its fleet was ready
+    assert rest[-1]["phase"] == "Promoted" and rest[-1]["service"] == KEY_B and rest[-1]["stable"] is None

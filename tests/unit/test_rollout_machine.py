@@ -394,6 +394,28 @@ ROWS = {
     # --- paused ---------------------------------------------------------------------------------
     "paused-stays-paused": Row(st(Phase.PAUSED), obs(), Phase.PAUSED, [], after=timedelta(days=1)),
     # --- promoting and rolling back -------------------------------------------------------------
+    "promoting-with-1-of-4-ready-keeps-the-last-step-weight": Row(
+        st(Phase.PROMOTING, step=1, weight=50),
+        obs(total_replicas=4, canary_present=True, canary_ready_replicas=1, stable_revision_live="r1"),
+        Phase.PROMOTING,
+        [],
+        expect={"weight": 50},
+    ),
+    "promoting-with-4-of-4-ready-takes-100": Row(
+        st(Phase.PROMOTING, step=1, weight=50),
+        obs(total_replicas=4, canary_present=True, canary_ready_replicas=4, stable_revision_live="r1"),
+        Phase.PROMOTING,
+        [SetWeight, EmitEvent],
+        expect={"weight": 100, "reason": Reason.STEPS_COMPLETE, "phase_since": T0},
+    ),
+    "promoting-fleet-never-ready-rolls-back": Row(
+        st(Phase.PROMOTING, step=1, weight=50),
+        obs(total_replicas=4, canary_present=True, canary_ready_replicas=2, stable_revision_live="r1"),
+        Phase.ROLLING_BACK,
+        [SetWeight, Rollback, EmitEvent],
+        after=timedelta(hours=1, seconds=1),
+        expect={"weight": 0, "reason": Reason.CANARY_NOT_READY, "decision": Decision.ROLLED_BACK},
+    ),
     "promoting-waits-for-new-stable": Row(
         st(Phase.PROMOTING), obs(stable_revision_live="r1", canary_present=True), Phase.PROMOTING, []
     ),
@@ -595,6 +617,120 @@ def test_advance_is_pure_and_repeatable() -> None:
 
 def events(actions: tuple[Action, ...]) -> list[EmitEvent]:
     return [a for a in actions if isinstance(a, EmitEvent)]
+
+
+# --- a promotion takes 100% only once the canary has its whole fleet ready --------------------------
+
+PROMOTING_AT_50 = st(Phase.PROMOTING, step=1, weight=50, message="all 2 steps passed; promoting canary r2")
+
+
+@pytest.mark.parametrize(
+    ("state", "total", "ready", "after", "phase", "weight", "actions", "says"),
+    [
+        pytest.param(PROMOTING_AT_50, 4, 1, timedelta(seconds=10), Phase.PROMOTING, 50, [],
+                     "waiting for the canary's whole fleet: 1/4 replicas ready; it takes 50% of the requests",
+                     id="1-of-4-keeps-50"),
+        pytest.param(PROMOTING_AT_50, 4, 3, timedelta(minutes=59), Phase.PROMOTING, 50, [],
+                     "3/4 replicas ready", id="3-of-4-keeps-50-within-the-hour"),
+        pytest.param(PROMOTING_AT_50, 4, 4, timedelta(seconds=10), Phase.PROMOTING, 100,
+                     [SetWeight, EmitEvent], "whole fleet is ready (4/4 replicas): it takes 100% of the "
+                     "requests (was 50%)", id="4-of-4-takes-100"),
+        pytest.param(PROMOTING_AT_50, 3, 4, timedelta(seconds=10), Phase.PROMOTING, 100,
+                     [SetWeight, EmitEvent], "(4/3 replicas)", id="more-than-the-fleet-after-a-scale-down"),
+        pytest.param(PROMOTING_AT_50, 0, 1, timedelta(seconds=10), Phase.PROMOTING, 100,
+                     [SetWeight, EmitEvent], "(1/1 replicas)", id="fleet-scaled-to-zero-still-one-replica"),
+        pytest.param(PROMOTING_AT_50, 0, 0, timedelta(seconds=10), Phase.PROMOTING, 50, [],
+                     "0/1 replicas ready", id="fleet-scaled-to-zero-none-ready"),
+        pytest.param(replace(PROMOTING_AT_50, weight=0, step=0), 4, 1, timedelta(seconds=10), Phase.PROMOTING,
+                     0, [], "1/4 replicas ready; it takes 0% of the requests", id="no-step-keeps-0"),
+        pytest.param(replace(PROMOTING_AT_50, weight=0, step=0), 4, 4, timedelta(seconds=10), Phase.PROMOTING,
+                     100, [SetWeight, EmitEvent], "(was 0%)", id="no-step-4-of-4-takes-100"),
+        pytest.param(PROMOTING_AT_50, 4, 2, timedelta(hours=1, seconds=1), Phase.ROLLING_BACK, 0,
+                     [SetWeight, Rollback, EmitEvent],
+                     "promotion of canary r2: 2/4 replicas of its whole fleet were ready after 1:00:00 "
+                     "(it took 50% of the requests); stable r1 keeps serving",
+                     id="not-ready-within-the-hour"),
+        pytest.param(replace(PROMOTING_AT_50, weight=100), 4, 1, timedelta(hours=2), Phase.PROMOTING, 100,
+                     [], "all 2 steps passed", id="a-last-step-at-100-is-already-there-no-timeout"),
+    ],
+)
+def test_a_promotion_keeps_its_weight_until_the_canary_has_its_whole_fleet_ready(
+        state: RolloutState, total: int, ready: int, after: timedelta, phase: Phase, weight: int,
+        actions: list[type], says: str) -> None:
+    inputs = obs(total_replicas=total, canary_present=True, canary_ready_replicas=ready,
+                 stable_revision_live="r1")
+    new, done = advance(state, inputs, SPEC, T0 + after)
+    assert new.phase is phase and new.weight == weight
+    assert [type(a) for a in done] == actions
+    assert says in new.message
+    assert new.message.startswith("all 2 steps passed" if phase is Phase.PROMOTING else "promotion of")
+    if SetWeight in actions and phase is Phase.PROMOTING:
+        assert done[0] == SetWeight(100)
+        event = events(done)[-1]
+        assert (event.type, event.reason) == ("Normal", Reason.FLEET_READY)
+    if phase is Phase.ROLLING_BACK:
+        assert done[0] == SetWeight(0)
+        assert events(done)[-1].type == "Warning" and events(done)[-1].reason is Reason.CANARY_NOT_READY
+    # The same count on the next tick changes nothing (no status write, no event).
+    if not actions:
+        assert advance(new, inputs, SPEC, T0 + after + timedelta(seconds=1)) == (new, ())
+
+
+@pytest.mark.parametrize(
+    ("state", "inputs", "spec", "weight"),
+    [
+        pytest.param(st(Phase.EVALUATING), obs(evaluation=PASS_EVAL), NO_STEPS, 0,
+                     id="no-steps-gate-passed-0"),
+        pytest.param(st(Phase.DEPLOYING), obs(canary_ready_replicas=1), replace(NO_EVAL, steps=()), 0,
+                     id="no-steps-no-evaluation-0"),
+        pytest.param(st(Phase.EVALUATING), ctl(Command.PROMOTE), SPEC, 0, id="promoted-while-evaluating-0"),
+        pytest.param(st(Phase.PAUSED, weight=0), ctl(Command.PROMOTE), SPEC, 0,
+                     id="promoted-while-paused-before-traffic-0"),
+        pytest.param(st(Phase.DEPLOYING), obs(), None, 0, id="gate-removed-while-deploying-0"),
+        pytest.param(st(Phase.STEPPING, weight=10), ctl(Command.PROMOTE), SPEC, 10,
+                     id="promoted-while-stepping-its-weight"),
+        pytest.param(st(Phase.PAUSED, step=1, weight=50), ctl(Command.PROMOTE), SPEC, 50,
+                     id="promoted-while-paused-its-weight"),
+        pytest.param(st(Phase.ANALYZING, step=1, weight=50), obs(analysis=PASS_WINDOW), SPEC, 50,
+                     id="last-step-passed-its-weight"),
+        pytest.param(st(Phase.ANALYZING, weight=100), obs(analysis=PASS_WINDOW),
+                     replace(SPEC, steps=(Step(100, 300),)), 100, id="last-step-at-100"),
+        pytest.param(st(Phase.ANALYZING, step=1, weight=50), obs(), replace(SPEC, steps=(Step(10, 300),)), 50,
+                     id="steps-removed-the-weight-it-had"),
+    ],
+)
+def test_the_promotion_starts_at_the_weight_the_canary_had(state: RolloutState, inputs: Inputs,
+                                                           spec: RolloutSpec | None, weight: int) -> None:
+    new, done = advance(state, inputs, spec, T0 + timedelta(minutes=30))
+    assert new.phase is Phase.PROMOTING and new.weight == weight
+    assert Promote in [type(a) for a in done] and SetWeight not in [type(a) for a in done]
+    assert replicas_for(new, 4) == (4, 4)  # the whole fleet beside stable's, whatever the weight
+
+
+def test_a_promotion_waits_for_the_fleet_across_restarts_and_keeps_its_cause_in_history() -> None:
+    script = [
+        (timedelta(minutes=0), ctl(Command.PROMOTE, total_replicas=4, canary_present=True,
+                                   canary_ready_replicas=1, stable_revision_live="r1")),
+        (timedelta(minutes=1), ctl(Command.PROMOTE, total_replicas=4, canary_present=True,
+                                   canary_ready_replicas=1, stable_revision_live="r1")),
+        (timedelta(minutes=2), ctl(Command.PROMOTE, total_replicas=4, canary_present=True,
+                                   canary_ready_replicas=3, stable_revision_live="r1")),
+        (timedelta(minutes=3), ctl(Command.PROMOTE, total_replicas=4, canary_present=True,
+                                   canary_ready_replicas=4, stable_revision_live="r1")),
+        (timedelta(minutes=4), ctl(Command.PROMOTE, total_replicas=4, canary_present=False,
+                                   canary_ready_replicas=4, stable_revision_live="r2")),
+    ]
+    straight, actions = run(st(Phase.ANALYZING, step=1, weight=50), SPEC, script)
+    restarted, _ = run(st(Phase.ANALYZING, step=1, weight=50), SPEC, script, restart=True)
+    assert straight == restarted and straight.phase is Phase.PROMOTED
+    assert [a.weight for a in actions if isinstance(a, SetWeight)] == [100]
+    assert [e.reason for e in events(tuple(actions))] == [Reason.MANUAL_PROMOTE, Reason.FLEET_READY,
+                                                          Reason.PROMOTED]
+    entry = straight.history[-1]
+    assert entry.reason is Reason.MANUAL_PROMOTE
+    assert entry.message.startswith("revision r2 is stable (was r1): promoted by a user; the remaining steps "
+                                    "skipped; the canary's whole fleet is ready (4/4 replicas)")
+    assert "waiting" not in entry.message
 
 
 def test_rollback_event_and_status_say_why_the_revision_is_not_live() -> None:
@@ -905,12 +1041,18 @@ def test_canary_replicas_refuses_nonsense(total: int, weight: int) -> None:
         pytest.param(st(Phase.PAUSED, weight=34), (6, 3), id="paused-at-a-step"),
         pytest.param(st(Phase.ANALYZING, weight=100), (6, 6), id="a-100pct-step-keeps-stable"),
         pytest.param(st(Phase.PROMOTING, weight=100), (6, 6), id="promoting"),
+        pytest.param(st(Phase.PROMOTING, weight=50), (6, 6), id="promoting-at-50-scales-to-the-whole-fleet"),
+        pytest.param(st(Phase.PROMOTING, weight=0), (6, 6), id="promoting-without-a-step"),
         pytest.param(st(Phase.ROLLING_BACK), (6, 0), id="rolling-back"),
         pytest.param(st(Phase.IDLE), (6, 0), id="idle"),
     ],
 )
 def test_replicas_for(state: RolloutState, split: tuple[int, int]) -> None:
     assert replicas_for(state, 6) == split
+
+
+def test_a_promoted_canary_runs_one_replica_when_the_fleet_is_scaled_to_zero() -> None:
+    assert replicas_for(st(Phase.PROMOTING, weight=50), 0) == (0, 1)
 
 
 @pytest.mark.parametrize(

@@ -786,8 +786,10 @@ class RolloutSpec(_SpecModel):
              "steps must have strictly increasing weights"),
         ),
         description="Canary steps, weights strictly increasing and at most 100. After the last step the "
-                    "new revision is promoted to all replicas. Empty (default): promote as soon as the "
-                    "new revision is ready and has passed evaluation. At most 10.")
+                    "new revision is promoted: it scales to all replicas, keeps the last step's share of "
+                    "requests until every one is ready (rolled back if not within 1 h), then takes all "
+                    "requests. Empty (default): promote as soon as the new revision is ready and has "
+                    "passed evaluation; it takes requests once all its replicas are ready. At most 10.")
     evaluation: EvaluationSpec | None = Field(
         default=None, description="The evaluation gate. Default: none (readiness only).")
 
