@@ -162,7 +162,11 @@ async def test_the_operator_sums_the_replicas_and_wakes_the_model_deployments_th
                                            gateway_scrape_seconds=0.02, gateway_stale_seconds=1.0))
     controller.known = {("ns", "lazy"): {}, ("ns", "busy"): {}}
     poked: list[tuple[str, str]] = []
-    controller.poke = lambda key, at=None: poked.append(key)  # type: ignore[method-assign]
+
+    def poke(key: tuple[str, str], at: float | None = None, *, urgent: bool | None = None) -> None:
+        poked.append(key)
+
+    controller.poke = poke  # type: ignore[method-assign]
     controller._http = aiohttp.ClientSession()  # noqa: SLF001
     task = asyncio.create_task(controller._follow_gateways())  # noqa: SLF001
     try:

@@ -25,9 +25,11 @@ import asyncio
 import base64
 import contextlib
 import fnmatch
+import itertools
 import logging
 import math
 import os
+import random
 import socket
 import time
 from collections.abc import Iterable, Mapping
@@ -158,6 +160,8 @@ def _namespace_key(obj: Mapping[str, Any]) -> Iterable[str]:
     yield str((obj.get("metadata") or {}).get("namespace") or "")
 
 
+#: Queue priorities: a wake for a change goes before a periodic resync.
+URGENT, PERIODIC = 0, 1
 #: Events waiting to be posted, at most; and the tasks that post them.
 EVENT_QUEUE_SIZE = 10_000
 EVENT_SENDERS = 4
@@ -187,8 +191,13 @@ class Controller:
         # The schedule: when each object wakes next; which are queued, running, or asked again
         # while running (they go again as soon as they finish).
         self._due: dict[Key, float] = {}
-        self._queue: asyncio.Queue[Key] = asyncio.Queue()
-        self._queued: set[Key] = set()
+        # Due objects wait here for a worker: those woken by a change (a watch event, a finished
+        # evaluation, held requests) before those whose periodic resync came, so an edit is acted
+        # on at once even while a thousand idle objects are being resynced.
+        self._queue: asyncio.PriorityQueue[tuple[int, int, Key]] = asyncio.PriorityQueue()
+        self._queued: dict[Key, int] = {}  #: key → the priority it is queued at
+        self._urgent: set[Key] = set()  #: woken by a change since it was last queued
+        self._seq = itertools.count()
         self._running: set[Key] = set()
         self._again: set[Key] = set()
         self._wake = asyncio.Event()
@@ -335,12 +344,18 @@ class Controller:
         if namespace and owner and (namespace, owner) in self.known:
             self.poke((namespace, owner))
 
-    def poke(self, key: Key, at: float | None = None) -> None:
-        """Wake ``key`` at ``at`` (default: now), unless it is due earlier already."""
+    def poke(self, key: Key, at: float | None = None, *, urgent: bool | None = None) -> None:
+        """Wake ``key`` at ``at`` (default: now), unless it is due earlier already.
+
+        A wake without ``at`` is for a change, and goes before periodic resyncs (``urgent``
+        says so explicitly).
+        """
         when = time.monotonic() if at is None else at
         if key in self._running and at is None:
             self._again.add(key)
             return
+        if urgent if urgent is not None else at is None:
+            self._urgent.add(key)
         if when < self._due.get(key, math.inf):
             self._due[key] = when
             self._wake.set()
@@ -397,11 +412,18 @@ class Controller:
             due = [k for k, at in self._due.items() if at <= now]
             for key in due:
                 del self._due[key]
+                urgent = key in self._urgent
+                self._urgent.discard(key)
                 if key in self._running:
                     self._again.add(key)
-                elif key not in self._queued and key in self.known:
-                    self._queued.add(key)
-                    self._queue.put_nowait(key)
+                    continue
+                if key not in self.known:
+                    continue
+                priority = URGENT if urgent else PERIODIC
+                if priority < self._queued.get(key, PERIODIC + 1):
+                    # Queued anew, or moved ahead: the older entry is skipped when it comes up.
+                    self._queued[key] = priority
+                    self._queue.put_nowait((priority, next(self._seq), key))
             if self._due:
                 wait = min(wait, max(0.0, min(self._due.values()) - time.monotonic()))
         self._wake.clear()
@@ -410,8 +432,10 @@ class Controller:
 
     async def _worker(self) -> None:
         while True:
-            key = await self._queue.get()
-            self._queued.discard(key)
+            priority, _, key = await self._queue.get()
+            if self._queued.get(key) != priority:
+                continue  # an entry it was moved ahead of (already reconciled), or gone
+            del self._queued[key]
             self._running.add(key)
             ok = False
             try:
@@ -424,16 +448,19 @@ class Controller:
             now = time.monotonic()
             if ok:
                 memory.failures = 0
+                # The idle resync is spread (±20%) so that objects created together do not come
+                # due together for ever after.
                 next_at = now + (self.settings.resync_seconds if memory.serving
-                                 else self.settings.idle_resync_seconds)
+                                 else self.settings.idle_resync_seconds * random.uniform(0.8, 1.2))
             else:
                 memory.failures += 1
                 next_at = now + min(self.settings.error_backoff_max_seconds,
                                     2.0 ** (memory.failures - 1))
-            if key in self._again:
+            again = key in self._again
+            if again:
                 self._again.discard(key)
                 next_at = now if ok else next_at
-            self.poke(key, at=next_at)
+            self.poke(key, at=next_at, urgent=again)
 
     async def reconcile(self, key: Key) -> bool:
         """One reconcile of ``key``; True when it succeeded (also when the object is gone)."""
