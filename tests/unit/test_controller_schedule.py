@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 
@@ -28,7 +29,7 @@ async def schedule(controller: Controller) -> None:
 def drain(controller: Controller) -> list[Key]:
     """The keys in the order the workers would take them, skipping superseded entries."""
     order: list[Key] = []
-    queued = dict(controller._queued)  # noqa: SLF001
+    queued = controller._queued  # noqa: SLF001
     while not controller._queue.empty():  # noqa: SLF001
         priority, _, key = controller._queue.get_nowait()  # noqa: SLF001
         if queued.get(key) == priority:
@@ -77,3 +78,35 @@ async def test_an_object_that_is_gone_is_not_queued() -> None:
     controller.poke(("ns", "gone"))
     await schedule(controller)
     assert drain(controller) == []
+
+
+def md(*, generation: int = 1, rv: str = "1", status: dict[str, Any] | None = None,
+       annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    return {"metadata": {"namespace": "ns", "name": "m0", "generation": generation, "resourceVersion": rv,
+                         "annotations": annotations or {}, "managedFields": [{"manager": rv}]},
+            "spec": {"model": {"source": "hf://a/b"}}, "status": status or {}}
+
+
+@pytest.mark.parametrize(("after", "priority"), [
+    # The operator's own status write coming back: behind the objects others changed.
+    pytest.param(md(rv="2", status={"phase": "Ready"}), PERIODIC, id="status-only"),
+    pytest.param(md(generation=2, rv="2"), URGENT, id="spec-edit"),
+    # The rollout controls are annotations: a person's act, taken at once.
+    pytest.param(md(rv="2", annotations={"modelplane.dev/control": "pause"}), URGENT, id="annotation"),
+])
+async def test_what_a_modeldeployment_event_changed_sets_its_priority(after: dict[str, Any],
+                                                                      priority: int) -> None:
+    controller = controller_with([])
+    controller.observe("ADDED", md())
+    await schedule(controller)
+    assert drain(controller) == [("ns", "m0")]  # reconciled once
+    controller.observe("MODIFIED", after)
+    await schedule(controller)
+    assert controller._queued == {("ns", "m0"): priority}  # noqa: SLF001
+
+
+async def test_a_new_object_is_urgent() -> None:
+    controller = controller_with([])
+    controller.observe("ADDED", md())
+    await schedule(controller)
+    assert controller._queued == {("ns", "m0"): URGENT}  # noqa: SLF001

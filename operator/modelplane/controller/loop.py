@@ -169,6 +169,18 @@ EVENT_SENDERS = 4
 EVENT_FLUSH_SECONDS = 0.5
 
 
+def _status_only_change(before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
+    """Whether two versions of an object differ in nothing but status (and the server's own
+    bookkeeping: resourceVersion, managedFields)."""
+    ignored = ("resourceVersion", "managedFields")
+
+    def rest(body: Mapping[str, Any]) -> tuple[Any, ...]:
+        meta = {k: v for k, v in (body.get("metadata") or {}).items() if k not in ignored}
+        return meta, {k: v for k, v in body.items() if k not in ("metadata", "status")}
+
+    return rest(before) == rest(after)
+
+
 class Controller:
     def __init__(self, client: kube.Kube, settings: Settings | None = None) -> None:
         self.kube = client
@@ -336,8 +348,12 @@ class Controller:
                 gone.stop_evaluation()
             opmetrics.forget(*key)
             return
+        before = self.known.get(key)
         self.known[key] = body
-        self.poke(key)
+        # A change of status only is (nearly always) the operator's own write coming back: the
+        # object goes again, since the state machines read their state from status, but behind
+        # the objects a user or a child changed.
+        self.poke(key, urgent=before is None or not _status_only_change(before, body))
 
     def poke_owner(self, namespace: str | None, labels: Mapping[str, str]) -> None:
         owner = labels.get(OWNER_LABEL)
