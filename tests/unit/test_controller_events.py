@@ -94,3 +94,53 @@ async def test_recording_never_waits_and_a_full_queue_drops_and_counts(
                                                + ["queued0", "queued1", "queued2"])
     finally:
         await stop(senders)
+
+
+async def test_an_event_waits_while_a_change_waits_for_a_worker_but_not_for_ever(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loop, "EVENT_DEFER_POLL_SECONDS", 0.01)
+    client = FakeKube()
+    controller = Controller(client)  # type: ignore[arg-type]
+    senders = await start_senders(controller)
+    try:
+        controller._queue.put_nowait((loop.URGENT, 0, ("ns", "new")))  # noqa: SLF001
+        controller.record_event(BODY, event("A"))
+        await asyncio.sleep(0.1)  # ten looks at the queue: still a change waiting
+        assert client.posted == []
+        controller._queue.get_nowait()  # noqa: SLF001  # a worker took it
+        await asyncio.wait_for(controller._events.join(), timeout=5)  # noqa: SLF001
+        assert client.posted == ["A"]
+
+        # A change that never leaves the queue holds an Event back at most EVENT_MAX_DEFER_SECONDS.
+        monkeypatch.setattr(loop, "EVENT_MAX_DEFER_SECONDS", 0.2)
+        controller._queue.put_nowait((loop.URGENT, 1, ("ns", "stuck")))  # noqa: SLF001
+        controller.record_event(BODY, event("B"))
+        await asyncio.wait_for(controller._events.join(), timeout=5)  # noqa: SLF001
+        assert client.posted == ["A", "B"]
+    finally:
+        await stop(senders)
+
+
+async def test_a_periodic_resync_in_the_queue_holds_no_event_back() -> None:
+    client = FakeKube()
+    controller = Controller(client)  # type: ignore[arg-type]
+    senders = await start_senders(controller)
+    try:
+        controller._queue.put_nowait((loop.PERIODIC, 0, ("ns", "idle")))  # noqa: SLF001
+        controller.record_event(BODY, event("A"))
+        await asyncio.wait_for(controller._events.join(), timeout=5)  # noqa: SLF001
+        assert client.posted == ["A"]
+    finally:
+        await stop(senders)
+
+
+@pytest.mark.parametrize(("exc", "refused"), [
+    (kube.Invalid(422, "Invalid", "spec.replicas: must be >= 0"), True),
+    (kube.Forbidden(403, "Forbidden", "denied by ValidatingAdmissionPolicy"), True),
+    # Its namespace is going away: not the child's fault, the reconcile ends as for a deletion.
+    (kube.Forbidden(403, "Forbidden", "namespace x is being terminated"), False),
+    (kube.ApiError(500, "InternalError", "etcd timeout"), False),
+    (OSError("connection reset"), False),
+])
+def test_which_failures_are_a_refused_child(exc: BaseException, refused: bool) -> None:
+    assert loop._refused(exc) is refused  # noqa: SLF001

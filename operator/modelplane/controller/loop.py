@@ -165,8 +165,28 @@ URGENT, PERIODIC = 0, 1
 #: Events waiting to be posted, at most; and the tasks that post them.
 EVENT_QUEUE_SIZE = 10_000
 EVENT_SENDERS = 4
+#: How long an Event may wait while objects woken by a change wait for a worker; how often it looks.
+EVENT_MAX_DEFER_SECONDS = 30.0
+EVENT_DEFER_POLL_SECONDS = 0.05
 #: At shutdown, how long the queued Events may take to be sent before they are left.
 EVENT_FLUSH_SECONDS = 0.5
+
+
+class _WorkQueue(asyncio.PriorityQueue[tuple[int, int, Key]]):
+    """The due objects, by (priority, order); it can tell whether a change is waiting."""
+
+    def change_waiting(self) -> bool:
+        # asyncio.PriorityQueue keeps a heap in ``_queue`` (its documented way to be extended):
+        # its first entry is the one a worker takes next.
+        return bool(self._queue) and self._queue[0][0] == URGENT  # type: ignore[attr-defined]
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether the API server refused a child for what it is (422, 403), which it will do again
+    until the spec changes; a namespace being deleted is not that."""
+    if isinstance(exc, kube.Forbidden) and "is being terminated" in exc.message:
+        return False
+    return isinstance(exc, (kube.Invalid, kube.Forbidden))
 
 
 def _status_only_change(before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
@@ -206,7 +226,7 @@ class Controller:
         # Due objects wait here for a worker: those woken by a change (a watch event, a finished
         # evaluation, held requests) before those whose periodic resync came, so an edit is acted
         # on at once even while a thousand idle objects are being resynced.
-        self._queue: asyncio.PriorityQueue[tuple[int, int, Key]] = asyncio.PriorityQueue()
+        self._queue = _WorkQueue()
         self._queued: dict[Key, int] = {}  #: key → the priority it is queued at
         self._urgent: set[Key] = set()  #: woken by a change since it was last queued
         self._seq = itertools.count()
@@ -219,7 +239,7 @@ class Controller:
         self._suite_reads: dict[tuple[str, str, str], asyncio.Task[None]] = {}
         #: Events to post, sent by their own tasks as client-go's event recorder does, so a reconcile
         #: (and the next object's) never waits on them; bounded, the overflow counted and dropped.
-        self._events: asyncio.Queue[tuple[Mapping[str, Any], core.EventSpec]] = asyncio.Queue(
+        self._events: asyncio.Queue[tuple[float, Mapping[str, Any], core.EventSpec]] = asyncio.Queue(
             maxsize=EVENT_QUEUE_SIZE)
 
     # --- the caches -------------------------------------------------------------------------
@@ -560,17 +580,19 @@ class Controller:
         self._evaluations(key, memory, result)
 
         rejected: str | None = None
-        for child in result.apply:
-            try:
-                await self.kube.apply(child)
+        # The children are independent objects: applied together (one round trip, not one each).
+        outcomes = await asyncio.gather(*(self.kube.apply(child) for child in result.apply),
+                                        return_exceptions=True)
+        for child, outcome in zip(result.apply, outcomes, strict=True):
+            if not isinstance(outcome, BaseException):
                 opmetrics.API_WRITES.labels(child["kind"], "apply").inc()
-            except (kube.Invalid, kube.Forbidden) as exc:
-                if isinstance(exc, kube.Forbidden) and "is being terminated" in exc.message:
-                    raise
+            elif isinstance(outcome, kube.ApiError) and _refused(outcome):
                 # The API server will refuse it again until the spec changes: say so in status
                 # and an Event (once), keep serving what runs, and retry with backoff.
-                rejected = f"{child['kind']} {child['metadata']['name']}: {exc.message}"
-                break
+                rejected = rejected or f"{child['kind']} {child['metadata']['name']}: {outcome.message}"
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException) and not _refused(outcome):
+                raise outcome  # an outage or a terminating namespace: the reconcile's own handling
         if rejected != memory.rejected:
             if rejected is not None:
                 log.warning("%s/%s: the API server refused %s", namespace, name, rejected)
@@ -778,7 +800,7 @@ class Controller:
     def record_event(self, body: Mapping[str, Any], event: core.EventSpec) -> None:
         """Queue an Event for the senders; when the queue is full it is counted and dropped."""
         try:
-            self._events.put_nowait((body, event))
+            self._events.put_nowait((time.monotonic(), body, event))
         except asyncio.QueueFull:
             opmetrics.EVENTS_DROPPED.inc()
             log.debug("event queue full: dropped %s on %s/%s", event.reason,
@@ -786,8 +808,14 @@ class Controller:
 
     async def _send_events(self) -> None:
         while True:
-            body, event = await self._events.get()
+            queued_at, body, event = await self._events.get()
             try:
+                # Objects woken by a change go first (a thousand created at once get their
+                # children and status before the Events that tell of them), but no Event waits
+                # longer than EVENT_MAX_DEFER_SECONDS for that.
+                while (self._queue.change_waiting()
+                       and time.monotonic() - queued_at < EVENT_MAX_DEFER_SECONDS):
+                    await asyncio.sleep(EVENT_DEFER_POLL_SECONDS)
                 await self.post_event(body, event)
             except asyncio.CancelledError:
                 raise
