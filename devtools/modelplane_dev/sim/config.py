@@ -39,6 +39,8 @@ class SimConfig:
     gpu_type: str = DEFAULT_GPU_TYPE  #: not a vLLM flag: the node's GPU, set by whoever starts the sim
     parameters_billions: float | None = None  #: None: guessed from the model name (8B when it says nothing)
     seed: int = 0  #: the quality model's seed (vLLM's ``--seed`` too)
+    #: Prefix caching, on by default as in vLLM V1 (``--no-enable-prefix-caching`` turns it off).
+    enable_prefix_caching: bool = True
 
     @property
     def served_name(self) -> str:
@@ -139,6 +141,10 @@ def parse_vllm_args(argv: Sequence[str], *, base: SimConfig | None = None) -> Si
                 # nargs="+": further names follow until the next flag; only the first matters to us.
                 while i < len(args) and not args[i].startswith("-"):
                     i += 1
+            continue
+        if flag in ("--enable-prefix-caching", "--no-enable-prefix-caching") and not eq:
+            values["enable_prefix_caching"] = flag == "--enable-prefix-caching"
+            i += 1
             continue
         if eq or flag in _BOOL_FLAGS:
             i += 1

@@ -46,6 +46,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from modelplane_dev.sim.config import SimConfig, parse_vllm_args
 from modelplane_dev.sim.engine import EngineModel, EventKind, FinishReason, Histogram
+from modelplane_dev.sim.prefix import BlockHash, text_block_hashes, token_block_hashes
 from modelplane_dev.sim.quality import (
     DEFAULT_BEHAVIOR,
     BehaviorMap,
@@ -171,6 +172,12 @@ class _EngineCollector(Collector):
         yield counter("vllm:num_preemptions", "Cumulative number of preemption from the engine.",
                       stats.preemptions)
         yield counter("vllm:prompt_tokens", "Number of prefill tokens processed.", stats.prompt_tokens)
+        # vLLM V1's prefix cache counters, in tokens (vllm/v1/metrics/loggers.py).
+        yield counter("vllm:prefix_cache_queries",
+                      "Prefix cache queries, in terms of number of queried tokens.",
+                      stats.prefix_cache_queries)
+        yield counter("vllm:prefix_cache_hits",
+                      "Prefix cache hits, in terms of number of cached tokens.", stats.prefix_cache_hits)
         yield counter("vllm:generation_tokens", "Number of generation tokens processed.",
                       stats.generation_tokens)
         success = CounterMetricFamily("vllm:request_success", "Count of successfully processed requests.",
@@ -210,7 +217,8 @@ class SimServer:
                         else DEFAULT_BEHAVIOR)
         self.behavior = behavior
         self.params = config.engine_params().slowed(behavior.latency_factor)
-        self.engine = EngineModel(self.params, start=time.monotonic())
+        self.engine = EngineModel(self.params, start=time.monotonic(),
+                                  prefix_caching=config.enable_prefix_caching)
         self._streams: dict[str, _Stream] = {}
         self._request_counter = itertools.count()
         self._runner: web.AppRunner | None = None
@@ -404,10 +412,11 @@ class SimServer:
                     or not all(isinstance(m, dict) for m in messages)):
                 raise _HTTPError(400, "messages must be a non-empty list of message objects",
                                  "BadRequestError")
-            prompt_tokens = count_tokens(render_chat(messages))
+            rendered = render_chat(messages)
             max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
             return await self._generate(request, body, chat=True, question=last_user_text(messages),
-                                        prompt_tokens=prompt_tokens, max_tokens=max_tokens)
+                                        prompt_tokens=count_tokens(rendered), max_tokens=max_tokens,
+                                        blocks=text_block_hashes(rendered))
         except _HTTPError as exc:
             return _error(exc.status, exc.message, exc.kind)
 
@@ -419,16 +428,18 @@ class SimServer:
             prompt = body.get("prompt")
             if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
                 prompt = prompt[0]
+            blocks: list[BlockHash]
             if isinstance(prompt, str):
-                text, prompt_tokens = prompt, count_tokens(prompt)
+                text, prompt_tokens, blocks = prompt, count_tokens(prompt), text_block_hashes(prompt)
             elif isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
                 text, prompt_tokens = " ".join(map(str, prompt)), len(prompt)
+                blocks = token_block_hashes(prompt)
             else:
                 raise _HTTPError(400, "prompt must be a string, a list of one string, or a list of token ids",
                                  "BadRequestError")
             max_tokens = body.get("max_tokens", COMPLETIONS_DEFAULT_MAX_TOKENS)
             return await self._generate(request, body, chat=False, question=text,
-                                        prompt_tokens=prompt_tokens, max_tokens=max_tokens)
+                                        prompt_tokens=prompt_tokens, max_tokens=max_tokens, blocks=blocks)
         except _HTTPError as exc:
             return _error(exc.status, exc.message, exc.kind)
 
@@ -448,7 +459,8 @@ class SimServer:
         return body
 
     async def _generate(self, request: web.Request, body: Mapping[str, Any], *, chat: bool, question: str,
-                        prompt_tokens: int, max_tokens: Any) -> web.StreamResponse:
+                        prompt_tokens: int, max_tokens: Any,
+                        blocks: Sequence[BlockHash] = ()) -> web.StreamResponse:
         limit = self.params.max_model_len
         if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool)
                                        or max_tokens < 1):
@@ -488,7 +500,7 @@ class SimServer:
         self._streams[request_id] = stream_state
         try:
             self.engine.submit(request_id, prompt_tokens, requested, self._loop_time(),
-                               output_tokens=output_tokens)
+                               output_tokens=output_tokens, blocks=blocks)
             self._wake.set()
             if body.get("stream"):
                 options = body.get("stream_options") or {}
