@@ -78,7 +78,8 @@ def parse_mooncake(lines: Iterable[str]) -> list[TraceRequest]:
             continue
         try:
             row = json.loads(line)
-            out.append(TraceRequest(arrival_s=row["timestamp"] / 1000.0, input_tokens=int(row["input_length"]),
+            out.append(TraceRequest(arrival_s=row["timestamp"] / 1000.0,
+                                    input_tokens=int(row["input_length"]),
                                     output_tokens=int(row["output_length"]),
                                     hash_ids=tuple(int(h) for h in row["hash_ids"])))
         except (ValueError, KeyError, TypeError) as exc:

@@ -17,7 +17,7 @@ from modelplane_dev.sim.prefix import (
     token_block_hashes,
 )
 from modelplane_dev.sim.quality import SimBehavior
-from modelplane_dev.sim.server import SimServer
+from modelplane_dev.sim.server import SimServer, offloading
 
 # Prefill at 1,000 tokens/s and a 10 ms step: a 1,024-token prompt takes 1.034 s to its first token.
 PARAMS = EngineParams(max_num_seqs=8, max_model_len=8192, kv_cache_tokens=100_000,
@@ -82,6 +82,22 @@ def test_lru_eviction_within_capacity(capacity: int, uses: list[str], probe: str
 def test_capacity_must_not_be_negative() -> None:
     with pytest.raises(ValueError, match="capacity_blocks"):
         PrefixCache(-1)
+    with pytest.raises(ValueError, match="offload_blocks"):
+        PrefixCache(4, -1)
+
+
+@pytest.mark.parametrize(("uses", "probe", "split"), [
+    pytest.param(["ab"], "ab", (2, 0), id="on-the-gpu"),
+    pytest.param(["ab", "cd"], "ab", (0, 2), id="evicted-from-the-gpu-kept-offloaded"),
+    pytest.param(["ab", "cd", "ef"], "ab", (0, 0), id="evicted-from-both"),
+    pytest.param(["abc", "ab"], "abc", (2, 1), id="gpu-blocks-then-offloaded-ones"),
+])
+def test_the_host_memory_tier_keeps_what_the_gpu_evicts(uses: list[str], probe: str,
+                                                         split: tuple[int, int]) -> None:
+    cache = PrefixCache(2, offload_blocks=4)
+    for entry in uses:
+        cache.use(text_block_hashes(text(*entry)))
+    assert cache.hit_split(text_block_hashes(text(*probe) + "tail"), 10_000) == split
 
 
 def _ttft(engine: EngineModel, rid: str, prompt: str, at: float) -> float:
@@ -129,6 +145,27 @@ def test_a_small_cache_forgets_and_prefills_again() -> None:
     _ttft(engine, "1", text(*"abcd"), 0.0)
     _ttft(engine, "2", text(*"efgh"), 100.0)
     assert _ttft(engine, "3", text(*"abcd"), 200.0) == pytest.approx(engine.step_time(1, 64))
+
+
+def test_an_offloaded_hit_costs_its_copy_not_its_prefill() -> None:
+    engine = EngineModel(PARAMS, prefix_cache_blocks=4, offload_blocks=100, offload_tokens_per_s=10_000.0)
+    _ttft(engine, "1", text(*"abcd"), 0.0)
+    _ttft(engine, "2", text(*"efgh"), 100.0)  # evicts abcd from the GPU; the host keeps it
+    ttft = _ttft(engine, "3", text(*"abcd"), 200.0)
+    assert ttft == pytest.approx(engine.step_time(1, 16) + 48 / 10_000.0)
+    assert engine.stats.prefix_cache_hits == 48
+
+
+def test_kv_offloading_size_sizes_the_host_tier() -> None:
+    config = parse_vllm_args(["serve", "meta-llama/Llama-3.1-8B-Instruct", "--kv-offloading-backend",
+                              "native", "--kv-offloading-size", "64"])
+    assert config.kv_offloading_size == 64.0
+    tier = offloading(config)
+    assert tier["offload_blocks"] == 64 * 2**30 // (128 * 1024) // BLOCK_TOKENS  # 128 KiB a token (8B)
+    assert tier["offload_tokens_per_s"] == pytest.approx(25e9 / (128 * 1024))
+    assert offloading(parse_vllm_args(["serve", "m"])) == {}
+    with pytest.raises(ValueError, match="kv-offloading-size"):
+        parse_vllm_args(["serve", "m", "--kv-offloading-size", "-1"])
 
 
 @pytest.mark.parametrize(("args", "enabled"), [

@@ -19,7 +19,8 @@ What it models (vLLM V1's scheduler, simplified):
   aggregate tokens/s rises sub-linearly with the batch while each sequence slows down;
 - prefix caching (``sim/prefix.py``): a request may name its prompt's blocks (a hash chain); the
   leading blocks this replica has computed before, and still holds, are not prefilled again — they
-  cost neither prefill time nor prefill budget (they still take their room in the KV cache).
+  cost neither prefill time nor prefill budget (they still take their room in the KV cache); blocks
+  found only in the host-memory tier (CPU offloading) cost their copy back instead.
 
 Why it is fast: between two events (an admission, a finish, a preemption, an arrival) the batch
 does not change, so every step has the same length and every running sequence gains one token per
@@ -129,6 +130,7 @@ class _Request:
     queued_observed: bool = False
     blocks: tuple[BlockHash, ...] = ()  # the prompt's block hash chain (empty: nothing to cache)
     cached_tokens: int = 0  # prompt tokens found in the prefix cache, as of the last admission plan
+    loaded_tokens: int = 0  # of those, the ones found only in the host-memory tier (copied back)
 
 
 @dataclass
@@ -151,13 +153,21 @@ class EngineModel:
     """One replica's scheduler and step clock. See the module docstring for the model."""
 
     def __init__(self, params: EngineParams, *, start: float = 0.0, prefix_caching: bool = True,
-                 prefix_cache_blocks: int | None = None) -> None:
-        """``prefix_cache_blocks``: the prefix cache's room (default: the whole KV cache, in blocks)."""
+                 prefix_cache_blocks: int | None = None, offload_blocks: int = 0,
+                 offload_tokens_per_s: float = math.inf) -> None:
+        """``prefix_cache_blocks``: the prefix cache's room (default: the whole KV cache, in blocks).
+
+        ``offload_blocks``: the host-memory tier's room (CPU offloading; 0: none), whose blocks are
+        copied back at ``offload_tokens_per_s``.
+        """
         self.params = params
         self.stats = EngineStats()
         capacity = (params.kv_cache_tokens // BLOCK_TOKENS if prefix_cache_blocks is None
                     else prefix_cache_blocks)
-        self.prefix_cache = PrefixCache(capacity if prefix_caching else 0)
+        self.prefix_cache = PrefixCache(capacity if prefix_caching else 0, offload_blocks)
+        if offload_tokens_per_s <= 0:
+            raise ValueError(f"offload_tokens_per_s must be > 0, got {offload_tokens_per_s}")
+        self._offload_tokens_per_s = offload_tokens_per_s
         self._t = start  # all steps ending at or before _t are committed
         self._steps = 0  # decode steps committed so far (each gives every running sequence a token)
         self._running: dict[str, _Request] = {}  # insertion order = admission order (for preemption)
@@ -262,7 +272,9 @@ class EngineModel:
             head = self._waiting[0]
             start = max(self._t, head.arrival)
             context = head.prompt_tokens + head.generated_before
-            return start + self.step_time(1, context - self.prefix_cache.hit_tokens(head.blocks, context))
+            on_gpu, offloaded = self.prefix_cache.hit_split(head.blocks, context)
+            return (start + self.step_time(1, context - (on_gpu + offloaded) * BLOCK_TOKENS)
+                    + offloaded * BLOCK_TOKENS / self._offload_tokens_per_s)
         return self._t + self.step_time(len(self._running))
 
     # ---- the clock ----------------------------------------------------------------------------------
@@ -316,7 +328,9 @@ class EngineModel:
             context = req.prompt_tokens + req.generated_before
             if context + 1 > kv_free:
                 break
-            req.cached_tokens = self.prefix_cache.hit_blocks(req.blocks, context, computing) * BLOCK_TOKENS
+            on_gpu, offloaded = self.prefix_cache.hit_split(req.blocks, context, computing)
+            req.cached_tokens = (on_gpu + offloaded) * BLOCK_TOKENS
+            req.loaded_tokens = offloaded * BLOCK_TOKENS
             new = context - req.cached_tokens
             if admitted and new > budget:
                 break
@@ -330,7 +344,8 @@ class EngineModel:
     def _admission_step(self, admitted: list[_Request], now: float, events: list[Event]) -> bool:
         prefill = sum(r.prompt_tokens + r.generated_before - r.cached_tokens for r in admitted)
         decoding = len(self._running)
-        duration = self.step_time(decoding + len(admitted), prefill)
+        loaded = sum(r.loaded_tokens for r in admitted)
+        duration = self.step_time(decoding + len(admitted), prefill) + loaded / self._offload_tokens_per_s
         end = self._t + duration
         if end > now + _EPS:
             return False  # the step is still in progress at `now`

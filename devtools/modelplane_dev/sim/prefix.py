@@ -16,6 +16,10 @@ As vLLM V1's automatic prefix caching, simplified:
   blocks shared by running requests once; the simulator's KV accounting charges every running
   request its whole context, so the cache is a little optimistic about room and the KV a little
   pessimistic: both simple and both stated.)
+- with CPU offloading (vLLM's ``--kv-offloading-size`` GiB, ``--kv-offloading-backend native``),
+  every computed block is also stored in a second LRU of ``offload_blocks`` blocks in host memory;
+  a leading block found only there is a hit too, but it is copied back to the GPU instead of
+  computed: the engine charges its transfer time (``OFFLOAD_BYTES_PER_S``), not its prefill.
 
 **Tokens from text.** The simulator's tokenizer is ``CHARS_PER_TOKEN`` (4) characters a token
 (``quality.count_tokens``), so a block is ``BLOCK_CHARS`` (64) consecutive characters of the prompt
@@ -38,6 +42,9 @@ from modelplane_dev.sim.quality import CHARS_PER_TOKEN
 BLOCK_TOKENS = 16
 #: Characters per block, by the simulator's tokenizer.
 BLOCK_CHARS = BLOCK_TOKENS * CHARS_PER_TOKEN
+
+#: Host-to-GPU copy rate of offloaded KV blocks: about what PCIe 4.0 x16 moves in practice.
+OFFLOAD_BYTES_PER_S = 25e9
 
 BlockHash = bytes
 
@@ -73,13 +80,19 @@ def hittable_blocks(blocks: Sequence[BlockHash], prompt_tokens: int) -> int:
 
 
 class PrefixCache:
-    """One replica's cached blocks, least recently used first. ``capacity_blocks`` 0: caching off."""
+    """One replica's cached blocks, least recently used first. ``capacity_blocks`` 0: caching off.
 
-    def __init__(self, capacity_blocks: int) -> None:
-        if capacity_blocks < 0:
-            raise ValueError(f"capacity_blocks must be >= 0, got {capacity_blocks}")
+    ``offload_blocks``: the host-memory tier's room (0: no offloading).
+    """
+
+    def __init__(self, capacity_blocks: int, offload_blocks: int = 0) -> None:
+        if capacity_blocks < 0 or offload_blocks < 0:
+            raise ValueError(f"capacity_blocks and offload_blocks must be >= 0, got {capacity_blocks}, "
+                             f"{offload_blocks}")
         self.capacity_blocks = capacity_blocks
+        self.offload_blocks = offload_blocks if capacity_blocks else 0
         self._blocks: OrderedDict[BlockHash, None] = OrderedDict()
+        self._offloaded: OrderedDict[BlockHash, None] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._blocks)
@@ -90,14 +103,22 @@ class PrefixCache:
     def hit_blocks(self, blocks: Sequence[BlockHash], prompt_tokens: int,
                    also: frozenset[BlockHash] | set[BlockHash] = frozenset()) -> int:
         """Leading blocks of a prompt that are cached (or in ``also``: being computed in the same step)."""
+        return sum(self.hit_split(blocks, prompt_tokens, also))
+
+    def hit_split(self, blocks: Sequence[BlockHash], prompt_tokens: int,
+                  also: frozenset[BlockHash] | set[BlockHash] = frozenset()) -> tuple[int, int]:
+        """Leading cached blocks of a prompt: (on the GPU or in ``also``, only in the host-memory tier)."""
         if self.capacity_blocks == 0:
-            return 0
-        n = 0
+            return 0, 0
+        on_gpu = offloaded = 0
         for block in blocks[:hittable_blocks(blocks, prompt_tokens)]:
-            if block not in self._blocks and block not in also:
+            if block in self._blocks or block in also:
+                on_gpu += 1
+            elif block in self._offloaded:
+                offloaded += 1
+            else:
                 break
-            n += 1
-        return n
+        return on_gpu, offloaded
 
     def hit_tokens(self, blocks: Sequence[BlockHash], prompt_tokens: int) -> int:
         return self.hit_blocks(blocks, prompt_tokens) * BLOCK_TOKENS
@@ -106,8 +127,11 @@ class PrefixCache:
         """A request computed (or reused) ``blocks``: they become the most recent; the oldest go."""
         if self.capacity_blocks == 0:
             return
-        for block in blocks:
-            self._blocks[block] = None
-            self._blocks.move_to_end(block)
-        while len(self._blocks) > self.capacity_blocks:
-            self._blocks.popitem(last=False)
+        for tier, room in ((self._blocks, self.capacity_blocks), (self._offloaded, self.offload_blocks)):
+            if room == 0:
+                continue
+            for block in blocks:
+                tier[block] = None
+                tier.move_to_end(block)
+            while len(tier) > room:
+                tier.popitem(last=False)

@@ -10,6 +10,13 @@ prometheus-fastapi-instrumentator: status grouped as "2xx"/"4xx"/"5xx", handler 
 for a path no route matches), and vLLM's excluded handlers (``/metrics``, ``/health``, ``/version``…)
 not counted. The failed requests the operator's live analysis sees come from this counter.
 
+Prefix caching is on, as in vLLM V1 (``--no-enable-prefix-caching`` turns it off): the prompt as
+the engine sees it (a completion's prompt, a chat rendered by ``render_chat``, or token ids) is cut
+into 16-token blocks of 64 characters, and the leading blocks the replica computed before and still
+holds cost no prefill (``sim/prefix.py``); with ``--kv-offloading-size`` GiB, blocks evicted from
+the GPU but kept in host memory cost their copy back instead; ``vllm:prefix_cache_queries_total`` and
+``vllm:prefix_cache_hits_total`` count prompt tokens looked up and found, as vLLM's do.
+
 Tokens stream out at the engine model's pace: one pump task per replica advances the engine to the
 wall clock (the event loop's monotonic clock) after every step and hands each request the tokens
 it has been given. Before the model is "loaded" every endpoint answers 503 (real vLLM does not
@@ -44,9 +51,16 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from modelplane.planner.performance import kv_bytes_per_token
 from modelplane_dev.sim.config import SimConfig, parse_vllm_args
 from modelplane_dev.sim.engine import EngineModel, EventKind, FinishReason, Histogram
-from modelplane_dev.sim.prefix import BlockHash, text_block_hashes, token_block_hashes
+from modelplane_dev.sim.prefix import (
+    BLOCK_TOKENS,
+    OFFLOAD_BYTES_PER_S,
+    BlockHash,
+    text_block_hashes,
+    token_block_hashes,
+)
 from modelplane_dev.sim.quality import (
     DEFAULT_BEHAVIOR,
     BehaviorMap,
@@ -202,6 +216,20 @@ class _EngineCollector(Collector):
         yield http
 
 
+def offloading(config: SimConfig, latency_factor: float = 1.0) -> dict[str, Any]:
+    """The engine's host-memory tier for ``--kv-offloading-size`` GiB: its room in blocks, its copy rate.
+
+    KV bytes per token as the planner sizes them; the copy at ``OFFLOAD_BYTES_PER_S`` per GPU (each
+    tensor-parallel rank copies its share), slowed like every step by ``latency_factor``.
+    """
+    if not config.kv_offloading_size:
+        return {}
+    per_token = kv_bytes_per_token(config.size_billions())
+    return {"offload_blocks": int(config.kv_offloading_size * 2**30 / per_token) // BLOCK_TOKENS,
+            "offload_tokens_per_s": OFFLOAD_BYTES_PER_S * config.tensor_parallel_size / per_token
+            / latency_factor}
+
+
 class SimServer:
     """One simulated vLLM replica. ``await start()``, then talk to ``url``; ``await stop()`` at the end."""
 
@@ -218,7 +246,8 @@ class SimServer:
         self.behavior = behavior
         self.params = config.engine_params().slowed(behavior.latency_factor)
         self.engine = EngineModel(self.params, start=time.monotonic(),
-                                  prefix_caching=config.enable_prefix_caching)
+                                  prefix_caching=config.enable_prefix_caching,
+                                  **offloading(config, behavior.latency_factor))
         self._streams: dict[str, _Stream] = {}
         self._request_counter = itertools.count()
         self._runner: web.AppRunner | None = None
