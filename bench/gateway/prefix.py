@@ -59,6 +59,10 @@ BEGIN, END = "<!-- GATEWAY-PREFIX:BEGIN -->", "<!-- GATEWAY-PREFIX:END -->"
 MODEL = "bench"
 TARGET_TTFT_CUT = 0.40
 TARGET_BUSIEST = 1.25
+#: The flags a report's command line shows when they differ from these.
+COMMAND_DEFAULTS: dict[str, object] = {"workload": "all", "prefix_chars": 4096,
+                                       "load_factor": Settings.affinity_load_factor,
+                                       "max_output": 16, "offload_gib": 0.0}
 
 
 @dataclass(frozen=True)
@@ -309,8 +313,9 @@ async def main_async(args: argparse.Namespace) -> str:
             run_policy(workload, policy, prefix_chars=args.prefix_chars, load_factor=args.load_factor,
                        max_output=args.max_output, t0=t0) for policy in ("least-request", "prefix-affinity")))
         results.append((workload, reuse, outcomes))
-    command = "python -m bench.gateway.prefix" + (" --quick" if args.quick else "") + (
-        f" --offload-gib {args.offload_gib:g}" if args.offload_gib else "")
+    command = " ".join(["python -m bench.gateway.prefix", *(["--quick"] if args.quick else []), *(
+        f"--{flag.replace('_', '-')} {getattr(args, flag)}" for flag, default in COMMAND_DEFAULTS.items()
+        if getattr(args, flag) != default)])
     return markdown(results, command)
 
 
@@ -321,8 +326,7 @@ def write_readme(report: str) -> None:
         head, rest = text.split(BEGIN, 1)
         text = head + block + rest.split(END, 1)[1]
     else:
-        heading = "## Gateway prefix affinity (`python -m bench.gateway.prefix`)"
-        text = f"{text.rstrip()}\n\n{heading}\n\n{block}\n"
+        text = f"{text.rstrip()}\n\n{block}\n"
     README.write_text(text)
 
 
@@ -333,8 +337,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workload", choices=("all", "mooncake", "tenants"), default="all")
     parser.add_argument("--prefix-chars", type=int, default=4096,
                         help="the gateway's --prefix-chars with prefix affinity (4096: 1,024 tokens)")
-    parser.add_argument("--load-factor", type=float, default=1.25,
-                        help="the gateway's --affinity-load-factor")
+    parser.add_argument("--load-factor", type=float, default=Settings.affinity_load_factor,
+                        help="the gateway's --affinity-load-factor (default: the gateway's)")
     parser.add_argument("--max-output", type=int, default=16, help="cap on each request's output tokens")
     parser.add_argument("--offload-gib", type=float, default=0.0,
                         help="also replay the Mooncake trace on replicas with this much CPU KV offloading")
