@@ -313,10 +313,14 @@ async def main_async(args: argparse.Namespace) -> str:
             run_policy(workload, policy, prefix_chars=args.prefix_chars, load_factor=args.load_factor,
                        max_output=args.max_output, t0=t0) for policy in ("least-request", "prefix-affinity")))
         results.append((workload, reuse, outcomes))
-    command = " ".join(["python -m bench.gateway.prefix", *(["--quick"] if args.quick else []), *(
-        f"--{flag.replace('_', '-')} {getattr(args, flag)}" for flag, default in COMMAND_DEFAULTS.items()
-        if getattr(args, flag) != default)])
+    flags = [f"--{flag.replace('_', '-')} {format_flag(getattr(args, flag))}"
+             for flag, default in COMMAND_DEFAULTS.items() if getattr(args, flag) != default]
+    command = " ".join(["python -m bench.gateway.prefix", *(["--quick"] if args.quick else []), *flags])
     return markdown(results, command)
+
+
+def format_flag(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def write_readme(report: str) -> None:

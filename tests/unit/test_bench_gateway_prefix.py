@@ -7,8 +7,10 @@ import math
 import pytest
 from bench.gateway import prompts
 from bench.gateway.prefix import busiest_over_mean, percentile, reuse_share
+from bench.gateway.prefix_model import replay
 from bench.gateway.prompts import TRACE_BLOCK_TOKENS, TraceRequest, block_text, prompt_text
 
+from modelplane.planner.performance import EngineParams
 from modelplane_dev.sim.prefix import BLOCK_CHARS, text_block_hashes
 from modelplane_dev.sim.quality import count_tokens
 
@@ -113,3 +115,24 @@ def test_busiest_over_mean(counts: list[float], ratio: float) -> None:
 
 def test_no_values_give_nan() -> None:
     assert math.isnan(percentile([], 0.5)) and math.isnan(busiest_over_mean([0, 0]))
+
+
+PARAMS = EngineParams(max_num_seqs=8, max_model_len=8192, kv_cache_tokens=100_000,
+                      step_base_s=0.010, step_per_seq_s=0.0, prefill_tokens_per_s=10_000.0)
+
+
+@pytest.mark.parametrize(("factor", "hits", "busiest"), [
+    pytest.param(1.0, 5 * 1008 / 6144, 2.0, id="affinity-keeps-one-prompt-on-its-replica"),
+    pytest.param(None, None, None, id="least-request-spreads-it"),
+])
+def test_the_virtual_replay_routes_through_the_gateways_picking(factor: float | None, hits: float | None,
+                                                               busiest: float | None) -> None:
+    # Six requests for the same 1,024-token prompt, one at a time, on 2 replicas.
+    trace = [req(1024, 1, 2, at=10.0 * i, output=4) for i in range(6)]
+    result = replay(trace, PARAMS, ["10.0.0.1:8000", "10.0.0.2:8000"], prefix_chars=64, load_factor=factor,
+                    max_output=4, seed=3)
+    if factor is not None:
+        assert result.hit_share == pytest.approx(hits) and result.busiest == busiest
+        assert result.ttft_p50 == pytest.approx(0.010 + 16 / 10_000.0)  # the last block only
+    else:
+        assert result.hit_share < 5 * 1008 / 6144 and result.busiest < 2.0

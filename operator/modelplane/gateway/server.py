@@ -64,7 +64,7 @@ class Settings:
     #: Prefix affinity: route by the prompt's first this-many characters (0: off, least outstanding).
     prefix_chars: int = 0
     #: Prefix affinity's load bound: no replica above this many times its share of outstanding requests
-    #: (rounded up). 1.0 measured best in bench/gateway/prefix.py: as many hits as 1.25, a flatter load.
+    #: (rounded up). 1.0: in bench/gateway/prefix*.py a flatter load than 1.25 for a TTFT within 7%.
     affinity_load_factor: float = 1.0
 
     def __post_init__(self) -> None:
