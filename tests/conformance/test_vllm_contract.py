@@ -28,7 +28,8 @@ from tests.waiting import wait_until
 GAUGES = ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc")
 HISTOGRAMS = ("vllm:time_to_first_token_seconds", "vllm:inter_token_latency_seconds",
               "vllm:e2e_request_latency_seconds", "vllm:request_queue_time_seconds")
-COUNTERS = ("vllm:prompt_tokens", "vllm:generation_tokens", "vllm:request_success")
+COUNTERS = ("vllm:prompt_tokens", "vllm:generation_tokens", "vllm:request_success",
+            "vllm:prefix_cache_queries", "vllm:prefix_cache_hits")
 #: Deprecated in 0.9.2 / 0.11 (hidden behind --show-hidden-metrics-for-version) and gone in 0.32.
 REMOVED = ("vllm:gpu_cache_usage_perc", "vllm:gpu_prefix_cache_queries", "vllm:gpu_prefix_cache_hits",
            "vllm:time_per_output_token_seconds")

@@ -39,6 +39,10 @@ class SimConfig:
     gpu_type: str = DEFAULT_GPU_TYPE  #: not a vLLM flag: the node's GPU, set by whoever starts the sim
     parameters_billions: float | None = None  #: None: guessed from the model name (8B when it says nothing)
     seed: int = 0  #: the quality model's seed (vLLM's ``--seed`` too)
+    #: Prefix caching, on by default as in vLLM V1 (``--no-enable-prefix-caching`` turns it off).
+    enable_prefix_caching: bool = True
+    #: vLLM's ``--kv-offloading-size``: GiB of host memory for offloaded KV blocks (None: no offloading).
+    kv_offloading_size: float | None = None
 
     @property
     def served_name(self) -> str:
@@ -88,6 +92,7 @@ _VALUE_FLAGS: dict[str, tuple[str, type]] = {
     "--gpu-memory-utilization": ("gpu_memory_utilization", float),
     "--max-num-batched-tokens": ("max_num_batched_tokens", int),
     "--seed": ("seed", int),
+    "--kv-offloading-size": ("kv_offloading_size", float),
 }
 # Flags that never take a value: they must not swallow the next argument.
 _BOOL_FLAGS = frozenset({
@@ -140,6 +145,10 @@ def parse_vllm_args(argv: Sequence[str], *, base: SimConfig | None = None) -> Si
                 while i < len(args) and not args[i].startswith("-"):
                     i += 1
             continue
+        if flag in ("--enable-prefix-caching", "--no-enable-prefix-caching") and not eq:
+            values["enable_prefix_caching"] = flag == "--enable-prefix-caching"
+            i += 1
+            continue
         if eq or flag in _BOOL_FLAGS:
             i += 1
             continue
@@ -150,6 +159,8 @@ def parse_vllm_args(argv: Sequence[str], *, base: SimConfig | None = None) -> Si
     config = replace(base or SimConfig(), **values)  # type: ignore[arg-type]
     if config.tensor_parallel_size < 1 or config.max_num_seqs < 1:
         raise ValueError("--tensor-parallel-size and --max-num-seqs must be >= 1")
+    if config.kv_offloading_size is not None and config.kv_offloading_size < 0:
+        raise ValueError(f"--kv-offloading-size must be >= 0 GiB, got {config.kv_offloading_size}")
     if config.quantization in ("", "none", "None"):
         config = replace(config, quantization=None)
     return config

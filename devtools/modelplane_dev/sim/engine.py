@@ -16,7 +16,11 @@ What it models (vLLM V1's scheduler, simplified):
   within a token budget of ``max_num_batched_tokens``) and decodes one token for everyone running;
   a pure decode step yields one token per running sequence. Step time is memory-bound:
   ``step_base_s + step_per_seq_s * running`` plus ``prefill tokens / prefill_tokens_per_s``, so
-  aggregate tokens/s rises sub-linearly with the batch while each sequence slows down.
+  aggregate tokens/s rises sub-linearly with the batch while each sequence slows down;
+- prefix caching (``sim/prefix.py``): a request may name its prompt's blocks (a hash chain); the
+  leading blocks this replica has computed before, and still holds, are not prefilled again — they
+  cost neither prefill time nor prefill budget (they still take their room in the KV cache); blocks
+  found only in the host-memory tier (CPU offloading) cost their copy back instead.
 
 Why it is fast: between two events (an admission, a finish, a preemption, an arrival) the batch
 does not change, so every step has the same length and every running sequence gains one token per
@@ -40,6 +44,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from modelplane.planner.performance import EngineParams
+from modelplane_dev.sim.prefix import BLOCK_TOKENS, BlockHash, PrefixCache
 
 #: vLLM V1's buckets (vllm/v1/metrics/loggers.py), so histograms compare one to one with real vLLM.
 TTFT_BUCKETS: tuple[float, ...] = (
@@ -123,6 +128,9 @@ class _Request:
     offset: int = 0  # generated = engine steps - offset while running
     first_token_at: float | None = None
     queued_observed: bool = False
+    blocks: tuple[BlockHash, ...] = ()  # the prompt's block hash chain (empty: nothing to cache)
+    cached_tokens: int = 0  # prompt tokens found in the prefix cache, as of the last admission plan
+    loaded_tokens: int = 0  # of those, the ones found only in the host-memory tier (copied back)
 
 
 @dataclass
@@ -132,6 +140,8 @@ class EngineStats:
     prompt_tokens: int = 0
     generation_tokens: int = 0
     preemptions: int = 0
+    prefix_cache_queries: int = 0  #: prompt tokens looked up in the prefix cache (vLLM's, in tokens)
+    prefix_cache_hits: int = 0  #: of those, tokens found cached
     success: dict[FinishReason, int] = field(default_factory=lambda: dict.fromkeys(FinishReason, 0))
     ttft: Histogram = field(default_factory=lambda: Histogram(TTFT_BUCKETS))
     inter_token_latency: Histogram = field(default_factory=lambda: Histogram(ITL_BUCKETS))
@@ -142,9 +152,22 @@ class EngineStats:
 class EngineModel:
     """One replica's scheduler and step clock. See the module docstring for the model."""
 
-    def __init__(self, params: EngineParams, *, start: float = 0.0) -> None:
+    def __init__(self, params: EngineParams, *, start: float = 0.0, prefix_caching: bool = True,
+                 prefix_cache_blocks: int | None = None, offload_blocks: int = 0,
+                 offload_tokens_per_s: float = math.inf) -> None:
+        """``prefix_cache_blocks``: the prefix cache's room (default: the whole KV cache, in blocks).
+
+        ``offload_blocks``: the host-memory tier's room (CPU offloading; 0: none), whose blocks are
+        copied back at ``offload_tokens_per_s``.
+        """
         self.params = params
         self.stats = EngineStats()
+        capacity = (params.kv_cache_tokens // BLOCK_TOKENS if prefix_cache_blocks is None
+                    else prefix_cache_blocks)
+        self.prefix_cache = PrefixCache(capacity if prefix_caching else 0, offload_blocks)
+        if offload_tokens_per_s <= 0:
+            raise ValueError(f"offload_tokens_per_s must be > 0, got {offload_tokens_per_s}")
+        self._offload_tokens_per_s = offload_tokens_per_s
         self._t = start  # all steps ending at or before _t are committed
         self._steps = 0  # decode steps committed so far (each gives every running sequence a token)
         self._running: dict[str, _Request] = {}  # insertion order = admission order (for preemption)
@@ -160,12 +183,13 @@ class EngineModel:
     # ---- inputs -------------------------------------------------------------------------------------
 
     def submit(self, request_id: str, prompt_tokens: int, max_tokens: int, now: float, *,
-               output_tokens: int | None = None) -> None:
+               output_tokens: int | None = None, blocks: Sequence[BlockHash] = ()) -> None:
         """A request arrives at ``now``.
 
         It generates ``min(output_tokens, max_tokens)`` tokens; it finishes with ``stop`` when its own
         output (``output_tokens``) ends first, else with ``length``. ``output_tokens=None`` means the
-        output runs to ``max_tokens``. Raises ``ValueError`` for what vLLM answers with HTTP 400.
+        output runs to ``max_tokens``. ``blocks``: its prompt's block hashes (``sim/prefix.py``), for
+        the prefix cache. Raises ``ValueError`` for what vLLM answers with HTTP 400.
         """
         self._check_time(now)
         if request_id in self._running or request_id in self._waiting_ids:
@@ -181,7 +205,7 @@ class EngineModel:
             target, reason = max(output_tokens, 1), FinishReason.STOP
         else:
             target, reason = max_tokens, FinishReason.LENGTH
-        req = _Request(request_id, prompt_tokens, target, reason, arrival=now)
+        req = _Request(request_id, prompt_tokens, target, reason, arrival=now, blocks=tuple(blocks))
         self._waiting.append(req)
         self._waiting_ids[request_id] = req
 
@@ -247,7 +271,10 @@ class EngineModel:
                 return None
             head = self._waiting[0]
             start = max(self._t, head.arrival)
-            return start + self.step_time(1, head.prompt_tokens + head.generated_before)
+            context = head.prompt_tokens + head.generated_before
+            on_gpu, offloaded = self.prefix_cache.hit_split(head.blocks, context)
+            return (start + self.step_time(1, context - (on_gpu + offloaded) * BLOCK_TOKENS)
+                    + offloaded * BLOCK_TOKENS / self._offload_tokens_per_s)
         return self._t + self.step_time(len(self._running))
 
     # ---- the clock ----------------------------------------------------------------------------------
@@ -294,24 +321,31 @@ class EngineModel:
         slots = p.max_num_seqs - len(self._running)
         kv_free = p.kv_cache_tokens - self.kv_cache_used_tokens - len(self._running)  # room for this step
         budget = p.max_num_batched_tokens
+        computing: set[BlockHash] = set()  # blocks computed in this step by the requests admitted before
         for req in self._waiting:
             if req.arrival > self._t + _EPS or slots <= 0:
                 break
             context = req.prompt_tokens + req.generated_before
             if context + 1 > kv_free:
                 break
-            if admitted and context > budget:
+            on_gpu, offloaded = self.prefix_cache.hit_split(req.blocks, context, computing)
+            req.cached_tokens = (on_gpu + offloaded) * BLOCK_TOKENS
+            req.loaded_tokens = offloaded * BLOCK_TOKENS
+            new = context - req.cached_tokens
+            if admitted and new > budget:
                 break
             admitted.append(req)
+            computing.update(req.blocks)
             slots -= 1
             kv_free -= context + 1
-            budget -= context
+            budget -= new
         return admitted
 
     def _admission_step(self, admitted: list[_Request], now: float, events: list[Event]) -> bool:
-        prefill = sum(r.prompt_tokens + r.generated_before for r in admitted)
+        prefill = sum(r.prompt_tokens + r.generated_before - r.cached_tokens for r in admitted)
         decoding = len(self._running)
-        duration = self.step_time(decoding + len(admitted), prefill)
+        loaded = sum(r.loaded_tokens for r in admitted)
+        duration = self.step_time(decoding + len(admitted), prefill) + loaded / self._offload_tokens_per_s
         end = self._t + duration
         if end > now + _EPS:
             return False  # the step is still in progress at `now`
@@ -323,6 +357,9 @@ class EngineModel:
                 self.stats.queue_time.observe(start - req.arrival)
                 self.stats.prompt_tokens += req.prompt_tokens
                 req.queued_observed = True
+            self.stats.prefix_cache_queries += req.prompt_tokens + req.generated_before
+            self.stats.prefix_cache_hits += req.cached_tokens
+            self.prefix_cache.use(req.blocks)
             req.offset = self._steps - req.generated_before
             self._running[req.id] = req
             self._sum_context_base += req.prompt_tokens + req.generated_before

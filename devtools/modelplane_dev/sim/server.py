@@ -10,6 +10,13 @@ prometheus-fastapi-instrumentator: status grouped as "2xx"/"4xx"/"5xx", handler 
 for a path no route matches), and vLLM's excluded handlers (``/metrics``, ``/health``, ``/version``…)
 not counted. The failed requests the operator's live analysis sees come from this counter.
 
+Prefix caching is on, as in vLLM V1 (``--no-enable-prefix-caching`` turns it off): the prompt as
+the engine sees it (a completion's prompt, a chat rendered by ``render_chat``, or token ids) is cut
+into 16-token blocks of 64 characters, and the leading blocks the replica computed before and still
+holds cost no prefill (``sim/prefix.py``); with ``--kv-offloading-size`` GiB, blocks evicted from
+the GPU but kept in host memory cost their copy back instead; ``vllm:prefix_cache_queries_total`` and
+``vllm:prefix_cache_hits_total`` count prompt tokens looked up and found, as vLLM's do.
+
 Tokens stream out at the engine model's pace: one pump task per replica advances the engine to the
 wall clock (the event loop's monotonic clock) after every step and hands each request the tokens
 it has been given. Before the model is "loaded" every endpoint answers 503 (real vLLM does not
@@ -44,8 +51,16 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from modelplane.planner.performance import kv_bytes_per_token
 from modelplane_dev.sim.config import SimConfig, parse_vllm_args
 from modelplane_dev.sim.engine import EngineModel, EventKind, FinishReason, Histogram
+from modelplane_dev.sim.prefix import (
+    BLOCK_TOKENS,
+    OFFLOAD_BYTES_PER_S,
+    BlockHash,
+    text_block_hashes,
+    token_block_hashes,
+)
 from modelplane_dev.sim.quality import (
     DEFAULT_BEHAVIOR,
     BehaviorMap,
@@ -171,6 +186,12 @@ class _EngineCollector(Collector):
         yield counter("vllm:num_preemptions", "Cumulative number of preemption from the engine.",
                       stats.preemptions)
         yield counter("vllm:prompt_tokens", "Number of prefill tokens processed.", stats.prompt_tokens)
+        # vLLM V1's prefix cache counters, in tokens (vllm/v1/metrics/loggers.py).
+        yield counter("vllm:prefix_cache_queries",
+                      "Prefix cache queries, in terms of number of queried tokens.",
+                      stats.prefix_cache_queries)
+        yield counter("vllm:prefix_cache_hits",
+                      "Prefix cache hits, in terms of number of cached tokens.", stats.prefix_cache_hits)
         yield counter("vllm:generation_tokens", "Number of generation tokens processed.",
                       stats.generation_tokens)
         success = CounterMetricFamily("vllm:request_success", "Count of successfully processed requests.",
@@ -195,6 +216,20 @@ class _EngineCollector(Collector):
         yield http
 
 
+def offloading(config: SimConfig, latency_factor: float = 1.0) -> dict[str, Any]:
+    """The engine's host-memory tier for ``--kv-offloading-size`` GiB: its room in blocks, its copy rate.
+
+    KV bytes per token as the planner sizes them; the copy at ``OFFLOAD_BYTES_PER_S`` per GPU (each
+    tensor-parallel rank copies its share), slowed like every step by ``latency_factor``.
+    """
+    if not config.kv_offloading_size:
+        return {}
+    per_token = kv_bytes_per_token(config.size_billions())
+    return {"offload_blocks": int(config.kv_offloading_size * 2**30 / per_token) // BLOCK_TOKENS,
+            "offload_tokens_per_s": OFFLOAD_BYTES_PER_S * config.tensor_parallel_size / per_token
+            / latency_factor}
+
+
 class SimServer:
     """One simulated vLLM replica. ``await start()``, then talk to ``url``; ``await stop()`` at the end."""
 
@@ -210,7 +245,9 @@ class SimServer:
                         else DEFAULT_BEHAVIOR)
         self.behavior = behavior
         self.params = config.engine_params().slowed(behavior.latency_factor)
-        self.engine = EngineModel(self.params, start=time.monotonic())
+        self.engine = EngineModel(self.params, start=time.monotonic(),
+                                  prefix_caching=config.enable_prefix_caching,
+                                  **offloading(config, behavior.latency_factor))
         self._streams: dict[str, _Stream] = {}
         self._request_counter = itertools.count()
         self._runner: web.AppRunner | None = None
@@ -404,10 +441,11 @@ class SimServer:
                     or not all(isinstance(m, dict) for m in messages)):
                 raise _HTTPError(400, "messages must be a non-empty list of message objects",
                                  "BadRequestError")
-            prompt_tokens = count_tokens(render_chat(messages))
+            rendered = render_chat(messages)
             max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
             return await self._generate(request, body, chat=True, question=last_user_text(messages),
-                                        prompt_tokens=prompt_tokens, max_tokens=max_tokens)
+                                        prompt_tokens=count_tokens(rendered), max_tokens=max_tokens,
+                                        blocks=text_block_hashes(rendered))
         except _HTTPError as exc:
             return _error(exc.status, exc.message, exc.kind)
 
@@ -419,16 +457,18 @@ class SimServer:
             prompt = body.get("prompt")
             if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
                 prompt = prompt[0]
+            blocks: list[BlockHash]
             if isinstance(prompt, str):
-                text, prompt_tokens = prompt, count_tokens(prompt)
+                text, prompt_tokens, blocks = prompt, count_tokens(prompt), text_block_hashes(prompt)
             elif isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
                 text, prompt_tokens = " ".join(map(str, prompt)), len(prompt)
+                blocks = token_block_hashes(prompt)
             else:
                 raise _HTTPError(400, "prompt must be a string, a list of one string, or a list of token ids",
                                  "BadRequestError")
             max_tokens = body.get("max_tokens", COMPLETIONS_DEFAULT_MAX_TOKENS)
             return await self._generate(request, body, chat=False, question=text,
-                                        prompt_tokens=prompt_tokens, max_tokens=max_tokens)
+                                        prompt_tokens=prompt_tokens, max_tokens=max_tokens, blocks=blocks)
         except _HTTPError as exc:
             return _error(exc.status, exc.message, exc.kind)
 
@@ -448,7 +488,8 @@ class SimServer:
         return body
 
     async def _generate(self, request: web.Request, body: Mapping[str, Any], *, chat: bool, question: str,
-                        prompt_tokens: int, max_tokens: Any) -> web.StreamResponse:
+                        prompt_tokens: int, max_tokens: Any,
+                        blocks: Sequence[BlockHash] = ()) -> web.StreamResponse:
         limit = self.params.max_model_len
         if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool)
                                        or max_tokens < 1):
@@ -488,7 +529,7 @@ class SimServer:
         self._streams[request_id] = stream_state
         try:
             self.engine.submit(request_id, prompt_tokens, requested, self._loop_time(),
-                               output_tokens=output_tokens)
+                               output_tokens=output_tokens, blocks=blocks)
             self._wake.set()
             if body.get("stream"):
                 options = body.get("stream_options") or {}

@@ -96,7 +96,7 @@ def register(subparsers: Any) -> None:
                              "(default 0: off, least outstanding requests); e.g. 2048, about 512 tokens")
     parser.add_argument("--affinity-load-factor", type=float, default=Settings.affinity_load_factor,
                         help="prefix affinity's bound: a replica takes at most this many times its share "
-                             "of the outstanding requests (default 1.25)")
+                             "of the outstanding requests, rounded up (default 1.0)")
     parser.add_argument("--shutdown-timeout", type=float, default=30.0,
                         help="seconds requests in flight get to finish on SIGTERM (default 30)")
     parser.add_argument("--no-uvloop", action="store_true", help="use asyncio's event loop, not uvloop")
