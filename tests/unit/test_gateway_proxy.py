@@ -9,6 +9,7 @@ cancellation) is in test_gateway_server.py, against real sockets.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -40,6 +41,22 @@ class FakeTransport(asyncio.Transport):
         return self.closed
 
 
+_started: list[Upstream] = []
+
+
+@pytest.fixture(autouse=True)
+async def _close_upstreams() -> AsyncIterator[None]:
+    yield
+    while _started:
+        await _started.pop().close()
+
+
+async def started(upstream: Upstream) -> Upstream:
+    await upstream.start()
+    _started.append(upstream)
+    return upstream
+
+
 SSE = b"data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n"
 
 ANSWERS = [
@@ -68,8 +85,7 @@ def splits(raw: bytes) -> list[list[bytes]]:
 
 async def answer(pieces: list[bytes], *, close_after: bool = False) -> tuple[UpstreamResponse, bytes,
                                                                              Upstream, _Connection]:
-    upstream = Upstream()
-    await upstream.start()
+    upstream = await started(Upstream())
     connection = _Connection(upstream, "10.0.0.1:8000")
     transport = FakeTransport()
     connection.connection_made(transport)
@@ -131,8 +147,7 @@ async def test_a_failure_before_the_answer_fails_its_headers(pieces: list[bytes]
 
 
 async def test_the_request_goes_out_in_one_write_with_host_and_length() -> None:
-    upstream = Upstream()
-    await upstream.start()
+    upstream = await started(Upstream())
     connection = _Connection(upstream, "10.0.0.1:8000")
     transport = FakeTransport()
     connection.connection_made(transport)
@@ -152,8 +167,7 @@ async def test_the_request_goes_out_in_one_write_with_host_and_length() -> None:
 
 async def test_a_slow_client_pauses_reading_from_the_replica() -> None:
     big = b"x" * (300 * 1024)
-    upstream = Upstream()
-    await upstream.start()
+    upstream = await started(Upstream())
     connection = _Connection(upstream, "10.0.0.1:8000")
     transport = FakeTransport()
     connection.connection_made(transport)
@@ -163,3 +177,20 @@ async def test_a_slow_client_pauses_reading_from_the_replica() -> None:
     assert transport.paused
     assert await response.next_chunk() == big
     assert not transport.paused
+
+
+async def test_idle_connections_are_closed_after_the_keepalive_timeout() -> None:
+    upstream = await started(Upstream(keepalive_timeout=0.2))
+    try:
+        connections = []
+        for _ in range(2):
+            connection = _Connection(upstream, "10.0.0.1:8000")
+            connection.connection_made(FakeTransport())
+            upstream._put(connection)
+            connections.append(connection)
+        assert upstream._idle == {"10.0.0.1:8000": connections}
+        await asyncio.sleep(0.5)
+        assert upstream._idle == {}
+        assert all(c.transport is not None and c.transport.is_closing() for c in connections)
+    finally:
+        await upstream.close()

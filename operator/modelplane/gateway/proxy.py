@@ -22,6 +22,8 @@ the sequence when its client disconnects).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -106,6 +108,10 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio.Transport subclasses
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):  # a stream's small writes go out at once
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -364,14 +370,34 @@ class Upstream:
         self._idle: dict[str, list[_Connection]] = {}
         self._all: set[_Connection] = set()
         self._started = False
+        self._sweeper: asyncio.Task[None] | None = None
         #: Requests sent and not yet answered in full, by endpoint address (the picker reads it).
         self.outstanding: dict[str, int] = {}
 
     async def start(self) -> None:
         self._started = True
+        self._sweeper = asyncio.create_task(self._sweep(), name="gateway-upstream-sweeper")
+
+    async def _sweep(self) -> None:
+        """Close the connections idle for ``keepalive_timeout`` (a replica gone away leaves its own)."""
+        while True:
+            await asyncio.sleep(self.keepalive_timeout / 2)
+            self.close_idle(time.monotonic() - self.keepalive_timeout)
+
+    def close_idle(self, before: float) -> None:
+        """Close the idle connections idle since before ``before`` (monotonic seconds)."""
+        for address, idle in list(self._idle.items()):
+            for connection in [c for c in idle if c.idle_since < before]:
+                connection.close()
+                idle.remove(connection)
+            if not idle:
+                del self._idle[address]
 
     async def close(self) -> None:
         self._started = False
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for connection in list(self._all):
             connection.close()
         self._all.clear()
