@@ -604,8 +604,12 @@ def _header(options: Options) -> list[str]:
         f"{options.proxy_cpus}. Pods: {STABLE_PODS} replicas, streams of {shape.tokens} tokens, first token "
         f"after {shape.ttft_s * 1000:.0f} ms, then one every {shape.itl_s * 1000:.0f} ms. "
         f"{options.rounds} round(s) of {options.window:.0f} s per party and concurrency, interleaved; "
-        f"niceness {os.nice(0)}.",
+        f"niceness {os.nice(0)}; load average at the start {_load()} (the machine's other work).",
         ""]
+
+
+def _load() -> str:
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 async def _overhead(options: Options, targets: dict[str, tuple[list[int], dict[str, int]]]) -> list[str]:
@@ -764,7 +768,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started = time.monotonic()
     report = uvloop.run(run(options))
-    report += f"\n\nRun time: {time.monotonic() - started:.0f} s."
+    report += f"\n\nRun time: {time.monotonic() - started:.0f} s; load average at the end {_load()}."
     print(report)
     if args.write:
         write_readme(report, " ".join(["python -m bench.gateway.overhead", *(argv or sys.argv[1:])]))
