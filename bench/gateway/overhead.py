@@ -386,13 +386,19 @@ async def closed_loop(ports: Sequence[int], raw: Callable[[int], bytes], *, conn
 
 
 def _cpu_times(pids: dict[str, int]) -> dict[str, float]:
-    """CPU-seconds (user + system) so far, by party; ``client`` is this process."""
+    """CPU-seconds (user + system) so far, by party; ``client`` is this process.
+
+    Also ``<party> wait``: the seconds its main thread spent runnable but waiting for a CPU
+    (``/proc/PID/schedstat``) — what other work on the machine cost it.
+    """
     out = {"client": time.process_time()}
     tick = os.sysconf("SC_CLK_TCK")
-    for name, pid in pids.items():
+    for name, pid in {"client": os.getpid(), **pids}.items():
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            out[name] = (int(fields[11]) + int(fields[12])) / tick
+            if name != "client":
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                out[name] = (int(fields[11]) + int(fields[12])) / tick
+            out[f"{name} wait"] = int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
         except (OSError, IndexError, ValueError):
             out[name] = float("nan")
     return out
@@ -617,7 +623,8 @@ async def _overhead(options: Options, targets: dict[str, tuple[list[int], dict[s
     duration = shape.ttft_s + shape.tokens * shape.itl_s
     order = list(targets)
     lines = ["| concurrent streams | path | requests | TTFT p50 ms | TTFT p99 ms | added p50 ms "
-             "| added p99 ms | added vs HAProxy (p50, p99) | errors | CPU s/s: client, pods, proxy |",
+             "| added p99 ms | added vs HAProxy (p50, p99) | errors "
+             "| CPU s/s: client, pods, proxy; proxy waiting for a CPU s/s |",
              "| ---: | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |"]
     for concurrency in options.concurrency:
         merged: dict[str, LoadResult] = {name: LoadResult() for name in targets}
@@ -639,8 +646,8 @@ async def _overhead(options: Options, targets: dict[str, tuple[list[int], dict[s
             p[name] = (_percentile(ttfts, 0.5) * 1000, _percentile(ttfts, 0.99) * 1000, len(ttfts))
         for name, res in merged.items():
             p50, p99, n = p[name]
-            cpu = ", ".join(f"{res.cpu.get(k, 0) / res.window:.2f}" if k in res.cpu else "–"
-                            for k in ("client", "pods", "proxy"))
+            cpu = "; ".join(", ".join(f"{res.cpu[k] / res.window:.2f}" if k in res.cpu else "–" for k in keys)
+                            for keys in (("client", "pods", "proxy"), ("proxy wait",)))
             errors = sum(res.errors.values())
             if name == "direct":
                 lines.append(f"| {concurrency} | {name} | {n} | {p50:.2f} | {p99:.2f} | | | | {errors} "
