@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from modelplane.gateway.proxy import Upstream, UpstreamBroken, UpstreamResponse, _Connection
 from modelplane.gateway.table import Endpoint
@@ -194,3 +195,33 @@ async def test_idle_connections_are_closed_after_the_keepalive_timeout() -> None
         assert all(c.transport is not None and c.transport.is_closing() for c in connections)
     finally:
         await upstream.close()
+
+
+async def test_large_bodies_both_ways_over_a_real_socket() -> None:
+    """A body over one write's worth goes out whole; a large answer comes back whole, read slowly."""
+    async def echo(request: web.Request) -> web.Response:
+        body = await request.read()
+        return web.Response(body=body * 4, headers={"X-Got": str(len(body))})
+
+    app = web.Application(client_max_size=2**22)
+    app.router.add_post("/echo", echo)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        endpoint = Endpoint(f"127.0.0.1:{runner.addresses[0][1]}", "pod-0", "r")
+        upstream = await started(Upstream())
+        body = bytes(range(256)) * 1200  # 300 KiB
+        for _ in range(2):  # the second time over the pooled connection
+            response = await upstream.send(endpoint, "/echo", body, {})
+            assert (response.status, response.headers["X-Got"]) == (200, str(len(body)))
+            got = bytearray()
+            while chunk := await response.next_chunk():
+                got += chunk
+                await asyncio.sleep(0)  # a slow reader: the replica's connection is paused and resumed
+            assert bytes(got) == body * 4
+            response.release()
+        assert len(upstream._idle[endpoint.address]) == 1
+    finally:
+        await runner.cleanup()
