@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: venv test test-unit test-integration test-e2e lint crds crds-check cluster-up cluster-down \
-        binaries demo bench bench-scaleup clean image
+        binaries demo bench bench-scaleup bench-deps bench-gateway clean image
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml operator/pyproject.toml
@@ -71,6 +71,14 @@ bench: venv
 # On the dev cluster (started if needed): from a queue forming to the next replica's pod.
 bench-scaleup: venv binaries
 	$(BIN)/python -m bench.scaleup
+
+# HAProxy (Debian's package), the baseline of the gateway's overhead benchmark.
+bench-deps:
+	bash hack/haproxy/install.sh
+
+# The gateway against direct and HAProxy: TTFT overhead, throughput per core, canary split (no cluster).
+bench-gateway: venv bench-deps
+	$(BIN)/python -m bench.gateway.overhead --quick
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

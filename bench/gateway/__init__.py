@@ -1,0 +1,1 @@
+"""Benchmarks of the gateway (issue 15): ``bench.gateway.overhead``, ``bench.gateway.prefix``."""
