@@ -148,7 +148,9 @@ async def test_kubectl_modelplane_get_watch_redraws_on_a_status_change(
         watcher = subprocess.Popen([cluster.kubectl, "modelplane", "get", "chat", "-n", namespace, "--watch"],
                                    env=env, stdout=sink, stderr=subprocess.STDOUT, text=True)
     try:
-        await wait_for(lambda: "(none yet" in out.read_text(), timeout=30, what="the first view")
+        # The first view: before or after the session's operator (if one runs) wrote a status.
+        await wait_for(lambda: f"Namespace:   {namespace}" in out.read_text(), timeout=30,
+                       what="the first view")
         # What the operator would write: a rollout at its first step.
         await kube_client.apply({
             "apiVersion": "modelplane.dev/v1alpha1", "kind": "ModelDeployment",
