@@ -482,3 +482,43 @@ async def test_the_model_card_and_metrics() -> None:
     assert status == 200 and card["id"] == "org/model:v1" and card["ready_replicas"] == 1
     assert "modelplane_gateway_requests_total" in text
     assert health_status == 200 and health["ok"] and health["models"] == 1
+
+
+async def test_tokens_are_counted_from_usage_or_from_the_stream(sims: list[SimServer]) -> None:
+    routes = StaticRoutes()
+    routes.set_backends([backend(address(sims[0].url))])
+
+    def tokens() -> tuple[float, float, float]:
+        return (sample("modelplane_gateway_prompt_tokens_total", **REV),
+                sample("modelplane_gateway_generation_tokens_total", **REV, source="usage"),
+                sample("modelplane_gateway_generation_tokens_total", **REV, source="stream"))
+
+    async with serving(Gateway(routes)) as url, aiohttp.ClientSession() as http:
+        # Not streamed: the answer's usage, exactly.
+        before = tokens()
+        async with http.post(f"{url}/v1/chat/completions", json={**CHAT, "max_tokens": 9}) as response:
+            usage = (await response.json())["usage"]
+        after = tokens()
+        assert usage["completion_tokens"] > 0
+        assert (after[0] - before[0], after[1] - before[1], after[2] - before[2]) == (
+            usage["prompt_tokens"], usage["completion_tokens"], 0)
+
+        # Streamed with include_usage: its last event's usage.
+        before = tokens()
+        async with http.post(f"{url}/v1/chat/completions",
+                             json={**CHAT, "stream": True, "max_tokens": 20,
+                                   "stream_options": {"include_usage": True}}) as response:
+            text = await response.text()
+        after = tokens()
+        last = [e for e in text.split("\n\n") if e.startswith("data: {")][-1]
+        usage = json.loads(last.removeprefix("data: "))["usage"]
+        assert (after[0] - before[0], after[1] - before[1], after[2] - before[2]) == (
+            usage["prompt_tokens"], usage["completion_tokens"], 0)
+
+        # Streamed without usage: the events with output are counted; no prompt tokens.
+        before = tokens()
+        async with http.post(f"{url}/v1/chat/completions",
+                             json={**CHAT, "stream": True, "max_tokens": 60}) as response:
+            await response.read()
+        after = tokens()
+        assert (after[0] - before[0], after[1] - before[1], after[2] - before[2]) == (0, 0, 60)

@@ -26,6 +26,8 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from modelplane.gateway.usage import Usage
+
 REGISTRY = CollectorRegistry(auto_describe=True)
 for _collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
     REGISTRY.register(_collector)
@@ -53,6 +55,14 @@ DURATION = Histogram("modelplane_gateway_request_duration_seconds",
                      _REVISION, registry=REGISTRY,
                      buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0,
                               10.0, 15.0, 20.0, 30.0, 60.0, 120.0, 240.0, 480.0, 960.0))
+PROMPT_TOKENS = Counter("modelplane_gateway_prompt_tokens_total",
+                        "Prompt tokens of the answered requests, from the answers' usage.",
+                        _REVISION, registry=REGISTRY)
+GENERATION_TOKENS = Counter("modelplane_gateway_generation_tokens_total",
+                            "Generated tokens of the answered requests: from the answer's usage "
+                            "(source=usage), or counted from a stream without usage (source=stream: "
+                            "events with output, one per decoding step).",
+                            [*_REVISION, "source"], registry=REGISTRY)
 HELD = Gauge("modelplane_gateway_held_requests",
              "Requests waiting for a ready replica of their ModelDeployment (none is ready).",
              _MODEL, registry=REGISTRY, multiprocess_mode="livesum")
@@ -82,6 +92,14 @@ class Where:
         return (self.namespace, self.model_deployment, self.revision)
 
 
+def count_tokens(labels: tuple[str, str, str], usage: Usage) -> None:
+    """Add one answer's tokens to the counters."""
+    if usage.prompt_tokens:
+        PROMPT_TOKENS.labels(*labels).inc(usage.prompt_tokens)
+    if usage.completion_tokens:
+        GENERATION_TOKENS.labels(*labels, usage.source).inc(usage.completion_tokens)
+
+
 def exposition() -> bytes:
     """The text of /metrics: this process's registry, or every worker's when they share a directory."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -96,7 +114,7 @@ def forget(namespace: str, model_deployment: str) -> None:
 
     The gauges stay: requests still held or in flight for it will bring them back to zero.
     """
-    for metric in (REQUESTS, ERRORS, RETRIES, TTFT, DURATION, HOLD_SECONDS):
+    for metric in (REQUESTS, ERRORS, RETRIES, TTFT, DURATION, HOLD_SECONDS, PROMPT_TOKENS, GENERATION_TOKENS):
         for labels in list(metric._metrics):  # noqa: SLF001 — prometheus-client has no prefix removal
             if labels[:2] == (namespace, model_deployment):
                 metric.remove(*labels)

@@ -36,6 +36,7 @@ from multidict import CIMultiDict
 from modelplane.gateway.errors import ErrorKind, GatewayError
 from modelplane.gateway.streaming import FirstTokenScanner
 from modelplane.gateway.table import Endpoint
+from modelplane.gateway.usage import Usage, UsageCounter
 
 #: Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus those aiohttp sets.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
@@ -62,6 +63,7 @@ class Relayed:
     first_token_at: float | None = None
     failed: bool = False  #: the replica failed after the status was sent
     client_gone: bool = False  #: the client closed the connection before the end
+    usage: Usage | None = None  #: its tokens, when a counter was given and the answer was complete
 
 
 def request_headers(headers: Mapping[str, str]) -> CIMultiDict[str]:
@@ -480,7 +482,8 @@ def unreachable(failures: list[UpstreamFailure]) -> GatewayError:
 
 
 async def relay(request: web.Request, response: UpstreamResponse, *,
-                scanner: FirstTokenScanner | None) -> tuple[web.StreamResponse, Relayed]:
+                scanner: FirstTokenScanner | None,
+                counter: UsageCounter | None = None) -> tuple[web.StreamResponse, Relayed]:
     """Send the replica's answer to the client; SSE and unsized bodies chunk by chunk, as they come."""
     status = response.status
     headers = response_headers(response.headers)
@@ -491,7 +494,11 @@ async def relay(request: web.Request, response: UpstreamResponse, *,
             data = await response.read()
         except UpstreamBroken as exc:
             raise GatewayError(ErrorKind.UPSTREAM_FAILED, str(exc)) from exc
-        return web.Response(status=status, body=data, headers=headers), Relayed(status)
+        done = Relayed(status)
+        if counter is not None:
+            counter.feed(data)
+            done.usage = counter.result()
+        return web.Response(status=status, body=data, headers=headers), done
     out = web.StreamResponse(status=status, headers=headers)
     outcome = Relayed(status)
     try:
@@ -507,8 +514,12 @@ async def relay(request: web.Request, response: UpstreamResponse, *,
                 break
             if scanner is not None and outcome.first_token_at is None and scanner.feed(chunk):
                 outcome.first_token_at = time.monotonic()
+            if counter is not None:
+                counter.feed(chunk)
             await out.write(chunk)
         await out.write_eof()
+        if counter is not None:
+            outcome.usage = counter.result()
     except ConnectionError:
         # The client went away (a write to it failed before its handler was cancelled); the
         # caller's release of ``response`` closes the replica's connection, which aborts there.

@@ -46,6 +46,7 @@ from modelplane.gateway.routing import (
 )
 from modelplane.gateway.streaming import FirstTokenScanner
 from modelplane.gateway.table import Backend, Endpoint
+from modelplane.gateway.usage import UsageCounter
 from modelplane.gateway.weights import Group, choose_group, group_endpoints, session_point
 
 #: A watch that reconnects within this long is a blip; longer, and /healthz says so.
@@ -195,6 +196,8 @@ class Gateway:
             metrics.DURATION.labels(*labels).observe(time.monotonic() - started)
             if outcome is not None and outcome.first_token_at is not None:
                 metrics.TTFT.labels(*labels).observe(outcome.first_token_at - started)
+            if outcome is not None and outcome.usage is not None:
+                metrics.count_tokens(labels, outcome.usage)
             if reason is not None:
                 metrics.ERRORS.labels(*labels, reason).inc()
 
@@ -267,8 +270,9 @@ class Gateway:
                     raise unreachable(state.failures) from None
                 return None
             try:
+                counter = UsageCounter(stream=info.stream) if response.status == 200 else None
                 return await relay(request, response,
-                                   scanner=FirstTokenScanner() if info.stream else None)
+                                   scanner=FirstTokenScanner() if info.stream else None, counter=counter)
             except asyncio.CancelledError:
                 response.close()  # the client left: drop the replica's connection, which aborts there
                 raise
