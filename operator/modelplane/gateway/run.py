@@ -97,6 +97,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--affinity-load-factor", type=float, default=Settings.affinity_load_factor,
                         help="prefix affinity's bound: a replica takes at most this many times its share "
                              "of the outstanding requests, rounded up (default 1.0)")
+    parser.add_argument("--pod-metrics-seconds", type=float, default=Settings.pod_metrics_seconds,
+                        help="read each ready replica's vLLM /metrics this often, so that picking "
+                             "counts its whole queue and KV-cache use, not only this gateway's "
+                             "requests (default 1; 0: off)")
     parser.add_argument("--shutdown-timeout", type=float, default=30.0,
                         help="seconds requests in flight get to finish on SIGTERM (default 30)")
     parser.add_argument("--no-uvloop", action="store_true", help="use asyncio's event loop, not uvloop")
@@ -115,6 +119,7 @@ def config_from(args: argparse.Namespace) -> Config:
             max_body_bytes=args.max_body_bytes, connect_timeout_seconds=args.connect_timeout,
             session_header=args.session_header.lower(), serve_metrics=args.metrics_port == 0,
             prefix_chars=args.prefix_chars, affinity_load_factor=args.affinity_load_factor,
+            pod_metrics_seconds=args.pod_metrics_seconds,
             holds=HoldLimits(max_per_model=args.max_held, timeout_seconds=args.hold_timeout,
                              retry_after_seconds=args.retry_after))
     except ValueError as exc:

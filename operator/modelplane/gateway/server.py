@@ -20,6 +20,7 @@ cluster has been read.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Sequence
@@ -34,6 +35,7 @@ from modelplane.gateway.activator import HoldLimits, Holds
 from modelplane.gateway.cache import Routes
 from modelplane.gateway.errors import ErrorKind, GatewayError
 from modelplane.gateway.picking import pick_by_prefix, pick_endpoint
+from modelplane.gateway.podload import PodLoads
 from modelplane.gateway.proxy import Relayed, Upstream, UpstreamFailure, relay, request_headers, unreachable
 from modelplane.gateway.routing import (
     INFERENCE_PATHS,
@@ -67,8 +69,13 @@ class Settings:
     #: Prefix affinity's load bound: no replica above this many times its share of outstanding requests
     #: (rounded up). 1.0: in bench/gateway/prefix*.py a flatter load than 1.25 for a TTFT within 7%.
     affinity_load_factor: float = 1.0
+    #: How often each ready replica's vLLM /metrics is read, so that picking counts its whole queue
+    #: and KV-cache use, not only this gateway's requests (``podload``); 0: not read.
+    pod_metrics_seconds: float = 1.0
 
     def __post_init__(self) -> None:
+        if self.pod_metrics_seconds < 0:
+            raise ValueError(f"pod_metrics_seconds must be >= 0, got {self.pod_metrics_seconds}")
         if self.max_body_bytes < 1:
             raise ValueError(f"max_body_bytes must be >= 1, got {self.max_body_bytes}")
         if self.prefix_chars < 0:
@@ -97,6 +104,10 @@ class Gateway:
         self.routes = routes
         self.settings = settings or Settings()
         self.upstream = Upstream(connect_timeout=self.settings.connect_timeout_seconds)
+        interval = self.settings.pod_metrics_seconds
+        self.pod_loads = PodLoads(self.upstream.outstanding, interval=interval or 1.0,
+                                  max_age=3 * (interval or 1.0))
+        self._pod_reader: asyncio.Task[None] | None = None
         self.holds = Holds(self.settings.holds)
         self.rng = rng or random.Random()  # noqa: S311 — load spreading, not security
         #: Per ModelDeployment: (the canary revision it is for, canary requests owed; see weights).
@@ -120,9 +131,21 @@ class Gateway:
 
     async def _start(self, _: web.Application) -> None:
         await self.upstream.start()
+        if self.settings.pod_metrics_seconds > 0:
+            self._pod_reader = asyncio.create_task(self.pod_loads.run(self._ready_addresses),
+                                                   name="pod-metrics")
 
     async def _stop(self, _: web.Application) -> None:
+        if self._pod_reader is not None:
+            self._pod_reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pod_reader
         await self.upstream.close()
+
+    def _ready_addresses(self) -> list[str]:
+        if not self.routes.synced:
+            return []
+        return [e.address for b in self.routes.table().models.values() for e in b.endpoints]
 
     # --- small endpoints --------------------------------------------------------------------
 
@@ -307,10 +330,11 @@ class Gateway:
 
     def _pick_in(self, candidates: Sequence[Endpoint], info: RequestInfo, state: _Pick) -> Endpoint | None:
         avoid = [f.endpoint.address for f in state.failures]
+        loads = self.pod_loads.loads()
         if info.prefix is not None:
-            return pick_by_prefix(candidates, self.upstream.outstanding, prefix=info.prefix,
+            return pick_by_prefix(candidates, loads, prefix=info.prefix,
                                   load_factor=self.settings.affinity_load_factor, avoid=avoid)
-        return pick_endpoint(candidates, self.upstream.outstanding, u=self.rng.random(), avoid=avoid)
+        return pick_endpoint(candidates, loads, u=self.rng.random(), avoid=avoid)
 
 
 async def start(gateway: Gateway, *, host: str, port: int, reuse_port: bool = False,
