@@ -172,6 +172,26 @@ def one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+def cli_error(exc: BaseException, *, config: KubeConfig, action: str, target: str,
+              namespace: str) -> str | None:
+    """The one line a CLI command prints for an ordinary failure of ``action`` ("read", "patch")
+    on ``target``; None for an exception that is not one (a bug: let it show its traceback)."""
+    if isinstance(exc, Unauthorized):
+        return (f"the API server did not accept the credentials of {config.source or config.server}: "
+                f"{one_line(exc)}")
+    if isinstance(exc, NotFound):
+        return f"{target} not found (kubectl get md -n {namespace} lists them)"
+    if isinstance(exc, Forbidden):
+        return f"not allowed to {action} {target}: {one_line(exc)}"
+    if isinstance(exc, ApiError):
+        return f"the API server refused to {action} {target}: {one_line(exc)}"
+    if isinstance(exc, ConfigError):
+        return str(exc)
+    if isinstance(exc, UNREACHABLE):
+        return f"cannot reach the API server {config.server}: {one_line(exc)}"
+    return None
+
+
 # --- the client -------------------------------------------------------------------------------
 
 

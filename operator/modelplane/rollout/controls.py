@@ -71,24 +71,11 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         value = asyncio.run(go())
-    except kube.Unauthorized as exc:
-        print(f"{prefix}: the API server did not accept the credentials of {config.source or config.server}: "
-              f"{kube.one_line(exc)}", file=sys.stderr)
-        return 1
-    except kube.NotFound:
-        print(f"{prefix}: {target} not found (kubectl get md -n {namespace} lists them)", file=sys.stderr)
-        return 1
-    except kube.Forbidden as exc:
-        print(f"{prefix}: not allowed to patch {target}: {kube.one_line(exc)}", file=sys.stderr)
-        return 1
-    except kube.ApiError as exc:
-        print(f"{prefix}: the API server refused to patch {target}: {kube.one_line(exc)}", file=sys.stderr)
-        return 1
-    except kube.ConfigError as exc:
-        print(f"{prefix}: {exc}", file=sys.stderr)
-        return 1
-    except kube.UNREACHABLE as exc:
-        print(f"{prefix}: cannot reach the API server {config.server}: {kube.one_line(exc)}", file=sys.stderr)
+    except Exception as exc:
+        line = kube.cli_error(exc, config=config, action="patch", target=target, namespace=namespace)
+        if line is None:
+            raise
+        print(f"{prefix}: {line}", file=sys.stderr)
         return 1
     print(f"modeldeployment {args.name}: {CONTROL_ANNOTATION}={value} "
           "(kubectl describe md shows what the operator did)")

@@ -106,28 +106,15 @@ def _run(args: argparse.Namespace) -> int:
     except _Gone:
         print(f"{prefix}: {target} was deleted", file=sys.stderr)
         return 1
-    except kube.NotFound:
-        print(f"{prefix}: {target} not found (kubectl get md -n {namespace} lists them)", file=sys.stderr)
-        return 1
-    except kube.Unauthorized as exc:
-        print(f"{prefix}: the API server did not accept the credentials of {config.source or config.server}: "
-              f"{kube.one_line(exc)}", file=sys.stderr)
-        return 1
-    except kube.Forbidden as exc:
-        print(f"{prefix}: not allowed to read {target}: {kube.one_line(exc)}", file=sys.stderr)
-        return 1
-    except kube.ApiError as exc:
-        print(f"{prefix}: the API server refused to return {target}: {kube.one_line(exc)}", file=sys.stderr)
-        return 1
     except ValidationError as exc:
         print(f"{prefix}: the status of {target} is not one this version reads: "
               f"{kube.one_line(exc)}", file=sys.stderr)
         return 1
-    except kube.ConfigError as exc:
-        print(f"{prefix}: {exc}", file=sys.stderr)
-        return 1
-    except kube.UNREACHABLE as exc:
-        print(f"{prefix}: cannot reach the API server {config.server}: {kube.one_line(exc)}", file=sys.stderr)
+    except Exception as exc:
+        line = kube.cli_error(exc, config=config, action="read", target=target, namespace=namespace)
+        if line is None:
+            raise
+        print(f"{prefix}: {line}", file=sys.stderr)
         return 1
     return 0
 
