@@ -201,3 +201,33 @@ def test_the_gateway_pods_are_watched_only_when_a_selector_is_given() -> None:
     [informer] = watching.informers["gateways"]
     assert (informer.resource.plural, informer.namespace, informer.label_selector) == ("pods", "mp", "app=gw")
     assert gateways.HELD_METRIC == "modelplane_gateway_held_requests"
+
+
+async def test_the_gateways_metrics_are_kept_for_live_analysis_and_parsed_once_per_reading() -> None:
+    from modelplane.controller.loop import Controller, Settings
+
+    assert Controller(None, Settings())._gateway_views() is None  # type: ignore[arg-type]  # noqa: SLF001
+    a = await FakeGateway().start()
+    controller = Controller(None, Settings(gateway_metrics_urls=(a.url,),  # type: ignore[arg-type]
+                                           gateway_scrape_seconds=0.02, gateway_stale_seconds=0.5))
+    controller._http = aiohttp.ClientSession()  # noqa: SLF001
+    task = asyncio.create_task(controller._follow_gateways())  # noqa: SLF001
+    try:
+        a.held = [("ns", "lazy", 7)]
+        await wait_for(lambda: controller._pending == {("ns", "lazy"): 7}, timeout=5,  # noqa: SLF001
+                       what="a reading")
+        views = controller._gateway_views()  # noqa: SLF001
+        assert views is not None and list(views) == [a.url]
+        assert views[a.url].gauges[("modelplane_gateway_held_requests",
+                                    (("model_deployment", "lazy"), ("namespace", "ns")))] == 7
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        again = controller._gateway_views()  # noqa: SLF001
+        assert again is not None and again[a.url] is views[a.url]  # the same reading: not parsed again
+        await wait_for(lambda: controller._gateway_views() == {}, timeout=5,  # noqa: SLF001
+                       what="a stale reading to be left out")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await controller._http.close()  # noqa: SLF001
+        await a.stop()

@@ -46,6 +46,7 @@ from modelplane.controller import reconcile as core
 from modelplane.controller.informer import Informer, object_key
 from modelplane.controller.kube import MODELDEPLOYMENTS
 from modelplane.metrics import promquery, scrape
+from modelplane.metrics.promtext import MetricSnapshot, PromTextError, parse_snapshot
 from modelplane.planner.source import HF_BASE_URL, ConfigReadError, read_model_arch
 from modelplane.rollout import driver as rollouts
 from modelplane.rollout import runtime as rollouts_runtime
@@ -217,6 +218,9 @@ class Controller:
         self._pending: dict[Key, int] = {}
         #: Each gateway replica's held requests as last read, and when (kept a while when a read fails).
         self._held_by_gateway: dict[str, tuple[float, dict[Key, int]]] = {}
+        #: Each gateway replica's /metrics text as last read, and its parse (made on demand).
+        self._gateway_text: dict[str, str] = {}
+        self._gateway_parsed: dict[str, tuple[str, MetricSnapshot]] = {}
         #: (namespace, source, revision, secret) → (expires at, outcome); reads in flight.
         self._configs: dict[tuple[str, str, str, str], tuple[float, core.ModelConfig]] = {}
         self._config_reads: dict[tuple[str, str, str, str], asyncio.Task[None]] = {}
@@ -551,7 +555,8 @@ class Controller:
             inference_pools=tuple(self._cached("inferencepools", key)),
             http_routes=tuple(self._cached("httproutes", key)),
             inference_pool_api=self._served("inferencepools"),
-            http_route_api=self._served("httproutes"))
+            http_route_api=self._served("httproutes"),
+            gateway_metrics=self._gateway_views() if (body.get("spec") or {}).get("rollout") else None)
         prepared = core.prepare(observed, prices=self.settings.prices)
         if prepared.md is not None:
             # The suite's size is read from the parsed spec (prepare does not need it).
@@ -768,11 +773,35 @@ class Controller:
                 log.exception("reading the gateways' held requests failed; going on")
             await asyncio.sleep(self.settings.gateway_scrape_seconds)
 
+    def _gateway_views(self) -> dict[str, MetricSnapshot] | None:
+        """Each fresh gateway replica's metrics as last read, by URL (None: no gateway is read).
+
+        Parsed on demand, once per reading: only a rollout's live analysis uses them."""
+        if not (self.settings.gateway_selector or self.settings.gateway_metrics_urls):
+            return None
+        now = time.monotonic()
+        views: dict[str, MetricSnapshot] = {}
+        for url, (at, _) in self._held_by_gateway.items():
+            text = self._gateway_text.get(url)
+            if text is None or now - at > self.settings.gateway_stale_seconds:
+                continue
+            parsed = self._gateway_parsed.get(url)
+            if parsed is None or parsed[0] is not text:
+                try:
+                    parsed = (text, parse_snapshot(text))
+                except PromTextError:
+                    continue
+                self._gateway_parsed[url] = parsed
+            views[url] = parsed[1]
+        return views
+
     async def _gateway_held(self) -> dict[Key, int]:
         """Requests held per ModelDeployment, summed over every gateway replica."""
         urls = self.gateway_urls()
         for gone in set(self._held_by_gateway) - set(urls):
             del self._held_by_gateway[gone]
+            self._gateway_text.pop(gone, None)
+            self._gateway_parsed.pop(gone, None)
         if not urls or self._http is None:
             return {}
         results = await asyncio.gather(*(self._read_held(u) for u in urls))
@@ -785,13 +814,18 @@ class Controller:
         return gateways.sum_held(fresh)
 
     async def _read_held(self, url: str) -> dict[Key, int] | None:
-        """One replica's held requests; None when it did not answer (its last reading stands)."""
+        """One replica's held requests; None when it did not answer (its last reading stands).
+
+        Its whole text is kept too, for a rollout's live analysis (``_gateway_views``)."""
         assert self._http is not None
         try:
             async with self._http.get(url, timeout=aiohttp.ClientTimeout(
                     total=self.settings.scrape_timeout_seconds)) as resp:
                 resp.raise_for_status()
-                return gateways.parse_held(await resp.text())
+                text = await resp.text()
+                held = gateways.parse_held(text)
+                self._gateway_text[url] = text
+                return held
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
             if url in self._held_by_gateway or url in self.settings.gateway_metrics_urls:
                 log.debug("gateway metrics at %s did not answer: %s", url, exc)

@@ -37,6 +37,7 @@ from modelplane.api.models import (
 )
 from modelplane.autoscaler import cost, policy
 from modelplane.controller import health, kube
+from modelplane.metrics.promtext import MetricSnapshot
 from modelplane.metrics.scrape import ScrapeResult, ScrapeTarget
 
 # The published-benchmark performance profiles of GPUs the simulator also runs on.
@@ -116,6 +117,9 @@ class Observed:
     #: The InferencePools and HTTPRoutes labelled as this ModelDeployment's (spec.inferencePool).
     inference_pools: tuple[Obj, ...] = ()
     http_routes: tuple[Obj, ...] = ()
+    #: Each gateway replica's metrics as last read, by URL, for a rollout's live analysis (None: no
+    #: gateway is read, or the object has no rollout).
+    gateway_metrics: Mapping[str, MetricSnapshot] | None = None
     #: Whether the API server serves InferencePool v1 / HTTPRoute v1 (their CRDs are optional):
     #: True, False (not served: the CRD is not installed), None (not known yet: not listed yet).
     inference_pool_api: bool | None = None
@@ -578,7 +582,7 @@ def finish(prepared: Prepared, observed: Observed, *, metrics: Sequence[ScrapeRe
         md_meta=meta, spec=md.spec, status=old_status, deployments=observed.deployments,
         services=observed.services, pods=observed.pods, metrics=metrics, memory=rollout_memory,
         total=desired, shape=shape, served_name=prepared.served_name or md.name, now=now,
-        suite_cases=observed.suite_cases)
+        suite_cases=observed.suite_cases, gateways=observed.gateway_metrics)
     events += [EventSpec(e.type, e.reason.value, e.message, rollout=True) for e in rollout.events]
     # While a rollout drives, it (not the plain switch) says which revision serves.
     switching = revs.switching and not rollout.driving

@@ -44,6 +44,12 @@ SUCCESS_COUNTER = "vllm:request_success_total"
 #: The ``finished_reason`` of a request the engine failed (vLLM 0.32, not 0.11; docs/vllm-versions.md).
 ENGINE_ERROR_REASON = "error"
 TTFT_HISTOGRAM = "vllm:time_to_first_token_seconds"
+#: The gateway's view of the same (``modelplane.gateway.metrics``): answers by HTTP status, and
+#: time to first token as the client saw it.
+GATEWAY_REQUESTS = "modelplane_gateway_requests_total"
+GATEWAY_TTFT = "modelplane_gateway_time_to_first_token_seconds"
+#: The status the gateway counts for a client that left before its answer: neither served nor failed.
+CLIENT_GONE = "499"
 
 
 class Outcome(StrEnum):
@@ -99,6 +105,28 @@ class WindowStats:
             error_rate=failed / requests if requests else 0.0,
             ttft_p95=None if math.isnan(p95) else p95,
         )
+
+
+def gateway_stats(window: MetricSnapshot, *, namespace: str, name: str, revision: str) -> WindowStats:
+    """One revision's traffic in the window as the gateways saw it (their window increase, summed
+    over the gateway replicas): every answer but a client's own departure is a request, every 5xx
+    (a replica's, or the gateway's 502/503/504 when none could answer) a failure, and TTFT is
+    the client's."""
+    selector = {"namespace": namespace, "model_deployment": name, "revision": revision}
+    requests = errors = 0.0
+    for (metric, labels), value in window.counters.items():
+        if metric != GATEWAY_REQUESTS or not all(dict(labels).get(k) == v for k, v in selector.items()):
+            continue
+        code = dict(labels).get("code", "")
+        if code == CLIENT_GONE:
+            continue
+        requests += value
+        if code.startswith("5"):
+            errors += value
+    p95 = histogram_quantile(0.95, window.buckets(GATEWAY_TTFT, **selector))
+    n, failed = int(round(requests)), int(round(errors))
+    return WindowStats(requests=n, errors=failed, error_rate=failed / n if n else 0.0,
+                       ttft_p95=None if math.isnan(p95) else p95)
 
 
 @dataclass(frozen=True)

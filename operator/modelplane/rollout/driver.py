@@ -51,7 +51,8 @@ from modelplane.api.models import EvaluationSpec, EvaluatorSpec, ModelDeployment
 from modelplane.controller.health import is_ready
 from modelplane.metrics.promtext import MetricSnapshot, PromTextError, delta, merge, parse_snapshot
 from modelplane.metrics.scrape import ScrapeResult
-from modelplane.rollout.analysis import AnalysisResult, AnalysisThresholds, analyse_window
+from modelplane.rollout.analysis import AnalysisResult, AnalysisThresholds, analyse_window, gateway_stats
+from modelplane.rollout.analysis import analyse as analyse_stats
 from modelplane.rollout.machine import (
     ACTIVE,
     CONTROL_ANNOTATION,
@@ -113,11 +114,13 @@ class EvalSlot:
 
 @dataclass(frozen=True)
 class Window:
-    """The start of an analysis window: each pod's metrics then, by pod name."""
+    """The start of an analysis window: each pod's metrics then, by pod name, and each gateway
+    replica's, by its /metrics URL (None: no gateway is read)."""
 
     revision: str
     step: int
     started: Mapping[str, MetricSnapshot] = field(default_factory=dict)
+    gateways: Mapping[str, MetricSnapshot] | None = None
 
 
 @dataclass(frozen=True)
@@ -267,8 +270,23 @@ def server_errors(snapshot: MetricSnapshot) -> int:
 
 
 def analyse(window: Window, metrics: Sequence[ScrapeResult], pod_keys: Mapping[str, str], *,
-            canary_key: str, stable_key: str, thresholds: AnalysisThresholds) -> AnalysisResult:
-    """The window's verdict: each pod's increase since the window began, summed by revision."""
+            canary_key: str, stable_key: str, thresholds: AnalysisThresholds,
+            gateways: Mapping[str, MetricSnapshot] | None = None,
+            md: tuple[str, str] = ("", "")) -> AnalysisResult:
+    """The window's verdict.
+
+    Where gateways run and saw the canary's requests in the window, from their view (what clients
+    got: the gateway's own 502/503/504 included, TTFT as the client saw it); otherwise from each
+    pod's increase since the window began, summed by revision.
+    """
+    if gateways is not None and window.gateways is not None:
+        seen = merge(delta(window.gateways.get(url, MetricSnapshot()), snap)
+                     for url, snap in gateways.items())
+        gw_canary = gateway_stats(seen, namespace=md[0], name=md[1], revision=canary_key)
+        if gw_canary.requests > 0:
+            gw_stable = gateway_stats(seen, namespace=md[0], name=md[1], revision=stable_key)
+            verdict = analyse_stats(gw_canary, gw_stable, thresholds)
+            return replace(verdict, reason=f"{verdict.reason} (as the gateways saw it)")
     now = _snapshots(metrics)
     deltas: dict[str, list[MetricSnapshot]] = {canary_key: [], stable_key: []}
     for pod, snap in sorted(now.items()):
@@ -308,11 +326,13 @@ def drive(
     served_name: str,
     now: datetime,
     suite_cases: int | None = None,
+    gateways: Mapping[str, MetricSnapshot] | None = None,
 ) -> Outcome:
     """One reconcile's worth of rollout: advance the machine, then say what to run.
 
     ``suite_cases``: the size of the evaluation suite when the controller has read it (the machine
-    checks the gate's power with it once per canary).
+    checks the gate's power with it once per canary). ``gateways``: each gateway replica's metrics
+    as last read (None: no gateway is read); live analysis then judges by what clients got.
     """
     rspec = rollout_spec_from_api(spec.rollout)
     desired = revision_fingerprint(spec)
@@ -382,12 +402,15 @@ def drive(
             elif isinstance(action, CancelEvaluation):
                 cancel, order, slot = True, None, None
             elif isinstance(action, BeginAnalysisWindow):
-                window = Window(new.canary_revision or "", action.step, _snapshots(metrics))
+                window = Window(new.canary_revision or "", action.step, _snapshots(metrics),
+                                None if gateways is None else dict(gateways))
             elif isinstance(action, RunAnalysis):
                 if window is None:
                     window = Window(new.canary_revision or "", action.step)
                 verdict = analyse(window, metrics, pod_keys, canary_key=key_of(new.canary_revision) or "",
-                                  stable_key=key_of(new.stable_revision) or "", thresholds=thresholds)
+                                  stable_key=key_of(new.stable_revision) or "", thresholds=thresholds,
+                                  gateways=gateways,
+                                  md=(str(md_meta.get("namespace") or ""), str(md_meta.get("name") or "")))
                 pending_verdict = verdict
             elif isinstance(action, EmitEvent):
                 events.append(action)
