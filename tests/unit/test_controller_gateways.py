@@ -231,3 +231,57 @@ async def test_the_gateways_metrics_are_kept_for_live_analysis_and_parsed_once_p
         await asyncio.gather(task, return_exceptions=True)
         await controller._http.close()  # noqa: SLF001
         await a.stop()
+
+
+def test_a_reading_gives_held_and_in_flight_requests_summed_over_revisions() -> None:
+    from modelplane.controller.gateways import parse_reading
+
+    text = held_text(("ns", "a", 2.0)) + (
+        'modelplane_gateway_in_flight_requests{model_deployment="a",namespace="ns",revision="s"} 3.0\n'
+        'modelplane_gateway_in_flight_requests{model_deployment="b",namespace="ns",revision="s"} 0.0\n')
+    assert parse_reading(text) == ({("ns", "a"): 2}, {("ns", "a"): 10})
+
+
+@pytest.mark.parametrize(("at_reconcile", "now", "expected"), [
+    pytest.param({("ns", "a"): 10}, {("ns", "a"): 15}, {("ns", "a")}, id="half-again"),
+    pytest.param({("ns", "a"): 10}, {("ns", "a"): 14}, set(), id="below-1.5x"),
+    # Small numbers: 1 → 2 is double but one request; 1 → 3 is a surge.
+    pytest.param({("ns", "a"): 1}, {("ns", "a"): 2}, set(), id="one-more"),
+    pytest.param({("ns", "a"): 1}, {("ns", "a"): 3}, {("ns", "a")}, id="two-more"),
+    # Never reconciled since the gateway saw it (or reconciled at 0): 2 in flight is a surge.
+    pytest.param({}, {("ns", "b"): 2}, {("ns", "b")}, id="new"),
+    pytest.param({("ns", "a"): 30}, {("ns", "a"): 3}, set(), id="falling"),
+])
+def test_a_surge_at_the_gateways_wakes_the_model_deployment(
+        at_reconcile: dict[tuple[str, str], int], now: dict[tuple[str, str], int],
+        expected: set[tuple[str, str]]) -> None:
+    from modelplane.controller.gateways import surged
+
+    assert surged(at_reconcile, now) == expected
+
+
+async def test_the_operator_wakes_a_model_deployment_whose_requests_surge_at_the_gateways() -> None:
+    from modelplane.controller.loop import Controller, Settings
+
+    a = await FakeGateway().start()
+    controller = Controller(None, Settings(gateway_metrics_urls=(a.url,),  # type: ignore[arg-type]
+                                           gateway_scrape_seconds=0.02, gateway_stale_seconds=1.0))
+    controller.known = {("ns", "a"): {}}
+    poked: list[tuple[str, str]] = []
+
+    def poke(key: tuple[str, str], at: float | None = None, *, urgent: bool | None = None) -> None:
+        poked.append(key)
+
+    controller.poke = poke  # type: ignore[method-assign]
+    controller._in_flight_at_reconcile = {("ns", "a"): 4}  # noqa: SLF001  # 7 now (held_text): 1.75×
+    controller._http = aiohttp.ClientSession()  # noqa: SLF001
+    task = asyncio.create_task(controller._follow_gateways())  # noqa: SLF001
+    try:
+        await wait_for(lambda: poked == [("ns", "a")], timeout=5, what="the surge to wake it")
+        await asyncio.sleep(0.3)  # fifteen readings more: still once (at most once a second)
+        assert poked == [("ns", "a")]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await controller._http.close()  # noqa: SLF001
+        await a.stop()

@@ -8,6 +8,11 @@ The operator finds the replicas and reads each one's /metrics every ``--gateway-
 ModelDeployment whose sum changed, so that scale from zero starts within a fraction of a second
 of the first held request rather than at the next resync.
 
+The same reading gives each ModelDeployment's requests in flight at the gateways
+(``modelplane_gateway_in_flight_requests``): when they rise to 1.5 times what they were at its
+last reconcile (and by at least 2), the ModelDeployment is reconciled at once, its pods read and
+the autoscaler asked, instead of at its next 2 s beat (``surged``; at most once a second each).
+
 The replicas are found either way (docs/gateway.md):
 
 - ``--gateway-selector`` (with ``--gateway-namespace``): the operator watches the pods of that
@@ -27,6 +32,11 @@ from prometheus_client.parser import text_string_to_metric_families
 Key = tuple[str, str]  #: (namespace, ModelDeployment name)
 
 HELD_METRIC = "modelplane_gateway_held_requests"
+#: Requests sent to a replica and not yet answered, per revision: the load as clients make it.
+IN_FLIGHT_METRIC = "modelplane_gateway_in_flight_requests"
+#: A rise of in-flight requests that wakes a ModelDeployment before its next beat (``surged``).
+SURGE_FACTOR = 1.5
+SURGE_MINIMUM = 2
 #: The gateway's default --metrics-port, used when its pod names no ``metrics`` container port.
 DEFAULT_METRICS_PORT = 9090
 METRICS_PORT_NAME = "metrics"
@@ -52,20 +62,39 @@ def metrics_urls(pods: Iterable[Mapping[str, Any]], fixed: Iterable[str] = ()) -
     return list(dict.fromkeys([*fixed, *sorted(found)]))
 
 
-def parse_held(text: str) -> dict[Key, int]:
-    """One replica's held requests per ModelDeployment, from its /metrics text.
+def parse_reading(text: str) -> tuple[dict[Key, int], dict[Key, int]]:
+    """One replica's (held, in flight) requests per ModelDeployment, from its /metrics text.
 
     Raises ``ValueError`` for text that is not Prometheus' exposition format.
     """
     held: dict[Key, int] = {}
+    in_flight: dict[Key, int] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name != HELD_METRIC:
+            if sample.name == HELD_METRIC:
+                into = held
+            elif sample.name == IN_FLIGHT_METRIC:
+                into = in_flight
+            else:
                 continue
             key = (sample.labels.get("namespace", ""), sample.labels.get("model_deployment", ""))
             if key[0] and key[1] and sample.value > 0:
-                held[key] = held.get(key, 0) + int(sample.value)
-    return held
+                into[key] = into.get(key, 0) + int(sample.value)
+    return held, in_flight
+
+
+def parse_held(text: str) -> dict[Key, int]:
+    """One replica's held requests per ModelDeployment (see ``parse_reading``)."""
+    return parse_reading(text)[0]
+
+
+def surged(at_reconcile: Mapping[Key, int], now: Mapping[Key, int], *, factor: float = SURGE_FACTOR,
+           minimum: int = SURGE_MINIMUM) -> set[Key]:
+    """The ModelDeployments whose requests in flight at the gateways rose to ``factor`` times what
+    they were at their last reconcile, and by at least ``minimum``: their load grew faster than
+    the pods' scrape beat would tell, so they are reconciled (and their pods read) now."""
+    return {k for k, n in now.items()
+            if n - at_reconcile.get(k, 0) >= minimum and n >= factor * at_reconcile.get(k, 0)}
 
 
 def sum_held(per_replica: Iterable[Mapping[Key, int]]) -> dict[Key, int]:

@@ -161,6 +161,8 @@ def _namespace_key(obj: Mapping[str, Any]) -> Iterable[str]:
     yield str((obj.get("metadata") or {}).get("namespace") or "")
 
 
+#: A surge of requests at the gateways wakes a ModelDeployment at most this often (seconds).
+SURGE_WAKE_SECONDS = 1.0
 #: Queue priorities: a wake for a change goes before a periodic resync.
 URGENT, PERIODIC = 0, 1
 #: Events waiting to be posted, at most; and the tasks that post them.
@@ -216,8 +218,13 @@ class Controller:
         self._instance = f"{socket.gethostname()}-{os.getpid()}"
         self.alive_at = time.monotonic()
         self._pending: dict[Key, int] = {}
+        #: Requests in flight at the gateways per ModelDeployment: now, at its last reconcile, and
+        #: when a surge last woke it.
+        self._in_flight: dict[Key, int] = {}
+        self._in_flight_at_reconcile: dict[Key, int] = {}
+        self._surge_woken: dict[Key, float] = {}
         #: Each gateway replica's held requests as last read, and when (kept a while when a read fails).
-        self._held_by_gateway: dict[str, tuple[float, dict[Key, int]]] = {}
+        self._held_by_gateway: dict[str, tuple[float, dict[Key, int], dict[Key, int]]] = {}
         #: Each gateway replica's /metrics text as last read, and its parse (made on demand).
         self._gateway_text: dict[str, str] = {}
         self._gateway_parsed: dict[str, tuple[str, MetricSnapshot]] = {}
@@ -367,6 +374,8 @@ class Controller:
         if event_type == "DELETED":
             self.known.pop(key, None)
             self._due.pop(key, None)
+            self._in_flight_at_reconcile.pop(key, None)
+            self._surge_woken.pop(key, None)
             gone = self.memory.pop(key, None)
             if gone is not None:
                 gone.stop_evaluation()
@@ -540,6 +549,7 @@ class Controller:
     async def _reconcile(self, key: Key, body: dict[str, Any]) -> bool:
         namespace, name = key
         memory = self.memory.setdefault(key, _Memory())
+        self._in_flight_at_reconcile[key] = self._in_flight.get(key, 0)
         observed = core.Observed(
             body=body, deployments=tuple(self._cached("deployments", key)),
             services=tuple(self._cached("services", key)), pdbs=tuple(self._cached("pdbs", key)),
@@ -769,6 +779,12 @@ class Controller:
                     if key in self.known:
                         self.poke(key)
                 self._pending = pending
+                now = time.monotonic()
+                for key in gateways.surged(self._in_flight_at_reconcile, self._in_flight):
+                    last = self._surge_woken.get(key, -math.inf)
+                    if key in self.known and now - last >= SURGE_WAKE_SECONDS:
+                        self._surge_woken[key] = now
+                        self.poke(key)
             except Exception:  # a bug here must not end scale from zero for good
                 log.exception("reading the gateways' held requests failed; going on")
             await asyncio.sleep(self.settings.gateway_scrape_seconds)
@@ -781,7 +797,7 @@ class Controller:
             return None
         now = time.monotonic()
         views: dict[str, MetricSnapshot] = {}
-        for url, (at, _) in self._held_by_gateway.items():
+        for url, (at, _, _) in self._held_by_gateway.items():
             text = self._gateway_text.get(url)
             if text is None or now - at > self.settings.gateway_stale_seconds:
                 continue
@@ -806,15 +822,17 @@ class Controller:
             return {}
         results = await asyncio.gather(*(self._read_held(u) for u in urls))
         now = time.monotonic()
-        for url, held in zip(urls, results, strict=True):
-            if held is not None:
-                self._held_by_gateway[url] = (now, held)
-        fresh = [held for at, held in self._held_by_gateway.values()
+        for url, reading in zip(urls, results, strict=True):
+            if reading is not None:
+                self._held_by_gateway[url] = (now, *reading)
+        fresh = [(held, in_flight) for at, held, in_flight in self._held_by_gateway.values()
                  if now - at <= self.settings.gateway_stale_seconds]
-        return gateways.sum_held(fresh)
+        self._in_flight = gateways.sum_held(in_flight for _, in_flight in fresh)
+        return gateways.sum_held(held for held, _ in fresh)
 
-    async def _read_held(self, url: str) -> dict[Key, int] | None:
-        """One replica's held requests; None when it did not answer (its last reading stands).
+    async def _read_held(self, url: str) -> tuple[dict[Key, int], dict[Key, int]] | None:
+        """One replica's (held, in flight) requests; None when it did not answer (its last reading
+        stands).
 
         Its whole text is kept too, for a rollout's live analysis (``_gateway_views``)."""
         assert self._http is not None
@@ -823,9 +841,9 @@ class Controller:
                     total=self.settings.scrape_timeout_seconds)) as resp:
                 resp.raise_for_status()
                 text = await resp.text()
-                held = gateways.parse_held(text)
+                reading = gateways.parse_reading(text)
                 self._gateway_text[url] = text
-                return held
+                return reading
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
             if url in self._held_by_gateway or url in self.settings.gateway_metrics_urls:
                 log.debug("gateway metrics at %s did not answer: %s", url, exc)
