@@ -14,7 +14,8 @@ GPUs: the cluster has a few dozen):
    minus its rate during a **baseline** window of the same length in the same run with the
    operator stopped (SIGSTOP: its watches stay open, it sends nothing), is what the operator adds;
 3. the operator's **RSS** (``VmRSS`` of the process), highest seen during the window;
-4. **spec change → child updated**: ``--changes`` ModelDeployments, one after another, get
+4. **spec change → child updated** (once the operator, continued after the baseline, has had
+   every watch up for 5 s): ``--changes`` ModelDeployments, one after another, get
    ``spec.scaling.minReplicas`` 1 → 2 (a merge patch, as a user's edit); the time from the patch to
    the bench's own watch seeing that one's Deployment at 2 replicas, p50 and p99.
 5. **the API server's floor** for time to status, with the operator stopped: as many new
@@ -119,6 +120,23 @@ async def operator_counts(http: aiohttp.ClientSession, port: int) -> tuple[float
     return requests, writes
 
 
+async def watching_again(http: aiohttp.ClientSession, port: int, *, timeout: float = 120.0) -> None:
+    """Wait until the operator (just continued) has every watch up for 5 s in a row."""
+    deadline = time.monotonic() + timeout
+    up_since: float | None = None
+    await asyncio.sleep(2.0)  # its timeouts fire first
+    while time.monotonic() < deadline:
+        async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+            text = await resp.text()
+        down = sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+                   if s.name == "modelplane_watches_down")
+        up_since = (up_since or time.monotonic()) if down == 0 else None
+        if up_since is not None and time.monotonic() - up_since >= 5.0:
+            return
+        await asyncio.sleep(0.5)
+    raise DevClusterError(f"the operator's watches were not all up {timeout:.0f} s after SIGCONT")
+
+
 async def server_requests(client: kube.Kube) -> float:
     """The API server's ``apiserver_request_total``, summed over every label."""
     text = await client.request("GET", "/metrics", content_type="text/plain")
@@ -193,6 +211,9 @@ async def measure(count: int, namespaces: int, window: float, changes: int, clus
                 srv3, t3 = await server_requests(client), time.monotonic()
             finally:
                 os.killpg(operator.pid, signal.SIGCONT)
+            # Stopped that long, its watches timed out: it lists again. The spec changes are timed
+            # once it watches again and has caught up, as they would be in its steady state.
+            await watching_again(http, port)
             with_operator = (srv1 - srv0) / (t1 - t0)
             without = (srv3 - srv2) / (t3 - t2)
             print(f"[{count}] steady: operator {(req1 - req0) / (t1 - t0):.3f} req/s, "
