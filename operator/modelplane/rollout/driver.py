@@ -51,7 +51,13 @@ from modelplane.api.models import EvaluationSpec, EvaluatorSpec, ModelDeployment
 from modelplane.controller.health import is_ready
 from modelplane.metrics.promtext import MetricSnapshot, PromTextError, delta, merge, parse_snapshot
 from modelplane.metrics.scrape import ScrapeResult
-from modelplane.rollout.analysis import AnalysisResult, AnalysisThresholds, analyse_window, gateway_stats
+from modelplane.rollout.analysis import (
+    AnalysisResult,
+    AnalysisThresholds,
+    WindowStats,
+    analyse_window,
+    gateway_stats,
+)
 from modelplane.rollout.analysis import analyse as analyse_stats
 from modelplane.rollout.machine import (
     ACTIVE,
@@ -276,17 +282,10 @@ def analyse(window: Window, metrics: Sequence[ScrapeResult], pod_keys: Mapping[s
     """The window's verdict.
 
     Where gateways run and saw the canary's requests in the window, from their view (what clients
-    got: the gateway's own 502/503/504 included, TTFT as the client saw it); otherwise from each
-    pod's increase since the window began, summed by revision.
+    got: the gateway's own 502/503/504 included, TTFT as the client saw it); the gateways time the
+    first token of streamed requests only, so without streamed requests in the window TTFT comes
+    from the pods. Otherwise from each pod's increase since the window began, summed by revision.
     """
-    if gateways is not None and window.gateways is not None:
-        seen = merge(delta(window.gateways.get(url, MetricSnapshot()), snap)
-                     for url, snap in gateways.items())
-        gw_canary = gateway_stats(seen, namespace=md[0], name=md[1], revision=canary_key)
-        if gw_canary.requests > 0:
-            gw_stable = gateway_stats(seen, namespace=md[0], name=md[1], revision=stable_key)
-            verdict = analyse_stats(gw_canary, gw_stable, thresholds)
-            return replace(verdict, reason=f"{verdict.reason} (as the gateways saw it)")
     now = _snapshots(metrics)
     deltas: dict[str, list[MetricSnapshot]] = {canary_key: [], stable_key: []}
     for pod, snap in sorted(now.items()):
@@ -294,6 +293,20 @@ def analyse(window: Window, metrics: Sequence[ScrapeResult], pod_keys: Mapping[s
         if key in deltas:
             deltas[key].append(delta(window.started.get(pod, MetricSnapshot()), snap))
     canary, stable = merge(deltas[canary_key]), merge(deltas[stable_key])
+    if gateways is not None and window.gateways is not None:
+        seen = merge(delta(window.gateways.get(url, MetricSnapshot()), snap)
+                     for url, snap in gateways.items())
+        gw_canary = gateway_stats(seen, namespace=md[0], name=md[1], revision=canary_key)
+        if gw_canary.requests > 0:
+            gw_stable = gateway_stats(seen, namespace=md[0], name=md[1], revision=stable_key)
+            pods_canary = WindowStats.from_window(canary, errors=server_errors(canary))
+            pods_stable = WindowStats.from_window(stable, errors=server_errors(stable))
+            if gw_canary.ttft_p95 is None:
+                gw_canary = replace(gw_canary, ttft_p95=pods_canary.ttft_p95)
+            if gw_stable.ttft_p95 is None:
+                gw_stable = replace(gw_stable, ttft_p95=pods_stable.ttft_p95)
+            verdict = analyse_stats(gw_canary, gw_stable, thresholds)
+            return replace(verdict, reason=f"{verdict.reason} (as the gateways saw it)")
     return analyse_window(canary_window=canary, canary_errors=server_errors(canary),
                           stable_window=stable, stable_errors=server_errors(stable), thresholds=thresholds)
 
