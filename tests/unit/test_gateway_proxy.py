@@ -17,6 +17,7 @@ from aiohttp import web
 
 from modelplane.gateway.proxy import Upstream, UpstreamBroken, UpstreamResponse, _Connection
 from modelplane.gateway.table import Endpoint
+from tests.waiting import wait_for
 
 
 class FakeTransport(asyncio.Transport):
@@ -190,8 +191,7 @@ async def test_idle_connections_are_closed_after_the_keepalive_timeout() -> None
             upstream._put(connection)
             connections.append(connection)
         assert upstream._idle == {"10.0.0.1:8000": connections}
-        await asyncio.sleep(0.5)
-        assert upstream._idle == {}
+        await wait_for(lambda: upstream._idle == {}, timeout=5, what="the idle connections to be closed")
         assert all(c.transport is not None and c.transport.is_closing() for c in connections)
     finally:
         await upstream.close()

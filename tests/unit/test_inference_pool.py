@@ -21,6 +21,7 @@ from modelplane.controller.informer import Backoff, Informer
 from modelplane.controller.reconcile import APPLIED_HASH, Result
 from tests.unit.test_informer import Script, pod
 from tests.unit.test_reconcile import materialise, md, run
+from tests.waiting import wait_for
 
 PICKER = {"service": "chat-epp", "port": 9002}
 ROUTE = {"parentRefs": [{"name": "inference-gateway"}]}
@@ -297,10 +298,10 @@ async def test_an_optional_informer_tells_a_missing_crd_from_an_outage(
 
 
 async def test_a_404_is_an_outage_for_a_kind_that_must_exist() -> None:
-    script = Script([NOT_SERVED, NOT_SERVED], [])
+    script = Script([NOT_SERVED] * 1000, [])  # more than the wait below can use
     informer = Informer(script, kube.PODS, backoff=Backoff(first=0.01, cap=0.01))  # type: ignore[arg-type]
     task = asyncio.create_task(informer.run())
-    await asyncio.sleep(0.005)
+    await wait_for(lambda: informer.down_since is not None, timeout=5, what="the informer down")
     assert informer.down_since is not None and informer.served is None and not informer.absent
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

@@ -19,6 +19,7 @@ from modelplane.api.models import ScalingDecision
 from modelplane.controller import kube
 from modelplane.rollout.get import show
 from modelplane.rollout.view import age, render
+from tests.waiting import wait_for
 
 NOW = datetime(2026, 12, 3, 14, 0, 0, tzinfo=UTC)
 
@@ -166,10 +167,7 @@ async def test_watch_redraws_on_every_change(api: dict[str, Any]) -> None:
     async with kube.Kube(kube.KubeConfig(server=api["url"])) as client:
         task = asyncio.create_task(show(client, name="chat", namespace="team-a", watch=True, out=out,
                                         clear=True))
-        for _ in range(200):
-            if out.getvalue().count("\x1b[H\x1b[2J") == 3:
-                break
-            await asyncio.sleep(0.01)
+        await wait_for(lambda: out.getvalue().count("\x1b[H\x1b[2J") == 3, timeout=5, what="three redraws")
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -205,10 +203,7 @@ async def test_watch_without_a_terminal_separates_views_by_a_blank_line(api: dic
     async with kube.Kube(kube.KubeConfig(server=api["url"])) as client:
         task = asyncio.create_task(show(client, name="chat", namespace="team-a", watch=True, out=out,
                                         clear=False))
-        for _ in range(200):
-            if out.getvalue().count("Name:") == 2:
-                break
-            await asyncio.sleep(0.01)
+        await wait_for(lambda: out.getvalue().count("Name:") == 2, timeout=5, what="two views")
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
