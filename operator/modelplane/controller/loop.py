@@ -388,6 +388,17 @@ class Controller:
         # the objects a user or a child changed.
         self.poke(key, urgent=before is None or not _status_only_change(before, body))
 
+    def _wrote(self, key: Key, written: Mapping[str, Any]) -> None:
+        """Take the object as the status write left it, before its watch event comes back.
+
+        A child's event wakes the object again while that event is still on its way; a reconcile
+        of the body read before the write would take the same step twice (a second InitialDeploy
+        Event, a rollout step repeated). Any later watch event replaces this body, as it would the
+        informer's own (the server's answer is the object at the write's resourceVersion).
+        """
+        if key in self.known and isinstance(written.get("metadata"), Mapping):
+            self.known[key] = dict(written)
+
     def poke_owner(self, namespace: str | None, labels: Mapping[str, str]) -> None:
         owner = labels.get(OWNER_LABEL)
         if namespace and owner and (namespace, owner) in self.known:
@@ -621,11 +632,12 @@ class Controller:
             if await self.kube.delete(resource, child_name, namespace=namespace):
                 opmetrics.API_WRITES.labels(resource.kind, "delete").inc()
         if result.status is not None:
-            await self.kube.apply({"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND,
-                                   "metadata": {"name": name, "namespace": namespace},
-                                   "status": result.status},
-                                  subresource="status", field_manager=FIELD_MANAGER)
+            written = await self.kube.apply({"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND,
+                                             "metadata": {"name": name, "namespace": namespace},
+                                             "status": result.status},
+                                            subresource="status", field_manager=FIELD_MANAGER)
             opmetrics.API_WRITES.labels(KIND, "status").inc()
+            self._wrote(key, written)
         for event in result.events:
             self.record_event(body, event)
         self._export(key, result)
