@@ -365,7 +365,9 @@ def render_reference() -> str:
 
 
 def generated_files() -> dict[Path, str]:
-    return {CRD_PATH: render_crd(), REFERENCE_PATH: render_reference()}
+    from modelplane.api import routegen  # it builds on this module
+
+    return {CRD_PATH: render_crd(), REFERENCE_PATH: render_reference(), **routegen.generated_files()}
 
 
 def _repo_root() -> Path:

@@ -27,6 +27,9 @@ class ErrorKind(StrEnum):
     NO_READY_REPLICA = "no_ready_replica"  #: 503: held for ``--hold-timeout`` and no replica got ready
     UPSTREAM_UNREACHABLE = "upstream_unreachable"  #: 502: two replicas failed before answering
     UPSTREAM_FAILED = "upstream_failed"  #: a replica failed mid-response (after the status was sent)
+    BUDGET_EXHAUSTED = "budget_exhausted"  #: 429: a team's or a route's monthly budget is spent (model mesh)
+    RATE_LIMITED = "rate_limit_exceeded"  #: 429: a team's tokens per minute are used up (model mesh)
+    INVALID_API_KEY = "invalid_api_key"  #: 401: teams are on and the request has no known key
 
 
 #: (HTTP status, OpenAI error type) of each kind.
@@ -41,6 +44,9 @@ STATUS: dict[ErrorKind, tuple[int, str]] = {
     ErrorKind.NO_READY_REPLICA: (503, "server_error"),
     ErrorKind.UPSTREAM_UNREACHABLE: (502, "server_error"),
     ErrorKind.UPSTREAM_FAILED: (502, "server_error"),
+    ErrorKind.BUDGET_EXHAUSTED: (429, "insufficient_quota"),
+    ErrorKind.RATE_LIMITED: (429, "rate_limit_error"),
+    ErrorKind.INVALID_API_KEY: (401, "invalid_request_error"),
 }
 
 

@@ -30,8 +30,12 @@ from aiohttp import web
 from modelplane.controller import credentials, kube
 from modelplane.gateway.activator import HoldLimits
 from modelplane.gateway.cache import ClusterRoutes, Routes, StaticRoutes, load_routes_file
+from modelplane.gateway.meshroutes import ClusterMesh
+from modelplane.gateway.meshserve import MeshServer
 from modelplane.gateway.routing import SESSION_HEADER
 from modelplane.gateway.server import Gateway, Settings, serve_metrics, start
+from modelplane.gateway.spend import DEFAULT_REFERENCE_USD_PER_MTOK
+from modelplane.gateway.teams import ClusterTeams
 
 log = logging.getLogger("modelplane.gateway")
 
@@ -52,6 +56,8 @@ class Config:
     #: kubectl's --kubeconfig and --context (None: $KUBECONFIG, or the ServiceAccount in a pod).
     kubeconfig: str | None = None
     context: str | None = None
+    teams: bool = False  #: ask every request for a team's key (docs/model-mesh.md)
+    reference_usd_per_mtok: float = DEFAULT_REFERENCE_USD_PER_MTOK
 
 
 def register(subparsers: Any) -> None:
@@ -101,6 +107,13 @@ def register(subparsers: Any) -> None:
                         help="read each ready replica's vLLM /metrics this often, so that picking "
                              "counts its whole queue and KV-cache use, not only this gateway's "
                              "requests (default 1; 0: off)")
+    parser.add_argument("--teams", action="store_true",
+                        help="serve teams: every request needs Authorization: Bearer <a team's key>; keys, "
+                             "token rate limits and monthly budgets come from Secrets labelled "
+                             "modelplane.dev/team (docs/model-mesh.md)")
+    parser.add_argument("--reference-usd-per-mtok", type=float, default=DEFAULT_REFERENCE_USD_PER_MTOK,
+                        help="the proprietary price spend is compared with, USD per million tokens "
+                             f"(default {DEFAULT_REFERENCE_USD_PER_MTOK:g})")
     parser.add_argument("--shutdown-timeout", type=float, default=30.0,
                         help="seconds requests in flight get to finish on SIGTERM (default 30)")
     parser.add_argument("--no-uvloop", action="store_true", help="use asyncio's event loop, not uvloop")
@@ -124,6 +137,10 @@ def config_from(args: argparse.Namespace) -> Config:
                              retry_after_seconds=args.retry_after))
     except ValueError as exc:
         raise SystemExit(f"modelplane gateway: {exc}") from None
+    if args.reference_usd_per_mtok < 0:
+        raise SystemExit(f"--reference-usd-per-mtok must be >= 0, got {args.reference_usd_per_mtok}")
+    if args.routes is not None and args.teams:
+        raise SystemExit("--teams reads the cluster's Secrets; it cannot go with --routes")
     if args.routes is not None:
         try:
             load_routes_file(args.routes)  # refuse a bad file before anything starts
@@ -137,7 +154,8 @@ def config_from(args: argparse.Namespace) -> Config:
     return Config(host=args.host, port=args.port, metrics_port=args.metrics_port,
                   namespaces=tuple(args.namespace), routes_file=args.routes, settings=settings,
                   shutdown_timeout=args.shutdown_timeout, uvloop=not args.no_uvloop,
-                  log_level=args.log_level, kubeconfig=args.kubeconfig, context=args.context)
+                  log_level=args.log_level, kubeconfig=args.kubeconfig, context=args.context,
+                  teams=args.teams, reference_usd_per_mtok=args.reference_usd_per_mtok)
 
 
 async def serve(config: Config, *, reuse_port: bool = False, stop: asyncio.Event | None = None) -> None:
@@ -149,14 +167,24 @@ async def serve(config: Config, *, reuse_port: bool = False, stop: asyncio.Event
             loop.add_signal_handler(signum, stop.set)
     async with contextlib.AsyncExitStack() as stack:
         routes: Routes
+        sources: list[Coroutine[Any, Any, None]] = []
+        mesh: MeshServer | None = None
+        teams: ClusterTeams | None = None
         if config.routes_file is not None:
             routes = StaticRoutes(load_routes_file(config.routes_file))
         else:
             client = await stack.enter_async_context(kube.Kube(kube.auto_config(
                 kubeconfig=config.kubeconfig, context=config.context)))
             routes = ClusterRoutes(client, config.namespaces)
-        gateway = Gateway(routes, config.settings)
-        watching = asyncio.create_task(routes.run(), name="gateway-routes")
+            cluster_mesh = ClusterMesh(client, config.namespaces)
+            mesh = MeshServer(cluster_mesh, reference_usd_per_mtok=config.reference_usd_per_mtok,
+                              connect_timeout=config.settings.connect_timeout_seconds)
+            sources.append(cluster_mesh.run())
+            if config.teams:
+                teams = ClusterTeams(client, config.namespaces)
+                sources.append(teams.run())
+        gateway = Gateway(routes, config.settings, mesh=mesh, teams=teams)
+        watching = asyncio.create_task(_gather(routes.run(), *sources), name="gateway-routes")
         runners = []
         try:
             runner, port = await start(gateway, host=config.host, port=config.port, reuse_port=reuse_port,
@@ -185,6 +213,10 @@ async def serve(config: Config, *, reuse_port: bool = False, stop: asyncio.Event
             watching.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watching
+
+
+async def _gather(*coros: Coroutine[Any, Any, None]) -> None:
+    await asyncio.gather(*coros)
 
 
 def _run(coro: Coroutine[Any, Any, None], *, use_uvloop: bool) -> None:

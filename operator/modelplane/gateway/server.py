@@ -34,6 +34,7 @@ from modelplane.gateway import metrics
 from modelplane.gateway.activator import HoldLimits, Holds
 from modelplane.gateway.cache import Routes
 from modelplane.gateway.errors import ErrorKind, GatewayError
+from modelplane.gateway.meshserve import MeshServer
 from modelplane.gateway.picking import pick_by_prefix, pick_endpoint
 from modelplane.gateway.podload import PodLoads
 from modelplane.gateway.proxy import Relayed, Upstream, UpstreamFailure, relay, request_headers, unreachable
@@ -46,9 +47,12 @@ from modelplane.gateway.routing import (
     parse_request,
     resolve,
 )
+from modelplane.gateway.spend import DEFAULT_REFERENCE_USD_PER_MTOK, Price
+from modelplane.gateway.spend import record as record_spend
 from modelplane.gateway.streaming import FirstTokenScanner
 from modelplane.gateway.table import Backend, Endpoint
-from modelplane.gateway.usage import UsageCounter
+from modelplane.gateway.teams import Team, Teams
+from modelplane.gateway.usage import Usage, UsageCounter
 from modelplane.gateway.weights import Group, choose_group, group_endpoints, session_point
 
 #: A watch that reconnects within this long is a blip; longer, and /healthz says so.
@@ -100,8 +104,11 @@ class Gateway:
     """The request path of one process. ``application()`` is its aiohttp app."""
 
     def __init__(self, routes: Routes, settings: Settings | None = None, *,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, mesh: MeshServer | None = None,
+                 teams: Teams | None = None) -> None:
         self.routes = routes
+        self.mesh = mesh  #: ModelRoutes (docs/model-mesh.md); None: model names only
+        self.teams = teams  #: team keys and limits; None: no keys asked
         self.settings = settings or Settings()
         self.upstream = Upstream(connect_timeout=self.settings.connect_timeout_seconds)
         interval = self.settings.pod_metrics_seconds
@@ -131,6 +138,8 @@ class Gateway:
 
     async def _start(self, _: web.Application) -> None:
         await self.upstream.start()
+        if self.mesh is not None:
+            await self.mesh.start()
         if self.settings.pod_metrics_seconds > 0:
             self._pod_reader = asyncio.create_task(self.pod_loads.run(self._ready_addresses),
                                                    name="pod-metrics")
@@ -141,6 +150,8 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pod_reader
         await self.upstream.close()
+        if self.mesh is not None:
+            await self.mesh.close()
 
     def _ready_addresses(self) -> list[str]:
         if not self.routes.synced:
@@ -163,7 +174,8 @@ class Gateway:
             return err.response()
 
     async def healthz(self, _: web.Request) -> web.Response:
-        down = self.routes.health()
+        down = {**self.routes.health(), **(self.mesh.mesh.health() if self.mesh is not None else {}),
+                **(self.teams.health() if self.teams is not None else {})}
         problems = [f"the watch of {name} has been down for {seconds:.0f} s"
                     for name, seconds in sorted(down.items()) if seconds >= WATCH_GRACE_SECONDS]
         body = {"ok": not problems, "synced": self.routes.synced, "problems": problems,
@@ -172,7 +184,7 @@ class Gateway:
         return web.json_response(body, status=200 if not problems else 503)
 
     async def readyz(self, _: web.Request) -> web.Response:
-        ready = self.routes.synced
+        ready = self._synced()
         return web.json_response({"ready": ready}, status=200 if ready else 503)
 
     async def unknown_path(self, request: web.Request) -> web.Response:
@@ -190,12 +202,24 @@ class Gateway:
             if request.method != "POST":
                 raise GatewayError(ErrorKind.METHOD_NOT_ALLOWED,
                                    f"{request.path} takes POST, not {request.method}")
-            if not self.routes.synced:
+            if not self._synced():
                 raise _starting()
+            team = self.teams.admit(request.headers) if self.teams is not None else None
             info, body = await self._read(request)
-            backend = resolve(self.routes.table(), info.model)
-            state.where = metrics.Where(backend.namespace, backend.name)
-            response, outcome = await self._forward(request, body, info, backend, state)
+            mesh = self.mesh
+            route = mesh.mesh.find(info.model) if mesh is not None else None
+            if mesh is not None and route is not None:
+                answered = await mesh.serve(self, request, body, info, route, state)
+                response, outcome = answered.response, answered.outcome
+                backend_label, price = answered.backend, answered.price
+            else:
+                backend = resolve(self.routes.table(), info.model)
+                state.where = metrics.Where(backend.namespace, backend.name)
+                response, outcome = await self._forward(request, body, info, backend, state)
+                backend_label = backend.name
+                price = Price(external=False, output_usd_per_mtok=backend.usd_per_million_tokens or 0.0)
+            if outcome.usage is not None and outcome.status == 200:
+                self._account(team, info.model, backend_label, outcome.usage, price)
             if outcome.client_gone:
                 reason = "client_disconnected"
                 outcome.status = 499
@@ -223,6 +247,20 @@ class Gateway:
                 metrics.count_tokens(labels, outcome.usage)
             if reason is not None:
                 metrics.ERRORS.labels(*labels, reason).inc()
+
+    def _synced(self) -> bool:
+        return (self.routes.synced and (self.mesh is None or self.mesh.mesh.synced)
+                and (self.teams is None or self.teams.synced))
+
+    def _account(self, team: Team | None, model: str, backend: str, usage: Usage, price: Price) -> None:
+        """An answer's spend: the metrics, and the team's limits."""
+        reference = (self.mesh.reference_usd_per_mtok if self.mesh is not None
+                     else DEFAULT_REFERENCE_USD_PER_MTOK)
+        cost = record_spend(team=team.name if team is not None else "", model=model, backend=backend,
+                            usage=usage, price=price, reference_usd_per_mtok=reference)
+        if team is not None and self.teams is not None:
+            self.teams.account(team.name, tokens=(usage.prompt_tokens or 0) + (usage.completion_tokens or 0),
+                               usd=cost)
 
     async def _read(self, request: web.Request) -> tuple[RequestInfo, bytes]:
         limit = self.settings.max_body_bytes

@@ -72,6 +72,7 @@ class ModelInfo:
     created: int = 0  #: creation time, seconds since the epoch (``/v1/models``'s ``created``)
     canary_fingerprint: str | None = None  #: status.canary.fingerprint: a rollout is under way
     canary_weight: int = 0  #: status.canary.weight
+    usd_per_million_tokens: float | None = None  #: status.cost.usdPerMillionTokens (model mesh spend)
 
     @classmethod
     def from_model(cls, md: ModelDeployment) -> ModelInfo:
@@ -81,7 +82,9 @@ class ModelInfo:
                    phase=status.phase.value if status is not None else "Pending",
                    created=_epoch(md.metadata.get("creationTimestamp")),
                    canary_fingerprint=canary.fingerprint if canary is not None else None,
-                   canary_weight=(canary.weight or 0) if canary is not None else 0)
+                   canary_weight=(canary.weight or 0) if canary is not None else 0,
+                   usd_per_million_tokens=(status.cost.usd_per_million_tokens
+                                           if status is not None and status.cost is not None else None))
 
     @property
     def key(self) -> tuple[str, str]:
@@ -99,6 +102,7 @@ class Backend:
     endpoints: tuple[Endpoint, ...] = ()  #: ready endpoints, sorted by address
     split: CanarySplit | None = None  #: None: no canary, every endpoint is equal
     created: int = 0
+    usd_per_million_tokens: float | None = None  #: measured by the operator; None: not known
 
     @property
     def key(self) -> tuple[str, str]:
@@ -193,7 +197,7 @@ def build_backend(info: ModelInfo, *, pods: Iterable[Obj], deployments: Iterable
             split = CanarySplit(revision=revision, weight=min(100, max(0, info.canary_weight)))
     return Backend(namespace=info.namespace, name=info.name, served_name=info.served_name,
                    phase=info.phase, endpoints=ready_endpoints(pods), split=split,
-                   created=info.created)
+                   created=info.created, usd_per_million_tokens=info.usd_per_million_tokens)
 
 
 def build_table(backends: Iterable[Backend]) -> RouteTable:

@@ -1,0 +1,301 @@
+"""Serving a request whose ``model`` names a ModelRoute: the plan of ``mesh``, carried out.
+
+Each planned backend is tried in turn (at most ``mesh.MAX_TRIES``):
+
+- a **ModelDeployment**: the body goes out with ``model`` set to its served name. Before the last
+  try, one replica is picked and sent the request with the route's ``fallback.timeoutSeconds`` to
+  begin its answer; a failure, the timeout or a status in ``fallback.onStatus`` moves on to the next
+  backend, closing the connection (which aborts the work there). The last try takes the gateway's
+  usual path (``Gateway._forward``): held while the model has no ready replica, its answer relayed
+  whatever it is.
+- an **external provider**: the body goes out with ``model`` set to the provider's name, to
+  ``baseURL`` + the path after ``/v1``, with ``Authorization: Bearer <the Secret's key>`` in place of
+  the client's; its answer is relayed chunk by chunk as it comes (streams pass through). A missing
+  key counts as a failure before the answer.
+
+Nothing reaches the client before an answer is chosen, so a fallback never repeats bytes. A stream
+asks the backend for its usage (``stream_options.include_usage``) so spend is counted exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from modelplane.api.route import ExternalBackend, ModelRoute
+from modelplane.gateway import mesh, metrics, spend
+from modelplane.gateway.errors import ErrorKind, GatewayError
+from modelplane.gateway.meshroutes import Mesh
+from modelplane.gateway.proxy import (
+    HOP_BY_HOP,
+    Relayed,
+    UpstreamFailure,
+    _end_failed,
+    relay,
+    request_headers,
+)
+from modelplane.gateway.routing import RequestInfo
+from modelplane.gateway.streaming import FirstTokenScanner
+from modelplane.gateway.table import Backend, Endpoint
+from modelplane.gateway.usage import UsageCounter
+
+if TYPE_CHECKING:
+    from modelplane.gateway.server import Gateway, _Pick
+
+log = logging.getLogger("modelplane.gateway")
+
+
+@dataclass
+class Answered:
+    """What ``serve_route`` hands back: the response, how it went, and what answered (for spend)."""
+
+    response: web.StreamResponse
+    outcome: Relayed
+    backend: str
+    price: spend.Price
+
+
+def _route_budget_key(route: ModelRoute) -> tuple[str, str]:
+    return (route.namespace, route.name)
+
+
+class MeshServer:
+    """The route half of the gateway: its external client, budgets, and the request flow."""
+
+    def __init__(self, mesh_: Mesh, *, reference_usd_per_mtok: float = spend.DEFAULT_REFERENCE_USD_PER_MTOK,
+                 connect_timeout: float = 5.0) -> None:
+        self.mesh = mesh_
+        self.reference_usd_per_mtok = reference_usd_per_mtok
+        self.connect_timeout = connect_timeout
+        self.external_spend = mesh.MonthlyLedger()
+        self._http: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        # auto_decompress off and identity asked for: the provider's bytes pass as they are, and
+        # their usage can be read.
+        self._http = aiohttp.ClientSession(
+            auto_decompress=False, trust_env=True,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout))
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    def over_budget(self, route: ModelRoute, now: float) -> bool:
+        budget = route.spec.budget
+        if budget is None or budget.external_usd_per_month is None:
+            return False
+        month = time.strftime("%Y-%m", time.gmtime(now))
+        return self.external_spend.get(_route_budget_key(route), month=month) >= budget.external_usd_per_month
+
+    async def serve(self, gw: Gateway, request: web.Request, body: bytes, info: RequestInfo,
+                    route: ModelRoute, state: _Pick) -> Answered:
+        doc: Any = json.loads(body)  # parse_request has checked it is a JSON object
+        features = mesh.features(doc, request.headers)
+        targets = mesh.candidates(route, features, self.mesh.routes, u=gw.rng.random())
+        if not targets:
+            raise GatewayError(ErrorKind.MODEL_NOT_FOUND,
+                               f"no rule of ModelRoute {route.namespace}/{route.name} matches this request "
+                               "and it has no default rule", param="model")
+        models = _models_by_key(gw)
+        loads = {key: mesh.Load(len(b.endpoints), _waiting(gw, b.endpoints)) for key, b in models.items()}
+        now = time.time()
+        fallback = route.spec.fallback
+        plan = mesh.plan(targets, loads, fallback, over_budget=self.over_budget(route, now))
+        for target, why in plan.skipped:
+            spend.FALLBACKS.labels(route.name, target.label, why).inc()
+        if not plan.tries:
+            if any(why == "budget" for _, why in plan.skipped):
+                limit = route.spec.budget.external_usd_per_month if route.spec.budget else None
+                raise GatewayError(ErrorKind.BUDGET_EXHAUSTED,
+                                   f"ModelRoute {route.namespace}/{route.name} has spent its external budget "
+                                   f"of ${limit:g} this month (spec.budget.externalUSDPerMonth) and no "
+                                   "self-hosted backend can take the request", retry_after=3600)
+            raise GatewayError(ErrorKind.MODEL_NOT_FOUND,
+                               f"ModelRoute {route.namespace}/{route.name}: none of its backends exists "
+                               f"({', '.join(t.label for t, _ in plan.skipped)})", param="model")
+        headers = request_headers(request.headers)
+        for i, target in enumerate(plan.tries):
+            last = i == len(plan.tries) - 1
+            answered: Answered | None
+            if target.external is not None:
+                answered = await self._external(request, doc, info, target, target.external, headers, state,
+                                                last=last, timeout=float(fallback.timeout_seconds),
+                                                on_status=fallback.on_status, route=route.name)
+            else:
+                backend = models.get((target.namespace, target.model_deployment or ""))
+                if backend is None:
+                    continue
+                answered = await self._self_hosted(gw, request, doc, info, backend, headers, state, last=last,
+                                                   timeout=float(fallback.timeout_seconds),
+                                                   on_status=fallback.on_status, route=route.name)
+            if answered is not None:
+                spend.ROUTED.labels(route.name, target.rule, answered.backend).inc()
+                if answered.price.external and answered.outcome.usage is not None:
+                    cost = answered.price.usd(answered.outcome.usage)
+                    self.external_spend.add(_route_budget_key(route), cost,
+                                            month=time.strftime("%Y-%m", time.gmtime(time.time())))
+                return answered
+        raise GatewayError(ErrorKind.UPSTREAM_UNREACHABLE,
+                           f"ModelRoute {route.namespace}/{route.name}: no backend answered: "
+                           + "; ".join(str(f) for f in state.failures))
+
+    async def _self_hosted(self, gw: Gateway, request: web.Request, doc: dict[str, Any], info: RequestInfo,
+                           backend: Backend, headers: CIMultiDict[str], state: _Pick, *, last: bool,
+                           timeout: float, on_status: list[int], route: str) -> Answered | None:
+        body = mesh.rewrite_model(doc, backend.served_name, stream_usage=True)
+        served = replace(info, model=backend.served_name)
+        price = spend.Price(external=False, output_usd_per_mtok=backend.usd_per_million_tokens or 0.0)
+        state.where = metrics.Where(backend.namespace, backend.name)
+        if last:
+            forwarded, outcome = await gw._forward(request, body, served, backend, state)
+            return Answered(forwarded, outcome, backend.name, price)
+        endpoint = gw._pick(backend, served, state)
+        if endpoint is None:
+            spend.FALLBACKS.labels(route, backend.name, "cold").inc()
+            return None
+        state.where = metrics.Where(backend.namespace, backend.name, endpoint.revision or "")
+        in_flight = metrics.IN_FLIGHT.labels(*state.where.labels)
+        gw.upstream.begin(endpoint)
+        in_flight.inc()
+        try:
+            try:
+                response = await asyncio.wait_for(
+                    gw.upstream.send(endpoint, request.path, body, headers, retry_statuses=False), timeout)
+            except UpstreamFailure as failure:
+                return self._failed(state, failure, route, backend.name, "failure")
+            except TimeoutError:
+                return self._failed(state, UpstreamFailure(endpoint, f"no answer in {timeout:g} s"), route,
+                                    backend.name, "timeout")
+            if response.status in on_status:
+                response.close()
+                return self._failed(state, UpstreamFailure(endpoint, f"answered {response.status}"), route,
+                                    backend.name, f"status_{response.status}")
+            try:
+                counter = UsageCounter(stream=info.stream) if response.status == 200 else None
+                relayed = await relay(request, response, scanner=FirstTokenScanner() if info.stream else None,
+                                      counter=counter)
+                return Answered(relayed[0], relayed[1], backend.name, price)
+            except asyncio.CancelledError:
+                response.close()
+                raise
+            finally:
+                response.release()
+        finally:
+            gw.upstream.end(endpoint)
+            in_flight.dec()
+
+    @staticmethod
+    def _failed(state: _Pick, failure: UpstreamFailure, route: str, backend: str,
+                reason: str) -> Answered | None:
+        """Note an attempt that failed before its answer; None: try the next backend."""
+        state.failures.append(failure)
+        spend.FALLBACKS.labels(route, backend, reason).inc()
+        log.info("ModelRoute %s: %s (%s), trying the next backend", route, failure, reason)
+        return None
+
+    async def _external(self, request: web.Request, doc: dict[str, Any], info: RequestInfo,
+                        target: mesh.Target, ext: ExternalBackend, headers: CIMultiDict[str], state: _Pick, *,
+                        last: bool, timeout: float, on_status: list[int], route: str) -> Answered | None:
+        assert self._http is not None, "MeshServer used before start()"
+        label = target.label
+        state.where = metrics.Where(target.namespace, label)
+        price = spend.Price(external=True, input_usd_per_mtok=float(ext.input_usd_per_million_tokens),
+                            output_usd_per_mtok=float(ext.output_usd_per_million_tokens))
+        where = Endpoint(address=ext.base_url, pod=label)
+        out_headers = CIMultiDict((k, v) for k, v in headers.items()
+                                  if k.lower() not in ("authorization", "accept-encoding"))
+        out_headers["Accept-Encoding"] = "identity"
+        out_headers["Content-Type"] = "application/json"
+        if ext.api_key_secret is not None:
+            key = await self.mesh.api_key(target.namespace, ext.api_key_secret)
+            if key is None:
+                ref = ext.api_key_secret
+                failure = UpstreamFailure(where, f"Secret {target.namespace}/{ref.name} has no key {ref.key}")
+                return self._external_failed(state, failure, route, label, "failure", last)
+            out_headers["Authorization"] = f"Bearer {key}"
+        url = ext.base_url.rstrip("/") + request.path.removeprefix("/v1")
+        body = mesh.rewrite_model(doc, ext.model, stream_usage=True)
+        http = self._http
+
+        async def send() -> aiohttp.ClientResponse:
+            return await http.post(url, data=body, headers=out_headers, allow_redirects=False)
+
+        try:
+            response = await asyncio.wait_for(send(), None if last else timeout)
+        except TimeoutError:
+            return self._external_failed(state, UpstreamFailure(where, f"no answer in {timeout:g} s"), route,
+                                         label, "timeout", last)
+        except (aiohttp.ClientError, OSError) as exc:
+            return self._external_failed(state, UpstreamFailure(where, f"{type(exc).__name__}: {exc}"), route,
+                                         label, "failure", last)
+        try:
+            if not last and response.status in on_status:
+                failure = UpstreamFailure(where, f"answered {response.status}")
+                return self._external_failed(state, failure, route, label, f"status_{response.status}", last)
+            counter = UsageCounter(stream=info.stream) if response.status == 200 else None
+            relayed, outcome = await relay_client_response(request, response, stream=info.stream,
+                                                           counter=counter)
+            return Answered(relayed, outcome, label, price)
+        finally:
+            response.release()
+
+    def _external_failed(self, state: _Pick, failure: UpstreamFailure, route: str, backend: str, reason: str,
+                         last: bool) -> Answered | None:
+        self._failed(state, failure, route, backend, reason)
+        if not last:
+            return None
+        raise GatewayError(ErrorKind.UPSTREAM_UNREACHABLE, f"ModelRoute {route}: no backend answered: "
+                               + "; ".join(str(f) for f in state.failures))
+
+
+async def relay_client_response(request: web.Request, response: aiohttp.ClientResponse, *, stream: bool,
+                                counter: UsageCounter | None) -> tuple[web.StreamResponse, Relayed]:
+    """An external provider's answer to the client, chunk by chunk as it comes."""
+    headers = CIMultiDict((k, v) for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP)
+    out = web.StreamResponse(status=response.status, headers=headers)
+    outcome = Relayed(response.status)
+    scanner = FirstTokenScanner() if stream else None
+    try:
+        await out.prepare(request)
+        while True:
+            try:
+                chunk = await response.content.readany()
+            except (aiohttp.ClientError, OSError) as exc:
+                outcome.failed = True
+                await _end_failed(request, out, exc)
+                return out, outcome
+            if not chunk:
+                break
+            if scanner is not None and outcome.first_token_at is None and scanner.feed(chunk):
+                outcome.first_token_at = time.monotonic()
+            if counter is not None:
+                counter.feed(chunk)
+            await out.write(chunk)
+        await out.write_eof()
+        if counter is not None:
+            outcome.usage = counter.result()
+    except ConnectionError:
+        outcome.client_gone = True
+    return out, outcome
+
+
+def _models_by_key(gw: Gateway) -> dict[tuple[str, str], Backend]:
+    return {b.key: b for b in gw.routes.table().models.values()}
+
+
+def _waiting(gw: Gateway, endpoints: tuple[Endpoint, ...]) -> int:
+    """Requests waiting in these replicas' queues, as their last fresh /metrics said."""
+    reports = gw.pod_loads.reports
+    now = time.monotonic()
+    return int(sum(r.waiting for e in endpoints if (r := reports.get(e.address)) is not None
+                   and now - r.at <= gw.pod_loads.max_age))
