@@ -45,6 +45,7 @@ from modelplane.controller import gateways, kube, opmetrics, peering
 from modelplane.controller import reconcile as core
 from modelplane.controller.informer import Informer, object_key
 from modelplane.controller.kube import MODELDEPLOYMENTS
+from modelplane.controller.routes import RouteStatusWriter
 from modelplane.metrics import promquery, scrape
 from modelplane.metrics.promtext import MetricSnapshot, PromTextError, parse_snapshot
 from modelplane.planner.source import HF_BASE_URL, ConfigReadError, read_model_arch
@@ -245,6 +246,8 @@ class Controller:
         self._again: set[Key] = set()
         self._wake = asyncio.Event()
         self.informers = self._build_informers()
+        self.route_status = RouteStatusWriter(client, routes=self.informers["modelroutes"],
+                                              models=self.informers["modeldeployments"], active=self._active)
         #: (namespace, ConfigMap, key) → (expires at, cases or None); reads in flight.
         self._suites: dict[tuple[str, str, str], tuple[float, int | None]] = {}
         self._suite_reads: dict[tuple[str, str, str], asyncio.Task[None]] = {}
@@ -291,6 +294,9 @@ class Controller:
             "events": each(kube.EVENTS, field_selector="reason=FailedScheduling", index=_namespace_key,
                            handler=self._on_event),
             "nodes": [Informer(self.kube, kube.NODES, watch_seconds=self.settings.watch_seconds)],
+            # ModelRoutes, for their status (controller.routes); their CRD may be absent.
+            "modelroutes": each(kube.MODELROUTES, handler=lambda *_: self.route_status.poke(), optional=True,
+                                absent_retry_seconds=self.settings.optional_api_retry_seconds),
         }
         if self.settings.gateway_selector:
             # The gateway's replicas, for their held requests (not needed to reconcile).
@@ -429,6 +435,7 @@ class Controller:
         tasks = [asyncio.create_task(i.run(), name=f"informer-{i.name}") for i in self._all_informers()]
         tasks += [asyncio.create_task(self._worker(), name=f"reconcile-worker-{n}")
                   for n in range(self.settings.max_concurrent_reconciles)]
+        tasks.append(asyncio.create_task(self.route_status.run(), name="modelroute-status"))
         senders = [asyncio.create_task(self._send_events(), name=f"event-sender-{n}")
                    for n in range(EVENT_SENDERS)]
         if self.settings.gateway_selector or self.settings.gateway_metrics_urls:

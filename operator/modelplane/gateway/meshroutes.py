@@ -30,7 +30,6 @@ from modelplane.controller.informer import Informer, Obj
 
 log = logging.getLogger("modelplane.gateway")
 
-MODELROUTES = kube.Resource("modelplane.dev", "v1alpha1", "modelroutes", "ModelRoute")
 #: How long a provider's API key read from its Secret is used before it is read again.
 SECRET_TTL_SECONDS = 30.0
 
@@ -95,8 +94,8 @@ class ClusterMesh(Mesh):
         self.client = client
         scopes: list[str | None] = list(namespaces) or [None]
         # Optional: a cluster without the ModelRoute CRD serves ModelDeployments as before.
-        self.informers = [Informer(client, MODELROUTES, namespace=ns, handler=self._on_route, optional=True)
-                          for ns in scopes]
+        self.informers = [Informer(client, kube.MODELROUTES, namespace=ns, handler=self._on_route,
+                                   optional=True) for ns in scopes]
         self._secrets: dict[tuple[str, str], tuple[float, dict[str, str] | None]] = {}
 
     @property
