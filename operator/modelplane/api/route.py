@@ -130,7 +130,7 @@ class ExternalBackend(_Model):
     name: _LABEL = Field(description="A DNS-1035 label naming this provider in metrics, usage and status, "
                                      "e.g. openai. Required.")
     base_url: str = Field(
-        min_length=8, max_length=2048, pattern=r"^https?://[^\s/]+(/[^\s]*)?$",
+        alias="baseURL", min_length=8, max_length=2048, pattern=r"^https?://[^\s/]+(/[^\s]*)?$",
         description="The API's base URL up to and including its version, e.g. https://api.openai.com/v1; the "
                     "request's path after /v1 is appended (…/chat/completions). Required.")
     model: str = Field(min_length=1, max_length=256,
@@ -162,7 +162,7 @@ class RouteBackend(_Model):
         default=None, ge=0, le=100,
         description="Percent of the rule's requests sent here first. Either every backend of the rule leaves "
                     "it out (all go to the first backend; the others are its fallbacks, in order) or the "
-                    "weights sum to 100 (0: a fallback only). Optional.")
+                    "weights sum to 100 (0, or left out beside weighted ones: a fallback only). Optional.")
 
     @model_validator(mode="after")
     def _one(self) -> Self:

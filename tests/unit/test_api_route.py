@@ -1,0 +1,100 @@
+"""The ModelRoute API: offline validation names the field, and the CRD carries the same rules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from modelplane.api import routegen
+from modelplane.api.models import InvalidSpecError
+from modelplane.api.route import ModelRoute, summary
+
+MD = {"modelDeployment": "llama"}
+EXT = {"name": "api", "baseURL": "https://api.example.com/v1", "model": "gpt",
+       "apiKeySecret": {"name": "api-key", "key": "token"}}
+
+
+def parse(spec: dict[str, Any]) -> ModelRoute:
+    return ModelRoute.parse({"metadata": {"name": "r", "namespace": "ns"}, "spec": spec})
+
+
+@pytest.mark.parametrize(("spec", "path", "words"), [
+    pytest.param({"rules": []}, "spec.rules", "at least 1", id="empty-rules"),
+    pytest.param({}, "spec.rules", "required", id="no-rules"),
+    pytest.param({"rules": [{"backends": []}]}, "spec.rules[0].backends", "at least 1", id="empty-backends"),
+    pytest.param({"rules": [{"backends": [{**MD, "weight": 60}, {"modelDeployment": "b", "weight": 30}]}]},
+                 "spec.rules[0]", "sum to 100", id="weights-do-not-sum"),
+    pytest.param({"rules": [{"backends": [{**MD, "weight": 90}, {"modelDeployment": "b"}]}]},
+                 "spec.rules[0]", "sum to 100", id="a-weight-left-out-counts-0"),
+    pytest.param({"rules": [{"backends": [{**MD, "weight": 101}]}]}, "spec.rules[0].backends[0].weight",
+                 "less than or equal to 100", id="weight-over-100"),
+    pytest.param({"rules": [{"backends": [{**MD, "external": EXT}]}]}, "spec.rules[0].backends[0]",
+                 "exactly one", id="two-kinds-in-one-backend"),
+    pytest.param({"rules": [{"backends": [{}]}]}, "spec.rules[0].backends[0]", "exactly one", id="no-kind"),
+    pytest.param({"rules": [{"backends": [{"modelDeploymnt": "x"}]}]},
+                 "spec.rules[0].backends[0].modelDeploymnt",
+                 "unknown field", id="unknown-field"),
+    pytest.param({"rules": [{"backends": [MD]}, {"backends": [MD]}]}, "spec", "at most one rule",
+                 id="two-defaults"),
+    pytest.param({"rules": [{"match": {}, "backends": [MD]}]}, "spec.rules[0].match", "at least one of",
+                 id="empty-match"),
+    pytest.param({"rules": [{"match": {"minPromptTokens": 10, "maxPromptTokens": 5}, "backends": [MD]}]},
+                 "spec.rules[0].match", "minPromptTokens must be <=", id="min-over-max"),
+    pytest.param({"rules": [{"backends": [{"external": {**EXT, "baseURL": "api.example.com"}}]}]},
+                 "spec.rules[0].backends[0].external.baseURL", "pattern", id="base-url-without-scheme"),
+    pytest.param({"rules": [{"backends": [MD]}], "fallback": {"onStatus": [200]}},
+                 "spec.fallback.onStatus[0]",
+                 "greater than or equal to 400", id="fallback-on-success"),
+])
+def test_bad_routes_are_refused_naming_the_field(spec: dict[str, Any], path: str, words: str) -> None:
+    with pytest.raises(InvalidSpecError) as caught:
+        parse(spec)
+    assert any(p == path and words in m for p, m in caught.value.problems), caught.value.problems
+
+
+def test_a_good_route_parses_with_defaults_and_summarises() -> None:
+    route = parse({"rules": [
+        {"match": {"header": {"name": "x-modelplane-task", "value": "classification"}}, "backends": [MD]},
+        {"backends": [{**MD, "weight": 80}, {"external": EXT, "weight": 20}]}]})
+    assert route.spec.fallback.on_status == [429, 500, 502, 503, 504]
+    assert route.spec.fallback.when_cold is True
+    assert summary(route.spec) == "x-modelplane-task=classification→llama; *→llama|external/api"
+
+
+def crd_rules(node: Any, path: str = "") -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    if isinstance(node, dict):
+        for rule in node.get("x-kubernetes-validations", []):
+            out.setdefault(path, []).append(rule["message"])
+        for key, value in node.get("properties", {}).items():
+            for k, v in crd_rules(value, f"{path}.{key}").items():
+                out.setdefault(k, []).extend(v)
+        if "items" in node:
+            for k, v in crd_rules(node["items"], f"{path}[]").items():
+                out.setdefault(k, []).extend(v)
+    return out
+
+
+def test_the_crd_carries_the_rules_the_python_side_checks() -> None:
+    crd = routegen.build_crd()
+    version = crd["spec"]["versions"][0]
+    schema = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    rules = crd_rules(schema)
+    assert any("sum to 100" in m for m in rules[".rules[]"])
+    assert any("exactly one of" in m for m in rules[".rules[].backends[]"])
+    assert any("at most one rule" in m for m in rules[""])
+    assert schema["properties"]["rules"]["minItems"] == 1
+    assert version["subresources"] == {"status": {}}
+    assert [c["name"] for c in version["additionalPrinterColumns"]] == ["Rules", "Resolved", "Reason", "Age"]
+    assert crd["spec"]["names"]["shortNames"] == ["mr"]
+    backend = schema["properties"]["rules"]["items"]["properties"]["backends"]["items"]
+    assert backend["properties"]["external"]["properties"]["baseURL"]["description"]
+
+
+def test_the_generated_files_are_written_by_crdgen() -> None:
+    from modelplane.api import crdgen
+
+    files = crdgen.generated_files()
+    assert files[routegen.CRD_PATH].startswith("# Generated by")
+    assert "kubectl explain modelroutes.spec" in files[routegen.REFERENCE_PATH]
