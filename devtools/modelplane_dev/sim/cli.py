@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ from typing import Any
 
 from modelplane.gpus import GPU_TYPE_NAMES
 from modelplane_dev.sim.config import DEFAULT_GPU_TYPE, SimConfig, parse_vllm_args
+from modelplane_dev.sim.provider import ProviderMode
 from modelplane_dev.sim.quality import read_behaviors
 from modelplane_dev.sim.server import SimServer, serve_forever
 
@@ -34,6 +36,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--behavior-file", default=None,
                         help="YAML/JSON map checkpoint -> "
                              "{accuracy, error_rate, latency_factor, load_seconds}")
+    parser.add_argument("--provider-api-key", default=None,
+                        help="act as an external provider: require Authorization: Bearer <this key> and "
+                             "take fault modes at POST /sim/provider (sim/provider.py); "
+                             "env MODELPLANE_SIM_API_KEY")
+    parser.add_argument("--provider-mode", default="ok", choices=("ok", "fail", "throttle", "slow"),
+                        help="the provider's fault mode at start (default ok)")
+    parser.add_argument("--provider-delay-seconds", type=float, default=0.0,
+                        help="with --provider-mode slow: how much later answers begin")
     parser.add_argument("vllm_args", nargs=argparse.REMAINDER, help="-- then the args of `vllm serve`")
 
 
@@ -64,13 +74,17 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = build_config(args)
-        server = SimServer(config, behaviors=read_behaviors(path=args.behavior_file))
+        key = args.provider_api_key or os.environ.get("MODELPLANE_SIM_API_KEY")
+        provider = (ProviderMode(key, mode=args.provider_mode, delay_seconds=args.provider_delay_seconds)
+                    if key else None)
+        server = SimServer(config, behaviors=read_behaviors(path=args.behavior_file), provider=provider)
     except (ValueError, OSError) as exc:
         print(f"modelplane sim: {exc}", file=sys.stderr)
         return 2
     print(f"serving {config.served_name} ({config.model}) as on {config.gpu_type} at "
           f"http://{config.host}:{config.port} (max_model_len {server.params.max_model_len}, "
-          f"KV cache {server.params.kv_cache_tokens} tokens, behaviour {server.behavior})", flush=True)
+          f"KV cache {server.params.kv_cache_tokens} tokens, behaviour {server.behavior}"
+          f"{', as an external provider (API key required)' if provider else ''})", flush=True)
     asyncio.run(_run(server))
     return 0
 

@@ -61,6 +61,7 @@ from modelplane_dev.sim.prefix import (
     text_block_hashes,
     token_block_hashes,
 )
+from modelplane_dev.sim.provider import ProviderMode
 from modelplane_dev.sim.quality import (
     DEFAULT_BEHAVIOR,
     BehaviorMap,
@@ -234,12 +235,13 @@ class SimServer:
     """One simulated vLLM replica. ``await start()``, then talk to ``url``; ``await stop()`` at the end."""
 
     def __init__(self, config: SimConfig, *, behavior: SimBehavior | None = None,
-                 behaviors: BehaviorMap | None = None) -> None:
+                 behaviors: BehaviorMap | None = None, provider: ProviderMode | None = None) -> None:
         """``behavior`` wins; else the entry of ``behaviors`` for this checkpoint; else the default.
 
         Raises ``ValueError`` when the model cannot run on the configured GPUs (as vLLM would fail).
         """
         self.config = config
+        self.provider = provider  #: external-provider mode: an API key and faults on demand (sim/provider.py)
         if behavior is None:
             behavior = (behaviors.for_checkpoint(config.model, config.revision) if behaviors is not None
                         else DEFAULT_BEHAVIOR)
@@ -294,7 +296,12 @@ class SimServer:
             raise RuntimeError("already started")
         host = self.config.host if host is None else host
         port = self.config.port if port is None else port
-        app = web.Application(client_max_size=64 * 2**20, middlewares=[self._count_requests])
+        middlewares = [self._count_requests]
+        if self.provider is not None:
+            middlewares.append(self.provider.middleware)
+        app = web.Application(client_max_size=64 * 2**20, middlewares=middlewares)
+        if self.provider is not None:
+            self.provider.add_routes(app)
         app.router.add_get("/health", self._health)
         app.router.add_get("/version", self._version)
         app.router.add_get("/v1/models", self._models)
