@@ -152,7 +152,8 @@ async def test_a_cold_model_sends_the_request_to_the_api_until_it_is_ready(
         servers: tuple[SimServer, SimServer]) -> None:
     own, api = servers
     r = route([{"backends": [{"modelDeployment": "llama"}, {"external": external(api)}]}], name="overflow")
-    before = sample("modelplane_gateway_route_fallbacks_total", model="overflow", backend="llama", reason="cold")
+    before = sample("modelplane_gateway_route_fallbacks_total", model="overflow", backend="llama",
+                    reason="cold")
     async with gateway([r], [llama(None)]) as url, aiohttp.ClientSession() as http:
         status, body = await chat(http, url, model="overflow")
     assert (status, body["model"]) == (200, "gpt-big")
