@@ -29,6 +29,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "modelplane.planner.cli",
     "modelplane.rollout.controls",
     "modelplane.rollout.get",
+    "modelplane.usagecli",
 )
 #: The entry-point group through which other distributions add subcommand modules.
 PLUGIN_GROUP = "modelplane.commands"

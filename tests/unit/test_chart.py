@@ -50,6 +50,8 @@ NAMESPACED_NEEDS = (
     | _triples("inference.networking.k8s.io", "inferencepools",               # spec.inferencePool
                "list", "watch", "create", "patch", "delete")
     | _triples("gateway.networking.k8s.io", "httproutes", "list", "watch", "create", "patch", "delete")
+    | _triples("modelplane.dev", "modelroutes", "list", "watch")               # informer (routes.py)
+    | _triples("modelplane.dev", "modelroutes/status", "patch")                # status SSA
 )
 CLUSTER_NEEDS = _triples("", "nodes", "list", "watch")
 #: kopf runs only in HA (peering); it discovers resources through the CRDs.
@@ -63,7 +65,11 @@ CREDENTIALS_NEEDS = _triples("", "secrets", "get")
 #: The gateway only reads: its informers (gateway.cache.ClusterRoutes), nothing else.
 GATEWAY_NEEDS = (_triples("modelplane.dev", "modeldeployments", "list", "watch")
                  | _triples("", "pods", "list", "watch")
-                 | _triples("apps", "deployments", "list", "watch"))
+                 | _triples("apps", "deployments", "list", "watch")
+                 | _triples("modelplane.dev", "modelroutes", "list", "watch")  # gateway.meshroutes
+                 | _triples("", "secrets", "get"))  # external backends' API keys, by name
+#: With gateway.teams: the team Secrets, watched (gateway.teams.ClusterTeams).
+GATEWAY_TEAMS_NEEDS = _triples("", "secrets", "list", "watch")
 #: The operator finds the gateway's replicas by watching their pods in the release namespace.
 OPERATOR_GATEWAY_NEEDS = _triples("", "pods", "list", "watch")
 GATEWAY = f"{FULLNAME}-gateway"
@@ -238,12 +244,26 @@ def test_the_operator_watches_the_gateway_pods_only_with_a_selector_and_is_grant
 def test_the_gateway_watches_exactly_what_its_rbac_grants() -> None:
     """An informer added to the gateway without its RBAC (or RBAC it no longer uses) fails here."""
     from modelplane.gateway.cache import ClusterRoutes
+    from modelplane.gateway.meshroutes import ClusterMesh
+    from modelplane.gateway.teams import ClusterTeams
 
     for namespaces in ((), ("a", "b")):
         routes = ClusterRoutes(None, namespaces)  # type: ignore[arg-type]  # never runs
-        watched = {(i.resource.group, i.resource.plural, verb) for i in routes.informers
+        mesh = ClusterMesh(None, namespaces)  # type: ignore[arg-type]
+        teams = ClusterTeams(None, namespaces)  # type: ignore[arg-type]
+        watched = {(i.resource.group, i.resource.plural, verb) for i in [*routes.informers, *mesh.informers]
                    for verb in ("list", "watch")}
-        assert watched == GATEWAY_NEEDS
+        assert watched | _triples("", "secrets", "get") == GATEWAY_NEEDS
+        assert {(i.resource.group, i.resource.plural, verb) for i in teams.informers
+                for verb in ("list", "watch")} == GATEWAY_TEAMS_NEEDS
+
+
+def test_with_teams_the_gateway_may_also_watch_secrets_and_is_told_so() -> None:
+    manifests = render({"gateway": {"teams": True}}, release=RELEASE, namespace=NAMESPACE)
+    assert permissions(one(manifests, "ClusterRole", GATEWAY)["rules"]) == GATEWAY_NEEDS | GATEWAY_TEAMS_NEEDS
+    pod = one(manifests, "Deployment", GATEWAY, NAMESPACE)["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    assert "--teams" in args and "--reference-usd-per-mtok=15" in args
 
 
 @pytest.mark.parametrize("name", list(VALUE_SETS), ids=list(VALUE_SETS))
@@ -653,5 +673,5 @@ def test_chart_crd_is_the_generated_crd() -> None:
 def test_include_crds_renders_the_crds() -> None:
     manifests = render({}, include_crds=True)
     names = {m["metadata"]["name"] for m in pick(manifests, "CustomResourceDefinition")}
-    assert names == {"modeldeployments.modelplane.dev", "clusterkopfpeerings.kopf.dev",
-                     "kopfpeerings.kopf.dev"}
+    assert names == {"modeldeployments.modelplane.dev", "modelroutes.modelplane.dev",
+                     "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}

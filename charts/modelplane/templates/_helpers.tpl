@@ -64,6 +64,13 @@ as (apiGroup, resource, verb) triples and fails when the two differ in either di
 - apiGroups: [modelplane.dev]
   resources: [modeldeployments/status]
   verbs: [patch]
+# ModelRoutes: watched, and their status (RoutesResolved) applied by controller/routes.py.
+- apiGroups: [modelplane.dev]
+  resources: [modelroutes]
+  verbs: [list, watch]
+- apiGroups: [modelplane.dev]
+  resources: [modelroutes/status]
+  verbs: [patch]
 # Children carry an ownerReference with blockOwnerDeletion (render._owner_references), which the
 # OwnerReferencesPermissionEnforcement admission plugin (on in OpenShift) allows only to a client
 # that may update the owner's finalizers. The operator never sets a finalizer.
@@ -203,7 +210,7 @@ canary). tests/unit/test_chart.py compares these rules with those informers.
 */}}
 {{- define "modelplane.gateway.rules" -}}
 - apiGroups: [modelplane.dev]
-  resources: [modeldeployments]
+  resources: [modeldeployments, modelroutes]
   verbs: [list, watch]
 - apiGroups: [""]
   resources: [pods]
@@ -211,4 +218,14 @@ canary). tests/unit/test_chart.py compares these rules with those informers.
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [list, watch]
+# An external backend's API key, read by name from the Secret its ModelRoute names (gateway/meshroutes.py).
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get]
+{{- if .Values.gateway.teams }}
+# Teams: the Secrets labelled modelplane.dev/team (their key hashes and limits; gateway/teams.py).
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [list, watch]
+{{- end }}
 {{- end }}
