@@ -129,17 +129,21 @@ async def namespace(request: pytest.FixtureRequest, cluster: ClusterHandle,
 
 
 CRD_PATH = Path(__file__).resolve().parents[1] / "crds" / "modeldeployments.modelplane.dev.yaml"
+#: The ModelRoute CRD (api/route.py), installed beside it: the operator and the gateways watch both.
+ROUTE_CRD_PATH = CRD_PATH.with_name("modelroutes.modelplane.dev.yaml")
 
 
 @pytest.fixture(scope="session")
 def crds(cluster: ClusterHandle) -> Path:
     """The generated CRD, installed with kubectl (server-side) and established."""
-    cluster.run_kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_PATH))
+    cluster.run_kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_PATH),
+                        "-f", str(ROUTE_CRD_PATH))
     said: list[str] = []
 
     def established() -> bool:
         done = cluster.run_kubectl("wait", "--for=condition=Established", "--timeout=10s",
-                                   "crd/modeldeployments.modelplane.dev", check=False)
+                                   "crd/modeldeployments.modelplane.dev", "crd/modelroutes.modelplane.dev",
+                                   check=False)
         said.append((done.stderr or done.stdout).strip())
         return done.returncode == 0
 
