@@ -163,7 +163,8 @@ def gateway_log(cluster: ClusterHandle, name: str) -> Path:
 
 @pytest.mark.parametrize(("rules", "spec", "words"), [
     pytest.param([{"backends": [{"modelDeployment": "a", "weight": 60},
-                                {"modelDeployment": "b", "weight": 30}]}], {}, ["spec.rules[0].backends", "weights must all be left out or sum to 100"], id="weights"),
+                                {"modelDeployment": "b", "weight": 30}]}], {},
+                 ["spec.rules[0].backends", "weights must all be left out or sum to 100"], id="weights"),
     pytest.param([{"backends": [{"modelDeploymnt": "a"}]}], {},
                  ['unknown field "spec.rules[0].backends[0].modelDeploymnt"'], id="unknown-field"),
     pytest.param([], {}, ["spec.rules", "should have at least 1 items"], id="empty-rules"),
