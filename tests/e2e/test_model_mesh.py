@@ -328,8 +328,9 @@ async def test_the_own_model_killed_under_load_every_request_is_answered(
                     cluster.run_kubectl("delete", "pod", pod["metadata"]["name"], "-n", namespace,
                                         "--grace-period=0", "--force", "--wait=false")
                 killed_at = len(results)
-                await wait_for(lambda: sum(m == "gpt-big" for _, m in results[killed_at:]) >= 20, timeout=60,
-                               what="20 answers from the provider after the kill")
+                # The pod comes back (minReplicas 1); meanwhile the provider answers.
+                await wait_for(lambda: sum(m == "gpt-big" for _, m in results[killed_at:]) >= 5, timeout=60,
+                               what="answers from the provider after the kill")
                 stop.set()
                 await asyncio.gather(*clients)
     assert all(status == 200 for status, _ in results), [r for r in results if r[0] != 200][:5]

@@ -47,6 +47,9 @@ EXPECTED_FILES = {
     "deepseek-r1-distill-qwen-32b.yaml", "qwen3-30b-a3b.yaml", "deepseek-r1.yaml", "deepseek-r1-on-h100.yaml",
     "canary-rollout.yaml", "canary-rollout-suite.yaml", "budget-capped.yaml", "scale-to-zero.yaml",
     "llama-3.1-8b-inference-pool.yaml",
+    # The model mesh (issue 16): ModelRoutes and the models they route to.
+    "model-mesh-by-task.yaml", "model-mesh-overflow.yaml", "mistral-7b-fine-tune.yaml",
+    "llama-3.1-8b-awq.yaml",
 }
 
 SHAPE_COMMENT = re.compile(r"^# GPU shape: (\d+x [a-z0-9-]+) per replica", re.MULTILINE)

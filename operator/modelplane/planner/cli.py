@@ -33,6 +33,7 @@ from modelplane.api.models import (
     ScalingMode,
 )
 from modelplane.api.models import ModelDeploymentSpec as Spec
+from modelplane.api.route import ROUTE_KIND, ModelRoute
 from modelplane.gpus import GPUType
 from modelplane.planner.plan import Plan, build_plan, plan_request_from_spec
 
@@ -188,6 +189,13 @@ def plan_manifests(text: str, where: str, catalog: Mapping[str, GPUType]) -> tup
         name = str(metadata.get("name") or "?")
         namespace = str(metadata.get("namespace") or "default")
         label = f"{where}: document {index} ({doc.get('kind') or KIND} {namespace}/{name})"
+        if doc.get("kind") == ROUTE_KIND and doc.get("apiVersion") == API_VERSION:
+            # A ModelRoute plans no GPUs; it is checked as the API server would, and passed over.
+            try:
+                ModelRoute.parse(doc)
+            except InvalidSpecError as exc:
+                errors += [f"{label}: {path}: {problem}" for path, problem in exc.problems]
+            continue
         md, problems = _check_document(doc)
         if md is None:
             errors += [f"{label}: {problem}" for problem in problems]
