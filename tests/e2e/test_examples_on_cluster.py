@@ -34,14 +34,15 @@ CONDITION_COMMENT = re.compile(r"^# Condition: ([A-Za-z]+)\.", re.MULTILINE)
 #: fleet at most (the whole-node models excepted: they need a node to themselves), so a batch still
 #: schedules while another session holds a few GPUs.
 BATCHES: dict[str, tuple[str, ...]] = {
-    "whole-nodes": ("llama-4-maverick-fp8.yaml", "deepseek-r1.yaml", "deepseek-r1-on-h100.yaml"),
+    "whole-nodes": ("llama-4-maverick-fp8.yaml", "deepseek-r1.yaml", "deepseek-r1-on-h100.yaml",
+                    "mistral-7b-fine-tune.yaml"),
     "h100-tp4-and-l4": ("llama-3.3-70b.yaml", "llama-4-scout.yaml", "mistral-7b.yaml",
                         "deepseek-r1-distill-qwen-7b.yaml"),
     "h100-small-and-l4": ("mixtral-8x7b.yaml", "deepseek-r1-distill-qwen-32b.yaml",
                           "mistral-small-24b.yaml", "qwen3-30b-a3b.yaml", "scale-to-zero.yaml",
                           # An L40S beside the H100s: the l40s batch has its share already.
                           "llama-3.1-8b-inference-pool.yaml"),
-    "l40s": ("llama-3.1-8b.yaml", "budget-capped.yaml", "canary-rollout.yaml"),
+    "l40s": ("llama-3.1-8b.yaml", "budget-capped.yaml", "canary-rollout.yaml", "llama-3.1-8b-awq.yaml"),
 }
 #: GPUs of each type one batch may ask for (see BATCHES).
 BATCH_GPU_LIMIT = {"nvidia-h100-80gb": 8, "nvidia-h200-141gb": 8, "nvidia-l40s": 4, "nvidia-l4": 2}
