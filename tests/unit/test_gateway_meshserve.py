@@ -101,7 +101,10 @@ async def test_by_header_to_the_own_model_and_by_default_to_the_api(
         assert (status, body["model"]) == (200, "llama")
         status, body = await chat(http, url, model="by-task")
         assert (status, body["model"]) == (200, "gpt-big")
+        async with http.get(f"{url}/v1/models") as resp:
+            listed = {m["id"]: m for m in (await resp.json())["data"]}
     assert api.provider is not None and api.provider.counts["answered"] == 1
+    assert listed["by-task"]["model_route"] == "by-task" and "llama" in listed
     usage = body["usage"]
     spent = sample("modelplane_gateway_spend_usd_total", team="", model="by-task", backend="external/api",
                    kind="external") - ext_before

@@ -90,6 +90,12 @@ class MeshServer:
             await self._http.close()
             self._http = None
 
+    def model_cards(self) -> list[dict[str, Any]]:
+        """``/v1/models`` entries of the routes (after the ModelDeployments'), by name."""
+        return [{"id": name, "object": "model", "created": 0, "owned_by": route.namespace,
+                 "namespace": route.namespace, "model_route": name}
+                for name in self.mesh.names() if (route := self.mesh.find(name)) is not None]
+
     def over_budget(self, route: ModelRoute, now: float) -> bool:
         budget = route.spec.budget
         if budget is None or budget.external_usd_per_month is None:

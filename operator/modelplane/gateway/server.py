@@ -163,7 +163,10 @@ class Gateway:
     async def list_models(self, _: web.Request) -> web.Response:
         if not self.routes.synced:
             return _starting().response()
-        return web.json_response(models_listing(self.routes.table()))
+        listing = models_listing(self.routes.table())
+        if self.mesh is not None:
+            listing["data"] += self.mesh.model_cards()
+        return web.json_response(listing)
 
     async def get_model(self, request: web.Request) -> web.Response:
         if not self.routes.synced:
