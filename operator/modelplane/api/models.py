@@ -1220,6 +1220,14 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     return path or "<root>"
 
 
+def field_problems(exc: ValidationError) -> list[tuple[str, str]]:
+    """Each of pydantic's errors as (field path, message)."""
+    # "Value error, " is pydantic's prefix for a validator's message; the message says it all.
+    return [(_field_path(tuple(e["loc"])),
+             "unknown field" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, "))
+            for e in exc.errors()]
+
+
 class ModelDeployment(BaseModel):
     """A ModelDeployment object as the API server returns it."""
 
@@ -1245,12 +1253,7 @@ class ModelDeployment(BaseModel):
         try:
             return cls.model_validate(dict(obj))
         except ValidationError as exc:
-            # "Value error, " is pydantic's prefix for a validator's message; the message says it all.
-            problems = [(_field_path(tuple(e["loc"])),
-                         "unknown field" if e["type"] == "extra_forbidden"
-                         else e["msg"].removeprefix("Value error, "))
-                        for e in exc.errors()]
-            raise InvalidSpecError(problems) from None
+            raise InvalidSpecError(field_problems(exc)) from None
 
     @property
     def name(self) -> str:

@@ -37,7 +37,7 @@ from modelplane.api.models import (
     Condition,
     InvalidSpecError,
     ObjectName,
-    _field_path,
+    field_problems,
     rules,
     to_camel,
 )
@@ -299,11 +299,7 @@ class ModelRoute(BaseModel):
         try:
             return cls.model_validate(dict(obj))
         except ValidationError as exc:
-            problems = [(_field_path(tuple(e["loc"])),
-                         "unknown field" if e["type"] == "extra_forbidden"
-                         else e["msg"].removeprefix("Value error, "))
-                        for e in exc.errors()]
-            raise InvalidSpecError(problems) from None
+            raise InvalidSpecError(field_problems(exc)) from None
 
     @property
     def name(self) -> str:

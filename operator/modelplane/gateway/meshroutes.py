@@ -88,15 +88,10 @@ class StaticMesh(Mesh):
         return self.keys.get((namespace, ref.name, ref.key))
 
 
-class ClusterMesh(Mesh):
-    def __init__(self, client: kube.Kube, namespaces: Sequence[str] = ()) -> None:
-        super().__init__()
-        self.client = client
-        scopes: list[str | None] = list(namespaces) or [None]
-        # Optional: a cluster without the ModelRoute CRD serves ModelDeployments as before.
-        self.informers = [Informer(client, kube.MODELROUTES, namespace=ns, handler=self._on_route,
-                                   optional=True) for ns in scopes]
-        self._secrets: dict[tuple[str, str], tuple[float, dict[str, str] | None]] = {}
+class Watched:
+    """A source kept by informers: synced once all have listed; down while one's watch is."""
+
+    informers: list[Informer]
 
     @property
     def synced(self) -> bool:
@@ -108,6 +103,17 @@ class ClusterMesh(Mesh):
 
     async def run(self) -> None:
         await run_informers(self.informers)
+
+
+class ClusterMesh(Watched, Mesh):
+    def __init__(self, client: kube.Kube, namespaces: Sequence[str] = ()) -> None:
+        super().__init__()
+        self.client = client
+        scopes: list[str | None] = list(namespaces) or [None]
+        # Optional: a cluster without the ModelRoute CRD serves ModelDeployments as before.
+        self.informers = [Informer(client, kube.MODELROUTES, namespace=ns, handler=self._on_route,
+                                   optional=True) for ns in scopes]
+        self._secrets: dict[tuple[str, str], tuple[float, dict[str, str] | None]] = {}
 
     def _on_route(self, event_type: str, obj: Obj) -> None:
         self._set(parse_routes(o for i in self.informers for o in i.items()))

@@ -34,14 +34,7 @@ from modelplane.api.route import ExternalBackend, ModelRoute
 from modelplane.gateway import mesh, metrics, spend
 from modelplane.gateway.errors import ErrorKind, GatewayError
 from modelplane.gateway.meshroutes import Mesh
-from modelplane.gateway.proxy import (
-    HOP_BY_HOP,
-    Relayed,
-    UpstreamFailure,
-    _end_failed,
-    relay,
-    request_headers,
-)
+from modelplane.gateway.proxy import Relayed, UpstreamBroken, UpstreamFailure, relay, request_headers
 from modelplane.gateway.routing import RequestInfo
 from modelplane.gateway.streaming import FirstTokenScanner
 from modelplane.gateway.table import Backend, Endpoint
@@ -249,8 +242,9 @@ class MeshServer:
                 failure = UpstreamFailure(where, f"answered {response.status}")
                 return self._external_failed(state, failure, route, label, f"status_{response.status}", last)
             counter = UsageCounter(stream=info.stream) if response.status == 200 else None
-            relayed, outcome = await relay_client_response(request, response, stream=info.stream,
-                                                           counter=counter)
+            scanner = FirstTokenScanner() if info.stream else None
+            relayed, outcome = await relay(request, ProviderAnswer(response), scanner=scanner,
+                                           counter=counter)
             return Answered(relayed, outcome, label, price)
         finally:
             response.release()
@@ -264,35 +258,26 @@ class MeshServer:
                                + "; ".join(str(f) for f in state.failures))
 
 
-async def relay_client_response(request: web.Request, response: aiohttp.ClientResponse, *, stream: bool,
-                                counter: UsageCounter | None) -> tuple[web.StreamResponse, Relayed]:
-    """An external provider's answer to the client, chunk by chunk as it comes."""
-    headers = CIMultiDict((k, v) for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP)
-    out = web.StreamResponse(status=response.status, headers=headers)
-    outcome = Relayed(response.status)
-    scanner = FirstTokenScanner() if stream else None
-    try:
-        await out.prepare(request)
-        while True:
-            try:
-                chunk = await response.content.readany()
-            except (aiohttp.ClientError, OSError) as exc:
-                outcome.failed = True
-                await _end_failed(request, out, exc)
-                return out, outcome
-            if not chunk:
-                break
-            if scanner is not None and outcome.first_token_at is None and scanner.feed(chunk):
-                outcome.first_token_at = time.monotonic()
-            if counter is not None:
-                counter.feed(chunk)
-            await out.write(chunk)
-        await out.write_eof()
-        if counter is not None:
-            outcome.usage = counter.result()
-    except ConnectionError:
-        outcome.client_gone = True
-    return out, outcome
+class ProviderAnswer:
+    """An external provider's answer as ``proxy.relay`` reads one (its failures as ``UpstreamBroken``)."""
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+        self.status = response.status
+        self.headers = response.headers
+        self.content_length = response.content_length
+
+    async def next_chunk(self) -> bytes:
+        try:
+            return await self._response.content.readany()
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamBroken(f"the provider failed while answering: {type(exc).__name__}: {exc}") from exc
+
+    async def read(self) -> bytes:
+        parts = []
+        while chunk := await self.next_chunk():
+            parts.append(chunk)
+        return b"".join(parts)
 
 
 def _models_by_key(gw: Gateway) -> dict[tuple[str, str], Backend]:

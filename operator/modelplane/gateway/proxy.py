@@ -28,7 +28,7 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import cast
+from typing import Protocol, cast
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -481,7 +481,24 @@ def unreachable(failures: list[UpstreamFailure]) -> GatewayError:
     return GatewayError(ErrorKind.UPSTREAM_UNREACHABLE, f"no replica answered: {tried}")
 
 
-async def relay(request: web.Request, response: UpstreamResponse, *,
+class Answer(Protocol):
+    """What ``relay`` reads of an answer: a replica's (``UpstreamResponse``) or an external API's."""
+
+    @property
+    def status(self) -> int: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    @property
+    def content_length(self) -> int | None: ...
+    async def next_chunk(self) -> bytes:
+        """The body's next bytes; b"" at its end. Raises ``UpstreamBroken``."""
+        ...
+    async def read(self) -> bytes:
+        """The whole body. Raises ``UpstreamBroken``."""
+        ...
+
+
+async def relay(request: web.Request, response: Answer, *,
                 scanner: FirstTokenScanner | None,
                 counter: UsageCounter | None = None) -> tuple[web.StreamResponse, Relayed]:
     """Send the replica's answer to the client; SSE and unsized bodies chunk by chunk, as they come."""

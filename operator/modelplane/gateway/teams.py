@@ -35,7 +35,7 @@ from modelplane.controller import kube
 from modelplane.controller.informer import Informer, Obj
 from modelplane.gateway.errors import ErrorKind, GatewayError
 from modelplane.gateway.mesh import MonthlyLedger
-from modelplane.gateway.meshroutes import run_informers, secret_data
+from modelplane.gateway.meshroutes import Watched, secret_data
 
 log = logging.getLogger("modelplane.gateway")
 
@@ -187,7 +187,7 @@ class Teams:
         await asyncio.Event().wait()
 
 
-class ClusterTeams(Teams):
+class ClusterTeams(Watched, Teams):
     """Teams from the labelled Secrets of the namespaces served, kept current by a watch."""
 
     def __init__(self, client: kube.Kube, namespaces: Sequence[str] = ()) -> None:
@@ -196,16 +196,6 @@ class ClusterTeams(Teams):
         self.informers = [Informer(client, kube.SECRETS, namespace=ns, label_selector=TEAM_LABEL,
                                    handler=self._on_secret) for ns in scopes]
 
-    @property
-    def synced(self) -> bool:
-        return all(i.synced.is_set() for i in self.informers)
-
-    def health(self, now: float | None = None) -> dict[str, float]:
-        now = time.monotonic() if now is None else now
-        return {i.name: i.down_for(now) for i in self.informers if i.down_since is not None}
-
     def _on_secret(self, _: str, __: Obj) -> None:
         self.directory = build_directory(o for i in self.informers for o in i.items())
 
-    async def run(self) -> None:
-        await run_informers(self.informers)
