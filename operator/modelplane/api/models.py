@@ -1228,27 +1228,15 @@ def field_problems(exc: ValidationError) -> list[tuple[str, str]]:
             for e in exc.errors()]
 
 
-class ModelDeployment(BaseModel):
-    """A ModelDeployment object as the API server returns it."""
+class KubeObject(BaseModel):
+    """An object of this API as the API server returns it: ``parse`` it, read its name."""
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
-    api_version: Literal["modelplane.dev/v1alpha1"] = Field(default=API_VERSION, description="API version.")
-    kind: Literal["ModelDeployment"] = Field(default=KIND, description="Kind.")
     metadata: dict[str, Any] = Field(default_factory=dict, description="Object metadata.")
-    spec: ModelDeploymentSpec
-    status: ModelDeploymentStatus | None = None
-
-    @model_validator(mode="after")
-    def _name(self) -> Self:
-        name = self.metadata.get("name")
-        if isinstance(name, str) and not (len(name) <= 63 and re.match(DNS1035_LABEL, name)):
-            raise ValueError("metadata.name must be a DNS-1035 label of at most 63 characters "
-                             "(lowercase letters, digits, '-', starting with a letter): it names the Service")
-        return self
 
     @classmethod
-    def parse(cls, obj: Mapping[str, Any]) -> ModelDeployment:
+    def parse(cls, obj: Mapping[str, Any]) -> Self:
         """Validate a raw object; raises InvalidSpecError naming each failing field path."""
         try:
             return cls.model_validate(dict(obj))
@@ -1266,6 +1254,23 @@ class ModelDeployment(BaseModel):
     @property
     def uid(self) -> str:
         return str(self.metadata.get("uid", ""))
+
+
+class ModelDeployment(KubeObject):
+    """A ModelDeployment object as the API server returns it."""
+
+    api_version: Literal["modelplane.dev/v1alpha1"] = Field(default=API_VERSION, description="API version.")
+    kind: Literal["ModelDeployment"] = Field(default=KIND, description="Kind.")
+    spec: ModelDeploymentSpec
+    status: ModelDeploymentStatus | None = None
+
+    @model_validator(mode="after")
+    def _name(self) -> Self:
+        name = self.metadata.get("name")
+        if isinstance(name, str) and not (len(name) <= 63 and re.match(DNS1035_LABEL, name)):
+            raise ValueError("metadata.name must be a DNS-1035 label of at most 63 characters "
+                             "(lowercase letters, digits, '-', starting with a letter): it names the Service")
+        return self
 
     @property
     def served_name(self) -> str:

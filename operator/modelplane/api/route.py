@@ -16,9 +16,8 @@ routes) is reported by the operator as conditions in ``status`` (``controller.ro
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from enum import StrEnum
-from typing import Annotated, Any, Final, Literal, Self
+from typing import Annotated, Final, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -26,7 +25,6 @@ from pydantic import (
     Field,
     StrictBool,
     StrictInt,
-    ValidationError,
     model_validator,
 )
 
@@ -35,9 +33,8 @@ from modelplane.api.models import (
     CATEGORIES,
     DNS1035_LABEL,
     Condition,
-    InvalidSpecError,
+    KubeObject,
     ObjectName,
-    field_problems,
     rules,
     to_camel,
 )
@@ -282,32 +279,13 @@ class ModelRouteStatus(BaseModel):
                     "field path (UnknownBackend, SecretKeyMissing, RouteLoop).")
 
 
-class ModelRoute(BaseModel):
+class ModelRoute(KubeObject):
     """A ModelRoute object as the API server returns it."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
     api_version: Literal["modelplane.dev/v1alpha1"] = Field(default=API_VERSION)
     kind: Literal["ModelRoute"] = Field(default=ROUTE_KIND)
-    metadata: dict[str, Any] = Field(default_factory=dict)
     spec: ModelRouteSpec
     status: ModelRouteStatus | None = None
-
-    @classmethod
-    def parse(cls, obj: Mapping[str, Any]) -> ModelRoute:
-        """Validate a raw object; raises InvalidSpecError naming each failing field path."""
-        try:
-            return cls.model_validate(dict(obj))
-        except ValidationError as exc:
-            raise InvalidSpecError(field_problems(exc)) from None
-
-    @property
-    def name(self) -> str:
-        return str(self.metadata.get("name", ""))
-
-    @property
-    def namespace(self) -> str:
-        return str(self.metadata.get("namespace", ""))
 
     @property
     def generation(self) -> int | None:
