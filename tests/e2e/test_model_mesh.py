@@ -6,8 +6,10 @@ Secret), served by a ``modelplane gateway --teams`` process of this test's own.
   fields, empty rules, two kinds in one backend), and what only the cluster can tell (an unknown
   backend, a Secret without its key, a loop through routes) is reported by the operator in the
   RoutesResolved condition, naming the field;
-- routing by header and by default; the provider failing (500), throttling (429) or slow past the
-  route's timeout: every request is answered, by the self-hosted model;
+- routing by header and by default through the session's two gateway replicas; the provider
+  failing (500), throttling (429) or slow past the route's timeout: every request is answered, by
+  the self-hosted model; the route's status.spend (the operator reads both replicas) equals the
+  external answers' usage at the configured prices;
 - the self-hosted model's pod deleted under load: every request answered (by the provider);
 - a team over its monthly budget gets a 429 that says so while another team is served, and
   ``modelplane usage`` reports the spend the answers' usage and the configured prices make.
@@ -38,7 +40,7 @@ from modelplane.gateway.teams import hash_key
 from modelplane_dev.sim.config import parse_vllm_args
 from modelplane_dev.sim.provider import ProviderMode
 from modelplane_dev.sim.server import SimServer
-from tests.clusterfixtures import ClusterHandle, OperatorHandle
+from tests.clusterfixtures import ClusterHandle, Gateways, OperatorHandle
 from tests.waiting import wait_for, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -144,12 +146,13 @@ async def ready(client: kube.Kube, namespace: str, name: str) -> bool:
     return ((md or {}).get("status") or {}).get("phase") == "Ready"
 
 
-async def chat(http: aiohttp.ClientSession, url: str, model: str, *, key: str = "key-alpha",
+async def chat(http: aiohttp.ClientSession, url: str, model: str, *, key: str | None = "key-alpha",
                headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
     body = {"model": model, "messages": [{"role": "user", "content": "Classify: the parcel arrived broken."}],
             "max_tokens": 12}
+    auth = {"Authorization": f"Bearer {key}"} if key is not None else {}
     async with http.post(f"{url}/v1/chat/completions", json=body,
-                         headers={"Authorization": f"Bearer {key}", **(headers or {})}) as resp:
+                         headers={**auth, **(headers or {})}) as resp:
         return resp.status, await resp.json(content_type=None)
 
 
@@ -228,44 +231,90 @@ async def test_what_only_the_cluster_knows_is_a_condition_naming_the_field(
     assert "RESOLVED" in printed and "nokey" in printed
 
 
-async def test_routing_fallback_and_teams_through_the_gateway(
-        cluster: ClusterHandle, kube_client: kube.Kube, namespace: str, operator: OperatorHandle) -> None:
+async def test_routing_and_fallback_through_the_session_gateways_and_spend_in_status(
+        cluster: ClusterHandle, kube_client: kube.Kube, namespace: str, operator: OperatorHandle,
+        gateways: Gateways) -> None:
+    gateways.ensure_running()
     await kube_client.create(model_deployment("llama", namespace))
     await kube_client.create(secret("provider", namespace, {"token": KEY}))
-    team = {"modelplane.dev/team": ""}
-    await kube_client.create(secret("team-alpha", namespace, {"k": hash_key("key-alpha")},
-                                    labels={**team, "modelplane.dev/team": "alpha"}))
-    await kube_client.create(secret("team-beta", namespace, {"k": hash_key("key-beta")},
-                                    labels={**team, "modelplane.dev/team": "beta"},
-                                    annotations={"modelplane.dev/monthly-budget-usd": "0.0001"}))
     served = f"llama-{namespace[-8:]}"
+    name = f"assistant-{namespace[-8:]}"  # the session gateways serve every namespace
+    external_usage = {"prompt": 0, "completion": 0}
+    replicas = gateways.replicas
+    sent = 0
+
+    async def ask(http: aiohttp.ClientSession,
+                  headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+        nonlocal sent
+        url = replicas[sent % len(replicas)].url  # both replicas: the status sums them
+        sent += 1
+        status, body = await chat(http, url, name, headers=headers)
+        if status == 200 and body.get("model") == "gpt-big":
+            external_usage["prompt"] += body["usage"]["prompt_tokens"]
+            external_usage["completion"] += body["usage"]["completion_tokens"]
+        return status, body
+
     async with provider() as api:
-        await kube_client.create(model_route("assistant", namespace, [
+        await kube_client.create(model_route(name, namespace, [
             {"name": "classify",
              "match": {"header": {"name": "x-modelplane-task", "value": "classification"}},
              "backends": [{"modelDeployment": "llama"}]},
             {"name": "other", "backends": [{"external": external(api)}, {"modelDeployment": "llama"}]},
         ], fallback={"timeoutSeconds": 1}))
         await wait_for(lambda: ready(kube_client, namespace, "llama"), timeout=120, what="llama Ready")
+        async with aiohttp.ClientSession() as http:
+            async def routed() -> bool:
+                answers = [await ask(http) for _ in replicas]
+                return all(status == 200 and body.get("model") == "gpt-big" for status, body in answers)
+
+            await wait_for(routed, timeout=30,
+                           what="the route served by the provider by default on both replicas")
+            status, body = await ask(http, {"x-modelplane-task": "classification"})
+            assert (status, body["model"]) == (200, served)
+
+            # The provider failing, throttling, slow: every request answered, by the own model.
+            assert api.provider is not None
+            for mode in ({"mode": "fail"}, {"mode": "throttle"}, {"mode": "slow", "delaySeconds": 10}):
+                api.provider.set(mode)
+                answers = await asyncio.gather(*(ask(http) for _ in range(8)))
+                assert [(s, b.get("model")) for s, b in answers] == [(200, served)] * 8, (mode, answers)
+            api.provider.set({"mode": "ok"})
+            for _ in range(10):
+                status, body = await ask(http)
+                assert (status, body["model"]) == (200, "gpt-big")
+
+    # The operator reads both replicas' metrics: the route's status carries the spend, equal to the
+    # answers' usage at the configured prices.
+    expected = (external_usage["prompt"] * PRICES["inputUSDPerMillionTokens"]
+                + external_usage["completion"] * PRICES["outputUSDPerMillionTokens"]) / 1e6
+
+    async def spend_in_status() -> dict[str, Any] | None:
+        obj = await kube_client.get(kube.MODELROUTES, name, namespace=namespace)
+        spend = ((obj or {}).get("status") or {}).get("spend") or {}
+        return spend if spend.get("externalUSD", 0) >= expected * 0.99 else None
+
+    spend = await wait_for(spend_in_status, timeout=60, what=f"status.spend.externalUSD of {expected:.6f}")
+    assert spend["externalUSD"] == pytest.approx(expected, rel=0.01)
+    assert spend["completionTokens"] >= external_usage["completion"]  # plus the own model's
+
+
+async def test_teams_over_budget_refused_while_another_is_served_and_usage_adds_up(
+        cluster: ClusterHandle, kube_client: kube.Kube, namespace: str, operator: OperatorHandle) -> None:
+    await kube_client.create(secret("provider", namespace, {"token": KEY}))
+    await kube_client.create(secret("team-alpha", namespace, {"k": hash_key("key-alpha")},
+                                    labels={"modelplane.dev/team": "alpha"}))
+    await kube_client.create(secret("team-beta", namespace, {"k": hash_key("key-beta")},
+                                    labels={"modelplane.dev/team": "beta"},
+                                    annotations={"modelplane.dev/monthly-budget-usd": "0.0001"}))
+    async with provider() as api:
+        await kube_client.create(model_route("assistant", namespace,
+                                             [{"backends": [{"external": external(api)}]}]))
         with mesh_gateway(cluster, namespace, gateway_log(cluster, f"mesh-{namespace}")) as gw:
             async with aiohttp.ClientSession() as http:
                 async def routed() -> bool:
-                    status, body = await chat(http, gw.url, "assistant")
-                    return status == 200 and body.get("model") == "gpt-big"
+                    return (await chat(http, gw.url, "assistant", key="key-alpha"))[0] == 200
 
-                await wait_for(routed, timeout=30, what="the route served by the provider by default")
-                task = {"x-modelplane-task": "classification"}
-                status, body = await chat(http, gw.url, "assistant", headers=task)
-                assert (status, body["model"]) == (200, served)
-
-                # The provider failing, throttling, slow: every request answered, by the own model.
-                assert api.provider is not None
-                for mode in ({"mode": "fail"}, {"mode": "throttle"}, {"mode": "slow", "delaySeconds": 10}):
-                    api.provider.set(mode)
-                    answers = await asyncio.gather(*(chat(http, gw.url, "assistant") for _ in range(8)))
-                    assert [(s, b.get("model")) for s, b in answers] == [(200, served)] * 8, (mode, answers)
-                api.provider.set({"mode": "ok"})
-
+                await wait_for(routed, timeout=30, what="the route served for team alpha")
                 # Team beta's budget is spent after its first answer; alpha goes on.
                 assert (await chat(http, gw.url, "assistant", key="key-beta"))[0] == 200
                 status, body = await chat(http, gw.url, "assistant", key="key-beta")
@@ -275,7 +324,7 @@ async def test_routing_fallback_and_teams_through_the_gateway(
                 assert (await chat(http, gw.url, "assistant", key="key-alpha"))[0] == 200
                 assert (await chat(http, gw.url, "assistant", key="nobody"))[0] == 401
 
-                # Spend: what `modelplane usage` reads equals the answers' usage at the configured prices.
+                # What `modelplane usage` reads equals the answers' usage at the configured prices.
                 before = usage(gw)
                 counted = {"prompt": 0, "completion": 0}
                 for _ in range(10):
@@ -284,13 +333,13 @@ async def test_routing_fallback_and_teams_through_the_gateway(
                     counted["prompt"] += body["usage"]["prompt_tokens"]
                     counted["completion"] += body["usage"]["completion_tokens"]
                 after = usage(gw)
-            row = "alpha|assistant|external/api"
-            spent = after[row]["external_usd"] - before.get(row, {}).get("external_usd", 0.0)
-            expected = (counted["prompt"] * PRICES["inputUSDPerMillionTokens"]
-                        + counted["completion"] * PRICES["outputUSDPerMillionTokens"]) / 1e6
-            assert spent == pytest.approx(expected, rel=0.01)
-            assert after[row]["completion_tokens"] - before.get(row, {}).get("completion_tokens", 0) == \
-                counted["completion"]
+    row = "alpha|assistant|external/api"
+    spent = after[row]["external_usd"] - before.get(row, {}).get("external_usd", 0.0)
+    expected = (counted["prompt"] * PRICES["inputUSDPerMillionTokens"]
+                + counted["completion"] * PRICES["outputUSDPerMillionTokens"]) / 1e6
+    assert spent == pytest.approx(expected, rel=0.01)
+    assert after[row]["completion_tokens"] - before.get(row, {}).get("completion_tokens", 0) == \
+        counted["completion"]
 
 
 def usage(gw: MeshGateway) -> dict[str, dict[str, float]]:

@@ -84,3 +84,16 @@ def test_an_unchanged_status_is_not_written_again() -> None:
     b = build_status(r, [], now=datetime(2026, 12, 4, tzinfo=UTC))
     assert _same(a, b)
     assert not _same(a, build_status(r, problems(r, models=set(), routes={}, secrets={}), now=NOW))
+
+
+def test_spend_goes_into_status_and_a_change_of_it_is_written() -> None:
+    from modelplane.metrics.spendtext import Spend
+
+    r = route("r", {"modelDeployment": "llama"})
+    status = build_status(r, [], now=NOW, spend=Spend(100, 200, 0.0001, 0.0032, 0.0045))
+    assert status["spend"] == {"promptTokens": 100, "completionTokens": 200, "selfHostedUSD": 0.0001,
+                               "externalUSD": 0.0032, "referenceUSD": 0.0045}
+    assert "spend" not in build_status(r, [], now=NOW)  # the operator reads no gateway
+    assert not _same(status, build_status(r, [], now=NOW, spend=Spend(100, 201, 0.0001, 0.0032, 0.0045)))
+    spec = {"rules": [{"backends": [{"modelDeployment": "a"}]}]}
+    ModelRoute.parse({"metadata": {"name": "r"}, "spec": spec, "status": status})  # the schema takes it

@@ -8,15 +8,15 @@ import base64
 import pytest
 
 from modelplane.gateway.teams import build_directory
-from modelplane.usagecli import (
+from modelplane.metrics.spendtext import (
     Report,
     Spend,
+    by_model,
     from_exposition,
     from_prometheus,
     prometheus_queries,
-    render,
-    team_secret,
 )
+from modelplane.usagecli import render, team_secret
 
 GATEWAY_A = """
 modelplane_gateway_spend_tokens_total{team="alpha",model="assistant",backend="llama",kind="prompt"} 1000
@@ -36,6 +36,11 @@ def test_the_gateways_are_summed_by_team_model_and_backend() -> None:
     assert report.rows[("alpha", "assistant", "llama")] == Spend(1000, 3000, 0.001, 0, 0.045)
     assert report.rows[("beta", "assistant", "external/api")] == Spend(external_usd=0.5)
     assert len(report.rows) == 2
+
+
+def test_by_model_sums_teams_and_backends() -> None:
+    spent = by_model(from_exposition([GATEWAY_A, GATEWAY_B]))
+    assert spent["assistant"] == Spend(1000, 3000, 0.001, 0.5, 0.045)
 
 
 def test_a_window_is_the_difference_of_two_readings() -> None:

@@ -260,6 +260,23 @@ class RouteConditionType(StrEnum):
     RESOLVED = "RoutesResolved"
 
 
+class RouteSpend(BaseModel):
+    """What the route's answers cost, as the gateway replicas count it since each started."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    prompt_tokens: StrictInt = Field(default=0, ge=0, description="Prompt tokens of the answers.")
+    completion_tokens: StrictInt = Field(default=0, ge=0, description="Generated tokens of the answers.")
+    self_hosted_usd: float = Field(
+        default=0, ge=0, description="US dollars on self-hosted backends: generated tokens at each "
+                                     "ModelDeployment's measured status.cost.usdPerMillionTokens.")
+    external_usd: float = Field(default=0, ge=0,
+                                description="US dollars on external backends, at their configured prices.")
+    reference_usd: float = Field(
+        default=0, ge=0, description="What the same tokens would have cost at the gateway's reference price "
+                                     "(--reference-usd-per-mtok, default $15 per million).")
+
+
 class ModelRouteStatus(BaseModel):
     """What the operator last found of the route's backends."""
 
@@ -271,6 +288,12 @@ class ModelRouteStatus(BaseModel):
     summary: str | None = Field(default=None, max_length=1024,
                                 description="The rules in one line, e.g. "
                                             "'task=classification→mistral; *→openai'.")
+    spend: RouteSpend | None = Field(
+        default=None,
+        description="Tokens and US dollars of the route's answers, summed over the gateway replicas the "
+                    "operator reads (their counters start from zero when a replica restarts; "
+                    "modelplane usage and Prometheus keep the history). Absent when the operator reads "
+                    "no gateway (modelplane run --gateway-selector or --gateway-metrics-url).")
     conditions: list[Condition] = Field(
         default_factory=list, max_length=8,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},

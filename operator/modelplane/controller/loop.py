@@ -246,8 +246,9 @@ class Controller:
         self._again: set[Key] = set()
         self._wake = asyncio.Event()
         self.informers = self._build_informers()
-        self.route_status = RouteStatusWriter(client, routes=self.informers["modelroutes"],
-                                              models=self.informers["modeldeployments"], active=self._active)
+        self.route_status = RouteStatusWriter(
+            client, routes=self.informers["modelroutes"], models=self.informers["modeldeployments"],
+            active=self._active, gateway_texts=self._gateway_texts)
         #: (namespace, ConfigMap, key) → (expires at, cases or None); reads in flight.
         self._suites: dict[tuple[str, str, str], tuple[float, int | None]] = {}
         self._suite_reads: dict[tuple[str, str, str], asyncio.Task[None]] = {}
@@ -783,6 +784,12 @@ class Controller:
             if not objs or not peering.is_active(objs[0].get("status"), priority, now):
                 return False
         return True
+
+    def _gateway_texts(self) -> list[str] | None:
+        """Each gateway replica's /metrics as last read; None when the operator reads no gateway."""
+        if not (self.settings.gateway_selector or self.settings.gateway_metrics_urls):
+            return None
+        return list(self._gateway_text.values())
 
     def gateway_urls(self) -> list[str]:
         """The /metrics URLs of the gateway replicas known now."""

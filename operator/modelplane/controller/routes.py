@@ -30,6 +30,7 @@ from modelplane.api.models import API_VERSION, ConditionStatus, InvalidSpecError
 from modelplane.api.route import ROUTE_KIND, ModelRoute, RouteConditionType, summary
 from modelplane.controller import kube
 from modelplane.controller.informer import Informer
+from modelplane.metrics.spendtext import Spend, by_model, from_exposition
 
 log = logging.getLogger("modelplane.controller")
 
@@ -98,7 +99,7 @@ def problems(route: ModelRoute, *, models: set[str], routes: Mapping[str, ModelR
 
 
 def build_status(route: ModelRoute, found: list[Problem], *, now: datetime,
-                 secrets_unchecked: bool = False) -> dict[str, Any]:
+                 secrets_unchecked: bool = False, spend: Spend | None = None) -> dict[str, Any]:
     """The status to write (wire form), keeping lastTransitionTime while the condition's status holds."""
     backends = sum(len(r.backends) for r in route.spec.rules)
     ok = not found
@@ -124,6 +125,12 @@ def build_status(route: ModelRoute, found: list[Problem], *, now: datetime,
     status: dict[str, Any] = {"backends": backends, "summary": summary(route.spec), "conditions": [condition]}
     if route.generation is not None:
         status["observedGeneration"] = route.generation
+    if spend is not None:
+        status["spend"] = {"promptTokens": round(spend.prompt_tokens),
+                           "completionTokens": round(spend.completion_tokens),
+                           "selfHostedUSD": round(spend.self_hosted_usd, 6),
+                           "externalUSD": round(spend.external_usd, 6),
+                           "referenceUSD": round(spend.reference_usd, 6)}
     return status
 
 
@@ -140,8 +147,11 @@ class RouteStatusWriter:
     """Writes each ModelRoute's status from the controller's caches (see the module's doc)."""
 
     def __init__(self, client: kube.Kube, *, routes: list[Informer], models: list[Informer],
-                 active: Callable[[], Awaitable[bool]]) -> None:
+                 active: Callable[[], Awaitable[bool]],
+                 gateway_texts: Callable[[], list[str] | None] = lambda: None) -> None:
         self.kube = client
+        #: The gateway replicas' /metrics as last read (None: the operator reads no gateway).
+        self.gateway_texts = gateway_texts
         self.routes = routes
         self.models = models
         self.active = active
@@ -185,12 +195,15 @@ class RouteStatusWriter:
             models.setdefault(str(meta.get("namespace")), set()).add(str(meta.get("name")))
         written = 0
         now = datetime.now(UTC).replace(microsecond=0)
+        texts = self.gateway_texts()
+        spent = by_model(from_exposition(texts)) if texts is not None else None
         for namespace, entries in by_ns.items():
             routes = {r.name: r for r, _ in entries}
             secrets, unchecked = await self._secrets(namespace, secret_names(routes.values()))
             for route, raw in entries:
                 found = problems(route, models=models.get(namespace, set()), routes=routes, secrets=secrets)
-                status = build_status(route, found, now=now, secrets_unchecked=unchecked)
+                spend = spent.get(route.name, Spend()) if spent is not None else None
+                status = build_status(route, found, now=now, secrets_unchecked=unchecked, spend=spend)
                 if _same(current_status(raw), status):
                     continue
                 await self.kube.apply({"apiVersion": API_VERSION, "kind": ROUTE_KIND,
