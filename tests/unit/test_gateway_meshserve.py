@@ -4,6 +4,7 @@ external one; routes and team keys set by hand."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -25,6 +26,7 @@ from modelplane.gateway.teams import Team, Teams, hash_key
 from modelplane_dev.sim.config import parse_vllm_args
 from modelplane_dev.sim.provider import ProviderMode
 from modelplane_dev.sim.server import SimServer
+from tests.waiting import wait_for
 
 KEY = "sk-provider"
 
@@ -162,6 +164,30 @@ async def test_a_cold_model_sends_the_request_to_the_api_until_it_is_ready(
     assert (status, body["model"]) == (200, "gpt-big")
     assert sample("modelplane_gateway_route_fallbacks_total", model="overflow", backend="llama",
                   reason="cold") == before + 1
+
+
+async def test_a_cold_model_passed_over_counts_as_holding_the_request_so_it_is_woken(
+        servers: tuple[SimServer, SimServer]) -> None:
+    _, api = servers
+    assert api.provider is not None
+    api.provider.set({"mode": "slow", "delaySeconds": 0.5})
+    r = route([{"backends": [{"modelDeployment": "llama"}, {"external": external(api)}]}], name="wake")
+    table = StaticRoutes()
+    table.set_backends([llama(None)])
+    gw = Gateway(table, Settings(pod_metrics_seconds=0), mesh=MeshServer(StaticMesh(
+        [r], keys={("ns", "provider", "token"): KEY})))
+    runner, port = await start(gw, host="127.0.0.1", port=0, shutdown_timeout=1.0)
+    try:
+        async with aiohttp.ClientSession() as http:
+            asked = asyncio.create_task(chat(http, f"http://127.0.0.1:{port}", model="wake"))
+            await wait_for(lambda: gw.holds.held.get(("ns", "llama")) == 1, timeout=5,
+                           what="llama counted as holding the request")
+            assert sample("modelplane_gateway_held_requests", namespace="ns", model_deployment="llama") == 1
+            status, body = await asked
+    finally:
+        await runner.cleanup()
+    assert (status, body["model"]) == (200, "gpt-big")
+    assert not gw.holds.held  # released once answered
 
 
 async def test_a_missing_api_key_is_a_failure_before_the_answer(servers: tuple[SimServer, SimServer]) -> None:

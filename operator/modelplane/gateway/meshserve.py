@@ -20,6 +20,7 @@ asks the backend for its usage (``stream_options.include_usage``) so spend is co
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -122,6 +123,26 @@ class MeshServer:
             raise GatewayError(ErrorKind.MODEL_NOT_FOUND,
                                f"ModelRoute {route.namespace}/{route.name}: none of its backends exists "
                                f"({', '.join(t.label for t, _ in plan.skipped)})", param="model")
+        # A cold ModelDeployment passed over counts as holding the request while another backend
+        # serves it: the operator scales from zero on held requests, and would otherwise never see
+        # the demand.
+        waking: list[tuple[str, str]] = []
+        for target, why in plan.skipped:
+            key = (target.namespace, target.model_deployment or "")
+            if why == "cold" and key in models and key not in waking:
+                with contextlib.suppress(GatewayError):  # past --max-held: it is woken already
+                    gw.holds.acquire(key)
+                    waking.append(key)
+        try:
+            return await self._try(gw, request, doc, info, route, plan, models, state)
+        finally:
+            for key in waking:
+                gw.holds.release(key)
+
+    async def _try(self, gw: Gateway, request: web.Request, doc: dict[str, Any], info: RequestInfo,
+                   route: ModelRoute, plan: mesh.Plan, models: dict[tuple[str, str], Backend],
+                   state: _Pick) -> Answered:
+        fallback = route.spec.fallback
         headers = request_headers(request.headers)
         for i, target in enumerate(plan.tries):
             last = i == len(plan.tries) - 1
