@@ -107,6 +107,8 @@ class RunResult:
     replicas: list[int] = field(default_factory=list)
     ready: list[int] = field(default_factory=list)
     queue: list[int] = field(default_factory=list)
+    #: With ``overflow``: the trace indexes of the requests sent to the external backend instead.
+    external: list[int] = field(default_factory=list)
 
     @property
     def slo_attainment(self) -> float:
@@ -120,7 +122,13 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
-def run(trace: Trace, policy: Autoscaler, config: SimConfig, *, initial_replicas: int) -> RunResult:
+#: The model mesh's choice at a request's arrival (bench/mesh): given the ready replicas' waiting
+#: requests, True sends it to the external backend (not served here, counted in ``external``).
+Overflow = Callable[[list[int]], bool]
+
+
+def run(trace: Trace, policy: Autoscaler, config: SimConfig, *, initial_replicas: int,
+        overflow: Overflow | None = None) -> RunResult:
     """Play ``trace`` against ``policy``; see the module docstring for the world it runs in."""
     requests = [Request(r.at, min(r.prompt_tokens, config.max_model_len - 1),
                         max(1, min(r.output_tokens, config.max_model_len - min(r.prompt_tokens,
@@ -169,7 +177,10 @@ def run(trace: Trace, policy: Autoscaler, config: SimConfig, *, initial_replicas
             _send(min(ready, key=lambda p: p.outstanding), idx, requests[idx], now, owner)
         # This tick's arrivals.
         while i < len(requests) and requests[i].at < tick_end:
-            if ready:
+            waiting = [p.engine.num_waiting for p in ready if p.engine is not None]
+            if overflow is not None and overflow(waiting):
+                out.external.append(i)
+            elif ready:
                 _send(min(ready, key=lambda p: p.outstanding), i, requests[i], requests[i].at, owner)
             else:
                 held.append(i)
