@@ -203,21 +203,27 @@ async def test_what_only_the_cluster_knows_is_a_condition_naming_the_field(
     for name, (rules, _, _) in cases.items():
         await kube_client.create(model_route(name, namespace, rules))
 
-    async def conditions() -> dict[str, tuple[str, str, str]] | None:
+    async def conditions() -> dict[str, tuple[str, str, str]]:
         out = {}
         for name in cases:
             obj = await kube_client.get(kube.MODELROUTES, name, namespace=namespace)
             found = [c for c in ((obj or {}).get("status") or {}).get("conditions") or []
                      if c.get("type") == "RoutesResolved"]
-            if not found:
-                return None
-            out[name] = (found[0]["status"], found[0]["reason"], found[0]["message"])
+            condition = found[0] if found else {}
+            out[name] = (condition.get("status", ""), condition.get("reason", ""), condition.get("message", ""))
         return out
 
-    got = await wait_for(conditions, timeout=60, what="RoutesResolved on every route")
-    for name, (_, reason, message) in cases.items():
-        status, said, text = got[name]
-        assert status == "False" and said == reason and message in text, (name, got[name])
+    async def as_expected() -> bool:
+        # Routes created one after the other may first be seen with their partner missing: wait
+        # until each says what it should (a timeout shows what they said).
+        got = await conditions()
+        return all(got[name][:2] == ("False", reason) and message in got[name][2]
+                   for name, (_, reason, message) in cases.items())
+
+    try:
+        await wait_for(as_expected, timeout=60, what="RoutesResolved False with its reason on every route")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the routes said: {await conditions()}") from exc
     # The Secret gets its key: the route resolves.
     await kube_client.apply(secret("provider", namespace, {"token": "t"}))
 
