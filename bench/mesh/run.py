@@ -4,7 +4,8 @@ The world is the autoscaling benchmark's (``bench.autoscale``): Llama 3.1 70B FP
 per replica on the simulator's engine model, $2.69 per GPU-hour, a 90 s cold start, the operator's
 own autoscaler (``modelplane.autoscaler.policy``, at least one replica), and a TTFT SLO of 2 s from
 the gateway. The traffic is the Azure LLM inference trace of code completions
-(``/work/shared/traces/AzureLLMInferenceTrace_code.csv``; long prompts, short answers), replayed at its own rate (``--rate-scale`` to scale it).
+(``/work/shared/traces/AzureLLMInferenceTrace_code.csv``; long prompts, short answers), replayed
+at its own rate (``--rate-scale`` to scale it).
 
 - **self-hosted**: every request to the replicas (held while none is ready);
 - **self-hosted, static N**: the smallest fixed fleet (no autoscaler, ready from the start) whose

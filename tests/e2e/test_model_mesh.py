@@ -210,7 +210,8 @@ async def test_what_only_the_cluster_knows_is_a_condition_naming_the_field(
             found = [c for c in ((obj or {}).get("status") or {}).get("conditions") or []
                      if c.get("type") == "RoutesResolved"]
             condition = found[0] if found else {}
-            out[name] = (condition.get("status", ""), condition.get("reason", ""), condition.get("message", ""))
+            out[name] = (condition.get("status", ""), condition.get("reason", ""),
+                         condition.get("message", ""))
         return out
 
     async def as_expected() -> bool:
