@@ -17,6 +17,7 @@ import pytest
 
 from modelplane.api.route import ModelRoute
 from modelplane.gateway import metrics
+from modelplane.gateway.activator import HoldLimits
 from modelplane.gateway.cache import StaticRoutes
 from modelplane.gateway.meshroutes import StaticMesh
 from modelplane.gateway.meshserve import MeshServer
@@ -188,6 +189,31 @@ async def test_a_cold_model_passed_over_counts_as_holding_the_request_so_it_is_w
         await runner.cleanup()
     assert (status, body["model"]) == (200, "gpt-big")
     assert not gw.holds.held  # released once answered
+
+
+async def test_a_cold_model_tried_after_the_api_failed_holds_the_request_once(
+        servers: tuple[SimServer, SimServer]) -> None:
+    _, api = servers
+    assert api.provider is not None
+    api.provider.set({"mode": "fail"})
+    r = route([{"backends": [{"modelDeployment": "llama"}, {"external": external(api)}]}], name="wake-fail")
+    table = StaticRoutes()
+    table.set_backends([llama(None)])
+    gw = Gateway(table, Settings(pod_metrics_seconds=0, holds=HoldLimits(timeout_seconds=1.0)),
+                 mesh=MeshServer(StaticMesh([r], keys={("ns", "provider", "token"): KEY})))
+    runner, port = await start(gw, host="127.0.0.1", port=0, shutdown_timeout=1.0)
+    seen: list[int] = []
+    try:
+        async with aiohttp.ClientSession() as http:
+            asked = asyncio.create_task(chat(http, f"http://127.0.0.1:{port}", model="wake-fail"))
+            while not asked.done():
+                seen.append(gw.holds.held.get(("ns", "llama"), 0))
+                await asyncio.sleep(0.01)
+            status, body = await asked
+    finally:
+        await runner.cleanup()
+    assert (status, body["error"]["code"]) == (503, "no_ready_replica")  # held, then its deadline
+    assert max(seen) == 1 and not gw.holds.held
 
 
 async def test_a_missing_api_key_is_a_failure_before_the_answer(servers: tuple[SimServer, SimServer]) -> None:

@@ -134,14 +134,14 @@ class MeshServer:
                     gw.holds.acquire(key)
                     waking.append(key)
         try:
-            return await self._try(gw, request, doc, info, route, plan, models, state)
+            return await self._try(gw, request, doc, info, route, plan, models, state, waking)
         finally:
             for key in waking:
                 gw.holds.release(key)
 
     async def _try(self, gw: Gateway, request: web.Request, doc: dict[str, Any], info: RequestInfo,
                    route: ModelRoute, plan: mesh.Plan, models: dict[tuple[str, str], Backend],
-                   state: _Pick) -> Answered:
+                   state: _Pick, waking: list[tuple[str, str]]) -> Answered:
         fallback = route.spec.fallback
         headers = request_headers(request.headers)
         for i, target in enumerate(plan.tries):
@@ -155,6 +155,9 @@ class MeshServer:
                 backend = models.get((target.namespace, target.model_deployment or ""))
                 if backend is None:
                     continue
+                if backend.key in waking:  # tried now: it holds the request itself while cold
+                    waking.remove(backend.key)
+                    gw.holds.release(backend.key)
                 answered = await self._self_hosted(gw, request, doc, info, backend, headers, state, last=last,
                                                    timeout=float(fallback.timeout_seconds),
                                                    on_status=fallback.on_status, route=route.name)
