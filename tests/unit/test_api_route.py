@@ -114,3 +114,29 @@ def test_the_example_routes_parse_and_name_example_models() -> None:
         named = {b.model_deployment for rule in route.spec.rules for b in rule.backends if b.model_deployment}
         assert named and named <= models, (route.name, named - models)
         assert any(b.external is not None for rule in route.spec.rules for b in rule.backends)
+
+
+def test_plan_checks_a_route_beside_its_models(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from pathlib import Path
+
+    from modelplane.cli import main as cli_main
+
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    good = tmp_path / "good.yaml"
+    good.write_text((examples / "llama-3.1-8b-awq.yaml").read_text() + "---\n"
+                    + (examples / "model-mesh-by-task.yaml").read_text())
+    assert cli_main(["plan", "-f", str(good)]) == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((examples / "llama-3.1-8b-awq.yaml").read_text() + "---\n" + yaml_route_with_bad_weights())
+    assert cli_main(["plan", "-f", str(bad)]) != 0
+    assert "spec.rules[0]: the backends' weights must all be left out or sum to 100" in capsys.readouterr().err
+
+
+def yaml_route_with_bad_weights() -> str:
+    return """apiVersion: modelplane.dev/v1alpha1
+kind: ModelRoute
+metadata: {name: r}
+spec:
+  rules:
+    - backends: [{modelDeployment: a, weight: 50}, {modelDeployment: b, weight: 20}]
+"""
