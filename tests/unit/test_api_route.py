@@ -127,9 +127,11 @@ def test_plan_checks_a_route_beside_its_models(tmp_path: Any, capsys: pytest.Cap
                     + (examples / "model-mesh-by-task.yaml").read_text())
     assert cli_main(["plan", "-f", str(good)]) == 0
     bad = tmp_path / "bad.yaml"
-    bad.write_text((examples / "llama-3.1-8b-awq.yaml").read_text() + "---\n" + yaml_route_with_bad_weights())
+    bad.write_text((examples / "llama-3.1-8b-awq.yaml").read_text() + "---\n"
+                   + yaml_route_with_bad_weights())
     assert cli_main(["plan", "-f", str(bad)]) != 0
-    assert "spec.rules[0]: the backends' weights must all be left out or sum to 100" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert "spec.rules[0]: the backends' weights must all be left out or sum to 100" in said
 
 
 def yaml_route_with_bad_weights() -> str:
