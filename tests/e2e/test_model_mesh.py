@@ -103,7 +103,7 @@ def mesh_gateway(cluster: ClusterHandle, namespace: str, log: Path) -> Iterator[
 @contextlib.asynccontextmanager
 async def provider() -> AsyncIterator[SimServer]:
     """The external provider: a simulator that wants the key, outside the cluster."""
-    base = parse_vllm_args(["serve", "meta-llama/Llama-3.1-70B-Instruct", "--served-model-name", "gpt-big",
+    base = parse_vllm_args(["serve", "meta-llama/Llama-3.1-8B-Instruct", "--served-model-name", "gpt-big",
                             "--max-model-len", "8192"])
     server = SimServer(replace(base, host="127.0.0.1", port=0), provider=ProviderMode(KEY))
     await server.start()
@@ -118,7 +118,7 @@ def model_deployment(name: str, namespace: str) -> dict[str, Any]:
             "metadata": {"name": name, "namespace": namespace},
             "spec": {"model": {"source": "hf://meta-llama/Llama-3.1-8B-Instruct", "revision": "main",
                                "servedName": f"{name}-{namespace[-8:]}"},
-                     "engine": {"maxModelLen": 2048, "maxNumSeqs": 32},
+                     "engine": {"maxModelLen": 2048, "maxNumSeqs": 16},
                      "resources": {"gpu": {"count": "auto", "types": ["nvidia-l4"]}},
                      "scaling": {"minReplicas": 1, "maxReplicas": 1}}}
 
