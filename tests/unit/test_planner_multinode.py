@@ -94,7 +94,8 @@ def test_group_startup_budget_is_longer_than_one_node() -> None:
     (spec("hf://acme/huge", types=[H100, L40S], max_nodes=16, hints=HUGE_HINTS, maxModelLen=8192),
      PlanReason.NO_GROUP_FITS, "nor does a group of up to 16 nodes", None),
     (spec("hf://acme/huge", types=[H100], max_nodes=3, hints=HUGE_HINTS, maxModelLen=8192),
-     PlanReason.NO_GROUP_FITS, f"not even a group of {MAX_SUGGESTED_NODES} nodes of an allowed type would", None),
+     PlanReason.NO_GROUP_FITS, f"not even a group of {MAX_SUGGESTED_NODES} nodes of an allowed type would",
+     None),
 ], ids=["single-node-only", "too-few-nodes", "nothing-fits-at-16", "nothing-fits-anywhere"])
 def test_refusals(s: ModelDeploymentSpec, code: PlanReason, in_reason: str, smallest: str | None) -> None:
     plan = plan_of(s)

@@ -1114,9 +1114,11 @@ class PlanStatus(_Model):
         description="Nodes of one replica when it spans several (a LeaderWorkerSet group); absent for a "
                     "single-node replica.")
     gpus_per_node: StrictInt | None = Field(
-        default=None, ge=1, description="GPUs of each node of a multi-node replica (the tensor-parallel size).")
+        default=None, ge=1,
+        description="GPUs of each node of a multi-node replica (the tensor-parallel size).")
     pipeline_parallel_size: StrictInt | None = Field(
-        default=None, ge=2, description="vLLM pipeline-parallel size of a multi-node replica: one stage per node.")
+        default=None, ge=2,
+        description="vLLM pipeline-parallel size of a multi-node replica: one stage per node.")
     memory: PlanMemory | None = Field(default=None, description="Memory accounting.")
     reason: str | None = Field(default=None, description="Why this plan, or why none fits.")
 
