@@ -112,6 +112,12 @@ as (apiGroup, resource, verb) triples and fails when the two differ in either di
 - apiGroups: [gateway.networking.k8s.io]
   resources: [httproutes]
   verbs: [list, watch, create, patch, delete]
+# Multi-node replicas (docs/multi-node.md): a revision whose replicas span several nodes is a
+# LeaderWorkerSet (its CRD may be absent: the informer tolerates it); its controller's RecreateGroup
+# Events are read like the scheduler's.
+- apiGroups: [leaderworkerset.x-k8s.io]
+  resources: [leaderworkersets]
+  verbs: [list, watch, create, patch, delete]
 {{- if .Values.rbac.readModelCredentials }}
 # A gated model's config.json is fetched with the HF_TOKEN of its credentialsSecret
 # (loop._read_model_config); only `get` of a named Secret, never list or watch.

@@ -323,6 +323,8 @@ class ConditionType(StrEnum):
     SUITE_UNDERPOWERED = "SuiteUnderpowered"
     #: Only with spec.inferencePool: whether the InferencePool (and HTTPRoute) are in place.
     INFERENCE_POOL_READY = "InferencePoolReady"
+    #: Only with multi-node replicas (LeaderWorkerSet groups): whether a group was recreated.
+    GROUP_RECREATED = "GroupRecreated"
 
 
 #: What each condition type says, for the status field descriptions (``kubectl explain``).
@@ -345,6 +347,10 @@ CONDITION_MEANINGS: Mapping[ConditionType, str] = {
                                         "(and the HTTPRoute, when asked) are applied; False when the "
                                         "cluster lacks their CRDs (the reason names which) or the API "
                                         "server refused them",
+    ConditionType.GROUP_RECREATED: "Only with multi-node replicas: True when the LeaderWorkerSet controller "
+                                   "recreated a group because one of its pods failed, restarted or was "
+                                   "deleted (the message names the pod, the group, when, and how many "
+                                   "groups are ready now), as long as the API server keeps its Events",
 }
 
 

@@ -39,6 +39,7 @@ from typing import Any
 
 import aiohttp
 
+from modelplane import lws
 from modelplane.api.models import FIELD_MANAGER, GROUP, KIND, VERSION, ModelDeploymentSpec
 from modelplane.autoscaler.policy import PolicyState
 from modelplane.controller import gateways, kube, opmetrics, peering
@@ -288,6 +289,14 @@ class Controller:
                                handler=self._on_child, optional=True,
                                absent_retry_seconds=self.settings.optional_api_retry_seconds,
                                on_served_change=self._on_inference_api_change),
+            # Multi-node replicas (modelplane.lws): the CRD may be absent; then a plan that needs
+            # groups says so, and everything else works as before.
+            "leaderworkersets": each(kube.LEADERWORKERSETS, label_selector=OWNER_LABEL, index=_owner_keys,
+                                     handler=self._on_child, optional=True,
+                                     absent_retry_seconds=self.settings.optional_api_retry_seconds,
+                                     on_served_change=self._on_group_api_change),
+            "groupevents": each(kube.EVENTS, field_selector=f"reason={lws.RECREATE_GROUP_REASON}",
+                                index=_namespace_key, handler=self._on_group_event),
             "events": each(kube.EVENTS, field_selector="reason=FailedScheduling", index=_namespace_key,
                            handler=self._on_event),
             "nodes": [Informer(self.kube, kube.NODES, watch_seconds=self.settings.watch_seconds)],
@@ -350,6 +359,22 @@ class Controller:
         for key, body in list(self.known.items()):
             if (body.get("spec") or {}).get("inferencePool") is not None:
                 self.poke(key)
+
+    def _on_group_api_change(self) -> None:
+        """The LeaderWorkerSet CRD came or went: wake every object (any plan may need groups)."""
+        for key in list(self.known):
+            self.poke(key)
+
+    def _on_group_event(self, _: str, event: dict[str, Any]) -> None:
+        """A group was recreated: wake the ModelDeployment of its LeaderWorkerSet."""
+        involved = event.get("involvedObject") or {}
+        if involved.get("kind") != lws.KIND:
+            return
+        namespace, name = str(involved.get("namespace") or ""), str(involved.get("name") or "")
+        for informer in self.informers["leaderworkersets"]:
+            obj = informer.get(namespace, name)
+            if obj is not None:
+                self.poke_owner(namespace, (obj.get("metadata") or {}).get("labels") or {})
 
     def _served(self, kind: str) -> bool | None:
         """Whether every informer of ``kind`` finds it served (None: one has not listed yet)."""
@@ -577,6 +602,9 @@ class Controller:
             http_routes=tuple(self._cached("httproutes", key)),
             inference_pool_api=self._served("inferencepools"),
             http_route_api=self._served("httproutes"),
+            leader_worker_sets=tuple(self._cached("leaderworkersets", key)),
+            leader_worker_set_api=self._served("leaderworkersets"),
+            group_events=tuple(e for i in self.informers["groupevents"] for e in i.by_index(namespace)),
             gateway_metrics=self._gateway_views() if (body.get("spec") or {}).get("rollout") else None)
         prepared = core.prepare(observed, prices=self.settings.prices)
         if prepared.md is not None:
