@@ -50,6 +50,8 @@ NAMESPACED_NEEDS = (
     | _triples("inference.networking.k8s.io", "inferencepools",               # spec.inferencePool
                "list", "watch", "create", "patch", "delete")
     | _triples("gateway.networking.k8s.io", "httproutes", "list", "watch", "create", "patch", "delete")
+    # Multi-node replicas (docs/multi-node.md): a group revision is a LeaderWorkerSet.
+    | _triples("leaderworkerset.x-k8s.io", "leaderworkersets", "list", "watch", "create", "patch", "delete")
 )
 CLUSTER_NEEDS = _triples("", "nodes", "list", "watch")
 #: kopf runs only in HA (peering); it discovers resources through the CRDs.
