@@ -65,7 +65,8 @@ CREDENTIALS_NEEDS = _triples("", "secrets", "get")
 #: The gateway only reads: its informers (gateway.cache.ClusterRoutes), nothing else.
 GATEWAY_NEEDS = (_triples("modelplane.dev", "modeldeployments", "list", "watch")
                  | _triples("", "pods", "list", "watch")
-                 | _triples("apps", "deployments", "list", "watch"))
+                 | _triples("apps", "deployments", "list", "watch")
+                 | _triples("leaderworkerset.x-k8s.io", "leaderworkersets", "list", "watch"))
 #: The operator finds the gateway's replicas by watching their pods in the release namespace.
 OPERATOR_GATEWAY_NEEDS = _triples("", "pods", "list", "watch")
 GATEWAY = f"{FULLNAME}-gateway"

@@ -204,8 +204,8 @@ app.kubernetes.io/component=gateway,app.kubernetes.io/instance={{ .Release.Name 
 
 {{/*
 The gateway only reads: its informers (gateway.cache.ClusterRoutes) list and watch the
-ModelDeployments, the server pods (its endpoints) and the server Deployments (which one is the
-canary). tests/unit/test_chart.py compares these rules with those informers.
+ModelDeployments, the server pods (its endpoints) and the server Deployments and LeaderWorkerSets
+(which one is the canary). tests/unit/test_chart.py compares these rules with those informers.
 */}}
 {{- define "modelplane.gateway.rules" -}}
 - apiGroups: [modelplane.dev]
@@ -216,5 +216,8 @@ canary). tests/unit/test_chart.py compares these rules with those informers.
   verbs: [list, watch]
 - apiGroups: [apps]
   resources: [deployments]
+  verbs: [list, watch]
+- apiGroups: [leaderworkerset.x-k8s.io]
+  resources: [leaderworkersets]
   verbs: [list, watch]
 {{- end }}
