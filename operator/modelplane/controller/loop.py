@@ -367,14 +367,7 @@ class Controller:
 
     def _on_group_event(self, _: str, event: dict[str, Any]) -> None:
         """A group was recreated: wake the ModelDeployment of its LeaderWorkerSet."""
-        involved = event.get("involvedObject") or {}
-        if involved.get("kind") != lws.KIND:
-            return
-        namespace, name = str(involved.get("namespace") or ""), str(involved.get("name") or "")
-        for informer in self.informers["leaderworkersets"]:
-            obj = informer.get(namespace, name)
-            if obj is not None:
-                self.poke_owner(namespace, (obj.get("metadata") or {}).get("labels") or {})
+        self._wake_owner_of(event, lws.KIND, "leaderworkersets")
 
     def _served(self, kind: str) -> bool | None:
         """Whether every informer of ``kind`` finds it served (None: one has not listed yet)."""
@@ -385,14 +378,18 @@ class Controller:
 
     def _on_event(self, _: str, event: dict[str, Any]) -> None:
         """A FailedScheduling Event: wake the ModelDeployment of the pod it is about."""
+        self._wake_owner_of(event, "Pod", "pods")
+
+    def _wake_owner_of(self, event: dict[str, Any], kind: str, informers: str) -> None:
+        """Wake the ModelDeployment owning the ``kind`` object an Event is about (from its cache)."""
         involved = event.get("involvedObject") or {}
-        if involved.get("kind") != "Pod":
+        if involved.get("kind") != kind:
             return
-        namespace, pod_name = str(involved.get("namespace") or ""), str(involved.get("name") or "")
-        for informer in self.informers["pods"]:
-            pod = informer.get(namespace, pod_name)
-            if pod is not None:
-                self.poke_owner(namespace, (pod.get("metadata") or {}).get("labels") or {})
+        namespace, name = str(involved.get("namespace") or ""), str(involved.get("name") or "")
+        for informer in self.informers[informers]:
+            obj = informer.get(namespace, name)
+            if obj is not None:
+                self.poke_owner(namespace, (obj.get("metadata") or {}).get("labels") or {})
 
     def observe(self, event_type: str, body: dict[str, Any]) -> None:
         key = object_key(body)
