@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -65,3 +66,45 @@ def test_the_simulator_reads_pipeline_stages(args: list[str], tp: int, pp: int) 
     config = parse_vllm_args(args)
     assert (config.tensor_parallel_size, config.pipeline_parallel_size, config.gpus) == (tp, pp, tp * pp)
     assert config.model == "m"
+
+
+def test_cluster_up_with_lws_starts_the_controller(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from modelplane.cli import build_parser
+    from modelplane_dev.devcluster.cluster import DevCluster
+
+    class Up:
+        bin_dir, kubeconfig = str(tmp_path / "bin"), str(tmp_path / "kubeconfig")
+
+    ensured: list[Path] = []
+    monkeypatch.setattr(DevCluster, "up", lambda self, options: Up())
+    monkeypatch.setattr(dev_lws, "ensure", lambda cluster: ensured.append(cluster.run_dir))
+    for argv, calls in ((["cluster", "--dir", str(tmp_path), "up"], 0),
+                        (["cluster", "--dir", str(tmp_path), "up", "--with-lws"], 1)):
+        ensured.clear()
+        args = build_parser().parse_args(argv)
+        assert args.func(args) == 0
+        assert len(ensured) == calls
+
+
+def test_the_operator_wakes_on_the_crd_and_on_a_recreated_group() -> None:
+    from modelplane import lws
+    from modelplane.controller.loop import Controller, Settings
+
+    controller = Controller(None, Settings(namespaces=("a",)))  # type: ignore[arg-type]  # never runs
+    body = {"metadata": {"name": "r1", "namespace": "a"}, "spec": {}}
+    controller.known = {("a", "r1"): body, ("a", "other"): body}
+    controller._on_group_api_change()  # noqa: SLF001
+    assert set(controller._due) == {("a", "r1"), ("a", "other")}  # noqa: SLF001
+    controller._due.clear()  # noqa: SLF001
+    group = {"metadata": {"name": "r1-abc", "namespace": "a", "resourceVersion": "1",
+                          "labels": {"modelplane.dev/model-deployment": "r1"}}}
+    controller.informers["leaderworkersets"][0]._replace([group])  # noqa: SLF001
+    involved = {"kind": lws.KIND, "namespace": "a", "name": "r1-abc"}
+    event: dict[str, Any] = {"reason": lws.RECREATE_GROUP_REASON, "involvedObject": involved}
+    controller._on_group_event("ADDED", event)  # noqa: SLF001
+    assert set(controller._due) == {("a", "r1")}  # noqa: SLF001
+    # An Event about another kind of object with that name wakes nothing.
+    controller._due.clear()  # noqa: SLF001
+    about_a_pod = {**event, "involvedObject": {**involved, "kind": "Pod"}}
+    controller._on_group_event("ADDED", about_a_pod)  # noqa: SLF001
+    assert not controller._due  # noqa: SLF001
