@@ -173,3 +173,20 @@ def test_a_revision_switch_keeps_the_old_group_until_the_new_one_is_ready_then_d
                **others_of(old))
     assert done.delete == ((kube.LEADERWORKERSETS, old_name),)
     assert any(f"deleted LeaderWorkerSet {old_name}" in e.message for e in done.events)
+
+
+def test_a_rollout_starts_one_canary_group_beside_stable() -> None:
+    rollout = {"steps": [{"weight": 50, "pause": "3s"}], "evaluation": {"suiteRef": {"configMap": "suite"}}}
+    first = run(md("rev-a", rollout=rollout))
+    name = first.apply[0]["metadata"]["name"]
+    key = first.apply[0]["metadata"]["labels"][render.LABEL_REVISION_HASH]
+    children = {"leader_worker_sets": groups_of(first, ready=1), **others_of(first)}
+    body = md("rev-a", rollout=rollout)
+    body["status"] = run(body, pods=group_pods(name, key, 0), **children).effective_status
+    body["spec"]["model"]["revision"] = "rev-b"
+    result = run(body, pods=group_pods(name, key, 0), **children)
+    # Stable's LeaderWorkerSet is unchanged (not re-applied), the canary's has one group.
+    assert [(c["kind"], c["spec"]["replicas"], c["metadata"]["labels"][render.LABEL_ROLE])
+            for c in result.apply] == [(lws.KIND, 1, "canary")]
+    assert result.apply[0]["metadata"]["name"] != name and result.delete == ()
+    assert result.status is not None and result.status["canary"]["phase"] == "Deploying"
