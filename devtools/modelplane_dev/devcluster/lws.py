@@ -156,8 +156,7 @@ def start(cluster: DevCluster, state: State, binary: Path, *, timeout: float = 6
     work = cluster.run_dir / "lws"
     work.mkdir(parents=True, exist_ok=True)
     pki = cluster.run_dir / "pki"
-    if not (pki / f"{IDENTITY.name}.crt").is_file():
-        issue_client_cert(pki, IDENTITY)
+    issue_client_cert(pki, IDENTITY)  # from this cluster's CA, whatever an earlier start left
     kubeconfig = cluster.write_kubeconfig(state, "lws.kubeconfig", IDENTITY.name)
     cert_dir = work / "certs"
     issue_serving_cert(pki, cert_dir, "lws-webhook")
