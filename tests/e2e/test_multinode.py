@@ -117,9 +117,14 @@ async def test_deepseek_r1_example_serves_as_a_group_of_two_h100_nodes(
     assert (plan["nodes"], plan["gpusPerNode"], plan["gpusPerReplica"]) == (2, 8, 16)
     assert done["status"]["cost"]["hourlyUSD"] == pytest.approx(16 * 2.69)
 
-    groups = await kube_client.list(lws.LEADERWORKERSETS, namespace=namespace)
-    assert len(groups) == 1 and groups[0]["spec"]["leaderWorkerTemplate"]["size"] == 2
-    assert groups[0]["status"]["readyReplicas"] == 1  # the LeaderWorkerSet controller agrees
+    async def group_ready() -> list[dict[str, Any]] | None:
+        groups = await kube_client.list(lws.LEADERWORKERSETS, namespace=namespace)
+        ok = len(groups) == 1 and (groups[0].get("status") or {}).get("readyReplicas") == 1
+        return groups if ok else None
+
+    # The LeaderWorkerSet controller agrees: one group, Ready.
+    groups = await wait_for(group_ready, timeout=60, what="the LeaderWorkerSet's readyReplicas 1")
+    assert groups[0]["spec"]["leaderWorkerTemplate"]["size"] == 2
     pods = await live_pods(kube_client, namespace)
     leaders = [p for p in pods if not lws.is_worker(p)]
     workers = [p for p in pods if lws.is_worker(p)]
