@@ -11,8 +11,8 @@ a Deployment; each of its ``replicas`` is a group of ``size`` = nodes pods, one 
   it holds its pipeline stage and serves the leader's engine.
 
 The workers join the leader with vLLM's own multi-node launch for the multiprocessing executor
-(vLLM's "Parallelism and Scaling" guide, "Running vLLM with MultiProcessing", in vLLM since 0.13,
-PR 30509; the pinned image is newer): every pod runs ``vllm serve MODEL --tensor-parallel-size TP
+(vLLM's "Parallelism and Scaling" guide, "Running vLLM with MultiProcessing", documented since
+December 2025, vLLM PR 30509; the pinned image, v0.32.0, is newer): every pod runs ``vllm serve MODEL --tensor-parallel-size TP
 --pipeline-parallel-size N --nnodes N --node-rank R --master-addr LEADER``, the workers with
 ``--headless``. ``LWS_LEADER_ADDRESS`` and ``LWS_WORKER_INDEX`` are set in every pod by the
 LeaderWorkerSet controller's pod webhook; Kubernetes expands ``$(VAR)`` in args. No Ray cluster
