@@ -4,8 +4,9 @@ The real controller manager of ``sigs.k8s.io/lws``, built from its Go module at 
 ``hack/lws/go.mod`` pins (``hack/lws/build.sh``, cached under ``~/.cache/modelplane/lws``, next to
 the CRDs of that version), runs as one more process of the dev cluster, like the control plane:
 
-* its CRD (``leaderworkersets.leaderworkerset.x-k8s.io``, one served version, so no conversion
-  webhook) is applied and waited for until Established and listable;
+* its CRDs (``leaderworkersets.leaderworkerset.x-k8s.io``, one served version, so no conversion
+  webhook; and DisaggregatedSet, which it also watches) are applied, and the first waited for until
+  Established and listable;
 * its webhooks (defaulting and validation of LeaderWorkerSets; the pod webhook that labels a group's
   pods and sets ``LWS_LEADER_ADDRESS``/``LWS_WORKER_INDEX``, only for pods with the
   ``leaderworkerset.sigs.k8s.io/name`` label) are registered by URL, ``https://127.0.0.1:PORT``,
@@ -135,11 +136,14 @@ def _ready(port: int) -> tuple[bool, str]:
         return False, str(exc)
 
 
-def _install_crd(state: State, crd_dir: Path, timeout: float) -> None:
-    crd = crd_dir / f"{CRD_NAME.split('.', 1)[1]}_{CRD_NAME.split('.', 1)[0]}.yaml"
-    done = _kubectl(state, "apply", "--server-side", "--force-conflicts", "-f", str(crd))
-    if done.returncode != 0:
-        raise DevClusterError(f"kubectl apply of {crd} failed: {done.stderr.strip()}")
+def _install_crds(state: State, crd_dir: Path, timeout: float) -> None:
+    # Every CRD of the module: the controller manager also watches DisaggregatedSets, and logs an
+    # error every 10 s while their CRD is missing.
+    files = sorted(crd_dir.glob("*.yaml"))
+    args = [a for f in files for a in ("-f", str(f))]
+    done = _kubectl(state, "apply", "--server-side", "--force-conflicts", *args)
+    if done.returncode != 0 or not files:
+        raise DevClusterError(f"kubectl apply of the CRDs in {crd_dir} failed: {done.stderr.strip()}")
 
     def established() -> tuple[bool, str]:
         done = _kubectl(state, "wait", "--for=condition=Established", "--timeout=10s", f"crd/{CRD_NAME}")
@@ -185,7 +189,7 @@ def ensure(cluster: DevCluster, *, timeout: float = 120.0) -> Path:
                               "starts one")
     binary = build_controller()
     crd_dir = binary.parent / "crds"
-    _install_crd(state, crd_dir, timeout)
+    _install_crds(state, crd_dir, timeout)
     if COMPONENT in cluster.running_pids():
         return binary
     start(cluster, state, binary, timeout=timeout)
