@@ -12,11 +12,11 @@ a Deployment; each of its ``replicas`` is a group of ``size`` = nodes pods, one 
 
 The workers join the leader with vLLM's own multi-node launch for the multiprocessing executor
 (vLLM's "Parallelism and Scaling" guide, "Running vLLM with MultiProcessing", documented since
-December 2025, vLLM PR 30509; the pinned image, v0.32.0, is newer): every pod runs ``vllm serve MODEL --tensor-parallel-size TP
---pipeline-parallel-size N --nnodes N --node-rank R --master-addr LEADER``, the workers with
-``--headless``. ``LWS_LEADER_ADDRESS`` and ``LWS_WORKER_INDEX`` are set in every pod by the
-LeaderWorkerSet controller's pod webhook; Kubernetes expands ``$(VAR)`` in args. No Ray cluster
-to start, so no Ray head to wait for.
+December 2025, vLLM PR 30509; the pinned image, v0.32.0, is newer): every pod runs
+``vllm serve MODEL --tensor-parallel-size TP --pipeline-parallel-size N --nnodes N --node-rank R
+--master-addr LEADER``, the workers with ``--headless``. ``LWS_LEADER_ADDRESS`` and
+``LWS_WORKER_INDEX`` are set in every pod by the LeaderWorkerSet controller's pod webhook;
+Kubernetes expands ``$(VAR)`` in args. No Ray cluster to start, so no Ray head to wait for.
 
 The group is one failure domain: ``restartPolicy: RecreateGroupOnPodRestart`` makes the controller
 delete and recreate every pod of a group when any one of them fails or restarts (a worker lost
