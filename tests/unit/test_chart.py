@@ -52,6 +52,8 @@ NAMESPACED_NEEDS = (
     | _triples("gateway.networking.k8s.io", "httproutes", "list", "watch", "create", "patch", "delete")
     | _triples("modelplane.dev", "modelroutes", "list", "watch")               # informer (routes.py)
     | _triples("modelplane.dev", "modelroutes/status", "patch")                # status SSA
+    # Multi-node replicas (docs/multi-node.md): a group revision is a LeaderWorkerSet.
+    | _triples("leaderworkerset.x-k8s.io", "leaderworkersets", "list", "watch", "create", "patch", "delete")
 )
 CLUSTER_NEEDS = _triples("", "nodes", "list", "watch")
 #: kopf runs only in HA (peering); it discovers resources through the CRDs.
@@ -67,7 +69,8 @@ GATEWAY_NEEDS = (_triples("modelplane.dev", "modeldeployments", "list", "watch")
                  | _triples("", "pods", "list", "watch")
                  | _triples("apps", "deployments", "list", "watch")
                  | _triples("modelplane.dev", "modelroutes", "list", "watch")  # gateway.meshroutes
-                 | _triples("", "secrets", "get"))  # external backends' API keys, by name
+                 | _triples("", "secrets", "get")  # external backends' API keys, by name
+                 | _triples("leaderworkerset.x-k8s.io", "leaderworkersets", "list", "watch"))
 #: With gateway.teams: the team Secrets, watched (gateway.teams.ClusterTeams).
 GATEWAY_TEAMS_NEEDS = _triples("", "secrets", "list", "watch")
 #: The operator finds the gateway's replicas by watching their pods in the release namespace.

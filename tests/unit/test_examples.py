@@ -50,9 +50,11 @@ EXPECTED_FILES = {
     # The model mesh (issue 16): ModelRoutes and the models they route to.
     "model-mesh-by-task.yaml", "model-mesh-overflow.yaml", "mistral-7b-fine-tune.yaml",
     "llama-3.1-8b-awq.yaml",
+    # Multi-node replicas (issue 19): DeepSeek-R1 and Llama 3.1 405B BF16 on 2x 8 H100.
+    "deepseek-r1-multinode.yaml", "llama-3.1-405b-multinode.yaml",
 }
 
-SHAPE_COMMENT = re.compile(r"^# GPU shape: (\d+x [a-z0-9-]+) per replica", re.MULTILINE)
+SHAPE_COMMENT = re.compile(r"^# GPU shape: (\d+x [a-z0-9-]+(?: across \d+ nodes)?) per replica", re.MULTILINE)
 CONDITION_COMMENT = re.compile(r"^# Condition: ([A-Za-z]+)\.", re.MULTILINE)
 
 
@@ -112,7 +114,7 @@ def test_example_comment_tells_its_plan(name: str) -> None:
         assert plan.fits, plan.reason
         assert plan.shape == shapes[0], plan.reason
         assert plan.gpu_type is not None
-        assert dev_cluster_gpus_per_node().get(plan.gpu_type, 0) >= plan.gpus_per_replica, \
+        assert dev_cluster_gpus_per_node().get(plan.gpu_type, 0) >= plan.gpus_per_node, \
             f"the dev cluster has no node for {plan.shape}"
     else:
         assert not plan.fits

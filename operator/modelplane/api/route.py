@@ -260,6 +260,14 @@ class RouteConditionType(StrEnum):
     RESOLVED = "RoutesResolved"
 
 
+class RouteCondition(Condition):
+    """One observation about the route, as in metav1.Condition."""
+
+    type: str = Field(min_length=1, max_length=316,
+                      description="Condition type. RoutesResolved: whether every backend exists and no route "
+                                  "loops (the reason says which problem, the message names its field).")
+
+
 class RouteSpend(BaseModel):
     """What the route's answers cost, as the gateway replicas count it since each started."""
 
@@ -294,7 +302,7 @@ class ModelRouteStatus(BaseModel):
                     "operator reads (their counters start from zero when a replica restarts; "
                     "modelplane usage and Prometheus keep the history). Absent when the operator reads "
                     "no gateway (modelplane run --gateway-selector or --gateway-metrics-url).")
-    conditions: list[Condition] = Field(
+    conditions: list[RouteCondition] = Field(
         default_factory=list, max_length=8,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
         description="RoutesResolved: True when every backend exists (ModelDeployments, routes, Secrets with "
