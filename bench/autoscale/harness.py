@@ -4,7 +4,8 @@ Every policy runs against the same world: requests of the trace arrive at a gate
 to the ready replica with the fewest outstanding requests (what KubeAI's proxy and the inference
 gateway do) or holds it while no replica is ready (the activator). A replica is
 ``modelplane_dev.sim.engine.EngineModel`` (continuous batching, KV cache, preemption), Ready
-``cold_start`` seconds after the policy asked for it. A removed replica stops taking requests and
+``cold_start`` seconds after the policy asked for it (or after a cold start drawn, seeded, from
+``ColdStarts``: pods of one model start in 40 s to minutes depending on the node's caches). A removed replica stops taking requests and
 drains what it runs (at most ``drain_timeout``, Kubernetes' grace period; what is left is lost).
 
 The clock ticks every ``tick`` seconds: pods that finished starting become Ready, the tick's
@@ -16,6 +17,7 @@ exists (starting, ready or draining) over the trace's duration, times GPUs per r
 from __future__ import annotations
 
 import math
+import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -71,10 +73,54 @@ class _Pod:
     draining_until: float | None = None
 
 
+@dataclass(frozen=True)
+class ColdStarts:
+    """Cold starts drawn from a distribution (FACTS.md: 40 s for a 7B model to 17 minutes for a
+    72B one from GPU allocation; a persisted compile cache and weights in the page cache cut a
+    70B FP8 start to about 90 s, an uncached one takes 3.5 minutes).
+
+    A mixture: with probability ``cached_share`` the node has the caches (log-normal around
+    ``cached_median``), else not (log-normal around ``uncached_median``), both with log-spread
+    ``sigma``, clipped to [``low``, ``high``]. Seeded: pod *n* of every run gets the same cold start,
+    so every policy pays the same sequence.
+    """
+
+    cached_median: float = 90.0
+    uncached_median: float = 210.0
+    cached_share: float = 0.7
+    sigma: float = 0.3
+    low: float = 40.0
+    high: float = 1020.0
+    seed: int = 17
+
+    def __post_init__(self) -> None:
+        if not (0 < self.low <= self.cached_median <= self.high and self.low <= self.uncached_median <= self.high):
+            raise ValueError("need 0 < low <= the medians <= high")
+        if not 0 <= self.cached_share <= 1 or self.sigma < 0:
+            raise ValueError("cached_share must be in [0, 1] and sigma >= 0")
+
+    def sampler(self) -> Callable[[], float]:
+        rng = random.Random(self.seed)
+
+        def draw() -> float:
+            cached = rng.random() < self.cached_share
+            median = self.cached_median if cached else self.uncached_median
+            return min(self.high, max(self.low, rng.lognormvariate(math.log(median), self.sigma)))
+        return draw
+
+    def quantile(self, q: float, samples: int = 4000) -> float:
+        """The ``q`` quantile of the distribution (by sampling it, with its own seed)."""
+        draw = self.sampler()
+        values = sorted(draw() for _ in range(samples))
+        return values[min(samples - 1, int(q * samples))]
+
+
 @dataclass
 class SimConfig:
     engine_factory: Callable[[float], EngineModel]
     cold_start: float = 90.0
+    #: When set, every new pod's cold start is drawn from it instead of ``cold_start``.
+    cold_starts: ColdStarts | None = None
     gpus_per_replica: int = 2
     usd_per_gpu_hour: float = 2.69
     max_model_len: int = 8192
@@ -131,6 +177,7 @@ def run(trace: Trace, policy: Autoscaler, config: SimConfig, *, initial_replicas
     finished = [False] * len(requests)
     pods: list[_Pod] = []
     serial = 0
+    cold_start = config.cold_starts.sampler() if config.cold_starts is not None else lambda: config.cold_start
 
     def new_pod(now: float, ready_at: float) -> _Pod:
         nonlocal serial
@@ -211,7 +258,7 @@ def run(trace: Trace, policy: Autoscaler, config: SimConfig, *, initial_replicas
                 last_direction = direction
             if desired > len(serving):
                 for _ in range(desired - len(serving)):
-                    pods.append(new_pod(now, now + config.cold_start))
+                    pods.append(new_pod(now, now + cold_start()))
             elif desired < len(serving):
                 _remove(serving, len(serving) - desired, now, config.drain_timeout, pods)
             last_desired = desired
