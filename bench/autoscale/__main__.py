@@ -1,4 +1,4 @@
-"""``python -m bench.autoscale [--quick|--full] [--trace FILE --time-scale F --rate-scale R] [--real-scales ...]``.
+"""``python -m bench.autoscale [--quick|--full] [--trace FILE --time-scale F --rate-scale R] [--real ...]``.
 
 Runs every policy on the synthetic traces, a replayed CSV (the bundled sample unless ``--trace``
 is given) and the real traces (Azure code, Mooncake conversation) at each of ``--real-scales``,
@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
                           f"{t.duration / 60:.0f} min" for t in trace_list)
     begin, end = markers(args.quick)
     section = (f"{begin}\nMode: {'quick' if args.quick else 'full'}; {elapsed:.0f} s on this machine.\n\n"
-               f"{traces_md}\n\n{table}\n\nTargets (issue 18; each against the other policy's cheapest run whose SLO "
-               f"attainment is ours or better, within half a point):\n\n{verdict}{iso}\n{end}")
+               f"{traces_md}\n\n{table}\n\nTargets (issue 18; each against the other policy's cheapest "
+               f"run whose SLO attainment is ours or better, within half a point):\n\n{verdict}{iso}\n{end}")
     print(section)
     if not args.no_write:
         for path in run.plot(main_results, HERE / "results" if args.quick else HERE / "results" / "full"):

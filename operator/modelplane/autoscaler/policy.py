@@ -81,6 +81,7 @@ from typing import Any
 from modelplane import durations
 from modelplane.api.models import ScalingSpec
 from modelplane.autoscaler import cost
+from modelplane.autoscaler import objective as obj
 from modelplane.autoscaler import throughput as tp
 
 _EPS = 1e-9
@@ -119,6 +120,10 @@ class PodMetrics:
     prompt_tokens: float | None = None  #: vllm:prompt_tokens_total (a counter); None: not scraped
     #: vllm:time_to_first_token_seconds_count: requests that got their first token (a counter)
     requests_started: float | None = None
+    #: vllm:time_to_first_token_seconds_bucket, cumulative (le, count) with +Inf last; None: not scraped
+    ttft_buckets: tuple[tuple[float, float], ...] | None = None
+    #: vllm:request_time_per_output_token_seconds_bucket, likewise
+    tpot_buckets: tuple[tuple[float, float], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -148,6 +153,26 @@ class Observation:
     starting: tuple[StartingPod, ...] = ()
     #: Requests the gateway holds because no replica is ready to take them (its activator).
     activator_pending: int = 0
+    #: The gateways' TTFT histogram of this deployment (cumulative buckets), by gateway replica;
+    #: empty when no gateway is read. Preferred over the pods' for the latency objective.
+    gateway_ttft: tuple[tuple[str, tuple[tuple[float, float], ...]], ...] = ()
+
+
+class Rule(StrEnum):
+    """The policy's optional rules, each switched on or off in ``PolicySpec.rules`` (the benchmark's
+    ablation, ``python -m bench.autoscale.ablation``, runs with each one off)."""
+
+    TOLERANCE = "tolerance"  #: no replica for a need within ``scale_up_tolerance`` of the fleet
+    TREND = "trend"  #: a rising demand is extrapolated ``scale_up_lead`` ahead
+    LEARNT_COLD_START = "learnt-cold-start"  #: the look-ahead grows to the cold starts seen
+    STARTING_CREDIT = "starting-credit"  #: starting replicas are credited with the backlog
+    KV_CACHE = "kv-cache"  #: a full KV cache asks for replicas even with no queue
+    REGRET_WINDOW = "regret-window"  #: a regretted scale-down lengthens the scale-down window
+    BURST_RHYTHM = "burst-rhythm"  #: with a lengthened window, release and pre-warm between bursts
+
+
+#: The rules on by default.
+DEFAULT_RULES = frozenset(Rule)
 
 
 #: ``spec.scaling`` with nothing set: its defaults are the API's (``api.models.ScalingSpec``), the
@@ -219,6 +244,12 @@ class PolicySpec:
     rhythm_regularity: float = 0.5
     #: Between bursts the release follows the highest need of this many seconds (0: the last one).
     release_hold: float = 15.0
+    #: The optional rules on (``Rule``); the others are skipped.
+    rules: frozenset[Rule] = DEFAULT_RULES
+    #: ``spec.scaling.objective``: attainment measured, per-replica capacity corrected (None: off).
+    objective: obj.ObjectiveSpec | None = None
+    #: The per-replica capacity's correction; ``decide`` sets it from the objective's feedback.
+    capacity_factor: float = 1.0
 
     def __post_init__(self) -> None:
         if self.min_replicas < 0 or self.max_replicas < 1 or self.min_replicas > self.max_replicas:
@@ -258,7 +289,10 @@ class PolicySpec:
             prefill_tokens_per_second=self.prefill_tokens_per_second,
             decode_tokens_per_second=self.decode_tokens_per_second,
             target_utilization=self.target_utilization, saturation_waiting=self.saturation_waiting,
-            backlog_horizon=self.backlog_horizon, lead_seconds=self.scale_up_lead)
+            backlog_horizon=self.backlog_horizon,
+            lead_seconds=self.scale_up_lead if Rule.TREND in self.rules else 0.0,
+            starting_clears_backlog=Rule.STARTING_CREDIT in self.rules,
+            capacity_factor=self.capacity_factor)
 
     @property
     def budget_replicas(self) -> int | None:
@@ -308,6 +342,8 @@ class PolicyState:
     cold_starts: tuple[float, ...] = ()
     #: (time, the sustained need) within the scale-down window: what a lengthened window holds.
     sustained_recs: tuple[tuple[float, int], ...] = ()
+    #: The latency objective's measurements and capacity correction.
+    objective: obj.ObjectiveState = field(default_factory=obj.ObjectiveState)
 
 
 @dataclass(frozen=True)
@@ -333,6 +369,11 @@ class Decision:
     #: The cold start as measured (rule 5: the median of the last pods seen to start), or the
     #: ``scale_up_lead`` prior before any; the policy looks ahead by the larger of the two.
     cold_start_seconds: float = 0.0
+    #: The latency objective's attainment and capacity correction (None without an objective).
+    objective: obj.Feedback | None = None
+    #: What one replica is sized to carry, after the objective's correction: engine-seconds per
+    #: second with throughput sizing, else requests in flight (None before any sizing).
+    replica_capacity: float | None = None
 
     @property
     def limited(self) -> bool:
@@ -433,6 +474,20 @@ def _burst_rhythm(spec: PolicySpec, state: PolicyState, now: float, recs: tuple[
     return rhythm  # later than any burst came back: the plain (lengthened) window again
 
 
+def _objective(obs: Observation, spec: obj.ObjectiveSpec, state: obj.ObjectiveState, *, settled: bool,
+               load: float | None) -> obj.Feedback:
+    """The objective's feedback from the gateway's TTFT histograms, else the pods'."""
+    readings: dict[str, obj.Reading]
+    if obs.gateway_ttft:
+        readings, source = {url: obj.Reading(ttft=b) for url, b in obs.gateway_ttft}, "gateway"
+    else:
+        readings = {p.name: obj.Reading(ttft=p.metrics.ttft_buckets, tpot=p.metrics.tpot_buckets)
+                    for p in obs.ready if p.metrics is not None and p.metrics.ttft_buckets is not None}
+        source = "pods"
+    return obj.observe(spec, state, now=obs.now, readings=readings,
+                       source=source if readings else None, settled=settled, load=load)
+
+
 def _token_window(state: PolicyState, spec: PolicySpec) -> cost.TokenWindow:
     """The state's token window, or a fresh one (also when ``cost_window`` changed)."""
     if state.tokens is None or state.tokens.seconds != spec.cost_window:
@@ -460,9 +515,11 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
     ready_pods = tuple(sorted({p.name for p in obs.ready} | (was_ready & present)))
     state = replace(state, ready_pods=ready_pods, cold_starts=cold_starts)
     cold_start = statistics.median(cold_starts) if cold_starts else spec.scale_up_lead
-    if cold_start > spec.scale_up_lead:
+    if cold_start > spec.scale_up_lead and Rule.LEARNT_COLD_START in spec.rules:
         spec = replace(spec, scale_up_lead=cold_start)
 
+    factor = state.objective.factor if spec.objective is not None else 1.0
+    spec = replace(spec, capacity_factor=factor)
     problems = _metric_problems(obs, spec)
     if problems:
         # The readings already in the window still count until they are older than it.
@@ -490,10 +547,10 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
     per_pod = [min(conc, max(1.0, m.running)) if m.kv_cache_usage >= spec.kv_cache_threshold else conc
                for m in metrics]
     capacity = sum(per_pod) / len(per_pod) if per_pod else float(conc)
-    target = capacity + spec.target_queue_depth
+    target = (capacity + spec.target_queue_depth) * factor
 
     recommended = _ceil(demand / target)
-    if n_starting and recommended > current:
+    if n_starting and recommended > current and Rule.STARTING_CREDIT in spec.rules:
         credited = demand - n_starting * target * spec.cold_start_backlog_credit
         recommended = max(current, _ceil(credited / target))
     # Throughput sizing replaces the in-flight rule when the profile's rates and the counters are known.
@@ -507,15 +564,25 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
         tp_state = estimate.state
         if estimate.replicas is not None:
             recommended = estimate.replicas
-            if (estimate.needed is not None and 0 < current < recommended and estimate.slope <= 0
-                    and estimate.needed <= current * (1 + spec.scale_up_tolerance)):
+            if (Rule.TOLERANCE in spec.rules and estimate.needed is not None and 0 < current < recommended
+                    and estimate.slope <= 0 and estimate.needed <= current * (1 + spec.scale_up_tolerance)):
                 recommended = current  # within the tolerance of the fleet there is: noise, not demand
     elif metrics or held_requests:
         tp_state = tp.ThroughputState()  # counters missing or no pods: start the estimates afresh
+    feedback, replica_capacity = None, float(target)
+    if estimate is not None and estimate.demand is not None:
+        replica_capacity = estimate.capacity * spec.target_utilization * factor
+    if spec.objective is not None:
+        if estimate is not None and estimate.utilization is not None:
+            load: float | None = estimate.utilization * estimate.capacity / replica_capacity
+        else:
+            load = demand / (n_ready * target) if n_ready else None
+        feedback = _objective(obs, spec.objective, state.objective,
+                              settled=not n_starting and not held_requests, load=load)
     kv_sum = sum(m.kv_cache_usage for m in metrics)
     kv_mean = kv_sum / len(metrics) if metrics else 0.0
     kv_fleet = _ceil(kv_sum / spec.kv_cache_threshold)  # replicas that hold the sequences under it
-    kv_over = kv_mean > spec.kv_cache_threshold
+    kv_over = kv_mean > spec.kv_cache_threshold and Rule.KV_CACHE in spec.rules
     if kv_over:
         recommended = max(recommended, kv_fleet)
     if demand > 0:
@@ -543,7 +610,7 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
     down_from = state.scaled_down_from
     if (recommended > current and last_down is not None and down_from is not None
             and recommended >= down_from and now - last_down <= spec.regret_windows * window
-            and factor < spec.window_max_factor):
+            and factor < spec.window_max_factor and Rule.REGRET_WINDOW in spec.rules):
         # Regret: the fleet a recent scale-down removed is wanted back, at the price of a cold
         # start. Hold the next fleet longer.
         factor, factor_at = min(spec.window_max_factor, factor * 2), now
@@ -558,7 +625,8 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
         sustained = min(recommended, estimate.replicas_sustained)
     backlogged = held_requests + waiting >= spec.saturation_waiting * max(1, n_ready)
     sustained_recs = tuple((t, r) for t, r in state.sustained_recs if t >= window_start) + ((now, sustained),)
-    rhythm = _burst_rhythm(spec, state, now, recs, recommended, factor > 1, sustained, backlogged,
+    rhythm = _burst_rhythm(spec, state, now, recs, recommended,
+                           factor > 1 and Rule.BURST_RHYTHM in spec.rules, sustained, backlogged,
                            current if factor > 1 else 0)
     if factor > 1 and current > 0 and (rhythm.on if rhythm.spread else recommended >= current):
         # A burst is on (or, with no burst in the window, the held fleet is wanted again): the hold
@@ -696,6 +764,7 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
         ready_pods=state.ready_pods,
         cold_starts=state.cold_starts,
         sustained_recs=sustained_recs,
+        objective=feedback.state if feedback is not None else state.objective,
     )
     if estimate is not None and estimate.demand is not None:
         sizing = (f"work demand {estimate.demand:.2f} engine-s/s + backlog {estimate.backlog:.1f} engine-s "
@@ -713,13 +782,23 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
     if estimate is not None and estimate.demand is not None:
         inputs.update(workDemand=estimate.demand, workBacklog=estimate.backlog,
                       replicaWorkCapacity=estimate.capacity)
+    if feedback is not None and spec.objective is not None:
+        inputs.update(capacityFactor=feedback.factor)
+        if feedback.attainment is not None:
+            inputs.update(attainment=feedback.attainment)
+        met = ("no latency measured" if feedback.attainment is None else
+               f"{100 * feedback.attainment:.1f}% of {feedback.requests} requests within "
+               f"{spec.objective.ttft:g}s ({feedback.source}), objective {spec.objective.percentile:g}%")
+        message += f"; objective: {met}, capacity ×{feedback.factor:.2f}"
+        if feedback.note:
+            message += f" ({feedback.note})"
     return Decision(
         desired_replicas=desired, reason=reason, message=message, state=new_state,
         recommended=recommended, demand=demand, waiting=waiting, running=running,
         ready=n_ready, starting=n_starting, activator_pending=held_requests,
         hourly_usd=current * price, desired_hourly_usd=desired * price, tokens_per_second=tok_s,
         usd_per_million_tokens=usd_mtok,
-        inputs=inputs, cold_start_seconds=cold_start,
+        inputs=inputs, cold_start_seconds=cold_start, objective=feedback, replica_capacity=replica_capacity,
     )
 
 
@@ -741,6 +820,10 @@ def policy_spec_from_scaling(scaling: ScalingSpec, *, usd_per_replica_hour: floa
     """
     cost_spec = scaling.cost
     to_zero = scaling.scale_to_zero_after
+    goal = scaling.objective
+    objective = None if goal is None else obj.ObjectiveSpec(
+        ttft=durations.seconds(goal.ttft), percentile=float(goal.percentile),
+        tpot=None if goal.tpot is None else durations.seconds(goal.tpot))
     return PolicySpec(
         min_replicas=scaling.min_replicas,
         max_replicas=scaling.max_replicas,
@@ -752,5 +835,6 @@ def policy_spec_from_scaling(scaling: ScalingSpec, *, usd_per_replica_hour: floa
                                        if cost_spec is not None else None),
         usd_per_replica_hour=usd_per_replica_hour,
         replica_concurrency=replica_concurrency,
+        objective=objective,
         **tunables,
     )
