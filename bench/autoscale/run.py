@@ -92,11 +92,10 @@ def sim_config(params: EngineParams, *, cold_start: float | ColdStarts = COLD_ST
                      max_model_len=MAX_MODEL_LEN, slo_ttft=SLO_TTFT)
 
 
-def max_replicas_for(trace: traces.Trace, params: EngineParams) -> int:
-    """``maxReplicas`` of every policy on ``trace``: 16, or 1.5× the peak fleet when that is more
-    (the real traces at 3× need more than 16 replicas of this model)."""
-    peak = max(policies.needed_replicas(trace, policies.replica_capacity(params, trace)))
-    return max(MAX_REPLICAS, math.ceil(1.5 * peak))
+def max_replicas_for(peak: int) -> int:
+    """``maxReplicas`` of every policy on a trace whose peak fleet is ``peak``: 16, or 1.5× the
+    peak when the peak is above 16 (the real traces at 3× need more replicas of this model)."""
+    return MAX_REPLICAS if peak <= MAX_REPLICAS else math.ceil(1.5 * peak)
 
 
 def build_policies(trace: traces.Trace, params: EngineParams, *, cold_start: float | ColdStarts = COLD_START,
@@ -115,7 +114,7 @@ def build_policies(trace: traces.Trace, params: EngineParams, *, cold_start: flo
     capacity = policies.replica_capacity(params, trace)
     needed = policies.needed_replicas(trace, capacity)
     if max_replicas is None:
-        max_replicas = max(MAX_REPLICAS, math.ceil(1.5 * max(needed)))
+        max_replicas = max_replicas_for(max(needed))
     utilization, window = oracle
     oracle_needed = policies.needed_replicas(trace, capacity, utilization=utilization, window=window)
     initial = needed[0]

@@ -29,6 +29,7 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     ValidationError,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -644,7 +645,7 @@ class LatencyObjective(_SpecModel):
         description="Time to first token the requests must get, e.g. 2s: from the request's arrival at "
                     "the gateway (waiting at zero replicas included) when the operator reads a gateway, "
                     "else from its arrival at the pod. Required. 10ms-10m.")
-    percentile: StrictFloat | StrictInt = Field(
+    percentile: StrictFloat = Field(
         default=95, ge=50, lt=100,
         description="Percent of requests that must be within the objective, e.g. 95 or 99.9. The "
                     "autoscaler measures this share (status.autoscaler.objective.attainment) and sizes "
@@ -656,10 +657,11 @@ class LatencyObjective(_SpecModel):
 
     @field_validator("ttft", "tpot")
     @classmethod
-    def _bounds(cls, value: str | None) -> str | None:
+    def _bounds(cls, value: str | None, info: ValidationInfo) -> str | None:
         low, high = OBJECTIVE_MIN_SECONDS, OBJECTIVE_MAX_SECONDS
         if value is not None and not low <= durations.seconds(value) <= high:
-            raise ValueError(f"must be between 10ms and 10m, got {value}")
+            # The words of the CRD rule's message.
+            raise ValueError(f"{info.field_name} must be between 10ms and 10m, got {value}")
         return value
 
 
