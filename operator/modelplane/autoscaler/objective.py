@@ -21,6 +21,10 @@ Pure; ``policy.decide`` calls ``observe`` once per decision when ``spec.scaling.
     objective only because traffic is light says nothing about its capacity, so it does not raise;
   - in between: no change (the dead band keeps a noisy measurement from moving it).
 
+  The load per replica at which the objective was missed (relative to the configured capacity) is
+  remembered as a ceiling, one raise step below it, for ``ceiling_memory`` seconds: raises stop
+  there instead of probing the same miss at every cycle.
+
   A cut that did not raise attainment by ``min_gain`` is undone, and no cut follows until the
   objective is met again: misses that more replicas do not remove (spikes within a second, prompts
   longer than the objective allows) are not bought off with idle replicas.
@@ -53,6 +57,7 @@ class ObjectiveSpec:
     min_factor: float = 0.2
     max_factor: float = 1.5
     min_gain: float = 0.01  #: a cut must raise attainment by this much (a share) to be kept
+    ceiling_memory: float = 1800.0  #: seconds a factor that missed caps the raises
 
     def __post_init__(self) -> None:
         if not self.ttft > 0 or (self.tpot is not None and not self.tpot > 0):
@@ -92,6 +97,9 @@ class ObjectiveState:
     last_cut: tuple[float, float] | None = None
     #: A cut bought nothing: no further cut until the objective is met again.
     futile: bool = False
+    #: Raises stop at this factor (one step below the last that missed) until ``ceiling_until``.
+    ceiling: float | None = None
+    ceiling_until: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -178,26 +186,33 @@ def observe(spec: ObjectiveSpec, state: ObjectiveState, *, now: float, readings:
                         _with(new, s_within, s_total, load_sum, load_samples), target=spec.target)
     got = s_within / s_total
     factor, note, last_cut, futile = state.factor, "", None, state.futile
+    ceiling = state.ceiling if state.ceiling is not None and now < state.ceiling_until else None
+    ceiling_until = state.ceiling_until
     allowed = 1 - spec.target
     mean_load = load_sum / load_samples if load_samples else None
     if got < spec.target and state.last_cut is not None and got < state.last_cut[1] + spec.min_gain:
-        factor, futile = state.last_cut[0], True
+        factor, futile, ceiling = state.last_cut[0], True, None  # the misses were not the load's
         note = (f"{100 * got:.1f}% within the objective, no better after the last cut: undone; "
                 f"more replicas do not remove these misses")
     elif got < spec.target and not futile:
         factor = state.factor * max(spec.min_step, math.sqrt(allowed / max(1 - got, 1e-9)))
+        carried = state.factor * (mean_load if mean_load is not None else 1.0)
+        ceiling = min(ceiling or math.inf, max(factor, carried / (1 + spec.raise_step)))
+        ceiling_until = now + spec.ceiling_memory
         last_cut = (state.factor, got)
         note = f"{100 * got:.1f}% within the objective, below {spec.percentile:g}%: less per replica"
     elif got >= spec.target:
         futile = False
-        if 1 - got <= allowed * spec.slack and mean_load is not None and mean_load >= spec.loaded:
-            factor = state.factor * (1 + spec.raise_step)
+        if (1 - got <= allowed * spec.slack and mean_load is not None and mean_load >= spec.loaded
+                and (ceiling is None or state.factor < ceiling)):
+            factor = min(state.factor * (1 + spec.raise_step), ceiling or math.inf)
             note = (f"{100 * got:.1f}% within the objective at {100 * mean_load:.0f}% of the sized load: "
                     f"more per replica")
     factor = min(spec.max_factor, max(spec.min_factor, factor))
     moved = ObjectiveState(last=new.last, recent=new.recent, factor=factor,
                            adjustments=state.adjustments + (factor != state.factor),
-                           last_cut=last_cut if factor != state.factor else None, futile=futile)
+                           last_cut=last_cut if factor != state.factor else None, futile=futile,
+                           ceiling=ceiling, ceiling_until=ceiling_until)
     return Feedback(attainment, int(n), factor, source, moved, note, spec.target)
 
 

@@ -547,6 +547,21 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
     per_pod = [min(conc, max(1.0, m.running)) if m.kv_cache_usage >= spec.kv_cache_threshold else conc
                for m in metrics]
     capacity = sum(per_pod) / len(per_pod) if per_pod else float(conc)
+    feedback = None
+    if spec.objective is not None:
+        # The objective's feedback first, so that this decision sizes with the corrected capacity
+        # (sizing one decision late would judge a fleet by a factor it was not sized with).
+        # The load is over what the fleet was sized for: throughput sizing's smoothed demand, or
+        # the requests in flight.
+        was = state.throughput
+        if spec.throughput_spec is not None and was.demand is not None and n_ready:
+            load: float | None = was.demand / (n_ready * was.capacity * spec.target_utilization * factor)
+        else:
+            load = demand / (n_ready * (capacity + spec.target_queue_depth) * factor) if n_ready else None
+        feedback = _objective(obs, spec.objective, state.objective,
+                              settled=not n_starting and not held_requests, load=load)
+        factor = feedback.factor
+        spec = replace(spec, capacity_factor=factor)
     target = (capacity + spec.target_queue_depth) * factor
 
     recommended = _ceil(demand / target)
@@ -569,16 +584,9 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
                 recommended = current  # within the tolerance of the fleet there is: noise, not demand
     elif metrics or held_requests:
         tp_state = tp.ThroughputState()  # counters missing or no pods: start the estimates afresh
-    feedback, replica_capacity = None, float(target)
+    replica_capacity = float(target)
     if estimate is not None and estimate.demand is not None:
         replica_capacity = estimate.capacity * spec.target_utilization * factor
-    if spec.objective is not None:
-        if estimate is not None and estimate.utilization is not None:
-            load: float | None = estimate.utilization * estimate.capacity / replica_capacity
-        else:
-            load = demand / (n_ready * target) if n_ready else None
-        feedback = _objective(obs, spec.objective, state.objective,
-                              settled=not n_starting and not held_requests, load=load)
     kv_sum = sum(m.kv_cache_usage for m in metrics)
     kv_mean = kv_sum / len(metrics) if metrics else 0.0
     kv_fleet = _ceil(kv_sum / spec.kv_cache_threshold)  # replicas that hold the sequences under it
