@@ -70,12 +70,17 @@ def main(argv: list[str] | None = None) -> int:
         "settings, whose SLO attainment is within half a point of ours or above; `not reached`: none "
         "is):\n\n"
         + run.iso_slo_table(results))
+    objective = (f"\n\nWith a latency objective (`scaling.objective: {{ttft: {run.SLO_TTFT:g}s, percentile: "
+                 f"{run.OBJECTIVE_PERCENTILE:g}}}`; each cell GPU-hours / SLO attainment; \"profile 2× "
+                 f"optimistic\": the engine profile says the replicas are twice as fast as they are):\n\n"
+                 + run.objective_table(results))
     traces_md = "\n".join(f"- `{t.name}`: {t.description}; {len(t.requests)} requests over "
                           f"{t.duration / 60:.0f} min" for t in trace_list)
     begin, end = markers(args.quick)
     section = (f"{begin}\nMode: {'quick' if args.quick else 'full'}; {elapsed:.0f} s on this machine.\n\n"
                f"{traces_md}\n\n{table}\n\nTargets (issue 18; each against the other policy's cheapest "
-               f"run whose SLO attainment is ours or better, within half a point):\n\n{verdict}{iso}\n{end}")
+               f"run whose SLO attainment is ours or better, within half a point):\n\n{verdict}{iso}"
+               f"{objective}\n{end}")
     print(section)
     if not args.no_write:
         for path in run.plot(main_results, HERE / "results" if args.quick else HERE / "results" / "full"):

@@ -3,10 +3,11 @@
 Runs our policy (the benchmark's settings, ``bench.autoscale.run.build_policies``) with every rule
 on, with each optional rule (``modelplane.autoscaler.policy.Rule``) off in turn, and with all of
 them off, over the synthetic traces and the real ones (Azure code, Mooncake conversation) at each
-rate scale. A rule *pays* on a trace when turning it off costs GPU-hours or SLO attainment and
-gains neither (beyond ``GPU_TOLERANCE`` and half a point of SLO), *hurts* when turning it off gains
-one and costs neither, and is a *trade* otherwise. Prints a markdown table; ``--write`` puts it in
-bench/README.md between the ABLATION markers.
+rate scale. Turning a rule off changes GPU-hours and SLO attainment; to weigh one against the other
+a point of SLO attainment counts as 1% of GPU-hours (``POINT_IS``): a rule *pays* on a trace when
+turning it off costs more than ``GPU_TOLERANCE`` so weighed, *hurts* when it gains that much, and
+does *none* otherwise. The raw numbers are in every cell, so another rate can be read off them.
+Prints a markdown table; ``--write`` puts it in bench/README.md between the ABLATION markers.
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ from modelplane.autoscaler.policy import DEFAULT_RULES, Rule
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BEGIN, END = "<!-- ABLATION:BEGIN -->", "<!-- ABLATION:END -->"
-#: GPU-hours this close (relative) count as equal.
+#: A net effect within this share of GPU-hours counts as none.
 GPU_TOLERANCE = 0.01
+#: A point of SLO attainment weighs as much as this share of GPU-hours.
+POINT_IS = 0.01
 ALL, NONE = "all rules", "no optional rule"
 
 
@@ -59,14 +62,15 @@ class Effect:
     slo: float  #: SLO attainment with it on minus with it off (0.02: the rule gains 2 points)
 
     @property
+    def net(self) -> float:
+        """What turning the rule off costs, in shares of GPU-hours (negative: it saves)."""
+        return self.gpu + self.slo * 100 * POINT_IS
+
+    @property
     def verdict(self) -> str:
-        costs = self.gpu > GPU_TOLERANCE or self.slo > run.SLO_TOLERANCE
-        gains = self.gpu < -GPU_TOLERANCE or self.slo < -run.SLO_TOLERANCE
-        if costs and not gains:
+        if self.net > GPU_TOLERANCE:
             return "pays"
-        if gains and not costs:
-            return "hurts"
-        return "trade" if costs else "none"
+        return "hurts" if self.net < -GPU_TOLERANCE else "none"
 
 
 def effect(with_rule: RunResult, without: RunResult) -> Effect:
@@ -120,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m bench.autoscale.ablation" + (" --full" if args.full else "")
     section = (f"{BEGIN}\n`{command}` ({elapsed:.0f} s on this machine). Each cell: GPU-hours / SLO "
                f"attainment; for a variant, (GPU-hours vs all rules, SLO vs all rules: the verdict on "
-               f"the rule turned off).\n\n{table(results)}\n{END}")
+               f"the rule turned off, a point of SLO weighed as {100 * POINT_IS:g}% of GPU-hours).\n\n"
+               f"{table(results)}\n{END}")
     print(section)
     if args.write:
         replace_section(README, section, begin=BEGIN, end=END)

@@ -9,6 +9,7 @@ token ≤ 2 s measured from the gateway (queue wait included).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 from bench.autoscale import policies, traces
 from bench.autoscale.harness import Autoscaler, ColdStarts, RunResult, SimConfig, run
 from modelplane.autoscaler.cost import replica_hourly_usd
+from modelplane.autoscaler.objective import ObjectiveSpec
 from modelplane.autoscaler.policy import PolicySpec
 from modelplane.gpus import GPU_TYPES
 from modelplane.planner.performance import EngineParams, params_for, saturated_tokens_per_s
@@ -35,6 +37,14 @@ MIN_REPLICAS, MAX_REPLICAS = 1, 16
 COLD_START = 90.0
 SLO_TTFT = 2.0
 POLICY_ORDER = ("modelplane", "HPA", "KEDA", "KubeAI", "static peak", "oracle")
+#: The latency objective of the objective runs: TTFT within the SLO for this share (percent).
+OBJECTIVE_PERCENTILE = 95.0
+#: The engine profile of the "optimistic" runs is this many times faster than the replicas are: a
+#: model slower than configured.
+OPTIMISTIC = 2.0
+#: Our policy with the objective, with a wrong profile, and with both (the objective table).
+OBJECTIVE_RUNS = ("modelplane objective", "modelplane, profile 2× optimistic",
+                  "modelplane objective, profile 2× optimistic")
 #: SLO attainments this close count as equal (half a point).
 SLO_TOLERANCE = 0.005
 #: The oracle of the main table: the arrivals of the next 10 s at 95% of a saturated replica's
@@ -42,7 +52,8 @@ SLO_TOLERANCE = 0.005
 #: a TTFT SLO of about 99% on every trace; a 30 s window averages a spike's edge away.
 ORACLE = (0.95, 10.0)
 #: The oracle's other settings in the iso-SLO sweep: cheaper with less headroom, dearer with more.
-ORACLE_SWEEP = ((0.85, 10.0), (0.85, 30.0), (0.95, 30.0), (1.0, 10.0), (1.0, 30.0))
+#: 50% and 70% give it the headroom a latency objective may need (is the objective reachable at all?).
+ORACLE_SWEEP = ((0.85, 10.0), (0.85, 30.0), (0.95, 30.0), (1.0, 10.0), (1.0, 30.0), (0.7, 10.0), (0.5, 10.0))
 #: A sweep point: a baseline's target factor, a static fleet, or the oracle's (utilization, window).
 Setting = float | tuple[float, float]
 
@@ -125,8 +136,14 @@ def build_policies(trace: traces.Trace, params: EngineParams, *, cold_start: flo
                       usd_per_replica_hour=replica_hourly_usd(GPU, GPUS_PER_REPLICA),
                       replica_concurrency=MAX_NUM_SEQS, prefill_tokens_per_second=prefill,
                       decode_tokens_per_second=decode)
+    objective = ObjectiveSpec(ttft=SLO_TTFT, percentile=OBJECTIVE_PERCENTILE)
+    fast, slow = throughput_priors(params, error=OPTIMISTIC)
+    optimistic = dataclasses.replace(spec, prefill_tokens_per_second=fast, decode_tokens_per_second=slow)
     built: list[Autoscaler] = [
         policies.Ours(spec),
+        policies.Ours(dataclasses.replace(spec, objective=objective), name=OBJECTIVE_RUNS[0]),
+        policies.Ours(optimistic, name=OBJECTIVE_RUNS[1]),
+        policies.Ours(dataclasses.replace(optimistic, objective=objective), name=OBJECTIVE_RUNS[2]),
         policies.HPAStyle(target_per_pod=per_replica, min_replicas=MIN_REPLICAS, max_replicas=max_replicas),
         policies.KEDAStyle(queue_per_replica=TARGET_QUEUE_DEPTH * target_factor, min_replicas=MIN_REPLICAS,
                            max_replicas=max_replicas),
@@ -166,10 +183,11 @@ SWEEP_FACTORS = (0.75, 0.5, 0.35, 0.25)
 SWEPT = ("HPA", "KEDA", "KubeAI")
 #: A job of the pool: a policy on a trace, with or without a sweep setting.
 Job = tuple[traces.Trace, str] | tuple[traces.Trace, str, None, Setting]
+SweepJob = tuple[traces.Trace, str, None, Setting]
 
 
-def sweep_jobs(trace: traces.Trace) -> list[Job]:
-    jobs: list[Job] = [(trace, name, None, f) for name in SWEPT for f in SWEEP_FACTORS]
+def sweep_jobs(trace: traces.Trace) -> list[SweepJob]:
+    jobs: list[SweepJob] = [(trace, name, None, f) for name in SWEPT for f in SWEEP_FACTORS]
     jobs += [(trace, "oracle", None, o) for o in ORACLE_SWEEP]
     return jobs
 
@@ -201,10 +219,12 @@ def _static_job(job: tuple[traces.Trace, float, int]) -> list[RunResult]:
 
 
 def run_all(trace_list: Sequence[traces.Trace], *, workers: int | None = None,
-            sweep: bool = True) -> list[RunResult]:
+            sweep: bool = True, objective: bool = True) -> list[RunResult]:
     """Every policy on every trace, then (``sweep``) the iso-SLO sweep points (``RunResult.setting``):
     the baselines' swept targets, the oracle's settings, and the cheapest fixed fleet at our SLO."""
     jobs: list[Job] = [(t, name) for t in trace_list for name in POLICY_ORDER]
+    if objective:
+        jobs += [(t, name) for t in trace_list for name in OBJECTIVE_RUNS]
     if sweep:
         jobs += [j for t in trace_list for j in sweep_jobs(t)]
     workers = workers or min(2, os.cpu_count() or 1)
@@ -320,7 +340,7 @@ def verdicts(results: Sequence[RunResult]) -> list[Verdict]:
     for name in dict.fromkeys(r.trace for r in results):
         rows = {r.policy: r for r in main_results(results) if r.trace == name}
         ours = rows["modelplane"]
-        others = [r for p, r in rows.items() if p not in ("modelplane", "oracle")]
+        others = [r for p, r in rows.items() if p not in ("modelplane", "oracle", *OBJECTIVE_RUNS)]
         # Like for like: fewer GPU-hours than each of them AND an SLO attainment at least as good.
         fewest = all(ours.gpu_hours < r.gpu_hours and ours.slo_attainment >= r.slo_attainment - SLO_TOLERANCE
                      for r in others)
@@ -429,6 +449,36 @@ def targets_table(results: Sequence[RunResult]) -> str:
         lines.append(f"| {t.trace} | {100 * t.slo:.1f}% | {t.gpu_hours:.2f} | "
                      f"{'yes ✓' if t.fewest else 'no ✗'} | {fixed}{mark} | "
                      f"{100 * t.over_oracle:+.0f}%{oracle_mark} |")
+    return "\n".join(lines)
+
+
+def objective_table(results: Sequence[RunResult]) -> str:
+    """The objective runs: met (attainment >= the percentile) where the oracle can meet it, and at
+    what cost against the oracle's cheapest run that meets it."""
+    goal = OBJECTIVE_PERCENTILE / 100
+    lines = [f"| trace | oracle's best SLO | oracle's cheapest at ≥ {goal:.0%} | ours, no objective | "
+             f"ours with the objective | met where the oracle meets it | over the oracle | profile 2× "
+             f"optimistic: no objective | … with the objective |",
+             "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
+
+    def cell(r: RunResult) -> str:
+        return f"{r.gpu_hours:.2f} / {100 * r.slo_attainment:.1f}%"
+    for name in dict.fromkeys(r.trace for r in results):
+        rows = {r.policy: r for r in main_results(results) if r.trace == name}
+        if OBJECTIVE_RUNS[0] not in rows:
+            continue
+        oracles = [r for r in results if r.trace == name and r.policy == "oracle"]
+        best = max(r.slo_attainment for r in oracles)
+        meeting = [r for r in oracles if r.slo_attainment >= goal]
+        cheapest = min(meeting, key=lambda r: r.gpu_hours) if meeting else None
+        ours = rows[OBJECTIVE_RUNS[0]]
+        met = ours.slo_attainment >= goal
+        verdict = ("yes ✓" if met else "no ✗") if cheapest else ("yes" if met else "– (oracle cannot)")
+        over = f"{100 * (ours.gpu_hours / cheapest.gpu_hours - 1):+.0f}%" if cheapest else "–"
+        floor = f"{cheapest.gpu_hours:.2f}" if cheapest else "none"
+        lines.append(f"| {name} | {100 * best:.1f}% | {floor} | "
+                     f"{cell(rows['modelplane'])} | {cell(ours)} | {verdict} | {over} | "
+                     f"{cell(rows[OBJECTIVE_RUNS[1]])} | {cell(rows[OBJECTIVE_RUNS[2]])} |")
     return "\n".join(lines)
 
 

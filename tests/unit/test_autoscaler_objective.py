@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pytest
 
@@ -44,7 +44,7 @@ def test_within_counts_and_interpolates(bound: float, want: float) -> None:
 SPEC = obj.ObjectiveSpec(ttft=2.0, percentile=95.0, min_requests=50)
 
 
-def _run(spec: obj.ObjectiveSpec, steps: list[tuple[list[float], bool, float | None]],
+def _run(spec: obj.ObjectiveSpec, steps: Sequence[tuple[list[float], bool, float | None]],
          source: str | None = "pods") -> tuple[obj.Feedback, list[float]]:
     """Feed ``steps`` (new latencies, settled, load) to ``observe``; the last feedback and factors."""
     state, seen, factors = obj.ObjectiveState(), [], []
@@ -136,8 +136,11 @@ def test_objective_spec_refuses(kwargs: dict[str, float]) -> None:
 
 # --- the policy with an objective: a replica model whose TTFT depends on its load --------------
 
-def _world(*, slow: float | Callable[[int], float], steps: int, demand: Callable[[int], float], spec: PolicySpec,
-           noise: float = 0.0, histograms: bool = True, seed: int = 5) -> list[tuple[int, float | None, float]]:
+Step = tuple[int, float | None, float]
+
+
+def _world(*, slow: float | Callable[[int], float], steps: int, demand: Callable[[int], float],
+           spec: PolicySpec, noise: float = 0.0, histograms: bool = True, seed: int = 5) -> list[Step]:
     """A fleet under in-flight ``demand(t)`` whose replicas are ``slow`` times slower than the
     configured concurrency says: a replica keeps TTFT within 2 s up to ``32 / slow`` requests in
     flight, and misses the share beyond it. Each step adds 100 requests to the pods' histograms.
