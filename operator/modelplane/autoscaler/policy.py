@@ -1,72 +1,32 @@
 """The scaling policy: observation + spec + previous state → desired replicas, a reason and new state.
 
-Pure and deterministic: the handlers scrape the pods, build an ``Observation``, call ``decide`` and
-apply ``Decision.desired_replicas``; the benchmark (``bench/autoscale``) calls the same function in
-virtual time. The rules, in the order ``decide`` applies them (docs/autoscaling.md explains why):
+Pure and deterministic: the operator scrapes the pods, builds an ``Observation``, calls ``decide``
+and applies ``Decision.desired_replicas``; the benchmark (``bench/autoscale``) calls the same
+function in virtual time. ``decide`` is a pipeline; the optional rules (``Rule``, switched in
+``PolicySpec.rules``; the benchmark's ablation turns each off) are marked with their names. What
+each gains, and why it is there, is in docs/autoscaling.md.
 
-1. Metrics first. Any ready pod whose metrics are missing, older than ``metrics_max_age`` or garbled
-   (negative, NaN, KV use outside 0..1) → hold the last decision, reason ``MetricsUnavailable``.
-2. Demand = waiting + running requests over the ready pods + requests held by the activator.
-3. Per-replica target ``T = c + targetQueueDepth``: a replica is *full* when it runs ``c``
-   requests at once, and ``targetQueueDepth`` is how many may wait per replica on top of that.
-   ``c`` is ``replica_concurrency`` (the engine's ``maxNumSeqs``) except on a pod whose KV cache is
-   saturated (≥ ``kv_cache_threshold``), where what it runs now is all it can run.
-   Recommendation ``ceil(demand / T)``. When the engine profile's token rates are given
-   (``prefill_tokens_per_second``, ``decode_tokens_per_second``) and the pods report the prompt
-   token counter and the TTFT count, throughput sizing (``modelplane.autoscaler.throughput``:
-   work in engine-seconds against a learned replica capacity) replaces this rule; without a rising
-   trend it asks for more than the current fleet only when its fractional need exceeds it by more
-   than ``scale_up_tolerance`` (10%), so noise around a fleet boundary does not buy a replica.
-4. KV cache as a second signal: when the mean KV use is above the threshold, recommend enough
-   replicas to bring it under (``ceil(Σ kv / threshold)``), even with no queue yet.
-5. Starting capacity counts: pods not Ready yet are part of ``current_replicas``, and while they
-   start each is credited with also clearing ``cold_start_backlog_credit × T`` of the backlog that
-   piles up during a cold start, so that backlog does not buy replicas that are idle once the
-   starting ones serve. How long a cold start takes is learnt: a pod Ready for the first time since
-   the last decision (not at the first decision, and not a pod that was Ready before and flapped)
-   reports the seconds from its creation to Ready (``ReadyPod.ready_after``), and the median of
-   the last ``COLD_STARTS_KEPT``, when longer than the prior ``scale_up_lead``, replaces it wherever
-   the policy looks a cold start ahead (the rising trend's look-ahead, rule 3; the pre-warm, rule
-   7). Models start in 40 s to 17 minutes; a 90 s look-ahead under-sizes every ramp of a model
-   that takes minutes. A shorter cold start does not shorten the look-ahead, which also covers
-   the lag of the demand estimate: pods Ready in 2 s made a step from 2 to 8 req/s reach its
-   fleet in 36 s instead of 18.
-6. Scale up at once, at most to ``max(current × scale_up_max_factor, current + scale_up_max_add)``.
-7. Scale down slowly: to the highest recommendation within the scale-down window, by at most
-   ``max(scale_down_min_step, scale_down_max_percent % of current)`` per ``scale_down_period``.
-   The window is ``scaleDownDelay``, lengthened after a regretted scale-down: a scale-up that,
-   within ``regret_windows`` windows of the last scale-down, asks for at least the fleet that
-   scale-down episode started from doubles it (at most ``window_max_factor`` times
-   ``scaleDownDelay``), and each ``window_decay_windows`` windows in which demand neither regretted
-   a scale-down nor asked for the whole held fleet again halve it.
-   Traffic that comes back in bursts thus keeps its fleet between bursts instead of paying a
-   cold start for each; traffic that moves slowly keeps the short window. Between bursts, the
-   lengthened window holds what the bursts needed once served (with throughput sizing, their
-   demand without the ramp's trend), not the larger fleet their ramps asked for a cold start
-   ahead; a burst that comes onto a held fleet of at least the last burst's need counts as
-   pre-warmed (below).
-   Burst rhythm, while the window is lengthened: a burst is on while the recommendation is in the
-   upper half of the window's range; the quiet gaps between the last ``rhythm_gaps`` bursts are
-   remembered. Once ``rhythm_min_gaps`` are known and the shortest leaves room, after a burst the
-   fleet goes down to what the quiet asks (with throughput sizing: the highest of what the last
-   few seconds asked over ``release_hold``, not the slowly falling estimate, and never below the
-   fleet that keeps the KV caches under the threshold), and the burst's fleet (what its demand
-   needed once served, without the ramp's trend) is asked for again ``scale_up_lead +
-   scale_down_period`` before the shortest gap is over (a pre-warm, reason ``ScaleUp``), held until
-   the next burst or until the longest gap has passed. A burst that comes onto its pre-warmed
-   fleet gets no trend extrapolation (replicas asked for a cold start ahead would be ready when it
-   is nearly over): more only for what the last few seconds ask beyond ``scale_up_tolerance``, or
-   for the KV caches. A burst does not end while a saturated replica's queue per ready pod still
-   waits, and one that comes back within a cold start of its end is the same burst (no gap).
-   Bursts that come at random (no shortest gap worth a release, or gaps so uneven that the
-   shortest is under ``rhythm_regularity`` of the longest) keep the held fleet.
-   With ``targetUSDPerMillionTokens`` set, an idle queue and a measured cost above the target, the
-   window is skipped towards the fleet size that meets the target (reason ``TargetCost``), never
-   below what the running requests need.
-8. Scale to zero after ``scaleToZeroAfter`` without demand (only with ``minReplicas`` 0); back to
-   at least one replica on any demand, including requests the activator holds.
-9. Clamp to ``minReplicas``, ``maxReplicas``, then the budget (``maxHourlyUSD`` / $ per replica-hour),
-   which wins over ``minReplicas``: money is the hard limit.
+1. Metrics: a ready pod's metrics missing, stale or garbled → hold the last decision
+   (``MetricsUnavailable``).
+2. Objective (``spec.scaling.objective``): attainment from the gateway's TTFT histogram, else the
+   pods'; the feedback (``autoscaler.objective``) corrects the per-replica capacity (a factor).
+3. Sizing: demand = waiting + running + held. Per-replica target ``(c + targetQueueDepth) × factor``
+   (``c``: ``maxNumSeqs``, or what a KV-saturated pod runs); with the engine profile's token rates,
+   throughput sizing (``autoscaler.throughput``: engine-seconds against a learnt capacity × factor)
+   replaces it. ``tolerance``: no replica for a need within 10% of the fleet without a rising trend.
+   ``trend``: a rising demand sized ``scale_up_lead`` ahead. ``starting-credit``: starting replicas
+   are credited with the backlog of their cold start. ``learnt-cold-start``: the look-ahead grows
+   to the median of the cold starts seen. ``kv-cache``: mean KV use above the threshold asks for
+   ``ceil(Σ kv / threshold)``.
+4. Up at once, at most to ``max(2 × current, current + 4)`` per decision.
+5. Down slowly: to the highest recommendation of the ``scaleDownDelay`` window, by at most
+   ``max(1, 50%)`` per 30 s. ``regret-window``: a scale-down undone within two windows doubles the
+   window (up to 4×), quiet windows halve it back. ``burst-rhythm``: with a lengthened window,
+   the quiet between bursts is learnt; the fleet is released after a burst and pre-warmed a cold
+   start before the next. ``targetUSDPerMillionTokens`` skips the window towards the fleet that
+   meets it (``TargetCost``).
+6. Scale to zero after ``scaleToZeroAfter`` idle (``minReplicas: 0``); back to one on any demand.
+7. Limits: ``minReplicas``, ``maxReplicas``, then the budget (``maxHourlyUSD``), which wins.
 """
 
 from __future__ import annotations
