@@ -208,8 +208,6 @@ class PolicySpec:
     rules: frozenset[Rule] = DEFAULT_RULES
     #: ``spec.scaling.objective``: attainment measured, per-replica capacity corrected (None: off).
     objective: obj.ObjectiveSpec | None = None
-    #: The rising trend adds at most this share of the demand (None: no cap).
-    trend_cap: float | None = None
     #: The per-replica capacity's correction; ``decide`` sets it from the objective's feedback.
     capacity_factor: float = 1.0
 
@@ -254,7 +252,6 @@ class PolicySpec:
             backlog_horizon=self.backlog_horizon,
             lead_seconds=self.scale_up_lead if Rule.TREND in self.rules else 0.0,
             starting_clears_backlog=Rule.STARTING_CREDIT in self.rules,
-            trend_cap=self.trend_cap,
             capacity_factor=self.capacity_factor)
 
     @property

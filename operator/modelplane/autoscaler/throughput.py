@@ -50,8 +50,6 @@ class ThroughputSpec:
     trend_fast_seconds: float = 10.0
     trend_slow_seconds: float = 60.0
     trend_noise: float = 0.1
-    #: The trend adds at most this share of the demand (None: no cap).
-    trend_cap: float | None = None
     #: While replicas start, the queue's backlog is left to them (not sized for again).
     starting_clears_backlog: bool = True
     #: The latency objective's correction of the capacity a replica is sized for (``objective``).
@@ -157,10 +155,7 @@ def estimate(spec: ThroughputSpec, state: ThroughputState, *, now: float, pods: 
     # While replicas start, the backlog is theirs to clear: asking for more would buy replicas that
     # arrive after it is gone.
     backlog = queue * (wpr or 0.0) if not (starting and spec.starting_clears_backlog) else 0.0
-    extra = slope * spec.lead_seconds
-    if spec.trend_cap is not None:
-        extra = min(extra, spec.trend_cap * demand)
-    ahead = demand + extra
+    ahead = demand + slope * spec.lead_seconds
     per_replica = capacity * spec.target_utilization * spec.capacity_factor
     needed = (ahead + backlog / spec.backlog_horizon) / per_replica
     replicas = max(0, math.ceil(needed - 1e-6))
