@@ -492,7 +492,7 @@ def plot(results: Sequence[RunResult], out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name in dict.fromkeys(r.trace for r in results):
-        rows = [r for r in results if r.trace == name]
+        rows = [r for r in results if r.trace == name and r.policy in POLICY_ORDER]
         fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6.5), sharex=True)
         for r in sorted(rows, key=lambda r: POLICY_ORDER.index(r.policy)):
             minutes = [t / 60 for t in r.times]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import pytest
 
@@ -41,7 +42,7 @@ def test_within_counts_and_interpolates(bound: float, want: float) -> None:
     assert obj.within(histogram, bound) == pytest.approx(want)
 
 
-SPEC = obj.ObjectiveSpec(ttft=2.0, percentile=95.0, min_requests=50)
+SPEC = obj.ObjectiveSpec(ttft=2.0, percentile=95.0, min_requests=50, min_interval=0.0)
 
 
 def _run(spec: obj.ObjectiveSpec, steps: Sequence[tuple[list[float], bool, float | None]],
@@ -52,8 +53,9 @@ def _run(spec: obj.ObjectiveSpec, steps: Sequence[tuple[list[float], bool, float
     for t, (latencies, settled, load) in enumerate(steps):
         seen += latencies
         readings = {"p": obj.Reading(ttft=buckets(seen))} if source is not None else {}
+        # The fleet grows by one every step (so a cut can be judged at the next evaluation).
         fb = obj.observe(spec, state, now=float(5 * t), readings=readings, source=source,
-                         settled=settled, load=load)
+                         settled=settled, load=load, replicas=t)
         state = fb.state
         factors.append(fb.factor)
     assert fb is not None
@@ -68,10 +70,10 @@ FAST, SLOW = [0.8] * 20, [3.0] * 20
      [(FAST, True, 0.9)] * 3, lambda f: f[-1] == pytest.approx(1.05) and f[:2] == [1.0, 1.0]),
     ("met only because traffic is light: no change",
      [(FAST, True, 0.3)] * 6, lambda f: set(f) == {1.0}),
-    ("missed: less per replica, a larger cut for a larger miss",
-     [(FAST[:10] + SLOW[:10], True, 1.0)] * 3, lambda f: f[-1] == pytest.approx(0.6)),
+    ("missed: less per replica, at most 20% in one step",
+     [(FAST[:10] + SLOW[:10], True, 1.0)] * 3, lambda f: f[-1] == pytest.approx(0.8)),
     ("missed by less: a smaller cut",
-     [(FAST[:18] + SLOW[:2], True, 1.0)] * 3, lambda f: f[-1] == pytest.approx(math.sqrt(0.05 / 0.1))),
+     [([0.8] * 47 + [3.0] * 3, True, 1.0)], lambda f: f[-1] == pytest.approx(math.sqrt(0.05 / 0.06))),
     ("in the dead band: no change",
      [(FAST[:19] + SLOW[:1], True, 1.0)] * 3 + [(FAST[:19] + SLOW[:1], True, 1.0)] * 2,
      lambda f: f[-1] == pytest.approx(1.0)),
@@ -90,11 +92,31 @@ def test_a_cut_that_buys_nothing_is_undone_and_not_repeated() -> None:
     # Half the requests miss whatever the fleet: the first cut is tried, then undone, then no more.
     steps = [(FAST[:10] + SLOW[:10], True, 1.0)] * 3 * 5
     fb, factors = _run(SPEC, steps)
-    assert min(factors) == pytest.approx(0.6) and factors[-1] == pytest.approx(1.0)
+    assert min(factors) == pytest.approx(0.8) and factors[-1] == pytest.approx(1.0)
     assert fb.state.futile and "undone" in _run(SPEC, steps[:6])[0].note
     # Met again: cuts are allowed again.
     fb2, _ = _run(SPEC, steps + [(FAST, True, 0.5)] * 3)
     assert not fb2.state.futile
+
+
+def test_a_cut_the_fleet_has_not_followed_is_not_judged() -> None:
+    # The same misses, but the fleet never grows (a cut too small to add a replica): cut again.
+    state, seen, factors = obj.ObjectiveState(), [], []
+    for t in range(15):
+        seen += FAST[:10] + SLOW[:10]
+        fb = obj.observe(SPEC, state, now=5.0 * t, readings={"p": obj.Reading(buckets(seen))},
+                         source="pods", settled=True, load=1.0, replicas=3)
+        state = fb.state
+        factors.append(fb.factor)
+    assert factors[-1] == pytest.approx(0.8 ** 5) and not state.futile
+
+
+def test_the_factor_moves_at_most_once_per_min_interval() -> None:
+    spec = replace(SPEC, min_interval=60.0)
+    _, factors = _run(spec, [(FAST[:10] + SLOW[:10], True, 1.0)] * 30)  # a step every 5 s
+    moves = [k for k in range(1, len(factors)) if factors[k] != factors[k - 1]]
+    assert factors[2] == pytest.approx(0.8) and moves[0] == 2
+    assert all(b - a >= 12 for a, b in zip(moves, moves[1:], strict=False)), moves
 
 
 def test_no_signal_holds_and_says_so() -> None:
@@ -172,7 +194,9 @@ def _world(*, slow: float | Callable[[int], float], steps: int, demand: Callable
 
 BASE = PolicySpec(min_replicas=1, max_replicas=40, target_queue_depth=0.0, replica_concurrency=32,
                   scale_down_delay=60.0, scale_down_period=10.0)
-WITH = PolicySpec(**{**BASE.__dict__, "objective": obj.ObjectiveSpec(ttft=2.0, percentile=95.0)})
+#: A step is 10 s and replicas are Ready at once here: the factor may move every other step.
+WITH = PolicySpec(**{**BASE.__dict__,
+                     "objective": obj.ObjectiveSpec(ttft=2.0, percentile=95.0, min_interval=20.0)})
 
 
 @pytest.mark.parametrize(("case", "kwargs", "check"), [

@@ -11,13 +11,15 @@ Pure; ``policy.decide`` calls ``observe`` once per decision when ``spec.scaling.
   Prometheus' ``histogram_quantile`` does. Attainment is over the last ``window`` seconds.
 - **Feedback**: the policy sizes the fleet for ``capacity × factor`` per replica. Each time at least
   ``min_requests`` requests were measured while the fleet was settled (no replica starting and no
-  request held: misses during a scale-up are the cold start's, not the capacity's), the factor
-  moves once and the count starts afresh:
+  request held: misses during a scale-up are the cold start's, not the capacity's), and at least
+  ``min_interval`` seconds after its last move (the fleet needs that long to follow it), the
+  factor moves once and the count starts afresh:
 
   - attainment below the percentile: ``factor × max(min_step, sqrt((1 − p) / (1 − attainment)))``,
     a larger cut for a larger miss;
   - attainment at least ``1 − (1 − p) × slack`` (comfortably met) *and* the fleet ran at least
-    ``loaded`` of the load it is sized for: ``factor × (1 + raise_step)``. A fleet that meets the
+    ``loaded`` of the load it is sized for *and* the window's attainment (scale-ups included) meets
+    the objective: ``factor × (1 + raise_step)``. A fleet that meets the
     objective only because traffic is light says nothing about its capacity, so it does not raise;
   - in between: no change (the dead band keeps a noisy measurement from moving it).
 
@@ -25,7 +27,7 @@ Pure; ``policy.decide`` calls ``observe`` once per decision when ``spec.scaling.
   remembered as a ceiling, one raise step below it, for ``ceiling_memory`` seconds: raises stop
   there instead of probing the same miss at every cycle.
 
-  A cut that did not raise attainment by ``min_gain`` is undone, and no cut follows until the
+  A cut after which the fleet grew but attainment did not rise by ``min_gain`` is undone, and no cut follows until the
   objective is met again: misses that more replicas do not remove (spikes within a second, prompts
   longer than the objective allows) are not bought off with idle replicas.
 
@@ -50,7 +52,8 @@ class ObjectiveSpec:
     tpot: float | None = None  #: seconds per output token; None: not part of the objective
     window: float = 300.0  #: attainment reported over this many seconds
     min_requests: int = 50  #: requests measured (settled) before the factor moves
-    min_step: float = 0.6  #: the largest cut in one step
+    min_interval: float = 120.0  #: seconds between two moves of the factor
+    min_step: float = 0.8  #: the largest cut in one step
     raise_step: float = 0.05  #: the raise in one step
     slack: float = 0.5  #: comfortably met: misses at most this share of the allowed ones
     loaded: float = 0.7  #: ... and the fleet ran at least this share of the load it is sized for
@@ -93,10 +96,13 @@ class ObjectiveState:
     load_samples: int = 0
     factor: float = 1.0
     adjustments: int = 0
-    #: The last cut: (factor before it, attainment that asked for it); None after a raise or a hold.
-    last_cut: tuple[float, float] | None = None
+    #: The last cut: (factor before it, attainment that asked for it, ready replicas then); None
+    #: after a raise or a hold.
+    last_cut: tuple[float, float, int] | None = None
     #: A cut bought nothing: no further cut until the objective is met again.
     futile: bool = False
+    #: When the factor last moved (None: never).
+    moved_at: float | None = None
     #: Raises stop at this factor (one step below the last that missed) until ``ceiling_until``.
     ceiling: float | None = None
     ceiling_until: float = 0.0
@@ -143,12 +149,13 @@ def _counts(spec: ObjectiveSpec, reading: Reading) -> list[tuple[str, float, flo
 
 
 def observe(spec: ObjectiveSpec, state: ObjectiveState, *, now: float, readings: Mapping[str, Reading],
-            source: str | None, settled: bool, load: float | None) -> Feedback:
+            source: str | None, settled: bool, load: float | None, replicas: int = 0) -> Feedback:
     """Take the histograms' increases since the last call and move the factor (module docstring).
 
     ``readings``: the source's histograms by name (a pod, or a gateway replica's URL). ``settled``:
     no replica starting and nothing held. ``load``: the fleet's load over what it is sized for now
-    (1.0: exactly the sized load), None when unknown.
+    (1.0: exactly the sized load), None when unknown. ``replicas``: ready replicas now (a cut is
+    judged only once the fleet grew after it).
     """
     before = {(name, kind): (w, t) for name, kind_w_t in _group(state.last) for kind, w, t in kind_w_t}
     last: list[tuple[str, float, float]] = []
@@ -181,7 +188,7 @@ def observe(spec: ObjectiveSpec, state: ObjectiveState, *, now: float, readings:
     s_within, s_total = new.settled_within + inc_within, new.settled_total + inc_total
     load_sum = new.load_sum + (load if load is not None else 0.0)
     load_samples = new.load_samples + (1 if load is not None else 0)
-    if s_total < spec.min_requests:
+    if s_total < spec.min_requests or (state.moved_at is not None and now - state.moved_at < spec.min_interval):
         return Feedback(attainment, int(n), state.factor, source,
                         _with(new, s_within, s_total, load_sum, load_samples), target=spec.target)
     got = s_within / s_total
@@ -190,8 +197,9 @@ def observe(spec: ObjectiveSpec, state: ObjectiveState, *, now: float, readings:
     ceiling_until = state.ceiling_until
     allowed = 1 - spec.target
     mean_load = load_sum / load_samples if load_samples else None
-    if got < spec.target and state.last_cut is not None and got < state.last_cut[1] + spec.min_gain:
-        factor, futile, ceiling = state.last_cut[0], True, None  # the misses were not the load's
+    cut = state.last_cut
+    if got < spec.target and cut is not None and replicas > cut[2] and got < cut[1] + spec.min_gain:
+        factor, futile, ceiling = cut[0], True, None  # the misses were not the load's
         note = (f"{100 * got:.1f}% within the objective, no better after the last cut: undone; "
                 f"more replicas do not remove these misses")
     elif got < spec.target and not futile:
@@ -199,20 +207,23 @@ def observe(spec: ObjectiveSpec, state: ObjectiveState, *, now: float, readings:
         carried = state.factor * (mean_load if mean_load is not None else 1.0)
         ceiling = min(ceiling or math.inf, max(factor, carried / (1 + spec.raise_step)))
         ceiling_until = now + spec.ceiling_memory
-        last_cut = (state.factor, got)
+        # A cut the fleet has not followed yet is judged later, from the first one.
+        last_cut = cut if cut is not None and replicas <= cut[2] else (state.factor, got, replicas)
         note = f"{100 * got:.1f}% within the objective, below {spec.percentile:g}%: less per replica"
     elif got >= spec.target:
         futile = False
         if (1 - got <= allowed * spec.slack and mean_load is not None and mean_load >= spec.loaded
-                and (ceiling is None or state.factor < ceiling)):
+                and (ceiling is None or state.factor < ceiling)
+                and (attainment is None or attainment >= spec.target)):
             factor = min(state.factor * (1 + spec.raise_step), ceiling or math.inf)
             note = (f"{100 * got:.1f}% within the objective at {100 * mean_load:.0f}% of the sized load: "
                     f"more per replica")
     factor = min(spec.max_factor, max(spec.min_factor, factor))
     moved = ObjectiveState(last=new.last, recent=new.recent, factor=factor,
                            adjustments=state.adjustments + (factor != state.factor),
-                           last_cut=last_cut if factor != state.factor else None, futile=futile,
-                           ceiling=ceiling, ceiling_until=ceiling_until)
+                           last_cut=last_cut if factor != state.factor else state.last_cut, futile=futile,
+                           ceiling=ceiling, ceiling_until=ceiling_until,
+                           moved_at=now if factor != state.factor else state.moved_at)
     return Feedback(attainment, int(n), factor, source, moved, note, spec.target)
 
 

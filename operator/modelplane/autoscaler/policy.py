@@ -445,7 +445,8 @@ def _objective(obs: Observation, spec: obj.ObjectiveSpec, state: obj.ObjectiveSt
                     for p in obs.ready if p.metrics is not None and p.metrics.ttft_buckets is not None}
         source = "pods"
     return obj.observe(spec, state, now=obs.now, readings=readings,
-                       source=source if readings else None, settled=settled, load=load)
+                       source=source if readings else None, settled=settled, load=load,
+                       replicas=len(obs.ready))
 
 
 def _token_window(state: PolicyState, spec: PolicySpec) -> cost.TokenWindow:
