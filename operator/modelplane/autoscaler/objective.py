@@ -27,9 +27,10 @@ Pure; ``policy.decide`` calls ``observe`` once per decision when ``spec.scaling.
   remembered as a ceiling, one raise step below it, for ``ceiling_memory`` seconds: raises stop
   there instead of probing the same miss at every cycle.
 
-  A cut after which the fleet grew but attainment did not rise by ``min_gain`` is undone, and no cut follows until the
-  objective is met again: misses that more replicas do not remove (spikes within a second, prompts
-  longer than the objective allows) are not bought off with idle replicas.
+  A cut after which the fleet grew but attainment did not rise by ``min_gain`` is undone, and no
+  cut follows until the objective is met again: misses that more replicas do not remove (spikes
+  within a second, prompts longer than the objective allows) are not bought off with idle
+  replicas.
 
   The factor stays within [``min_factor``, ``max_factor``]. With no histogram (no signal) or too
   few requests it holds, and the policy sizes as without an objective times the last factor.
