@@ -189,7 +189,8 @@ def observe(spec: ObjectiveSpec, state: ObjectiveState, *, now: float, readings:
     s_within, s_total = new.settled_within + inc_within, new.settled_total + inc_total
     load_sum = new.load_sum + (load if load is not None else 0.0)
     load_samples = new.load_samples + (1 if load is not None else 0)
-    if s_total < spec.min_requests or (state.moved_at is not None and now - state.moved_at < spec.min_interval):
+    too_soon = state.moved_at is not None and now - state.moved_at < spec.min_interval
+    if s_total < spec.min_requests or too_soon:
         return Feedback(attainment, int(n), state.factor, source,
                         _with(new, s_within, s_total, load_sum, load_samples), target=spec.target)
     got = s_within / s_total
