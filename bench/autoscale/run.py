@@ -139,9 +139,14 @@ def build_policies(trace: traces.Trace, params: EngineParams, *, cold_start: flo
     objective = ObjectiveSpec(ttft=SLO_TTFT, percentile=OBJECTIVE_PERCENTILE)
     fast, slow = throughput_priors(params, error=OPTIMISTIC)
     optimistic = dataclasses.replace(spec, prefill_tokens_per_second=fast, decode_tokens_per_second=slow)
+    # With an objective, maxReplicas leaves room for the fleet the oracle meets it with (its 50%
+    # headroom setting), or "met where the oracle meets it" would compare different limits.
+    roomy = max(max_replicas, max(policies.needed_replicas(trace, capacity, utilization=0.5, window=10.0)))
+    optimistic = dataclasses.replace(optimistic, max_replicas=roomy)
+    with_objective = dataclasses.replace(spec, objective=objective, max_replicas=roomy)
     built: list[Autoscaler] = [
         policies.Ours(spec),
-        policies.Ours(dataclasses.replace(spec, objective=objective), name=OBJECTIVE_RUNS[0]),
+        policies.Ours(with_objective, name=OBJECTIVE_RUNS[0]),
         policies.Ours(optimistic, name=OBJECTIVE_RUNS[1]),
         policies.Ours(dataclasses.replace(optimistic, objective=objective), name=OBJECTIVE_RUNS[2]),
         policies.HPAStyle(target_per_pod=per_replica, min_replicas=MIN_REPLICAS, max_replicas=max_replicas),

@@ -21,7 +21,8 @@ Pure; ``policy.decide`` calls ``observe`` once per decision when ``spec.scaling.
     ``loaded`` of the load it is sized for *and* the window's attainment (scale-ups included) meets
     the objective: ``factor × (1 + raise_step)``. A fleet that meets the
     objective only because traffic is light says nothing about its capacity, so it does not raise;
-  - in between: no change (the dead band keeps a noisy measurement from moving it).
+  - in between: no change (the dead band keeps a noisy measurement from moving it);
+  - below the percentile with the fleet at ``maxReplicas`` or the budget: no cut (it buys nothing).
 
   The load per replica at which the objective was missed (relative to the configured capacity) is
   remembered as a ceiling, one raise step below it, for ``ceiling_memory`` seconds: raises stop
@@ -150,13 +151,15 @@ def _counts(spec: ObjectiveSpec, reading: Reading) -> list[tuple[str, float, flo
 
 
 def observe(spec: ObjectiveSpec, state: ObjectiveState, *, now: float, readings: Mapping[str, Reading],
-            source: str | None, settled: bool, load: float | None, replicas: int = 0) -> Feedback:
+            source: str | None, settled: bool, load: float | None, replicas: int = 0,
+            can_grow: bool = True) -> Feedback:
     """Take the histograms' increases since the last call and move the factor (module docstring).
 
     ``readings``: the source's histograms by name (a pod, or a gateway replica's URL). ``settled``:
     no replica starting and nothing held. ``load``: the fleet's load over what it is sized for now
     (1.0: exactly the sized load), None when unknown. ``replicas``: ready replicas now (a cut is
-    judged only once the fleet grew after it).
+    judged only once the fleet grew after it). ``can_grow``: False at ``maxReplicas`` or the
+    budget, where a cut buys nothing: none is made.
     """
     before = {(name, kind): (w, t) for name, kind_w_t in _group(state.last) for kind, w, t in kind_w_t}
     last: list[tuple[str, float, float]] = []
@@ -204,6 +207,8 @@ def observe(spec: ObjectiveSpec, state: ObjectiveState, *, now: float, readings:
         factor, futile, ceiling = cut[0], True, None  # the misses were not the load's
         note = (f"{100 * got:.1f}% within the objective, no better after the last cut: undone; "
                 f"more replicas do not remove these misses")
+    elif got < spec.target and not can_grow:
+        note = f"{100 * got:.1f}% within the objective, and the fleet is at its limit"
     elif got < spec.target and not futile:
         factor = state.factor * max(spec.min_step, math.sqrt(allowed / max(1 - got, 1e-9)))
         carried = state.factor * (mean_load if mean_load is not None else 1.0)

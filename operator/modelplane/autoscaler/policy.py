@@ -435,7 +435,7 @@ def _burst_rhythm(spec: PolicySpec, state: PolicyState, now: float, recs: tuple[
 
 
 def _objective(obs: Observation, spec: obj.ObjectiveSpec, state: obj.ObjectiveState, *, settled: bool,
-               load: float | None) -> obj.Feedback:
+               load: float | None, can_grow: bool) -> obj.Feedback:
     """The objective's feedback from the gateway's TTFT histograms, else the pods'."""
     readings: dict[str, obj.Reading]
     if obs.gateway_ttft:
@@ -446,7 +446,7 @@ def _objective(obs: Observation, spec: obj.ObjectiveSpec, state: obj.ObjectiveSt
         source = "pods"
     return obj.observe(spec, state, now=obs.now, readings=readings,
                        source=source if readings else None, settled=settled, load=load,
-                       replicas=len(obs.ready))
+                       replicas=len(obs.ready), can_grow=can_grow)
 
 
 def _token_window(state: PolicyState, spec: PolicySpec) -> cost.TokenWindow:
@@ -519,8 +519,11 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
             load: float | None = was.demand / (n_ready * was.capacity * spec.target_utilization * factor)
         else:
             load = demand / (n_ready * (capacity + spec.target_queue_depth) * factor) if n_ready else None
+        limit = min(spec.max_replicas, spec.budget_replicas if spec.budget_replicas is not None
+                    else spec.max_replicas)
         feedback = _objective(obs, spec.objective, state.objective,
-                              settled=not n_starting and not held_requests, load=load)
+                              settled=not n_starting and not held_requests, load=load,
+                              can_grow=current < limit)
         factor = feedback.factor
         spec = replace(spec, capacity_factor=factor)
     target = (capacity + spec.target_queue_depth) * factor
