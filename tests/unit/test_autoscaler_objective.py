@@ -111,6 +111,17 @@ def test_a_cut_the_fleet_has_not_followed_is_not_judged() -> None:
     assert factors[-1] == pytest.approx(0.8 ** 5) and not state.futile
 
 
+def test_no_cut_at_the_fleets_limit() -> None:
+    seen: list[float] = []
+    state = obj.ObjectiveState()
+    for t in range(6):
+        seen += FAST[:10] + SLOW[:10]
+        fb = obj.observe(SPEC, state, now=5.0 * t, readings={"p": obj.Reading(buckets(seen))},
+                         source="pods", settled=True, load=1.0, replicas=4, can_grow=False)
+        state = fb.state
+    assert fb.factor == 1.0 and "at its limit" in fb.note
+
+
 def test_the_factor_moves_at_most_once_per_min_interval() -> None:
     spec = replace(SPEC, min_interval=60.0)
     _, factors = _run(spec, [(FAST[:10] + SLOW[:10], True, 1.0)] * 30)  # a step every 5 s
