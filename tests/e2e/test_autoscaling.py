@@ -281,7 +281,9 @@ async def test_a_latency_objective_scales_up_under_load_and_reports_attainment(
     await wait_for(lambda: _phase(kube_client, namespace, "slo", "Ready"), timeout=90,
                    what="Ready with one replica")
     gateway = gateways.replicas[0]
-    # More than one replica of 4 batch slots serves within 1 s: a queue forms on one.
+    # More than one replica of 4 batch slots serves within 1 s: a queue forms on one. (Whether the
+    # grown fleet then meets 1 s depends on the host's speed, the simulator being real processes:
+    # printed, not asserted.)
     config = loadgen.LoadConfig(base_url=f"{gateway.url}/v1", model=served,
                                 schedule=loadgen.parse_schedule("constant:14"), duration=20,
                                 prompt_tokens=loadgen.Lengths(100),
@@ -303,8 +305,10 @@ async def test_a_latency_objective_scales_up_under_load_and_reports_attainment(
 
     await wait_for(attainment_reported, timeout=30, what="status.autoscaler.objective.attainment")
     within = sum(1 for t in report.ttft if t <= 1.0) / len(report.ttft)
+    tail = report.ttft[-len(report.ttft) // 3:]  # the last 10 s, once the fleet has grown
+    tail_within = sum(1 for t in tail if t <= 1.0) / len(tail)
     print(f"\ndesired over time: {desired}; status objective: {measured}; the load generator saw "
-          f"{within:.1%} within 1 s")
+          f"{within:.1%} within 1 s, {tail_within:.1%} in the last third")
     assert max(desired) > 1, "no scale-up under a queue with an objective"
     assert measured["source"] in ("Gateway", "Pods")
     assert 0 <= measured["attainment"] <= 1 and measured["met"] == (measured["attainment"] >= 0.9)
