@@ -60,7 +60,7 @@ class ObjectiveSpec:
     slack: float = 0.5  #: comfortably met: misses at most this share of the allowed ones
     loaded: float = 0.7  #: ... and the fleet ran at least this share of the load it is sized for
     min_factor: float = 0.2
-    max_factor: float = 1.5
+    max_factor: float = 1.0
     min_gain: float = 0.01  #: a cut must raise attainment by this much (a share) to be kept
     ceiling_memory: float = 1800.0  #: seconds a factor that missed caps the raises
 
