@@ -42,7 +42,8 @@ def test_within_counts_and_interpolates(bound: float, want: float) -> None:
     assert obj.within(histogram, bound) == pytest.approx(want)
 
 
-SPEC = obj.ObjectiveSpec(ttft=2.0, percentile=95.0, min_requests=50, min_interval=0.0)
+#: Raises above the profile allowed (``max_factor`` 1.5; the default, 1, never raises above it).
+SPEC = obj.ObjectiveSpec(ttft=2.0, percentile=95.0, min_requests=50, min_interval=0.0, max_factor=1.5)
 
 
 def _run(spec: obj.ObjectiveSpec, steps: Sequence[tuple[list[float], bool, float | None]],
@@ -86,6 +87,15 @@ def test_feedback_moves_the_factor(case: str, steps: list[tuple[list[float], boo
                                    check: Callable[[list[float]], bool]) -> None:
     _, factors = _run(SPEC, steps)
     assert check(factors), factors
+
+
+def test_by_default_the_factor_does_not_go_above_the_profile() -> None:
+    _, factors = _run(replace(SPEC, max_factor=1.0), [(FAST, True, 0.9)] * 9)
+    assert set(factors) == {1.0}
+    # After a cut it comes back up, to one step below the load that missed (the ceiling).
+    _, factors = _run(replace(SPEC, max_factor=1.0),
+                      [(FAST[:10] + SLOW[:10], True, 1.0)] * 3 + [(FAST, True, 0.9)] * 30)
+    assert min(factors) == pytest.approx(0.8) and factors[-1] == pytest.approx(1 / 1.05)
 
 
 def test_a_cut_that_buys_nothing_is_undone_and_not_repeated() -> None:
