@@ -94,7 +94,7 @@ def test_by_default_the_factor_does_not_go_above_the_profile() -> None:
     assert set(factors) == {1.0}
     # After a cut it comes back up, to one step below the load that missed (the ceiling).
     _, factors = _run(replace(SPEC, max_factor=1.0),
-                      [(FAST[:10] + SLOW[:10], True, 1.0)] * 3 + [(FAST, True, 0.9)] * 30)
+                      [(FAST[:10] + SLOW[:10], True, 1.0)] * 3 + [(FAST, True, 0.9)] * 120)
     assert min(factors) == pytest.approx(0.8) and factors[-1] == pytest.approx(1 / 1.05)
 
 
