@@ -512,7 +512,7 @@ def plot(results: Sequence[RunResult], out_dir: Path) -> list[Path]:
         bottom.set_xlabel("minutes")
         bottom.set_yscale("symlog", linthresh=10)
         fig.tight_layout()
-        path = out_dir / f"{name}.png"
+        path = out_dir / f"{name.replace(' ×', '-x')}.png"  # azure-code ×3 → azure-code-x3
         fig.savefig(path, dpi=90)
         plt.close(fig)
         written.append(path)
