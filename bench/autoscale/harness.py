@@ -4,8 +4,10 @@ Every policy runs against the same world: requests of the trace arrive at a gate
 to the ready replica with the fewest outstanding requests (what KubeAI's proxy and the inference
 gateway do) or holds it while no replica is ready (the activator). A replica is
 ``modelplane_dev.sim.engine.EngineModel`` (continuous batching, KV cache, preemption), Ready
-``cold_start`` seconds after the policy asked for it. A removed replica stops taking requests and
-drains what it runs (at most ``drain_timeout``, Kubernetes' grace period; what is left is lost).
+``cold_start`` seconds after the policy asked for it (or after a cold start drawn, seeded, from
+``ColdStarts``: pods of one model start in 40 s to minutes depending on the node's caches). A
+removed replica stops taking requests and drains what it runs (at most ``drain_timeout``,
+Kubernetes' grace period; what is left is lost).
 
 The clock ticks every ``tick`` seconds: pods that finished starting become Ready, the tick's
 arrivals are routed, every engine advances to the end of the tick, and policies whose interval has
@@ -16,13 +18,15 @@ exists (starting, ready or draining) over the trace's duration, times GPUs per r
 from __future__ import annotations
 
 import math
+import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from bench.autoscale.traces import Request, Trace
-from modelplane_dev.sim.engine import EngineModel, EventKind
+from modelplane.gateway.metrics import TTFT_BUCKETS
+from modelplane_dev.sim.engine import EngineModel, EventKind, Histogram
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,8 @@ class PodView:
     prompt_tokens: int = 0  #: vllm:prompt_tokens_total
     requests_started: int = 0  #: vllm:time_to_first_token_seconds_count
     ready_after: float | None = None  #: seconds from its creation to Ready (its cold start)
+    #: vllm:time_to_first_token_seconds_bucket (cumulative; from the pod's arrival, no gateway hold)
+    ttft_buckets: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,9 @@ class ClusterView:
     starting_ages: tuple[float, ...]
     held: int  #: requests the gateway holds because no replica is ready
     starting_names: tuple[str, ...]  #: the starting pods' names, in ``starting_ages``' order
+    #: The gateway's TTFT histogram (cumulative, ``gateway.metrics.TTFT_BUCKETS``): from each
+    #: request's arrival, holding included, as clients see it.
+    gateway_ttft: tuple[tuple[float, float], ...] = ()
 
 
 class Autoscaler(Protocol):
@@ -71,10 +80,55 @@ class _Pod:
     draining_until: float | None = None
 
 
+@dataclass(frozen=True)
+class ColdStarts:
+    """Cold starts drawn from a distribution (FACTS.md: 40 s for a 7B model to 17 minutes for a
+    72B one from GPU allocation; a persisted compile cache and weights in the page cache cut a
+    70B FP8 start to about 90 s, an uncached one takes 3.5 minutes).
+
+    A mixture: with probability ``cached_share`` the node has the caches (log-normal around
+    ``cached_median``), else not (log-normal around ``uncached_median``), both with log-spread
+    ``sigma``, clipped to [``low``, ``high``]. Seeded: pod *n* of every run gets the same cold start,
+    so every policy pays the same sequence.
+    """
+
+    cached_median: float = 90.0
+    uncached_median: float = 210.0
+    cached_share: float = 0.7
+    sigma: float = 0.3
+    low: float = 40.0
+    high: float = 1020.0
+    seed: int = 17
+
+    def __post_init__(self) -> None:
+        medians = (self.cached_median, self.uncached_median)
+        if not (0 < self.low <= min(medians) and max(medians) <= self.high):
+            raise ValueError("need 0 < low <= the medians <= high")
+        if not 0 <= self.cached_share <= 1 or self.sigma < 0:
+            raise ValueError("cached_share must be in [0, 1] and sigma >= 0")
+
+    def sampler(self) -> Callable[[], float]:
+        rng = random.Random(self.seed)
+
+        def draw() -> float:
+            cached = rng.random() < self.cached_share
+            median = self.cached_median if cached else self.uncached_median
+            return min(self.high, max(self.low, rng.lognormvariate(math.log(median), self.sigma)))
+        return draw
+
+    def quantile(self, q: float, samples: int = 4000) -> float:
+        """The ``q`` quantile of the distribution (by sampling it, with its own seed)."""
+        draw = self.sampler()
+        values = sorted(draw() for _ in range(samples))
+        return values[min(samples - 1, int(q * samples))]
+
+
 @dataclass
 class SimConfig:
     engine_factory: Callable[[float], EngineModel]
     cold_start: float = 90.0
+    #: When set, every new pod's cold start is drawn from it instead of ``cold_start``.
+    cold_starts: ColdStarts | None = None
     gpus_per_replica: int = 2
     usd_per_gpu_hour: float = 2.69
     max_model_len: int = 8192
@@ -139,6 +193,7 @@ def run(trace: Trace, policy: Autoscaler, config: SimConfig, *, initial_replicas
     finished = [False] * len(requests)
     pods: list[_Pod] = []
     serial = 0
+    cold_start = config.cold_starts.sampler() if config.cold_starts is not None else lambda: config.cold_start
 
     def new_pod(now: float, ready_at: float) -> _Pod:
         nonlocal serial
@@ -151,6 +206,8 @@ def run(trace: Trace, policy: Autoscaler, config: SimConfig, *, initial_replicas
         pods.append(pod)
 
     held: deque[int] = deque()
+    gateway_ttft = Histogram(TTFT_BUCKETS)
+    latency = getattr(policy, "reads_latency", False)  # histograms in the view only for who reads them
     owner: dict[str, _Pod] = {}
     lost = 0
     gpu_seconds = 0.0
@@ -193,6 +250,7 @@ def run(trace: Trace, policy: Autoscaler, config: SimConfig, *, initial_replicas
                 idx = int(event.request_id)
                 if event.kind is EventKind.FIRST_TOKEN:
                     first_token[idx] = event.time
+                    gateway_ttft.observe(event.time - arrival[idx])
                 else:
                     finished[idx] = True
                     pod.outstanding -= 1
@@ -210,7 +268,7 @@ def run(trace: Trace, policy: Autoscaler, config: SimConfig, *, initial_replicas
         now = tick_end
 
         serving = [p for p in pods if p.draining_until is None]
-        view = _view(now, serving, len(held))
+        view = _view(now, serving, len(held), gateway_ttft if latency else None)
         policy.observe(view)
         if now >= next_decision - 1e-9:
             next_decision = now + policy.interval
@@ -222,7 +280,7 @@ def run(trace: Trace, policy: Autoscaler, config: SimConfig, *, initial_replicas
                 last_direction = direction
             if desired > len(serving):
                 for _ in range(desired - len(serving)):
-                    pods.append(new_pod(now, now + config.cold_start))
+                    pods.append(new_pod(now, now + cold_start()))
             elif desired < len(serving):
                 _remove(serving, len(serving) - desired, now, config.drain_timeout, pods)
             last_desired = desired
@@ -259,16 +317,23 @@ def _send(pod: _Pod, idx: int, req: Request, at: float, owner: dict[str, _Pod]) 
     owner[rid] = pod
 
 
-def _view(now: float, serving: list[_Pod], held: int) -> ClusterView:
+def _buckets(histogram: Histogram | None) -> tuple[tuple[float, float], ...]:
+    return () if histogram is None else tuple((le, float(n)) for le, n in histogram.cumulative())
+
+
+def _view(now: float, serving: list[_Pod], held: int, gateway_ttft: Histogram | None) -> ClusterView:
+    """The view at ``now``; the latency histograms only with ``gateway_ttft`` (else left empty)."""
     ready = tuple(
         PodView(p.name, p.engine.num_waiting, p.engine.num_running, p.engine.kv_cache_usage,
                 p.engine.stats.generation_tokens, p.outstanding, p.engine.stats.prompt_tokens,
-                p.engine.stats.ttft.count, p.ready_at - p.created)
+                p.engine.stats.ttft.count, p.ready_at - p.created,
+                _buckets(p.engine.stats.ttft if gateway_ttft is not None else None))
         for p in serving if p.engine is not None)
     starting = [p for p in serving if p.engine is None]
     return ClusterView(now=now, current=len(serving), ready=ready,
                        starting_ages=tuple(now - p.created for p in starting), held=held,
-                       starting_names=tuple(p.name for p in starting))
+                       starting_names=tuple(p.name for p in starting),
+                       gateway_ttft=_buckets(gateway_ttft))
 
 
 def _remove(serving: list[_Pod], count: int, now: float, drain_timeout: float, pods: list[_Pod]) -> None:

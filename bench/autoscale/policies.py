@@ -54,12 +54,20 @@ from modelplane.planner.performance import EngineParams
 
 
 class Ours:
-    def __init__(self, spec: PolicySpec, *, interval: float = 5.0, name: str = "modelplane") -> None:
+    def __init__(self, spec: PolicySpec, *, interval: float = 5.0, name: str = "modelplane",
+                 gateway: bool = True) -> None:
         self.name = name
         self.interval = interval
         self.spec = spec
         self.state = PolicyState()
         self.reasons: dict[Reason, int] = {}
+        #: With an objective, read the gateway's TTFT histogram (True) or only the pods' (False).
+        self.gateway = gateway
+        self.factors: list[float] = []  #: the objective's capacity factor at each decision
+
+    @property
+    def reads_latency(self) -> bool:
+        return self.spec.objective is not None
 
     def observe(self, view: ClusterView) -> None:
         return None
@@ -70,13 +78,17 @@ class Ours:
             ready=tuple(ReadyPod(p.name, PodMetrics(p.waiting, p.running, p.kv_cache_usage,
                                                     p.generation_tokens, scraped_at=view.now,
                                                     prompt_tokens=p.prompt_tokens,
-                                                    requests_started=p.requests_started),
+                                                    requests_started=p.requests_started,
+                                                    ttft_buckets=p.ttft_buckets or None),
                                  ready_after=p.ready_after)
                         for p in view.ready),
             starting=tuple(StartingPod(name, age)
                            for name, age in zip(view.starting_names, view.starting_ages, strict=True)),
-            activator_pending=view.held)
+            activator_pending=view.held,
+            gateway_ttft=(("gateway", view.gateway_ttft),) if self.gateway and view.gateway_ttft else ())
         decision = decide(obs, self.spec, self.state)
+        if decision.objective is not None:
+            self.factors.append(decision.objective.factor)
         self.state = decision.state
         self.reasons[decision.reason] = self.reasons.get(decision.reason, 0) + 1
         return decision.desired_replicas

@@ -14,6 +14,7 @@ request rate (2.0 sends every request twice, 0.5 every other one on average).
 from __future__ import annotations
 
 import csv
+import json
 import math
 import random
 from collections.abc import Callable
@@ -39,6 +40,8 @@ class Trace:
     #: between two (None: no such bound, the gaps are random); for the oracle blind to timing.
     bursts: tuple[tuple[float, float], ...] = ()
     quiet_min: float | None = None
+    #: Recorded production traffic (not generated): gets the cold-start distribution in the bench.
+    real: bool = False
 
     @property
     def mean_rate(self) -> float:
@@ -124,8 +127,6 @@ def _parse_time(text: str) -> float:
 def load_csv(path: Path, *, time_scale: float = 1.0, rate_scale: float = 1.0, seed: int = 7,
              max_duration: float | None = None) -> Trace:
     """A trace from an Azure-format CSV (``TIMESTAMP,ContextTokens,GeneratedTokens``)."""
-    if time_scale <= 0 or rate_scale <= 0:
-        raise ValueError("time_scale and rate_scale must be > 0")
     rows: list[tuple[float, int, int]] = []
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
@@ -140,8 +141,24 @@ def load_csv(path: Path, *, time_scale: float = 1.0, rate_scale: float = 1.0, se
                 rows.append((_parse_time(row[ts]), int(float(row[ctx])), int(float(row[gen]))))
             except (ValueError, TypeError) as exc:
                 raise ValueError(f"{path}:{line}: {exc}") from exc
+    return _scaled(path.stem, f"replayed {path.name}", rows, time_scale=time_scale,
+                   rate_scale=rate_scale, seed=seed, max_duration=max_duration)
+
+
+HERE = Path(__file__).resolve().parent
+#: One hour of Azure's production code-completion service (2023-11-16), CC-BY 4.0: real/README.md.
+AZURE_CODE = HERE / "real" / "AzureLLMInferenceTrace_code.csv"
+#: One hour of Kimi's conversation traffic (Mooncake, FAST '25), Apache-2.0: bench/gateway/traces/.
+MOONCAKE = HERE.parent / "gateway" / "traces" / "mooncake_conversation_trace.jsonl"
+
+
+def _scaled(name: str, description: str, rows: list[tuple[float, int, int]], *, time_scale: float,
+            rate_scale: float, seed: int, max_duration: float | None) -> Trace:
+    """``rows`` (arrival s from the first, prompt, output) re-timed and re-rated (module docstring)."""
+    if time_scale <= 0 or rate_scale <= 0:
+        raise ValueError("time_scale and rate_scale must be > 0")
     if not rows:
-        raise ValueError(f"{path}: no requests")
+        raise ValueError(f"{name}: no requests")
     rows.sort()
     t0 = rows[0][0]
     rng = random.Random(seed)
@@ -157,8 +174,40 @@ def load_csv(path: Path, *, time_scale: float = 1.0, rate_scale: float = 1.0, se
             requests.append(Request(t + jitter, max(1, prompt), max(1, output)))
     requests.sort(key=lambda r: r.at)
     duration = max(requests[-1].at + 1.0, 1.0) if max_duration is None else max_duration
-    return Trace(path.stem, f"replayed {path.name} (time ×{time_scale:g}, rate ×{rate_scale:g})",
-                 tuple(requests), duration)
+    return Trace(name, f"{description} (time ×{time_scale:g}, rate ×{rate_scale:g})", tuple(requests),
+                 duration)
+
+
+def load_mooncake(path: Path = MOONCAKE, *, time_scale: float = 1.0, rate_scale: float = 1.0,
+                  seed: int = 7, max_duration: float | None = None) -> Trace:
+    """A trace from Mooncake's JSON lines (``timestamp`` in ms, ``input_length``, ``output_length``)."""
+    rows: list[tuple[float, int, int]] = []
+    with path.open() as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+                rows.append((float(item["timestamp"]) / 1000.0, int(item["input_length"]),
+                             int(item["output_length"])))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ValueError(f"{path}:{line_no}: {exc!r}") from exc
+    return _scaled(path.stem, f"replayed {path.name}", rows, time_scale=time_scale,
+                   rate_scale=rate_scale, seed=seed, max_duration=max_duration)
+
+
+def real(name: str, *, rate_scale: float = 1.0, max_duration: float | None = None) -> Trace:
+    """A bundled real trace by short name (``azure-code`` or ``mooncake``), named with its scale."""
+    if name == "azure-code":
+        trace = load_csv(AZURE_CODE, rate_scale=rate_scale, max_duration=max_duration)
+        what = "Azure code completion, 2023-11-16 (real)"
+    elif name == "mooncake":
+        trace = load_mooncake(MOONCAKE, rate_scale=rate_scale, max_duration=max_duration)
+        what = "Mooncake/Kimi conversation (real)"
+    else:
+        raise ValueError(f"unknown real trace {name!r}: azure-code or mooncake")
+    return replace(trace, name=f"{name} ×{rate_scale:g}", description=f"{what}, rate ×{rate_scale:g}",
+                   real=True)
 
 
 def write_sample_csv(path: Path, *, duration: float = 900.0, seed: int = 11) -> int:

@@ -269,3 +269,50 @@ async def test_with_a_prometheus_source_a_queue_read_from_prometheus_scales_up_a
         if handle is not None:
             stop_operator(handle)
         await kube_client.delete(kube.NAMESPACES, ns)
+
+
+async def test_a_latency_objective_scales_up_under_load_and_reports_attainment(
+        kube_client: kube.Kube, namespace: str, operator: OperatorHandle, gateways: Gateways) -> None:
+    # Through the session's gateway, whose TTFT histogram the operator reads (else the pods').
+    gateways.ensure_running()
+    served = f"slo-{namespace[-8:]}"  # the gateway serves every namespace: a name of its own
+    await kube_client.create(model("slo", namespace, served=served, minReplicas=1, maxReplicas=4,
+                                   scaleDownDelay="30s", objective={"ttft": "1s", "percentile": 90}))
+    await wait_for(lambda: _phase(kube_client, namespace, "slo", "Ready"), timeout=90,
+                   what="Ready with one replica")
+    gateway = gateways.replicas[0]
+    # More than one replica of 4 batch slots serves within 1 s: a queue forms on one. (Whether the
+    # grown fleet then meets 1 s depends on the host's speed, the simulator being real processes:
+    # printed, not asserted.)
+    config = loadgen.LoadConfig(base_url=f"{gateway.url}/v1", model=served,
+                                schedule=loadgen.parse_schedule("constant:14"), duration=20,
+                                prompt_tokens=loadgen.Lengths(100),
+                                output_tokens=loadgen.Lengths(16, maximum=24), timeout=240)
+    load = asyncio.create_task(loadgen.run_load(config))
+    desired: list[int] = []
+    while not load.done():
+        desired.append(int((await status_of(kube_client, namespace, "slo")).get("desiredReplicas") or 0))
+        await asyncio.wait({load}, timeout=SAMPLE_SECONDS)
+    report = load.result()
+    assert report.errors == 0 and report.ok == report.sent, report.to_dict()
+    measured: dict[str, Any] = {}
+
+    async def attainment_reported() -> bool:
+        status = await status_of(kube_client, namespace, "slo")
+        measured.clear()
+        measured.update((status.get("autoscaler") or {}).get("objective") or {})
+        return int(measured.get("requests") or 0) > 0 and "attainment" in measured
+
+    await wait_for(attainment_reported, timeout=30, what="status.autoscaler.objective.attainment")
+    within = sum(1 for t in report.ttft if t <= 1.0) / len(report.ttft)
+    tail = report.ttft[-len(report.ttft) // 3:]  # the last 10 s, once the fleet has grown
+    tail_within = sum(1 for t in tail if t <= 1.0) / len(tail)
+    print(f"\ndesired over time: {desired}; status objective: {measured}; the load generator saw "
+          f"{within:.1%} within 1 s, {tail_within:.1%} in the last third")
+    assert max(desired) > 1, "no scale-up under a queue with an objective"
+    assert measured["source"] in ("Gateway", "Pods")
+    assert 0 <= measured["attainment"] <= 1 and measured["met"] == (measured["attainment"] >= 0.9)
+    assert measured["capacityFactor"] > 0 and measured["replicaCapacity"] > 0
+    # What the operator measured is what the clients saw (the gateway's or the pods' histograms
+    # against the load generator's own clock; buckets and the pods' view make it approximate).
+    assert abs(measured["attainment"] - within) < 0.25

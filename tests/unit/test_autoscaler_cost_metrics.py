@@ -127,14 +127,22 @@ TWO_ENGINES = WITH_PROMPT + WITH_PROMPT.replace('engine="0"', 'engine="1"').repl
     "# HELP", "# X").replace("# TYPE", "# Y")
 
 
+_TTFT = ((0.1, 4.0), (float("inf"), 5.0))
+
+
 @pytest.mark.parametrize(("text", "model", "want"), [
-    (PAGE, None, PodMetrics(3, 7, 0.42, 12345, 5.0, requests_started=5)),
-    (PAGE, "chat", PodMetrics(3, 7, 0.42, 12345, 5.0, requests_started=5)),
-    (WITH_PROMPT, None, PodMetrics(3, 7, 0.42, 12345, 5.0, prompt_tokens=9000, requests_started=5)),
+    (PAGE, None, PodMetrics(3, 7, 0.42, 12345, 5.0, requests_started=5, ttft_buckets=_TTFT)),
+    (PAGE, "chat", PodMetrics(3, 7, 0.42, 12345, 5.0, requests_started=5, ttft_buckets=_TTFT)),
+    (WITH_PROMPT, None, PodMetrics(3, 7, 0.42, 12345, 5.0, prompt_tokens=9000, requests_started=5,
+                                   ttft_buckets=_TTFT)),
     (PAGE.split("# TYPE vllm:time_to_first")[0], None, PodMetrics(3, 7, 0.42, 12345, 5.0)),
-    (TWO_ENGINES, None, PodMetrics(6, 14, 0.91, 24690, 5.0, prompt_tokens=18000, requests_started=10)),
+    (TWO_ENGINES, None, PodMetrics(6, 14, 0.91, 24690, 5.0, prompt_tokens=18000, requests_started=10,
+                                   ttft_buckets=((0.1, 8.0), (float("inf"), 10.0)))),
+    (PAGE.replace('le="+Inf"', 'le="1.0"'), None,
+     PodMetrics(3, 7, 0.42, 12345, 5.0, requests_started=5)),
 ], ids=["one engine", "model filter", "prompt tokens", "no optional counters",
-        "two engines: sum, KV of the fullest"])
+        "two engines: sum, KV of the fullest, buckets summed per le",
+        "a histogram without its +Inf bucket is not read"])
 def test_parse_vllm_metrics(text: str, model: str | None, want: PodMetrics) -> None:
     assert parse_vllm_metrics(text, scraped_at=5.0, model_name=model) == want
 

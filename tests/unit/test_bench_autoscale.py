@@ -107,18 +107,31 @@ def test_iso_slo_picks_each_baselines_cheapest_run_that_reaches_our_slo() -> Non
         "modelplane", "HPA", "KEDA", "KubeAI", "static peak", "oracle"]
 
 
-def test_sweep_covers_every_swept_baseline_and_static_fleets_below_the_peak() -> None:
+def test_sweep_covers_every_swept_baseline_and_the_oracles_settings() -> None:
     trace = traces.steady(300.0, rate=12.0)
-    peak = max(policies.needed_replicas(trace, policies.replica_capacity(run.engine_params(), trace)))
     jobs = run.sweep_jobs(trace)
     for name in run.SWEPT:
         assert sorted(s for _, n, _, s in jobs if n == name) == sorted(run.SWEEP_FACTORS)
-    fleets = sorted(int(s) for _, n, _, s in jobs if n == "static peak" and isinstance(s, float | int))
-    assert peak >= 4 and fleets == list(range(peak // 2, peak))  # half the peak up to one below it
+    assert not [j for j in jobs if j[1] == "static peak"]  # the fixed fleet is bisected instead
     assert [s for _, n, _, s in jobs if n == "oracle"] == list(run.ORACLE_SWEEP)
     assert run.ORACLE not in run.ORACLE_SWEEP  # the main table's run is not repeated
     result = run.run_one(TINY, "HPA", setting=0.5)
     assert result.setting == 0.5 and result.policy == "HPA"
+
+
+def test_the_cheapest_fixed_fleet_is_the_smallest_that_reaches_the_bar() -> None:
+    trace = traces.steady(300.0, rate=12.0)
+    peak = max(policies.needed_replicas(trace, policies.replica_capacity(run.engine_params(), trace)))
+    bar = run.run_one(trace, "static peak", setting=float(peak)).slo_attainment - 0.005
+    runs = run.cheapest_static(trace, bar, peak)
+    reached = [r for r in runs if r.slo_attainment >= bar]
+    assert reached, [(r.setting, r.slo_attainment) for r in runs]
+    cheapest = min(reached, key=lambda r: r.gpu_hours)
+    assert cheapest.setting is not None and isinstance(cheapest.setting, float)
+    fleet = int(cheapest.setting)
+    assert 1 <= fleet <= peak and len(runs) <= peak.bit_length() + 1  # bisected, not swept
+    if fleet > 1:  # one replica fewer misses the bar
+        assert run.run_one(trace, "static peak", setting=float(fleet - 1)).slo_attainment < bar
 
 
 def test_oracle_with_less_headroom_asks_for_fewer_replicas() -> None:

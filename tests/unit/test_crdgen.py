@@ -107,6 +107,9 @@ def test_field_paths_point_at_properties() -> None:
 RULES = [
     ("spec.scaling", "minReplicas must be <= maxReplicas", ".minReplicas"),
     ("spec.scaling", "scaleToZeroAfter needs minReplicas: 0", ".scaleToZeroAfter"),
+    ("spec.scaling", "objective needs mode: Builtin", ".objective"),
+    ("spec.scaling.objective", "ttft must be between 10ms and 10m", ".ttft"),
+    ("spec.scaling.objective", "tpot must be between 10ms and 10m", ".tpot"),
     ("spec.rollout.steps", "steps must have strictly increasing weights", None),
     ("spec", "replicas may only be set with scaling.mode: External", ".replicas"),
     ("spec", "scaling.mode External needs replicas", ".replicas"),

@@ -384,3 +384,37 @@ def test_cost_per_million_tokens_follows_the_counters_within_the_window(phases: 
         assert cost["hourlyUSD"] == pytest.approx(load.pods * 1.91)
         want = cost["hourlyUSD"] / (load.pods * load.rate * 3600) * 1e6 if load.rate else None
         assert cost.get("usdPerMillionTokens") == (pytest.approx(want, abs=1e-4) if want else None), (t, cost)
+
+
+@pytest.mark.parametrize(("gateway", "source", "attainment"), [
+    (True, "Gateway", 0.8),   # the gateway's TTFT: 8 of 10 within 2 s, as the clients saw it
+    (False, "Pods", 0.5),     # no gateway read: the pods' histogram, 5 of 10
+], ids=["gateway", "pods"])
+def test_an_objective_shows_attainment_and_the_learnt_capacity_in_status(
+        gateway: bool, source: str, attainment: float) -> None:
+    from modelplane.autoscaler.policy import PodMetrics
+    from modelplane.metrics.promtext import parse_snapshot
+    from modelplane.metrics.scrape import ScrapeResult
+
+    body = md(scaling={"minReplicas": 1, "maxReplicas": 3, "objective": {"ttft": "2s", "percentile": 95}})
+    first = run(body)
+    children = materialise(first, ready=1)
+    pods = (pod("p1", ready=True),)
+    page = PodMetrics(0, 1, 0.1, 100.0, 1000.0, ttft_buckets=((2.0, 5.0), (float("inf"), 10.0)))
+    text = ('# TYPE modelplane_gateway_time_to_first_token_seconds histogram\n'
+            + "".join(f'modelplane_gateway_time_to_first_token_seconds_bucket{{namespace="ns",'
+                      f'model_deployment="chat",revision="rev-a",le="{le}"}} {n}\n'
+                      for le, n in (("2.0", 8), ("+Inf", 10)))
+            # Another deployment's series on the same gateway is not this one's.
+            + 'modelplane_gateway_time_to_first_token_seconds_bucket{namespace="ns",'
+              'model_deployment="other",revision="r",le="+Inf"} 99\n')
+    obs = Observed(body=body, now=NOW, monotonic=1000.0, pods=pods, **children,
+                   gateway_metrics={"http://gw:9090/metrics": parse_snapshot(text)} if gateway else None)
+    got = reconcile.finish(reconcile.prepare(obs, prices={}), obs,
+                           metrics=(ScrapeResult("p1", page, None, None),))
+    objective = got.effective_status["autoscaler"]["objective"]
+    assert objective["source"] == source and objective["attainment"] == attainment
+    assert objective["requests"] == 10 and objective["met"] is False
+    assert objective["capacityFactor"] == 1.0 and objective["replicaCapacity"] > 0
+    # And a deployment without an objective shows none.
+    assert "objective" not in run(md(), pods=pods, **children).effective_status["autoscaler"]

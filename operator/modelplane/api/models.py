@@ -29,7 +29,9 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     ValidationError,
+    ValidationInfo,
     WithJsonSchema,
+    field_validator,
     model_validator,
 )
 
@@ -638,6 +640,45 @@ class CostSpec(_SpecModel):
                     "replicas that push the cost above it when queues allow. Default: no target.")
 
 
+#: A latency objective's bounds: above 10 ms (below it no engine answers) and at most 10 minutes.
+OBJECTIVE_MIN_SECONDS, OBJECTIVE_MAX_SECONDS = 0.01, 600.0
+
+
+class LatencyObjective(_SpecModel):
+    """A latency objective the built-in autoscaler keeps at least cost (docs/autoscaling.md)."""
+
+    model_config = ConfigDict(json_schema_extra=rules(
+        ("duration(self.ttft) >= duration('10ms') && duration(self.ttft) <= duration('10m')",
+         "ttft must be between 10ms and 10m", ".ttft"),
+        ("!has(self.tpot) || (duration(self.tpot) >= duration('10ms') "
+         "&& duration(self.tpot) <= duration('10m'))",
+         "tpot must be between 10ms and 10m", ".tpot"),
+    ))
+
+    ttft: Duration = Field(
+        description="Time to first token the requests must get, e.g. 2s: from the request's arrival at "
+                    "the gateway (waiting at zero replicas included) when the operator reads a gateway, "
+                    "else from its arrival at the pod. Required. 10ms-10m.")
+    percentile: StrictFloat = Field(
+        default=95, ge=50, lt=100,
+        description="Percent of requests that must be within the objective, e.g. 95 or 99.9. The "
+                    "autoscaler measures this share (status.autoscaler.objective.attainment) and sizes "
+                    "replicas for it. Default 95. Range [50, 100).")
+    tpot: Duration | None = Field(
+        default=None,
+        description="Time per output token the requests must also get, e.g. 50ms (from the pods' "
+                    "vllm:request_time_per_output_token_seconds). Optional. 10ms-10m.")
+
+    @field_validator("ttft", "tpot")
+    @classmethod
+    def _bounds(cls, value: str | None, info: ValidationInfo) -> str | None:
+        low, high = OBJECTIVE_MIN_SECONDS, OBJECTIVE_MAX_SECONDS
+        if value is not None and not low <= durations.seconds(value) <= high:
+            # The words of the CRD rule's message.
+            raise ValueError(f"{info.field_name} must be between 10ms and 10m, got {value}")
+        return value
+
+
 class ScalingSpec(_SpecModel):
     """How many replicas run, and who decides."""
 
@@ -645,6 +686,8 @@ class ScalingSpec(_SpecModel):
         ("self.minReplicas <= self.maxReplicas", "minReplicas must be <= maxReplicas", ".minReplicas"),
         ("!has(self.scaleToZeroAfter) || self.minReplicas == 0",
          "scaleToZeroAfter needs minReplicas: 0", ".scaleToZeroAfter"),
+        ("!has(self.objective) || !has(self.mode) || self.mode == 'Builtin'",
+         "objective needs mode: Builtin", ".objective"),
     ))
 
     mode: ScalingMode = Field(
@@ -674,6 +717,12 @@ class ScalingSpec(_SpecModel):
                     "scale-down it had to undo, and shortens it back after quiet periods "
                     "(docs/autoscaling.md). Default 5m.")
     cost: CostSpec | None = Field(default=None, description="Budget limits. Optional.")
+    objective: LatencyObjective | None = Field(
+        default=None,
+        description="A latency objective, e.g. {ttft: 2s, percentile: 95}: the autoscaler measures the "
+                    "share of requests within it and corrects the load it puts on each replica from what "
+                    "it measures, so the objective is met at the fewest replicas (docs/autoscaling.md). "
+                    "Without it, targetQueueDepth is the signal. Builtin mode only. Optional.")
 
     @model_validator(mode="after")
     def _checks(self) -> Self:
@@ -682,6 +731,8 @@ class ScalingSpec(_SpecModel):
                              f"maxReplicas ({self.max_replicas})")
         if self.scale_to_zero_after is not None and self.min_replicas != 0:
             raise ValueError("scaleToZeroAfter needs minReplicas: 0")
+        if self.objective is not None and self.mode != ScalingMode.BUILTIN:
+            raise ValueError("objective needs mode: Builtin")
         return self
 
 
@@ -1162,10 +1213,40 @@ class ScalingDecision(_Model):
                     "this far ahead, or 90 s when that is longer.")
 
 
+class ObjectiveStatus(_Model):
+    """The latency objective as the autoscaler measures it (spec.scaling.objective)."""
+
+    attainment: StrictFloat | None = Field(
+        default=None, ge=0, le=1,
+        description="Share of the requests of the last 5 minutes within the objective (TTFT, and TPOT "
+                    "when set), 0-1. Absent when none was measured (no traffic, or no latency "
+                    "histogram to read).")
+    requests: StrictInt | None = Field(default=None, ge=0, description="Requests it was measured on.")
+    met: StrictBool | None = Field(
+        default=None, description="attainment >= percentile / 100. Absent with attainment.")
+    source: str | None = Field(
+        default=None,
+        description="Where it was measured: Gateway (the gateway's TTFT histogram, as clients see "
+                    "it) or Pods (the pods' vLLM histograms). Absent when there is none to read.")
+    capacity_factor: StrictFloat | None = Field(
+        default=None, ge=0,
+        description="The learnt correction of the load each replica is sized for: 1 is the engine "
+                    "profile's, below 1 the replicas are slower than configured (or the prompts longer) "
+                    "and each gets less, above 1 they get more.")
+    replica_capacity: StrictFloat | None = Field(
+        default=None, ge=0,
+        description="The load one replica is sized to carry after that correction: engine-seconds "
+                    "of work per second when the engine profile's token rates are known (throughput "
+                    "sizing), else requests in flight (running plus waiting).")
+
+
 class AutoscalerStatus(_Model):
     """What the built-in autoscaler last did."""
 
     last_decision: ScalingDecision | None = Field(default=None, description="The latest decision.")
+    objective: ObjectiveStatus | None = Field(
+        default=None, description="The latency objective's attainment and learnt capacity; only with "
+                                  "spec.scaling.objective.")
 
 
 class RolloutRecord(_Model):

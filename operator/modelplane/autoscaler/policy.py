@@ -1,72 +1,32 @@
 """The scaling policy: observation + spec + previous state → desired replicas, a reason and new state.
 
-Pure and deterministic: the handlers scrape the pods, build an ``Observation``, call ``decide`` and
-apply ``Decision.desired_replicas``; the benchmark (``bench/autoscale``) calls the same function in
-virtual time. The rules, in the order ``decide`` applies them (docs/autoscaling.md explains why):
+Pure and deterministic: the operator scrapes the pods, builds an ``Observation``, calls ``decide``
+and applies ``Decision.desired_replicas``; the benchmark (``bench/autoscale``) calls the same
+function in virtual time. ``decide`` is a pipeline; the optional rules (``Rule``, switched in
+``PolicySpec.rules``; the benchmark's ablation turns each off) are marked with their names. What
+each gains, and why it is there, is in docs/autoscaling.md.
 
-1. Metrics first. Any ready pod whose metrics are missing, older than ``metrics_max_age`` or garbled
-   (negative, NaN, KV use outside 0..1) → hold the last decision, reason ``MetricsUnavailable``.
-2. Demand = waiting + running requests over the ready pods + requests held by the activator.
-3. Per-replica target ``T = c + targetQueueDepth``: a replica is *full* when it runs ``c``
-   requests at once, and ``targetQueueDepth`` is how many may wait per replica on top of that.
-   ``c`` is ``replica_concurrency`` (the engine's ``maxNumSeqs``) except on a pod whose KV cache is
-   saturated (≥ ``kv_cache_threshold``), where what it runs now is all it can run.
-   Recommendation ``ceil(demand / T)``. When the engine profile's token rates are given
-   (``prefill_tokens_per_second``, ``decode_tokens_per_second``) and the pods report the prompt
-   token counter and the TTFT count, throughput sizing (``modelplane.autoscaler.throughput``:
-   work in engine-seconds against a learned replica capacity) replaces this rule; without a rising
-   trend it asks for more than the current fleet only when its fractional need exceeds it by more
-   than ``scale_up_tolerance`` (10%), so noise around a fleet boundary does not buy a replica.
-4. KV cache as a second signal: when the mean KV use is above the threshold, recommend enough
-   replicas to bring it under (``ceil(Σ kv / threshold)``), even with no queue yet.
-5. Starting capacity counts: pods not Ready yet are part of ``current_replicas``, and while they
-   start each is credited with also clearing ``cold_start_backlog_credit × T`` of the backlog that
-   piles up during a cold start, so that backlog does not buy replicas that are idle once the
-   starting ones serve. How long a cold start takes is learnt: a pod Ready for the first time since
-   the last decision (not at the first decision, and not a pod that was Ready before and flapped)
-   reports the seconds from its creation to Ready (``ReadyPod.ready_after``), and the median of
-   the last ``COLD_STARTS_KEPT``, when longer than the prior ``scale_up_lead``, replaces it wherever
-   the policy looks a cold start ahead (the rising trend's look-ahead, rule 3; the pre-warm, rule
-   7). Models start in 40 s to 17 minutes; a 90 s look-ahead under-sizes every ramp of a model
-   that takes minutes. A shorter cold start does not shorten the look-ahead, which also covers
-   the lag of the demand estimate: pods Ready in 2 s made a step from 2 to 8 req/s reach its
-   fleet in 36 s instead of 18.
-6. Scale up at once, at most to ``max(current × scale_up_max_factor, current + scale_up_max_add)``.
-7. Scale down slowly: to the highest recommendation within the scale-down window, by at most
-   ``max(scale_down_min_step, scale_down_max_percent % of current)`` per ``scale_down_period``.
-   The window is ``scaleDownDelay``, lengthened after a regretted scale-down: a scale-up that,
-   within ``regret_windows`` windows of the last scale-down, asks for at least the fleet that
-   scale-down episode started from doubles it (at most ``window_max_factor`` times
-   ``scaleDownDelay``), and each ``window_decay_windows`` windows in which demand neither regretted
-   a scale-down nor asked for the whole held fleet again halve it.
-   Traffic that comes back in bursts thus keeps its fleet between bursts instead of paying a
-   cold start for each; traffic that moves slowly keeps the short window. Between bursts, the
-   lengthened window holds what the bursts needed once served (with throughput sizing, their
-   demand without the ramp's trend), not the larger fleet their ramps asked for a cold start
-   ahead; a burst that comes onto a held fleet of at least the last burst's need counts as
-   pre-warmed (below).
-   Burst rhythm, while the window is lengthened: a burst is on while the recommendation is in the
-   upper half of the window's range; the quiet gaps between the last ``rhythm_gaps`` bursts are
-   remembered. Once ``rhythm_min_gaps`` are known and the shortest leaves room, after a burst the
-   fleet goes down to what the quiet asks (with throughput sizing: the highest of what the last
-   few seconds asked over ``release_hold``, not the slowly falling estimate, and never below the
-   fleet that keeps the KV caches under the threshold), and the burst's fleet (what its demand
-   needed once served, without the ramp's trend) is asked for again ``scale_up_lead +
-   scale_down_period`` before the shortest gap is over (a pre-warm, reason ``ScaleUp``), held until
-   the next burst or until the longest gap has passed. A burst that comes onto its pre-warmed
-   fleet gets no trend extrapolation (replicas asked for a cold start ahead would be ready when it
-   is nearly over): more only for what the last few seconds ask beyond ``scale_up_tolerance``, or
-   for the KV caches. A burst does not end while a saturated replica's queue per ready pod still
-   waits, and one that comes back within a cold start of its end is the same burst (no gap).
-   Bursts that come at random (no shortest gap worth a release, or gaps so uneven that the
-   shortest is under ``rhythm_regularity`` of the longest) keep the held fleet.
-   With ``targetUSDPerMillionTokens`` set, an idle queue and a measured cost above the target, the
-   window is skipped towards the fleet size that meets the target (reason ``TargetCost``), never
-   below what the running requests need.
-8. Scale to zero after ``scaleToZeroAfter`` without demand (only with ``minReplicas`` 0); back to
-   at least one replica on any demand, including requests the activator holds.
-9. Clamp to ``minReplicas``, ``maxReplicas``, then the budget (``maxHourlyUSD`` / $ per replica-hour),
-   which wins over ``minReplicas``: money is the hard limit.
+1. Metrics: a ready pod's metrics missing, stale or garbled → hold the last decision
+   (``MetricsUnavailable``).
+2. Objective (``spec.scaling.objective``): attainment from the gateway's TTFT histogram, else the
+   pods'; the feedback (``autoscaler.objective``) corrects the per-replica capacity (a factor).
+3. Sizing: demand = waiting + running + held. Per-replica target ``(c + targetQueueDepth) × factor``
+   (``c``: ``maxNumSeqs``, or what a KV-saturated pod runs); with the engine profile's token rates,
+   throughput sizing (``autoscaler.throughput``: engine-seconds against a learnt capacity × factor)
+   replaces it. ``tolerance``: no replica for a need within 10% of the fleet without a rising trend.
+   ``trend``: a rising demand sized ``scale_up_lead`` ahead. ``starting-credit``: starting replicas
+   are credited with the backlog of their cold start. ``learnt-cold-start``: the look-ahead grows
+   to the median of the cold starts seen. ``kv-cache``: mean KV use above the threshold asks for
+   ``ceil(Σ kv / threshold)``.
+4. Up at once, at most to ``max(2 × current, current + 4)`` per decision.
+5. Down slowly: to the highest recommendation of the ``scaleDownDelay`` window, by at most
+   ``max(1, 50%)`` per 30 s. ``regret-window``: a scale-down undone within two windows doubles the
+   window (up to 4×), quiet windows halve it back. ``burst-rhythm``: with a lengthened window,
+   the quiet between bursts is learnt; the fleet is released after a burst and pre-warmed a cold
+   start before the next. ``targetUSDPerMillionTokens`` skips the window towards the fleet that
+   meets it (``TargetCost``).
+6. Scale to zero after ``scaleToZeroAfter`` idle (``minReplicas: 0``); back to one on any demand.
+7. Limits: ``minReplicas``, ``maxReplicas``, then the budget (``maxHourlyUSD``), which wins.
 """
 
 from __future__ import annotations
@@ -81,6 +41,7 @@ from typing import Any
 from modelplane import durations
 from modelplane.api.models import ScalingSpec
 from modelplane.autoscaler import cost
+from modelplane.autoscaler import objective as obj
 from modelplane.autoscaler import throughput as tp
 
 _EPS = 1e-9
@@ -119,6 +80,10 @@ class PodMetrics:
     prompt_tokens: float | None = None  #: vllm:prompt_tokens_total (a counter); None: not scraped
     #: vllm:time_to_first_token_seconds_count: requests that got their first token (a counter)
     requests_started: float | None = None
+    #: vllm:time_to_first_token_seconds_bucket, cumulative (le, count) with +Inf last; None: not scraped
+    ttft_buckets: tuple[tuple[float, float], ...] | None = None
+    #: vllm:request_time_per_output_token_seconds_bucket, likewise
+    tpot_buckets: tuple[tuple[float, float], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -148,6 +113,26 @@ class Observation:
     starting: tuple[StartingPod, ...] = ()
     #: Requests the gateway holds because no replica is ready to take them (its activator).
     activator_pending: int = 0
+    #: The gateways' TTFT histogram of this deployment (cumulative buckets), by gateway replica;
+    #: empty when no gateway is read. Preferred over the pods' for the latency objective.
+    gateway_ttft: tuple[tuple[str, tuple[tuple[float, float], ...]], ...] = ()
+
+
+class Rule(StrEnum):
+    """The policy's optional rules, each switched on or off in ``PolicySpec.rules`` (the benchmark's
+    ablation, ``python -m bench.autoscale.ablation``, runs with each one off)."""
+
+    TOLERANCE = "tolerance"  #: no replica for a need within ``scale_up_tolerance`` of the fleet
+    TREND = "trend"  #: a rising demand is extrapolated ``scale_up_lead`` ahead
+    LEARNT_COLD_START = "learnt-cold-start"  #: the look-ahead grows to the cold starts seen
+    STARTING_CREDIT = "starting-credit"  #: starting replicas are credited with the backlog
+    KV_CACHE = "kv-cache"  #: a full KV cache asks for replicas even with no queue
+    REGRET_WINDOW = "regret-window"  #: a regretted scale-down lengthens the scale-down window
+    BURST_RHYTHM = "burst-rhythm"  #: with a lengthened window, release and pre-warm between bursts
+
+
+#: The rules on by default.
+DEFAULT_RULES = frozenset(Rule)
 
 
 #: ``spec.scaling`` with nothing set: its defaults are the API's (``api.models.ScalingSpec``), the
@@ -219,6 +204,12 @@ class PolicySpec:
     rhythm_regularity: float = 0.5
     #: Between bursts the release follows the highest need of this many seconds (0: the last one).
     release_hold: float = 15.0
+    #: The optional rules on (``Rule``); the others are skipped.
+    rules: frozenset[Rule] = DEFAULT_RULES
+    #: ``spec.scaling.objective``: attainment measured, per-replica capacity corrected (None: off).
+    objective: obj.ObjectiveSpec | None = None
+    #: The per-replica capacity's correction; ``decide`` sets it from the objective's feedback.
+    capacity_factor: float = 1.0
 
     def __post_init__(self) -> None:
         if self.min_replicas < 0 or self.max_replicas < 1 or self.min_replicas > self.max_replicas:
@@ -258,7 +249,10 @@ class PolicySpec:
             prefill_tokens_per_second=self.prefill_tokens_per_second,
             decode_tokens_per_second=self.decode_tokens_per_second,
             target_utilization=self.target_utilization, saturation_waiting=self.saturation_waiting,
-            backlog_horizon=self.backlog_horizon, lead_seconds=self.scale_up_lead)
+            backlog_horizon=self.backlog_horizon,
+            lead_seconds=self.scale_up_lead if Rule.TREND in self.rules else 0.0,
+            starting_clears_backlog=Rule.STARTING_CREDIT in self.rules,
+            capacity_factor=self.capacity_factor)
 
     @property
     def budget_replicas(self) -> int | None:
@@ -308,6 +302,8 @@ class PolicyState:
     cold_starts: tuple[float, ...] = ()
     #: (time, the sustained need) within the scale-down window: what a lengthened window holds.
     sustained_recs: tuple[tuple[float, int], ...] = ()
+    #: The latency objective's measurements and capacity correction.
+    objective: obj.ObjectiveState = field(default_factory=obj.ObjectiveState)
 
 
 @dataclass(frozen=True)
@@ -333,6 +329,11 @@ class Decision:
     #: The cold start as measured (rule 5: the median of the last pods seen to start), or the
     #: ``scale_up_lead`` prior before any; the policy looks ahead by the larger of the two.
     cold_start_seconds: float = 0.0
+    #: The latency objective's attainment and capacity correction (None without an objective).
+    objective: obj.Feedback | None = None
+    #: What one replica is sized to carry, after the objective's correction: engine-seconds per
+    #: second with throughput sizing, else requests in flight (None before any sizing).
+    replica_capacity: float | None = None
 
     @property
     def limited(self) -> bool:
@@ -433,6 +434,21 @@ def _burst_rhythm(spec: PolicySpec, state: PolicyState, now: float, recs: tuple[
     return rhythm  # later than any burst came back: the plain (lengthened) window again
 
 
+def _objective(obs: Observation, spec: obj.ObjectiveSpec, state: obj.ObjectiveState, *, settled: bool,
+               load: float | None, can_grow: bool) -> obj.Feedback:
+    """The objective's feedback from the gateway's TTFT histograms, else the pods'."""
+    readings: dict[str, obj.Reading]
+    if obs.gateway_ttft:
+        readings, source = {url: obj.Reading(ttft=b) for url, b in obs.gateway_ttft}, "gateway"
+    else:
+        readings = {p.name: obj.Reading(ttft=p.metrics.ttft_buckets, tpot=p.metrics.tpot_buckets)
+                    for p in obs.ready if p.metrics is not None and p.metrics.ttft_buckets is not None}
+        source = "pods"
+    return obj.observe(spec, state, now=obs.now, readings=readings,
+                       source=source if readings else None, settled=settled, load=load,
+                       replicas=len(obs.ready), can_grow=can_grow)
+
+
 def _token_window(state: PolicyState, spec: PolicySpec) -> cost.TokenWindow:
     """The state's token window, or a fresh one (also when ``cost_window`` changed)."""
     if state.tokens is None or state.tokens.seconds != spec.cost_window:
@@ -460,9 +476,11 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
     ready_pods = tuple(sorted({p.name for p in obs.ready} | (was_ready & present)))
     state = replace(state, ready_pods=ready_pods, cold_starts=cold_starts)
     cold_start = statistics.median(cold_starts) if cold_starts else spec.scale_up_lead
-    if cold_start > spec.scale_up_lead:
+    if cold_start > spec.scale_up_lead and Rule.LEARNT_COLD_START in spec.rules:
         spec = replace(spec, scale_up_lead=cold_start)
 
+    factor = state.objective.factor if spec.objective is not None else 1.0
+    spec = replace(spec, capacity_factor=factor)
     problems = _metric_problems(obs, spec)
     if problems:
         # The readings already in the window still count until they are older than it.
@@ -490,10 +508,28 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
     per_pod = [min(conc, max(1.0, m.running)) if m.kv_cache_usage >= spec.kv_cache_threshold else conc
                for m in metrics]
     capacity = sum(per_pod) / len(per_pod) if per_pod else float(conc)
-    target = capacity + spec.target_queue_depth
+    feedback = None
+    if spec.objective is not None:
+        # The objective's feedback first, so that this decision sizes with the corrected capacity
+        # (sizing one decision late would judge a fleet by a factor it was not sized with).
+        # The load is over what the fleet was sized for: throughput sizing's smoothed demand, or
+        # the requests in flight.
+        was = state.throughput
+        if spec.throughput_spec is not None and was.demand is not None and n_ready:
+            load: float | None = was.demand / (n_ready * was.capacity * spec.target_utilization * factor)
+        else:
+            load = demand / (n_ready * (capacity + spec.target_queue_depth) * factor) if n_ready else None
+        limit = min(spec.max_replicas, spec.budget_replicas if spec.budget_replicas is not None
+                    else spec.max_replicas)
+        feedback = _objective(obs, spec.objective, state.objective,
+                              settled=not n_starting and not held_requests, load=load,
+                              can_grow=current < limit)
+        factor = feedback.factor
+        spec = replace(spec, capacity_factor=factor)
+    target = (capacity + spec.target_queue_depth) * factor
 
     recommended = _ceil(demand / target)
-    if n_starting and recommended > current:
+    if n_starting and recommended > current and Rule.STARTING_CREDIT in spec.rules:
         credited = demand - n_starting * target * spec.cold_start_backlog_credit
         recommended = max(current, _ceil(credited / target))
     # Throughput sizing replaces the in-flight rule when the profile's rates and the counters are known.
@@ -507,15 +543,18 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
         tp_state = estimate.state
         if estimate.replicas is not None:
             recommended = estimate.replicas
-            if (estimate.needed is not None and 0 < current < recommended and estimate.slope <= 0
-                    and estimate.needed <= current * (1 + spec.scale_up_tolerance)):
+            if (Rule.TOLERANCE in spec.rules and estimate.needed is not None and 0 < current < recommended
+                    and estimate.slope <= 0 and estimate.needed <= current * (1 + spec.scale_up_tolerance)):
                 recommended = current  # within the tolerance of the fleet there is: noise, not demand
     elif metrics or held_requests:
         tp_state = tp.ThroughputState()  # counters missing or no pods: start the estimates afresh
+    replica_capacity = float(target)
+    if estimate is not None and estimate.demand is not None:
+        replica_capacity = estimate.capacity * spec.target_utilization * factor
     kv_sum = sum(m.kv_cache_usage for m in metrics)
     kv_mean = kv_sum / len(metrics) if metrics else 0.0
     kv_fleet = _ceil(kv_sum / spec.kv_cache_threshold)  # replicas that hold the sequences under it
-    kv_over = kv_mean > spec.kv_cache_threshold
+    kv_over = kv_mean > spec.kv_cache_threshold and Rule.KV_CACHE in spec.rules
     if kv_over:
         recommended = max(recommended, kv_fleet)
     if demand > 0:
@@ -543,7 +582,7 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
     down_from = state.scaled_down_from
     if (recommended > current and last_down is not None and down_from is not None
             and recommended >= down_from and now - last_down <= spec.regret_windows * window
-            and factor < spec.window_max_factor):
+            and factor < spec.window_max_factor and Rule.REGRET_WINDOW in spec.rules):
         # Regret: the fleet a recent scale-down removed is wanted back, at the price of a cold
         # start. Hold the next fleet longer.
         factor, factor_at = min(spec.window_max_factor, factor * 2), now
@@ -558,7 +597,8 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
         sustained = min(recommended, estimate.replicas_sustained)
     backlogged = held_requests + waiting >= spec.saturation_waiting * max(1, n_ready)
     sustained_recs = tuple((t, r) for t, r in state.sustained_recs if t >= window_start) + ((now, sustained),)
-    rhythm = _burst_rhythm(spec, state, now, recs, recommended, factor > 1, sustained, backlogged,
+    rhythm = _burst_rhythm(spec, state, now, recs, recommended,
+                           factor > 1 and Rule.BURST_RHYTHM in spec.rules, sustained, backlogged,
                            current if factor > 1 else 0)
     if factor > 1 and current > 0 and (rhythm.on if rhythm.spread else recommended >= current):
         # A burst is on (or, with no burst in the window, the held fleet is wanted again): the hold
@@ -696,6 +736,7 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
         ready_pods=state.ready_pods,
         cold_starts=state.cold_starts,
         sustained_recs=sustained_recs,
+        objective=feedback.state if feedback is not None else state.objective,
     )
     if estimate is not None and estimate.demand is not None:
         sizing = (f"work demand {estimate.demand:.2f} engine-s/s + backlog {estimate.backlog:.1f} engine-s "
@@ -713,13 +754,23 @@ def decide(obs: Observation, spec: PolicySpec, state: PolicyState) -> Decision:
     if estimate is not None and estimate.demand is not None:
         inputs.update(workDemand=estimate.demand, workBacklog=estimate.backlog,
                       replicaWorkCapacity=estimate.capacity)
+    if feedback is not None and spec.objective is not None:
+        inputs.update(capacityFactor=feedback.factor)
+        if feedback.attainment is not None:
+            inputs.update(attainment=feedback.attainment)
+        met = ("no latency measured" if feedback.attainment is None else
+               f"{100 * feedback.attainment:.1f}% of {feedback.requests} requests within "
+               f"{spec.objective.ttft:g}s ({feedback.source}), objective {spec.objective.percentile:g}%")
+        message += f"; objective: {met}, capacity ×{feedback.factor:.2f}"
+        if feedback.note:
+            message += f" ({feedback.note})"
     return Decision(
         desired_replicas=desired, reason=reason, message=message, state=new_state,
         recommended=recommended, demand=demand, waiting=waiting, running=running,
         ready=n_ready, starting=n_starting, activator_pending=held_requests,
         hourly_usd=current * price, desired_hourly_usd=desired * price, tokens_per_second=tok_s,
         usd_per_million_tokens=usd_mtok,
-        inputs=inputs, cold_start_seconds=cold_start,
+        inputs=inputs, cold_start_seconds=cold_start, objective=feedback, replica_capacity=replica_capacity,
     )
 
 
@@ -741,6 +792,10 @@ def policy_spec_from_scaling(scaling: ScalingSpec, *, usd_per_replica_hour: floa
     """
     cost_spec = scaling.cost
     to_zero = scaling.scale_to_zero_after
+    goal = scaling.objective
+    objective = None if goal is None else obj.ObjectiveSpec(
+        ttft=durations.seconds(goal.ttft), percentile=float(goal.percentile),
+        tpot=None if goal.tpot is None else durations.seconds(goal.tpot))
     return PolicySpec(
         min_replicas=scaling.min_replicas,
         max_replicas=scaling.max_replicas,
@@ -752,5 +807,6 @@ def policy_spec_from_scaling(scaling: ScalingSpec, *, usd_per_replica_hour: floa
                                        if cost_spec is not None else None),
         usd_per_replica_hour=usd_per_replica_hour,
         replica_concurrency=replica_concurrency,
+        objective=objective,
         **tunables,
     )

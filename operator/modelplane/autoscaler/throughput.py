@@ -50,6 +50,10 @@ class ThroughputSpec:
     trend_fast_seconds: float = 10.0
     trend_slow_seconds: float = 60.0
     trend_noise: float = 0.1
+    #: While replicas start, the queue's backlog is left to them (not sized for again).
+    starting_clears_backlog: bool = True
+    #: The latency objective's correction of the capacity a replica is sized for (``objective``).
+    capacity_factor: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -150,14 +154,15 @@ def estimate(spec: ThroughputSpec, state: ThroughputState, *, now: float, pods: 
     slope = max(0.0, gap / (spec.trend_slow_seconds - spec.trend_fast_seconds))
     # While replicas start, the backlog is theirs to clear: asking for more would buy replicas that
     # arrive after it is gone.
-    backlog = queue * (wpr or 0.0) if not starting else 0.0
+    backlog = queue * (wpr or 0.0) if not (starting and spec.starting_clears_backlog) else 0.0
     ahead = demand + slope * spec.lead_seconds
-    needed = (ahead + backlog / spec.backlog_horizon) / (capacity * spec.target_utilization)
+    per_replica = capacity * spec.target_utilization * spec.capacity_factor
+    needed = (ahead + backlog / spec.backlog_horizon) / per_replica
     replicas = max(0, math.ceil(needed - 1e-6))
-    now_needed = (fast + backlog / spec.backlog_horizon) / (capacity * spec.target_utilization)
+    now_needed = (fast + backlog / spec.backlog_horizon) / per_replica
     utilization = served_rate / (len(pods) * capacity) if pods else None
     new_state = ThroughputState(at=now, pods=tuple(pods), queue=queue, demand=demand, work_per_request=wpr,
                                 capacity=capacity, capacity_samples=samples, fast=fast, slow=slow)
     return Estimate(replicas, demand, backlog, capacity, utilization, new_state, needed, slope,
                     max(0.0, now_needed),
-                    max(0, math.ceil(demand / (capacity * spec.target_utilization) - 1e-6)))
+                    max(0, math.ceil(demand / per_replica - 1e-6)))

@@ -610,7 +610,7 @@ class Controller:
             leader_worker_sets=tuple(self._cached("leaderworkersets", key)),
             leader_worker_set_api=self._served("leaderworkersets"),
             group_events=tuple(e for i in self.informers["groupevents"] for e in i.by_index(namespace)),
-            gateway_metrics=self._gateway_views() if (body.get("spec") or {}).get("rollout") else None)
+            gateway_metrics=self._gateway_views() if _reads_gateway(body) else None)
         prepared = core.prepare(observed, prices=self.settings.prices)
         if prepared.md is not None:
             # The suite's size is read from the parsed spec (prepare does not need it).
@@ -843,7 +843,8 @@ class Controller:
     def _gateway_views(self) -> dict[str, MetricSnapshot] | None:
         """Each fresh gateway replica's metrics as last read, by URL (None: no gateway is read).
 
-        Parsed on demand, once per reading: only a rollout's live analysis uses them."""
+        Parsed on demand, once per reading: only a rollout's live analysis and a latency objective
+        (the gateway's TTFT) use them."""
         if not (self.settings.gateway_selector or self.settings.gateway_metrics_urls):
             return None
         now = time.monotonic()
@@ -948,3 +949,9 @@ class Controller:
             # An Event is a courtesy: losing one must not fail the reconcile that made the change.
             log.warning("could not post event %s on %s/%s: %s", event.reason, meta["namespace"],
                         meta["name"], exc)
+
+
+def _reads_gateway(body: Mapping[str, Any]) -> bool:
+    """A rollout's live analysis or a latency objective reads the gateways' metrics."""
+    spec = body.get("spec") or {}
+    return bool(spec.get("rollout") or (spec.get("scaling") or {}).get("objective"))

@@ -51,6 +51,7 @@ from modelplane.planner.plan import (
 )
 from modelplane.rollout import driver as rollouts
 from modelplane.rollout import revisions
+from modelplane.rollout.analysis import GATEWAY_TTFT
 from modelplane.rollout.machine import Phase as RolloutPhase
 from modelplane.rollout.machine import Reason as RolloutReason
 from modelplane.rollout.machine import RolloutState
@@ -284,9 +285,15 @@ def _autoscale(prepared: Prepared, observed: Observed, metrics: Sequence[ScrapeR
             started = health.parse_time(meta.get("creationTimestamp"))
             age = (observed.now - started).total_seconds() if started else 0.0
             starting.append(policy.StartingPod(name=name, age_seconds=age))
+    gateway_ttft: tuple[tuple[str, tuple[tuple[float, float], ...]], ...] = ()
+    if scaling.objective is not None and observed.gateway_metrics:
+        # The gateways' TTFT of this deployment (every revision), per gateway replica.
+        selector = {"namespace": md.namespace, "model_deployment": md.name}
+        gateway_ttft = tuple((url, tuple(b)) for url, snap in sorted(observed.gateway_metrics.items())
+                             if (b := snap.buckets(GATEWAY_TTFT, **selector)))
     obs = policy.Observation(now=observed.monotonic, current_replicas=current,
                              ready=tuple(ready), starting=tuple(starting),
-                             activator_pending=observed.activator_pending)
+                             activator_pending=observed.activator_pending, gateway_ttft=gateway_ttft)
     decision = policy.decide(obs, spec, state)
     return decision.desired_replicas, decision
 
@@ -540,7 +547,7 @@ def _autoscaler_status(decision: policy.Decision, old_status: Mapping[str, Any],
     changed = previous.get("desiredReplicas") != decision.desired_replicas or \
         not str(previous.get("reason") or "").startswith(f"{decision.reason}:")
     fresh = changed or not previous
-    return {"lastDecision": {
+    out: dict[str, Any] = {"lastDecision": {
         # Only a new decision gets a new time: a resync that decides the same writes nothing.
         "time": now.isoformat().replace("+00:00", "Z") if fresh else previous.get("time"),
         "desiredReplicas": decision.desired_replicas,
@@ -549,6 +556,18 @@ def _autoscaler_status(decision: policy.Decision, old_status: Mapping[str, Any],
         "runningRequests": round(decision.running, 3),
         "coldStartSeconds": round(decision.cold_start_seconds, 1),
     }}
+    feedback = decision.objective
+    if feedback is not None:
+        objective: dict[str, Any] = {"capacityFactor": round(feedback.factor, 3)}
+        if decision.replica_capacity is not None:
+            objective["replicaCapacity"] = round(decision.replica_capacity, 3)
+        if feedback.source is not None:
+            objective["source"] = "Gateway" if feedback.source == "gateway" else "Pods"
+        if feedback.attainment is not None:
+            objective.update(attainment=round(feedback.attainment, 4), requests=feedback.requests,
+                             met=feedback.met)
+        out["objective"] = objective
+    return out
 
 
 def finish(prepared: Prepared, observed: Observed, *, metrics: Sequence[ScrapeResult] = (),

@@ -45,11 +45,14 @@ ERRORS = Counter("modelplane_gateway_errors_total",
 RETRIES = Counter("modelplane_gateway_upstream_retries_total",
                   "Requests sent again to another replica after a failure before the first byte.",
                   _MODEL, registry=REGISTRY)
+#: vLLM's TTFT buckets plus 1.5, 2 and 3 s, so that a latency objective at a common value
+#: (``spec.scaling.objective.ttft``) is counted exactly, not interpolated inside (1, 2.5].
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5,
+                3.0, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0)
 TTFT = Histogram("modelplane_gateway_time_to_first_token_seconds",
                  "From the request's arrival to its stream's first output event, as the client sees "
                  "it (streaming requests).", _REVISION, registry=REGISTRY,
-                 buckets=(0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5,
-                          5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0))
+                 buckets=TTFT_BUCKETS)
 DURATION = Histogram("modelplane_gateway_request_duration_seconds",
                      "From the request's arrival to the last byte of its answer, holding included.",
                      _REVISION, registry=REGISTRY,
