@@ -94,7 +94,8 @@ class LoRARegistry:
                             f"The lora adapter '{name}' has already been loaded. If you want to load the "
                             "adapter in place, set 'load_inplace' to True.")
         if not self.enabled:
-            raise LoRAError(500, "InternalServerError", "LoRA is not enabled. Use --enable-lora to enable LoRA.")
+            raise LoRAError(500, "InternalServerError",
+                            "LoRA is not enabled. Use --enable-lora to enable LoRA.")
         if missing:
             raise LoRAError(404, "NotFoundError", f"Loading lora {name} failed: No adapter found for {path}")
         if rank > self.max_lora_rank:
@@ -112,7 +113,8 @@ class LoRARegistry:
         """Unload ``body["lora_name"]``; the success text, or ``LoRAError``."""
         name = body.get("lora_name")
         if not isinstance(name, str) or not name:
-            raise LoRAError(400, "InvalidUserInput", "'lora_name' needs to be provided to unload a LoRA adapter.")
+            raise LoRAError(400, "InvalidUserInput",
+                            "'lora_name' needs to be provided to unload a LoRA adapter.")
         if name not in self.adapters:
             raise LoRAError(404, "NotFoundError", f"The lora adapter '{name}' cannot be found.")
         del self.adapters[name]

@@ -60,8 +60,8 @@ from modelplane_dev.sim.lora import (
     LoRAError,
     LoRARegistry,
     lora_info_labels,
-    runtime_updating_allowed,
     permission,
+    runtime_updating_allowed,
 )
 from modelplane_dev.sim.prefix import (
     BLOCK_TOKENS,
