@@ -364,8 +364,15 @@ def render_reference() -> str:
     return "\n".join(out).rstrip("\n") + "\n"
 
 
+# Public names for the other kinds' generators (api/adaptercrd.py).
+object_sections = _object_sections
+cell = _cell
+
+
 def generated_files() -> dict[Path, str]:
-    return {CRD_PATH: render_crd(), REFERENCE_PATH: render_reference()}
+    from modelplane.api import adaptercrd  # imports this module: only once both are loaded
+
+    return {CRD_PATH: render_crd(), REFERENCE_PATH: render_reference(), **adaptercrd.generated_files()}
 
 
 def _repo_root() -> Path:

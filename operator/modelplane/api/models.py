@@ -154,6 +154,9 @@ OWNED_FLAGS: tuple[OwnedFlag, ...] = (
     OwnedFlag(("--dtype",), "use spec.engine.dtype"),
     OwnedFlag(("--port",), "the operator sets it: the probes and the Service use port 8000"),
     OwnedFlag(("--download-dir",), "the operator sets it to the model cache (spec.resources.modelCache)"),
+    OwnedFlag(("--enable-lora", "--max-loras", "--max-lora-rank", "--max-cpu-loras"),
+              "use spec.engine.lora (the operator renders them when ModelAdapters name this model, and the "
+              "planner reserves their memory)"),
     # Other sources may choose their format (a Mistral checkpoint asks for --load-format mistral).
     OwnedFlag(("--load-format",), "the operator sets runai_streamer to stream the weights from the bucket",
               schemes=("s3", "gs")),
@@ -501,6 +504,38 @@ def _owned_flags_doc() -> str:
                                              if flag.schemes else "") for flag in OWNED_FLAGS)
 
 
+#: The values vLLM accepts for --max-lora-rank (its LoRAConfig).
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+class LoRASpec(_SpecModel):
+    """LoRA serving on this model's replicas, for the ModelAdapters whose spec.base names it."""
+
+    max_loras: StrictInt | None = Field(
+        default=None, ge=1, le=256,
+        description="Adapters one batch may mix (--max-loras); vLLM reserves GPU memory for this many, "
+                    "at maxLoraRank, and the planner counts it. Default: 4 once an adapter points here. "
+                    "1-256. A change restarts the replicas.")
+    max_lora_rank: Literal[1, 8, 16, 32, 64, 128, 256, 320, 512] | None = Field(
+        default=None,
+        description="The largest adapter rank the replicas accept (--max-lora-rank): one of vLLM's "
+                    "values 1, 8, 16, 32, 64, 128, 256, 320, 512. Default: the smallest of those that fits "
+                    "the highest rank among this model's adapters (at least 16). A change restarts the "
+                    "replicas; an adapter of a higher rank is reported NotLoadable (RankAboveMaximum).")
+    max_cpu_loras: StrictInt | None = Field(
+        default=None, ge=1, le=4096,
+        description="Adapters each replica holds loaded at once (--max-cpu-loras, in host memory; must be "
+                    ">= maxLoras). Default: the number of adapters on this model rounded up to a power of "
+                    "two, at least 16, so adding adapters restarts the replicas only when it crosses 16, "
+                    "32, 64... Adapters beyond it are reported NotLoadable (NoLoRAHeadroom). 1-4096.")
+
+    @model_validator(mode="after")
+    def _checks(self) -> Self:
+        if self.max_cpu_loras is not None and self.max_loras is not None and self.max_cpu_loras < self.max_loras:
+            raise ValueError("maxCpuLoras must be >= maxLoras")
+        return self
+
+
 class EngineSpec(_SpecModel):
     """The vLLM engine: typed fields for what the operator plans around, extraArgs for the rest."""
 
@@ -545,6 +580,14 @@ class EngineSpec(_SpecModel):
         description="Extra environment variables for the vLLM container (names unique; "
                     f"{', '.join(SECRET_ENV_NAMES)} are refused here: put credentials in the Secret "
                     "model.credentialsSecret names). At most 64.")
+    lora: LoRASpec | None = Field(
+        default=None,
+        json_schema_extra=rules(("!has(self.maxCpuLoras) || !has(self.maxLoras) || self.maxCpuLoras >= self.maxLoras",
+                                 "maxCpuLoras must be >= maxLoras", ".maxCpuLoras")),
+        description="LoRA adapters served at runtime (--enable-lora with VLLM_ALLOW_RUNTIME_LORA_UPDATING). "
+                    "Set it to serve ModelAdapters with fixed limits, so that adding an adapter never "
+                    "restarts a replica; without it, LoRA turns on (and the replicas restart once) when the "
+                    "first ModelAdapter names this model, with the defaults below. docs/adapters.md.")
 
     @model_validator(mode="after")
     def _checks(self) -> Self:
