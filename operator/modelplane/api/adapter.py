@@ -122,6 +122,7 @@ class AdapterReason(StrEnum):
     RANK_ABOVE_MAXIMUM = "RankAboveMaximum"
     NO_LORA_HEADROOM = "NoLoRAHeadroom"
     SERVED_NAME_CONFLICT = "ServedNameConflict"
+    CLAIM_NOT_MOUNTED = "ClaimNotMounted"
     LOADED = "Loaded"
     LOADING = "Loading"
     NO_READY_REPLICA = "NoReadyReplica"
@@ -152,8 +153,8 @@ class ModelAdapterStatus(_Model):
     conditions: list[Condition] = Field(
         default_factory=list,
         description="Loadable: False when the operator cannot load it (reason UnknownBase, RankAboveMaximum, "
-                    "NoLoRAHeadroom, ServedNameConflict, InvalidSpec). Ready: True when every Ready "
-                    "replica of the base holds it (False with LoadFailed carries vLLM's message).")
+                    "NoLoRAHeadroom, ServedNameConflict, ClaimNotMounted, InvalidSpec). Ready: True "
+                    "when every Ready replica of the base holds it (False with LoadFailed carries vLLM's message).")
 
 
 class ModelAdapter(BaseModel):

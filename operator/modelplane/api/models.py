@@ -531,7 +531,8 @@ class LoRASpec(_SpecModel):
 
     @model_validator(mode="after")
     def _checks(self) -> Self:
-        if self.max_cpu_loras is not None and self.max_loras is not None and self.max_cpu_loras < self.max_loras:
+        cpu, gpu = self.max_cpu_loras, self.max_loras
+        if cpu is not None and gpu is not None and cpu < gpu:
             raise ValueError("maxCpuLoras must be >= maxLoras")
         return self
 
@@ -582,8 +583,9 @@ class EngineSpec(_SpecModel):
                     "model.credentialsSecret names). At most 64.")
     lora: LoRASpec | None = Field(
         default=None,
-        json_schema_extra=rules(("!has(self.maxCpuLoras) || !has(self.maxLoras) || self.maxCpuLoras >= self.maxLoras",
-                                 "maxCpuLoras must be >= maxLoras", ".maxCpuLoras")),
+        json_schema_extra=rules((
+            "!has(self.maxCpuLoras) || !has(self.maxLoras) || self.maxCpuLoras >= self.maxLoras",
+            "maxCpuLoras must be >= maxLoras", ".maxCpuLoras")),
         description="LoRA adapters served at runtime (--enable-lora with VLLM_ALLOW_RUNTIME_LORA_UPDATING). "
                     "Set it to serve ModelAdapters with fixed limits, so that adding an adapter never "
                     "restarts a replica; without it, LoRA turns on (and the replicas restart once) when the "

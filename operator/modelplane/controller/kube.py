@@ -98,6 +98,7 @@ CLUSTERROLEBINDINGS = Resource("rbac.authorization.k8s.io", "v1", "clusterrolebi
                                "ClusterRoleBinding", namespaced=False)
 LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease")
 MODELDEPLOYMENTS = Resource("modelplane.dev", "v1alpha1", "modeldeployments", "ModelDeployment")
+MODELADAPTERS = Resource("modelplane.dev", "v1alpha1", "modeladapters", "ModelAdapter")
 #: Gateway API Inference Extension and Gateway API: their CRDs may be absent (informer ``optional``).
 INFERENCEPOOLS = Resource("inference.networking.k8s.io", "v1", "inferencepools", "InferencePool")
 HTTPROUTES = Resource("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute")
@@ -106,7 +107,7 @@ _KNOWN: dict[tuple[str, str], Resource] = {
     (r.api_version, r.kind): r
     for r in (NAMESPACES, NODES, PODS, SERVICES, CONFIGMAPS, SECRETS, EVENTS, SERVICEACCOUNTS,
               DEPLOYMENTS, ENDPOINTSLICES, REPLICASETS, JOBS, PDBS, CRDS, ROLES, ROLEBINDINGS, CLUSTERROLES,
-              CLUSTERROLEBINDINGS, LEASES, MODELDEPLOYMENTS, INFERENCEPOOLS, HTTPROUTES)
+              CLUSTERROLEBINDINGS, LEASES, MODELDEPLOYMENTS, INFERENCEPOOLS, HTTPROUTES, MODELADAPTERS)
 }
 
 
