@@ -154,7 +154,8 @@ class ModelAdapterStatus(_Model):
         default_factory=list,
         description="Loadable: False when the operator cannot load it (reason UnknownBase, RankAboveMaximum, "
                     "NoLoRAHeadroom, ServedNameConflict, ClaimNotMounted, InvalidSpec). Ready: True "
-                    "when every Ready replica of the base holds it (False with LoadFailed carries vLLM's message).")
+                    "when every Ready replica of the base holds it (False with LoadFailed carries vLLM's "
+                    "message).")
 
 
 class ModelAdapter(BaseModel):
