@@ -47,8 +47,8 @@ def main(out: str) -> None:
 def write_adapter(out: str, *, base: str, rank: int, hidden: int = 128, kv: int = 64) -> None:
     """A PEFT adapter on q_proj and v_proj of the tiny model's two layers (torch and safetensors are
     vLLM's own dependencies)."""
-    import torch
-    from safetensors.torch import save_file
+    import torch  # type: ignore[import-not-found]
+    from safetensors.torch import save_file  # type: ignore[import-not-found]
 
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "adapter_config.json"), "w") as f:

@@ -13,16 +13,14 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from modelplane.api.models import (
     DNS1035_LABEL,
-    GROUP,
     SOURCE_MAX_LENGTH,
     SOURCE_SCHEMES,
-    VERSION,
     Condition,
     InvalidSpecError,
     _field_path,
@@ -32,11 +30,11 @@ from modelplane.api.models import (
     to_camel,
 )
 
-ADAPTER_KIND = "ModelAdapter"
+ADAPTER_KIND: Final = "ModelAdapter"
 ADAPTER_PLURAL = "modeladapters"
 ADAPTER_SINGULAR = "modeladapter"
 ADAPTER_SHORT_NAME = "mad"
-ADAPTER_API_VERSION = f"{GROUP}/{VERSION}"
+ADAPTER_API_VERSION: Final = "modelplane.dev/v1alpha1"
 #: The schemes an adapter may come from (an OCI modelcar holds a whole model, not an adapter).
 ADAPTER_SCHEMES = ("hf", "s3", "gs", "pvc")
 #: The highest rank vLLM accepts at all (the largest --max-lora-rank).

@@ -34,7 +34,7 @@ from prometheus_client import Counter
 
 from modelplane import render
 from modelplane.api.adapter import ADAPTER_API_VERSION, ADAPTER_KIND, AdapterReason, ModelAdapter
-from modelplane.api.models import FIELD_MANAGER, InvalidSpecError, ModelDeployment
+from modelplane.api.models import FIELD_MANAGER, ModelDeployment
 from modelplane.controller import adapters as core
 from modelplane.controller import health, kube, opmetrics
 
@@ -64,18 +64,6 @@ def model_served_names(models: Iterable[Obj]) -> dict[str, tuple[str, str]]:
         if served:
             names.setdefault(str(served), (str(meta.get("namespace") or ""), str(meta.get("name") or "")))
     return names
-
-
-def parse_adapters(objs: Iterable[Obj]) -> tuple[list[ModelAdapter], list[tuple[Obj, str]]]:
-    """The valid adapters, and the invalid ones with the API models' message."""
-    valid: list[ModelAdapter] = []
-    invalid: list[tuple[Obj, str]] = []
-    for obj in objs:
-        try:
-            valid.append(ModelAdapter.parse(obj))
-        except InvalidSpecError as exc:
-            invalid.append((obj, str(exc)))
-    return valid, invalid
 
 
 def _error_message(status: int, text: str) -> str:
@@ -110,11 +98,11 @@ class AdapterSync:
                         models: Iterable[Obj]) -> None:
         """Bring the base's Ready replicas to hold its loadable adapters; write the adapters' status."""
         scope = f"{namespace}/{base.name}" if base is not None else namespace
-        valid, invalid = parse_adapters(adapters)
+        valid, invalid = core.parse_adapters(adapters)
         now = datetime.now(UTC)
         for obj, message in invalid:
             await self._write_invalid(obj, message, now)
-        everyone, _ = parse_adapters(every_adapter)
+        everyone, _ = core.parse_adapters(every_adapter)
         keepers = core.served_name_keepers(everyone)
         model_names = model_served_names(models)
         verdicts = {(a.namespace, a.name): core.judge(a, base=base, siblings=valid, model_names=model_names,
@@ -146,11 +134,11 @@ class AdapterSync:
         orphans = [a for a in adapters if not any(k in known_bases for k in adapter_base_key(a))]
         if not orphans:
             return
-        valid, invalid = parse_adapters(orphans)
+        valid, invalid = core.parse_adapters(orphans)
         now = datetime.now(UTC)
         for obj, message in invalid:
             await self._write_invalid(obj, message, now)
-        everyone, _ = parse_adapters(every_adapter)
+        everyone, _ = core.parse_adapters(every_adapter)
         keepers = core.served_name_keepers(everyone)
         model_names = model_served_names(models)
         for adapter in valid:

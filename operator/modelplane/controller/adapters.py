@@ -35,7 +35,7 @@ from modelplane.api.adapter import (
     ModelAdapter,
     ReplicaState,
 )
-from modelplane.api.models import LORA_RANKS, LoRASpec, ModelDeployment
+from modelplane.api.models import LORA_RANKS, InvalidSpecError, LoRASpec, ModelDeployment
 
 #: ``maxLoras`` when the base does not set it (vLLM's default is 1: one adapter per batch).
 DEFAULT_MAX_LORAS = 4
@@ -43,6 +43,21 @@ DEFAULT_MAX_LORAS = 4
 DEFAULT_MIN_RANK = 16
 #: The least ``maxCpuLoras`` rendered by default.
 DEFAULT_MIN_CPU_LORAS = 16
+
+
+Raw = Mapping[str, Any]
+
+
+def parse_adapters(objs: Iterable[Raw]) -> tuple[list[ModelAdapter], list[tuple[Raw, str]]]:
+    """The valid adapters, and the invalid ones with the API models' message."""
+    valid: list[ModelAdapter] = []
+    invalid: list[tuple[Raw, str]] = []
+    for obj in objs:
+        try:
+            valid.append(ModelAdapter.parse(obj))
+        except InvalidSpecError as exc:
+            invalid.append((obj, str(exc)))
+    return valid, invalid
 
 
 def _pow2_at_least(n: int) -> int:
@@ -63,12 +78,12 @@ def effective_lora(explicit: LoRASpec | None, adapters: Sequence[ModelAdapter]) 
         return None
     explicit = explicit or LoRASpec()
     max_loras = explicit.max_loras or DEFAULT_MAX_LORAS
-    rank = explicit.max_lora_rank
+    rank: int | None = explicit.max_lora_rank
     if rank is None:
         highest = max((a.spec.rank for a in adapters), default=0)
         rank = next(r for r in LORA_RANKS if r >= max(highest, DEFAULT_MIN_RANK) or r == LORA_RANKS[-1])
     cpu = explicit.max_cpu_loras or max(_pow2_at_least(max(len(adapters), DEFAULT_MIN_CPU_LORAS)), max_loras)
-    return LoRASpec(max_loras=max_loras, max_lora_rank=rank, max_cpu_loras=cpu)  # type: ignore[arg-type]
+    return LoRASpec.model_validate({"maxLoras": max_loras, "maxLoraRank": rank, "maxCpuLoras": cpu})
 
 
 def with_effective_lora(md: ModelDeployment, adapters: Sequence[ModelAdapter]) -> ModelDeployment:

@@ -36,7 +36,7 @@ from modelplane.api.models import (
     ScalingMode,
 )
 from modelplane.autoscaler import cost, policy
-from modelplane.controller import health, kube
+from modelplane.controller import adapters, health, kube
 from modelplane.metrics.promtext import MetricSnapshot
 from modelplane.metrics.scrape import ScrapeResult, ScrapeTarget
 
@@ -124,6 +124,8 @@ class Observed:
     #: True, False (not served: the CRD is not installed), None (not known yet: not listed yet).
     inference_pool_api: bool | None = None
     http_route_api: bool | None = None
+    #: The ModelAdapters whose spec.base names this object: they turn LoRA on and size its flags.
+    adapters: tuple[Obj, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -200,6 +202,8 @@ def prepare(observed: Observed, *, prices: Mapping[str, float]) -> Prepared:
         md = ModelDeployment.parse(observed.body)
     except InvalidSpecError as exc:
         return Prepared(md=None, invalid=str(exc))
+    # The LoRA flags and their memory come from the adapters too (render and planner read the spec).
+    md = adapters.with_effective_lora(md, adapters.parse_adapters(observed.adapters)[0])
     config = observed.model_config
     request = plan_request_from_spec(
         md.spec, config_arch=config.arch if config is not None else None,
