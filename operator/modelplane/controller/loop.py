@@ -661,7 +661,8 @@ class Controller:
             self.record_event(body, event)
         self._export(key, result)
         md = prepared.md
-        if md is not None and self._http is not None and (observed.adapters or md.spec.engine.lora is not None):
+        lora = md is not None and (bool(observed.adapters) or md.spec.engine.lora is not None)
+        if md is not None and lora and self._http is not None:
             await self.adapter_sync.sync_base(
                 self._http, namespace=namespace, base=md, pods=observed.pods, adapters=observed.adapters,
                 every_adapter=self._all_adapters(), models=self.known.values())
