@@ -40,6 +40,8 @@ NAMESPACED_NEEDS = (
     _triples("modelplane.dev", "modeldeployments", "list", "watch")            # informer
     | _triples("modelplane.dev", "modeldeployments/status", "patch")           # status SSA
     | _triples("modelplane.dev", "modeldeployments/finalizers", "update")      # blockOwnerDeletion
+    | _triples("modelplane.dev", "modeladapters", "list", "watch")             # adapterloop
+    | _triples("modelplane.dev", "modeladapters/status", "patch")              # adapter status SSA
     | _triples("apps", "deployments", "list", "watch", "create", "patch", "delete")  # children
     | _triples("", "services", "list", "watch", "create", "patch")
     | _triples("policy", "poddisruptionbudgets", "list", "watch", "create", "patch")
@@ -62,6 +64,7 @@ NAMESPACED_PEERING_NEEDS = _triples("kopf.dev", "kopfpeerings", "list", "watch",
 CREDENTIALS_NEEDS = _triples("", "secrets", "get")
 #: The gateway only reads: its informers (gateway.cache.ClusterRoutes), nothing else.
 GATEWAY_NEEDS = (_triples("modelplane.dev", "modeldeployments", "list", "watch")
+                 | _triples("modelplane.dev", "modeladapters", "list", "watch")
                  | _triples("", "pods", "list", "watch")
                  | _triples("apps", "deployments", "list", "watch"))
 #: The operator finds the gateway's replicas by watching their pods in the release namespace.

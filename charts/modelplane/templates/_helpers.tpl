@@ -70,6 +70,13 @@ as (apiGroup, resource, verb) triples and fails when the two differ in either di
 - apiGroups: [modelplane.dev]
   resources: [modeldeployments/finalizers]
   verbs: [update]
+# ModelAdapters: read (controller.adapterloop), status written by server-side apply; never their spec.
+- apiGroups: [modelplane.dev]
+  resources: [modeladapters]
+  verbs: [list, watch]
+- apiGroups: [modelplane.dev]
+  resources: [modeladapters/status]
+  verbs: [patch]
 # vLLM Deployments: the controller's informer lists and watches the labelled ones; the controller
 # applies them and deletes old revisions. Server-side apply is a PATCH, but the API server
 # authorizes a PATCH that creates the object as `create` (tests/e2e/test_rbac.py found out).
@@ -203,7 +210,7 @@ canary). tests/unit/test_chart.py compares these rules with those informers.
 */}}
 {{- define "modelplane.gateway.rules" -}}
 - apiGroups: [modelplane.dev]
-  resources: [modeldeployments]
+  resources: [modeldeployments, modeladapters]
   verbs: [list, watch]
 - apiGroups: [""]
   resources: [pods]

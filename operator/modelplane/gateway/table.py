@@ -99,6 +99,8 @@ class Backend:
     endpoints: tuple[Endpoint, ...] = ()  #: ready endpoints, sorted by address
     split: CanarySplit | None = None  #: None: no canary, every endpoint is equal
     created: int = 0
+    #: A ModelAdapter's backend: its base ModelDeployment's name (``gateway/adapters.py``).
+    adapter_of: str | None = None
 
     @property
     def key(self) -> tuple[str, str]:
