@@ -23,8 +23,8 @@ def adapter(name: str, *, base: str = "llama", rank: int = 16, served: str | Non
     spec: dict[str, Any] = {"base": base, "source": source, "rank": rank, "revision": revision}
     if served:
         spec["servedName"] = served
-    return ModelAdapter.parse({"metadata": {"name": name, "namespace": namespace, "creationTimestamp": created,
-                                            "generation": 1}, "spec": spec})
+    meta = {"name": name, "namespace": namespace, "creationTimestamp": created, "generation": 1}
+    return ModelAdapter.parse({"metadata": meta, "spec": spec})
 
 
 def base(*, lora: dict[str, Any] | None = None, source: str = "hf://meta-llama/Llama-3.1-8B-Instruct",
@@ -92,9 +92,8 @@ def test_lora_memory_is_what_vllm_preallocates_for_llama_8b() -> None:
 def test_judge(case: str, reason: AdapterReason) -> None:
     me = adapter("sql", rank=64 if case == "rank" else 16, created="2026-12-02T00:00:00Z",
                  source="pvc://other/sql" if case == "other-claim" else "hf://org/sql-lora")
-    the_base = None if case == "no-base" else base(
-        lora={"maxLoraRank": 32} if case == "rank" else {"maxLoras": 1, "maxCpuLoras": 1} if case == "headroom"
-        else None)
+    lora = {"rank": {"maxLoraRank": 32}, "headroom": {"maxLoras": 1, "maxCpuLoras": 1}}.get(case)
+    the_base = None if case == "no-base" else base(lora=lora)
     older = adapter("older", served="sql" if case == "older-adapter-name" else "older",
                     created="2026-12-01T00:00:00Z")
     siblings = [me, older] if case in ("headroom", "older-adapter-name") else [me]
@@ -136,7 +135,8 @@ W = core.Wanted("sql", "org/sql", "r2")
 ], ids=["missing", "current", "current-after-restart-of-operator", "new-revision-in-place",
         "new-path-in-place", "unwanted-unloaded", "failed-waits", "failed-retried", "only-the-new-replica"])
 def test_plan_actions(loaded: dict[str, dict[str, str]], revisions: dict[tuple[str, str], str],
-                      retry_at: dict[tuple[str, str, str], float], want: list[tuple[str, bool, str, bool]]) -> None:
+                      retry_at: dict[tuple[str, str, str], float],
+                      want: list[tuple[str, bool, str, bool]]) -> None:
     actions = core.plan_actions([W], loaded=loaded, revisions=revisions, retry_at=retry_at, now=100.0)
     assert [(a.pod, a.load, a.name, a.in_place) for a in actions] == want
 
@@ -145,7 +145,8 @@ OK = core.Verdict(True, AdapterReason.ACCEPTED, "loads", "org/sql-lora")
 
 
 @pytest.mark.parametrize(("verdict", "ready", "loaded", "failures", "phase", "reason", "count"), [
-    (OK, ["p0", "p1"], {"p0": {"sql": "org/sql-lora"}, "p1": {"sql": "org/sql-lora"}}, {}, "Ready", "Loaded", 2),
+    (OK, ["p0", "p1"], {"p0": {"sql": "org/sql-lora"}, "p1": {"sql": "org/sql-lora"}}, {}, "Ready", "Loaded",
+     2),
     (OK, ["p0", "p1"], {"p0": {"sql": "org/sql-lora"}, "p1": {}}, {}, "Pending", "Loading", 1),
     (OK, [], {}, {}, "Pending", "NoReadyReplica", 0),
     (OK, ["p0"], {"p0": {}}, {"p0": "HTTP 404: No adapter found"}, "Failed", "LoadFailed", 0),
