@@ -61,8 +61,8 @@ def test_adding_adapters_below_the_next_power_of_two_keeps_the_flags() -> None:
 
 def test_base_renders_lora_flags_and_the_runtime_env() -> None:
     md = core.with_effective_lora(base(), [adapter("sql", rank=32)])
-    plan = render.WorkloadPlan(role=render.Role.STABLE, source=md.spec.model.source, revision="main", replicas=1,
-                               gpu_type=None, gpus_per_replica=1, tensor_parallel_size=1)
+    plan = render.WorkloadPlan(role=render.Role.STABLE, source=md.spec.model.source, revision="main",
+                               replicas=1, gpu_type=None, gpus_per_replica=1, tensor_parallel_size=1)
     container = render.build_pod_template(md, md.spec, plan)["spec"]["containers"][0]
     args = container["args"]
     assert args[args.index("--enable-lora"):args.index("--enable-lora") + 7] == [
