@@ -129,12 +129,15 @@ async def namespace(request: pytest.FixtureRequest, cluster: ClusterHandle,
 
 
 CRD_PATH = Path(__file__).resolve().parents[1] / "crds" / "modeldeployments.modelplane.dev.yaml"
+#: The other kinds' CRDs, installed beside it (the operator watches them too).
+ADAPTER_CRD_PATH = CRD_PATH.with_name("modeladapters.modelplane.dev.yaml")
 
 
 @pytest.fixture(scope="session")
 def crds(cluster: ClusterHandle) -> Path:
     """The generated CRD, installed with kubectl (server-side) and established."""
-    cluster.run_kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_PATH))
+    cluster.run_kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_PATH),
+                        "-f", str(ADAPTER_CRD_PATH))
     said: list[str] = []
 
     def established() -> bool:
@@ -152,8 +155,8 @@ def crds(cluster: ClusterHandle) -> Path:
         raise AssertionError(f"{exc}; kubectl said: {said[-1] if said else '(nothing)'}") from exc
     # Established is not the end: the new resource's storage initialises a moment later, and an
     # operator that lists it before then backs off. Wait until a list answers.
-    wait_until(lambda: cluster.run_kubectl("get", "modeldeployments", "-A",
-                                           check=False).returncode == 0,
+    wait_until(lambda: all(cluster.run_kubectl("get", kind, "-A", check=False).returncode == 0
+                           for kind in ("modeldeployments", "modeladapters")),
                timeout=60, what="modeldeployments to be listable after the CRD was established")
     return CRD_PATH
 

@@ -656,5 +656,6 @@ def test_chart_crd_is_the_generated_crd() -> None:
 def test_include_crds_renders_the_crds() -> None:
     manifests = render({}, include_crds=True)
     names = {m["metadata"]["name"] for m in pick(manifests, "CustomResourceDefinition")}
-    assert names == {"modeldeployments.modelplane.dev", "clusterkopfpeerings.kopf.dev",
+    assert names == {"modeldeployments.modelplane.dev", "modeladapters.modelplane.dev",
+                     "clusterkopfpeerings.kopf.dev",
                      "kopfpeerings.kopf.dev"}
