@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from modelplane import render
-from modelplane.api.adapter import AdapterReason, ModelAdapter
+from modelplane import gpus, render
+from modelplane.api.adapter import AdapterReason, ModelAdapter, effective_lora, with_effective_lora
 from modelplane.api.models import InvalidSpecError, LoRASpec, ModelDeployment
 from modelplane.controller import adapters as core
 from modelplane.planner.catalog import match_model
 from modelplane.planner.memory import lora_bytes_per_gpu
+from modelplane.planner.plan import build_plan, plan_request_from_spec
 
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 
@@ -48,19 +52,19 @@ def test_effective_lora(explicit: dict[str, Any] | None, ranks: list[int], count
                         want: tuple[int, int, int] | None) -> None:
     adapters = [adapter(f"a{i}", rank=r) for i, r in enumerate(ranks)]
     assert len(adapters) == count
-    got = core.effective_lora(LoRASpec.model_validate(explicit) if explicit else None, adapters)
+    got = effective_lora(LoRASpec.model_validate(explicit) if explicit else None, adapters)
     assert (None if got is None else (got.max_loras, got.max_lora_rank, got.max_cpu_loras)) == want
 
 
 def test_adding_adapters_below_the_next_power_of_two_keeps_the_flags() -> None:
     """The pods restart when the flags change: 1 to 16 adapters render the same flags."""
-    flags = {tuple(render.lora_args(core.effective_lora(None, [adapter(f"a{i}") for i in range(n)])))
+    flags = {tuple(render.lora_args(effective_lora(None, [adapter(f"a{i}") for i in range(n)])))
              for n in range(1, 17)}
     assert flags == {("--enable-lora", "--max-loras", "4", "--max-lora-rank", "16", "--max-cpu-loras", "16")}
 
 
 def test_base_renders_lora_flags_and_the_runtime_env() -> None:
-    md = core.with_effective_lora(base(), [adapter("sql", rank=32)])
+    md = with_effective_lora(base(), [adapter("sql", rank=32)])
     plan = render.WorkloadPlan(role=render.Role.STABLE, source=md.spec.model.source, revision="main",
                                replicas=1, gpu_type=None, gpus_per_replica=1, tensor_parallel_size=1)
     container = render.build_pod_template(md, md.spec, plan)["spec"]["containers"][0]
@@ -206,3 +210,25 @@ def test_extra_args_may_not_set_the_lora_flags() -> None:
     with pytest.raises(InvalidSpecError, match="spec.engine.lora"):
         ModelDeployment.parse({"metadata": {"name": "x"}, "spec": {
             "model": {"source": "hf://org/x"}, "engine": {"extraArgs": ["--max-loras=4"]}}})
+
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "adapters" / "llama-3.1-8b-with-adapters.yaml"
+
+
+def test_the_adapters_example_is_valid_loadable_and_planned_as_its_comment_says() -> None:
+    docs = [d for d in yaml.safe_load_all(EXAMPLE.read_text()) if d]
+    [md_doc] = [d for d in docs if d["kind"] == "ModelDeployment"]
+    md = ModelDeployment.parse({**md_doc, "metadata": {**md_doc["metadata"], "namespace": "team"}})
+    adapters = [ModelAdapter.parse({**d, "metadata": {**d["metadata"], "namespace": "team"}})
+                for d in docs if d["kind"] == "ModelAdapter"]
+    assert len(adapters) == 2
+    for a in adapters:
+        verdict = core.judge(a, base=md, siblings=adapters, model_names={md.served_name: ("team", md.name)},
+                             adapter_names=core.served_name_keepers(adapters))
+        assert verdict.loadable, verdict.message
+    # Explicit limits: the effective settings are the spec's, so adapters never change the flags.
+    assert with_effective_lora(md, adapters).spec.engine.lora == md.spec.engine.lora
+    plan = build_plan(plan_request_from_spec(with_effective_lora(md, adapters).spec), gpus.GPU_TYPES)
+    shape = re.search(r"^# GPU shape: (\d+x [a-z0-9-]+) per replica", EXAMPLE.read_text(), re.MULTILINE)
+    assert shape is not None and plan.fits and plan.shape == shape.group(1)
+    assert plan.memory is not None and round(plan.memory.overhead_gib, 1) == 2.1

@@ -11,7 +11,7 @@ condition.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from typing import Annotated, Any, Final, Literal
 
@@ -19,10 +19,13 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, Va
 
 from modelplane.api.models import (
     DNS1035_LABEL,
+    LORA_RANKS,
     SOURCE_MAX_LENGTH,
     SOURCE_SCHEMES,
     Condition,
     InvalidSpecError,
+    LoRASpec,
+    ModelDeployment,
     _field_path,
     _Model,
     _SpecModel,
@@ -199,3 +202,49 @@ class ModelAdapter(BaseModel):
     @property
     def served_name(self) -> str:
         return self.spec.served_name or self.name
+
+
+# --- the base's LoRA settings, with their defaults ---
+
+#: ``maxLoras`` when the base does not set it (vLLM's default is 1: one adapter per batch).
+DEFAULT_MAX_LORAS = 4
+#: The least ``maxLoraRank`` rendered by default (vLLM's own default).
+DEFAULT_MIN_RANK = 16
+#: The least ``maxCpuLoras`` rendered by default.
+DEFAULT_MIN_CPU_LORAS = 16
+
+
+def _pow2_at_least(n: int) -> int:
+    power = 1
+    while power < n:
+        power *= 2
+    return power
+
+
+def effective_lora(explicit: LoRASpec | None, adapters: Sequence[ModelAdapter]) -> LoRASpec | None:
+    """The LoRA settings a base renders with (None: LoRA off: no block and no adapter).
+
+    The explicit fields win; ``maxLoras`` defaults to 4, ``maxLoraRank`` to the smallest vLLM value
+    that fits the highest adapter rank (at least 16), ``maxCpuLoras`` to the adapter count rounded up
+    to a power of two (at least 16, and at least maxLoras). Rounding keeps the flags (and so the pods)
+    still while adapters come and go below the next power of two.
+    """
+    if explicit is None and not adapters:
+        return None
+    explicit = explicit or LoRASpec()
+    max_loras = explicit.max_loras or DEFAULT_MAX_LORAS
+    rank: int | None = explicit.max_lora_rank
+    if rank is None:
+        highest = max((a.spec.rank for a in adapters), default=0)
+        rank = next(r for r in LORA_RANKS if r >= max(highest, DEFAULT_MIN_RANK) or r == LORA_RANKS[-1])
+    cpu = explicit.max_cpu_loras or max(_pow2_at_least(max(len(adapters), DEFAULT_MIN_CPU_LORAS)), max_loras)
+    return LoRASpec.model_validate({"maxLoras": max_loras, "maxLoraRank": rank, "maxCpuLoras": cpu})
+
+
+def with_effective_lora(md: ModelDeployment, adapters: Sequence[ModelAdapter]) -> ModelDeployment:
+    """``md`` with ``spec.engine.lora`` as rendered and planned (the object itself is not changed)."""
+    lora = effective_lora(md.spec.engine.lora, adapters)
+    if lora == md.spec.engine.lora:
+        return md
+    engine = md.spec.engine.model_copy(update={"lora": lora})
+    return md.model_copy(update={"spec": md.spec.model_copy(update={"engine": engine})})

@@ -33,7 +33,13 @@ import aiohttp
 from prometheus_client import Counter
 
 from modelplane import render
-from modelplane.api.adapter import ADAPTER_API_VERSION, ADAPTER_KIND, AdapterReason, ModelAdapter
+from modelplane.api.adapter import (
+    ADAPTER_API_VERSION,
+    ADAPTER_KIND,
+    AdapterReason,
+    ModelAdapter,
+    effective_lora,
+)
 from modelplane.api.models import FIELD_MANAGER, ModelDeployment
 from modelplane.controller import adapters as core
 from modelplane.controller import health, kube, opmetrics
@@ -107,7 +113,7 @@ class AdapterSync:
         model_names = model_served_names(models)
         verdicts = {(a.namespace, a.name): core.judge(a, base=base, siblings=valid, model_names=model_names,
                                                       adapter_names=keepers) for a in valid}
-        lora_on = base is not None and core.effective_lora(base.spec.engine.lora, valid) is not None
+        lora_on = base is not None and effective_lora(base.spec.engine.lora, valid) is not None
         ready = {str(p["metadata"]["name"]): str(p["status"]["podIP"]) for p in pods
                  if health.is_ready(p) and (p.get("status") or {}).get("podIP")}
         loaded: dict[str, dict[str, str]] = {}

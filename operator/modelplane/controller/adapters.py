@@ -1,12 +1,9 @@
 """The adapter core: ModelAdapters → their base's LoRA settings, what to load where, and status. Pure.
 
-Four decisions, each a small function with its own table test (tests/unit/test_adapters.py):
+Decisions, each a small function with its own table test (tests/unit/test_adapters.py):
 
-- ``effective_lora``: the base's ``spec.engine.lora`` once adapters name it — the explicit fields
-  win; ``maxLoras`` defaults to 4, ``maxLoraRank`` to the smallest vLLM value that fits the highest
-  adapter rank (at least 16), ``maxCpuLoras`` to the adapter count rounded up to a power of two (at
-  least 16, and at least maxLoras). Rounding keeps the flags (and so the pods) still while adapters
-  come and go below the next power of two.
+- ``effective_lora`` (``api/adapter.py``, where the defaults live): the base's ``spec.engine.lora``
+  once adapters name it.
 - ``judge``: whether the operator can load an adapter at all, or the reason it cannot (the
   ``Loadable`` condition): its base does not exist (``UnknownBase``); its rank is above the base's
   ``maxLoraRank`` (``RankAboveMaximum``); the base holds no more (``NoLoRAHeadroom``: adapters in
@@ -34,16 +31,9 @@ from modelplane.api.adapter import (
     AdapterReason,
     ModelAdapter,
     ReplicaState,
+    effective_lora,
 )
-from modelplane.api.models import LORA_RANKS, InvalidSpecError, LoRASpec, ModelDeployment
-
-#: ``maxLoras`` when the base does not set it (vLLM's default is 1: one adapter per batch).
-DEFAULT_MAX_LORAS = 4
-#: The least ``maxLoraRank`` rendered by default (vLLM's own default).
-DEFAULT_MIN_RANK = 16
-#: The least ``maxCpuLoras`` rendered by default.
-DEFAULT_MIN_CPU_LORAS = 16
-
+from modelplane.api.models import InvalidSpecError, ModelDeployment
 
 Raw = Mapping[str, Any]
 
@@ -60,39 +50,9 @@ def parse_adapters(objs: Iterable[Raw]) -> tuple[list[ModelAdapter], list[tuple[
     return valid, invalid
 
 
-def _pow2_at_least(n: int) -> int:
-    power = 1
-    while power < n:
-        power *= 2
-    return power
-
-
 def sort_key(adapter: ModelAdapter) -> tuple[str, str, str]:
     """Creation order, then namespace and name: who was first keeps a name or a slot."""
     return (adapter.created or "~", adapter.namespace, adapter.name)
-
-
-def effective_lora(explicit: LoRASpec | None, adapters: Sequence[ModelAdapter]) -> LoRASpec | None:
-    """The LoRA settings a base renders with (None: LoRA off: no block and no adapter)."""
-    if explicit is None and not adapters:
-        return None
-    explicit = explicit or LoRASpec()
-    max_loras = explicit.max_loras or DEFAULT_MAX_LORAS
-    rank: int | None = explicit.max_lora_rank
-    if rank is None:
-        highest = max((a.spec.rank for a in adapters), default=0)
-        rank = next(r for r in LORA_RANKS if r >= max(highest, DEFAULT_MIN_RANK) or r == LORA_RANKS[-1])
-    cpu = explicit.max_cpu_loras or max(_pow2_at_least(max(len(adapters), DEFAULT_MIN_CPU_LORAS)), max_loras)
-    return LoRASpec.model_validate({"maxLoras": max_loras, "maxLoraRank": rank, "maxCpuLoras": cpu})
-
-
-def with_effective_lora(md: ModelDeployment, adapters: Sequence[ModelAdapter]) -> ModelDeployment:
-    """``md`` with ``spec.engine.lora`` as rendered and planned (the object itself is not changed)."""
-    lora = effective_lora(md.spec.engine.lora, adapters)
-    if lora == md.spec.engine.lora:
-        return md
-    engine = md.spec.engine.model_copy(update={"lora": lora})
-    return md.model_copy(update={"spec": md.spec.model_copy(update={"engine": engine})})
 
 
 @dataclass(frozen=True)

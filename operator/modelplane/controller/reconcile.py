@@ -25,6 +25,7 @@ from enum import StrEnum
 from typing import Any
 
 from modelplane import gpus, render
+from modelplane.api.adapter import with_effective_lora
 from modelplane.api.models import (
     Condition,
     ConditionStatus,
@@ -203,7 +204,7 @@ def prepare(observed: Observed, *, prices: Mapping[str, float]) -> Prepared:
     except InvalidSpecError as exc:
         return Prepared(md=None, invalid=str(exc))
     # The LoRA flags and their memory come from the adapters too (render and planner read the spec).
-    md = adapters.with_effective_lora(md, adapters.parse_adapters(observed.adapters)[0])
+    md = with_effective_lora(md, adapters.parse_adapters(observed.adapters)[0])
     config = observed.model_config
     request = plan_request_from_spec(
         md.spec, config_arch=config.arch if config is not None else None,
