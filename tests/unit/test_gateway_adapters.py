@@ -18,11 +18,12 @@ import pytest
 
 from modelplane.gateway.adapters import adapter_backend, loaded_pods, with_adapters
 from modelplane.gateway.cache import StaticRoutes
-from modelplane.gateway.server import Gateway, Settings, start
+from modelplane.gateway.server import Gateway, Settings
 from modelplane.gateway.table import Backend, Endpoint, build_table
 from modelplane_dev.sim.config import parse_vllm_args
 from modelplane_dev.sim.quality import SimBehavior
 from modelplane_dev.sim.server import SimServer
+from tests.unit.test_gateway_server import serving
 
 #: vLLM's runtime admin paths and others that change a replica's state: never forwarded.
 ADMIN_PATHS = ("/v1/load_lora_adapter", "/v1/unload_lora_adapter", "/sleep", "/wake_up",
@@ -46,11 +47,8 @@ def adapter_obj(*, loaded: list[str], served: str = "sql", base: str = "chat") -
 @contextlib.asynccontextmanager
 async def gateway_over(table_backends: list[Backend]) -> AsyncIterator[str]:
     gateway = Gateway(StaticRoutes(build_table(table_backends)), Settings(pod_metrics_seconds=0))
-    runner, port = await start(gateway, host="127.0.0.1", port=0, shutdown_timeout=1.0)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with serving(gateway) as url:
+        yield url
 
 
 @pytest.fixture

@@ -26,11 +26,11 @@ from modelplane.api.models import (
     InvalidSpecError,
     LoRASpec,
     ModelDeployment,
-    _field_path,
     _Model,
     _SpecModel,
     rules,
     to_camel,
+    validation_problems,
 )
 
 ADAPTER_KIND: Final = "ModelAdapter"
@@ -176,11 +176,7 @@ class ModelAdapter(BaseModel):
         try:
             return cls.model_validate(dict(obj))
         except ValidationError as exc:
-            problems = [(_field_path(tuple(e["loc"])),
-                         "unknown field" if e["type"] == "extra_forbidden"
-                         else e["msg"].removeprefix("Value error, "))
-                        for e in exc.errors()]
-            raise InvalidSpecError(problems) from None
+            raise InvalidSpecError(validation_problems(exc)) from None
 
     @property
     def name(self) -> str:

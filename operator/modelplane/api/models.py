@@ -1265,6 +1265,14 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     return path or "<root>"
 
 
+def validation_problems(exc: ValidationError) -> list[tuple[str, str]]:
+    """(field path, message) of each problem pydantic found, for ``InvalidSpecError``."""
+    # "Value error, " is pydantic's prefix for a validator's message; the message says it all.
+    return [(_field_path(tuple(e["loc"])),
+             "unknown field" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, "))
+            for e in exc.errors()]
+
+
 class ModelDeployment(BaseModel):
     """A ModelDeployment object as the API server returns it."""
 
@@ -1290,12 +1298,7 @@ class ModelDeployment(BaseModel):
         try:
             return cls.model_validate(dict(obj))
         except ValidationError as exc:
-            # "Value error, " is pydantic's prefix for a validator's message; the message says it all.
-            problems = [(_field_path(tuple(e["loc"])),
-                         "unknown field" if e["type"] == "extra_forbidden"
-                         else e["msg"].removeprefix("Value error, "))
-                        for e in exc.errors()]
-            raise InvalidSpecError(problems) from None
+            raise InvalidSpecError(validation_problems(exc)) from None
 
     @property
     def name(self) -> str:

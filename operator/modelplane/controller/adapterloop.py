@@ -99,7 +99,8 @@ class AdapterSync:
 
     # --- one base --------------------------------------------------------------------------
 
-    async def sync_base(self, http: aiohttp.ClientSession, *, namespace: str, base: ModelDeployment | None,
+    async def sync_base(self, http: aiohttp.ClientSession | None, *, namespace: str,
+                        base: ModelDeployment | None,
                         pods: Sequence[Obj], adapters: Sequence[Obj], every_adapter: Iterable[Obj],
                         models: Iterable[Obj]) -> None:
         """Bring the base's Ready replicas to hold its loadable adapters; write the adapters' status."""
@@ -117,7 +118,7 @@ class AdapterSync:
         ready = {str(p["metadata"]["name"]): str(p["status"]["podIP"]) for p in pods
                  if health.is_ready(p) and (p.get("status") or {}).get("podIP")}
         loaded: dict[str, dict[str, str]] = {}
-        if lora_on and ready:
+        if lora_on and ready and http is not None:
             listings = await asyncio.gather(*(self._listing(http, ip) for ip in ready.values()))
             loaded = {pod: held for pod, held in zip(ready, listings, strict=True) if held is not None}
             wanted = [core.Wanted(a.served_name, verdicts[(a.namespace, a.name)].path, a.spec.revision)
@@ -138,22 +139,9 @@ class AdapterSync:
                            every_adapter: Sequence[Obj], models: Iterable[Obj]) -> None:
         """Status for the adapters whose base does not exist (UnknownBase) or that are invalid."""
         orphans = [a for a in adapters if not any(k in known_bases for k in adapter_base_key(a))]
-        if not orphans:
-            return
-        valid, invalid = core.parse_adapters(orphans)
-        now = datetime.now(UTC)
-        for obj, message in invalid:
-            await self._write_invalid(obj, message, now)
-        everyone, _ = core.parse_adapters(every_adapter)
-        keepers = core.served_name_keepers(everyone)
-        model_names = model_served_names(models)
-        for adapter in valid:
-            verdict = core.judge(adapter, base=None, siblings=[adapter], model_names=model_names,
-                                 adapter_names=keepers)
-            old = self._old_status(orphans, adapter)
-            status = core.build_status(adapter, verdict, ready_pods=[], loaded={}, failures={},
-                                       old_status=old, now=now)
-            await self._write(adapter.namespace, adapter.name, old, status)
+        if orphans:
+            await self.sync_base(None, namespace="", base=None, pods=(), adapters=orphans,
+                                 every_adapter=every_adapter, models=models)
 
     # --- I/O -------------------------------------------------------------------------------
 
