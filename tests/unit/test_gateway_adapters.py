@@ -40,8 +40,8 @@ def lora_sim() -> SimServer:
 def adapter_obj(*, loaded: list[str], served: str = "sql", base: str = "chat") -> dict[str, Any]:
     return {"metadata": {"name": "sql-adapter", "namespace": "ns"},
             "spec": {"base": base, "source": "hf://org/sql-lora", "servedName": served},
-            "status": {"phase": "Ready", "replicas": [{"pod": p, "state": "Loaded", "path": "org/sql-lora"}
-                                                      for p in loaded]}}
+            "status": {"phase": "Ready", "conditions": [{"type": "Loadable", "status": "True"}],
+                       "replicas": [{"pod": p, "state": "Loaded", "path": "org/sql-lora"} for p in loaded]}}
 
 
 @contextlib.asynccontextmanager
@@ -115,6 +115,15 @@ def test_adapter_backend(obj: dict[str, Any], bases: bool, want: tuple[str, tupl
                                      endpoints=endpoints)}
     got = adapter_backend(obj, table)
     assert (None if got is None else (got.served_name, tuple(e.pod for e in got.endpoints))) == want
+
+
+def test_an_adapter_the_operator_did_not_accept_is_not_routed() -> None:
+    chat = Backend(namespace="ns", name="chat", served_name="chat", phase="Ready")
+    refused = adapter_obj(loaded=[])
+    refused["status"]["conditions"] = [{"type": "Loadable", "status": "False"}]
+    fresh = adapter_obj(loaded=[])
+    del fresh["status"]
+    assert with_adapters({("ns", "chat"): chat}, [refused, fresh]) == [chat]
 
 
 def test_a_model_keeps_its_name_against_an_adapter() -> None:

@@ -134,8 +134,8 @@ def model_adapter(rv: str, *loaded: str) -> Obj:
     return {"apiVersion": "modelplane.dev/v1alpha1", "kind": "ModelAdapter",
             "metadata": meta("sql-adapter", rv),
             "spec": {"base": "chat", "source": "hf://org/sql-lora", "servedName": "sql"},
-            "status": {"phase": "Ready", "replicas": [{"pod": p, "state": "Loaded", "path": "org/sql-lora"}
-                                                      for p in loaded]}}
+            "status": {"phase": "Ready", "conditions": [{"type": "Loadable", "status": "True"}],
+                       "replicas": [{"pod": p, "state": "Loaded", "path": "org/sql-lora"} for p in loaded]}}
 
 
 async def test_adapters_follow_their_status_and_their_base() -> None:

@@ -168,13 +168,16 @@ class ModelAdapter(BaseModel):
     kind: Literal["ModelAdapter"] = Field(default=ADAPTER_KIND)
     metadata: dict[str, Any] = Field(default_factory=dict)
     spec: ModelAdapterSpec
-    status: ModelAdapterStatus | None = None
 
     @classmethod
     def parse(cls, obj: Mapping[str, Any]) -> ModelAdapter:
-        """Validate a raw object; raises InvalidSpecError naming each failing field path."""
+        """Validate a raw object's metadata and spec; raises InvalidSpecError naming each failing field.
+
+        The status is not read: readers take what they need from the raw one, and an odd status (an
+        older operator's) must not make a good spec unusable.
+        """
         try:
-            return cls.model_validate(dict(obj))
+            return cls.model_validate({k: v for k, v in obj.items() if k != "status"})
         except ValidationError as exc:
             raise InvalidSpecError(validation_problems(exc)) from None
 

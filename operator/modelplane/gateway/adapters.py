@@ -7,8 +7,10 @@ listed until the operator has loaded the adapter on it, so it gets no request fo
 it can answer one. An adapter with no such replica is listed with no endpoint: its requests wait
 (or fail) as a ModelDeployment's with no ready replica would.
 
-Names: an adapter never takes a name a ModelDeployment serves (the operator reports the conflict
-on the adapter, and here the ModelDeployment keeps the name).
+Names: only an adapter the operator accepted (``Loadable=True``) is routed, so of two adapters with
+one name only the one the operator chose (the older) is; and an adapter never takes a name a
+ModelDeployment serves (the operator reports the conflict on the adapter, and here the
+ModelDeployment keeps the name).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 from modelplane.api.adapter import ModelAdapter
 from modelplane.api.models import InvalidSpecError
-from modelplane.gateway.table import Backend
+from modelplane.gateway.table import Backend, _epoch
 
 Key = tuple[str, str]
 
@@ -28,6 +30,12 @@ def loaded_pods(status: Mapping[str, Any] | None) -> frozenset[str]:
     replicas = (status or {}).get("replicas") or []
     return frozenset(str(r.get("pod")) for r in replicas
                      if isinstance(r, Mapping) and r.get("state") == "Loaded" and r.get("pod"))
+
+
+def loadable(status: Mapping[str, Any] | None) -> bool:
+    """Whether the operator accepted the adapter (its ``Loadable`` condition is True)."""
+    return any(isinstance(c, Mapping) and c.get("type") == "Loadable" and c.get("status") == "True"
+               for c in (status or {}).get("conditions") or [])
 
 
 def adapter_backend(obj: Mapping[str, Any], bases: Mapping[Key, Backend]) -> Backend | None:
@@ -40,11 +48,13 @@ def adapter_backend(obj: Mapping[str, Any], bases: Mapping[Key, Backend]) -> Bac
     if base is None:
         return None
     status = obj.get("status") if isinstance(obj.get("status"), Mapping) else None
+    if not loadable(status):
+        return None  # the operator has not accepted it (yet): its name may be another's
     holders = loaded_pods(status)
     return Backend(namespace=adapter.namespace, name=adapter.name, served_name=adapter.served_name,
                    phase=str((status or {}).get("phase") or "Pending"),
                    endpoints=tuple(e for e in base.endpoints if e.pod in holders), split=base.split,
-                   created=base.created, adapter_of=base.name)
+                   created=_epoch(adapter.metadata.get("creationTimestamp")), adapter_of=base.name)
 
 
 def with_adapters(bases: Mapping[Key, Backend], adapters: Iterable[Mapping[str, Any]]) -> list[Backend]:
