@@ -140,11 +140,15 @@ async def test_load_serve_unload_with_no_pod_restarted(
         obj = await get_adapter(kube_client, namespace, "sql")
         assert {r["pod"] for r in obj["status"]["replicas"]} == {p["metadata"]["name"] for p in pods}
         assert condition(obj, "Loadable")["status"] == "True"
-        for replica in gateways.replicas:
-            async with http.get(f"{replica.url}/v1/models") as resp:
-                cards = {c["id"]: c for c in (await resp.json())["data"]}
-            assert cards[served]["parent"] == "base"
-            assert cards[served]["ready_replicas"] == 2
+        async def listed() -> bool:
+            for replica in gateways.replicas:
+                async with http.get(f"{replica.url}/v1/models") as resp:
+                    cards = {c["id"]: c for c in (await resp.json())["data"]}
+                card = cards.get(served) or {}
+                if (card.get("parent"), card.get("ready_replicas")) != ("base", 2):
+                    return False
+            return True
+        await wait_for(listed, timeout=30, what="both gateways to list the adapter on both replicas")
         statuses = await asyncio.gather(*(chat(http, gateway, served) for _ in range(20)))
         assert set(statuses) == {200}
 
