@@ -251,14 +251,18 @@ async def test_bad_adapters_are_refused_or_reported(
                 "e-clash": ("Loadable", "False", "ServedNameConflict"),
                 "f-orphan": ("Loadable", "False", "UnknownBase")}
 
-    async def reported() -> dict[str, tuple[Any, Any]] | bool:
-        seen: dict[str, tuple[Any, Any]] = {}
+    seen: dict[str, tuple[Any, Any]] = {}
+
+    async def reported() -> bool:
         for name, (type_, _, _) in expected.items():
             cond = condition(await get_adapter(kube_client, namespace, name), type_)
             seen[name] = (cond.get("status"), cond.get("reason"))
-        return all(seen[n] == (s, r) for n, (_, s, r) in expected.items()) or seen
+        return seen == {n: (s, r) for n, (_, s, r) in expected.items()}
 
-    await wait_for(reported, timeout=60, what="every adapter's condition")
+    try:
+        await wait_for(reported, timeout=60, what="every adapter's condition")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; conditions seen: {seen}") from None
     missing = condition(await get_adapter(kube_client, namespace, "b-missing"), "Ready")
     assert "No adapter found for org/missing-lora" in missing["message"]
     assert (await get_adapter(kube_client, namespace, "a-first"))["status"]["phase"] == "Ready"
@@ -272,11 +276,11 @@ async def test_fifty_adapters_reconcile_then_no_write(
     await asyncio.gather(*(kube_client.create(adapter(n, namespace, source=f"hf://org/lora-{n}"))
                            for n in names))
 
-    async def all_ready() -> bool | int:
+    async def all_ready() -> bool:
         objs = await kube_client.list(kube.MODELADAPTERS, namespace=namespace)
         ready = sum(1 for o in objs if (o.get("status") or {}).get("phase") == "Ready"
                     and (o.get("status") or {}).get("loadedReplicas") == 2)
-        return ready == len(names) or ready
+        return ready == len(names)
 
     await wait_for(all_ready, timeout=120, what="50 adapters Ready on both replicas", interval=0.5)
     pods = await server_pods(kube_client, namespace)

@@ -232,3 +232,13 @@ def test_the_adapters_example_is_valid_loadable_and_planned_as_its_comment_says(
     shape = re.search(r"^# GPU shape: (\d+x [a-z0-9-]+) per replica", EXAMPLE.read_text(), re.MULTILINE)
     assert shape is not None and plan.fits and plan.shape == shape.group(1)
     assert plan.memory is not None and round(plan.memory.overhead_gib, 1) == 2.1
+
+
+def test_the_api_servers_defaults_do_not_read_as_a_change() -> None:
+    """The CRD defaults an empty ``message`` into each replica: the status read back equals the one
+    written, or every reconcile would write again (the 50-adapter e2e caught it)."""
+    written = core.build_status(adapter("sql"), OK, ready_pods=["p0"], loaded={"p0": {"sql": "org/sql-lora"}},
+                                failures={}, old_status=None, now=NOW)
+    read_back = {**written, "replicas": [{**r, "message": ""} for r in written["replicas"]]}
+    assert read_back != written
+    assert not core.status_changed(read_back, written)

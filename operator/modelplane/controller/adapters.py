@@ -30,6 +30,7 @@ from modelplane.api.adapter import (
     AdapterPhase,
     AdapterReason,
     ModelAdapter,
+    ModelAdapterStatus,
     ReplicaState,
     effective_lora,
 )
@@ -250,7 +251,16 @@ def build_status(adapter: ModelAdapter, verdict: Verdict, *, ready_pods: Sequenc
     return status
 
 
+def normalise(status: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A status as the API server hands it back (its schema defaults filled in, e.g. an empty
+    ``message``), so that equal statuses compare equal; {} for one that does not parse."""
+    try:
+        model = ModelAdapterStatus.model_validate(dict(status or {}))
+    except ValueError:
+        return {}
+    return dict(model.model_dump(mode="json", by_alias=True, exclude_none=True))
+
+
 def status_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
-    """Whether writing ``new`` would change the object's status (the fields the operator owns)."""
-    old = old or {}
-    return any(old.get(k) != v for k, v in new.items())
+    """Whether writing ``new`` would change the object's status."""
+    return normalise(old) != normalise(new)
