@@ -273,6 +273,7 @@ async def test_fifty_adapters_reconcile_then_no_write(
     await kube_client.create(base_model("base", namespace))
     await ready_base(kube_client, namespace)
     names = [f"ad-{i:02d}" for i in range(50)]
+    started = time.monotonic()
     await asyncio.gather(*(kube_client.create(adapter(n, namespace, source=f"hf://org/lora-{n}"))
                            for n in names))
 
@@ -283,6 +284,7 @@ async def test_fifty_adapters_reconcile_then_no_write(
         return ready == len(names)
 
     await wait_for(all_ready, timeout=120, what="50 adapters Ready on both replicas", interval=0.5)
+    print(f"\n50 adapters created -> all Ready on both replicas: {time.monotonic() - started:.1f} s")
     pods = await server_pods(kube_client, namespace)
     async with aiohttp.ClientSession() as http:
         for pod in pods:
@@ -292,6 +294,8 @@ async def test_fifty_adapters_reconcile_then_no_write(
     writes, start = operator.writes(), reconciles(operator, namespace)
     await wait_for(lambda: reconciles(operator, namespace) >= start + 5, timeout=60,
                    what="five more reconciles of the base")
+    print(f"{reconciles(operator, namespace) - start:.0f} reconciles at steady state, "
+          f"{operator.writes() - writes:.0f} API writes")
     assert operator.writes() == writes, [line for line in operator.metrics_text().splitlines()
                                          if line.startswith("modelplane_api_writes_total")]
 
