@@ -10,7 +10,6 @@ condition.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from typing import Annotated, Any, Final, Literal
@@ -21,14 +20,14 @@ from modelplane.api.models import (
     DNS1035_LABEL,
     LORA_RANKS,
     SOURCE_MAX_LENGTH,
-    SOURCE_SCHEMES,
     Condition,
     InvalidSpecError,
     LoRASpec,
     ModelDeployment,
+    _check_source,
     _Model,
+    _source_rules,
     _SpecModel,
-    rules,
     to_camel,
     validation_problems,
 )
@@ -45,21 +44,7 @@ MAX_RANK = 512
 
 
 def _check_adapter_source(value: str) -> str:
-    scheme = value.split("://", 1)[0] if "://" in value else ""
-    if scheme not in ADAPTER_SCHEMES:
-        raise ValueError(f"source must start with one of {', '.join(s + '://' for s in ADAPTER_SCHEMES)}")
-    pattern, example = SOURCE_SCHEMES[scheme]
-    if not re.match(pattern, value):
-        raise ValueError(f"malformed {scheme}:// source: expected {example}")
-    return value
-
-
-def _adapter_source_rules() -> dict[str, Any]:
-    return rules(*(
-        (f"!self.startsWith('{scheme}://') || self.matches(r'{SOURCE_SCHEMES[scheme][0]}')",
-         f"malformed {scheme}:// source: expected {SOURCE_SCHEMES[scheme][1]}")
-        for scheme in ADAPTER_SCHEMES
-    ))
+    return _check_source(value, ADAPTER_SCHEMES)
 
 
 class ModelAdapterSpec(_SpecModel):
@@ -72,7 +57,7 @@ class ModelAdapterSpec(_SpecModel):
                     "with LoRA enabled (spec.engine.lora) once an adapter names it.")
     source: Annotated[str, AfterValidator(_check_adapter_source)] = Field(
         max_length=SOURCE_MAX_LENGTH, pattern=r"^(hf|s3|gs|pvc)://",
-        json_schema_extra=_adapter_source_rules(),
+        json_schema_extra=_source_rules(ADAPTER_SCHEMES),
         description="Where the adapter (a PEFT directory: adapter_config.json and the weights) is. "
                     "hf://<org>/<name> (vLLM fetches it from the Hub; the base's credentialsSecret token "
                     "is used), s3://<bucket>/<path> or gs://<bucket>/<path> (passed to vLLM as is), "

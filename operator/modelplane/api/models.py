@@ -14,7 +14,7 @@ Field names are snake_case in Python and camelCase on the wire (``alias_generato
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -206,21 +206,21 @@ class _SpecModel(_Model):
 
 # --- reusable field types ---
 
-def _check_source(value: str) -> str:
+def _check_source(value: str, schemes: Sequence[str] = tuple(SOURCE_SCHEMES)) -> str:
     scheme = value.split("://", 1)[0] if "://" in value else ""
-    if scheme not in SOURCE_SCHEMES:
-        raise ValueError(f"source must start with one of {', '.join(s + '://' for s in SOURCE_SCHEMES)}")
+    if scheme not in schemes:
+        raise ValueError(f"source must start with one of {', '.join(s + '://' for s in schemes)}")
     pattern, example = SOURCE_SCHEMES[scheme]
     if not re.match(pattern, value):
         raise ValueError(f"malformed {scheme}:// source: expected {example}")
     return value
 
 
-def _source_rules() -> dict[str, Any]:
+def _source_rules(schemes: Sequence[str] = tuple(SOURCE_SCHEMES)) -> dict[str, Any]:
     return rules(*(
-        (f"!self.startsWith('{scheme}://') || self.matches(r'{pattern}')",
-         f"malformed {scheme}:// source: expected {example}")
-        for scheme, (pattern, example) in SOURCE_SCHEMES.items()
+        (f"!self.startsWith('{scheme}://') || self.matches(r'{SOURCE_SCHEMES[scheme][0]}')",
+         f"malformed {scheme}:// source: expected {SOURCE_SCHEMES[scheme][1]}")
+        for scheme in schemes
     ))
 
 
