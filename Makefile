@@ -51,10 +51,12 @@ crds: venv
 crds-check: venv
 	$(BIN)/python -m modelplane.api.crdgen --check
 
-# The dev cluster's control plane, and the Prometheus server of the Prometheus-source e2e test.
+# The dev cluster's control plane, the Prometheus server of the Prometheus-source e2e test, and the
+# LeaderWorkerSet controller of the multi-node e2e test.
 binaries:
 	bash hack/devcluster/build.sh >/dev/null
 	bash hack/prometheus/build.sh >/dev/null
+	bash hack/lws/build.sh >/dev/null
 
 cluster-up: venv binaries
 	$(BIN)/modelplane cluster up

@@ -125,6 +125,14 @@ class WorkloadPlan:
     spec: ModelDeploymentSpec | None = None
     #: Extra Deployment annotations (fingerprint and gated-field snapshot), sorted pairs.
     annotations: tuple[tuple[str, str], ...] = ()
+    #: Nodes of one replica: > 1 renders a LeaderWorkerSet whose groups are the replicas (one pod
+    #: per node, one pipeline stage each; ``modelplane.lws``); ``gpus_per_replica`` counts the group.
+    nodes: int = 1
+
+    @property
+    def gpus_per_pod(self) -> int:
+        """GPUs of each pod: the replica's, or one node's share of the group's."""
+        return self.gpus_per_replica // self.nodes
 
     @property
     def workload_key(self) -> str:
@@ -143,6 +151,11 @@ class WorkloadPlan:
         if self.tensor_parallel_size > self.gpus_per_replica:
             raise ValueError(f"tensor_parallel_size {self.tensor_parallel_size} > "
                              f"gpus_per_replica {self.gpus_per_replica}")
+        if self.nodes < 1 or self.gpus_per_replica % self.nodes != 0 or (
+                self.nodes > 1 and self.tensor_parallel_size * self.nodes != self.gpus_per_replica):
+            raise ValueError(f"a group of {self.nodes} nodes needs gpus_per_replica "
+                             f"({self.gpus_per_replica}) = nodes x tensor_parallel_size "
+                             f"({self.tensor_parallel_size})")
         if self.gpu_type is not None and self.gpu_type not in GPU_TYPES:
             raise ValueError(f"unknown GPU type {self.gpu_type!r}")
         if self.startup_budget_seconds < 1:
@@ -228,6 +241,11 @@ def endpoint(md: Owner) -> str:
 
 def _common_labels(md: Owner) -> dict[str, str]:
     return {**server_selector(md), LABEL_MANAGED_BY: MANAGED_BY, LABEL_MODEL_DEPLOYMENT: md.name}
+
+
+def owner_references(md: Owner) -> list[OwnerReference]:
+    """The controller reference every child of ``md`` carries."""
+    return _owner_references(md)
 
 
 def _owner_references(md: Owner) -> list[OwnerReference]:
@@ -336,7 +354,7 @@ def _env(model: ModelSpec, spec: ModelDeploymentSpec, scheme: str) -> list[dict[
 
 
 def _resources(spec: ModelDeploymentSpec, workload: WorkloadPlan) -> dict[str, Any]:
-    gpus = str(workload.gpus_per_replica)
+    gpus = str(workload.gpus_per_pod)
     requests: dict[str, Any] = {GPU_RESOURCE: gpus}
     limits: dict[str, Any] = {GPU_RESOURCE: gpus}
     if spec.resources.cpu is not None:
@@ -515,14 +533,17 @@ def build_pdb(md: Owner) -> Manifest:
 
 def build_children(md: Owner, spec: ModelDeploymentSpec, workloads: Sequence[WorkloadPlan], *,
                    service_key: str | None = None) -> list[Manifest]:
-    """Every child of ``md``: one Deployment per workload (stable first), the Service (over the pods
-    of workload ``service_key``), the PDB."""
+    """Every child of ``md``: one Deployment per workload (stable first) — a LeaderWorkerSet for a
+    workload whose replicas span several nodes —, the Service (over the pods of workload
+    ``service_key``), the PDB."""
     names = [workload_name(md.name, w.workload_key) for w in workloads]
     if len(set(names)) != len(names):
         raise ValueError(f"two workloads render the same Deployment: {names}")
     ordered = sorted(workloads, key=lambda w: 0 if w.role == Role.STABLE else 1)
-    return [*(build_deployment(md, spec, w) for w in ordered), build_service(md, key=service_key),
-            build_pdb(md)]
+    from modelplane import lws  # it builds on this module
+
+    return [*(build_deployment(md, spec, w) if w.nodes == 1 else lws.build_leader_worker_set(md, spec, w)
+              for w in ordered), build_service(md, key=service_key), build_pdb(md)]
 
 
 # --- Gateway API Inference Extension ---------------------------------------------------------------

@@ -62,9 +62,14 @@ def model_deployment(name: str) -> dict[str, Any]:
     return docs[0]
 
 
+#: Examples whose replicas are groups of nodes: they need the LeaderWorkerSet controller and the
+#: multinode profile's H100s, and tests/e2e/test_multinode.py applies them.
+MULTI_NODE = frozenset({"deepseek-r1-multinode.yaml", "llama-3.1-405b-multinode.yaml"})
+
+
 def md_example_files() -> set[str]:
     return {p.name for p in EXAMPLES.glob("*.yaml")
-            if any(d.get("kind") == "ModelDeployment" for d in documents(p))}
+            if any(d.get("kind") == "ModelDeployment" for d in documents(p))} - MULTI_NODE
 
 
 def shape_of(name: str) -> tuple[int, str] | None:

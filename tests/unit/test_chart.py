@@ -52,6 +52,8 @@ NAMESPACED_NEEDS = (
     | _triples("inference.networking.k8s.io", "inferencepools",               # spec.inferencePool
                "list", "watch", "create", "patch", "delete")
     | _triples("gateway.networking.k8s.io", "httproutes", "list", "watch", "create", "patch", "delete")
+    # Multi-node replicas (docs/multi-node.md): a group revision is a LeaderWorkerSet.
+    | _triples("leaderworkerset.x-k8s.io", "leaderworkersets", "list", "watch", "create", "patch", "delete")
 )
 CLUSTER_NEEDS = _triples("", "nodes", "list", "watch")
 #: kopf runs only in HA (peering); it discovers resources through the CRDs.
@@ -66,7 +68,8 @@ CREDENTIALS_NEEDS = _triples("", "secrets", "get")
 GATEWAY_NEEDS = (_triples("modelplane.dev", "modeldeployments", "list", "watch")
                  | _triples("modelplane.dev", "modeladapters", "list", "watch")
                  | _triples("", "pods", "list", "watch")
-                 | _triples("apps", "deployments", "list", "watch"))
+                 | _triples("apps", "deployments", "list", "watch")
+                 | _triples("leaderworkerset.x-k8s.io", "leaderworkersets", "list", "watch"))
 #: The operator finds the gateway's replicas by watching their pods in the release namespace.
 OPERATOR_GATEWAY_NEEDS = _triples("", "pods", "list", "watch")
 GATEWAY = f"{FULLNAME}-gateway"

@@ -160,7 +160,8 @@ def test_int_or_string(path: str) -> None:
 
 SCHEMA_DEFAULTS = [
     ("spec.engine", {"image": "vllm/vllm-openai:v0.32.0", "dtype": "auto", "gpuMemoryUtilization": 0.9}),
-    ("spec.resources", {"gpu": {"count": "auto"}}), ("spec.resources.gpu", {"count": "auto"}),
+    ("spec.resources", {"gpu": {"count": "auto", "maxNodes": 1}}),
+    ("spec.resources.gpu", {"count": "auto", "maxNodes": 1}), ("spec.resources.gpu.maxNodes", 1),
     ("spec.scaling", {"mode": "Builtin", "minReplicas": 1, "maxReplicas": 4, "targetQueueDepth": 4.0,
                       "scaleDownDelay": "5m"}),
     ("spec.rollout", {}), ("spec.resources.gpu.count", "auto"), ("spec.scaling.mode", "Builtin"),

@@ -47,9 +47,11 @@ EXPECTED_FILES = {
     "deepseek-r1-distill-qwen-32b.yaml", "qwen3-30b-a3b.yaml", "deepseek-r1.yaml", "deepseek-r1-on-h100.yaml",
     "canary-rollout.yaml", "canary-rollout-suite.yaml", "budget-capped.yaml", "scale-to-zero.yaml",
     "llama-3.1-8b-inference-pool.yaml",
+    # Multi-node replicas (issue 19): DeepSeek-R1 and Llama 3.1 405B BF16 on 2x 8 H100.
+    "deepseek-r1-multinode.yaml", "llama-3.1-405b-multinode.yaml",
 }
 
-SHAPE_COMMENT = re.compile(r"^# GPU shape: (\d+x [a-z0-9-]+) per replica", re.MULTILINE)
+SHAPE_COMMENT = re.compile(r"^# GPU shape: (\d+x [a-z0-9-]+(?: across \d+ nodes)?) per replica", re.MULTILINE)
 CONDITION_COMMENT = re.compile(r"^# Condition: ([A-Za-z]+)\.", re.MULTILINE)
 
 
@@ -109,7 +111,7 @@ def test_example_comment_tells_its_plan(name: str) -> None:
         assert plan.fits, plan.reason
         assert plan.shape == shapes[0], plan.reason
         assert plan.gpu_type is not None
-        assert dev_cluster_gpus_per_node().get(plan.gpu_type, 0) >= plan.gpus_per_replica, \
+        assert dev_cluster_gpus_per_node().get(plan.gpu_type, 0) >= plan.gpus_per_node, \
             f"the dev cluster has no node for {plan.shape}"
     else:
         assert not plan.fits

@@ -80,7 +80,8 @@ async def test_the_table_follows_the_cluster() -> None:
         await wait_for(lambda: routes.synced, timeout=5, what="the informers to sync")
         # Pods, not EndpointSlices: the gateway watches exactly these (its RBAC, test_chart.py).
         assert cluster.selectors == {"modeldeployments": None, "pods": SERVER_SELECTOR,
-                                     "deployments": SERVER_SELECTOR, "modeladapters": None}
+                                     "deployments": SERVER_SELECTOR, "leaderworkersets": SERVER_SELECTOR,
+                                     "modeladapters": None}
         backend = routes.table().get("llama")
         assert backend is not None and (backend.namespace, backend.name) == ("ns", "chat")
         assert backend.split == CanarySplit("bbbb", 30)
@@ -125,6 +126,28 @@ async def test_an_invalid_model_deployment_is_not_routed() -> None:
     try:
         await wait_for(lambda: routes.synced, timeout=5, what="the informers to sync")
         assert routes.table().models == {}
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_canary_of_groups_is_found_through_its_leader_worker_set() -> None:
+    """Multi-node replicas: the canary's revision is a LeaderWorkerSet, and only leaders are endpoints."""
+    cluster = FakeCluster({
+        "modeldeployments": [model_deployment()],
+        "pods": [server_pod("chat-aaaa-0", "aaaa", "127.64.0.1"),
+                 server_pod("chat-bbbb-0", "bbbb", "127.64.0.2")],
+        "leaderworkersets": [
+            {"metadata": owned("chat-aaaa", "aaaa", annotations={render.ANNOTATION_FINGERPRINT: "f1"})},
+            {"metadata": owned("chat-bbbb", "bbbb", annotations={render.ANNOTATION_FINGERPRINT: "f2"})}],
+    })
+    routes = ClusterRoutes(cluster)  # type: ignore[arg-type]
+    task = asyncio.create_task(routes.run())
+    try:
+        await wait_for(lambda: routes.synced, timeout=5, what="the informers to sync")
+        backend = routes.table().get("llama")
+        assert backend is not None and backend.split == CanarySplit("bbbb", 30)
+        assert [e.pod for e in backend.endpoints] == ["chat-aaaa-0", "chat-bbbb-0"]
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

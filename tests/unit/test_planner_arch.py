@@ -172,6 +172,8 @@ def test_hints_override_a_catalog_entry() -> None:
      Precision.FP8),
     ("hf://acme/DeepSeek-R1-Distill-Qwen-14B-support-v2", "DeepSeek-R1-Distill-Qwen-14B", None),
     ("hf://acme/DeepSeek-R1-0528-support", "DeepSeek-R1", None),
+    ("hf://meta-llama/Llama-3.1-405B-Instruct", "Llama-3.1-405B", None),
+    ("hf://meta-llama/Llama-3.1-405B-Instruct-FP8", "Llama-3.1-405B", Precision.FP8),
 ], ids=lambda v: str(v))
 def test_catalog_matching(source: str, name: str, precision: Precision | None) -> None:
     match = match_model(source)
@@ -181,7 +183,7 @@ def test_catalog_matching(source: str, name: str, precision: Precision | None) -
 
 
 @pytest.mark.parametrize("source", [
-    "hf://acme/secret-model", "hf://meta-llama/Llama-3.1-405B-Instruct", "hf://Qwen/Qwen3-4B",
+    "hf://acme/secret-model", "hf://meta-llama/Llama-2-13b-chat-hf", "hf://Qwen/Qwen3-4B",
     "hf://acme/llama-3.1", "s3://bucket/",
     # Built from a catalog model, another architecture: not sized as the model they name first.
     "hf://deepseek-ai/DeepSeek-R1-Distill-Qwen-3B", "hf://deepseek-ai/DeepSeek-R1-0528-Qwen3-8B",

@@ -109,7 +109,8 @@ def test_status_has_exactly_the_api_fields() -> None:
     status = plan_for(md(maxModelLen=8192)).to_status()
     assert set(status) == {"gpuType", "gpusPerReplica", "tensorParallelSize", "hourlyUSDPerReplica", "shape",
                            "memory", "reason"}
-    assert set(status["memory"]) == {"weightsGiB", "kvCacheGiB", "overheadGiB", "requiredGiB", "availableGiB"}
+    assert set(status["memory"]) == {"weightsGiB", "kvCacheGiB", "overheadGiB", "requiredGiB", "availableGiB",
+                                     "perGPURequiredGiB", "perGPUAvailableGiB"}
     assert status["shape"] == "1x nvidia-l4" and status["hourlyUSDPerReplica"] == 0.8
     assert status["memory"]["requiredGiB"] <= status["memory"]["availableGiB"]
     assert set(plan_for(md("hf://acme/secret")).to_status()) == {"reason"}

@@ -258,6 +258,7 @@ def test_spec_field_effect(field: str, patch: dict[str, Any], check: Check) -> N
 NOT_RENDERED: dict[str, str] = {
     "model.hints": "planner: model shape when config.json is unreadable",
     "resources.gpu.count": "planner: becomes WorkloadPlan.gpus_per_replica and tensor_parallel_size",
+    "resources.gpu.maxNodes": "planner: becomes WorkloadPlan.nodes, a LeaderWorkerSet (test_multinode_*.py)",
     "replicas": "handler: External mode copies it into WorkloadPlan.replicas",
     "scaling": "autoscaler: decides WorkloadPlan.replicas",
     "rollout": "rollout: decides which WorkloadPlans exist and their replica split",

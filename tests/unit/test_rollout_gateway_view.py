@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 
 from modelplane.metrics.promtext import MetricSnapshot, parse_snapshot
+from modelplane.metrics.scrape import ScrapeResult
 from modelplane.rollout.analysis import AnalysisThresholds, Outcome, WindowStats, gateway_stats
 from modelplane.rollout.driver import Window, analyse
+from tests.unit.test_rollout_analysis import vllm_page
 
 NS, MD, CANARY, STABLE = "ns", "chat", "bbbb", "aaaa"
 BUCKETS = (0.1, 0.5, 1.0, 5.0)
@@ -86,3 +88,25 @@ def test_without_the_gateways_view_the_pods_decide(window_gateways: dict[str, Me
                       gateways=now, md=(NS, MD))
     assert verdict.outcome is Outcome.INCONCLUSIVE
     assert "as the gateways saw it" not in verdict.reason
+
+
+@pytest.mark.parametrize(("canary_ttft", "outcome"), [
+    # Unstreamed requests only: the gateways counted answers but timed no first token. The pods'
+    # own TTFT histograms decide the latency half: a canary far slower than stable fails on it ...
+    pytest.param([0, 0, 0, 0, 0, 0, 50, 50, 0], Outcome.FAIL, id="pods-say-slow"),
+    # ... and one as fast as stable passes (the gateways' counts still decide the error half).
+    pytest.param([0, 100, 0, 0, 0, 0, 0, 0, 0], Outcome.PASS, id="pods-say-fast"),
+])
+def test_without_streamed_requests_ttft_comes_from_the_pods(canary_ttft: list[int], outcome: Outcome) -> None:
+    start = snapshots({"g1": {}})
+    now = snapshots({"g1": {(MD, CANARY, "200"): 100, (MD, STABLE, "200"): 100}})
+    fast = [0, 100, 0, 0, 0, 0, 0, 0, 0]
+    pods = [ScrapeResult("canary-0", None, vllm_page(success={"stop": 100}, ttft=canary_ttft), None),
+            ScrapeResult("stable-0", None, vllm_page(success={"stop": 100}, ttft=fast), None)]
+    window = Window(CANARY, 0, {}, start)
+    verdict = analyse(window, pods, {"canary-0": CANARY, "stable-0": STABLE}, canary_key=CANARY,
+                      stable_key=STABLE, thresholds=THRESHOLDS, gateways=now, md=(NS, MD))
+    assert verdict.reason.endswith("(as the gateways saw it)"), verdict.reason
+    assert verdict.canary.ttft_p95 is not None and verdict.stable.ttft_p95 is not None
+    assert verdict.outcome is outcome, verdict.reason
+    assert (verdict.canary.requests, verdict.stable.requests) == (100, 100)

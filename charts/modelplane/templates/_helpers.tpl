@@ -119,6 +119,12 @@ as (apiGroup, resource, verb) triples and fails when the two differ in either di
 - apiGroups: [gateway.networking.k8s.io]
   resources: [httproutes]
   verbs: [list, watch, create, patch, delete]
+# Multi-node replicas (docs/multi-node.md): a revision whose replicas span several nodes is a
+# LeaderWorkerSet (its CRD may be absent: the informer tolerates it); its controller's RecreateGroup
+# Events are read like the scheduler's.
+- apiGroups: [leaderworkerset.x-k8s.io]
+  resources: [leaderworkersets]
+  verbs: [list, watch, create, patch, delete]
 {{- if .Values.rbac.readModelCredentials }}
 # A gated model's config.json is fetched with the HF_TOKEN of its credentialsSecret
 # (loop._read_model_config); only `get` of a named Secret, never list or watch.
@@ -205,8 +211,8 @@ app.kubernetes.io/component=gateway,app.kubernetes.io/instance={{ .Release.Name 
 
 {{/*
 The gateway only reads: its informers (gateway.cache.ClusterRoutes) list and watch the
-ModelDeployments, the server pods (its endpoints) and the server Deployments (which one is the
-canary). tests/unit/test_chart.py compares these rules with those informers.
+ModelDeployments, the server pods (its endpoints) and the server Deployments and LeaderWorkerSets
+(which one is the canary). tests/unit/test_chart.py compares these rules with those informers.
 */}}
 {{- define "modelplane.gateway.rules" -}}
 - apiGroups: [modelplane.dev]
@@ -217,5 +223,8 @@ canary). tests/unit/test_chart.py compares these rules with those informers.
   verbs: [list, watch]
 - apiGroups: [apps]
   resources: [deployments]
+  verbs: [list, watch]
+- apiGroups: [leaderworkerset.x-k8s.io]
+  resources: [leaderworkersets]
   verbs: [list, watch]
 {{- end }}

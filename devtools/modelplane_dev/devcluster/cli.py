@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from modelplane_dev.devcluster import inference_extension
+from modelplane_dev.devcluster import inference_extension, lws
 from modelplane_dev.devcluster.cluster import DevCluster, DevClusterError, Options
 
 
@@ -30,6 +30,10 @@ def register(subparsers: Any) -> None:
                     help="also install the Gateway API (GatewayClass, Gateway, HTTPRoute) and Inference "
                          "Extension (InferencePool v1) CRDs, fetched from their Go modules at pinned "
                          "versions (docs/inference-extension.md)")
+    up.add_argument("--with-lws", action="store_true",
+                    help="also run the LeaderWorkerSet controller (built from its Go module at the pinned "
+                         "version; its CRD and webhooks installed) for multi-node replicas "
+                         "(docs/multi-node.md)")
     up.set_defaults(func=_up)
 
     down = sub.add_parser("down", help="stop every process of the dev cluster (safe twice)")
@@ -48,6 +52,8 @@ def _up(args: argparse.Namespace) -> int:
                                    start_timeout=args.timeout))
         if args.with_inference_extension:
             inference_extension.install(str(Path(state.bin_dir) / "kubectl"), Path(state.kubeconfig))
+        if args.with_lws:
+            lws.ensure(cluster)
     except DevClusterError as exc:
         print(f"modelplane cluster up: {exc}")
         return 1

@@ -55,6 +55,9 @@ POD_DRAIN_MS = 3000
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 #: Every process of a running cluster: the binaries, then the simulator's pod agent.
 PROCESSES = (*COMPONENTS, "sim-agent")
+#: Processes started on demand into a running cluster (``devcluster.lws.ensure``): stopped with it,
+#: never required for it to be healthy.
+OPTIONAL_PROCESSES = ("lws-controller",)
 
 
 #: Every component outlives the call that started it; keeping its Popen here (rather than letting
@@ -490,7 +493,7 @@ class DevCluster:
     def running_pids(self) -> dict[str, int]:
         """Components whose recorded process is still alive (and is still ours)."""
         alive = {}
-        for component in PROCESSES:
+        for component in (*PROCESSES, *OPTIONAL_PROCESSES):
             pid = self._read_pid(component)
             if pid is not None and self._is_ours(pid):
                 alive[component] = pid
@@ -498,7 +501,7 @@ class DevCluster:
 
     def is_healthy(self) -> bool:
         state = self.state()
-        if state is None or set(self.running_pids()) < set(PROCESSES):
+        if state is None or not set(PROCESSES) <= set(self.running_pids()):
             return False
         try:
             return asyncio.run(self._readyz()) == "ok"
@@ -590,7 +593,7 @@ class DevCluster:
         """Stop every component by its pid; safe to call twice. Returns what was stopped."""
         stopped = []
         # Reverse start order: the node faker and the workers first, etcd last.
-        for component in reversed(PROCESSES):
+        for component in (*reversed(OPTIONAL_PROCESSES), *reversed(PROCESSES)):
             pid = self._read_pid(component)
             if pid is not None and self._is_ours(pid):
                 self._terminate(pid)
@@ -650,6 +653,11 @@ class DevCluster:
         pid = self._read_pid(component)
         if pid is not None and self._is_ours(pid):
             raise DevClusterError(f"{component} is already running (pid {pid})")
+        if component in OPTIONAL_PROCESSES:
+            from modelplane_dev.devcluster import lws  # it builds on this module
+
+            lws.start(self, state, lws.build_controller(), timeout=timeout)
+            return
         starters: dict[str, Callable[[State], None]] = {
             "etcd": self._start_etcd, "kube-apiserver": self._start_apiserver,
             "kube-controller-manager": self._start_controller_manager,
@@ -676,8 +684,9 @@ class DevCluster:
 
     @staticmethod
     def _check_component(component: str) -> None:
-        if component not in PROCESSES:
-            raise DevClusterError(f"unknown component {component!r}; known: {', '.join(PROCESSES)}")
+        if component not in (*PROCESSES, *OPTIONAL_PROCESSES):
+            raise DevClusterError(f"unknown component {component!r}; known: "
+                                  f"{', '.join((*PROCESSES, *OPTIONAL_PROCESSES))}")
 
     # --- process handling -----------------------------------------------------------------
 
@@ -859,27 +868,32 @@ class DevCluster:
             f"--kubeconfig={self.kubeconfig}", f"--load-seconds={load_seconds}"])
 
     def _write_kubeconfigs(self, state: State) -> None:
-        pki = self.run_dir / "pki"
-        ca = base64.b64encode((pki / "ca.crt").read_bytes()).decode()
         for name, stem in (("kubeconfig", "admin"),
                            ("controller-manager.kubeconfig", "controller-manager"),
                            ("scheduler.kubeconfig", "scheduler"), ("kwok.kubeconfig", "kwok")):
-            doc = {
-                "apiVersion": "v1", "kind": "Config",
-                "clusters": [{"name": "modelplane-dev", "cluster": {
-                    "server": state.server, "certificate-authority-data": ca}}],
-                "users": [{"name": stem, "user": {
-                    "client-certificate-data": base64.b64encode(
-                        (pki / f"{stem}.crt").read_bytes()).decode(),
-                    "client-key-data": base64.b64encode(
-                        (pki / f"{stem}.key").read_bytes()).decode()}}],
-                "contexts": [{"name": "modelplane-dev",
-                              "context": {"cluster": "modelplane-dev", "user": stem}}],
-                "current-context": "modelplane-dev",
-            }
-            path = self.run_dir / name
-            path.touch(mode=0o600)
-            path.write_text(yaml.safe_dump(doc, sort_keys=False))
+            self.write_kubeconfig(state, name, stem)
+
+    def write_kubeconfig(self, state: State, name: str, stem: str) -> Path:
+        """``<run-dir>/<name>``: a kubeconfig with the client certificate ``pki/<stem>.crt``."""
+        pki = self.run_dir / "pki"
+        ca = base64.b64encode((pki / "ca.crt").read_bytes()).decode()
+        doc = {
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "modelplane-dev", "cluster": {
+                "server": state.server, "certificate-authority-data": ca}}],
+            "users": [{"name": stem, "user": {
+                "client-certificate-data": base64.b64encode(
+                    (pki / f"{stem}.crt").read_bytes()).decode(),
+                "client-key-data": base64.b64encode(
+                    (pki / f"{stem}.key").read_bytes()).decode()}}],
+            "contexts": [{"name": "modelplane-dev",
+                          "context": {"cluster": "modelplane-dev", "user": stem}}],
+            "current-context": "modelplane-dev",
+        }
+        path = self.run_dir / name
+        path.touch(mode=0o600)
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return path
 
     # --- API checks -----------------------------------------------------------------------
 

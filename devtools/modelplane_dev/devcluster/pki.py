@@ -86,6 +86,38 @@ def _sign(subject: x509.Name, key: ec.EllipticCurvePrivateKey, ca_cert: x509.Cer
     return builder.sign(ca_key, hashes.SHA256())
 
 
+def _load_ca(pki: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    cert = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
+    key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{pki / 'ca.key'} is not the EC key write_pki makes")
+    return cert, key
+
+
+def issue_serving_cert(pki: Path, out_dir: Path, common_name: str) -> None:
+    """A loopback serving certificate (``tls.crt``/``tls.key`` in ``out_dir``, the names
+    controller-runtime's webhook server reads) signed by the cluster's CA in ``pki``, for an
+    in-cluster component that runs as a process on this machine (the API server calls it by URL)."""
+    ca_cert, ca_key = _load_ca(pki)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    key = _key()
+    sans: list[x509.GeneralName] = [x509.DNSName("localhost"),
+                                    x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    _write_key(out_dir / "tls.key", key)
+    _write_cert(out_dir / "tls.crt", _sign(_name(common_name), key, ca_cert, ca_key,
+                                           usages=[ExtendedKeyUsageOID.SERVER_AUTH], sans=sans))
+
+
+def issue_client_cert(pki: Path, identity: ClientIdentity) -> None:
+    """A client certificate ``<name>.crt``/``.key`` in ``pki``, signed by the cluster's CA."""
+    ca_cert, ca_key = _load_ca(pki)
+    key = _key()
+    _write_key(pki / f"{identity.name}.key", key)
+    _write_cert(pki / f"{identity.name}.crt",
+                _sign(_name(identity.common_name, identity.organization), key, ca_cert, ca_key,
+                      usages=[ExtendedKeyUsageOID.CLIENT_AUTH]))
+
+
 def write_pki(pki: Path) -> None:
     """Create every key and certificate the cluster needs under ``pki``."""
     pki.mkdir(parents=True, exist_ok=True)

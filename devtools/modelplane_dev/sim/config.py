@@ -32,6 +32,9 @@ class SimConfig:
     host: str = "127.0.0.1"
     max_model_len: int | None = None
     tensor_parallel_size: int = 1
+    #: Pipeline stages (one per node of a multi-node group; the simulator answers on the leader for
+    #: the whole group): the replica's GPUs are tensor_parallel_size x pipeline_parallel_size.
+    pipeline_parallel_size: int = 1
     max_num_seqs: int = DEFAULT_MAX_NUM_SEQS
     quantization: str | None = None
     revision: str | None = None
@@ -61,6 +64,12 @@ class SimConfig:
         """The identity the quality model draws answers for: model and revision."""
         return f"{self.model}@{self.revision or 'main'}"
 
+    @property
+    def gpus(self) -> int:
+        """GPUs of the replica: every tensor-parallel rank of every pipeline stage (the engine model
+        treats the stages' memory and compute as more ranks, an approximation)."""
+        return self.tensor_parallel_size * self.pipeline_parallel_size
+
     def size_billions(self) -> float:
         if self.parameters_billions is not None:
             return self.parameters_billions
@@ -75,11 +84,11 @@ class SimConfig:
         if self.max_model_len is not None:
             max_len = self.max_model_len
         else:
-            probe = params_for(self.gpu_type, size, self.tensor_parallel_size, 1, self.max_num_seqs,
+            probe = params_for(self.gpu_type, size, self.gpus, 1, self.max_num_seqs,
                                quantization=self.quantization,
                                gpu_memory_utilization=self.gpu_memory_utilization)
             max_len = min(DEFAULT_MAX_MODEL_LEN, probe.kv_cache_tokens)
-        return params_for(self.gpu_type, size, self.tensor_parallel_size, max_len, self.max_num_seqs,
+        return params_for(self.gpu_type, size, self.gpus, max_len, self.max_num_seqs,
                           quantization=self.quantization, gpu_memory_utilization=self.gpu_memory_utilization,
                           max_num_batched_tokens=self.max_num_batched_tokens)
 
@@ -93,6 +102,8 @@ _VALUE_FLAGS: dict[str, tuple[str, type]] = {
     "--max-model-len": ("max_model_len", int),
     "--tensor-parallel-size": ("tensor_parallel_size", int),
     "-tp": ("tensor_parallel_size", int),
+    "--pipeline-parallel-size": ("pipeline_parallel_size", int),
+    "-pp": ("pipeline_parallel_size", int),
     "--max-num-seqs": ("max_num_seqs", int),
     "--quantization": ("quantization", str),
     "-q": ("quantization", str),
@@ -111,7 +122,7 @@ _BOOL_FLAGS = frozenset({
     "--enforce-eager", "--trust-remote-code", "--disable-log-requests", "--disable-log-stats",
     "--enable-chunked-prefill", "--no-enable-chunked-prefill", "--enable-auto-tool-choice",
     "--disable-custom-all-reduce", "--disable-frontend-multiprocessing", "--enable-log-requests",
-    "--enable-expert-parallel", "--async-scheduling", "--skip-tokenizer-init",
+    "--enable-expert-parallel", "--async-scheduling", "--skip-tokenizer-init", "--headless",
 })
 
 
@@ -172,8 +183,8 @@ def parse_vllm_args(argv: Sequence[str], *, base: SimConfig | None = None) -> Si
     if positional_model is not None and "model" not in values:
         values["model"] = positional_model
     config = replace(base or SimConfig(), **values)  # type: ignore[arg-type]
-    if config.tensor_parallel_size < 1 or config.max_num_seqs < 1:
-        raise ValueError("--tensor-parallel-size and --max-num-seqs must be >= 1")
+    if config.tensor_parallel_size < 1 or config.max_num_seqs < 1 or config.pipeline_parallel_size < 1:
+        raise ValueError("--tensor-parallel-size, --pipeline-parallel-size and --max-num-seqs must be >= 1")
     if config.kv_offloading_size is not None and config.kv_offloading_size < 0:
         raise ValueError(f"--kv-offloading-size must be >= 0 GiB, got {config.kv_offloading_size}")
     if config.max_loras < 1 or config.max_lora_rank < 1:

@@ -326,6 +326,8 @@ class ConditionType(StrEnum):
     SUITE_UNDERPOWERED = "SuiteUnderpowered"
     #: Only with spec.inferencePool: whether the InferencePool (and HTTPRoute) are in place.
     INFERENCE_POOL_READY = "InferencePoolReady"
+    #: Only with multi-node replicas (LeaderWorkerSet groups): whether a group was recreated.
+    GROUP_RECREATED = "GroupRecreated"
 
 
 #: What each condition type says, for the status field descriptions (``kubectl explain``).
@@ -348,6 +350,10 @@ CONDITION_MEANINGS: Mapping[ConditionType, str] = {
                                         "(and the HTTPRoute, when asked) are applied; False when the "
                                         "cluster lacks their CRDs (the reason names which) or the API "
                                         "server refused them",
+    ConditionType.GROUP_RECREATED: "Only with multi-node replicas: True when the LeaderWorkerSet controller "
+                                   "recreated a group because one of its pods failed, restarted or was "
+                                   "deleted (the message names the pod, the group, when, and how many "
+                                   "groups are ready now), as long as the API server keeps its Events",
 }
 
 
@@ -615,6 +621,14 @@ class GPUSpec(_SpecModel):
                     "scaled to zero is grown by the cluster autoscaler for the pending pod; the Degraded "
                     f"condition says WaitingForGPUNode meanwhile). Known: {', '.join(GPU_TYPE_NAMES)}. "
                     "Default: any of them.")
+    max_nodes: StrictInt = Field(
+        default=1, ge=1, le=16,
+        description="Nodes one replica may span, 1-16. When no single node of an allowed type holds the "
+                    "model (count auto), a replica becomes a group of whole nodes run as a LeaderWorkerSet: "
+                    "tensor parallelism within a node, one pipeline stage per node; the planner takes the "
+                    "fewest nodes of the cheapest type that fits, and replicas, autoscaling, rollouts and "
+                    "cost count groups (docs/multi-node.md). Needs the LeaderWorkerSet controller in the "
+                    "cluster. Default 1: single-node replicas only.")
 
 
 class ModelCacheSpec(_SpecModel):
@@ -1127,6 +1141,12 @@ class PlanMemory(_Model):
     required_gib: StrictFloat | None = Field(default=None, description="Total needed per GPU, GiB.")
     available_gib: StrictFloat | None = Field(
         default=None, description="Usable per GPU (memory x gpuMemoryUtilization), GiB.")
+    per_gpu_required_gib: StrictFloat | None = Field(
+        default=None, alias="perGPURequiredGiB",
+        description="Needed on each GPU of the replica (its share of weights, KV cache and overhead), GiB.")
+    per_gpu_available_gib: StrictFloat | None = Field(
+        default=None, alias="perGPUAvailableGiB",
+        description="Usable on each GPU (GPU memory x gpuMemoryUtilization), GiB.")
 
 
 class PlanStatus(_Model):
@@ -1140,6 +1160,16 @@ class PlanStatus(_Model):
         default=None, description="GPU cost of one replica, USD/hour.")
     shape: str | None = Field(
         default=None, description="Short form for kubectl get, e.g. \"2x nvidia-h100-80gb\".")
+    nodes: StrictInt | None = Field(
+        default=None, ge=2,
+        description="Nodes of one replica when it spans several (a LeaderWorkerSet group); absent for a "
+                    "single-node replica.")
+    gpus_per_node: StrictInt | None = Field(
+        default=None, ge=1,
+        description="GPUs of each node of a multi-node replica (the tensor-parallel size).")
+    pipeline_parallel_size: StrictInt | None = Field(
+        default=None, ge=2,
+        description="vLLM pipeline-parallel size of a multi-node replica: one stage per node.")
     memory: PlanMemory | None = Field(default=None, description="Memory accounting.")
     reason: str | None = Field(default=None, description="Why this plan, or why none fits.")
 

@@ -102,12 +102,15 @@ MODELADAPTERS = Resource("modelplane.dev", "v1alpha1", "modeladapters", "ModelAd
 #: Gateway API Inference Extension and Gateway API: their CRDs may be absent (informer ``optional``).
 INFERENCEPOOLS = Resource("inference.networking.k8s.io", "v1", "inferencepools", "InferencePool")
 HTTPROUTES = Resource("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute")
+#: LeaderWorkerSet (multi-node replicas, ``modelplane.lws``): its CRD may be absent too.
+LEADERWORKERSETS = Resource("leaderworkerset.x-k8s.io", "v1", "leaderworkersets", "LeaderWorkerSet")
 
 _KNOWN: dict[tuple[str, str], Resource] = {
     (r.api_version, r.kind): r
     for r in (NAMESPACES, NODES, PODS, SERVICES, CONFIGMAPS, SECRETS, EVENTS, SERVICEACCOUNTS,
               DEPLOYMENTS, ENDPOINTSLICES, REPLICASETS, JOBS, PDBS, CRDS, ROLES, ROLEBINDINGS, CLUSTERROLES,
-              CLUSTERROLEBINDINGS, LEASES, MODELDEPLOYMENTS, INFERENCEPOOLS, HTTPROUTES, MODELADAPTERS)
+              CLUSTERROLEBINDINGS, LEASES, MODELDEPLOYMENTS, INFERENCEPOOLS, HTTPROUTES, LEADERWORKERSETS,
+              MODELADAPTERS)
 }
 
 

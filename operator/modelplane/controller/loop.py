@@ -39,6 +39,7 @@ from typing import Any
 
 import aiohttp
 
+from modelplane import lws
 from modelplane.api.models import FIELD_MANAGER, GROUP, KIND, VERSION, ModelDeploymentSpec
 from modelplane.autoscaler.policy import PolicyState
 from modelplane.controller import adapterloop, gateways, kube, opmetrics, peering
@@ -295,6 +296,14 @@ class Controller:
             "modeladapters": each(kube.MODELADAPTERS, index=adapterloop.adapter_base_key,
                                   handler=self._on_adapter, optional=True,
                                   absent_retry_seconds=self.settings.optional_api_retry_seconds),
+            # Multi-node replicas (modelplane.lws): the CRD may be absent; then a plan that needs
+            # groups says so, and everything else works as before.
+            "leaderworkersets": each(kube.LEADERWORKERSETS, label_selector=OWNER_LABEL, index=_owner_keys,
+                                     handler=self._on_child, optional=True,
+                                     absent_retry_seconds=self.settings.optional_api_retry_seconds,
+                                     on_served_change=self._on_group_api_change),
+            "groupevents": each(kube.EVENTS, field_selector=f"reason={lws.RECREATE_GROUP_REASON}",
+                                index=_namespace_key, handler=self._on_group_event),
             "events": each(kube.EVENTS, field_selector="reason=FailedScheduling", index=_namespace_key,
                            handler=self._on_event),
             "nodes": [Informer(self.kube, kube.NODES, watch_seconds=self.settings.watch_seconds)],
@@ -367,6 +376,15 @@ class Controller:
             if (body.get("spec") or {}).get("inferencePool") is not None:
                 self.poke(key)
 
+    def _on_group_api_change(self) -> None:
+        """The LeaderWorkerSet CRD came or went: wake every object (any plan may need groups)."""
+        for key in list(self.known):
+            self.poke(key)
+
+    def _on_group_event(self, _: str, event: dict[str, Any]) -> None:
+        """A group was recreated: wake the ModelDeployment of its LeaderWorkerSet."""
+        self._wake_owner_of(event, lws.KIND, "leaderworkersets")
+
     def _served(self, kind: str) -> bool | None:
         """Whether every informer of ``kind`` finds it served (None: one has not listed yet)."""
         states = [i.served for i in self.informers[kind]]
@@ -376,14 +394,18 @@ class Controller:
 
     def _on_event(self, _: str, event: dict[str, Any]) -> None:
         """A FailedScheduling Event: wake the ModelDeployment of the pod it is about."""
+        self._wake_owner_of(event, "Pod", "pods")
+
+    def _wake_owner_of(self, event: dict[str, Any], kind: str, informers: str) -> None:
+        """Wake the ModelDeployment owning the ``kind`` object an Event is about (from its cache)."""
         involved = event.get("involvedObject") or {}
-        if involved.get("kind") != "Pod":
+        if involved.get("kind") != kind:
             return
-        namespace, pod_name = str(involved.get("namespace") or ""), str(involved.get("name") or "")
-        for informer in self.informers["pods"]:
-            pod = informer.get(namespace, pod_name)
-            if pod is not None:
-                self.poke_owner(namespace, (pod.get("metadata") or {}).get("labels") or {})
+        namespace, name = str(involved.get("namespace") or ""), str(involved.get("name") or "")
+        for informer in self.informers[informers]:
+            obj = informer.get(namespace, name)
+            if obj is not None:
+                self.poke_owner(namespace, (obj.get("metadata") or {}).get("labels") or {})
 
     def observe(self, event_type: str, body: dict[str, Any]) -> None:
         key = object_key(body)
@@ -596,6 +618,9 @@ class Controller:
             inference_pool_api=self._served("inferencepools"),
             http_route_api=self._served("httproutes"),
             adapters=tuple(self._cached("modeladapters", key)),
+            leader_worker_sets=tuple(self._cached("leaderworkersets", key)),
+            leader_worker_set_api=self._served("leaderworkersets"),
+            group_events=tuple(e for i in self.informers["groupevents"] for e in i.by_index(namespace)),
             gateway_metrics=self._gateway_views() if (body.get("spec") or {}).get("rollout") else None)
         prepared = core.prepare(observed, prices=self.settings.prices)
         if prepared.md is not None:

@@ -24,7 +24,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from modelplane import gpus, render
+from modelplane import gpus, lws, render
 from modelplane.api.adapter import with_effective_lora
 from modelplane.api.models import (
     Condition,
@@ -89,6 +89,9 @@ class Reason(StrEnum):
     INFERENCE_POOL_CRD_MISSING = "InferencePoolCRDMissing"
     HTTP_ROUTE_CRD_MISSING = "HTTPRouteCRDMissing"
     API_NOT_YET_LISTED = "APINotYetListed"
+    LEADER_WORKER_SET_CRD_MISSING = "LeaderWorkerSetCRDMissing"
+    GROUP_RECREATED = "GroupRecreated"
+    NO_GROUP_RECREATED = "NoGroupRecreated"
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,12 @@ class Observed:
     #: True, False (not served: the CRD is not installed), None (not known yet: not listed yet).
     inference_pool_api: bool | None = None
     http_route_api: bool | None = None
+    #: This ModelDeployment's LeaderWorkerSets (multi-node replicas, ``modelplane.lws``), whether
+    #: the API server serves them (None: not listed yet), and the LeaderWorkerSet controller's
+    #: ``RecreateGroup`` Events in the namespace.
+    leader_worker_sets: tuple[Obj, ...] = ()
+    leader_worker_set_api: bool | None = None
+    group_events: tuple[Obj, ...] = ()
     #: The ModelAdapters whose spec.base names this object: they turn LoRA on and size its flags.
     adapters: tuple[Obj, ...] = ()
 
@@ -157,6 +166,8 @@ class Prepared:
     tensor_parallel_size: int = 1
     gpu_type: str | None = None
     startup_budget_seconds: int = render.DEFAULT_STARTUP_BUDGET_SECONDS
+    #: Nodes of one replica; > 1: each replica is a LeaderWorkerSet group.
+    nodes: int = 1
     served_name: str | None = None
     scrape_targets: tuple[ScrapeTarget, ...] = ()
     #: A replica's token rates on the planned shape (published-benchmark profile), so the
@@ -215,7 +226,7 @@ def prepare(observed: Observed, *, prices: Mapping[str, float]) -> Prepared:
     served = md.spec.model.served_name or md.name
     targets = tuple(
         ScrapeTarget(pod=p["metadata"]["name"], ip=p["status"]["podIP"], port=render.PORT)
-        for p in observed.pods
+        for p in lws.serving_pods(observed.pods)  # one server per replica: a group's leader
         if health.is_ready(p) and (p.get("status") or {}).get("podIP"))
     budget = plan.startup_budget_seconds or render.DEFAULT_STARTUP_BUDGET_SECONDS
     count = md.spec.resources.gpu.count
@@ -223,7 +234,7 @@ def prepare(observed: Observed, *, prices: Mapping[str, float]) -> Prepared:
         return Prepared(md=md, plan=plan, gpus_per_replica=plan.gpus_per_replica,
                         tensor_parallel_size=plan.tensor_parallel_size, gpu_type=plan.gpu_type,
                         startup_budget_seconds=budget, served_name=served, scrape_targets=targets,
-                        throughput_priors=_throughput_priors(md, request, plan))
+                        throughput_priors=_throughput_priors(md, request, plan), nodes=plan.nodes)
     if count != "auto":
         # The user fixed the count: render it and let the scheduler speak (InsufficientGPU names
         # the numbers); the plan's reason still shows in status.plan.
@@ -316,6 +327,12 @@ def _children(md: ModelDeployment, observed: Observed, revs: revisions.Revisions
         revisions.plain_workload(md, revs, desired=desired, shape=shape)]
     existing = {(c["kind"], c["metadata"]["name"]): c
                 for c in (*observed.deployments, *observed.services, *observed.pdbs)}
+    groups = {str((c.get("metadata") or {}).get("name")) for c in observed.deployments
+              if c.get("kind") == lws.KIND}
+
+    def kind_of(name: str) -> tuple[kube.Resource, str]:
+        return (lws.LEADERWORKERSETS, lws.KIND) if name in groups else (kube.DEPLOYMENTS, "Deployment")
+
     applied: list[str] = []
     for child in render.build_children(md, md.spec, workloads, service_key=service_key):
         manifest = _with_hash(child)
@@ -324,21 +341,23 @@ def _children(md: ModelDeployment, observed: Observed, revs: revisions.Revisions
         if have_hash != manifest["metadata"]["annotations"][APPLIED_HASH]:
             apply.append(manifest)
             verb = "updated" if have else "created"
-            detail = f" ({desired} replicas)" if child["kind"] == "Deployment" else ""
+            detail = f" ({desired} replicas)" if child["kind"] in ("Deployment", lws.KIND) else ""
             applied.append(f"{verb} {child['kind']} {child['metadata']['name']}{detail}")
     if applied:
         # One Event for the children of one reconcile (a new object's three used to be three).
         events.append(EventSpec("Normal", Reason.APPLIED, "; ".join(applied)))
     if rollout.driving:
         for dep_name in rollout.delete:
-            delete.append((kube.DEPLOYMENTS, dep_name))
-            events.append(EventSpec("Normal", Reason.DELETED, f"deleted Deployment {dep_name}: "
+            resource, kind = kind_of(dep_name)
+            delete.append((resource, dep_name))
+            events.append(EventSpec("Normal", Reason.DELETED, f"deleted {kind} {dep_name}: "
                                     f"rollout {rollout.state.phase.value}", rollout=True))
     else:
         for dep_name in revisions.plain_deletes(revs, switching=switching):
-            delete.append((kube.DEPLOYMENTS, dep_name))
+            resource, kind = kind_of(dep_name)
+            delete.append((resource, dep_name))
             events.append(EventSpec("Normal", Reason.DELETED,
-                                    f"deleted Deployment {dep_name}: revision {revision} serves now"))
+                                    f"deleted {kind} {dep_name}: revision {revision} serves now"))
     return apply, delete
 
 
@@ -560,6 +579,12 @@ def finish(prepared: Prepared, observed: Observed, *, metrics: Sequence[ScrapeRe
 
     events: list[EventSpec] = []
     md = prepared.md
+    # Replicas are server pods: a Deployment's pods and each group's leader (Ready only with its
+    # whole group); workers only count for the problems they show. A revision's workload is a
+    # Deployment or, for multi-node replicas, a LeaderWorkerSet: the rollout reads both alike.
+    all_pods = observed.pods
+    observed = replace(observed, pods=lws.serving_pods(observed.pods),
+                       deployments=(*observed.deployments, *observed.leader_worker_sets))
     if md is None or prepared.invalid is not None:
         message = f"the spec cannot be served: {prepared.invalid}"
         status = ModelDeploymentStatus(
@@ -582,7 +607,18 @@ def finish(prepared: Prepared, observed: Observed, *, metrics: Sequence[ScrapeRe
     # The rollout.
     shape = None if prepared.gpus_per_replica is None else rollouts.Shape(
         prepared.gpu_type, prepared.gpus_per_replica, prepared.tensor_parallel_size,
-        prepared.startup_budget_seconds)
+        prepared.startup_budget_seconds, prepared.nodes)
+    lws_missing: str | None = None
+    if shape is not None and shape.nodes > 1 and observed.leader_worker_set_api is not True:
+        # Nothing to render a group with: say so, and leave what runs alone.
+        lws_missing = (
+            f"a replica spans {shape.nodes} nodes, which needs the LeaderWorkerSet controller; the API "
+            f"server does not serve leaderworkersets.leaderworkerset.x-k8s.io/v1" if
+            observed.leader_worker_set_api is False else
+            "the operator has not yet listed leaderworkersets.leaderworkerset.x-k8s.io (its watch is "
+            "starting, or lacks RBAC)")
+        lws_missing += (": install LeaderWorkerSet (docs/multi-node.md), or set "
+                        "spec.resources.gpu.maxNodes to 1")
     rollout = rollouts.drive(
         md_meta=meta, spec=md.spec, status=old_status, deployments=observed.deployments,
         services=observed.services, pods=observed.pods, metrics=metrics, memory=rollout_memory,
@@ -598,7 +634,7 @@ def finish(prepared: Prepared, observed: Observed, *, metrics: Sequence[ScrapeRe
     # The one workload the Service (and an InferencePool) selects: stable's while a rollout runs.
     service_key = rollout.service_key if rollout.driving else \
         revisions.plain_service_key(md, revs, switching=switching)
-    if shape is not None:
+    if shape is not None and lws_missing is None:
         apply, delete = _children(md, observed, revs, rollout, desired=desired, shape=shape,
                                   switching=switching, service_key=service_key, events=events)
     inference_condition: Condition | None = None
@@ -613,15 +649,19 @@ def finish(prepared: Prepared, observed: Observed, *, metrics: Sequence[ScrapeRe
     # Status.
     plan = prepared.plan
     counts = health.count_pods(observed.pods)
-    problem = health.first_problem(observed.pods, nodes=observed.nodes, events=observed.events,
+    problem = health.first_problem(all_pods, nodes=observed.nodes, events=observed.events,
                                    now=observed.now,
                                    startup_budget_seconds=prepared.startup_budget_seconds)
     if observed.rejected is not None:
         # Nothing the pods say matters more: the workload the spec asks for cannot be written.
         problem = health.Problem(health.Reason.CHILD_REJECTED,
                                  f"the API server refused {observed.rejected}", pod="")
+    if lws_missing is not None:
+        problem = health.Problem(Reason.LEADER_WORKER_SET_CRD_MISSING, lws_missing, pod="")  # type: ignore[arg-type]
     phase, conditions = _health_conditions(prepared, counts, problem, desired=desired, switching=switching,
                                            revision=md.spec.model.revision, cond=cond)
+    if prepared.nodes > 1 or observed.leader_worker_sets:
+        conditions.append(_group_condition(md, observed, counts, desired, cond))
     phase, conditions = _rollout_conditions(phase, conditions, rollout, counts, cond)
     conditions += _scaling_conditions(decision, observed.model_config, cond)
     if inference_condition is not None:
@@ -678,6 +718,21 @@ def finish(prepared: Prepared, observed: Observed, *, metrics: Sequence[ScrapeRe
                            delete=delete, queue_depth=queue_depth),
                    rollout_memory=rollout.memory, start_evaluation=rollout.start_evaluation,
                    cancel_evaluation=rollout.cancel_evaluation)
+
+
+def _group_condition(md: ModelDeployment, observed: Observed, counts: health.PodCounts, desired: int,
+                     cond: Cond) -> Condition:
+    """``GroupRecreated``: whether the LeaderWorkerSet controller recreated a group of this object
+    (a pod of it failed, restarted or was deleted), from its Events, which the API server keeps for
+    its event TTL (1 h by default)."""
+    names = [str((o.get("metadata") or {}).get("name")) for o in observed.leader_worker_sets
+             if _owned_by(o, md)]
+    message = lws.recreation_message(lws.recreations(observed.group_events, names),
+                                     ready=counts.ready, desired=desired)
+    if message is None:
+        return cond(ConditionType.GROUP_RECREATED, False, Reason.NO_GROUP_RECREATED,
+                    "no group recreated in the Events the API server keeps")
+    return cond(ConditionType.GROUP_RECREATED, True, Reason.GROUP_RECREATED, message)
 
 
 def _evaluating_condition(state: RolloutState, cond: Cond) -> Condition:

@@ -155,6 +155,11 @@ class ClusterRoutes(Routes):
         self.deployments = [Informer(client, kube.DEPLOYMENTS, namespace=ns, label_selector=SERVER_SELECTOR,
                                      index=_by_owner, handler=self._on_child(_by_owner))
                             for ns in scopes]
+        # Multi-node replicas (modelplane.lws): a revision is a LeaderWorkerSet, which carries the
+        # canary's fingerprint as a Deployment does; its CRD may be absent.
+        self.groups = [Informer(client, kube.LEADERWORKERSETS, namespace=ns, label_selector=SERVER_SELECTOR,
+                                index=_by_owner, handler=self._on_child(_by_owner), optional=True)
+                       for ns in scopes]
         # ModelAdapters (gateway/adapters.py); optional: an install without their CRD routes models only.
         self.adapters = [Informer(client, kube.MODELADAPTERS, namespace=ns, handler=self._on_adapter,
                                   optional=True) for ns in scopes]
@@ -167,7 +172,7 @@ class ClusterRoutes(Routes):
 
     @property
     def informers(self) -> list[Informer]:
-        return [*self.models, *self.pods, *self.deployments, *self.adapters]
+        return [*self.models, *self.pods, *self.deployments, *self.groups, *self.adapters]
 
     @property
     def synced(self) -> bool:
@@ -252,7 +257,7 @@ class ClusterRoutes(Routes):
         if info is None:
             return None
         pods = [p for inf in self.pods for p in inf.by_index(key)]
-        deployments = [d for inf in self.deployments for d in inf.by_index(key)]
+        deployments = [d for inf in (*self.deployments, *self.groups) for d in inf.by_index(key)]
         return build_backend(info, pods=pods, deployments=deployments)
 
 

@@ -229,15 +229,20 @@ def render_text(results: Sequence[Result], out: TextIO) -> None:
         print(f"{r.namespace}/{r.name}  {r.source}  (sized from {plan.arch_source})", file=out)
         verdict = "fits" if plan.fits else "DOES NOT FIT"
         if plan.gpu_type:
-            print(f"  plan:    {verdict} ({plan.reason_code.value}): {plan.shape}, tensor parallel "
-                  f"{plan.tensor_parallel_size}, ${plan.usd_per_hour_per_replica:.2f}/h per replica",
-                  file=out)
+            unit = "per replica"
+            parallel = f"tensor parallel {plan.tensor_parallel_size}"
+            if plan.nodes > 1:
+                parallel += f" x pipeline parallel {plan.pipeline_parallel_size} ({plan.nodes} nodes)"
+                unit = f"per replica (a group of {plan.nodes} nodes)"
+            print(f"  plan:    {verdict} ({plan.reason_code.value}): {plan.shape}, {parallel}, "
+                  f"${plan.usd_per_hour_per_replica:.2f}/h {unit}", file=out)
         else:
             print(f"  plan:    {verdict} ({plan.reason_code.value})", file=out)
         if plan.memory is not None:
             m = plan.memory
             print(f"  memory:  weights {m.weights_gib:.1f} + KV cache {m.kv_cache_gib:.1f} + overhead "
-                  f"{m.overhead_gib:.1f} = {m.required_gib:.1f} GiB of {m.available_gib:.1f} GiB", file=out)
+                  f"{m.overhead_gib:.1f} = {m.required_gib:.1f} GiB of {m.available_gib:.1f} GiB; per GPU "
+                  f"{m.per_gpu_required_gib:.1f} of {m.per_gpu_available_gib:.1f} GiB", file=out)
         if plan.fits:
             per = plan.usd_per_hour_per_replica
             low, high = r.fleet.min_replicas, r.fleet.max_replicas

@@ -11,9 +11,15 @@ whether a node exists is a scheduling fact (``modelplane.health`` reports it), n
 A shape is one GPU type times a number of GPUs on one node, used as vLLM's tensor-parallel size.
 Among the allowed GPU types (for FP8 weights, only those with FP8 support) the planner takes, for
 each type, the fewest GPUs (up to 8, one node) whose tensor-parallel split vLLM accepts and whose
-per-GPU memory need fits, then the cheapest of those per hour. When no single node can hold the
-model it says so, with the smallest multi-node shape that would (tensor parallel within a node,
-pipeline stages across nodes), for a condition message: multi-node serving is not built yet.
+per-GPU memory need fits, then the cheapest of those per hour.
+
+When no single node of an allowed type can hold the model, a replica becomes a group of whole nodes
+(docs/multi-node.md): tensor parallelism within a node (the largest split vLLM accepts, up to the
+node's 8 GPUs) times pipeline parallelism across nodes, one stage per node. For each type the
+planner takes the fewest nodes that fit, then the cheapest group per hour, up to
+``spec.resources.gpu.maxNodes`` nodes (default 1: spanning nodes is opted into, since a group costs
+several nodes). Beyond that it refuses, naming the smallest group that would fit, if any does within
+``MAX_SUGGESTED_NODES``.
 """
 
 from __future__ import annotations
@@ -39,7 +45,8 @@ from modelplane.planner.memory import (
 
 #: GPUs of one node: the common 8-GPU server (DGX/HGX, p5, a3), and the most resources.gpu.count allows.
 MAX_GPUS_PER_NODE = 8
-#: How many nodes the multi-node suggestion may span before giving up.
+#: How many nodes a group may span: the largest spec.resources.gpu.maxNodes, and how far the planner
+#: looks for a suggestion when the allowed count is too small.
 MAX_SUGGESTED_NODES = 16
 
 
@@ -50,7 +57,8 @@ class PlanReason(StrEnum):
     FIXED_COUNT_TOO_SMALL = "FixedCountTooSmall"  #: count: N given, the model does not fit on N GPUs
     FIXED_COUNT_INVALID = "FixedCountInvalid"  #: N is not a tensor-parallel size the model allows
     FIXED_COUNT_EXCEEDS_NODE = "FixedCountExceedsNode"  #: no allowed node has N GPUs
-    NO_SINGLE_NODE_FITS = "NoSingleNodeFits"
+    NO_SINGLE_NODE_FITS = "NoSingleNodeFits"  #: maxNodes 1, and only a group of nodes would hold it
+    NO_GROUP_FITS = "NoGroupFits"  #: not even a group of maxNodes nodes of an allowed type holds it
     UNKNOWN_MODEL_SIZE = "UnknownModelSize"  #: no config.json, catalog entry or sufficient hints
     UNKNOWN_CONTEXT_LENGTH = "UnknownContextLength"  #: no maxModelLen and no model max to default to
     CONTEXT_EXCEEDS_MODEL = "ContextExceedsModel"  #: vLLM refuses maxModelLen > the model's max
@@ -78,6 +86,7 @@ class PlanRequest:
     max_num_seqs: int | None = None
     gpu_memory_utilization: float = _API_ENGINE.gpu_memory_utilization
     gpu_count: int | None = None  #: None: "auto"
+    max_nodes: int = 1  #: nodes one replica (a group) may span; 1: single-node only
     gpu_types: tuple[str, ...] = ()  #: empty: every type in the catalog
     kv_cache_bytes: float = 2.0  #: 1 with --kv-cache-dtype fp8
     batched_tokens: int = DEFAULT_BATCHED_TOKENS
@@ -96,6 +105,11 @@ class ShapeOption:
     usd_per_hour: float  #: per replica
     memory: MemoryEstimate
     nodes: int = 1
+
+    @property
+    def gpus_per_node(self) -> int:
+        """The tensor-parallel size: GPUs of one node (one pipeline stage)."""
+        return self.gpus // self.nodes
 
     @property
     def label(self) -> str:
@@ -126,10 +140,24 @@ class Plan:
     startup_budget_seconds: int = 0
     #: The cheapest fitting shape of each other allowed GPU type, cheapest first.
     alternatives: tuple[ShapeOption, ...] = ()
+    #: Nodes of one replica (a LeaderWorkerSet group when > 1: one pipeline stage per node, each of
+    #: ``tensor_parallel_size`` GPUs); ``gpus_per_replica`` counts the GPUs of the whole group.
+    nodes: int = 1
+
+    @property
+    def pipeline_parallel_size(self) -> int:
+        return self.nodes
+
+    @property
+    def gpus_per_node(self) -> int:
+        return self.gpus_per_replica // self.nodes
 
     @property
     def shape(self) -> str:
-        return f"{self.gpus_per_replica}x {self.gpu_type}" if self.gpu_type and self.gpus_per_replica else ""
+        if not (self.gpu_type and self.gpus_per_replica):
+            return ""
+        across = f" across {self.nodes} nodes" if self.nodes > 1 else ""
+        return f"{self.gpus_per_replica}x {self.gpu_type}{across}"
 
     def to_status(self) -> dict[str, Any]:
         """``status.plan`` as the API defines it (camelCase keys; absent values left out)."""
@@ -142,6 +170,9 @@ class Plan:
                 hourlyUSDPerReplica=round(self.usd_per_hour_per_replica, 4),
                 shape=self.shape,
             )
+            if self.nodes > 1:
+                status.update(nodes=self.nodes, gpusPerNode=self.gpus_per_node,
+                              pipelineParallelSize=self.pipeline_parallel_size)
         if self.memory is not None:
             m = self.memory
             status["memory"] = {
@@ -150,6 +181,8 @@ class Plan:
                 "overheadGiB": round(m.overhead_gib, 1),
                 "requiredGiB": round(m.required_gib, 1),
                 "availableGiB": round(m.available_gib, 1),
+                "perGPURequiredGiB": round(m.per_gpu_required_gib, 1),
+                "perGPUAvailableGiB": round(m.per_gpu_available_gib, 1),
             }
         return status
 
@@ -163,19 +196,27 @@ DOWNLOAD_BYTES_PER_SECOND = 250e6
 LOAD_BYTES_PER_SECOND = 0.5e9
 ENGINE_INIT_SECONDS = 150
 MULTI_GPU_SECONDS = 60
+#: A group of nodes: the workers start, join the leader and set up NCCL across the nodes' network
+#: before the engine loads (an estimate: no published figure).
+MULTI_NODE_SECONDS = 120
 STARTUP_SAFETY_FACTOR = 1.5
 #: Never less than the 10 minutes the Gateway API inference extension's vLLM manifest allows.
 MIN_STARTUP_SECONDS = 600
 
 
-def startup_budget_seconds(*, checkpoint_bytes: float, gpu_bytes_per_rank: float, gpus: int) -> int:
+def startup_budget_seconds(*, checkpoint_bytes: float, gpu_bytes_per_rank: float, gpus: int,
+                           nodes: int = 1) -> int:
     """Seconds a new replica may take from container start to serving (for the startupProbe).
 
     An uncached start: download the checkpoint, load each rank's shard (in parallel), compile and
-    capture CUDA graphs, plus the multi-GPU check; times 1.5, at least 600 s, rounded up to 30 s.
+    capture CUDA graphs, plus the multi-GPU check and, for a group of nodes, the workers joining the
+    leader (every node downloads the whole checkpoint in parallel, so the download is counted once);
+    times 1.5, at least 600 s, rounded up to 30 s. For a group this is the leader's budget: it serves
+    only once every worker has loaded its stage.
     """
     seconds = (checkpoint_bytes / DOWNLOAD_BYTES_PER_SECOND + gpu_bytes_per_rank / LOAD_BYTES_PER_SECOND
-               + ENGINE_INIT_SECONDS + (MULTI_GPU_SECONDS if gpus > 1 else 0))
+               + ENGINE_INIT_SECONDS + (MULTI_GPU_SECONDS if gpus > 1 else 0)
+               + (MULTI_NODE_SECONDS if nodes > 1 else 0))
     budget = max(MIN_STARTUP_SECONDS, seconds * STARTUP_SAFETY_FACTOR)
     return int(math.ceil(budget / 30) * 30)
 
@@ -221,22 +262,23 @@ def _valid_sizes(arch: ModelArch, limit: int) -> list[int]:
     return [n for n in range(1, limit + 1) if arch.valid_tensor_parallel(n)]
 
 
-def _smallest_multi_node(request: PlanRequest, arch: ModelArch, precision: Precision,
-                         gpus: Mapping[str, GPUType], per_node: Mapping[str, int],
-                         tokens: int) -> ShapeOption | None:
-    """The cheapest shape spanning several whole nodes (TP within a node, PP across) that fits."""
+def _multi_node_options(request: PlanRequest, arch: ModelArch, precision: Precision,
+                        gpus: Mapping[str, GPUType], per_node: Mapping[str, int], tokens: int,
+                        max_nodes: int) -> list[ShapeOption]:
+    """For each type, the fewest whole nodes (2 to ``max_nodes``; TP within a node, one pipeline
+    stage per node) that fit; cheapest first. vLLM needs a layer or more per stage."""
     found: list[ShapeOption] = []
     for name, limit in per_node.items():
         sizes = _valid_sizes(arch, limit)
         if not sizes:
             continue
         tp = sizes[-1]
-        for nodes in range(2, min(MAX_SUGGESTED_NODES, arch.num_layers) + 1):
+        for nodes in range(2, min(max_nodes, arch.num_layers) + 1):
             option = _option(request, arch, precision, gpus[name], tp=tp, tokens=tokens, pp=nodes)
             if option.memory.fits:
                 found.append(option)
                 break
-    return min(found, key=_cost_key) if found else None
+    return sorted(found, key=_cost_key)
 
 
 def _describe_need(model: str, precision: Precision, memory: MemoryEstimate, context: int,
@@ -322,12 +364,12 @@ def _finish(request: PlanRequest, arch: ModelArch, precision: Precision, context
     return Plan(fits=True, reason_code=PlanReason.FITS, reason=reason, model=request.model_name,
                 arch_source=request.arch_source, precision=precision, max_model_len=context,
                 kv_tokens=tokens, gpu_type=chosen.gpu_type, gpus_per_replica=chosen.gpus,
-                tensor_parallel_size=chosen.gpus, usd_per_hour_per_replica=chosen.usd_per_hour,
+                tensor_parallel_size=chosen.gpus_per_node, usd_per_hour_per_replica=chosen.usd_per_hour,
                 memory=chosen.memory,
                 startup_budget_seconds=startup_budget_seconds(
                     checkpoint_bytes=arch.weight_bytes(arch.native_precision),
-                    gpu_bytes_per_rank=per_rank, gpus=chosen.gpus),
-                alternatives=tuple(others))
+                    gpu_bytes_per_rank=per_rank, gpus=chosen.gpus, nodes=chosen.nodes),
+                alternatives=tuple(others), nodes=chosen.nodes)
 
 
 def _capacity_note(option: ShapeOption) -> str:
@@ -360,23 +402,43 @@ def _plan_auto(request: PlanRequest, arch: ModelArch, precision: Precision, cata
         return _finish(request, arch, precision, context, tokens, chosen, others,
                        reason + _capacity_note(chosen))
 
-    multi = _smallest_multi_node(request, arch, precision, catalog, per_node, tokens)
     closest = max(largest, key=lambda o: (o.memory.available_gib, -o.usd_per_hour)) if largest else None
     if closest is None:
         return _not_fitting(request, PlanReason.NO_SINGLE_NODE_FITS,
                             f"{request.model_name}: no tensor-parallel size up to the node size divides its "
                             f"{arch.num_attention_heads} attention heads", precision=precision, tokens=tokens)
+    groups = _multi_node_options(request, arch, precision, catalog, per_node, tokens, request.max_nodes)
+    if groups:
+        chosen, others = groups[0], groups[1:]
+        need = _describe_need(request.model_name, precision, chosen.memory, context, request.max_num_seqs)
+        reason = (f"{need}: no allowed GPU type holds it on one node, so a replica is a group of "
+                  f"{chosen.nodes} nodes: {chosen.label} (tensor parallel {chosen.gpus_per_node} within "
+                  f"a node, pipeline parallel {chosen.nodes} across) at {_usd(chosen.usd_per_hour)}, "
+                  f"{chosen.memory.per_gpu_required_gib:.1f} of {chosen.memory.per_gpu_available_gib:.1f} "
+                  f"GiB per GPU, is the cheapest group that fits")
+        if others:
+            reason += f"; next {others[0].label} {_usd(others[0].usd_per_hour)}"
+        return _finish(request, arch, precision, context, tokens, chosen, others,
+                       reason + _capacity_note(chosen))
+
+    suggestion = _multi_node_options(request, arch, precision, catalog, per_node, tokens, MAX_SUGGESTED_NODES)
+    multi = suggestion[0] if suggestion else None
     need = _describe_need(request.model_name, precision, closest.memory, context, request.max_num_seqs)
     reason = (f"{need}: no allowed GPU type holds it on one node (the largest, {closest.label}, offers "
               f"{closest.memory.available_gib:.1f} GiB)")
+    code = PlanReason.NO_SINGLE_NODE_FITS if request.max_nodes <= 1 else PlanReason.NO_GROUP_FITS
+    if code is PlanReason.NO_GROUP_FITS:
+        reason += f", nor does a group of up to {request.max_nodes} nodes (spec.resources.gpu.maxNodes)"
     if multi is not None:
-        reason += (f"; the smallest shape that would is {multi.label} ({_usd(multi.usd_per_hour)}), "
-                   f"and multi-node serving is not supported yet")
+        reason += (f"; the smallest group that would is {multi.label} ({_usd(multi.usd_per_hour)}): "
+                   f"set spec.resources.gpu.maxNodes to {multi.nodes} to serve it across nodes")
+    elif request.max_nodes < MAX_SUGGESTED_NODES:
+        reason += f"; not even a group of {MAX_SUGGESTED_NODES} nodes of an allowed type would"
     if closest.memory.kv_capacity_tokens > 0 and request.max_num_seqs is None:
         longest = closest.memory.kv_capacity_tokens // 1024 * 1024  # a round figure, rounded down
         if longest > 0:
             reason += f"; {closest.label} would fit with spec.engine.maxModelLen up to {longest}"
-    return _not_fitting(request, PlanReason.NO_SINGLE_NODE_FITS, reason, precision=precision, tokens=tokens,
+    return _not_fitting(request, code, reason, precision=precision, tokens=tokens,
                         gpu_type=closest.gpu_type, gpus=closest.gpus, usd=closest.usd_per_hour,
                         memory=closest.memory, smallest=multi.label if multi else None)
 
@@ -395,8 +457,8 @@ def _plan_fixed(request: PlanRequest, arch: ModelArch, precision: Precision, cat
         most = max(per_node.values())
         return _not_fitting(request, PlanReason.FIXED_COUNT_EXCEEDS_NODE,
                             f"resources.gpu.count {count} exceeds the {most} GPUs of the largest allowed "
-                            f"node; multi-node serving is not supported yet", precision=precision,
-                            tokens=tokens)
+                            f"node; leave count auto and set spec.resources.gpu.maxNodes to serve a model "
+                            f"across nodes", precision=precision, tokens=tokens)
     options = sorted((_option(request, arch, precision, catalog[n], tp=count, tokens=tokens)
                       for n in candidates), key=_cost_key)
     fitting = [o for o in options if o.memory.fits]
@@ -415,9 +477,12 @@ def _plan_fixed(request: PlanRequest, arch: ModelArch, precision: Precision, cat
     if auto.fits:
         suggestion = auto.shape
         reason += f"; {auto.shape} would fit ({_usd(auto.usd_per_hour_per_replica)})"
+        if auto.nodes > 1:
+            reason += " with resources.gpu.count auto"
     elif auto.smallest_shape:
         suggestion = auto.smallest_shape
-        reason += f"; it needs {auto.smallest_shape}, and multi-node serving is not supported yet"
+        reason += (f"; it needs {auto.smallest_shape}: leave resources.gpu.count auto and set "
+                   f"spec.resources.gpu.maxNodes")
     return _not_fitting(request, PlanReason.FIXED_COUNT_TOO_SMALL, reason, precision=precision, tokens=tokens,
                         gpu_type=closest.gpu_type, gpus=count, usd=closest.usd_per_hour,
                         memory=closest.memory, smallest=suggestion)
@@ -518,6 +583,7 @@ def plan_request_from_spec(spec: ModelDeploymentSpec, *, config_arch: ModelArch 
         max_num_seqs=engine.max_num_seqs,
         gpu_memory_utilization=engine.gpu_memory_utilization,
         gpu_count=None if gpu.count == "auto" else gpu.count,
+        max_nodes=gpu.max_nodes,
         gpu_types=tuple(gpu.types or ()),  # unset: every type in the catalog
         kv_cache_bytes=1.0 if kv_dtype.startswith("fp8") else 2.0,
         batched_tokens=int(batched) if batched and batched.isdigit() else DEFAULT_BATCHED_TOKENS,

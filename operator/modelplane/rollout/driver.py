@@ -105,6 +105,7 @@ class Shape:
     gpus_per_replica: int
     tensor_parallel_size: int
     startup_budget_seconds: int
+    nodes: int = 1  #: > 1: a replica is a group of nodes (a LeaderWorkerSet, ``modelplane.lws``)
 
 
 @dataclass(frozen=True)
@@ -189,10 +190,13 @@ class Outcome:
 
 def snapshot_annotation(spec: ModelDeploymentSpec, shape: Shape) -> str:
     """The ``ANNOTATION_GATED`` value: gated fields and shape, canonical JSON."""
-    return json.dumps({"gated": gated_fields(spec), "shape": {
+    doc: dict[str, Any] = {
         "gpuType": shape.gpu_type, "gpusPerReplica": shape.gpus_per_replica,
         "tensorParallelSize": shape.tensor_parallel_size,
-        "startupBudgetSeconds": shape.startup_budget_seconds}}, sort_keys=True, separators=(",", ":"))
+        "startupBudgetSeconds": shape.startup_budget_seconds}
+    if shape.nodes > 1:  # absent for one node: the snapshots written before groups stay identical
+        doc["nodes"] = shape.nodes
+    return json.dumps({"gated": gated_fields(spec), "shape": doc}, sort_keys=True, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -221,7 +225,7 @@ def _known(dep: Obj) -> _Known:
             gated = doc["gated"]
             s = doc["shape"]
             shape = Shape(s.get("gpuType"), int(s["gpusPerReplica"]), int(s["tensorParallelSize"]),
-                          int(s["startupBudgetSeconds"]))
+                          int(s["startupBudgetSeconds"]), int(s.get("nodes", 1)))
         except (ValueError, KeyError, TypeError):
             gated, shape = None, None
     name = str(meta.get("name"))
@@ -248,7 +252,7 @@ def workload(*, role: render.Role, spec: ModelDeploymentSpec, fingerprint: str, 
         role=role, source=spec.model.source, revision=spec.model.revision, replicas=replicas,
         gpu_type=shape.gpu_type, gpus_per_replica=shape.gpus_per_replica,
         tensor_parallel_size=shape.tensor_parallel_size, startup_budget_seconds=shape.startup_budget_seconds,
-        key=key, spec=spec, annotations=annotations)
+        key=key, spec=spec, annotations=annotations, nodes=shape.nodes)
 
 
 # --- analysis -------------------------------------------------------------------------------------
