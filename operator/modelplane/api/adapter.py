@@ -115,6 +115,14 @@ class AdapterReason(StrEnum):
     LOAD_FAILED = "LoadFailed"
 
 
+class AdapterCondition(Condition):
+    """One observation about the adapter, as in metav1.Condition."""
+
+    type: str = Field(min_length=1, max_length=316,
+                      description="Loadable: whether the operator can load the adapter at all (False says "
+                                  "why). Ready: whether every Ready replica of the base holds it.")
+
+
 class ReplicaAdapterStatus(_Model):
     """The adapter on one replica (pod) of the base."""
 
@@ -136,7 +144,7 @@ class ModelAdapterStatus(_Model):
     ready_replicas: StrictInt | None = Field(default=None, ge=0, description="Ready replicas of the base.")
     replicas: list[ReplicaAdapterStatus] = Field(
         default_factory=list, description="Per Ready replica of the base: whether the adapter is loaded.")
-    conditions: list[Condition] = Field(
+    conditions: list[AdapterCondition] = Field(
         default_factory=list,
         description="Loadable: False when the operator cannot load it (reason UnknownBase, RankAboveMaximum, "
                     "NoLoRAHeadroom, ServedNameConflict, ClaimNotMounted, InvalidSpec). Ready: True "
