@@ -95,7 +95,9 @@ class AdapterSync:
         self.revisions: dict[tuple[str, str, str], str] = {}
         #: ("namespace/base", pod, adapter name) → (path, vLLM's message, retry at, failures in a row).
         self.failures: dict[tuple[str, str, str], tuple[str, str, float, int]] = {}
-        self.writes = 0  #: status writes made (the 50-adapter steady-state test reads it)
+        self.writes = 0  #: status writes made
+        #: (namespace, name) → (the resourceVersion a status write replaced, the status written).
+        self._written: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
 
     # --- one base --------------------------------------------------------------------------
 
@@ -132,7 +134,8 @@ class AdapterSync:
             old = self._old_status(adapters, adapter)
             status = core.build_status(adapter, verdict, ready_pods=sorted(ready), loaded=loaded,
                                        failures=failures, old_status=old, now=now)
-            await self._write(adapter.namespace, adapter.name, old, status)
+            await self._write(adapter.namespace, adapter.name, old, status,
+                              version=str(adapter.metadata.get("resourceVersion") or ""))
         self._forget(scope, set(ready))
 
     async def sync_orphans(self, *, adapters: Iterable[Obj], known_bases: set[tuple[str, str]],
@@ -209,12 +212,19 @@ class AdapterSync:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return f"{type(exc).__name__}: {exc}"
 
-    @staticmethod
-    def _old_status(objs: Iterable[Obj], adapter: ModelAdapter) -> Mapping[str, Any] | None:
+    def _old_status(self, objs: Iterable[Obj], adapter: ModelAdapter) -> Mapping[str, Any] | None:
+        """The adapter's status as it is now: the cached object's, unless the cache has not seen the
+        operator's last write yet (it still holds the resourceVersion that write replaced), in which
+        case the status written. (Without this, a reconcile right after a write rebuilt the status
+        from the one before it — a transition time moved — and wrote again: the 50-adapter e2e.)"""
         for obj in objs:
             meta = obj.get("metadata") or {}
             if (meta.get("namespace"), meta.get("name")) == (adapter.namespace, adapter.name):
                 status = obj.get("status")
+                written = self._written.get((adapter.namespace, adapter.name))
+                if written is not None and written[0] == meta.get("resourceVersion"):
+                    return written[1]
+                self._written.pop((adapter.namespace, adapter.name), None)  # the cache caught up
                 return status if isinstance(status, Mapping) else None
         return None
 
@@ -232,12 +242,14 @@ class AdapterSync:
                           {"phase": "Failed", "conditions": [condition]})
 
     async def _write(self, namespace: str, name: str, old: Mapping[str, Any] | None,
-                     status: Mapping[str, Any]) -> None:
+                     status: Mapping[str, Any], *, version: str | None = None) -> None:
         if not core.status_changed(old, status):
             return
         await self.kube.apply({"apiVersion": ADAPTER_API_VERSION, "kind": ADAPTER_KIND,
                                "metadata": {"name": name, "namespace": namespace}, "status": dict(status)},
                               subresource="status", field_manager=FIELD_MANAGER)
+        if version is not None:
+            self._written[(namespace, name)] = (version, dict(status))
         self.writes += 1
         opmetrics.API_WRITES.labels(ADAPTER_KIND, "status").inc()
 
