@@ -129,20 +129,23 @@ async def namespace(request: pytest.FixtureRequest, cluster: ClusterHandle,
 
 
 CRD_PATH = Path(__file__).resolve().parents[1] / "crds" / "modeldeployments.modelplane.dev.yaml"
-#: The ModelRoute CRD (api/route.py), installed beside it: the operator and the gateways watch both.
+#: The other kinds' CRDs, installed beside it: the operator and the gateways watch them too
+#: (ModelRoute: api/route.py; ModelAdapter: api/adapter.py).
 ROUTE_CRD_PATH = CRD_PATH.with_name("modelroutes.modelplane.dev.yaml")
+ADAPTER_CRD_PATH = CRD_PATH.with_name("modeladapters.modelplane.dev.yaml")
 
 
 @pytest.fixture(scope="session")
 def crds(cluster: ClusterHandle) -> Path:
     """The generated CRD, installed with kubectl (server-side) and established."""
     cluster.run_kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_PATH),
-                        "-f", str(ROUTE_CRD_PATH))
+                        "-f", str(ROUTE_CRD_PATH), "-f", str(ADAPTER_CRD_PATH))
     said: list[str] = []
 
     def established() -> bool:
         done = cluster.run_kubectl("wait", "--for=condition=Established", "--timeout=10s",
                                    "crd/modeldeployments.modelplane.dev", "crd/modelroutes.modelplane.dev",
+                                   "crd/modeladapters.modelplane.dev",
                                    check=False)
         said.append((done.stderr or done.stdout).strip())
         return done.returncode == 0
@@ -156,8 +159,8 @@ def crds(cluster: ClusterHandle) -> Path:
         raise AssertionError(f"{exc}; kubectl said: {said[-1] if said else '(nothing)'}") from exc
     # Established is not the end: the new resource's storage initialises a moment later, and an
     # operator that lists it before then backs off. Wait until a list answers.
-    wait_until(lambda: cluster.run_kubectl("get", "modeldeployments", "-A",
-                                           check=False).returncode == 0,
+    wait_until(lambda: all(cluster.run_kubectl("get", kind, "-A", check=False).returncode == 0
+                           for kind in ("modeldeployments", "modeladapters")),
                timeout=60, what="modeldeployments to be listable after the CRD was established")
     return CRD_PATH
 

@@ -45,6 +45,7 @@ from modelplane.api.models import (
     DType,
     HTTPRouteSpec,
     InferencePoolSpec,
+    LoRASpec,
     ModelDeploymentSpec,
     ModelSpec,
 )
@@ -57,6 +58,8 @@ PVC_MOUNT = "/models"
 OCI_MOUNT = "/model-image"
 OCI_MODEL_DIR = "models"  # where a KServe modelcar image keeps the model
 SHM_MOUNT = "/dev/shm"
+#: Turns on vLLM's /v1/load_lora_adapter and /v1/unload_lora_adapter (an admin API: docs/adapters.md).
+LORA_RUNTIME_ENV = "VLLM_ALLOW_RUNTIME_LORA_UPDATING"
 
 #: Kubernetes practice from gateway-api-inference-extension's vLLM manifest (shared/FACTS.md).
 PROBE_PERIOD_SECONDS = 1
@@ -313,7 +316,21 @@ def vllm_args(md_name: str, spec: ModelDeploymentSpec, workload: WorkloadPlan) -
         args += ["--dtype", engine.dtype.value]
     if engine.max_num_seqs is not None:
         args += ["--max-num-seqs", str(engine.max_num_seqs)]
+    args += lora_args(engine.lora)
     return args + list(engine.extra_args)
+
+
+def lora_args(lora: LoRASpec | None) -> list[str]:
+    """vLLM's LoRA flags for ``spec.engine.lora`` (as ``adapters.effective_lora`` filled it in);
+    each one set is rendered, the rest keep vLLM's defaults. None: LoRA off, no flag."""
+    if lora is None:
+        return []
+    args = ["--enable-lora"]
+    for flag, value in (("--max-loras", lora.max_loras), ("--max-lora-rank", lora.max_lora_rank),
+                        ("--max-cpu-loras", lora.max_cpu_loras)):
+        if value is not None:
+            args += [flag, str(value)]
+    return args
 
 
 def _env(model: ModelSpec, spec: ModelDeploymentSpec, scheme: str) -> list[dict[str, Any]]:
@@ -327,6 +344,9 @@ def _env(model: ModelSpec, spec: ModelDeploymentSpec, scheme: str) -> list[dict[
         # By reference only: the token never passes through the operator.
         env["HF_TOKEN"] = {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
             "name": model.credentials_secret, "key": "HF_TOKEN"}}}
+    if spec.engine.lora is not None:
+        # The operator loads ModelAdapters through vLLM's runtime endpoints (docs/adapters.md).
+        env[LORA_RUNTIME_ENV] = {"name": LORA_RUNTIME_ENV, "value": "True"}
     for var in spec.engine.env:
         # The user's value wins; one entry per name, since env is a map list under server-side apply.
         env[var.name] = {"name": var.name, "value": var.value}

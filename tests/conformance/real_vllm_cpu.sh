@@ -61,12 +61,14 @@ if ! "$VENV/bin/python" -c "import importlib.metadata as m; m.version('vllm')" 2
 fi
 
 "$VENV/bin/python" "$HERE/tiny_model.py" "$WORK/tiny-model"
-VLLM_TARGET_DEVICE=cpu VLLM_CPU_KVCACHE_SPACE=1 HF_HUB_OFFLINE=1 "$VENV/bin/vllm" serve "$WORK/tiny-model" --load-format dummy \
+VLLM_TARGET_DEVICE=cpu VLLM_CPU_KVCACHE_SPACE=1 HF_HUB_OFFLINE=1 VLLM_ALLOW_RUNTIME_LORA_UPDATING=1 \
+  "$VENV/bin/vllm" serve "$WORK/tiny-model" --load-format dummy \
   --host 127.0.0.1 --port "$PORT" --max-model-len 512 --served-model-name tiny --dtype bfloat16 \
-  --max-num-seqs 8 > "$WORK/serve.log" 2>&1 &
+  --max-num-seqs 8 --enable-lora --max-loras 2 --max-lora-rank 8 > "$WORK/serve.log" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true; wait $SERVER 2>/dev/null || true' EXIT
 # conftest waits for /health with a deadline (900 s here) before the first test.
 MODELPLANE_CONFORMANCE_URL="http://127.0.0.1:$PORT" MODELPLANE_CONFORMANCE_MODEL=tiny \
+  MODELPLANE_CONFORMANCE_LORA_DIR="$WORK/tiny-model-lora" \
   MODELPLANE_CONFORMANCE_START_TIMEOUT=900 \
   "$PYTEST" -q -p no:cacheprovider "$HERE" || { tail -40 "$WORK/serve.log"; exit 1; }

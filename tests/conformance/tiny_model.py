@@ -1,5 +1,8 @@
 """Build a tiny randomly initialised Llama for real vLLM: a config and a locally trained tokenizer.
 
+Beside it (``OUT_DIR-lora/good`` and ``OUT_DIR-lora/wide``) two PEFT LoRA adapters with random weights
+for the LoRA conformance tests: rank 8 and rank 16 (above the suite's ``--max-lora-rank 8``).
+
 Nothing is downloaded: vLLM runs it with ``--load-format dummy`` (random weights), and the tokenizer is
 a byte-level BPE trained here on a few sentences. Run with the throwaway vLLM venv's Python, which
 has ``tokenizers``: ``python tiny_model.py OUT_DIR``.
@@ -41,5 +44,27 @@ def main(out: str) -> None:
         json.dump({"bos_token_id": 1, "eos_token_id": 2}, f)
 
 
+def write_adapter(out: str, *, base: str, rank: int, hidden: int = 128, kv: int = 64) -> None:
+    """A PEFT adapter on q_proj and v_proj of the tiny model's two layers (torch and safetensors are
+    vLLM's own dependencies)."""
+    import torch  # type: ignore[import-not-found]
+    from safetensors.torch import save_file  # type: ignore[import-not-found]
+
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "adapter_config.json"), "w") as f:
+        json.dump({"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base, "r": rank,
+                   "lora_alpha": 2 * rank, "lora_dropout": 0.0, "bias": "none",
+                   "target_modules": ["q_proj", "v_proj"], "fan_in_fan_out": False}, f)
+    tensors = {}
+    for layer in range(2):
+        for module, width in (("q_proj", hidden), ("v_proj", kv)):
+            prefix = f"base_model.model.model.layers.{layer}.self_attn.{module}"
+            tensors[f"{prefix}.lora_A.weight"] = torch.randn(rank, hidden, dtype=torch.bfloat16) * 0.01
+            tensors[f"{prefix}.lora_B.weight"] = torch.zeros(width, rank, dtype=torch.bfloat16)
+    save_file(tensors, os.path.join(out, "adapter_model.safetensors"))
+
+
 if __name__ == "__main__":
     main(sys.argv[1])
+    write_adapter(sys.argv[1] + "-lora/good", base=sys.argv[1], rank=8)
+    write_adapter(sys.argv[1] + "-lora/wide", base=sys.argv[1], rank=16)

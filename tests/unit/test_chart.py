@@ -40,6 +40,8 @@ NAMESPACED_NEEDS = (
     _triples("modelplane.dev", "modeldeployments", "list", "watch")            # informer
     | _triples("modelplane.dev", "modeldeployments/status", "patch")           # status SSA
     | _triples("modelplane.dev", "modeldeployments/finalizers", "update")      # blockOwnerDeletion
+    | _triples("modelplane.dev", "modeladapters", "list", "watch")             # adapterloop
+    | _triples("modelplane.dev", "modeladapters/status", "patch")              # adapter status SSA
     | _triples("apps", "deployments", "list", "watch", "create", "patch", "delete")  # children
     | _triples("", "services", "list", "watch", "create", "patch")
     | _triples("policy", "poddisruptionbudgets", "list", "watch", "create", "patch")
@@ -66,6 +68,7 @@ NAMESPACED_PEERING_NEEDS = _triples("kopf.dev", "kopfpeerings", "list", "watch",
 CREDENTIALS_NEEDS = _triples("", "secrets", "get")
 #: The gateway only reads: its informers (gateway.cache.ClusterRoutes), nothing else.
 GATEWAY_NEEDS = (_triples("modelplane.dev", "modeldeployments", "list", "watch")
+                 | _triples("modelplane.dev", "modeladapters", "list", "watch")
                  | _triples("", "pods", "list", "watch")
                  | _triples("apps", "deployments", "list", "watch")
                  | _triples("modelplane.dev", "modelroutes", "list", "watch")  # gateway.meshroutes
@@ -677,4 +680,4 @@ def test_include_crds_renders_the_crds() -> None:
     manifests = render({}, include_crds=True)
     names = {m["metadata"]["name"] for m in pick(manifests, "CustomResourceDefinition")}
     assert names == {"modeldeployments.modelplane.dev", "modelroutes.modelplane.dev",
-                     "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
+                     "modeladapters.modelplane.dev", "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}

@@ -11,8 +11,8 @@ import yaml
 from tests.chart import CHART, REPO, helm
 
 CRD_CHART = REPO / "charts" / "modelplane-crds"
-ALL = {"modeldeployments.modelplane.dev", "modelroutes.modelplane.dev", "kopfpeerings.kopf.dev",
-       "clusterkopfpeerings.kopf.dev"}
+ALL = {"modeldeployments.modelplane.dev", "modelroutes.modelplane.dev", "modeladapters.modelplane.dev",
+       "kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev"}
 
 
 def rendered(*args: str) -> dict[str, dict[str, Any]]:
@@ -45,7 +45,8 @@ def test_lint_is_clean() -> None:
 
 @pytest.mark.parametrize(("args", "names", "kept"), [
     ((), ALL, True),
-    (("--set", "kopfPeering=false"), {"modeldeployments.modelplane.dev", "modelroutes.modelplane.dev"}, True),
+    (("--set", "kopfPeering=false"), {"modeldeployments.modelplane.dev", "modelroutes.modelplane.dev",
+                                      "modeladapters.modelplane.dev"}, True),
     (("--set", "keep=false"), ALL, False),
 ])
 def test_renders_each_crd_unchanged_with_labels_and_the_keep_policy(

@@ -80,7 +80,8 @@ async def test_the_table_follows_the_cluster() -> None:
         await wait_for(lambda: routes.synced, timeout=5, what="the informers to sync")
         # Pods, not EndpointSlices: the gateway watches exactly these (its RBAC, test_chart.py).
         assert cluster.selectors == {"modeldeployments": None, "pods": SERVER_SELECTOR,
-                                     "deployments": SERVER_SELECTOR, "leaderworkersets": SERVER_SELECTOR}
+                                     "deployments": SERVER_SELECTOR, "leaderworkersets": SERVER_SELECTOR,
+                                     "modeladapters": None}
         backend = routes.table().get("llama")
         assert backend is not None and (backend.namespace, backend.name) == ("ns", "chat")
         assert backend.split == CanarySplit("bbbb", 30)
@@ -147,6 +148,44 @@ async def test_a_canary_of_groups_is_found_through_its_leader_worker_set() -> No
         backend = routes.table().get("llama")
         assert backend is not None and backend.split == CanarySplit("bbbb", 30)
         assert [e.pod for e in backend.endpoints] == ["chat-aaaa-0", "chat-bbbb-0"]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def model_adapter(rv: str, *loaded: str) -> Obj:
+    return {"apiVersion": "modelplane.dev/v1alpha1", "kind": "ModelAdapter",
+            "metadata": meta("sql-adapter", rv),
+            "spec": {"base": "chat", "source": "hf://org/sql-lora", "servedName": "sql"},
+            "status": {"phase": "Ready", "conditions": [{"type": "Loadable", "status": "True"}],
+                       "replicas": [{"pod": p, "state": "Loaded", "path": "org/sql-lora"} for p in loaded]}}
+
+
+async def test_adapters_follow_their_status_and_their_base() -> None:
+    cluster = FakeCluster({
+        "modeldeployments": [model_deployment()],
+        "pods": [server_pod("chat-aaaa-1", "aaaa", "127.64.0.1"),
+                 server_pod("chat-aaaa-2", "aaaa", "127.64.0.2")],
+        "modeladapters": [model_adapter("1", "chat-aaaa-1")],
+    })
+    routes = ClusterRoutes(cluster)  # type: ignore[arg-type]
+    task = asyncio.create_task(routes.run())
+    try:
+        await wait_for(lambda: routes.synced, timeout=5, what="the informers to sync")
+        sql = routes.table().get("sql")
+        assert sql is not None and [e.pod for e in sql.endpoints] == ["chat-aaaa-1"]
+        assert sql.adapter_of == "chat"
+        # The operator loaded it on the second replica too.
+        cluster.push("modeladapters", "MODIFIED", model_adapter("2", "chat-aaaa-1", "chat-aaaa-2"))
+        await wait_for(lambda: [e.pod for e in routes.table().models["sql"].endpoints]
+                       == ["chat-aaaa-1", "chat-aaaa-2"], timeout=5, what="the second holder")
+        # A holder stops being ready: it leaves the adapter's endpoints with the base's.
+        cluster.push("pods", "MODIFIED", server_pod("chat-aaaa-1", "aaaa", "127.64.0.1", rv="2", ready=False))
+        await wait_for(lambda: [e.pod for e in routes.table().models["sql"].endpoints] == ["chat-aaaa-2"],
+                       timeout=5, what="the unready holder to leave")
+        cluster.push("modeladapters", "DELETED", model_adapter("2", "chat-aaaa-2"))
+        await wait_for(lambda: routes.table().get("sql") is None, timeout=5, what="the adapter to go")
+        assert routes.table().get("llama") is not None
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

@@ -183,6 +183,14 @@ SPEC_EFFECTS: list[tuple[str, dict[str, Any], Check]] = [
         lambda d: _flag(d, "--gpu-memory-utilization") == "0.85",
     ),
     ("engine.maxNumSeqs", {"engine": {"maxNumSeqs": 64}}, lambda d: _flag(d, "--max-num-seqs") == "64"),
+    # LoRA (docs/adapters.md): each field its flag, and the runtime load/unload endpoints switched on.
+    ("engine.lora.maxLoras", {"engine": {"lora": {"maxLoras": 8}}},
+     lambda d: _flag(d, "--max-loras") == "8" and "--enable-lora" in _args(d)
+     and _env(d)["VLLM_ALLOW_RUNTIME_LORA_UPDATING"]["value"] == "True"),
+    ("engine.lora.maxLoraRank", {"engine": {"lora": {"maxLoraRank": 64}}},
+     lambda d: _flag(d, "--max-lora-rank") == "64"),
+    ("engine.lora.maxCpuLoras", {"engine": {"lora": {"maxCpuLoras": 32}}},
+     lambda d: _flag(d, "--max-cpu-loras") == "32"),
     (
         "engine.extraArgs",
         {"engine": {"extraArgs": ["--enable-prefix-caching", "--seed=1"]}},

@@ -77,6 +77,13 @@ as (apiGroup, resource, verb) triples and fails when the two differ in either di
 - apiGroups: [modelplane.dev]
   resources: [modeldeployments/finalizers]
   verbs: [update]
+# ModelAdapters: read (controller.adapterloop), status written by server-side apply; never their spec.
+- apiGroups: [modelplane.dev]
+  resources: [modeladapters]
+  verbs: [list, watch]
+- apiGroups: [modelplane.dev]
+  resources: [modeladapters/status]
+  verbs: [patch]
 # vLLM Deployments: the controller's informer lists and watches the labelled ones; the controller
 # applies them and deletes old revisions. Server-side apply is a PATCH, but the API server
 # authorizes a PATCH that creates the object as `create` (tests/e2e/test_rbac.py found out).
@@ -216,7 +223,7 @@ ModelDeployments, the server pods (its endpoints) and the server Deployments and
 */}}
 {{- define "modelplane.gateway.rules" -}}
 - apiGroups: [modelplane.dev]
-  resources: [modeldeployments, modelroutes]
+  resources: [modeldeployments, modelroutes, modeladapters]
   verbs: [list, watch]
 - apiGroups: [""]
   resources: [pods]

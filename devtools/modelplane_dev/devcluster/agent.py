@@ -65,6 +65,8 @@ class PodTarget:
     port: int
     argv: tuple[str, ...]
     node: str
+    #: The container's literal environment variables (``valueFrom`` ones are not resolved).
+    env: tuple[tuple[str, str], ...] = ()
 
 
 def pod_target(pod: Mapping[str, Any], kwok_nodes: Container[str]) -> PodTarget | None:
@@ -84,7 +86,9 @@ def pod_target(pod: Mapping[str, Any], kwok_nodes: Container[str]) -> PodTarget 
         if ports and any(a in ("serve", "vllm") or "api_server" in a for a in argv):
             return PodTarget(uid=str(meta["uid"]), namespace=str(meta.get("namespace")),
                              name=str(meta.get("name")), ip=str(ip),
-                             port=int(ports[0]["containerPort"]), argv=tuple(argv), node=str(node))
+                             port=int(ports[0]["containerPort"]), argv=tuple(argv), node=str(node),
+                             env=tuple((str(e["name"]), str(e["value"])) for e in container.get("env") or []
+                                       if "name" in e and "value" in e))
     return None
 
 
@@ -219,7 +223,7 @@ class Agent:
     async def start_sim_server(self, target: PodTarget, gpu_type: str,
                                behaviors: BehaviorMap) -> Server:
         server = SimServer.from_vllm_args(list(target.argv), gpu_type=gpu_type, behaviors=behaviors,
-                                          host=target.ip, port=target.port)
+                                          host=target.ip, port=target.port, env=dict(target.env))
         server.behavior = replace(server.behavior, load_seconds=max(
             server.behavior.load_seconds, self.load_seconds))
         await server.start()

@@ -20,6 +20,7 @@ from typing import Any
 
 from modelplane.gpus import GPU_TYPE_NAMES
 from modelplane_dev.sim.config import DEFAULT_GPU_TYPE, SimConfig, parse_vllm_args
+from modelplane_dev.sim.lora import runtime_updating_allowed
 from modelplane_dev.sim.provider import ProviderMode
 from modelplane_dev.sim.quality import read_behaviors
 from modelplane_dev.sim.server import SimServer, serve_forever
@@ -52,7 +53,9 @@ def build_config(args: argparse.Namespace) -> SimConfig:
     if vllm_args and vllm_args[0] == "--":
         vllm_args = vllm_args[1:]
     config = parse_vllm_args(vllm_args, base=SimConfig(gpu_type=args.gpu_type))
-    overrides: dict[str, Any] = {"gpu_type": args.gpu_type}
+    # vLLM reads VLLM_ALLOW_RUNTIME_LORA_UPDATING from its environment; so does the simulator.
+    overrides: dict[str, Any] = {"gpu_type": args.gpu_type,
+                                 "allow_runtime_lora_updating": runtime_updating_allowed(os.environ)}
     if args.host is not None:
         overrides["host"] = args.host
     if args.port is not None:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from modelplane.planner.performance import EngineParams, guess_parameters_billions, params_for
+from modelplane_dev.sim.lora import DEFAULT_MAX_LORA_RANK, DEFAULT_MAX_LORAS
 
 #: vLLM's defaults for the flags the simulator reads.
 DEFAULT_PORT = 8000
@@ -46,6 +47,13 @@ class SimConfig:
     enable_prefix_caching: bool = True
     #: vLLM's ``--kv-offloading-size``: GiB of host memory for offloaded KV blocks (None: no offloading).
     kv_offloading_size: float | None = None
+    #: LoRA (``sim/lora.py``): ``--enable-lora``, ``--max-loras``, ``--max-lora-rank``, ``--max-cpu-loras``.
+    enable_lora: bool = False
+    max_loras: int = DEFAULT_MAX_LORAS
+    max_lora_rank: int = DEFAULT_MAX_LORA_RANK
+    max_cpu_loras: int | None = None  #: None: ``max_loras``, as in vLLM
+    #: Not a flag: the container's ``VLLM_ALLOW_RUNTIME_LORA_UPDATING`` (the load/unload endpoints).
+    allow_runtime_lora_updating: bool = False
 
     @property
     def served_name(self) -> str:
@@ -104,6 +112,9 @@ _VALUE_FLAGS: dict[str, tuple[str, type]] = {
     "--max-num-batched-tokens": ("max_num_batched_tokens", int),
     "--seed": ("seed", int),
     "--kv-offloading-size": ("kv_offloading_size", float),
+    "--max-loras": ("max_loras", int),
+    "--max-lora-rank": ("max_lora_rank", int),
+    "--max-cpu-loras": ("max_cpu_loras", int),
 }
 # Flags that never take a value: they must not swallow the next argument.
 _BOOL_FLAGS = frozenset({
@@ -160,6 +171,10 @@ def parse_vllm_args(argv: Sequence[str], *, base: SimConfig | None = None) -> Si
             values["enable_prefix_caching"] = flag == "--enable-prefix-caching"
             i += 1
             continue
+        if flag == "--enable-lora" and not eq:
+            values["enable_lora"] = True
+            i += 1
+            continue
         if eq or flag in _BOOL_FLAGS:
             i += 1
             continue
@@ -172,6 +187,11 @@ def parse_vllm_args(argv: Sequence[str], *, base: SimConfig | None = None) -> Si
         raise ValueError("--tensor-parallel-size, --pipeline-parallel-size and --max-num-seqs must be >= 1")
     if config.kv_offloading_size is not None and config.kv_offloading_size < 0:
         raise ValueError(f"--kv-offloading-size must be >= 0 GiB, got {config.kv_offloading_size}")
+    if config.max_loras < 1 or config.max_lora_rank < 1:
+        raise ValueError("--max-loras and --max-lora-rank must be >= 1")
+    if config.max_cpu_loras is not None and config.max_cpu_loras < config.max_loras:
+        # vLLM's LoRAConfig check, with its wording.
+        raise ValueError(f"max_cpu_loras ({config.max_cpu_loras}) must be >= max_loras ({config.max_loras})")
     if config.quantization in ("", "none", "None"):
         config = replace(config, quantization=None)
     return config

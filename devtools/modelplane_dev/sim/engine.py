@@ -252,6 +252,10 @@ class EngineModel:
     def idle(self) -> bool:
         return not self._running and not self._waiting
 
+    def is_running(self, request_id: str) -> bool:
+        """Whether the request holds a batch slot now (False while it waits, or when unknown)."""
+        return request_id in self._running
+
     def generated_tokens(self, request_id: str) -> int:
         """Tokens a running request has generated as of the last ``advance``; 0 while it waits."""
         req = self._running.get(request_id)

@@ -107,6 +107,8 @@ class SimBehavior:
     error_rate: float = 0.0  #: share of requests answered with HTTP 500
     latency_factor: float = 1.0  #: multiplies every engine step time (1 = the GPU's normal pace)
     load_seconds: float = 0.0  #: time from start until ``/health`` answers 200
+    lora_rank: int = 8  #: of a LoRA adapter (``sim/lora.py``): its rank, checked against --max-lora-rank
+    lora_missing: bool = False  #: of a LoRA adapter: nothing at its path (load answers 404)
 
     def __post_init__(self) -> None:
         if not 0 <= self.accuracy <= 1:
@@ -117,14 +119,17 @@ class SimBehavior:
             raise ValueError(f"latency_factor must be > 0, got {self.latency_factor}")
         if self.load_seconds < 0:
             raise ValueError(f"load_seconds must be >= 0, got {self.load_seconds}")
+        if self.lora_rank < 1:
+            raise ValueError(f"lora_rank must be >= 1, got {self.lora_rank}")
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> SimBehavior:
-        known = {"accuracy", "error_rate", "latency_factor", "load_seconds"}
+        known = {"accuracy", "error_rate", "latency_factor", "load_seconds", "lora_rank", "lora_missing"}
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ValueError(f"unknown behaviour fields {unknown}; known: {sorted(known)}")
-        return cls(**{k: float(v) for k, v in raw.items()})
+        kinds: dict[str, Callable[[Any], Any]] = {"lora_rank": int, "lora_missing": bool}
+        return cls(**{k: kinds.get(k, float)(v) for k, v in raw.items()})
 
 
 DEFAULT_BEHAVIOR = SimBehavior()
@@ -141,6 +146,13 @@ class BehaviorMap:
         keys = [f"{model}@{revision}", revision, model] if revision else [model]
         for key in keys:
             if key is not None and key in self.by_key:
+                return self.by_key[key]
+        return self.default
+
+    def for_adapter(self, path: str, name: str) -> SimBehavior:
+        """A LoRA adapter's behaviour: the entry of its path, else of its name, else the default."""
+        for key in (path, name):
+            if key in self.by_key:
                 return self.by_key[key]
         return self.default
 

@@ -54,6 +54,15 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from modelplane.planner.performance import kv_bytes_per_token
 from modelplane_dev.sim.config import SimConfig, parse_vllm_args
 from modelplane_dev.sim.engine import EngineModel, EventKind, FinishReason, Histogram
+from modelplane_dev.sim.lora import (
+    LOAD_PATH,
+    UNLOAD_PATH,
+    LoRAError,
+    LoRARegistry,
+    lora_info_labels,
+    permission,
+    runtime_updating_allowed,
+)
 from modelplane_dev.sim.prefix import (
     BLOCK_TOKENS,
     OFFLOAD_BYTES_PER_S,
@@ -104,6 +113,7 @@ class _Stream:
     request_id: str
     pieces: list[str]
     prompt_tokens: int
+    adapter: str | None = None  #: the LoRA adapter serving it (None: the base model)
     generated: int = 0
     finish: FinishReason | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -215,6 +225,13 @@ class _EngineCollector(Collector):
         for key, count in sorted(self._server.http_requests.items()):
             http.add_metric(list(key), count)
         yield http
+        if self._server.config.enable_lora:
+            # vLLM's gauge has no model_name/engine labels: (max_lora, waiting, running) only.
+            info = GaugeMetricFamily("vllm:lora_requests_info", "Running stats on lora requests.",
+                                     labels=["max_lora", "waiting_lora_adapters", "running_lora_adapters"])
+            for key, stamp in self._server.lora_info.items():
+                info.add_metric(list(key), stamp)
+            yield info
 
 
 def offloading(config: SimConfig, latency_factor: float = 1.0) -> dict[str, Any]:
@@ -246,6 +263,11 @@ class SimServer:
             behavior = (behaviors.for_checkpoint(config.model, config.revision) if behaviors is not None
                         else DEFAULT_BEHAVIOR)
         self.behavior = behavior
+        self.behaviors = behaviors if behaviors is not None else BehaviorMap(default=behavior)
+        self.lora = LoRARegistry(enabled=config.enable_lora, max_loras=config.max_loras,
+                                 max_lora_rank=config.max_lora_rank, max_cpu_loras=config.max_cpu_loras)
+        #: ``vllm:lora_requests_info``: (max_lora, waiting, running) -> wall time it was last current.
+        self.lora_info: dict[tuple[str, str, str], float] = {}
         self.params = config.engine_params().slowed(behavior.latency_factor)
         self.engine = EngineModel(self.params, start=time.monotonic(),
                                   prefix_caching=config.enable_prefix_caching,
@@ -267,10 +289,13 @@ class SimServer:
 
     @classmethod
     def from_vllm_args(cls, argv: Sequence[str], *, gpu_type: str, behaviors: BehaviorMap | None = None,
-                       host: str | None = None, port: int | None = None) -> SimServer:
-        """A replica configured from a vLLM container's args and its node's GPU type."""
+                       host: str | None = None, port: int | None = None,
+                       env: Mapping[str, str] | None = None) -> SimServer:
+        """A replica configured from a vLLM container's args, environment and its node's GPU type."""
         config = parse_vllm_args(argv, base=SimConfig(gpu_type=gpu_type))
         overrides: dict[str, Any] = {}
+        if env is not None:
+            overrides["allow_runtime_lora_updating"] = runtime_updating_allowed(env)
         if host is not None:
             overrides["host"] = host
         if port is not None:
@@ -308,6 +333,9 @@ class SimServer:
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/metrics", self._metrics)
+        if self.config.allow_runtime_lora_updating:
+            app.router.add_post(LOAD_PATH, self._load_lora)
+            app.router.add_post(UNLOAD_PATH, self._unload_lora)
         self._routes = frozenset(resource.canonical for resource in app.router.resources())
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
@@ -367,6 +395,18 @@ class SimServer:
                 if generated > stream.generated:
                     stream.generated = generated
                     stream.changed.set()
+        if self.config.enable_lora:
+            self._note_lora_info()
+
+    def _note_lora_info(self) -> None:
+        """Stamp the current (waiting, running) adapters, as vLLM's stats logger does every step."""
+        waiting: list[str] = []
+        running: list[str] = []
+        for stream in self._streams.values():
+            if stream.adapter is not None and stream.finish is None:
+                (running if self.engine.is_running(stream.request_id) else waiting).append(stream.adapter)
+        key = lora_info_labels(max_loras=self.config.max_loras, waiting=waiting, running=running)
+        self.lora_info[key] = time.time()
 
     async def _pump_loop(self) -> None:
         while True:
@@ -423,13 +463,38 @@ class SimServer:
         card = {
             "id": served, "object": "model", "created": self._created, "owned_by": "vllm",
             "root": self.config.model, "parent": None, "max_model_len": self.params.max_model_len,
-            "permission": [{
-                "id": f"modelperm-{uuid.uuid4().hex}", "object": "model_permission", "created": self._created,
-                "allow_create_engine": False, "allow_sampling": True, "allow_logprobs": True,
-                "allow_search_indices": False, "allow_view": True, "allow_fine_tuning": False,
-                "organization": "*", "group": None, "is_blocking": False}],
+            "permission": [permission(self._created, ident=f"modelperm-{uuid.uuid4().hex}")],
         }
-        return web.json_response({"object": "list", "data": [card]})
+        cards = [card, *self.lora.model_cards(base_name=served, created=self._created)]
+        return web.json_response({"object": "list", "data": cards})
+
+    async def _load_lora(self, request: web.Request) -> web.Response:
+        return await self._lora_admin(request, load=True)
+
+    async def _unload_lora(self, request: web.Request) -> web.Response:
+        return await self._lora_admin(request, load=False)
+
+    async def _lora_admin(self, request: web.Request, *, load: bool) -> web.Response:
+        if (refusal := self._not_loaded()) is not None:
+            return refusal
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            return _error(400, f"the body is not JSON: {exc}", "BadRequestError")
+        if not isinstance(body, dict):
+            return _error(400, "the body must be a JSON object", "BadRequestError")
+        try:
+            if load:
+                path, name = body.get("lora_path"), body.get("lora_name")
+                behavior = self.behaviors.for_adapter(str(path), str(name))
+                text = self.lora.load(body, rank=behavior.lora_rank, missing=behavior.lora_missing)
+            else:
+                text = self.lora.unload(body)
+        except LoRAError as exc:
+            return _error(exc.status, exc.message, exc.kind)
+        log.info("%s: %s", self.url, text)
+        # vLLM answers with a bare ``Response(content=str)``: no JSON, no media type.
+        return web.Response(status=200, body=text.encode())
 
     async def _metrics(self, request: web.Request) -> web.Response:
         if (refusal := self._not_loaded()) is not None:
@@ -487,7 +552,7 @@ class SimServer:
         if not isinstance(body, dict):
             raise _HTTPError(400, "the body must be a JSON object", "BadRequestError")
         model = body.get("model")
-        if model is not None and model != self.config.served_name:
+        if model is not None and model != self.config.served_name and model not in self.lora.adapters:
             raise _HTTPError(404, f"The model `{model}` does not exist.", "NotFoundError")
         n = body.get("n", 1)
         if n not in (None, 1):
@@ -510,29 +575,34 @@ class SimServer:
                      "completion.",
                 "BadRequestError")
         seq = next(self._request_counter)
-        if unit_draw("error", self.config.seed, self.config.checkpoint, seq) < self.behavior.error_rate:
+        adapter = self.lora.adapters.get(str(body.get("model")))
+        checkpoint, behavior = self.config.checkpoint, self.behavior
+        if adapter is not None:
+            # The adapter's answers: its own quality identity (its path) and behaviour.
+            checkpoint, behavior = adapter.path, self.behaviors.for_adapter(adapter.path, adapter.name)
+        if unit_draw("error", self.config.seed, checkpoint, seq) < behavior.error_rate:
             raise _HTTPError(500, "simulated engine failure", "InternalServerError")
 
-        reply = answer(question, checkpoint=self.config.checkpoint, behavior=self.behavior,
-                       seed=self.config.seed)
+        reply = answer(question, checkpoint=checkpoint, behavior=behavior, seed=self.config.seed)
         output_tokens: int | None
         if reply.evaluated:
             pieces = split_tokens(reply.text)
             output_tokens = len(pieces)
         elif max_tokens is not None:
             # Filler runs to max_tokens, like a benchmark request with ignore_eos.
-            pieces = split_tokens(filler_text(f"{self.config.checkpoint}\x1f{question}", max_tokens))
+            pieces = split_tokens(filler_text(f"{checkpoint}\x1f{question}", max_tokens))
             output_tokens = None
         else:
-            length = 32 + int(unit_draw("length", self.config.checkpoint, question) * 224)
-            pieces = split_tokens(filler_text(f"{self.config.checkpoint}\x1f{question}", length))
+            length = 32 + int(unit_draw("length", checkpoint, question) * 224)
+            pieces = split_tokens(filler_text(f"{checkpoint}\x1f{question}", length))
             output_tokens = len(pieces)
         pieces = pieces[:requested]
         if output_tokens is not None and output_tokens > requested:
             output_tokens = None  # cut by max_tokens: finishes with "length"
 
         request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
-        stream_state = _Stream(request_id, pieces, prompt_tokens)
+        stream_state = _Stream(request_id, pieces, prompt_tokens,
+                               adapter=adapter.name if adapter is not None else None)
         self._streams[request_id] = stream_state
         try:
             self.engine.submit(request_id, prompt_tokens, requested, self._loop_time(),
@@ -570,7 +640,8 @@ class SimServer:
             choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": reason,
                       "stop_reason": None, "prompt_logprobs": None}
         return {"id": stream.request_id, "object": "chat.completion" if chat else "text_completion",
-                "created": int(time.time()), "model": self.config.served_name, "choices": [choice],
+                "created": int(time.time()), "model": stream.adapter or self.config.served_name,
+                "choices": [choice],
                 "usage": self._usage(stream)}
 
     async def _stream(self, request: web.Request, stream: _Stream, *, chat: bool,
@@ -584,7 +655,7 @@ class SimServer:
 
         def chunk(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> bytes:
             payload: dict[str, Any] = {"id": stream.request_id, "object": kind, "created": created,
-                                       "model": self.config.served_name, "choices": choices}
+                                       "model": stream.adapter or self.config.served_name, "choices": choices}
             if usage is not None:
                 payload["usage"] = usage
             return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"

@@ -364,10 +364,16 @@ def render_reference() -> str:
     return "\n".join(out).rstrip("\n") + "\n"
 
 
-def generated_files() -> dict[Path, str]:
-    from modelplane.api import routegen  # it builds on this module
+# Public names for the other kinds' generators (api/adaptercrd.py).
+object_sections = _object_sections
+cell = _cell
 
-    return {CRD_PATH: render_crd(), REFERENCE_PATH: render_reference(), **routegen.generated_files()}
+
+def generated_files() -> dict[Path, str]:
+    from modelplane.api import adaptercrd, routegen  # they build on this module
+
+    return {CRD_PATH: render_crd(), REFERENCE_PATH: render_reference(), **routegen.generated_files(),
+            **adaptercrd.generated_files()}
 
 
 def _repo_root() -> Path:

@@ -14,7 +14,7 @@ Field names are snake_case in Python and camelCase on the wire (``alias_generato
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -156,6 +156,9 @@ OWNED_FLAGS: tuple[OwnedFlag, ...] = (
     OwnedFlag(("--dtype",), "use spec.engine.dtype"),
     OwnedFlag(("--port",), "the operator sets it: the probes and the Service use port 8000"),
     OwnedFlag(("--download-dir",), "the operator sets it to the model cache (spec.resources.modelCache)"),
+    OwnedFlag(("--enable-lora", "--max-loras", "--max-lora-rank", "--max-cpu-loras"),
+              "use spec.engine.lora (the operator renders them when ModelAdapters name this model, and the "
+              "planner reserves their memory)"),
     # Other sources may choose their format (a Mistral checkpoint asks for --load-format mistral).
     OwnedFlag(("--load-format",), "the operator sets runai_streamer to stream the weights from the bucket",
               schemes=("s3", "gs")),
@@ -205,21 +208,21 @@ class _SpecModel(_Model):
 
 # --- reusable field types ---
 
-def _check_source(value: str) -> str:
+def _check_source(value: str, schemes: Sequence[str] = tuple(SOURCE_SCHEMES)) -> str:
     scheme = value.split("://", 1)[0] if "://" in value else ""
-    if scheme not in SOURCE_SCHEMES:
-        raise ValueError(f"source must start with one of {', '.join(s + '://' for s in SOURCE_SCHEMES)}")
+    if scheme not in schemes:
+        raise ValueError(f"source must start with one of {', '.join(s + '://' for s in schemes)}")
     pattern, example = SOURCE_SCHEMES[scheme]
     if not re.match(pattern, value):
         raise ValueError(f"malformed {scheme}:// source: expected {example}")
     return value
 
 
-def _source_rules() -> dict[str, Any]:
+def _source_rules(schemes: Sequence[str] = tuple(SOURCE_SCHEMES)) -> dict[str, Any]:
     return rules(*(
-        (f"!self.startsWith('{scheme}://') || self.matches(r'{pattern}')",
-         f"malformed {scheme}:// source: expected {example}")
-        for scheme, (pattern, example) in SOURCE_SCHEMES.items()
+        (f"!self.startsWith('{scheme}://') || self.matches(r'{SOURCE_SCHEMES[scheme][0]}')",
+         f"malformed {scheme}:// source: expected {SOURCE_SCHEMES[scheme][1]}")
+        for scheme in schemes
     ))
 
 
@@ -509,6 +512,39 @@ def _owned_flags_doc() -> str:
                                              if flag.schemes else "") for flag in OWNED_FLAGS)
 
 
+#: The values vLLM accepts for --max-lora-rank (its LoRAConfig).
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+class LoRASpec(_SpecModel):
+    """LoRA serving on this model's replicas, for the ModelAdapters whose spec.base names it."""
+
+    max_loras: StrictInt | None = Field(
+        default=None, ge=1, le=256,
+        description="Adapters one batch may mix (--max-loras); vLLM reserves GPU memory for this many, "
+                    "at maxLoraRank, and the planner counts it. Default: 4 once an adapter points here. "
+                    "1-256. A change restarts the replicas.")
+    max_lora_rank: Literal[1, 8, 16, 32, 64, 128, 256, 320, 512] | None = Field(
+        default=None,
+        description="The largest adapter rank the replicas accept (--max-lora-rank): one of vLLM's "
+                    "values 1, 8, 16, 32, 64, 128, 256, 320, 512. Default: the smallest of those that fits "
+                    "the highest rank among this model's adapters (at least 16). A change restarts the "
+                    "replicas; an adapter of a higher rank is reported NotLoadable (RankAboveMaximum).")
+    max_cpu_loras: StrictInt | None = Field(
+        default=None, ge=1, le=4096,
+        description="Adapters each replica holds loaded at once (--max-cpu-loras, in host memory; must be "
+                    ">= maxLoras). Default: the number of adapters on this model rounded up to a power of "
+                    "two, at least 16, so adding adapters restarts the replicas only when it crosses 16, "
+                    "32, 64... Adapters beyond it are reported NotLoadable (NoLoRAHeadroom). 1-4096.")
+
+    @model_validator(mode="after")
+    def _checks(self) -> Self:
+        cpu, gpu = self.max_cpu_loras, self.max_loras
+        if cpu is not None and gpu is not None and cpu < gpu:
+            raise ValueError("maxCpuLoras must be >= maxLoras")
+        return self
+
+
 class EngineSpec(_SpecModel):
     """The vLLM engine: typed fields for what the operator plans around, extraArgs for the rest."""
 
@@ -553,6 +589,15 @@ class EngineSpec(_SpecModel):
         description="Extra environment variables for the vLLM container (names unique; "
                     f"{', '.join(SECRET_ENV_NAMES)} are refused here: put credentials in the Secret "
                     "model.credentialsSecret names). At most 64.")
+    lora: LoRASpec | None = Field(
+        default=None,
+        json_schema_extra=rules((
+            "!has(self.maxCpuLoras) || !has(self.maxLoras) || self.maxCpuLoras >= self.maxLoras",
+            "maxCpuLoras must be >= maxLoras", ".maxCpuLoras")),
+        description="LoRA adapters served at runtime (--enable-lora with VLLM_ALLOW_RUNTIME_LORA_UPDATING). "
+                    "Set it to serve ModelAdapters with fixed limits, so that adding an adapter never "
+                    "restarts a replica; without it, LoRA turns on (and the replicas restart once) when the "
+                    "first ModelAdapter names this model, with the defaults below. docs/adapters.md.")
 
     @model_validator(mode="after")
     def _checks(self) -> Self:

@@ -99,6 +99,7 @@ CLUSTERROLEBINDINGS = Resource("rbac.authorization.k8s.io", "v1", "clusterrolebi
 LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease")
 MODELDEPLOYMENTS = Resource("modelplane.dev", "v1alpha1", "modeldeployments", "ModelDeployment")
 MODELROUTES = Resource("modelplane.dev", "v1alpha1", "modelroutes", "ModelRoute")
+MODELADAPTERS = Resource("modelplane.dev", "v1alpha1", "modeladapters", "ModelAdapter")
 #: Gateway API Inference Extension and Gateway API: their CRDs may be absent (informer ``optional``).
 INFERENCEPOOLS = Resource("inference.networking.k8s.io", "v1", "inferencepools", "InferencePool")
 HTTPROUTES = Resource("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute")
@@ -110,7 +111,7 @@ _KNOWN: dict[tuple[str, str], Resource] = {
     for r in (NAMESPACES, NODES, PODS, SERVICES, CONFIGMAPS, SECRETS, EVENTS, SERVICEACCOUNTS,
               DEPLOYMENTS, ENDPOINTSLICES, REPLICASETS, JOBS, PDBS, CRDS, ROLES, ROLEBINDINGS, CLUSTERROLES,
               CLUSTERROLEBINDINGS, LEASES, MODELDEPLOYMENTS, MODELROUTES, INFERENCEPOOLS, HTTPROUTES,
-              LEADERWORKERSETS)
+              LEADERWORKERSETS, MODELADAPTERS)
 }
 
 

@@ -42,7 +42,7 @@ import aiohttp
 from modelplane import lws
 from modelplane.api.models import FIELD_MANAGER, GROUP, KIND, VERSION, ModelDeploymentSpec
 from modelplane.autoscaler.policy import PolicyState
-from modelplane.controller import gateways, kube, opmetrics, peering
+from modelplane.controller import adapterloop, gateways, kube, opmetrics, peering
 from modelplane.controller import reconcile as core
 from modelplane.controller.informer import Informer, object_key
 from modelplane.controller.kube import MODELDEPLOYMENTS
@@ -250,6 +250,9 @@ class Controller:
         self.route_status = RouteStatusWriter(
             client, routes=self.informers["modelroutes"], models=self.informers["modeldeployments"],
             active=self._active, gateway_texts=self._gateway_texts)
+        #: ModelAdapters: loads them onto their base's replicas, writes their status (adapterloop).
+        self.adapter_sync = adapterloop.AdapterSync(client)
+        self._orphans_due = asyncio.Event()
         #: (namespace, ConfigMap, key) → (expires at, cases or None); reads in flight.
         self._suites: dict[tuple[str, str, str], tuple[float, int | None]] = {}
         self._suite_reads: dict[tuple[str, str, str], asyncio.Task[None]] = {}
@@ -293,6 +296,10 @@ class Controller:
                                handler=self._on_child, optional=True,
                                absent_retry_seconds=self.settings.optional_api_retry_seconds,
                                on_served_change=self._on_inference_api_change),
+            # ModelAdapters, filed under their base (its CRD may be absent: an older install).
+            "modeladapters": each(kube.MODELADAPTERS, index=adapterloop.adapter_base_key,
+                                  handler=self._on_adapter, optional=True,
+                                  absent_retry_seconds=self.settings.optional_api_retry_seconds),
             # Multi-node replicas (modelplane.lws): the CRD may be absent; then a plan that needs
             # groups says so, and everything else works as before.
             "leaderworkersets": each(kube.LEADERWORKERSETS, label_selector=OWNER_LABEL, index=_owner_keys,
@@ -348,7 +355,8 @@ class Controller:
     def _ready_to_reconcile(self) -> bool:
         """The objects and their children have been listed once (the core must not take a child it
         has not seen yet for a missing one). Events and nodes only explain; they may lag."""
-        needed = ("modeldeployments", "deployments", "services", "pdbs", "pods")
+        # The adapters too: they decide the LoRA flags, and rendering without them would restart pods.
+        needed = ("modeldeployments", "deployments", "services", "pdbs", "pods", "modeladapters")
         return all(i.synced.is_set() for kind in needed for i in self.informers[kind])
 
     # --- feeding ----------------------------------------------------------------------------
@@ -360,6 +368,14 @@ class Controller:
     def _on_child(self, _: str, obj: dict[str, Any]) -> None:
         meta = obj.get("metadata") or {}
         self.poke_owner(meta.get("namespace"), meta.get("labels") or {})
+
+    def _on_adapter(self, _: str, obj: dict[str, Any]) -> None:
+        """A ModelAdapter changed: wake its base (flags, loads, status), or the orphan sweep."""
+        for key in adapterloop.adapter_base_key(obj):
+            if key in self.known:
+                self.poke(key)
+            else:
+                self._orphans_due.set()
 
     def _on_inference_api_change(self) -> None:
         """An InferencePool or HTTPRoute CRD came or went: wake the objects that ask for them."""
@@ -409,6 +425,7 @@ class Controller:
             if gone is not None:
                 gone.stop_evaluation()
             opmetrics.forget(*key)
+            self._orphans_due.set()  # its adapters now have no base
             return
         before = self.known.get(key)
         self.known[key] = body
@@ -463,6 +480,7 @@ class Controller:
                    for n in range(EVENT_SENDERS)]
         if self.settings.gateway_selector or self.settings.gateway_metrics_urls:
             tasks.append(asyncio.create_task(self._follow_gateways(), name="gateways"))
+        tasks.append(asyncio.create_task(self._sweep_orphan_adapters(), name="adapter-orphans"))
         try:
             await self._schedule()
         finally:
@@ -607,6 +625,7 @@ class Controller:
             http_routes=tuple(self._cached("httproutes", key)),
             inference_pool_api=self._served("inferencepools"),
             http_route_api=self._served("httproutes"),
+            adapters=tuple(self._cached("modeladapters", key)),
             leader_worker_sets=tuple(self._cached("leaderworkersets", key)),
             leader_worker_set_api=self._served("leaderworkersets"),
             group_events=tuple(e for i in self.informers["groupevents"] for e in i.by_index(namespace)),
@@ -674,7 +693,38 @@ class Controller:
         for event in result.events:
             self.record_event(body, event)
         self._export(key, result)
+        md = prepared.md
+        lora = md is not None and (bool(observed.adapters) or md.spec.engine.lora is not None)
+        if md is not None and lora and self._http is not None:
+            await self.adapter_sync.sync_base(
+                self._http, namespace=namespace, base=md, pods=observed.pods, adapters=observed.adapters,
+                every_adapter=self._all_adapters(), models=self.known.values())
         return rejected is None
+
+    def _all_adapters(self) -> list[dict[str, Any]]:
+        return [a for i in self.informers["modeladapters"] for a in i.items()]
+
+    async def _sweep_orphan_adapters(self) -> None:
+        """Status for adapters whose base does not exist, when one changes and every resync."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._orphans_due.wait(), timeout=self.settings.idle_resync_seconds)
+            self._orphans_due.clear()
+            if not self._ready_to_reconcile():
+                await asyncio.sleep(self.settings.resync_seconds)
+                self._orphans_due.set()
+                continue
+            adapters = self._all_adapters()
+            try:
+                await self.adapter_sync.sync_orphans(
+                    adapters=[a for a in adapters if self._serves(object_key(a)[0])],
+                    known_bases=set(self.known), every_adapter=adapters, models=self.known.values())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # logged and retried at the next beat; never ends the loop
+                log.warning("adapter status sweep failed: %s: %s", type(exc).__name__, exc)
+                await asyncio.sleep(self.settings.resync_seconds)
+                self._orphans_due.set()
 
     def _evaluations(self, key: Key, memory: _Memory, result: core.Result) -> None:
         """Start, keep or stop the evaluation task as the rollout core asked."""

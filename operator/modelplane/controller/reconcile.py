@@ -25,6 +25,7 @@ from enum import StrEnum
 from typing import Any
 
 from modelplane import gpus, lws, render
+from modelplane.api.adapter import with_effective_lora
 from modelplane.api.models import (
     Condition,
     ConditionStatus,
@@ -36,7 +37,7 @@ from modelplane.api.models import (
     ScalingMode,
 )
 from modelplane.autoscaler import cost, policy
-from modelplane.controller import health, kube
+from modelplane.controller import adapters, health, kube
 from modelplane.metrics.promtext import MetricSnapshot
 from modelplane.metrics.scrape import ScrapeResult, ScrapeTarget
 
@@ -134,6 +135,8 @@ class Observed:
     leader_worker_sets: tuple[Obj, ...] = ()
     leader_worker_set_api: bool | None = None
     group_events: tuple[Obj, ...] = ()
+    #: The ModelAdapters whose spec.base names this object: they turn LoRA on and size its flags.
+    adapters: tuple[Obj, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -212,6 +215,8 @@ def prepare(observed: Observed, *, prices: Mapping[str, float]) -> Prepared:
         md = ModelDeployment.parse(observed.body)
     except InvalidSpecError as exc:
         return Prepared(md=None, invalid=str(exc))
+    # The LoRA flags and their memory come from the adapters too (render and planner read the spec).
+    md = with_effective_lora(md, adapters.parse_adapters(observed.adapters)[0])
     config = observed.model_config
     request = plan_request_from_spec(
         md.spec, config_arch=config.arch if config is not None else None,

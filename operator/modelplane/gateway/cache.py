@@ -29,6 +29,7 @@ from modelplane.api.models import InvalidSpecError, ModelDeployment
 from modelplane.controller import kube
 from modelplane.controller.informer import Informer, Obj
 from modelplane.gateway import metrics
+from modelplane.gateway.adapters import with_adapters
 from modelplane.gateway.table import (
     SERVER_SELECTOR,
     Backend,
@@ -159,6 +160,10 @@ class ClusterRoutes(Routes):
         self.groups = [Informer(client, kube.LEADERWORKERSETS, namespace=ns, label_selector=SERVER_SELECTOR,
                                 index=_by_owner, handler=self._on_child(_by_owner), optional=True)
                        for ns in scopes]
+        # ModelAdapters (gateway/adapters.py); optional: an install without their CRD routes models only.
+        self.adapters = [Informer(client, kube.MODELADAPTERS, namespace=ns, handler=self._on_adapter,
+                                  optional=True) for ns in scopes]
+        self._adapters_stale = False
         self._infos: dict[Key, tuple[str, ModelInfo | None]] = {}  #: key → (resourceVersion, parsed)
         self._backends: dict[Key, Backend] = {}
         self._stale: set[Key] = set()
@@ -167,7 +172,7 @@ class ClusterRoutes(Routes):
 
     @property
     def informers(self) -> list[Informer]:
-        return [*self.models, *self.pods, *self.deployments, *self.groups]
+        return [*self.models, *self.pods, *self.deployments, *self.groups, *self.adapters]
 
     @property
     def synced(self) -> bool:
@@ -197,6 +202,10 @@ class ClusterRoutes(Routes):
         self._stale.add(key)
         self._changed_now()
 
+    def _on_adapter(self, event_type: str, obj: Obj) -> None:
+        self._adapters_stale = True
+        self._changed_now()
+
     def _on_child(self, owner: Any) -> Any:
         def handle(event_type: str, obj: Obj) -> None:
             for key in owner(obj):
@@ -207,15 +216,16 @@ class ClusterRoutes(Routes):
     # --- the table --------------------------------------------------------------------------
 
     def table(self) -> RouteTable:
-        if self._stale:
-            stale, self._stale = self._stale, set()
+        if self._stale or self._adapters_stale:
+            stale, self._stale, self._adapters_stale = self._stale, set(), False
             for key in stale:
                 backend = self._build(key)
                 if backend is None:
                     self._backends.pop(key, None)
                 else:
                     self._backends[key] = backend
-            self._table = build_table(self._backends.values())
+            adapters = [a for inf in self.adapters for a in inf.items()]
+            self._table = build_table(with_adapters(self._backends, adapters))
             if self._table.shadowed != self._shadowed:
                 for name, ns, md in self._table.shadowed:
                     winner = self._table.models[name]

@@ -122,11 +122,18 @@ def resolve(table: RouteTable, model: str) -> Backend:
 
 
 def model_card(backend: Backend) -> dict[str, Any]:
-    """One entry of ``/v1/models``: OpenAI's fields, then the ModelDeployment's and its phase."""
-    return {"id": backend.served_name, "object": "model", "created": backend.created,
-            "owned_by": backend.namespace, "phase": backend.phase,
-            "namespace": backend.namespace, "model_deployment": backend.name,
-            "ready_replicas": len(backend.endpoints)}
+    """One entry of ``/v1/models``: OpenAI's fields, then the ModelDeployment's and its phase.
+
+    An adapter's: ``parent`` its base's served name's ModelDeployment (as vLLM lists an adapter
+    under its base), ``model_adapter`` its name, ``ready_replicas`` the replicas holding it."""
+    card: dict[str, Any] = {"id": backend.served_name, "object": "model", "created": backend.created,
+                            "owned_by": backend.namespace, "phase": backend.phase,
+                            "namespace": backend.namespace, "model_deployment": backend.name,
+                            "ready_replicas": len(backend.endpoints)}
+    if backend.adapter_of is not None:
+        card.update(model_deployment=backend.adapter_of, model_adapter=backend.name,
+                    parent=backend.adapter_of)
+    return card
 
 
 def models_listing(table: RouteTable) -> dict[str, Any]:

@@ -103,6 +103,8 @@ class Backend:
     split: CanarySplit | None = None  #: None: no canary, every endpoint is equal
     created: int = 0
     usd_per_million_tokens: float | None = None  #: measured by the operator; None: not known
+    #: A ModelAdapter's backend: its base ModelDeployment's name (``gateway/adapters.py``).
+    adapter_of: str | None = None
 
     @property
     def key(self) -> tuple[str, str]:

@@ -24,6 +24,7 @@ from typing import Any, TextIO
 import yaml
 
 from modelplane import gpus
+from modelplane.api.adapter import ADAPTER_KIND, ModelAdapter, with_effective_lora
 from modelplane.api.models import (
     API_VERSION,
     GROUP,
@@ -133,11 +134,17 @@ def _is_ours(doc: Mapping[str, Any]) -> bool:
             or difflib.SequenceMatcher(None, kind.lower(), KIND.lower()).ratio() >= 0.85)
 
 
+def _is_adapter(doc: Any) -> bool:
+    return (isinstance(doc, Mapping) and doc.get("kind") == ADAPTER_KIND
+            and doc.get("apiVersion") == API_VERSION)
+
+
 def _object_problems(doc: Mapping[str, Any]) -> list[str]:
     """What the API server would refuse about the object outside its spec."""
     problems = []
-    if doc.get("kind") != KIND:
-        problems.append(f"kind: unknown kind {doc.get('kind')!r}; {API_GROUP} has one kind, {KIND}")
+    if doc.get("kind") not in (KIND, ADAPTER_KIND):
+        problems.append(f"kind: unknown kind {doc.get('kind')!r}; {API_GROUP} has the kinds {KIND} and "
+                        f"{ADAPTER_KIND}")
     if doc.get("apiVersion") != API_VERSION:
         problems.append(f"apiVersion: must be {API_VERSION}, got {doc.get('apiVersion')!r}")
     problems += [f"{key}: unknown field" for key in doc if key not in OBJECT_FIELDS]
@@ -169,6 +176,8 @@ def plan_manifests(text: str, where: str, catalog: Mapping[str, GPUType]) -> tup
 
     Each ModelDeployment is validated by the API's own models (``ModelDeployment.parse``, which
     refuses unknown fields) before it is planned; other kinds (Secrets, ConfigMaps, ...) are skipped.
+    The ModelAdapters in the text are validated too, and those naming a ModelDeployment of the text
+    turn its LoRA on as the operator would (their memory is planned).
     """
     try:
         documents = list(yaml.safe_load_all(text))
@@ -176,14 +185,26 @@ def plan_manifests(text: str, where: str, catalog: Mapping[str, GPUType]) -> tup
         return [], [f"{where}: not YAML: {' '.join(str(err).split())}"]
     results: list[Result] = []
     errors: list[str] = []
+    adapters: list[ModelAdapter] = []
+    for index, doc in enumerate(documents, start=1):
+        if _is_adapter(doc):
+            meta = doc.get("metadata") if isinstance(doc.get("metadata"), Mapping) else {}
+            where_in = f"{meta.get('namespace') or 'default'}/{meta.get('name')}"
+            label = f"{where}: document {index} ({ADAPTER_KIND} {where_in})"
+            problems = _object_problems(doc)
+            try:
+                adapters.append(ModelAdapter.parse({**doc, "metadata": {"namespace": "default", **meta}}))
+            except InvalidSpecError as err:
+                problems += [f"{path}: {message}" for path, message in err.problems]
+            errors += [f"{label}: {problem}" for problem in problems]
     for index, doc in enumerate(documents, start=1):
         if doc is None:
             continue
         if not isinstance(doc, Mapping):
             errors.append(f"{where}: document {index}: not a Kubernetes object")
             continue
-        if not _is_ours(doc):
-            continue  # Secrets, ConfigMaps and the like travel in the same files
+        if not _is_ours(doc) or _is_adapter(doc):
+            continue  # Secrets, ConfigMaps and the like travel in the same files; adapters: above
         raw_metadata = doc.get("metadata")
         metadata: Mapping[str, Any] = raw_metadata if isinstance(raw_metadata, Mapping) else {}
         name = str(metadata.get("name") or "?")
@@ -200,6 +221,8 @@ def plan_manifests(text: str, where: str, catalog: Mapping[str, GPUType]) -> tup
         if md is None:
             errors += [f"{label}: {problem}" for problem in problems]
             continue
+        md = with_effective_lora(md, [a for a in adapters
+                                      if (a.namespace, a.spec.base) == (namespace, md.name)])
         request = plan_request_from_spec(md.spec)
         plan = build_plan(request, catalog)
         results.append(Result(name, namespace, request.source, plan, fleet_range(md.spec)))

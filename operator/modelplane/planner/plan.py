@@ -40,6 +40,7 @@ from modelplane.planner.memory import (
     MemoryEstimate,
     estimate_memory,
     kv_tokens,
+    lora_bytes_per_gpu,
 )
 
 #: GPUs of one node: the common 8-GPU server (DGX/HGX, p5, a3), and the most resources.gpu.count allows.
@@ -90,6 +91,9 @@ class PlanRequest:
     kv_cache_bytes: float = 2.0  #: 1 with --kv-cache-dtype fp8
     batched_tokens: int = DEFAULT_BATCHED_TOKENS
     allow_long_context: bool = False  #: VLLM_ALLOW_LONG_MAX_MODEL_LEN or rope overrides set
+    #: LoRA slots and their rank (spec.engine.lora, effective): their GPU memory is reserved.
+    max_loras: int = 0
+    max_lora_rank: int = 0
 
 
 @dataclass(frozen=True)
@@ -241,7 +245,9 @@ def _option(request: PlanRequest, arch: ModelArch, precision: Precision, gpu: GP
     memory = estimate_memory(arch, precision=precision, gpu_memory_gib=gpu.usable_memory_gib,
                              gpu_memory_utilization=request.gpu_memory_utilization, tp=tp, pp=pp,
                              kv_tokens=tokens, kv_bytes=request.kv_cache_bytes,
-                             max_num_seqs=request.max_num_seqs, batched_tokens=request.batched_tokens)
+                             max_num_seqs=request.max_num_seqs, batched_tokens=request.batched_tokens,
+                             lora_bytes=lora_bytes_per_gpu(arch, max_loras=request.max_loras,
+                                                           max_lora_rank=request.max_lora_rank, tp=tp * pp))
     return ShapeOption(gpu_type=gpu.name, gpus=tp * pp, usd_per_hour=tp * pp * gpu.usd_per_hour,
                        memory=memory, nodes=pp)
 
@@ -582,4 +588,6 @@ def plan_request_from_spec(spec: ModelDeploymentSpec, *, config_arch: ModelArch 
         kv_cache_bytes=1.0 if kv_dtype.startswith("fp8") else 2.0,
         batched_tokens=int(batched) if batched and batched.isdigit() else DEFAULT_BATCHED_TOKENS,
         allow_long_context=env_long or rope_override,
+        max_loras=engine.lora.max_loras or 0 if engine.lora is not None else 0,
+        max_lora_rank=engine.lora.max_lora_rank or 0 if engine.lora is not None else 0,
     )
