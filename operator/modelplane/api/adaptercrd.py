@@ -1,17 +1,11 @@
-"""Generates the ModelAdapter CRD and its API reference page from ``api/adapter.py``.
-
-``modelplane.api.crdgen`` (``make crds``) writes these files beside the ModelDeployment's, with the
-same pydantic → structural OpenAPI translation (``crdgen.model_schema``).
-"""
+"""The ModelAdapter CRD and its API reference, from ``api/adapter.py`` (``kindgen`` renders)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from modelplane.api import crdgen
+from modelplane.api import kindgen
 from modelplane.api.adapter import (
     ADAPTER_API_VERSION,
     ADAPTER_KIND,
@@ -21,99 +15,46 @@ from modelplane.api.adapter import (
     ModelAdapterSpec,
     ModelAdapterStatus,
 )
-from modelplane.api.models import CATEGORIES, DNS1123_SUBDOMAIN, GROUP, VERSION
+from modelplane.api.models import CATEGORIES, DNS1123_SUBDOMAIN
 
-Schema = dict[str, Any]
-
-CRD_PATH = Path("crds") / f"{ADAPTER_PLURAL}.{GROUP}.yaml"
-REFERENCE_PATH = Path("docs") / "api-reference-modeladapter.md"
-
-PRINTER_COLUMNS: list[dict[str, Any]] = [
-    {"name": "Base", "type": "string", "jsonPath": ".spec.base", "description": "The base ModelDeployment."},
-    {"name": "Served", "type": "string", "jsonPath": ".status.servedName",
-     "description": "The model name clients send."},
-    {"name": "Loaded", "type": "integer", "jsonPath": ".status.loadedReplicas",
-     "description": "Ready base replicas holding the adapter."},
-    {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas",
-     "description": "Ready replicas of the base."},
-    {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Summary state."},
-    {"name": "Source", "type": "string", "jsonPath": ".spec.source", "priority": 1,
-     "description": "Where the adapter comes from."},
-    {"name": "Revision", "type": "string", "jsonPath": ".spec.revision", "priority": 1,
-     "description": "The adapter revision."},
-    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-]
-
-
-def openapi_schema() -> Schema:
-    return {
-        "type": "object",
-        "description": f"A {ADAPTER_KIND} is a LoRA adapter that the operator loads at runtime on every "
-                       "ready "
-                       "replica of a base ModelDeployment (no new pod), and that the gateway serves under "
-                       "its own model name.",
-        "required": ["spec"],
-        "properties": {
-            "apiVersion": {"type": "string", "description": f"{ADAPTER_API_VERSION}."},
-            "kind": {"type": "string", "description": f"{ADAPTER_KIND}."},
-            "metadata": {"type": "object", "properties": {"name": {
-                "type": "string", "maxLength": 253, "pattern": DNS1123_SUBDOMAIN,
-                "description": "A DNS-1123 subdomain: the default served name."}}},
-            "spec": crdgen.model_schema(ModelAdapterSpec),
-            "status": crdgen.model_schema(ModelAdapterStatus),
-        },
-    }
+DOC = kindgen.KindDoc(
+    kind=ADAPTER_KIND, plural=ADAPTER_PLURAL, singular=ADAPTER_SINGULAR, short_name=ADAPTER_SHORT_NAME,
+    categories=tuple(CATEGORIES), api_version=ADAPTER_API_VERSION,
+    source="operator/modelplane/api/adapter.py",
+    description=f"A {ADAPTER_KIND} is a LoRA adapter that the operator loads at runtime on every ready "
+                "replica of a base ModelDeployment (no new pod), and that the gateway serves under "
+                "its own model name.",
+    metadata_name={"type": "string", "maxLength": 253, "pattern": DNS1123_SUBDOMAIN,
+                   "description": "A DNS-1123 subdomain: the default served name."},
+    spec=ModelAdapterSpec, status=ModelAdapterStatus,
+    printer_columns=(
+        {"name": "Base", "type": "string", "jsonPath": ".spec.base",
+         "description": "The base ModelDeployment."},
+        {"name": "Served", "type": "string", "jsonPath": ".status.servedName",
+         "description": "The model name clients send."},
+        {"name": "Loaded", "type": "integer", "jsonPath": ".status.loadedReplicas",
+         "description": "Ready base replicas holding the adapter."},
+        {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas",
+         "description": "Ready replicas of the base."},
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Summary state."},
+        {"name": "Source", "type": "string", "jsonPath": ".spec.source", "priority": 1,
+         "description": "Where the adapter comes from."},
+        {"name": "Revision", "type": "string", "jsonPath": ".spec.revision", "priority": 1,
+         "description": "The adapter revision."},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ),
+    intro=f"`kubectl explain {ADAPTER_PLURAL}.spec` prints the same descriptions. Short name "
+          f"`{ADAPTER_SHORT_NAME}`. How adapters are loaded, routed and what restarts a base: "
+          "[adapters.md](adapters.md). The operator never writes `spec`.",
+    reference=Path("docs") / "api-reference-modeladapter.md",
+)
+CRD_PATH = DOC.crd_path
+REFERENCE_PATH = DOC.reference
 
 
-def build_crd() -> Schema:
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {
-            "name": f"{ADAPTER_PLURAL}.{GROUP}",
-            "labels": {"app.kubernetes.io/name": "modelplane", "app.kubernetes.io/part-of": "modelplane"},
-        },
-        "spec": {
-            "group": GROUP,
-            "scope": "Namespaced",
-            "names": {"kind": ADAPTER_KIND, "listKind": f"{ADAPTER_KIND}List", "plural": ADAPTER_PLURAL,
-                      "singular": ADAPTER_SINGULAR, "shortNames": [ADAPTER_SHORT_NAME],
-                      "categories": list(CATEGORIES)},
-            "versions": [{
-                "name": VERSION, "served": True, "storage": True,
-                "subresources": {"status": {}},
-                "additionalPrinterColumns": PRINTER_COLUMNS,
-                "schema": {"openAPIV3Schema": openapi_schema()},
-            }],
-        },
-    }
-
-
-def render_crd() -> str:
-    header = f"# Generated by `{crdgen.GENERATED_BY}` from operator/modelplane/api/adapter.py. Do not edit.\n"
-    return header + yaml.safe_dump(build_crd(), sort_keys=True, width=110, allow_unicode=True)
-
-
-def render_reference() -> str:
-    schema = openapi_schema()
-    out = [
-        f"# {ADAPTER_KIND} API reference ({ADAPTER_API_VERSION})", "",
-        f"<!-- Generated by `{crdgen.GENERATED_BY}` from operator/modelplane/api/adapter.py. "
-        "Do not edit. -->",
-        "",
-        f"`kubectl explain {ADAPTER_PLURAL}.spec` prints the same descriptions. Short name "
-        f"`{ADAPTER_SHORT_NAME}`. How adapters are loaded, routed and what restarts a base: "
-        "[adapters.md](adapters.md). The operator never writes `spec`.", "",
-        "## Spec", "",
-    ]
-    crdgen.object_sections("spec", schema["properties"]["spec"], out)
-    out += ["## Status", ""]
-    crdgen.object_sections("status", schema["properties"]["status"], out)
-    out += ["## Printer columns", "", "| Column | Path | Description |", "| --- | --- | --- |"]
-    out += [f"| {crdgen.cell(c['name'])} | `{c['jsonPath']}` | {crdgen.cell(c.get('description', ''))} |"
-            for c in PRINTER_COLUMNS]
-    return "\n".join(out).rstrip("\n") + "\n"
+def build_crd() -> dict[str, Any]:
+    return kindgen.build_crd(DOC)
 
 
 def generated_files() -> dict[Path, str]:
-    return {CRD_PATH: render_crd(), REFERENCE_PATH: render_reference()}
+    return kindgen.generated_files(DOC)

@@ -364,7 +364,7 @@ def render_reference() -> str:
     return "\n".join(out).rstrip("\n") + "\n"
 
 
-# Public names for the other kinds' generators (api/adaptercrd.py).
+# Public names for the other kinds' generator (api/kindgen.py).
 object_sections = _object_sections
 cell = _cell
 

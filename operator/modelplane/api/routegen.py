@@ -1,18 +1,12 @@
-"""Generates the ModelRoute CRD and its API reference from ``modelplane.api.route``.
-
-``crdgen`` writes these files with its own (``generated_files``); the schema translation is
-``crdgen``'s, so the ModelRoute CRD follows the same rules as the ModelDeployment's.
-"""
+"""The ModelRoute CRD and its API reference, from ``modelplane.api.route`` (``kindgen`` renders)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from modelplane.api import crdgen
-from modelplane.api.models import API_VERSION, GROUP, VERSION
+from modelplane.api import kindgen
+from modelplane.api.models import API_VERSION
 from modelplane.api.route import (
     ROUTE_CATEGORIES,
     ROUTE_KIND,
@@ -23,99 +17,39 @@ from modelplane.api.route import (
     ModelRouteStatus,
 )
 
-Schema = dict[str, Any]
-
-CRD_PATH = Path("crds") / f"{ROUTE_PLURAL}.{GROUP}.yaml"
-REFERENCE_PATH = Path("docs") / "api-reference-modelroute.md"
-
-PRINTER_COLUMNS: list[dict[str, Any]] = [
-    {"name": "Rules", "type": "string", "jsonPath": ".status.summary",
-     "description": "The rules in order: match → backends."},
-    {"name": "Resolved", "type": "string",
-     "jsonPath": ".status.conditions[?(@.type==\"RoutesResolved\")].status",
-     "description": "Whether every backend exists and no route loops."},
-    {"name": "Reason", "type": "string",
-     "jsonPath": ".status.conditions[?(@.type==\"RoutesResolved\")].reason",
-     "priority": 1, "description": "Why not, when not."},
-    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-]
-
-
-def openapi_schema() -> Schema:
-    return {
-        "type": "object",
-        "description": f"A {ROUTE_KIND} is a model name clients send to the gateway, routed by ordered rules "
-                       "to ModelDeployments, other routes and external OpenAI-compatible providers, with "
-                       "weights and fallbacks (docs/model-mesh.md).",
-        "required": ["spec"],
-        "properties": {
-            "apiVersion": {"type": "string", "description": f"{API_VERSION}."},
-            "kind": {"type": "string", "description": f"{ROUTE_KIND}."},
-            "metadata": {
-                "type": "object",
-                "properties": {"name": {
-                    "type": "string", "maxLength": 253,
-                    "description": "The model name clients send in the body's model field."}},
-            },
-            "spec": crdgen.model_schema(ModelRouteSpec),
-            "status": crdgen.model_schema(ModelRouteStatus),
-        },
-    }
+DOC = kindgen.KindDoc(
+    kind=ROUTE_KIND, plural=ROUTE_PLURAL, singular=ROUTE_SINGULAR, short_name=ROUTE_SHORT_NAME,
+    categories=tuple(ROUTE_CATEGORIES), api_version=API_VERSION, source="operator/modelplane/api/route.py",
+    description=f"A {ROUTE_KIND} is a model name clients send to the gateway, routed by ordered rules "
+                "to ModelDeployments, other routes and external OpenAI-compatible providers, with "
+                "weights and fallbacks (docs/model-mesh.md).",
+    metadata_name={"type": "string", "maxLength": 253,
+                   "description": "The model name clients send in the body's model field."},
+    spec=ModelRouteSpec, status=ModelRouteStatus,
+    printer_columns=(
+        {"name": "Rules", "type": "string", "jsonPath": ".status.summary",
+         "description": "The rules in order: match → backends."},
+        {"name": "Resolved", "type": "string",
+         "jsonPath": ".status.conditions[?(@.type==\"RoutesResolved\")].status",
+         "description": "Whether every backend exists and no route loops."},
+        {"name": "Reason", "type": "string",
+         "jsonPath": ".status.conditions[?(@.type==\"RoutesResolved\")].reason",
+         "priority": 1, "description": "Why not, when not."},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ),
+    intro=f"`kubectl explain {ROUTE_PLURAL}.spec` prints the same descriptions. Short name "
+          f"`{ROUTE_SHORT_NAME}`, category `{ROUTE_CATEGORIES[0]}`. The route's `metadata.name` is the "
+          "model name clients send; docs/model-mesh.md explains the rules, weights, fallbacks and "
+          "budgets. The operator never writes `spec`; it checks the backends and reports in `status`.",
+    reference=Path("docs") / "api-reference-modelroute.md",
+)
+CRD_PATH = DOC.crd_path
+REFERENCE_PATH = DOC.reference
 
 
-def build_crd() -> Schema:
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {
-            "name": f"{ROUTE_PLURAL}.{GROUP}",
-            "labels": {"app.kubernetes.io/name": "modelplane", "app.kubernetes.io/part-of": "modelplane"},
-        },
-        "spec": {
-            "group": GROUP,
-            "scope": "Namespaced",
-            "names": {"kind": ROUTE_KIND, "listKind": f"{ROUTE_KIND}List", "plural": ROUTE_PLURAL,
-                      "singular": ROUTE_SINGULAR, "shortNames": [ROUTE_SHORT_NAME],
-                      "categories": list(ROUTE_CATEGORIES)},
-            "versions": [{
-                "name": VERSION, "served": True, "storage": True,
-                "subresources": {"status": {}},
-                "additionalPrinterColumns": PRINTER_COLUMNS,
-                "schema": {"openAPIV3Schema": openapi_schema()},
-            }],
-        },
-    }
-
-
-def render_crd() -> str:
-    header = (f"# Generated by `{crdgen.GENERATED_BY}` from operator/modelplane/api/route.py. Do not edit.\n")
-    return header + yaml.safe_dump(build_crd(), sort_keys=True, width=110, allow_unicode=True)
-
-
-def render_reference() -> str:
-    schema = openapi_schema()
-    out = [
-        f"# {ROUTE_KIND} API reference ({API_VERSION})",
-        "",
-        f"<!-- Generated by `{crdgen.GENERATED_BY}` from operator/modelplane/api/route.py. Do not edit. -->",
-        "",
-        f"`kubectl explain {ROUTE_PLURAL}.spec` prints the same descriptions. "
-        f"Short name `{ROUTE_SHORT_NAME}`, "
-        f"category `{ROUTE_CATEGORIES[0]}`. The route's `metadata.name` is the model name clients send; "
-        "docs/model-mesh.md explains the rules, weights, fallbacks and budgets. The operator never writes "
-        "`spec`; it checks the backends and reports in `status`.",
-        "",
-        "## Spec",
-        "",
-    ]
-    crdgen._object_sections("spec", schema["properties"]["spec"], out)
-    out += ["## Status", ""]
-    crdgen._object_sections("status", schema["properties"]["status"], out)
-    out += ["## Printer columns", "", "| Column | Path | Description |", "| --- | --- | --- |"]
-    out += [f"| {crdgen._cell(c['name'])} | `{c['jsonPath']}` | {crdgen._cell(c.get('description', ''))} |"
-            for c in PRINTER_COLUMNS]
-    return "\n".join(out).rstrip("\n") + "\n"
+def build_crd() -> dict[str, Any]:
+    return kindgen.build_crd(DOC)
 
 
 def generated_files() -> dict[Path, str]:
-    return {CRD_PATH: render_crd(), REFERENCE_PATH: render_reference()}
+    return kindgen.generated_files(DOC)

@@ -15,9 +15,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +38,7 @@ from modelplane.gateway.table import (
     build_backend,
     build_table,
 )
+from modelplane.gateway.watched import Watched
 
 log = logging.getLogger("modelplane.gateway")
 
@@ -142,7 +141,7 @@ def _addresses(items: Any, where: str) -> list[str]:
     return list(items)
 
 
-class ClusterRoutes(Routes):
+class ClusterRoutes(Watched, Routes):
     """The table, kept current by watches on the cluster (in ``namespaces``, or all)."""
 
     def __init__(self, client: kube.Kube, namespaces: Sequence[str] = ()) -> None:
@@ -173,24 +172,6 @@ class ClusterRoutes(Routes):
     @property
     def informers(self) -> list[Informer]:
         return [*self.models, *self.pods, *self.deployments, *self.groups, *self.adapters]
-
-    @property
-    def synced(self) -> bool:
-        return all(i.synced.is_set() for i in self.informers)
-
-    def health(self, now: float | None = None) -> dict[str, float]:
-        now = time.monotonic() if now is None else now
-        return {i.name: i.down_for(now) for i in self.informers if i.down_since is not None}
-
-    async def run(self) -> None:
-        tasks = [asyncio.create_task(i.run(), name=f"gateway-watch-{i.name}") for i in self.informers]
-        try:
-            await asyncio.gather(*tasks)
-        finally:
-            for task in tasks:
-                task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.gather(*tasks, return_exceptions=True)
 
     # --- events -----------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from modelplane.api.models import InvalidSpecError
 from modelplane.api.route import ModelRoute, SecretKeyRef
 from modelplane.controller import kube
 from modelplane.controller.informer import Informer, Obj
+from modelplane.gateway.watched import Watched
 
 log = logging.getLogger("modelplane.gateway")
 
@@ -88,30 +89,13 @@ class StaticMesh(Mesh):
         return self.keys.get((namespace, ref.name, ref.key))
 
 
-class Watched:
-    """A source kept by informers: synced once all have listed; down while one's watch is."""
-
-    informers: list[Informer]
-
-    @property
-    def synced(self) -> bool:
-        return all(i.synced.is_set() for i in self.informers)
-
-    def health(self, now: float | None = None) -> dict[str, float]:
-        now = time.monotonic() if now is None else now
-        return {i.name: i.down_for(now) for i in self.informers if i.down_since is not None}
-
-    async def run(self) -> None:
-        await run_informers(self.informers)
-
-
 class ClusterMesh(Watched, Mesh):
     def __init__(self, client: kube.Kube, namespaces: Sequence[str] = ()) -> None:
         super().__init__()
         self.client = client
         scopes: list[str | None] = list(namespaces) or [None]
         # Optional: a cluster without the ModelRoute CRD serves ModelDeployments as before.
-        self.informers = [Informer(client, kube.MODELROUTES, namespace=ns, handler=self._on_route,
+        self._informers = [Informer(client, kube.MODELROUTES, namespace=ns, handler=self._on_route,
                                    optional=True) for ns in scopes]
         self._secrets: dict[tuple[str, str], tuple[float, dict[str, str] | None]] = {}
 
@@ -128,18 +112,6 @@ class ClusterMesh(Watched, Mesh):
             self._secrets[(namespace, ref.name)] = cached
         data = cached[1]
         return data.get(ref.key) if data is not None else None
-
-
-async def run_informers(informers: Sequence[Informer]) -> None:
-    """Run the informers until cancelled."""
-    tasks = [asyncio.create_task(i.run(), name=f"gateway-watch-{i.name}") for i in informers]
-    try:
-        await asyncio.gather(*tasks)
-    finally:
-        for task in tasks:
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def secret_data(secret: Mapping[str, Any]) -> dict[str, str]:

@@ -35,7 +35,8 @@ from modelplane.controller import kube
 from modelplane.controller.informer import Informer, Obj
 from modelplane.gateway.errors import ErrorKind, GatewayError
 from modelplane.gateway.mesh import MonthlyLedger
-from modelplane.gateway.meshroutes import Watched, secret_data
+from modelplane.gateway.meshroutes import secret_data
+from modelplane.gateway.watched import Watched
 
 log = logging.getLogger("modelplane.gateway")
 
@@ -193,7 +194,7 @@ class ClusterTeams(Watched, Teams):
     def __init__(self, client: kube.Kube, namespaces: Sequence[str] = ()) -> None:
         super().__init__()
         scopes: list[str | None] = list(namespaces) or [None]
-        self.informers = [Informer(client, kube.SECRETS, namespace=ns, label_selector=TEAM_LABEL,
+        self._informers = [Informer(client, kube.SECRETS, namespace=ns, label_selector=TEAM_LABEL,
                                    handler=self._on_secret) for ns in scopes]
 
     def _on_secret(self, _: str, __: Obj) -> None:
