@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from modelplane.api import kindgen
 from modelplane.api.adapter import (
@@ -48,13 +47,3 @@ DOC = kindgen.KindDoc(
           "[adapters.md](adapters.md). The operator never writes `spec`.",
     reference=Path("docs") / "api-reference-modeladapter.md",
 )
-CRD_PATH = DOC.crd_path
-REFERENCE_PATH = DOC.reference
-
-
-def build_crd() -> dict[str, Any]:
-    return kindgen.build_crd(DOC)
-
-
-def generated_files() -> dict[Path, str]:
-    return kindgen.generated_files(DOC)

@@ -370,10 +370,10 @@ cell = _cell
 
 
 def generated_files() -> dict[Path, str]:
-    from modelplane.api import adaptercrd, routegen  # they build on this module
+    from modelplane.api import adaptercrd, kindgen, routegen  # they build on this module
 
-    return {CRD_PATH: render_crd(), REFERENCE_PATH: render_reference(), **routegen.generated_files(),
-            **adaptercrd.generated_files()}
+    return {CRD_PATH: render_crd(), REFERENCE_PATH: render_reference(),
+            **kindgen.generated_files(routegen.DOC), **kindgen.generated_files(adaptercrd.DOC)}
 
 
 def _repo_root() -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from modelplane.api import kindgen
 from modelplane.api.models import API_VERSION
@@ -43,13 +42,3 @@ DOC = kindgen.KindDoc(
           "budgets. The operator never writes `spec`; it checks the backends and reports in `status`.",
     reference=Path("docs") / "api-reference-modelroute.md",
 )
-CRD_PATH = DOC.crd_path
-REFERENCE_PATH = DOC.reference
-
-
-def build_crd() -> dict[str, Any]:
-    return kindgen.build_crd(DOC)
-
-
-def generated_files() -> dict[Path, str]:
-    return kindgen.generated_files(DOC)
