@@ -267,6 +267,25 @@ async def test_bad_adapters_are_refused_or_reported(
     assert "No adapter found for org/missing-lora" in missing["message"]
     assert (await get_adapter(kube_client, namespace, "a-first"))["status"]["phase"] == "Ready"
 
+    # `kubectl describe modeladapter` tells each failure once, as a Warning Event on the adapter.
+    warnings: dict[str, list[str]] = {}
+
+    async def told() -> bool:
+        warnings.clear()
+        for event in await kube_client.list(kube.EVENTS, namespace=namespace, field_selector="type=Warning"):
+            involved = event.get("involvedObject") or {}
+            if involved.get("kind") == "ModelAdapter":
+                warnings.setdefault(str(involved.get("name")), []).append(str(event.get("reason")))
+        return all(warnings.get(n) for n, (_, s, _) in expected.items() if s == "False")
+
+    try:
+        await wait_for(told, timeout=30, what="a Warning Event on each failing adapter")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; Warning Events seen: {warnings}") from None
+    assert {n: sorted(set(r)) for n, r in warnings.items()} == {
+        n: [r] for n, (_, s, r) in expected.items() if s == "False"}, warnings
+    assert all(len(r) == 1 for r in warnings.values()), warnings  # once, not at every write
+
 
 async def test_fifty_adapters_reconcile_then_no_write(
         kube_client: kube.Kube, namespace: str, operator: OperatorHandle) -> None:

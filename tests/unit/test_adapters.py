@@ -242,3 +242,36 @@ def test_the_api_servers_defaults_do_not_read_as_a_change() -> None:
     read_back = {**written, "replicas": [{**r, "message": ""} for r in written["replicas"]]}
     assert read_back != written
     assert not core.status_changed(read_back, written)
+
+
+def conditions(*conds: tuple[str, str, str]) -> dict[str, Any]:
+    return {"conditions": [{"type": t, "status": s, "reason": r, "message": f"{r} said"}
+                           for t, s, r in conds]}
+
+
+@pytest.mark.parametrize(("old", "new", "events"), [
+    # First status of a good adapter still loading: nothing worth an Event yet.
+    pytest.param(None, conditions(("Loadable", "True", "Accepted"), ("Ready", "False", "Loading")), [],
+                 id="first-loading"),
+    # Loaded on every replica: one Normal Event.
+    pytest.param(conditions(("Loadable", "True", "Accepted"), ("Ready", "False", "Loading")),
+                 conditions(("Loadable", "True", "Accepted"), ("Ready", "True", "Loaded")),
+                 [("Normal", "Loaded", "Ready: Loaded said")], id="ready"),
+    # A steady adapter rewritten (a message or count changed): no Event.
+    pytest.param(conditions(("Loadable", "True", "Accepted"), ("Ready", "True", "Loaded")),
+                 conditions(("Loadable", "True", "Accepted"), ("Ready", "True", "Loaded")), [], id="steady"),
+    # vLLM refused the load: a Warning carrying its message.
+    pytest.param(conditions(("Loadable", "True", "Accepted"), ("Ready", "False", "Loading")),
+                 conditions(("Loadable", "True", "Accepted"), ("Ready", "False", "LoadFailed")),
+                 [("Warning", "LoadFailed", "Ready: LoadFailed said")], id="load-failed"),
+    # Both conditions name the same failure: one Event, not two.
+    pytest.param(None, conditions(("Loadable", "False", "UnknownBase"), ("Ready", "False", "UnknownBase")),
+                 [("Warning", "UnknownBase", "Loadable: UnknownBase said")], id="one-per-reason"),
+    # Still failing the same way at the next write: said once already.
+    pytest.param(conditions(("Loadable", "False", "UnknownBase"), ("Ready", "False", "UnknownBase")),
+                 conditions(("Loadable", "False", "UnknownBase"), ("Ready", "False", "UnknownBase")), [],
+                 id="still-failing"),
+])
+def test_a_status_write_tells_of_failures_and_readiness_once(
+        old: dict[str, Any] | None, new: dict[str, Any], events: list[tuple[str, str, str]]) -> None:
+    assert core.condition_events(old, new) == events

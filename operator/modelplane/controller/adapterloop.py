@@ -25,7 +25,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -43,6 +43,7 @@ from modelplane.api.adapter import (
 from modelplane.api.models import FIELD_MANAGER, ModelDeployment
 from modelplane.controller import adapters as core
 from modelplane.controller import health, kube, opmetrics
+from modelplane.controller.reconcile import EventSpec
 
 log = logging.getLogger("modelplane.controller.adapters")
 
@@ -86,8 +87,11 @@ class AdapterSync:
     """Loads adapters onto replicas and writes ModelAdapter status; its memory is per process."""
 
     def __init__(self, client: kube.Kube, *, timeout_seconds: float = 10.0, retry_seconds: float = 2.0,
-                 max_retry_seconds: float = 60.0) -> None:
+                 max_retry_seconds: float = 60.0,
+                 record_event: Callable[[Obj, EventSpec], None] | None = None) -> None:
         self.kube = client
+        #: Where the Events of a status write go (the controller's bounded queue); None: none made.
+        self.record_event = record_event
         self.timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self.retry_seconds = retry_seconds
         self.max_retry_seconds = max_retry_seconds
@@ -245,9 +249,13 @@ class AdapterSync:
                      status: Mapping[str, Any], *, version: str | None = None) -> None:
         if not core.status_changed(old, status):
             return
-        await self.kube.apply({"apiVersion": ADAPTER_API_VERSION, "kind": ADAPTER_KIND,
-                               "metadata": {"name": name, "namespace": namespace}, "status": dict(status)},
-                              subresource="status", field_manager=FIELD_MANAGER)
+        written = await self.kube.apply({"apiVersion": ADAPTER_API_VERSION, "kind": ADAPTER_KIND,
+                                         "metadata": {"name": name, "namespace": namespace},
+                                         "status": dict(status)},
+                                        subresource="status", field_manager=FIELD_MANAGER)
+        if self.record_event is not None:
+            for type_, reason, message in core.condition_events(old, status):
+                self.record_event(written, EventSpec(type_, reason, message))
         if version is not None:
             self._written[(namespace, name)] = (version, dict(status))
         self.writes += 1

@@ -264,3 +264,34 @@ def normalise(status: Mapping[str, Any] | None) -> dict[str, Any]:
 def status_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
     """Whether writing ``new`` would change the object's status."""
     return normalise(old) != normalise(new)
+
+
+#: Reasons that need the user to act: a condition turning to one of them is a Warning Event.
+WARNING_REASONS = frozenset({
+    AdapterReason.INVALID_SPEC, AdapterReason.UNKNOWN_BASE, AdapterReason.RANK_ABOVE_MAXIMUM,
+    AdapterReason.NO_LORA_HEADROOM, AdapterReason.SERVED_NAME_CONFLICT, AdapterReason.CLAIM_NOT_MOUNTED,
+    AdapterReason.LOAD_FAILED,
+})
+
+
+def condition_events(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """The Events (type, reason, message) a status write tells of, as ``kubectl describe`` shows them:
+    a condition that turned to a reason needing action (Warning, with vLLM's or the operator's
+    message), and the adapter becoming Ready on every replica (Normal). Nothing for a rewrite that
+    keeps each condition's status and reason, so a steady adapter makes no Event; one Event per
+    reason (Loadable and Ready often carry the same one)."""
+    before = {c.get("type"): c for c in (old or {}).get("conditions") or [] if isinstance(c, Mapping)}
+    events: list[tuple[str, str, str]] = []
+    for cond in new.get("conditions") or []:
+        prev = before.get(cond.get("type"))
+        if prev is not None and (prev.get("status"), prev.get("reason")) == (cond.get("status"),
+                                                                             cond.get("reason")):
+            continue
+        reason, message = str(cond.get("reason") or ""), str(cond.get("message") or "")
+        if any(reason == told for _, told, _ in events):
+            continue
+        if reason in WARNING_REASONS:
+            events.append(("Warning", reason, f"{cond.get('type')}: {message}"))
+        elif cond.get("type") == "Ready" and cond.get("status") == "True":
+            events.append(("Normal", reason, f"Ready: {message}"))
+    return events

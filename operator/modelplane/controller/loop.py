@@ -251,7 +251,7 @@ class Controller:
             client, routes=self.informers["modelroutes"], models=self.informers["modeldeployments"],
             active=self._active, gateway_texts=self._gateway_texts)
         #: ModelAdapters: loads them onto their base's replicas, writes their status (adapterloop).
-        self.adapter_sync = adapterloop.AdapterSync(client)
+        self.adapter_sync = adapterloop.AdapterSync(client, record_event=self.record_event)
         self._orphans_due = asyncio.Event()
         #: (namespace, ConfigMap, key) → (expires at, cases or None); reads in flight.
         self._suites: dict[tuple[str, str, str], tuple[float, int | None]] = {}
@@ -986,7 +986,8 @@ class Controller:
             await self.kube.create({
                 "apiVersion": "v1", "kind": "Event",
                 "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-                "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND,
+                "involvedObject": {"apiVersion": body.get("apiVersion") or f"{GROUP}/{VERSION}",
+                                   "kind": body.get("kind") or KIND,
                                    "name": meta["name"], "namespace": meta["namespace"],
                                    "uid": meta.get("uid")},
                 "type": event.type, "reason": event.reason, "message": event.message[:1024],
