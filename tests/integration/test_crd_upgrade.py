@@ -33,6 +33,10 @@ pytestmark = pytest.mark.integration
 CRD_CHART = REPO / "charts" / "modelplane-crds"
 CRD_NAME = "modeldeployments.modelplane.dev"
 CRD_FILE = "modeldeployments.modelplane.dev.yaml"
+#: Every modelplane.dev CRD the chart holds (ModelDeployment, ModelRoute, ModelAdapter): the session
+#: installed each with kubectl, so the release adopts each.
+OUR_CRDS = sorted(yaml.safe_load(f.read_text())["metadata"]["name"]
+                  for f in (CRD_CHART / "files").glob("*.modelplane.dev.yaml"))
 NEW_FIELD = "upgradeProbe"
 
 MD: dict[str, Any] = {
@@ -79,10 +83,12 @@ async def test_helm_upgrade_of_the_crd_chart_serves_a_new_field_and_keeps_object
         cluster: ClusterHandle, crds: Path, kube_client: kube.Kube, own_namespace: str,
         tmp_path: Path) -> None:
     release = own_namespace  # unique, and the namespace Helm keeps the release in
-    # Adopt the CRD the modelplane chart's crds/ (here: kubectl) created, as docs/install.md says.
-    cluster.run_kubectl("label", "crd", CRD_NAME, "app.kubernetes.io/managed-by=Helm", "--overwrite")
-    cluster.run_kubectl("annotate", "crd", CRD_NAME, f"meta.helm.sh/release-name={release}",
-                        f"meta.helm.sh/release-namespace={own_namespace}", "--overwrite")
+    # Adopt the CRDs the modelplane chart's crds/ (here: kubectl) created, as docs/install.md says.
+    assert CRD_NAME in OUR_CRDS and len(OUR_CRDS) >= 3, OUR_CRDS
+    for name in OUR_CRDS:
+        cluster.run_kubectl("label", "crd", name, "app.kubernetes.io/managed-by=Helm", "--overwrite")
+        cluster.run_kubectl("annotate", "crd", name, f"meta.helm.sh/release-name={release}",
+                            f"meta.helm.sh/release-namespace={own_namespace}", "--overwrite")
     helm_ok(cluster, "install", release, str(CRD_CHART), "-n", own_namespace,
             "--set", "kopfPeering=false")
     try:
@@ -128,12 +134,13 @@ async def test_helm_upgrade_of_the_crd_chart_serves_a_new_field_and_keeps_object
         helm_ok(cluster, "upgrade", release, str(CRD_CHART), "-n", own_namespace,
                 "--set", "kopfPeering=false")
         helm_ok(cluster, "uninstall", release, "-n", own_namespace)
-    kept_crd = await kube_client.get(kube.CRDS, CRD_NAME)
-    assert kept_crd is not None
-    assert kept_crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
-    # Leave the CRD as the session found it: without the release's labels and annotations.
-    cluster.run_kubectl("label", "crd", CRD_NAME, *(f"{k}-" for k in kept_crd["metadata"]["labels"]
-                                                     if k.startswith(("app.kubernetes.io/", "helm.sh/"))))
-    cluster.run_kubectl("annotate", "crd", CRD_NAME, *(f"{k}-" for k in kept_crd["metadata"]["annotations"]
-                                                        if k.startswith(("meta.helm.sh/", "helm.sh/"))))
+    for name in OUR_CRDS:
+        kept_crd = await kube_client.get(kube.CRDS, name)
+        assert kept_crd is not None, name
+        assert kept_crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        # Leave the CRD as the session found it: without the release's labels and annotations.
+        cluster.run_kubectl("label", "crd", name, *(f"{k}-" for k in kept_crd["metadata"]["labels"]
+                                                    if k.startswith(("app.kubernetes.io/", "helm.sh/"))))
+        cluster.run_kubectl("annotate", "crd", name, *(f"{k}-" for k in kept_crd["metadata"]["annotations"]
+                                                       if k.startswith(("meta.helm.sh/", "helm.sh/"))))
 
