@@ -137,7 +137,7 @@ def test_the_example_routes_parse_and_name_example_models() -> None:
     docs = [d for p in sorted(examples.glob("*.yaml")) for d in yaml.safe_load_all(p.read_text()) if d]
     models = {d["metadata"]["name"] for d in docs if d.get("kind") == "ModelDeployment"}
     routes = [ModelRoute.parse(d) for d in docs if d.get("kind") == "ModelRoute"]
-    assert {r.name for r in routes} == {"assistant", "chat"}
+    assert {r.name for r in routes} == {"assistant", "chat", "chat-cheapest"}
     for route in routes:
         named = {b.model_deployment for rule in route.spec.rules for b in rule.backends if b.model_deployment}
         assert named and named <= models, (route.name, named - models)
