@@ -83,6 +83,7 @@ def test_a_cheapest_rule_with_an_objective_parses() -> None:
     assert route.spec.rules[0].policy.value == "cheapest"
     assert route.spec.objective is not None
     assert route.spec.objective.ttft_seconds == 1.5 and route.spec.objective.percentile == 95
+    assert summary(route.spec) == "*→cheapest:llama|external/api"
 
 
 def crd_rules(node: Any, path: str = "") -> dict[str, list[str]]:

@@ -105,8 +105,9 @@ def test_ttft_of_is_none_without_an_objective() -> None:
 def test_candidates_of_a_cheapest_rule_follow_the_order_then_fall_back_in_it() -> None:
     r = ModelRoute.parse({"metadata": {"name": "r", "namespace": "ns"}, "spec": {
         "objective": {"ttft": "2s"},
-        "rules": [{"policy": "cheapest", "backends": [ext("dear", 10, 30), {"modelDeployment": "llama"},
-                                                       {"modelDeployment": "new"}, ext("cheap", 0.1, 0.2)]}]}})
+        "rules": [{"policy": "cheapest", "backends": [
+            ext("dear", 10, 30), {"modelDeployment": "llama"}, {"modelDeployment": "new"},
+            ext("cheap", 0.1, 0.2)]}]}})
     window = TtftWindow()
     for t in range(3):
         window.observe(("ns", "external/cheap"), 4.0, now=t)  # the cheapest misses the objective
@@ -114,8 +115,9 @@ def test_candidates_of_a_cheapest_rule_follow_the_order_then_fall_back_in_it() -
     def cheapest(route: ModelRoute, rule: Any) -> list[int]:
         ttfts = {k: ttft_of(window, k, route.spec.objective, now=3)
                  for k in (("ns", b.label) for b in rule.backends)}
-        return rule_order("ns", rule.backends, self_hosted_prices={("ns", "llama"): 1.0, ("ns", "new"): None},
-                          ttfts=ttfts, objective=route.spec.objective, prompt_tokens=100, completion_tokens=100)
+        prices = {("ns", "llama"): 1.0, ("ns", "new"): None}
+        return rule_order("ns", rule.backends, self_hosted_prices=prices, ttfts=ttfts,
+                          objective=route.spec.objective, prompt_tokens=100, completion_tokens=100)
 
     got = candidates(r, Features(), {}, u=0.0, cheapest=cheapest)
     assert [t.label for t in got] == ["llama", "external/dear", "new", "external/cheap"]

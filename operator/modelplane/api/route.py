@@ -356,7 +356,7 @@ class ModelRouteStatus(BaseModel):
     backends: StrictInt | None = Field(default=None, ge=0, description="Backends named by the rules.")
     summary: str | None = Field(default=None, max_length=1024,
                                 description="The rules in one line, e.g. "
-                                            "'task=classification→mistral; *→openai'.")
+                                            "'task=classification→mistral; *→cheapest:llama|external/api'.")
     spend: RouteSpend | None = Field(
         default=None,
         description="Tokens and US dollars of the route's answers, summed over the gateway replicas the "
@@ -409,6 +409,7 @@ def summary(spec: ModelRouteSpec) -> str:
             if match.response_format is not None:
                 bits.append(match.response_format.value)
             when = ",".join(bits)
-        parts.append(f"{when}→{'|'.join(b.label for b in rule.backends)}")
+        how = "cheapest:" if rule.policy is RoutePolicy.CHEAPEST else ""
+        parts.append(f"{when}→{how}{'|'.join(b.label for b in rule.backends)}")
     text = "; ".join(parts)
     return text if len(text) <= 1024 else text[:1021] + "..."
