@@ -46,6 +46,19 @@ def parse(spec: dict[str, Any]) -> ModelRoute:
     pytest.param({"rules": [{"backends": [MD]}], "fallback": {"onStatus": [200]}},
                  "spec.fallback.onStatus[0]",
                  "greater than or equal to 400", id="fallback-on-success"),
+    pytest.param({"rules": [{"policy": "cheapest", "backends": [{**MD, "weight": 50},
+                                                                 {"external": EXT, "weight": 50}]}]},
+                 "spec.rules[0]", "leave out their weights", id="cheapest-with-weights"),
+    pytest.param({"rules": [{"policy": "cheapest", "backends": [MD, {"modelRoute": "other"}]}]},
+                 "spec.rules[0]", "not modelRoute", id="cheapest-through-a-route"),
+    pytest.param({"rules": [{"policy": "fastest", "backends": [MD]}]}, "spec.rules[0].policy",
+                 "'weighted' or 'cheapest'", id="unknown-policy"),
+    pytest.param({"rules": [{"backends": [MD]}], "objective": {"ttft": "5ms"}}, "spec.objective.ttft",
+                 "between 10ms and 10m", id="objective-too-short"),
+    pytest.param({"rules": [{"backends": [MD]}], "objective": {"ttft": "2 seconds"}}, "spec.objective.ttft",
+                 "pattern", id="objective-not-a-duration"),
+    pytest.param({"rules": [{"backends": [MD]}], "objective": {"ttft": "2s", "percentile": 100}},
+                 "spec.objective.percentile", "less than 100", id="objective-percentile-100"),
 ])
 def test_bad_routes_are_refused_naming_the_field(spec: dict[str, Any], path: str, words: str) -> None:
     with pytest.raises(InvalidSpecError) as caught:
@@ -60,6 +73,17 @@ def test_a_good_route_parses_with_defaults_and_summarises() -> None:
     assert route.spec.fallback.on_status == [429, 500, 502, 503, 504]
     assert route.spec.fallback.when_cold is True
     assert summary(route.spec) == "x-modelplane-task=classification→llama; *→llama|external/api"
+    assert [r.policy.value for r in route.spec.rules] == ["weighted", "weighted"]
+    assert route.spec.objective is None
+
+
+def test_a_cheapest_rule_with_an_objective_parses() -> None:
+    route = parse({"objective": {"ttft": "1500ms"},
+                   "rules": [{"policy": "cheapest", "backends": [MD, {"external": EXT}]}]})
+    assert route.spec.rules[0].policy.value == "cheapest"
+    assert route.spec.objective is not None
+    assert route.spec.objective.ttft_seconds == 1.5 and route.spec.objective.percentile == 95
+    assert summary(route.spec) == "*→cheapest:llama|external/api"
 
 
 def crd_rules(node: Any, path: str = "") -> dict[str, list[str]]:
@@ -84,6 +108,11 @@ def test_the_crd_carries_the_rules_the_python_side_checks() -> None:
     assert any("sum to 100" in m for m in rules[".rules[]"])
     assert any("exactly one of" in m for m in rules[".rules[].backends[]"])
     assert any("at most one rule" in m for m in rules[""])
+    assert any("leave out their weights" in m for m in rules[".rules[]"])
+    assert any("not modelRoute" in m for m in rules[".rules[]"])
+    assert any("between 10ms and 10m" in m for m in rules[".objective"])
+    policy = schema["properties"]["rules"]["items"]["properties"]["policy"]
+    assert policy["enum"] == ["weighted", "cheapest"] and policy["default"] == "weighted"
     assert schema["properties"]["rules"]["minItems"] == 1
     assert version["subresources"] == {"status": {}}
     assert [c["name"] for c in version["additionalPrinterColumns"]] == ["Rules", "Resolved", "Reason", "Age"]
@@ -109,7 +138,7 @@ def test_the_example_routes_parse_and_name_example_models() -> None:
     docs = [d for p in sorted(examples.glob("*.yaml")) for d in yaml.safe_load_all(p.read_text()) if d]
     models = {d["metadata"]["name"] for d in docs if d.get("kind") == "ModelDeployment"}
     routes = [ModelRoute.parse(d) for d in docs if d.get("kind") == "ModelRoute"]
-    assert {r.name for r in routes} == {"assistant", "chat"}
+    assert {r.name for r in routes} == {"assistant", "chat", "chat-cheapest"}
     for route in routes:
         named = {b.model_deployment for rule in route.spec.rules for b in rule.backends if b.model_deployment}
         assert named and named <= models, (route.name, named - models)

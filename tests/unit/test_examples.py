@@ -48,7 +48,8 @@ EXPECTED_FILES = {
     "canary-rollout.yaml", "canary-rollout-suite.yaml", "budget-capped.yaml", "scale-to-zero.yaml",
     "llama-3.1-8b-inference-pool.yaml",
     # The model mesh (issue 16): ModelRoutes and the models they route to.
-    "model-mesh-by-task.yaml", "model-mesh-overflow.yaml", "mistral-7b-fine-tune.yaml",
+    "model-mesh-by-task.yaml", "model-mesh-overflow.yaml", "model-mesh-cheapest.yaml",
+    "mistral-7b-fine-tune.yaml",
     "llama-3.1-8b-awq.yaml",
     # Multi-node replicas (issue 19): DeepSeek-R1 and Llama 3.1 405B BF16 on 2x 8 H100.
     "deepseek-r1-multinode.yaml", "llama-3.1-405b-multinode.yaml",

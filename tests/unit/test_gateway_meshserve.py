@@ -275,3 +275,22 @@ async def test_a_team_past_its_tokens_per_minute_gets_a_429_naming_the_limit(
         status, body = await chat(http, url, model="llama", headers=auth)
     assert status == 429 and body["error"]["code"] == "rate_limit_exceeded"
     assert "5 tokens per minute" in body["error"]["message"]
+
+
+async def test_cheapest_takes_the_cheap_api_until_it_misses_the_objective_then_the_own_model(
+        servers: tuple[SimServer, SimServer]) -> None:
+    own, api = servers
+    assert api.provider is not None
+    api.provider.set({"mode": "slow", "delaySeconds": 0.4})
+    cheap = external(api, inputUSDPerMillionTokens=0.01, outputUSDPerMillionTokens=0.02)
+    r = route([{"policy": "cheapest", "backends": [{"modelDeployment": "llama"}, {"external": cheap}]}],
+              name="cheapest", objective={"ttft": "200ms"}, fallback={"timeoutSeconds": 5})
+    async with gateway([r], [llama(own, usd=0.5)]) as url, aiohttp.ClientSession() as http:
+        answered = []
+        for _ in range(4):
+            status, text = await chat(http, url, model="cheapest", stream=True)
+            events = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
+            answered.append((status, events[0]["model"]))
+    # The API is cheaper ($0.01/$0.02 vs $0.5 per generated Mtok) and unmeasured: it is taken until the
+    # gateway has 3 first-token times of it, all above the 200 ms objective; then the own model is.
+    assert answered == [(200, "gpt-big")] * 3 + [(200, "llama")]

@@ -24,7 +24,9 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
+    StrictFloat,
     StrictInt,
+    field_validator,
     model_validator,
 )
 
@@ -32,9 +34,13 @@ from modelplane.api.models import (
     API_VERSION,
     CATEGORIES,
     DNS1035_LABEL,
+    OBJECTIVE_MAX_SECONDS,
+    OBJECTIVE_MIN_SECONDS,
     Condition,
+    Duration,
     KubeObject,
     ObjectName,
+    duration_seconds,
     rules,
     to_camel,
 )
@@ -180,28 +186,79 @@ class RouteBackend(_Model):
 _WEIGHT_RULE = ("self.backends.all(b, !has(b.weight)) || "
                 "self.backends.map(b, has(b.weight) ? b.weight : 0).sum() == 100")
 _WEIGHT_MESSAGE = "the backends' weights must all be left out or sum to 100"
+_CHEAPEST_WEIGHTS = ("!has(self.policy) || self.policy != 'cheapest' || self.backends.all(b, !has(b.weight))",
+                     "policy cheapest orders the backends by price: leave out their weights", ".policy")
+_CHEAPEST_ROUTES = ("!has(self.policy) || self.policy != 'cheapest' "
+                    "|| self.backends.all(b, !has(b.modelRoute))",
+                    "policy cheapest needs backends with a price (modelDeployment or external), "
+                    "not modelRoute", ".policy")
+
+
+class RoutePolicy(StrEnum):
+    WEIGHTED = "weighted"
+    CHEAPEST = "cheapest"
 
 
 class RouteRule(_Model):
     """A rule: when it applies, and the backends it sends to."""
 
-    model_config = ConfigDict(json_schema_extra=rules((_WEIGHT_RULE, _WEIGHT_MESSAGE, ".backends")))
+    model_config = ConfigDict(json_schema_extra=rules((_WEIGHT_RULE, _WEIGHT_MESSAGE, ".backends"),
+                                                      _CHEAPEST_WEIGHTS, _CHEAPEST_ROUTES))
 
     name: _LABEL | None = Field(default=None,
                                 description="A name for metrics and status. Default rule-<index>.")
     match: RuleMatch | None = Field(default=None,
                                     description="When the rule applies. Left out: always (the default rule).")
+    policy: RoutePolicy = Field(
+        default=RoutePolicy.WEIGHTED,
+        description="How the first backend is chosen. weighted: by the backends' weights (none: the first "
+                    "in the list). cheapest: the backends in order of the request's estimated price "
+                    "(docs/model-mesh.md), the cheapest that meets spec.objective as the gateway measures "
+                    "it first; ModelDeployments without a measured price after the priced ones; no "
+                    "weights and no modelRoute backends. Default weighted.")
     backends: list[RouteBackend] = Field(
         min_length=1, max_length=MAX_BACKENDS,
-        description=f"Where the rule sends requests (1-{MAX_BACKENDS}); one is chosen by weight, the ones "
-                    "after it in the list are its fallbacks. Required.")
+        description=f"Where the rule sends requests (1-{MAX_BACKENDS}); one is chosen by weight (or by "
+                    "price, policy cheapest), the others after it are its fallbacks. Required.")
 
     @model_validator(mode="after")
     def _weights(self) -> Self:
         weights = [b.weight for b in self.backends]
         if any(w is not None for w in weights) and sum(w or 0 for w in weights) != 100:
             raise ValueError(_WEIGHT_MESSAGE)
+        if self.policy is RoutePolicy.CHEAPEST:
+            if any(w is not None for w in weights):
+                raise ValueError(_CHEAPEST_WEIGHTS[1])
+            if any(b.model_route is not None for b in self.backends):
+                raise ValueError(_CHEAPEST_ROUTES[1])
         return self
+
+
+class RouteObjective(_Model):
+    """The time to first token a route's backends should give, as the gateway measures each."""
+
+    model_config = ConfigDict(json_schema_extra=rules(
+        ("duration(self.ttft) >= duration('10ms') && duration(self.ttft) <= duration('10m')",
+         "ttft must be between 10ms and 10m", ".ttft")))
+
+    ttft: Duration = Field(
+        description="Time to first token, e.g. 2s, from the gateway's sending the request to a backend to "
+                    "the first generated token of its streamed answer. Required. 10ms-10m.")
+    percentile: StrictFloat = Field(
+        default=95, ge=50, lt=100,
+        description="The percentile of a backend's recent TTFTs (the gateway's last 100 within 5 minutes) "
+                    "that must be within ttft, e.g. 95. Default 95. Range [50, 100).")
+
+    @field_validator("ttft")
+    @classmethod
+    def _bounds(cls, value: str) -> str:
+        if not OBJECTIVE_MIN_SECONDS <= duration_seconds(value) <= OBJECTIVE_MAX_SECONDS:
+            raise ValueError(f"ttft must be between 10ms and 10m, got {value}")
+        return value
+
+    @property
+    def ttft_seconds(self) -> float:
+        return duration_seconds(self.ttft)
 
 
 class FallbackSpec(_Model):
@@ -248,6 +305,10 @@ class ModelRouteSpec(_Model):
                     "no rule matches gets 404. Required.")
     fallback: FallbackSpec = Field(default_factory=FallbackSpec, description="When to try the next backend.")
     budget: BudgetSpec | None = Field(default=None, description="Spend limits. Optional.")
+    objective: RouteObjective | None = Field(
+        default=None,
+        description="A latency objective for rules with policy cheapest: a backend that misses it is "
+                    "passed over for a dearer one that meets it. Optional (none: the cheapest first).")
 
     @model_validator(mode="after")
     def _one_default(self) -> Self:
@@ -295,7 +356,7 @@ class ModelRouteStatus(BaseModel):
     backends: StrictInt | None = Field(default=None, ge=0, description="Backends named by the rules.")
     summary: str | None = Field(default=None, max_length=1024,
                                 description="The rules in one line, e.g. "
-                                            "'task=classification→mistral; *→openai'.")
+                                            "'task=classification→mistral; *→cheapest:llama|external/api'.")
     spend: RouteSpend | None = Field(
         default=None,
         description="Tokens and US dollars of the route's answers, summed over the gateway replicas the "
@@ -348,6 +409,7 @@ def summary(spec: ModelRouteSpec) -> str:
             if match.response_format is not None:
                 bits.append(match.response_format.value)
             when = ",".join(bits)
-        parts.append(f"{when}→{'|'.join(b.label for b in rule.backends)}")
+        how = "cheapest:" if rule.policy is RoutePolicy.CHEAPEST else ""
+        parts.append(f"{when}→{how}{'|'.join(b.label for b in rule.backends)}")
     text = "; ".join(parts)
     return text if len(text) <= 1024 else text[:1021] + "..."

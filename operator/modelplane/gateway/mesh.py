@@ -7,8 +7,9 @@ For a request whose ``model`` names a ModelRoute:
 2. **match_rule**: the first rule whose every condition holds, else the default rule (the one
    without ``match``), else none (404);
 3. **candidates**: one backend by weight (``u`` in [0, 1); no weights: the first), then the rule's
-   others in list order: the fallbacks. A backend that is a ModelRoute is replaced by that route's
-   own candidates (a route already on the path is skipped: no loop);
+   others in list order: the fallbacks; a rule with ``policy: cheapest`` takes the order of
+   ``cheapest.rule_order`` instead (price, then the route's objective). A backend that is a
+   ModelRoute is replaced by that route's own candidates (a route already on the path is skipped: no loop);
 4. **plan**: the candidates worth trying, at most ``MAX_TRIES``: an external backend past the
    route's monthly budget is dropped; a ModelDeployment with no ready replica (``when_cold``) or
    with more requests waiting per replica than ``saturation_queue_per_replica`` is passed over
@@ -22,7 +23,7 @@ For a request whose ``model`` names a ModelRoute:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,7 @@ from modelplane.api.route import (
     ExternalBackend,
     FallbackSpec,
     ModelRoute,
+    RoutePolicy,
     RouteRule,
     rule_name,
 )
@@ -132,8 +134,12 @@ class Target:
         return f"external/{self.external.name}" if self.external is not None else str(self.model_deployment)
 
 
+#: The order of a ``policy: cheapest`` rule's backends (indexes), given its route and the rule.
+CheapestOrder = Callable[[ModelRoute, RouteRule], list[int]]
+
+
 def candidates(route: ModelRoute, f: Features, routes: Mapping[tuple[str, str], ModelRoute], *,
-               u: float, path: tuple[str, ...] = ()) -> list[Target]:
+               u: float, path: tuple[str, ...] = (), cheapest: CheapestOrder | None = None) -> list[Target]:
     """The backends for this request, first choice first, then its fallbacks; [] when no rule matches."""
     if len(path) >= MAX_DEPTH or route.name in path:
         return []
@@ -141,14 +147,17 @@ def candidates(route: ModelRoute, f: Features, routes: Mapping[tuple[str, str], 
     if found is None:
         return []
     name, rule = found
-    first = weighted_first([b.weight for b in rule.backends], u)
-    order = [rule.backends[first], *(b for i, b in enumerate(rule.backends) if i != first)]
+    if rule.policy is RoutePolicy.CHEAPEST and cheapest is not None:
+        order = [rule.backends[i] for i in cheapest(route, rule)]
+    else:
+        first = weighted_first([b.weight for b in rule.backends], u)
+        order = [rule.backends[first], *(b for i, b in enumerate(rule.backends) if i != first)]
     out: list[Target] = []
     for b in order:
         if b.model_route is not None:
             inner = routes.get((route.namespace, b.model_route))
             if inner is not None:
-                out += candidates(inner, f, routes, u=u, path=(*path, route.name))
+                out += candidates(inner, f, routes, u=u, path=(*path, route.name), cheapest=cheapest)
         else:
             out.append(Target(route=route.name, rule=name, namespace=route.namespace,
                               model_deployment=b.model_deployment, external=b.external))

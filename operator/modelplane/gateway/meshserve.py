@@ -13,6 +13,11 @@ Each planned backend is tried in turn (at most ``mesh.MAX_TRIES``):
   the client's; its answer is relayed chunk by chunk as it comes (streams pass through). A missing
   key counts as a failure before the answer.
 
+For a rule with ``policy: cheapest`` the order of the backends is ``cheapest.rule_order``'s: the
+self-hosted prices are the routing table's measured ones, the TTFTs this gateway's own window
+(``MeshServer.ttfts``), fed by every attempt: a streamed answer's first-token time, or the time a
+failed or timed-out attempt took.
+
 Nothing reaches the client before an answer is chosen, so a fallback never repeats bytes. A stream
 asks the backend for its usage (``stream_options.include_usage``) so spend is counted exactly.
 """
@@ -31,8 +36,8 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from modelplane.api.route import ExternalBackend, ModelRoute
-from modelplane.gateway import mesh, metrics, spend
+from modelplane.api.route import ExternalBackend, ModelRoute, RouteRule
+from modelplane.gateway import cheapest, mesh, metrics, spend
 from modelplane.gateway.errors import ErrorKind, GatewayError
 from modelplane.gateway.meshroutes import Mesh
 from modelplane.gateway.proxy import Relayed, UpstreamBroken, UpstreamFailure, relay, request_headers
@@ -70,6 +75,7 @@ class MeshServer:
         self.reference_usd_per_mtok = reference_usd_per_mtok
         self.connect_timeout = connect_timeout
         self.external_spend = mesh.MonthlyLedger()
+        self.ttfts = cheapest.TtftWindow()
         self._http: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -101,12 +107,13 @@ class MeshServer:
                     route: ModelRoute, state: _Pick) -> Answered:
         doc: Any = json.loads(body)  # parse_request has checked it is a JSON object
         features = mesh.features(doc, request.headers)
-        targets = mesh.candidates(route, features, self.mesh.routes, u=gw.rng.random())
+        models = _models_by_key(gw)
+        targets = mesh.candidates(route, features, self.mesh.routes, u=gw.rng.random(),
+                                  cheapest=self._cheapest_order(models, features, doc))
         if not targets:
             raise GatewayError(ErrorKind.MODEL_NOT_FOUND,
                                f"no rule of ModelRoute {route.namespace}/{route.name} matches this request "
                                "and it has no default rule", param="model")
-        models = _models_by_key(gw)
         loads = {key: mesh.Load(len(b.endpoints), _waiting(gw, b.endpoints)) for key, b in models.items()}
         now = time.time()
         fallback = route.spec.fallback
@@ -139,6 +146,29 @@ class MeshServer:
             for key in waking:
                 gw.holds.release(key)
 
+    def _cheapest_order(self, models: dict[tuple[str, str], Backend], features: mesh.Features,
+                        doc: dict[str, Any]) -> mesh.CheapestOrder:
+        prices = {key: b.usd_per_million_tokens for key, b in models.items()}
+        now = time.monotonic()
+
+        def rule_order(route: ModelRoute, rule: RouteRule) -> list[int]:
+            objective = route.spec.objective
+            keys = [cheapest.backend_key(route.namespace, b) for b in rule.backends]
+            ttfts = {key: cheapest.ttft_of(self.ttfts, key, objective, now=now) for key in keys}
+            return cheapest.rule_order(route.namespace, rule.backends, self_hosted_prices=prices, ttfts=ttfts,
+                                       objective=objective, prompt_tokens=features.prompt_tokens,
+                                       completion_tokens=cheapest.completion_tokens(doc))
+        return rule_order
+
+    def _observe(self, target: mesh.Target, started: float, answered: Answered | None, failed: bool) -> None:
+        """Feed the TTFT window: a streamed answer's first token, or a failed attempt's time."""
+        key = (target.namespace, target.label)
+        now = time.monotonic()
+        if answered is not None and answered.outcome.first_token_at is not None:
+            self.ttfts.observe(key, answered.outcome.first_token_at - started, now=now)
+        elif answered is None and failed:
+            self.ttfts.observe(key, now - started, now=now)
+
     async def _try(self, gw: Gateway, request: web.Request, doc: dict[str, Any], info: RequestInfo,
                    route: ModelRoute, plan: mesh.Plan, models: dict[tuple[str, str], Backend],
                    state: _Pick, waking: list[tuple[str, str]]) -> Answered:
@@ -147,10 +177,15 @@ class MeshServer:
         for i, target in enumerate(plan.tries):
             last = i == len(plan.tries) - 1
             answered: Answered | None
+            started, failures = time.monotonic(), len(state.failures)
             if target.external is not None:
-                answered = await self._external(request, doc, info, target, target.external, headers, state,
-                                                last=last, timeout=float(fallback.timeout_seconds),
-                                                on_status=fallback.on_status, route=route.name)
+                try:
+                    answered = await self._external(request, doc, info, target, target.external, headers,
+                                                    state, last=last, timeout=float(fallback.timeout_seconds),
+                                                    on_status=fallback.on_status, route=route.name)
+                except GatewayError:
+                    self._observe(target, started, None, True)
+                    raise
             else:
                 backend = models.get((target.namespace, target.model_deployment or ""))
                 if backend is None:
@@ -161,6 +196,7 @@ class MeshServer:
                 answered = await self._self_hosted(gw, request, doc, info, backend, headers, state, last=last,
                                                    timeout=float(fallback.timeout_seconds),
                                                    on_status=fallback.on_status, route=route.name)
+            self._observe(target, started, answered, len(state.failures) > failures)
             if answered is not None:
                 spend.ROUTED.labels(route.name, target.rule, answered.backend).inc()
                 if answered.price.external and answered.outcome.usage is not None:
