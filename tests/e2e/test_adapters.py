@@ -279,7 +279,7 @@ async def test_bad_adapters_are_refused_or_reported(
         return all(warnings.get(n) for n, (_, s, _) in expected.items() if s == "False")
 
     try:
-        await wait_for(told, timeout=30, what="a Warning Event on each failing adapter")
+        await wait_for(told, timeout=40, what="a Warning Event on each failing adapter")
     except AssertionError as exc:
         raise AssertionError(f"{exc}; Warning Events seen: {warnings}") from None
     assert {n: sorted(set(r)) for n, r in warnings.items()} == {

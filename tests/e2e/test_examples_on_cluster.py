@@ -226,10 +226,19 @@ async def check_condition(client: kube.Kube, namespace: str, md_name: str, examp
     """A plan no node can hold: no pods, and a Warning Event with the documented reason."""
     pods = (await pods_by_deployment(client, namespace)).get(md_name, [])
     assert not pods, f"{example}: pods for a plan that does not fit"
-    events = await client.list(kube.EVENTS, namespace=namespace,
-                               field_selector=f"involvedObject.name={md_name}")
-    reasons = {e["reason"] for e in events if e["type"] == "Warning"}
-    assert condition_of(example) in reasons, f"{example}: Warning Events {reasons}"
+    reasons: set[str] = set()
+
+    async def warned() -> bool:
+        # Events are posted by the operator's own senders, a moment after the status says it.
+        events = await client.list(kube.EVENTS, namespace=namespace,
+                                   field_selector=f"involvedObject.name={md_name}")
+        reasons.update(e["reason"] for e in events if e["type"] == "Warning")
+        return condition_of(example) in reasons
+
+    try:
+        await wait_for(warned, timeout=40, what=f"{example}: its Warning Event")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; Warning Events {reasons}") from None
 
 
 @pytest.mark.parametrize("batch", list(BATCHES), ids=list(BATCHES))
