@@ -216,6 +216,17 @@ async def test_a_child_the_api_server_refuses_makes_the_object_degraded_once(
         await kube_client.delete(VAP_BINDING, policy)
         await kube_client.delete(VAP, policy)
 
+    # A deleted policy also takes a moment to stop being enforced: wait for a dry run to pass, so the
+    # edit's retry is not refused once more (and then backed off for up to a minute).
+    async def lifted() -> bool:
+        try:
+            await kube_client.request("POST", kube.DEPLOYMENTS.path(namespace=namespace),
+                                      params={"dryRun": "All"}, body=probe)
+            return True
+        except kube.Invalid:
+            return False
+
+    await wait_for(lifted, timeout=30, what="the deleted admission policy to be lifted")
     # A spec edit retries at once; the object recovers and says so.
     await kube_client.patch(kube.MODELDEPLOYMENTS, "blocked", {"spec": {"scaling": {"maxReplicas": 2}}},
                             namespace=namespace, field_manager="test")
