@@ -179,6 +179,12 @@ class OperatorHandle:
         with urllib.request.urlopen(self.metrics_url, timeout=5) as resp:
             return str(resp.read().decode())
 
+    def reconciles(self, namespace: str, name: str) -> float:
+        """Reconciles of one ModelDeployment so far (any result), from the operator's own /metrics."""
+        labels = (f'namespace="{namespace}"', f'name="{name}"')
+        return sum(float(line.rsplit(" ", 1)[1]) for line in self.metrics_text().splitlines()
+                   if line.startswith("modelplane_reconciles_total{") and all(x in line for x in labels))
+
     def writes(self) -> float:
         """Total writes the operator made to the API server, from its own /metrics."""
         total = 0.0

@@ -2,7 +2,8 @@
 
 A test never sleeps for a fixed time to let something happen; it names the condition, the
 deadline and what it waits for, so a failure says what did not happen. ``wait_until`` is for
-synchronous checks, ``wait_for`` for checks that may be coroutines.
+synchronous checks, ``wait_for`` for checks that may be coroutines; ``stopped`` paces a load or
+sampling loop by waiting on its stop event (so it ends as soon as it is told, not a pause later).
 """
 
 from __future__ import annotations
@@ -43,3 +44,12 @@ async def wait_for(check: Callable[[], Any], *, timeout: float, what: str,
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}; last: {last!r}")
         await asyncio.sleep(interval)
+
+
+async def stopped(stop: asyncio.Event, within: float) -> bool:
+    """Wait up to ``within`` seconds for ``stop``; whether it was set."""
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=within)
+    except TimeoutError:
+        return False
+    return True

@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from modelplane import render
 from modelplane.controller import health, kube
 from tests.clusterfixtures import Gateways, OperatorHandle
-from tests.waiting import wait_for
+from tests.waiting import stopped, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -186,7 +186,7 @@ async def test_a_replaced_replica_gets_the_adapter_before_adapter_traffic(
         async def load() -> None:
             while not stop.is_set():
                 statuses.append(await chat(http, gateway, served))
-                await asyncio.sleep(0.02)
+                await stopped(stop, 0.02)
 
         traffic = asyncio.create_task(load())
         victim = sorted(old)[0]

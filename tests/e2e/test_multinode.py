@@ -32,7 +32,7 @@ from modelplane_dev.devcluster import lws as dev_lws
 from modelplane_dev.devcluster.cluster import NodeGroup, build_nodes
 from modelplane_dev.sim.quality import generate_suite, suite_jsonl
 from tests.clusterfixtures import ClusterHandle, OperatorHandle
-from tests.waiting import wait_for, wait_until
+from tests.waiting import stopped, wait_for, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -198,7 +198,7 @@ async def group_counts(kube_client: kube.Kube, namespace: str) -> AsyncIterator[
             groups = await kube_client.list(lws.LEADERWORKERSETS, namespace=namespace)
             counts.append(sum(int(g["spec"].get("replicas") or 0) for g in groups
                               if not g["metadata"].get("deletionTimestamp")))
-            await asyncio.sleep(0.2)
+            await stopped(stop, 0.2)
 
     task = asyncio.create_task(sample())
     yield counts

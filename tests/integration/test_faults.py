@@ -179,13 +179,16 @@ async def test_a_child_the_api_server_refuses_makes_the_object_degraded_once(
                           "template": {"metadata": {"labels": {"a": "b"}},
                                        "spec": {"containers": [{"name": "c", "image": "x"}]}}}}
 
-        async def enforced() -> bool:
+        async def admitted() -> bool:
             try:
                 await kube_client.request("POST", kube.DEPLOYMENTS.path(namespace=namespace),
                                           params={"dryRun": "All"}, body=probe)
-                return False
-            except kube.Invalid:
                 return True
+            except kube.Invalid:
+                return False
+
+        async def enforced() -> bool:
+            return not await admitted()
 
         await wait_for(enforced, timeout=30, what="the admission policy to be enforced")
         await kube_client.create(manifest("blocked"), namespace=namespace)
@@ -200,12 +203,9 @@ async def test_a_child_the_api_server_refuses_makes_the_object_degraded_once(
         cond = await wait_for(degraded, timeout=60, what="Degraded/ChildRejected")
         assert cond["status"] == "True" and message in cond["message"], cond
         # Several more reconciles of the object (its retries): still one Event, one log line.
-        def reconciles() -> float:
-            return sum(float(line.rsplit(" ", 1)[1]) for line in own_operator.metrics_text().splitlines()
-                       if line.startswith("modelplane_reconciles_total{") and '"blocked"' in line)
-
-        seen = reconciles()
-        await wait_for(lambda: reconciles() >= seen + 3, timeout=60, what="three more reconciles")
+        seen = own_operator.reconciles(namespace, "blocked")
+        await wait_for(lambda: own_operator.reconciles(namespace, "blocked") >= seen + 3, timeout=60,
+                       what="three more reconciles")
         events = [e for e in await kube_client.list(kube.EVENTS, namespace=namespace)
                   if e.get("reason") == "ChildRejected"]
         assert len(events) == 1 and events[0].get("count", 1) == 1, events
@@ -218,15 +218,7 @@ async def test_a_child_the_api_server_refuses_makes_the_object_degraded_once(
 
     # A deleted policy also takes a moment to stop being enforced: wait for a dry run to pass, so the
     # edit's retry is not refused once more (and then backed off for up to a minute).
-    async def lifted() -> bool:
-        try:
-            await kube_client.request("POST", kube.DEPLOYMENTS.path(namespace=namespace),
-                                      params={"dryRun": "All"}, body=probe)
-            return True
-        except kube.Invalid:
-            return False
-
-    await wait_for(lifted, timeout=30, what="the deleted admission policy to be lifted")
+    await wait_for(admitted, timeout=30, what="the deleted admission policy to be lifted")
     # A spec edit retries at once; the object recovers and says so.
     await kube_client.patch(kube.MODELDEPLOYMENTS, "blocked", {"spec": {"scaling": {"maxReplicas": 2}}},
                             namespace=namespace, field_manager="test")

@@ -130,10 +130,12 @@ class FakeGateway:
     def __init__(self) -> None:
         self.held: list[tuple[str, str, float]] = []
         self.down = False
+        self.reads = 0  #: /metrics requests answered
         self.runner: web.AppRunner | None = None
         self.url = ""
 
     async def metrics(self, _: web.Request) -> web.Response:
+        self.reads += 1
         if self.down:
             return web.Response(status=500)
         return web.Response(text=held_text(*self.held), content_type="text/plain")
@@ -278,7 +280,9 @@ async def test_the_operator_wakes_a_model_deployment_whose_requests_surge_at_the
     task = asyncio.create_task(controller._follow_gateways())  # noqa: SLF001
     try:
         await wait_for(lambda: poked == [("ns", "a")], timeout=5, what="the surge to wake it")
-        await asyncio.sleep(0.3)  # fifteen readings more: still once (at most once a second)
+        # Fifteen readings more of the same surge: still woken once (at most once a second).
+        read = a.reads
+        await wait_for(lambda: a.reads >= read + 15, timeout=5, what="fifteen more gateway readings")
         assert poked == [("ns", "a")]
     finally:
         task.cancel()

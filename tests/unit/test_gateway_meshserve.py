@@ -208,7 +208,7 @@ async def test_a_cold_model_tried_after_the_api_failed_holds_the_request_once(
             asked = asyncio.create_task(chat(http, f"http://127.0.0.1:{port}", model="wake-fail"))
             while not asked.done():
                 seen.append(gw.holds.held.get(("ns", "llama"), 0))
-                await asyncio.sleep(0.01)
+                await asyncio.wait({asked}, timeout=0.01)
             status, body = await asked
     finally:
         await runner.cleanup()
