@@ -315,7 +315,7 @@ class GatewayReplica:
             [sys.executable, "-m", "modelplane.cli", "gateway", "--host", self.host,
              "--port", str(GATEWAY_PORT), "--metrics-port", str(GATEWAY_METRICS_PORT),
              "--hold-timeout", "120", "--max-body-bytes", str(GATEWAY_MAX_BODY),
-             "--shutdown-timeout", "2"],
+             "--shutdown-timeout", "2", "--ledger-namespace", GATEWAY_NAMESPACE, "--ledger-id", self.pod],
             stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         out.close()
 

@@ -11,8 +11,9 @@ Secret), served by a ``modelplane gateway --teams`` process of this test's own.
   the self-hosted model; the route's status.spend (the operator reads both replicas) equals the
   external answers' usage at the configured prices;
 - the self-hosted model's pod deleted under load: every request answered (by the provider);
-- a team over its monthly budget gets a 429 that says so while another team is served, and
-  ``modelplane usage`` reports the spend the answers' usage and the configured prices make.
+- a team over its monthly budget gets a 429 that says so while another team is served, on a second
+  gateway replica too (the usage ledger they share), and ``modelplane usage`` reports the spend the
+  answers' usage and the configured prices make.
 """
 
 from __future__ import annotations
@@ -64,8 +65,10 @@ class MeshGateway:
 
 
 @contextlib.contextmanager
-def mesh_gateway(cluster: ClusterHandle, namespace: str, log: Path) -> Iterator[MeshGateway]:
-    """``modelplane gateway --teams`` for one namespace, as its own process."""
+def mesh_gateway(cluster: ClusterHandle, namespace: str, log: Path, *,
+                 ledger_id: str = "mesh") -> Iterator[MeshGateway]:
+    """``modelplane gateway --teams`` for one namespace, as its own process; its usage ledger's
+    shards live in that namespace (so a rerun on the same cluster starts from nothing)."""
     import urllib.request
 
     port, metrics_port = free_port(), free_port()
@@ -74,7 +77,7 @@ def mesh_gateway(cluster: ClusterHandle, namespace: str, log: Path) -> Iterator[
     proc = subprocess.Popen(
         [sys.executable, "-m", "modelplane.cli", "gateway", "--host", "127.0.0.1", "--port", str(port),
          "--metrics-port", str(metrics_port), "--namespace", namespace, "--teams", "--hold-timeout", "60",
-         "--shutdown-timeout", "1"],
+         "--shutdown-timeout", "1", "--ledger-namespace", namespace, "--ledger-id", ledger_id],
         stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     out.close()
 
@@ -330,6 +333,19 @@ async def test_teams_over_budget_refused_while_another_is_served_and_usage_adds_
                 assert "team beta" in message and "monthly budget" in message
                 assert (await chat(http, gw.url, "assistant", key="key-alpha"))[0] == 200
                 assert (await chat(http, gw.url, "assistant", key="nobody"))[0] == 401
+
+                # A second gateway replica counts with the first through the usage ledger: beta's
+                # budget, spent through the first, is spent through the second too.
+                with mesh_gateway(cluster, namespace, gateway_log(cluster, f"mesh-{namespace}-2"),
+                                  ledger_id="mesh-2") as gw2:
+                    async def refused() -> dict[str, Any] | None:
+                        status, body = await chat(http, gw2.url, "assistant", key="key-beta")
+                        return body if status == 429 else None
+
+                    body = await wait_for(refused, timeout=30, what="beta refused by the second gateway")
+                    assert body["error"]["code"] == "budget_exhausted"
+                    assert "team beta" in body["error"]["message"]
+                    assert (await chat(http, gw2.url, "assistant", key="key-alpha"))[0] == 200
 
                 # What `modelplane usage` reads equals the answers' usage at the configured prices.
                 before = usage(gw)

@@ -1,8 +1,8 @@
 """The operator runs with the Helm chart's ServiceAccount token only — not as admin — through a
 full lifecycle: create, scale, roll out a new revision behind the evaluation gate, delete. A verb
 missing from the chart's ClusterRole makes a call fail with 403, which shows up as a reconcile error
-and fails this test. The gateway, likewise, routes with its own read-only ServiceAccount's token,
-which may not write anything.
+and fails this test. The gateway, likewise, routes with its own ServiceAccount's token, which may
+write nothing but its usage ledger's ConfigMaps in the release namespace.
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ async def test_the_gateway_routes_with_the_charts_read_only_rbac(
     out = log.open("ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "modelplane.cli", "gateway", "--host", "127.0.0.1", "--port", str(port),
-         "--metrics-port", str(metrics_port)],
+         "--metrics-port", str(metrics_port), "--ledger-namespace", SYSTEM_NAMESPACE],
         stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         env=dict(os.environ, KUBECONFIG=str(kubeconfig), PYTHONUNBUFFERED="1"))
     out.close()

@@ -76,6 +76,8 @@ GATEWAY_NEEDS = (_triples("modelplane.dev", "modeldeployments", "list", "watch")
                  | _triples("leaderworkerset.x-k8s.io", "leaderworkersets", "list", "watch"))
 #: With gateway.teams: the team Secrets, watched (gateway.teams.ClusterTeams).
 GATEWAY_TEAMS_NEEDS = _triples("", "secrets", "list", "watch")
+#: The usage ledger (gateway/ledger.py): its shards, ConfigMaps in the release namespace only.
+GATEWAY_LEDGER_NEEDS = _triples("", "configmaps", "get", "list", "watch", "create", "update", "delete")
 #: The operator finds the gateway's replicas by watching their pods in the release namespace.
 OPERATOR_GATEWAY_NEEDS = _triples("", "pods", "list", "watch")
 GATEWAY = f"{FULLNAME}-gateway"
@@ -185,7 +187,9 @@ def test_rbac_grants_exactly_what_the_operator_uses(name: str, rendered: dict[st
         assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
                                       "name": FULLNAME}
         assert binding["subjects"] == [subject]
-        assert not pick(manifests, "Role") and not pick(manifests, "RoleBinding")
+        # No Role of the operator's (the gateway's ledger Role is checked with the gateway).
+        assert not [m for kind in ("Role", "RoleBinding") for m in pick(manifests, kind)
+                    if not m["metadata"]["name"].startswith(GATEWAY)]
         return
     cluster_role = one(manifests, "ClusterRole", f"{FULLNAME}-cluster")
     assert permissions(cluster_role["rules"]) == cluster
@@ -250,8 +254,17 @@ def test_the_operator_watches_the_gateway_pods_only_with_a_selector_and_is_grant
 def test_the_gateway_watches_exactly_what_its_rbac_grants() -> None:
     """An informer added to the gateway without its RBAC (or RBAC it no longer uses) fails here."""
     from modelplane.gateway.cache import ClusterRoutes
+    from modelplane.gateway.ledger import ClusterLedger
     from modelplane.gateway.meshroutes import ClusterMesh
     from modelplane.gateway.teams import ClusterTeams
+
+    ledger = ClusterLedger(None, NAMESPACE, "shard")  # type: ignore[arg-type]  # never runs
+    [shards] = ledger.informers
+    assert shards.namespace == NAMESPACE
+    # It lists and watches its shards, reads its own back after a conflict, creates, updates and
+    # deletes (ledger.ClusterLedger.publish, sweep).
+    assert {("", shards.resource.plural, v) for v in ("list", "watch", "get", "create", "update", "delete")} \
+        == GATEWAY_LEDGER_NEEDS
 
     for namespaces in ((), ("a", "b")):
         routes = ClusterRoutes(None, namespaces)  # type: ignore[arg-type]  # never runs
@@ -273,13 +286,21 @@ def test_with_teams_the_gateway_may_also_watch_secrets_and_is_told_so() -> None:
 
 
 @pytest.mark.parametrize("name", list(VALUE_SETS), ids=list(VALUE_SETS))
-def test_gateway_rbac_is_read_only_and_exactly_what_it_uses(name: str, rendered: dict[str, Any]) -> None:
+def test_gateway_rbac_is_read_only_but_its_ledger_and_exactly_what_it_uses(
+        name: str, rendered: dict[str, Any]) -> None:
     manifests, values = rendered[name], VALUE_SETS[name]
     if not values.get("gateway", {}).get("enabled", True):
         assert not [m for m in manifests if m["metadata"]["name"].startswith(GATEWAY)]
         return
     one(manifests, "ServiceAccount", GATEWAY, NAMESPACE)
     subject = [{"kind": "ServiceAccount", "name": GATEWAY, "namespace": NAMESPACE}]
+    # Its one write: the usage ledger's ConfigMaps, in the release namespace only.
+    ledger = one(manifests, "Role", f"{GATEWAY}-ledger", NAMESPACE)
+    assert permissions(ledger["rules"]) == GATEWAY_LEDGER_NEEDS
+    assert one(manifests, "RoleBinding", f"{GATEWAY}-ledger", NAMESPACE)["subjects"] == subject
+    assert pick(manifests, "Role", f"{GATEWAY}-ledger") == [ledger]
+    [container] = one(manifests, "Deployment", GATEWAY, NAMESPACE)["spec"]["template"]["spec"]["containers"]
+    assert f"--ledger-namespace={NAMESPACE}" in container["args"]
     operator = [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
     watch = values.get("watchNamespaces") or []
     if not watch:

@@ -11,7 +11,6 @@ from modelplane.api.route import FallbackSpec, ModelRoute
 from modelplane.gateway.mesh import (
     Features,
     Load,
-    MonthlyLedger,
     Target,
     candidates,
     falls_back,
@@ -202,10 +201,3 @@ def test_price(price: Price, usage: Usage, usd: float) -> None:
 
 def test_reference_price_counts_every_token() -> None:
     assert reference_usd(Usage(400_000, 600_000), 15.0) == pytest.approx(15.0)
-
-
-def test_monthly_ledger_starts_from_zero_each_month() -> None:
-    ledger = MonthlyLedger()
-    ledger.add("r", 5.0, month="2026-11")
-    assert ledger.add("r", 2.5, month="2026-11") == 7.5
-    assert ledger.get("r", month="2026-12") == 0.0

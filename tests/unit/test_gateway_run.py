@@ -26,6 +26,18 @@ def test_the_flags_become_a_config(tmp_path: Path) -> None:
     assert (s.session_header, s.prefix_chars, s.serve_metrics) == ("x-user", 2048, True)
 
 
+def test_the_ledger_flags(tmp_path: Path) -> None:
+    routes = tmp_path / "routes.yaml"  # no cluster credentials needed to parse the flags
+    routes.write_text("models: []\n")
+    args = build_parser().parse_args(["gateway", "--routes", str(routes), "--ledger-namespace", "mp",
+                                      "--ledger-id", "gw-0", "--ledger-sync-seconds", "2.5"])
+    config = config_from(args)
+    assert (config.ledger_namespace, config.ledger_id, config.ledger_sync_seconds) == ("mp", "gw-0", 2.5)
+    # Outside a pod (no ServiceAccount namespace file) the shards go to 'default'.
+    default = config_from(build_parser().parse_args(["gateway", "--routes", str(routes)]))
+    assert (default.ledger_namespace, default.ledger_id) == ("default", "")
+
+
 @pytest.mark.parametrize(("argv", "says"), [
     (["--workers", "0"], "--workers must be >= 1"),
     (["--workers", "2", "--port", "0"], "needs a fixed --port"),
@@ -35,6 +47,7 @@ def test_the_flags_become_a_config(tmp_path: Path) -> None:
     (["--prefix-chars", "-5"], "prefix_chars must be >= 0"),
     (["--affinity-load-factor", "0.9"], "affinity_load_factor must be >= 1"),
     (["--routes", "/nonexistent/routes.yaml"], "--routes"),
+    (["--ledger-sync-seconds", "0"], "--ledger-sync-seconds must be > 0"),
 ])
 def test_bad_flags_are_refused(argv: list[str], says: str) -> None:
     with pytest.raises(SystemExit, match=says.replace("-", r"\-")):

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from modelplane.gateway.errors import GatewayError
+from modelplane.gateway.ledger import month_of
 from modelplane.gateway.teams import (
     Limiter,
     Team,
@@ -16,7 +17,6 @@ from modelplane.gateway.teams import (
     bearer,
     build_directory,
     hash_key,
-    month_of,
     new_key,
     team_from_secret,
 )

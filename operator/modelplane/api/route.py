@@ -289,7 +289,8 @@ class BudgetSpec(_Model):
         default=None, ge=0, le=100_000_000,
         description="Most US dollars a month (UTC calendar month) of external backends' configured prices; "
                     "past it, external backends are skipped (a request with no other backend gets 429). "
-                    "Counted by each gateway process. Default: no limit.")
+                    "Counted across the gateway's replicas (docs/model-mesh.md, usage ledger). "
+                    "Default: no limit.")
 
 
 class ModelRouteSpec(_Model):

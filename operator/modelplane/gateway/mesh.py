@@ -247,23 +247,3 @@ def usd(usage: Usage | None, input_per_m: float, output_per_m: float) -> float:
         return 0.0
     return ((usage.prompt_tokens or 0) * input_per_m + (usage.completion_tokens or 0) * output_per_m) / 1e6
 
-
-@dataclass
-class MonthlyLedger:
-    """US dollars spent per key in the current UTC month; a new month starts from zero."""
-
-    month: str = ""
-    spent: dict[Any, float] = field(default_factory=dict)
-
-    def _roll(self, month: str) -> None:
-        if month != self.month:
-            self.month, self.spent = month, {}
-
-    def add(self, key: Any, amount: float, *, month: str) -> float:
-        self._roll(month)
-        self.spent[key] = self.spent.get(key, 0.0) + amount
-        return self.spent[key]
-
-    def get(self, key: Any, *, month: str) -> float:
-        self._roll(month)
-        return self.spent.get(key, 0.0)

@@ -39,6 +39,7 @@ from multidict import CIMultiDict
 from modelplane.api.route import ExternalBackend, ModelRoute, RouteRule
 from modelplane.gateway import cheapest, mesh, metrics, spend
 from modelplane.gateway.errors import ErrorKind, GatewayError
+from modelplane.gateway.ledger import Ledger, route_key
 from modelplane.gateway.meshroutes import Mesh
 from modelplane.gateway.proxy import Relayed, UpstreamBroken, UpstreamFailure, relay, request_headers
 from modelplane.gateway.routing import RequestInfo
@@ -62,19 +63,20 @@ class Answered:
     price: spend.Price
 
 
-def _route_budget_key(route: ModelRoute) -> tuple[str, str]:
-    return (route.namespace, route.name)
+def _route_budget_key(route: ModelRoute) -> str:
+    return route_key(route.namespace, route.name)
 
 
 class MeshServer:
     """The route half of the gateway: its external client, budgets, and the request flow."""
 
     def __init__(self, mesh_: Mesh, *, reference_usd_per_mtok: float = spend.DEFAULT_REFERENCE_USD_PER_MTOK,
-                 connect_timeout: float = 5.0) -> None:
+                 connect_timeout: float = 5.0, ledger: Ledger | None = None) -> None:
         self.mesh = mesh_
         self.reference_usd_per_mtok = reference_usd_per_mtok
         self.connect_timeout = connect_timeout
-        self.external_spend = mesh.MonthlyLedger()
+        #: routes' external spend, shared by the gateway's processes (ledger.py)
+        self.ledger = ledger if ledger is not None else Ledger()
         self.ttfts = cheapest.TtftWindow()
         self._http: aiohttp.ClientSession | None = None
 
@@ -100,8 +102,7 @@ class MeshServer:
         budget = route.spec.budget
         if budget is None or budget.external_usd_per_month is None:
             return False
-        month = time.strftime("%Y-%m", time.gmtime(now))
-        return self.external_spend.get(_route_budget_key(route), month=month) >= budget.external_usd_per_month
+        return self.ledger.spent(_route_budget_key(route), now=now) >= budget.external_usd_per_month
 
     async def serve(self, gw: Gateway, request: web.Request, body: bytes, info: RequestInfo,
                     route: ModelRoute, state: _Pick) -> Answered:
@@ -201,8 +202,7 @@ class MeshServer:
                 spend.ROUTED.labels(route.name, target.rule, answered.backend).inc()
                 if answered.price.external and answered.outcome.usage is not None:
                     cost = answered.price.usd(answered.outcome.usage)
-                    self.external_spend.add(_route_budget_key(route), cost,
-                                            month=time.strftime("%Y-%m", time.gmtime(time.time())))
+                    self.ledger.add(_route_budget_key(route), cost, now=time.time())
                 return answered
         raise GatewayError(ErrorKind.UPSTREAM_UNREACHABLE,
                            f"ModelRoute {route.namespace}/{route.name}: no backend answered: "

@@ -19,9 +19,10 @@ import multiprocessing.connection
 import os
 import shutil
 import signal
+import socket
 import tempfile
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from aiohttp import web
 from modelplane.controller import credentials, kube
 from modelplane.gateway.activator import HoldLimits
 from modelplane.gateway.cache import ClusterRoutes, Routes, StaticRoutes, load_routes_file
+from modelplane.gateway.ledger import DEFAULT_SYNC_SECONDS, ClusterLedger, shard_name
 from modelplane.gateway.meshroutes import ClusterMesh
 from modelplane.gateway.meshserve import MeshServer
 from modelplane.gateway.routing import SESSION_HEADER
@@ -38,6 +40,8 @@ from modelplane.gateway.spend import DEFAULT_REFERENCE_USD_PER_MTOK
 from modelplane.gateway.teams import ClusterTeams
 
 log = logging.getLogger("modelplane.gateway")
+
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,11 @@ class Config:
     context: str | None = None
     teams: bool = False  #: ask every request for a team's key (docs/model-mesh.md)
     reference_usd_per_mtok: float = DEFAULT_REFERENCE_USD_PER_MTOK
+    #: where the usage ledger's shards live (ledger.py), and how often this process writes its own
+    ledger_namespace: str = "default"
+    ledger_sync_seconds: float = DEFAULT_SYNC_SECONDS
+    ledger_id: str = ""  #: this replica's name in the ledger ("": the host name, a pod's name)
+    worker: int = 0  #: this process's index among --workers (names its ledger shard)
 
 
 def register(subparsers: Any) -> None:
@@ -114,6 +123,16 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--reference-usd-per-mtok", type=float, default=DEFAULT_REFERENCE_USD_PER_MTOK,
                         help="the proprietary price spend is compared with, USD per million tokens "
                              f"(default {DEFAULT_REFERENCE_USD_PER_MTOK:g})")
+    parser.add_argument("--ledger-namespace", default=None,
+                        help="namespace of the usage ledger's ConfigMaps, where every gateway process "
+                             "counts teams' tokens and spend and routes' external spend so that limits "
+                             "hold across replicas (default: the pod's own namespace, else 'default')")
+    parser.add_argument("--ledger-id", default="",
+                        help="this replica's name in the usage ledger; two gateway replicas must not "
+                             "share one (default: the host name, which in a pod is the pod's name)")
+    parser.add_argument("--ledger-sync-seconds", type=float, default=DEFAULT_SYNC_SECONDS,
+                        help="write this process's counts to the ledger at most this often while they "
+                             f"change (default {DEFAULT_SYNC_SECONDS:g})")
     parser.add_argument("--shutdown-timeout", type=float, default=30.0,
                         help="seconds requests in flight get to finish on SIGTERM (default 30)")
     parser.add_argument("--no-uvloop", action="store_true", help="use asyncio's event loop, not uvloop")
@@ -139,6 +158,8 @@ def config_from(args: argparse.Namespace) -> Config:
         raise SystemExit(f"modelplane gateway: {exc}") from None
     if args.reference_usd_per_mtok < 0:
         raise SystemExit(f"--reference-usd-per-mtok must be >= 0, got {args.reference_usd_per_mtok}")
+    if args.ledger_sync_seconds <= 0:
+        raise SystemExit(f"--ledger-sync-seconds must be > 0, got {args.ledger_sync_seconds}")
     if args.routes is not None and args.teams:
         raise SystemExit("--teams reads the cluster's Secrets; it cannot go with --routes")
     if args.routes is not None:
@@ -155,7 +176,17 @@ def config_from(args: argparse.Namespace) -> Config:
                   namespaces=tuple(args.namespace), routes_file=args.routes, settings=settings,
                   shutdown_timeout=args.shutdown_timeout, uvloop=not args.no_uvloop,
                   log_level=args.log_level, kubeconfig=args.kubeconfig, context=args.context,
-                  teams=args.teams, reference_usd_per_mtok=args.reference_usd_per_mtok)
+                  teams=args.teams, reference_usd_per_mtok=args.reference_usd_per_mtok,
+                  ledger_namespace=args.ledger_namespace or _own_namespace(),
+                  ledger_sync_seconds=args.ledger_sync_seconds, ledger_id=args.ledger_id)
+
+
+def _own_namespace() -> str:
+    """The pod's namespace (its ServiceAccount's), or 'default' outside a pod."""
+    try:
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or "default"
+    except OSError:
+        return "default"
 
 
 async def serve(config: Config, *, reuse_port: bool = False, stop: asyncio.Event | None = None) -> None:
@@ -170,20 +201,25 @@ async def serve(config: Config, *, reuse_port: bool = False, stop: asyncio.Event
         sources: list[Coroutine[Any, Any, None]] = []
         mesh: MeshServer | None = None
         teams: ClusterTeams | None = None
+        ledger: ClusterLedger | None = None
         if config.routes_file is not None:
             routes = StaticRoutes(load_routes_file(config.routes_file))
         else:
             client = await stack.enter_async_context(kube.Kube(kube.auto_config(
                 kubeconfig=config.kubeconfig, context=config.context)))
             routes = ClusterRoutes(client, config.namespaces)
+            ledger = ClusterLedger(client, config.ledger_namespace,
+                                   shard_name(config.ledger_id or socket.gethostname(), config.port,
+                                              config.worker),
+                                   sync_seconds=config.ledger_sync_seconds)
             cluster_mesh = ClusterMesh(client, config.namespaces)
             mesh = MeshServer(cluster_mesh, reference_usd_per_mtok=config.reference_usd_per_mtok,
-                              connect_timeout=config.settings.connect_timeout_seconds)
-            sources.append(cluster_mesh.run())
+                              connect_timeout=config.settings.connect_timeout_seconds, ledger=ledger)
+            sources += [cluster_mesh.run(), ledger.run()]
             if config.teams:
-                teams = ClusterTeams(client, config.namespaces)
+                teams = ClusterTeams(client, config.namespaces, ledger=ledger)
                 sources.append(teams.run())
-        gateway = Gateway(routes, config.settings, mesh=mesh, teams=teams)
+        gateway = Gateway(routes, config.settings, mesh=mesh, teams=teams, ledger=ledger)
         watching = asyncio.create_task(_gather(routes.run(), *sources), name="gateway-routes")
         runners = []
         try:
@@ -248,8 +284,8 @@ def run_workers(config: Config, workers: int) -> int:
     metrics_dir = tempfile.mkdtemp(prefix="modelplane-gateway-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # inherited by the spawned workers
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=_worker, args=(config,), name=f"gateway-worker-{i}")
-                 for i in range(workers)]
+    processes = [context.Process(target=_worker, args=(replace(config, worker=i),),
+                                 name=f"gateway-worker-{i}") for i in range(workers)]
     stopping = False
 
     def stop(signum: int, _: Any) -> None:

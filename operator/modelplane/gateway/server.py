@@ -53,6 +53,7 @@ from modelplane.gateway.streaming import FirstTokenScanner
 from modelplane.gateway.table import Backend, Endpoint
 from modelplane.gateway.teams import Team, Teams
 from modelplane.gateway.usage import Usage, UsageCounter
+from modelplane.gateway.watched import Watched
 from modelplane.gateway.weights import Group, choose_group, group_endpoints, session_point
 
 #: A watch that reconnects within this long is a blip; longer, and /healthz says so.
@@ -105,8 +106,9 @@ class Gateway:
 
     def __init__(self, routes: Routes, settings: Settings | None = None, *,
                  rng: random.Random | None = None, mesh: MeshServer | None = None,
-                 teams: Teams | None = None) -> None:
+                 teams: Teams | None = None, ledger: Watched | None = None) -> None:
         self.routes = routes
+        self.ledger = ledger  #: the usage ledger's watch of the other processes' shards (ledger.py)
         self.mesh = mesh  #: ModelRoutes (docs/model-mesh.md); None: model names only
         self.teams = teams  #: team keys and limits; None: no keys asked
         self.settings = settings or Settings()
@@ -178,7 +180,8 @@ class Gateway:
 
     async def healthz(self, _: web.Request) -> web.Response:
         down = {**self.routes.health(), **(self.mesh.mesh.health() if self.mesh is not None else {}),
-                **(self.teams.health() if self.teams is not None else {})}
+                **(self.teams.health() if self.teams is not None else {}),
+                **(self.ledger.health() if self.ledger is not None else {})}
         problems = [f"the watch of {name} has been down for {seconds:.0f} s"
                     for name, seconds in sorted(down.items()) if seconds >= WATCH_GRACE_SECONDS]
         body = {"ok": not problems, "synced": self.routes.synced, "problems": problems,
@@ -253,7 +256,7 @@ class Gateway:
 
     def _synced(self) -> bool:
         return (self.routes.synced and (self.mesh is None or self.mesh.mesh.synced)
-                and (self.teams is None or self.teams.synced))
+                and (self.teams is None or self.teams.synced) and (self.ledger is None or self.ledger.synced))
 
     def _account(self, team: Team | None, model: str, backend: str, usage: Usage, price: Price) -> None:
         """An answer's spend: the metrics, and the team's limits."""

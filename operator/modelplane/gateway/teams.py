@@ -14,7 +14,7 @@ A team is a Secret labelled ``modelplane.dev/team: <team>`` in a namespace the g
 
 With ``modelplane gateway --teams`` every request must carry ``Authorization: Bearer <key>`` of a
 known team (401 otherwise). Limits are checked before a request is sent and counted when its answer
-is complete, by each gateway process (docs/model-mesh.md says what that means with replicas).
+is complete, in the usage ledger every gateway process shares (``ledger.py``).
 """
 
 from __future__ import annotations
@@ -25,16 +25,14 @@ import hmac
 import logging
 import secrets
 import time
-from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from modelplane.controller import kube
 from modelplane.controller.informer import Informer, Obj
 from modelplane.gateway.errors import ErrorKind, GatewayError
-from modelplane.gateway.mesh import MonthlyLedger
+from modelplane.gateway.ledger import WINDOW_SECONDS, Ledger, month_of, team_key
 from modelplane.gateway.meshroutes import secret_data
 from modelplane.gateway.watched import Watched
 
@@ -44,8 +42,6 @@ TEAM_LABEL = "modelplane.dev/team"
 TOKENS_PER_MINUTE = "modelplane.dev/tokens-per-minute"
 MONTHLY_BUDGET = "modelplane.dev/monthly-budget-usd"
 HASH_PREFIX = "sha256:"
-#: The window of the token rate limit, seconds.
-WINDOW_SECONDS = 60.0
 
 
 def hash_key(key: str) -> str:
@@ -111,29 +107,20 @@ def bearer(headers: Mapping[str, str]) -> str | None:
     return token.strip() or None if scheme.lower() == "bearer" else None
 
 
-def month_of(now: float) -> str:
-    return datetime.fromtimestamp(now, UTC).strftime("%Y-%m")
-
-
 @dataclass
 class Limiter:
-    """Token use per team over the last minute and spend per team this month (pure: time is given)."""
+    """Checks a team's token use over the last minute and its spend this month against its limits,
+    as the shared ledger counts them (every gateway process's answers; pure: time is given)."""
 
-    used: dict[str, deque[tuple[float, int]]] = field(default_factory=dict)
-    spend: MonthlyLedger = field(default_factory=MonthlyLedger)
+    ledger: Ledger = field(default_factory=Ledger)
 
     def tokens_last_minute(self, team: str, now: float) -> int:
-        window = self.used.get(team)
-        if not window:
-            return 0
-        while window and window[0][0] <= now - WINDOW_SECONDS:
-            window.popleft()
-        return sum(n for _, n in window)
+        return self.ledger.tokens(team, now=now)
 
     def check(self, team: Team, *, now: float) -> None:
         """Raise 429 naming the limit the team is past."""
         if team.monthly_budget_usd is not None:
-            spent = self.spend.get(team.name, month=month_of(now))
+            spent = self.ledger.spent(team_key(team.name), now=now)
             if spent >= team.monthly_budget_usd:
                 raise GatewayError(ErrorKind.BUDGET_EXHAUSTED,
                                    f"team {team.name} has spent ${spent:.4f} of its monthly budget of "
@@ -148,18 +135,16 @@ class Limiter:
                                    retry_after=int(WINDOW_SECONDS))
 
     def add(self, team: str, *, tokens: int, usd: float, now: float) -> None:
-        if tokens > 0:
-            self.used.setdefault(team, deque()).append((now, tokens))
-        if usd > 0:
-            self.spend.add(team, usd, month=month_of(now))
+        self.ledger.add_tokens(team, tokens, now=now)
+        self.ledger.add(team_key(team), usd, now=now)
 
 
 class Teams:
     """The directory of keys and the limiter; ``admit`` a request, ``account`` its answer."""
 
-    def __init__(self, directory: Mapping[str, Team] | None = None) -> None:
+    def __init__(self, directory: Mapping[str, Team] | None = None, *, ledger: Ledger | None = None) -> None:
         self.directory: Mapping[str, Team] = dict(directory or {})
-        self.limiter = Limiter()
+        self.limiter = Limiter(ledger if ledger is not None else Ledger())
 
     @property
     def synced(self) -> bool:
@@ -191,8 +176,9 @@ class Teams:
 class ClusterTeams(Watched, Teams):
     """Teams from the labelled Secrets of the namespaces served, kept current by a watch."""
 
-    def __init__(self, client: kube.Kube, namespaces: Sequence[str] = ()) -> None:
-        super().__init__()
+    def __init__(self, client: kube.Kube, namespaces: Sequence[str] = (), *,
+                 ledger: Ledger | None = None) -> None:
+        super().__init__(ledger=ledger)
         scopes: list[str | None] = list(namespaces) or [None]
         self._informers = [Informer(client, kube.SECRETS, namespace=ns, label_selector=TEAM_LABEL,
                                    handler=self._on_secret) for ns in scopes]
