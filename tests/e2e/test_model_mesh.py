@@ -116,12 +116,12 @@ async def provider() -> AsyncIterator[SimServer]:
         await server.stop()
 
 
-def model_deployment(name: str, namespace: str) -> dict[str, Any]:
+def model_deployment(name: str, namespace: str, *, max_num_seqs: int = 16) -> dict[str, Any]:
     return {"apiVersion": "modelplane.dev/v1alpha1", "kind": "ModelDeployment",
             "metadata": {"name": name, "namespace": namespace},
             "spec": {"model": {"source": "hf://meta-llama/Llama-3.1-8B-Instruct", "revision": "main",
                                "servedName": f"{name}-{namespace[-8:]}"},
-                     "engine": {"maxModelLen": 2048, "maxNumSeqs": 16},
+                     "engine": {"maxModelLen": 2048, "maxNumSeqs": max_num_seqs},
                      "resources": {"gpu": {"count": "auto", "types": ["nvidia-l4"]}},
                      "scaling": {"minReplicas": 1, "maxReplicas": 1}}}
 
@@ -150,9 +150,9 @@ async def ready(client: kube.Kube, namespace: str, name: str) -> bool:
 
 
 async def chat(http: aiohttp.ClientSession, url: str, model: str, *, key: str | None = "key-alpha",
-               headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+               headers: dict[str, str] | None = None, max_tokens: int = 12) -> tuple[int, dict[str, Any]]:
     body = {"model": model, "messages": [{"role": "user", "content": "Classify: the parcel arrived broken."}],
-            "max_tokens": 12}
+            "max_tokens": max_tokens}
     auth = {"Authorization": f"Bearer {key}"} if key is not None else {}
     async with http.post(f"{url}/v1/chat/completions", json=body,
                          headers={**auth, **(headers or {})}) as resp:
@@ -410,3 +410,82 @@ async def test_the_own_model_killed_under_load_every_request_is_answered(
 
 async def _ok(http: aiohttp.ClientSession, url: str) -> bool:
     return (await chat(http, url, "overflow"))[0] == 200
+
+
+async def streamed_model(http: aiohttp.ClientSession, url: str, model: str) -> str:
+    """Which model answered a streamed request (the gateway times streamed answers' first token)."""
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": True}
+    async with http.post(f"{url}/v1/chat/completions", json=body,
+                         headers={"Authorization": "Bearer key-alpha"}) as resp:
+        assert resp.status == 200, await resp.text()
+        answered = ""
+        async for line in resp.content:
+            text = line.decode().strip()
+            if text.startswith("data: {"):
+                answered = answered or str(json.loads(text[6:]).get("model") or "")
+        return answered
+
+
+async def test_weights_saturation_and_cheapest_through_a_gateway(
+        cluster: ClusterHandle, kube_client: kube.Kube, namespace: str, operator: OperatorHandle) -> None:
+    """A 50/50 split sends each backend its share; a saturated model's requests overflow to the API
+    and come back when its queue drains; ``policy: cheapest`` takes the cheap API while it meets the
+    route's objective and the own model once the API is measured slower."""
+    await kube_client.create(model_deployment("llama", namespace, max_num_seqs=1))  # queues at once
+    await kube_client.create(secret("provider", namespace, {"token": KEY}))
+    await kube_client.create(secret("team-alpha", namespace, {"k": hash_key("key-alpha")},
+                                    labels={"modelplane.dev/team": "alpha"}))
+    served = f"llama-{namespace[-8:]}"
+    async with provider() as api:
+        await kube_client.create(model_route("split", namespace, [
+            {"backends": [{"modelDeployment": "llama", "weight": 50},
+                          {"external": external(api), "weight": 50}]}]))
+        await kube_client.create(model_route("overflow", namespace, [
+            {"backends": [{"modelDeployment": "llama"}, {"external": external(api)}]}],
+            fallback={"saturationQueuePerReplica": 0}))
+        await kube_client.create(model_route("cheap", namespace, [
+            {"policy": "cheapest", "backends": [{"modelDeployment": "llama"}, {"external": external(api)}]}],
+            objective={"ttft": "300ms", "percentile": 95}))
+        await wait_for(lambda: ready(kube_client, namespace, "llama"), timeout=120, what="llama Ready")
+        with mesh_gateway(cluster, namespace, gateway_log(cluster, f"mesh-{namespace}")) as gw:
+            async with aiohttp.ClientSession() as http:
+                await wait_for(lambda: _ok(http, gw.url), timeout=30, what="the routes answering")
+
+                # Weights: 80 requests, 50/50; each side within 20..60 (outside: p < 1e-5).
+                split = [await chat(http, gw.url, "split") for _ in range(80)]
+                assert all(status == 200 for status, _ in split), split[:3]
+                by_model = {m: sum(b["model"] == m for _, b in split) for m in (served, "gpt-big")}
+                assert sum(by_model.values()) == 80, by_model
+                assert all(20 <= n <= 60 for n in by_model.values()), by_model
+
+                # Saturation: idle, the own model answers; with its one sequence busy and others
+                # waiting (long answers sent to it by name), the route overflows to the API.
+                assert (await chat(http, gw.url, "overflow"))[1]["model"] == served
+                load = [asyncio.create_task(chat(http, gw.url, served, max_tokens=600)) for _ in range(4)]
+
+                async def overflowed() -> bool:
+                    status, body = await chat(http, gw.url, "overflow")
+                    assert status == 200, body
+                    return bool(body["model"] == "gpt-big")
+
+                await wait_for(overflowed, timeout=60, what="the saturated model's request sent to the API")
+                assert all(status == 200 for status, _ in await asyncio.gather(*load))
+
+                async def back_home() -> bool:
+                    return bool((await chat(http, gw.url, "overflow"))[1]["model"] == served)
+
+                await wait_for(back_home, timeout=60, what="the drained model answering the route again")
+
+                # Cheapest: the API has a known price and the own model none yet (its cost is
+                # measured later), so the API goes first while it meets the 300 ms objective...
+                assert await streamed_model(http, gw.url, "cheap") == "gpt-big"
+                # ...and once it is measured slower (1 s before its first byte), the own model.
+                assert api.provider is not None
+                api.provider.set({"mode": "slow", "delaySeconds": 1})
+
+                async def moved() -> bool:
+                    return await streamed_model(http, gw.url, "cheap") == served
+
+                await wait_for(moved, timeout=60, what="cheapest to pass over the slow API")
+                for _ in range(3):
+                    assert await streamed_model(http, gw.url, "cheap") == served
