@@ -26,6 +26,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -432,21 +433,25 @@ async def test_weights_saturation_and_cheapest_through_a_gateway(
     and come back when its queue drains; ``policy: cheapest`` takes the cheap API while it meets the
     route's objective and the own model once the API is measured slower."""
     await kube_client.create(model_deployment("llama", namespace, max_num_seqs=1))  # queues at once
+    # The cheapest route's own model is another one: the TTFT window is per backend across routes,
+    # and the saturation above leaves llama's timed-out tries in it.
+    await kube_client.create(model_deployment("fast", namespace))
     await kube_client.create(secret("provider", namespace, {"token": KEY}))
     await kube_client.create(secret("team-alpha", namespace, {"k": hash_key("key-alpha")},
                                     labels={"modelplane.dev/team": "alpha"}))
-    served = f"llama-{namespace[-8:]}"
+    served, fast = f"llama-{namespace[-8:]}", f"fast-{namespace[-8:]}"
     async with provider() as api:
         await kube_client.create(model_route("split", namespace, [
             {"backends": [{"modelDeployment": "llama", "weight": 50},
                           {"external": external(api), "weight": 50}]}]))
         await kube_client.create(model_route("overflow", namespace, [
             {"backends": [{"modelDeployment": "llama"}, {"external": external(api)}]}],
-            fallback={"saturationQueuePerReplica": 0}))
+            fallback={"saturationQueuePerReplica": 1}))
         await kube_client.create(model_route("cheap", namespace, [
-            {"policy": "cheapest", "backends": [{"modelDeployment": "llama"}, {"external": external(api)}]}],
+            {"policy": "cheapest", "backends": [{"modelDeployment": "fast"}, {"external": external(api)}]}],
             objective={"ttft": "300ms", "percentile": 95}))
-        await wait_for(lambda: ready(kube_client, namespace, "llama"), timeout=120, what="llama Ready")
+        await wait_for(lambda: both_ready(kube_client, namespace, "llama", "fast"), timeout=120,
+                       what="llama and fast Ready")
         with mesh_gateway(cluster, namespace, gateway_log(cluster, f"mesh-{namespace}")) as gw:
             async with aiohttp.ClientSession() as http:
                 await wait_for(lambda: _ok(http, gw.url), timeout=30, what="the routes answering")
@@ -459,16 +464,22 @@ async def test_weights_saturation_and_cheapest_through_a_gateway(
                 assert all(20 <= n <= 60 for n in by_model.values()), by_model
 
                 # Saturation: idle, the own model answers; with its one sequence busy and others
-                # waiting (long answers sent to it by name), the route overflows to the API.
+                # waiting (long answers sent to it by name), the route passes it over at once and
+                # the API answers — within 5 s, where a try at the queued model would have taken
+                # the route's 30 s timeout before falling back.
                 assert (await chat(http, gw.url, "overflow"))[1]["model"] == served
-                load = [asyncio.create_task(chat(http, gw.url, served, max_tokens=600)) for _ in range(4)]
+                pod_url = await pod_metrics_url(kube_client, namespace, "llama")
+                load = [asyncio.create_task(chat(http, gw.url, served, max_tokens=300)) for _ in range(4)]
+                await wait_for(lambda: waiting_at(http, pod_url, 2), timeout=30,
+                               what="two requests waiting at the model's pod")
 
                 async def overflowed() -> bool:
+                    started = time.monotonic()
                     status, body = await chat(http, gw.url, "overflow")
                     assert status == 200, body
-                    return bool(body["model"] == "gpt-big")
+                    return bool(body["model"] == "gpt-big" and time.monotonic() - started < 5)
 
-                await wait_for(overflowed, timeout=60, what="the saturated model's request sent to the API")
+                await wait_for(overflowed, timeout=90, what="the saturated model passed over for the API")
                 assert all(status == 200 for status, _ in await asyncio.gather(*load))
 
                 async def back_home() -> bool:
@@ -479,13 +490,37 @@ async def test_weights_saturation_and_cheapest_through_a_gateway(
                 # Cheapest: the API has a known price and the own model none yet (its cost is
                 # measured later), so the API goes first while it meets the 300 ms objective...
                 assert await streamed_model(http, gw.url, "cheap") == "gpt-big"
-                # ...and once it is measured slower (1 s before its first byte), the own model.
+                # ...and once it is measured slower (3 s before its first byte), the own model.
                 assert api.provider is not None
-                api.provider.set({"mode": "slow", "delaySeconds": 1})
+                api.provider.set({"mode": "slow", "delaySeconds": 3})
 
                 async def moved() -> bool:
-                    return await streamed_model(http, gw.url, "cheap") == served
+                    return await streamed_model(http, gw.url, "cheap") == fast
 
                 await wait_for(moved, timeout=60, what="cheapest to pass over the slow API")
-                for _ in range(3):
-                    assert await streamed_model(http, gw.url, "cheap") == served
+                answered = [await streamed_model(http, gw.url, "cheap") for _ in range(5)]
+                assert answered == [fast] * 5, (answered, await ttft_lines(http, gw.metrics_url))
+
+
+async def both_ready(client: kube.Kube, namespace: str, *names: str) -> bool:
+    return all([await ready(client, namespace, name) for name in names])
+
+
+async def pod_metrics_url(client: kube.Kube, namespace: str, name: str) -> str:
+    pods = await client.list(kube.PODS, namespace=namespace,
+                             label_selector=f"{render.LABEL_MODEL_DEPLOYMENT}={name}")
+    [ip] = [p["status"]["podIP"] for p in pods if (p.get("status") or {}).get("podIP")]
+    return f"http://{ip}:{render.PORT}/metrics"
+
+
+async def waiting_at(http: aiohttp.ClientSession, url: str, at_least: int) -> bool:
+    async with http.get(url) as resp:
+        text = await resp.text()
+    return any(line.startswith("vllm:num_requests_waiting") and float(line.split()[-1]) >= at_least
+               for line in text.splitlines())
+
+
+async def ttft_lines(http: aiohttp.ClientSession, url: str) -> list[str]:
+    async with http.get(url) as resp:
+        return [line for line in (await resp.text()).splitlines() if "time_to_first_token" in line
+                and ("_sum" in line or "_count" in line)]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import pytest
 
@@ -95,9 +95,17 @@ async def test_old_months_are_swept_and_a_bad_shard_counts_nothing(
     for obj in (old, current, bad):
         await kube_client.create(obj)
     async with running(kube_client, namespace, "modelplane-usage-me-8000-w0") as me:
-        await wait_for(lambda: len(me.others) == 2, timeout=30, what="the two readable shards")
-        assert me.spent(team_key("alpha"), now=time.time()) == pytest.approx(2.0)  # not last month's 50
-        await me.sweep(time.time())
-        names = {o["metadata"]["name"] for o in await kube_client.list(kube.CONFIGMAPS, namespace=namespace,
-                                                                          label_selector=SHARD_LABEL)}
-        assert names == {"modelplane-usage-now-8000-w0", "modelplane-usage-bad"}
+        async def shards() -> set[str]:
+            return {o["metadata"]["name"] for o in await kube_client.list(
+                kube.CONFIGMAPS, namespace=namespace, label_selector=SHARD_LABEL)}
+
+        # The sweep at start deletes the earlier month's shard; the unreadable one is left alone.
+        await wait_for(lambda: _eq(shards(), {"modelplane-usage-now-8000-w0", "modelplane-usage-bad"}),
+                       timeout=30, what="the 2020-01 shard swept")
+        assert set(me.others) == {"modelplane-usage-now-8000-w0"}
+        assert me.spent(team_key("alpha"), now=time.time()) == pytest.approx(2.0)  # not 2020's 50
+        assert me.writes == 0  # it counted nothing: no shard of its own
+
+
+async def _eq(value: Awaitable[set[str]], want: set[str]) -> bool:
+    return await value == want

@@ -209,7 +209,7 @@ class ClusterLedger(Watched, Ledger):
         self.name = name
         self.sync_seconds = sync_seconds
         self._resumed = False
-        self._written = -1  # the version last written
+        self._written = 0  # the version last written (0: nothing counted, nothing to write)
         self._resource_version: str | None = None
         self._informers = [Informer(client, kube.CONFIGMAPS, namespace=namespace, label_selector=SHARD_LABEL,
                                     handler=self._on_shard)]
@@ -260,7 +260,10 @@ class ClusterLedger(Watched, Ledger):
         self._resource_version = str((own.get("metadata") or {}).get("resourceVersion") or "") or None
         stored = read_shard(own)
         if stored is not None:
+            counted = self.version > 0
             self.resume(stored, now=now)
+            if not counted:
+                self._written = self.version  # the shard holds exactly these counts
             log.info("usage ledger: took back the counts of shard %s/%s", self.namespace, self.name)
 
     async def publish(self, now: float) -> None:
