@@ -213,6 +213,16 @@ async def test_the_gateway_routes_with_the_charts_read_only_rbac(
             with pytest.raises(kube.Forbidden):
                 await as_gateway.create({"apiVersion": "v1", "kind": "ConfigMap",
                                          "metadata": {"name": "nope", "namespace": namespace}})
+            # Its one write: a usage ledger shard in the release namespace (create, update, delete).
+            name = f"modelplane-usage-rbac-{namespace[-8:]}"
+            shard = {"apiVersion": "v1", "kind": "ConfigMap",
+                     "metadata": {"name": name, "namespace": SYSTEM_NAMESPACE,
+                                  "labels": {"modelplane.dev/usage-shard": "gateway"}},
+                     "data": {"usage.json": "{}"}}
+            created = await as_gateway.create(shard)
+            path = kube.CONFIGMAPS.path(namespace=SYSTEM_NAMESPACE, name=name)
+            await as_gateway.request("PUT", path, body=created)
+            assert await as_gateway.delete(kube.CONFIGMAPS, name, namespace=SYSTEM_NAMESPACE)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
