@@ -167,6 +167,11 @@ class EvaluationOrder:
     max_error_rate: float
     concurrency: int
     timeout_seconds: float
+    #: The model name the canary answers to, when not ``served_name`` (an adapter revision loaded
+    #: beside the serving one on the same pod: ``controller/adapterrollout.py``).
+    canary_served_name: str | None = None
+    #: The kind that owns the report ConfigMap and the Job (same API group and version).
+    owner_kind: str = models.KIND
 
 
 @dataclass(frozen=True)
@@ -412,7 +417,7 @@ def drive(
             if isinstance(action, StartEvaluation):
                 started_now.add(action.revision)
                 slot = EvalSlot(action.revision, action.attempt, running=True)
-                order = _order(md_meta=md_meta, evaluation=evaluation, rspec=rspec,
+                order = evaluation_order(md_meta=md_meta, evaluation=evaluation, rspec=rspec,
                                state=new, action=action, pods=pods, served_name=served_name,
                                canary_key=key_of(action.revision), stable_key=key_of(new.stable_revision))
                 cancel = False
@@ -475,9 +480,10 @@ def suite_to_count(spec: ModelDeploymentSpec, status: Mapping[str, Any] | None) 
     return evaluation.suite_ref.config_map, evaluation.suite_ref.key
 
 
-def _order(*, md_meta: Mapping[str, Any], evaluation: EvaluationSpec | None, rspec: RolloutSpec | None,
-           state: RolloutState, action: StartEvaluation, pods: Sequence[Obj], served_name: str,
-           canary_key: str | None, stable_key: str | None) -> EvaluationOrder:
+def evaluation_order(*, md_meta: Mapping[str, Any], evaluation: EvaluationSpec | None,
+                     rspec: RolloutSpec | None, state: RolloutState, action: StartEvaluation,
+                     pods: Sequence[Obj], served_name: str, canary_key: str | None,
+                     stable_key: str | None) -> EvaluationOrder:
     # The machine starts an evaluation only when one is configured, so both are set here.
     assert evaluation is not None and rspec is not None
     name = str(md_meta.get("name"))
