@@ -105,7 +105,8 @@ def serving(world: World) -> World:
 
 def test_fingerprint_and_revision_name() -> None:
     fp = ro.fingerprint("hf://org/sql-v2", "v2")
-    assert len(fp) == 12 and fp != ro.fingerprint("hf://org/sql-v2", "v3") != ro.fingerprint("hf://org/x", "v2")
+    assert len(fp) == 12
+    assert fp != ro.fingerprint("hf://org/sql-v2", "v3") != ro.fingerprint("hf://org/x", "v2")
     assert ro.revision_name("sql", fp) == f"sql@{fp[:8]}"
 
 
@@ -188,7 +189,8 @@ def test_a_resume_control_retries_the_rejected_revision() -> None:
     world.until(bad, Phase.EVALUATING)
     world.finish_evaluation(False, 0.41, 0.90)
     world.until(bad, Phase.ROLLED_BACK)
-    retried = adapter("hf://org/sql-v3", "v3", GATE, annotations={"modelplane.dev/rollout-control": "resume@1"})
+    retried = adapter("hf://org/sql-v3", "v3", GATE,
+                      annotations={"modelplane.dev/rollout-control": "resume@1"})
     world.tick(retried)
     assert world.status["canary"]["phase"] == "Deploying"
     assert "RolloutRetried" in world.events
@@ -267,6 +269,7 @@ def test_adapter_backend_during_a_rollout(canary: dict[str, Any] | None, split: 
 
 
 def test_upstream_body_rewrites_only_the_model() -> None:
-    body = json.dumps({"model": "sql", "messages": [{"role": "user", "content": "é"}], "stream": True}).encode()
+    messages = [{"role": "user", "content": "é"}]
+    body = json.dumps({"model": "sql", "messages": messages, "stream": True}).encode()
     doc = json.loads(upstream_body(body, "sql@abc"))
-    assert doc == {"model": "sql@abc", "messages": [{"role": "user", "content": "é"}], "stream": True}
+    assert doc == {"model": "sql@abc", "messages": messages, "stream": True}
