@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from modelplane.api.adapter import ModelAdapter, ModelAdapterStatus
 from modelplane.controller import adapterrollout as ro
@@ -23,6 +25,7 @@ from modelplane.gateway.table import Backend, CanarySplit, Endpoint
 from modelplane.gateway.weights import Group, group_endpoints
 from modelplane.rollout.driver import EvalSlot
 from modelplane.rollout.machine import EvalResult, Phase
+from modelplane.rollout.spec import rollout_spec_from_api
 
 T0 = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 PODS = {"base-a": "10.0.0.1", "base-b": "10.0.0.2"}
@@ -273,3 +276,19 @@ def test_upstream_body_rewrites_only_the_model() -> None:
     body = json.dumps({"model": "sql", "messages": messages, "stream": True}).encode()
     doc = json.loads(upstream_body(body, "sql@abc"))
     assert doc == {"model": "sql@abc", "messages": messages, "stream": True}
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "adapters"
+
+
+def test_the_rollout_example_updates_the_sql_adapter_of_the_adapters_example_behind_a_gate() -> None:
+    [doc] = [d for d in yaml.safe_load_all((EXAMPLES / "adapter-rollout.yaml").read_text()) if d]
+    new = ModelAdapter.parse({**doc, "metadata": {**doc["metadata"], "namespace": "team"}})
+    docs = [d for d in yaml.safe_load_all((EXAMPLES / "llama-3.1-8b-with-adapters.yaml").read_text()) if d]
+    [old] = [d for d in docs if d["kind"] == "ModelAdapter" and d["metadata"]["name"] == new.name]
+    [base] = [d for d in docs if d["kind"] == "ModelDeployment"]
+    assert new.spec.base == base["metadata"]["name"] and new.served_name == old["spec"]["servedName"]
+    assert (new.spec.source, new.spec.revision) != (old["spec"]["source"], old["spec"]["revision"])
+    gate = rollout_spec_from_api(new.spec.rollout)
+    assert gate is not None and gate.evaluation and gate.analysis
+    assert [s.weight for s in gate.steps] == [10, 50]
