@@ -163,7 +163,8 @@ class AdapterSync:
                         and pod in ready}
             old = self._old_status(adapters, adapter)
             status = core.build_status(adapter, verdict, ready_pods=sorted(ready), loaded=loaded,
-                                       failures=failures, old_status=old, now=now, path=path)
+                                       failures=failures, old_status=old, now=now, path=path,
+                                       also=tick.moving_to if tick is not None else None)
             if tick is not None and base is not None:
                 paths = {s: core.source_path(s, base)
                          for s in (tick.stable["source"], tick.canary_source) if s}

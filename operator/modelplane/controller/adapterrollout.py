@@ -100,6 +100,9 @@ class Tick:
     order: driver.EvaluationOrder | None = None
     cancel: bool = False
     events: tuple[EmitEvent, ...] = ()
+    #: While the served name moves to the promoted revision: its path, which a replica may hold
+    #: already (it serves the adapter either way).
+    moving_to: str | None = None
 
 
 def _age(now: datetime, since: Any) -> float:
@@ -245,7 +248,7 @@ def drive(adapter: ModelAdapter, *, status: Mapping[str, Any] | None, path_of: M
     return Tick(state=state, stable=stable, canary_source=canary_source, canary_name=cname,
                 wanted=tuple(wanted), keep=frozenset(keep),
                 memory=Memory(evaluation=slot, window=window, full_since=full_since),
-                order=order, cancel=cancel, events=tuple(events))
+                order=order, cancel=cancel, events=tuple(events), moving_to=cpath if swap else None)
 
 
 def _order(adapter: ModelAdapter, state: RolloutState, action: StartEvaluation, *, ready: Mapping[str, str],

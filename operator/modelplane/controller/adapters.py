@@ -200,11 +200,12 @@ def _condition(type_: AdapterConditionType, status: bool, reason: AdapterReason,
 def build_status(adapter: ModelAdapter, verdict: Verdict, *, ready_pods: Sequence[str],
                  loaded: Mapping[str, Mapping[str, str]], failures: Mapping[str, str],
                  old_status: Mapping[str, Any] | None, now: datetime,
-                 path: str | None = None) -> dict[str, Any]:
+                 path: str | None = None, also: str | None = None) -> dict[str, Any]:
     """The adapter's status. ``ready_pods``: the base's Ready replicas; ``loaded``: what each of
     them lists (missing: unread, kept as the old status said); ``failures``: pod → vLLM's message
     of the last failed load of this adapter's current path; ``path``: the path the served name
-    should be at (the serving revision's; default the spec's, ``verdict.path``)."""
+    should be at (the serving revision's; default the spec's, ``verdict.path``); ``also``: another
+    path it may be at meanwhile (a promoted revision's, while it moves there)."""
     old_status = old_status or {}
     path = path or verdict.path
     old_conditions = {c.get("type"): c for c in old_status.get("conditions") or [] if isinstance(c, Mapping)}
@@ -215,8 +216,9 @@ def build_status(adapter: ModelAdapter, verdict: Verdict, *, ready_pods: Sequenc
     if verdict.loadable:
         for pod in sorted(ready_pods):
             if pod in loaded:
-                if loaded[pod].get(served) == path and pod not in failures:
-                    replicas.append({"pod": pod, "state": ReplicaState.LOADED.value, "path": path})
+                held = loaded[pod].get(served)
+                if held is not None and held in (path, also) and pod not in failures:
+                    replicas.append({"pod": pod, "state": ReplicaState.LOADED.value, "path": held})
                 elif pod in failures:
                     replicas.append({"pod": pod, "state": ReplicaState.FAILED.value, "path": path,
                                      "message": failures[pod]})
