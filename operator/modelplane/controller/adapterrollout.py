@@ -203,12 +203,7 @@ def drive(adapter: ModelAdapter, *, status: Mapping[str, Any] | None, path_of: M
         if not actions:
             break
 
-    if state.phase is not Phase.EVALUATING:
-        cancel = cancel or (slot is not None and slot.running)
-        slot, order = None, None
-    if state.phase is not Phase.ANALYZING:
-        window = None
-
+    slot, order, window, cancel = driver.after_tick(state.phase, slot, order, window, cancel)
     stable_fp = state.stable_revision or desired
     stable_source = sources.get(stable_fp) or spec.source
     stable = {"source": stable_source, "revision": state.stable_label or spec.revision,

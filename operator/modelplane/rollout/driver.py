@@ -440,12 +440,7 @@ def drive(
         if not actions:
             break
 
-    if state.phase is not Phase.EVALUATING:
-        # The gate is decided (or skipped): whatever still runs for it is no longer wanted.
-        cancel = cancel or (slot is not None and slot.running)
-        slot, order = None, None
-    if state.phase is not Phase.ANALYZING:
-        window = None
+    slot, order, window, cancel = after_tick(state.phase, slot, order, window, cancel)
     new_memory = Memory(evaluation=slot, window=window)
 
     driving = state.phase in DRIVING or (
@@ -458,6 +453,18 @@ def drive(
         return outcome
     return _render(outcome, known=known, by_fp=by_fp, spec=spec, desired=desired, total=total,
                    shape=shape, services=services, narrowed=memory.narrowed, now=now, written=written)
+
+
+def after_tick(phase: Phase, slot: EvalSlot | None, order: EvaluationOrder | None, window: Window | None,
+               cancel: bool) -> tuple[EvalSlot | None, EvaluationOrder | None, Window | None, bool]:
+    """What of the evaluation and the analysis window outlives a tick that ended in ``phase``."""
+    if phase is not Phase.EVALUATING:
+        # The gate is decided (or skipped): whatever still runs for it is no longer wanted.
+        cancel = cancel or (slot is not None and slot.running)
+        slot, order = None, None
+    if phase is not Phase.ANALYZING:
+        window = None
+    return slot, order, window, cancel
 
 
 def suite_to_count(spec: ModelDeploymentSpec, status: Mapping[str, Any] | None) -> tuple[str, str] | None:
