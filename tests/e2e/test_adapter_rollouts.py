@@ -25,7 +25,15 @@ import yaml
 from modelplane.controller import kube
 from modelplane_dev.sim.quality import generate_suite, suite_jsonl
 from tests.clusterfixtures import Gateways, OperatorHandle
-from tests.e2e.test_adapters import base_model, get_adapter, pod_identity, ready_base, reconciles, server_pods
+from tests.e2e.test_adapters import (
+    base_model,
+    chat,
+    get_adapter,
+    pod_identity,
+    ready_base,
+    reconciles,
+    server_pods,
+)
 from tests.e2e.test_rollouts import Load, reasons
 from tests.waiting import wait_for
 
@@ -42,8 +50,9 @@ def served_name(ns: str) -> str:
     return f"sql-{ns[-8:]}"
 
 
-async def setup(client: kube.Kube, ns: str) -> None:
-    """Behaviours, the suite, a base of two replicas, and the adapter at v1, loaded on both."""
+async def setup(client: kube.Kube, ns: str, gateway: str) -> None:
+    """Behaviours, the suite, a base of two replicas, and the adapter at v1, loaded on both and
+    answering through ``gateway``."""
     await client.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "modelplane-sim"},
                          "data": {"behaviors.yaml": yaml.safe_dump(BEHAVIORS)}}, namespace=ns)
     await client.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "suite"},
@@ -60,6 +69,10 @@ async def setup(client: kube.Kube, ns: str) -> None:
         return (status.get("phase") == "Ready" and status.get("loadedReplicas") == 2
                 and (status.get("stable") or {}).get("revision") == "v1")
     await wait_for(serving, timeout=60, what="the adapter serving v1 on both replicas")
+    async with aiohttp.ClientSession() as http:
+        async def answered() -> bool:
+            return await chat(http, gateway, served_name(ns)) == 200
+        await wait_for(answered, timeout=30, what="the adapter to answer through the gateway")
 
 
 async def set_revision(client: kube.Kube, ns: str, source: str, revision: str) -> None:
@@ -87,13 +100,21 @@ async def only_held(client: kube.Kube, ns: str, want: dict[str, str]) -> None:
 
 @pytest.fixture
 async def load(namespace: str, gateways: Gateways) -> AsyncIterator[Load]:
-    """Chat requests for the adapter's served name through a gateway, from six workers."""
+    """Chat requests for the adapter's served name through a gateway, from six workers, from
+    ``load.start()`` (once the adapter serves) to ``load.stop()``."""
     gateways.ensure_running()
     running = Load(gateways.replicas[0].url, served_name(namespace))
-    task = asyncio.create_task(running.run())
+    task: asyncio.Task[None] | None = None
+
+    def start() -> None:
+        nonlocal task
+        task = asyncio.create_task(running.run())
+
+    running.start = start  # type: ignore[attr-defined]
     yield running
     running.stop()
-    await task
+    if task is not None:
+        await task
 
 
 def canary(obj: dict[str, Any]) -> dict[str, Any]:
@@ -102,7 +123,8 @@ def canary(obj: dict[str, Any]) -> dict[str, Any]:
 
 async def test_a_better_adapter_revision_is_promoted_with_no_pod_restarted(
         kube_client: kube.Kube, namespace: str, operator: OperatorHandle, load: Load) -> None:
-    await setup(kube_client, namespace)
+    await setup(kube_client, namespace, load.url)
+    load.start()  # type: ignore[attr-defined]
     before = pod_identity(await server_pods(kube_client, namespace))
     await set_revision(kube_client, namespace, "hf://org/sql-good", "v2")
     weights: set[int] = set()
@@ -137,7 +159,8 @@ async def test_a_better_adapter_revision_is_promoted_with_no_pod_restarted(
 
 async def test_a_worse_adapter_revision_is_rolled_back_by_the_gate_with_both_scores(
         kube_client: kube.Kube, namespace: str, operator: OperatorHandle, load: Load) -> None:
-    await setup(kube_client, namespace)
+    await setup(kube_client, namespace, load.url)
+    load.start()  # type: ignore[attr-defined]
     before = pod_identity(await server_pods(kube_client, namespace))
     await set_revision(kube_client, namespace, "hf://org/sql-bad", "v3")
 
