@@ -53,6 +53,8 @@ class World:
     now: datetime = T0
     events: list[str] = field(default_factory=list)
     orders: list[Any] = field(default_factory=list)
+    failing: set[str] = field(default_factory=set)  #: paths whose loads fail (vLLM: not found)
+    unloads: list[str] = field(default_factory=list)  #: every name unloaded, in order
 
     def tick(self, ad: ModelAdapter, seconds: float = 2.0) -> ro.Tick:
         self.now += timedelta(seconds=seconds)
@@ -62,16 +64,21 @@ class World:
         self.events += [e.reason.value for e in tick.events]
         if tick.order is not None:
             self.orders.append(tick.order)
+        failures: dict[str, str] = {}
         for action in core.plan_actions(tick.wanted, loaded=self.loaded, revisions=self.revisions,
                                         retry_at={}, now=0.0, keep=tick.keep):
-            if action.load:
+            if action.load and action.path in self.failing:
+                failures[action.pod] = f"HTTP 404: No adapter found for {action.path}"
+            elif action.load:
                 self.loaded[action.pod][action.name] = action.path
                 self.revisions[(action.pod, action.name)] = action.revision
             else:
                 self.loaded[action.pod].pop(action.name, None)
                 self.revisions.pop((action.pod, action.name), None)
+                self.unloads.append(action.name)
         doc, conditions = ro.rollout_status(tick, ready=sorted(PODS), loaded=self.loaded, path_of=PATHS,
-                                            old_status=self.status, now=self.now, generation=1)
+                                            old_status=self.status, now=self.now, generation=1,
+                                            failures=failures)
         status = {**doc, "conditions": conditions}
         # What the API server stores and the cache hands back: JSON, valid against the status schema.
         ModelAdapterStatus.model_validate(status)
@@ -183,6 +190,35 @@ def test_a_worse_revision_is_rolled_back_with_both_scores_and_not_retried() -> N
     for _ in range(5):
         world.tick(bad)
     assert len(world.orders) == before and world.status["canary"]["phase"] == "RolledBack"
+    assert all(held == {"sql": "org/sql-v1"} for held in world.loaded.values())
+
+
+def test_a_superseded_revision_keeps_its_name_for_the_drain_then_goes() -> None:
+    world = serving(World())
+    first = adapter("hf://org/sql-v2", "v2", GATE)
+    name = ro.revision_name("sql", ro.fingerprint("hf://org/sql-v2", "v2"))
+    world.until(first, Phase.EVALUATING)
+    second = adapter("hf://org/sql-v3", "v3", GATE)
+    world.tick(second, seconds=1.0)
+    assert world.status["rolloutHistory"][-1]["decision"] == "Superseded"
+    superseded_at = world.now
+    while name in world.loaded["base-a"]:
+        world.tick(second, seconds=1.0)
+    assert (world.now - superseded_at).total_seconds() >= ro.DRAIN_SECONDS
+    assert world.unloads.count(name) == 2  # once per replica, after the drain
+
+
+def test_a_revision_that_does_not_load_is_reported_and_rolled_back_after_the_deploy_timeout() -> None:
+    world = serving(World())
+    world.failing.add("org/sql-v3")
+    missing = adapter("hf://org/sql-v3", "v3", GATE)
+    world.tick(missing)
+    replicas = world.status["canary"]["replicas"]
+    assert {r["state"] for r in replicas} == {"Failed"}
+    assert "No adapter found for org/sql-v3" in replicas[0]["message"]
+    world.tick(missing, seconds=ro.SETTINGS.deploy_timeout.total_seconds())
+    world.until(missing, Phase.ROLLED_BACK)
+    assert world.status["canary"]["reason"] == "CanaryNotReady"
     assert all(held == {"sql": "org/sql-v1"} for held in world.loaded.values())
 
 

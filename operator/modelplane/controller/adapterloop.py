@@ -168,9 +168,11 @@ class AdapterSync:
             if tick is not None and base is not None:
                 paths = {s: core.source_path(s, base)
                          for s in (tick.stable["source"], tick.canary_source) if s}
+                failed = {pod: failure[1] for (ns, pod, name), failure in self.failures.items()
+                          if ns == scope and name == tick.canary_name and pod in ready}
                 doc, conditions = rollouts.rollout_status(tick, ready=sorted(ready), loaded=loaded,
                                                           path_of=paths, old_status=old, now=now,
-                                                          generation=adapter.generation)
+                                                          generation=adapter.generation, failures=failed)
                 status.update(doc)
                 status["conditions"] = [*status["conditions"], *conditions]
             elif old:

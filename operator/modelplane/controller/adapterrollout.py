@@ -32,7 +32,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from modelplane import render
@@ -50,6 +50,7 @@ from modelplane.rollout.machine import (
     CancelEvaluation,
     EmitEvent,
     Inputs,
+    MachineSettings,
     Phase,
     RolloutState,
     RunAnalysis,
@@ -64,6 +65,10 @@ SPLIT = ACTIVE | {Phase.PROMOTING}
 #: After the gateways were told (status), this long before a revision's name is unloaded or the served
 #: name reloaded in place: their watch has it and the requests already sent have finished.
 DRAIN_SECONDS = driver.DRAIN_SECONDS
+#: A new revision not loaded on a replica (Deploying), or the served name not moved to it on every
+#: replica (Promoting), this long: rolled back (``CanaryNotReady``). Loading an adapter takes seconds
+#: to a few minutes (a download), not a model's cold start: the ModelDeployment's hour is too long.
+SETTINGS = MachineSettings(deploy_timeout=timedelta(minutes=10))
 
 
 def fingerprint(source: str, revision: str) -> str:
@@ -178,7 +183,7 @@ def drive(adapter: ModelAdapter, *, status: Mapping[str, Any] | None, path_of: M
             analysis_window_open=window is not None and window.revision == cfp and window.step == state.step,
             control=control)
         pending = None
-        new, actions = advance(state, inputs, rspec, now)
+        new, actions = advance(state, inputs, rspec, now, SETTINGS)
         for action in actions:
             if isinstance(action, StartEvaluation):
                 started_now.add(action.revision)
@@ -240,6 +245,9 @@ def drive(adapter: ModelAdapter, *, status: Mapping[str, Any] | None, path_of: M
     if cname is not None and state.phase is Phase.ROLLING_BACK and state.phase_since is not None \
             and (now - state.phase_since).total_seconds() < DRAIN_SECONDS:
         keep.add(cname)
+    # A revision that just left (superseded, promoted, rolled back) keeps its name for the drain too.
+    keep.update(revision_name(served, h.revision) for h in state.history
+                if (now - h.finished_at).total_seconds() < DRAIN_SECONDS)
     return Tick(state=state, stable=stable, canary_source=canary_source, canary_name=cname,
                 wanted=tuple(wanted), keep=frozenset(keep),
                 memory=Memory(evaluation=slot, window=window, full_since=full_since),
@@ -262,15 +270,18 @@ def _order(adapter: ModelAdapter, state: RolloutState, action: StartEvaluation, 
 
 
 def _holders(name: str | None, path: str | None, ready: Sequence[str],
-             loaded: Mapping[str, Mapping[str, str]],
-             old: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Per Ready pod, whether it holds ``name`` at ``path`` (an unread pod keeps what was said)."""
+             loaded: Mapping[str, Mapping[str, str]], old: Sequence[Mapping[str, Any]],
+             failures: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Per Ready pod, whether it holds ``name`` at ``path`` (an unread pod keeps what was said), or
+    failed to load it (``failures``: pod → vLLM's message)."""
     before = {r.get("pod"): r for r in old if isinstance(r, Mapping)}
     out: list[dict[str, Any]] = []
     for pod in sorted(ready):
         if pod in loaded:
             if name is not None and path is not None and loaded[pod].get(name) == path:
                 out.append({"pod": pod, "state": "Loaded", "path": path})
+            elif pod in failures and path is not None:
+                out.append({"pod": pod, "state": "Failed", "path": path, "message": failures[pod]})
         elif pod in before:
             out.append(dict(before[pod]))
     return out
@@ -278,8 +289,10 @@ def _holders(name: str | None, path: str | None, ready: Sequence[str],
 
 def rollout_status(tick: Tick, *, ready: Sequence[str], loaded: Mapping[str, Mapping[str, str]],
                    path_of: Mapping[str, str | None], old_status: Mapping[str, Any] | None,
-                   now: datetime, generation: int | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The status fields of the rollout (stable, canary, rolloutHistory) and its conditions."""
+                   now: datetime, generation: int | None,
+                   failures: Mapping[str, str] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The status fields of the rollout (stable, canary, rolloutHistory) and its conditions;
+    ``failures``: pod → vLLM's message of the last failed load of the new revision there."""
     state = tick.state
     machine = state.to_status()
     canary = {k: v for k, v in machine["canary"].items() if v is not None}
@@ -290,7 +303,8 @@ def rollout_status(tick: Tick, *, ready: Sequence[str], loaded: Mapping[str, Map
     old_canary = (old_status or {}).get("canary") or {}
     if state.phase in driver.DRIVING and tick.canary_name:
         path = path_of.get(tick.canary_source or "")
-        canary["replicas"] = _holders(tick.canary_name, path, ready, loaded, old_canary.get("replicas") or [])
+        canary["replicas"] = _holders(tick.canary_name, path, ready, loaded, old_canary.get("replicas") or [],
+                                      failures or {})
         canary["summary"] = f"{state.canary_label} {state.weight}% {state.phase.value}"
     history = [{k: v for k, v in h.items() if v is not None} for h in machine["rolloutHistory"]]
     doc = {"stable": dict(tick.stable), "canary": canary, "rolloutHistory": history}
