@@ -6,7 +6,9 @@ sends the adapter's served name throughout.
 - a better revision passes the gate, takes its step's share, is promoted: the served name then serves
   it on both replicas, the revision's own name and the old revision are unloaded, no pod restarted;
 - a worse revision is rolled back by the gate with both scores in status, the old revision serving
-  throughout, and is not tried again.
+  throughout, and is not tried again;
+- ``kill -9`` of the operator during a step: the new operator resumes the rollout from status and
+  promotes.
 
 Both: zero failed requests under load. The simulator answers each adapter path with the accuracy of
 its behaviours entry (``org/sql-v1`` 0.85, ``org/sql-good`` 0.97, ``org/sql-bad`` 0.5).
@@ -24,7 +26,7 @@ import yaml
 
 from modelplane.controller import kube
 from modelplane_dev.sim.quality import generate_suite, suite_jsonl
-from tests.clusterfixtures import Gateways, OperatorHandle
+from tests.clusterfixtures import ClusterHandle, Gateways, OperatorHandle
 from tests.e2e.test_adapters import (
     base_model,
     chat,
@@ -34,7 +36,7 @@ from tests.e2e.test_adapters import (
     reconciles,
     server_pods,
 )
-from tests.e2e.test_rollouts import Load, reasons
+from tests.e2e.test_rollouts import Load, kill_and_restart, reasons
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -50,7 +52,7 @@ def served_name(ns: str) -> str:
     return f"sql-{ns[-8:]}"
 
 
-async def setup(client: kube.Kube, ns: str, gateway: str) -> None:
+async def setup(client: kube.Kube, ns: str, gateway: str, rollout: dict[str, Any] | None = None) -> None:
     """Behaviours, the suite, a base of two replicas, and the adapter at v1, loaded on both and
     answering through ``gateway``."""
     await client.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "modelplane-sim"},
@@ -62,7 +64,7 @@ async def setup(client: kube.Kube, ns: str, gateway: str) -> None:
     await client.create({"apiVersion": "modelplane.dev/v1alpha1", "kind": "ModelAdapter",
                          "metadata": {"name": "sql", "namespace": ns},
                          "spec": {"base": "base", "source": "hf://org/sql-v1", "revision": "v1",
-                                  "servedName": served_name(ns), "rollout": ROLLOUT}})
+                                  "servedName": served_name(ns), "rollout": rollout or ROLLOUT}})
 
     async def serving() -> bool:
         status = (await get_adapter(client, ns, "sql")).get("status") or {}
@@ -197,3 +199,31 @@ async def test_a_worse_adapter_revision_is_rolled_back_by_the_gate_with_both_sco
                    what="five more reconciles of the base")
     assert canary(await get_adapter(kube_client, namespace, "sql"))["phase"] == "RolledBack"
     assert (await reasons(kube_client, namespace, "sql")).count("EvaluationStarted") == evaluations
+
+
+async def test_kill_9_of_the_operator_during_a_step_resumes_the_adapter_rollout(
+        kube_client: kube.Kube, namespace: str, operator: OperatorHandle, cluster: ClusterHandle,
+        load: Load) -> None:
+    slow_step = {**ROLLOUT, "steps": [{"weight": 50, "pause": "10s"}]}
+    await setup(kube_client, namespace, load.url, rollout=slow_step)
+    load.start()  # type: ignore[attr-defined]
+    before = pod_identity(await server_pods(kube_client, namespace))
+    await set_revision(kube_client, namespace, "hf://org/sql-good", "v2")
+
+    async def analyzing() -> bool:
+        return canary(await get_adapter(kube_client, namespace, "sql")).get("phase") == "Analyzing"
+    await wait_for(analyzing, timeout=120, what="the step's analysis window", interval=0.2)
+    kill_and_restart(cluster, operator)
+
+    async def promoted() -> dict[str, Any] | None:
+        obj = await get_adapter(kube_client, namespace, "sql")
+        return obj if canary(obj).get("phase") == "Promoted" else None
+    obj = await wait_for(promoted, timeout=180, what="v2 promoted by the new operator")
+    await only_held(kube_client, namespace, {served_name(namespace): "org/sql-good"})
+    load.stop()
+    assert obj["status"]["stable"]["revision"] == "v2"
+    # The window whose start the killed operator held in memory was started again by the new one.
+    assert (await reasons(kube_client, namespace, "sql")).count("AnalysisWindowStarted") >= 2
+    assert pod_identity(await server_pods(kube_client, namespace)) == before
+    print(f"\n{load.ok} adapter requests during the rollout and the restart, {len(load.failures)} failed")
+    assert load.failures == [], load.failures[:5]

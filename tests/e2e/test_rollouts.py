@@ -31,7 +31,7 @@ from modelplane.controller import kube
 from modelplane.rollout.controls import send_control
 from modelplane.rollout.machine import Command
 from modelplane_dev.sim.quality import TaskKind, generate_suite, suite_jsonl
-from tests.clusterfixtures import ClusterHandle, OperatorHandle, start_operator
+from tests.clusterfixtures import ClusterHandle, OperatorHandle, gateway_args, start_operator
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -380,11 +380,12 @@ async def test_a_checkpoint_that_fails_requests_under_live_traffic_is_rolled_bac
 
 
 def kill_and_restart(cluster: ClusterHandle, operator: OperatorHandle) -> None:
-    """``kill -9`` the session's operator and start a new one in its place (same log)."""
+    """``kill -9`` the session's operator and start a new one in its place (same log, and reading the
+    session's gateways as the session's operator does)."""
     os.killpg(operator.process.pid, signal.SIGKILL)
     operator.process.wait(timeout=10)
     fresh = start_operator(cluster, operator.log, namespaces=operator.namespaces,
-                           hf_endpoint=operator.hf_endpoint)
+                           hf_endpoint=operator.hf_endpoint, extra_args=gateway_args())
     operator.process, operator.metrics_url = fresh.process, fresh.metrics_url
 
 
