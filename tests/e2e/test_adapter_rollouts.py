@@ -17,6 +17,7 @@ its behaviours entry (``org/sql-v1`` 0.85, ``org/sql-good`` 0.97, ``org/sql-bad`
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -128,6 +129,7 @@ async def test_a_better_adapter_revision_is_promoted_with_no_pod_restarted(
     await setup(kube_client, namespace, load.url)
     load.start()  # type: ignore[attr-defined]
     before = pod_identity(await server_pods(kube_client, namespace))
+    started = time.monotonic()
     await set_revision(kube_client, namespace, "hf://org/sql-good", "v2")
     weights: set[int] = set()
 
@@ -139,6 +141,7 @@ async def test_a_better_adapter_revision_is_promoted_with_no_pod_restarted(
         return obj if c.get("phase") == "Promoted" else None
 
     obj = await wait_for(promoted, timeout=180, what="v2 promoted", interval=0.2)
+    print(f"\nv2 applied -> Promoted: {time.monotonic() - started:.1f} s")
     await only_held(kube_client, namespace, {served_name(namespace): "org/sql-good"})
     load.stop()
     status = obj["status"]
@@ -164,6 +167,7 @@ async def test_a_worse_adapter_revision_is_rolled_back_by_the_gate_with_both_sco
     await setup(kube_client, namespace, load.url)
     load.start()  # type: ignore[attr-defined]
     before = pod_identity(await server_pods(kube_client, namespace))
+    started = time.monotonic()
     await set_revision(kube_client, namespace, "hf://org/sql-bad", "v3")
 
     async def rolled_back() -> dict[str, Any] | None:
@@ -171,6 +175,7 @@ async def test_a_worse_adapter_revision_is_rolled_back_by_the_gate_with_both_sco
         return obj if canary(obj).get("phase") == "RolledBack" else None
 
     obj = await wait_for(rolled_back, timeout=120, what="v3 rolled back")
+    print(f"\nv3 applied -> RolledBack: {time.monotonic() - started:.1f} s")
     await only_held(kube_client, namespace, {served_name(namespace): "org/sql-v1"})
     load.stop()
     c, status = canary(obj), obj["status"]
