@@ -16,7 +16,6 @@ its behaviours entry (``org/sql-v1`` 0.85, ``org/sql-good`` 0.97, ``org/sql-bad`
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -109,30 +108,28 @@ async def load(namespace: str, gateways: Gateways) -> AsyncIterator[Load]:
     ``load.start()`` (once the adapter serves) to ``load.stop()``."""
     gateways.ensure_running()
     running = Load(gateways.replicas[0].url, served_name(namespace))
-    task: asyncio.Task[None] | None = None
-
-    def start() -> None:
-        nonlocal task
-        task = asyncio.create_task(running.run())
-
-    running.start = start  # type: ignore[attr-defined]
     yield running
-    running.stop()
-    if task is not None:
-        await task
+    await running.finish()
 
 
 def canary(obj: dict[str, Any]) -> dict[str, Any]:
     return dict((obj.get("status") or {}).get("canary") or {})
 
 
+async def roll_out(client: kube.Kube, ns: str, load: Load, source: str, revision: str,
+                   **setup_args: Any) -> tuple[set[tuple[str, str, int]], float]:
+    """Set up at v1, start the load, then change the adapter's revision; the pods then and when."""
+    await setup(client, ns, load.url, **setup_args)
+    load.start()
+    before = pod_identity(await server_pods(client, ns))
+    started = time.monotonic()
+    await set_revision(client, ns, source, revision)
+    return before, started
+
+
 async def test_a_better_adapter_revision_is_promoted_with_no_pod_restarted(
         kube_client: kube.Kube, namespace: str, operator: OperatorHandle, load: Load) -> None:
-    await setup(kube_client, namespace, load.url)
-    load.start()  # type: ignore[attr-defined]
-    before = pod_identity(await server_pods(kube_client, namespace))
-    started = time.monotonic()
-    await set_revision(kube_client, namespace, "hf://org/sql-good", "v2")
+    before, started = await roll_out(kube_client, namespace, load, "hf://org/sql-good", "v2")
     weights: set[int] = set()
 
     async def promoted() -> dict[str, Any] | None:
@@ -166,11 +163,7 @@ async def test_a_better_adapter_revision_is_promoted_with_no_pod_restarted(
 
 async def test_a_worse_adapter_revision_is_rolled_back_by_the_gate_with_both_scores(
         kube_client: kube.Kube, namespace: str, operator: OperatorHandle, load: Load) -> None:
-    await setup(kube_client, namespace, load.url)
-    load.start()  # type: ignore[attr-defined]
-    before = pod_identity(await server_pods(kube_client, namespace))
-    started = time.monotonic()
-    await set_revision(kube_client, namespace, "hf://org/sql-bad", "v3")
+    before, started = await roll_out(kube_client, namespace, load, "hf://org/sql-bad", "v3")
 
     async def rolled_back() -> dict[str, Any] | None:
         obj = await get_adapter(kube_client, namespace, "sql")
@@ -212,10 +205,7 @@ async def test_kill_9_of_the_operator_during_a_step_resumes_the_adapter_rollout(
         kube_client: kube.Kube, namespace: str, operator: OperatorHandle, cluster: ClusterHandle,
         load: Load) -> None:
     slow_step = {**ROLLOUT, "steps": [{"weight": 50, "pause": "10s"}]}
-    await setup(kube_client, namespace, load.url, rollout=slow_step)
-    load.start()  # type: ignore[attr-defined]
-    before = pod_identity(await server_pods(kube_client, namespace))
-    await set_revision(kube_client, namespace, "hf://org/sql-good", "v2")
+    before, _ = await roll_out(kube_client, namespace, load, "hf://org/sql-good", "v2", rollout=slow_step)
 
     async def analyzing() -> bool:
         return canary(await get_adapter(kube_client, namespace, "sql")).get("phase") == "Analyzing"

@@ -41,27 +41,20 @@ from modelplane.api.models import Condition, ConditionStatus, ConditionType
 from modelplane.controller import reconcile
 from modelplane.controller.adapters import Wanted
 from modelplane.metrics.promtext import MetricSnapshot
-from modelplane.rollout import driver
+from modelplane.rollout import driver, machine
 from modelplane.rollout.analysis import AnalysisResult, AnalysisThresholds
 from modelplane.rollout.machine import (
-    ACTIVE,
-    CONTROL_ANNOTATION,
-    BeginAnalysisWindow,
-    CancelEvaluation,
     EmitEvent,
     Inputs,
     MachineSettings,
     Phase,
     RolloutState,
-    RunAnalysis,
     StartEvaluation,
-    advance,
-    parse_control,
 )
 from modelplane.rollout.spec import rollout_spec_from_api
 
 #: The rollout phases in which the new revision is loaded and takes its weight of the requests.
-SPLIT = ACTIVE | {Phase.PROMOTING}
+SPLIT = machine.ACTIVE | {Phase.PROMOTING}
 #: After the gateways were told (status), this long before a revision's name is unloaded or the served
 #: name reloaded in place: their watch has it and the requests already sent have finished.
 DRAIN_SECONDS = driver.DRAIN_SECONDS
@@ -140,7 +133,8 @@ def drive(adapter: ModelAdapter, *, status: Mapping[str, Any] | None, path_of: M
                str(read_stable.get("fingerprint")): str(read_stable.get("source") or ""),
                desired: spec.source}
     rspec = rollout_spec_from_api(spec.rollout)
-    control = parse_control((adapter.metadata.get("annotations") or {}).get(CONTROL_ANNOTATION))
+    annotations = adapter.metadata.get("annotations") or {}
+    control = machine.parse_control(annotations.get(machine.CONTROL_ANNOTATION))
     evaluation = spec.rollout.evaluation
     thresholds = AnalysisThresholds.from_api(evaluation.analysis if evaluation is not None else None)
     read_state = RolloutState.from_status(status)
@@ -183,7 +177,7 @@ def drive(adapter: ModelAdapter, *, status: Mapping[str, Any] | None, path_of: M
             analysis_window_open=window is not None and window.revision == cfp and window.step == state.step,
             control=control)
         pending = None
-        new, actions = advance(state, inputs, rspec, now, SETTINGS)
+        new, actions = machine.advance(state, inputs, rspec, now, SETTINGS)
         for action in actions:
             if isinstance(action, StartEvaluation):
                 started_now.add(action.revision)
@@ -191,12 +185,12 @@ def drive(adapter: ModelAdapter, *, status: Mapping[str, Any] | None, path_of: M
                 order = _order(adapter, new, action, ready=ready, loaded=loaded, served=served,
                                canary_path=cpath, stable_path=spath)
                 cancel = False
-            elif isinstance(action, CancelEvaluation):
+            elif isinstance(action, machine.CancelEvaluation):
                 cancel, order, slot = True, None, None
-            elif isinstance(action, BeginAnalysisWindow):
+            elif isinstance(action, machine.BeginAnalysisWindow):
                 window = driver.Window(new.canary_revision or "", action.step, {},
                                        None if gateways is None else dict(gateways))
-            elif isinstance(action, RunAnalysis):
+            elif isinstance(action, machine.RunAnalysis):
                 if window is None:
                     window = driver.Window(new.canary_revision or "", action.step)
                 pending = driver.analyse(window, (), {}, canary_key=cname or "", stable_key=served,
