@@ -31,7 +31,7 @@ from modelplane.controller import kube
 from modelplane.rollout.controls import send_control
 from modelplane.rollout.machine import Command
 from modelplane_dev.sim.quality import TaskKind, generate_suite, suite_jsonl
-from tests.clusterfixtures import ClusterHandle, OperatorHandle, start_operator
+from tests.clusterfixtures import ClusterHandle, OperatorHandle, gateway_args, start_operator
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -168,6 +168,7 @@ class Load:
     ok: int = 0
     failures: list[str] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _task: asyncio.Task[None] | None = None
 
     async def worker(self, session: aiohttp.ClientSession, i: int) -> None:
         n = 0
@@ -193,30 +194,30 @@ class Load:
     def stop(self) -> None:
         self._stop.set()
 
+    def start(self) -> None:
+        """Run in the background until ``stop`` (``finish`` waits for the workers)."""
+        self._task = asyncio.create_task(self.run())
+
+    async def finish(self) -> None:
+        self.stop()
+        if self._task is not None:
+            await self._task
+
 
 @pytest.fixture
 async def traffic(namespace: str, gateways: Gateways) -> AsyncIterator[Load]:
     """Load through a gateway to the ModelDeployment ``chat`` (started by the test, after setup)."""
+    # No proxy to wait for: the gateway holds a request until it sees a ready replica.
     gateways.ensure_running()
     load = Load(gateways.replicas[0].url, served_name("chat", namespace))
-    task: asyncio.Task[None] | None = None
-
-    def start() -> None:
-        # No proxy to wait for: the gateway holds a request until it sees a ready replica.
-        nonlocal task
-        task = asyncio.create_task(load.run())
-
-    load.start = start  # type: ignore[attr-defined]
     yield load
-    load.stop()
-    if task is not None:
-        await task
+    await load.finish()
 
 
 async def test_a_better_checkpoint_passes_the_gate_and_is_promoted_through_every_step(
         kube_client: kube.Kube, namespace: str, operator: OperatorHandle, traffic: Load) -> None:
     await setup(kube_client, namespace, "chat")
-    traffic.start()  # type: ignore[attr-defined]
+    traffic.start()
     await set_revision(kube_client, namespace, "chat", "rev-good")
 
     weights: set[int] = set()
@@ -304,7 +305,7 @@ async def test_a_10_percent_step_on_two_replicas_is_10_percent_at_the_gateway_an
 async def test_a_worse_checkpoint_is_rolled_back_at_the_gate_with_the_scores_in_status(
         kube_client: kube.Kube, namespace: str, operator: OperatorHandle, traffic: Load) -> None:
     await setup(kube_client, namespace, "chat")
-    traffic.start()  # type: ignore[attr-defined]
+    traffic.start()
     await set_revision(kube_client, namespace, "chat", "rev-bad")
     md = await wait_md(kube_client, namespace, "chat", rollout_phase("RolledBack"), what="rolled back",
                        timeout=120)
@@ -328,7 +329,7 @@ async def test_a_worse_checkpoint_is_rolled_back_at_the_gate_with_the_scores_in_
 async def test_a_checkpoint_that_slows_under_live_traffic_is_rolled_back_at_a_step(
         kube_client: kube.Kube, namespace: str, operator: OperatorHandle, traffic: Load) -> None:
     await setup(kube_client, namespace, "chat", steps=SLOW_STEPS)
-    traffic.start()  # type: ignore[attr-defined]
+    traffic.start()
     await set_revision(kube_client, namespace, "chat", "rev-slow")
     md = await wait_md(kube_client, namespace, "chat", rollout_phase("RolledBack"), what="rolled back",
                        timeout=180)
@@ -350,7 +351,7 @@ async def event_messages(client: kube.Kube, ns: str, name: str, reason: str) -> 
 async def test_a_checkpoint_that_fails_requests_under_live_traffic_is_rolled_back_at_a_step(
         kube_client: kube.Kube, namespace: str, operator: OperatorHandle, traffic: Load) -> None:
     await setup(kube_client, namespace, "chat", evaluation={"analysis": {"maxErrorRate": 0.05}})
-    traffic.start()  # type: ignore[attr-defined]
+    traffic.start()
     await set_revision(kube_client, namespace, "chat", "rev-flaky")
     md = await wait_md(kube_client, namespace, "chat", rollout_phase("RolledBack"), what="rolled back",
                        timeout=180)
@@ -380,11 +381,12 @@ async def test_a_checkpoint_that_fails_requests_under_live_traffic_is_rolled_bac
 
 
 def kill_and_restart(cluster: ClusterHandle, operator: OperatorHandle) -> None:
-    """``kill -9`` the session's operator and start a new one in its place (same log)."""
+    """``kill -9`` the session's operator and start a new one in its place (same log, and reading the
+    session's gateways as the session's operator does)."""
     os.killpg(operator.process.pid, signal.SIGKILL)
     operator.process.wait(timeout=10)
     fresh = start_operator(cluster, operator.log, namespaces=operator.namespaces,
-                           hf_endpoint=operator.hf_endpoint)
+                           hf_endpoint=operator.hf_endpoint, extra_args=gateway_args())
     operator.process, operator.metrics_url = fresh.process, fresh.metrics_url
 
 
@@ -392,7 +394,7 @@ async def test_kill_9_of_the_operator_during_a_step_resumes_and_reaches_the_same
         kube_client: kube.Kube, namespace: str, operator: OperatorHandle, cluster: ClusterHandle,
         traffic: Load) -> None:
     await setup(kube_client, namespace, "chat", steps=SLOW_STEPS)
-    traffic.start()  # type: ignore[attr-defined]
+    traffic.start()
     await set_revision(kube_client, namespace, "chat", "rev-slow")
     await wait_md(kube_client, namespace, "chat", rollout_phase("Analyzing"), what="a step's window",
                   timeout=120)

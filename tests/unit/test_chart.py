@@ -42,6 +42,7 @@ NAMESPACED_NEEDS = (
     | _triples("modelplane.dev", "modeldeployments/finalizers", "update")      # blockOwnerDeletion
     | _triples("modelplane.dev", "modeladapters", "list", "watch")             # adapterloop
     | _triples("modelplane.dev", "modeladapters/status", "patch")              # adapter status SSA
+    | _triples("modelplane.dev", "modeladapters/finalizers", "update")         # adapter eval report owner
     | _triples("apps", "deployments", "list", "watch", "create", "patch", "delete")  # children
     | _triples("", "services", "list", "watch", "create", "patch")
     | _triples("policy", "poddisruptionbudgets", "list", "watch", "create", "patch")

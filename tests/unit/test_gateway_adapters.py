@@ -91,6 +91,38 @@ async def test_adapter_requests_go_only_to_replicas_that_hold_it(two_replicas: l
     assert not any(labels[2] == "/v1/chat/completions" for labels in other.http_requests)
 
 
+@pytest.mark.parametrize("weight", [0, 30, 100])
+async def test_an_adapter_rollout_splits_the_served_name_by_exact_weight(two_replicas: list[SimServer],
+                                                                       weight: int) -> None:
+    """Both replicas hold the serving revision as ``sql`` and the new one as ``sql@new``: the gateway
+    sends the step's weight of ``model: sql`` requests to ``sql@new``, rewritten, on both replicas."""
+    async with aiohttp.ClientSession() as http:
+        for sim in two_replicas:
+            for name, path in (("sql", "org/sql-lora"), ("sql@new", "org/sql-lora-v2")):
+                async with http.post(f"{sim.url}/v1/load_lora_adapter",
+                                     json={"lora_name": name, "lora_path": path}) as response:
+                    assert response.status == 200
+        obj = adapter_obj(loaded=["pod-0", "pod-1"])
+        obj["status"]["canary"] = {"phase": "Stepping", "weight": weight, "servedName": "sql@new",
+                                   "replicas": [{"pod": p, "state": "Loaded", "path": "org/sql-lora-v2"}
+                                                for p in ("pod-0", "pod-1")]}
+        backends = with_adapters({("ns", "chat"): base_backend(two_replicas)}, [obj])
+        answered: dict[str, int] = {}
+        async with gateway_over(backends) as url:
+            for _ in range(100):
+                body = {"model": "sql", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+                async with http.post(f"{url}/v1/chat/completions", json=body) as r:
+                    assert r.status == 200, await r.text()
+                    model = (await r.json())["model"]
+                    answered[model] = answered.get(model, 0) + 1
+    # Stochastic rounding of the running share: within one request of the weight (one gateway).
+    assert abs(answered.get("sql@new", 0) - weight) <= 1, answered
+    assert sum(answered.values()) == 100
+    if 0 < weight < 100:
+        for sim in two_replicas:  # each revision's share goes to both replicas that hold it
+            assert sim.http_requests[("POST", "2xx", "/v1/chat/completions")] > 0
+
+
 @pytest.mark.parametrize("path", ADMIN_PATHS)
 async def test_admin_paths_are_never_forwarded(two_replicas: list[SimServer], path: str) -> None:
     async with aiohttp.ClientSession() as http, gateway_over([base_backend(two_replicas)]) as url:

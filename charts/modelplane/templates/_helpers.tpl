@@ -84,6 +84,11 @@ as (apiGroup, resource, verb) triples and fails when the two differ in either di
 - apiGroups: [modelplane.dev]
   resources: [modeladapters/status]
   verbs: [patch]
+# An adapter rollout's evaluation report (and custom evaluator Job) is owned by its ModelAdapter,
+# with blockOwnerDeletion, as above.
+- apiGroups: [modelplane.dev]
+  resources: [modeladapters/finalizers]
+  verbs: [update]
 # vLLM Deployments: the controller's informer lists and watches the labelled ones; the controller
 # applies them and deletes old revisions. Server-side apply is a PATCH, but the API server
 # authorizes a PATCH that creates the object as `create` (tests/e2e/test_rbac.py found out).

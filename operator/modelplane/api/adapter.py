@@ -20,10 +20,13 @@ from modelplane.api.models import (
     DNS1035_LABEL,
     LORA_RANKS,
     SOURCE_MAX_LENGTH,
+    CanaryStatus,
     Condition,
     InvalidSpecError,
     LoRASpec,
     ModelDeployment,
+    RolloutRecord,
+    RolloutSpec,
     _check_source,
     _Model,
     _source_rules,
@@ -65,8 +68,10 @@ class ModelAdapterSpec(_SpecModel):
                     "/models). Required.")
     revision: str = Field(
         default="main", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$",
-        description="The adapter revision: a label you change when the weights at the source change; the "
-                    "operator loads the adapter again (in place) when it changes. Default main.")
+        description="The adapter revision: a label you change when the weights at the source change. A "
+                    "change of source or revision is a new revision: without spec.rollout it replaces the "
+                    "serving one in place; with it, it is rolled out beside the serving one behind the "
+                    "gate (docs/adapters.md, Rollouts). Default main.")
     served_name: str | None = Field(
         default=None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$",
         description="The OpenAI `model` name clients send to reach the adapter (vLLM's lora_name). Must "
@@ -76,6 +81,14 @@ class ModelAdapterSpec(_SpecModel):
         default=16, ge=1, le=MAX_RANK,
         description="The adapter's LoRA rank (r in its adapter_config.json): the base's maxLoraRank is "
                     "sized to fit it. 1-512. Default 16.")
+    rollout: RolloutSpec = Field(
+        default_factory=RolloutSpec,
+        description="How a new revision (source or revision changed) replaces the serving one: the same "
+                    "block as a ModelDeployment's (steps, evaluation suite, live analysis). The new "
+                    "revision is loaded beside the serving one on the same replicas, under the served "
+                    "name followed by @ and its fingerprint; the gateway sends it each step's share of "
+                    "the served name's requests. Empty (default): the new revision replaces the serving "
+                    "one in place, ungated.")
 
     @property
     def scheme(self) -> str:
@@ -97,6 +110,8 @@ class ReplicaState(StrEnum):
 class AdapterConditionType(StrEnum):
     LOADABLE = "Loadable"
     READY = "Ready"
+    PROGRESSING = "Progressing"
+    EVALUATING = "Evaluating"
 
 
 class AdapterReason(StrEnum):
@@ -113,6 +128,7 @@ class AdapterReason(StrEnum):
     LOADING = "Loading"
     NO_READY_REPLICA = "NoReadyReplica"
     LOAD_FAILED = "LoadFailed"
+    NO_ROLLOUT = "NoRollout"
 
 
 class AdapterCondition(Condition):
@@ -120,7 +136,8 @@ class AdapterCondition(Condition):
 
     type: str = Field(min_length=1, max_length=316,
                       description="Loadable: whether the operator can load the adapter at all (False says "
-                                  "why). Ready: whether every Ready replica of the base holds it.")
+                                  "why). Ready: whether every Ready replica of the base holds it. "
+                                  "Progressing: whether a rollout runs. Evaluating: the last gate's numbers.")
 
 
 class ReplicaAdapterStatus(_Model):
@@ -130,6 +147,26 @@ class ReplicaAdapterStatus(_Model):
     state: ReplicaState = Field(description="Loaded, or Failed (message: vLLM's answer).")
     path: str = Field(description="The lora_path the replica was asked to load.")
     message: str = Field(default="", max_length=4096, description="vLLM's error message when Failed.")
+
+
+class AdapterRevisionStatus(_Model):
+    """The revision the served name serves (the rollout's stable one)."""
+
+    source: str | None = Field(default=None, description="Its spec.source.")
+    revision: str | None = Field(default=None, description="Its spec.revision.")
+    fingerprint: str | None = Field(default=None, description="12 hex digits of source and revision.")
+
+
+class AdapterCanaryStatus(CanaryStatus):
+    """The rollout state machine, as a ModelDeployment's, plus where the new revision is loaded."""
+
+    source: str | None = Field(default=None, description="spec.source of the revision being rolled out.")
+    served_name: str | None = Field(
+        default=None, description="The name the revision being rolled out is loaded under on the replicas "
+                                  "(servedName@fingerprint[:8]); the gateway rewrites its share of requests "
+                                  "to it.")
+    replicas: list[ReplicaAdapterStatus] = Field(
+        default_factory=list, description="Per Ready replica of the base: whether that revision is loaded.")
 
 
 class ModelAdapterStatus(_Model):
@@ -144,12 +181,21 @@ class ModelAdapterStatus(_Model):
     ready_replicas: StrictInt | None = Field(default=None, ge=0, description="Ready replicas of the base.")
     replicas: list[ReplicaAdapterStatus] = Field(
         default_factory=list, description="Per Ready replica of the base: whether the adapter is loaded.")
+    stable: AdapterRevisionStatus | None = Field(
+        default=None, description="The revision the served name serves. It survives an operator restart: a "
+                                  "spec that names another revision is rolled out (or switched to) from it.")
+    canary: AdapterCanaryStatus | None = Field(
+        default=None, description="The revision being rolled out, or the outcome of the last rollout "
+                                  "(phase, weight, both evaluation scores, rejectedRevision).")
+    rollout_history: list[RolloutRecord] = Field(
+        default_factory=list, max_length=10, description="The last 10 rollouts, newest last.")
     conditions: list[AdapterCondition] = Field(
         default_factory=list,
         description="Loadable: False when the operator cannot load it (reason UnknownBase, RankAboveMaximum, "
                     "NoLoRAHeadroom, ServedNameConflict, ClaimNotMounted, InvalidSpec). Ready: True "
                     "when every Ready replica of the base holds it (False with LoadFailed carries vLLM's "
-                    "message).")
+                    "message). Progressing: True while a rollout runs (reason: the rollout's). "
+                    "Evaluating: the last evaluation gate's numbers.")
 
 
 class ModelAdapter(BaseModel):

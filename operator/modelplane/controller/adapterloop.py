@@ -14,9 +14,12 @@ Decisions are ``controller.adapters``'s; this module does the I/O:
 
 What the operator loaded at which revision it remembers in memory; after an operator restart it
 takes an adapter listed at the right path as current (a revision change at the same path is then
-reloaded only when the revision changes again). The gateway routes an adapter's requests only to
-the replicas its status lists as Loaded, so a replica that restarted gets no adapter request until
-the adapter is back on it.
+reloaded only when the revision changes again). Which revision the served name serves is in
+``status.stable``, and a rollout's state in ``status.canary``: a new revision with
+``spec.rollout`` is rolled out beside the serving one (``controller.adapterrollout`` decides;
+evaluations run here as asyncio tasks, as the controller runs a ModelDeployment's). The gateway
+routes an adapter's requests only to the replicas its status lists as Loaded, so a replica that
+restarted gets no adapter request until the adapter is back on it.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,9 +45,14 @@ from modelplane.api.adapter import (
     effective_lora,
 )
 from modelplane.api.models import FIELD_MANAGER, ModelDeployment
+from modelplane.controller import adapterrollout as rollouts
 from modelplane.controller import adapters as core
 from modelplane.controller import health, kube, opmetrics
 from modelplane.controller.reconcile import EventSpec
+from modelplane.metrics.promtext import MetricSnapshot
+from modelplane.rollout import driver
+from modelplane.rollout import runtime as rollouts_runtime
+from modelplane.rollout.machine import EvalResult
 
 log = logging.getLogger("modelplane.controller.adapters")
 
@@ -88,8 +97,14 @@ class AdapterSync:
 
     def __init__(self, client: kube.Kube, *, timeout_seconds: float = 10.0, retry_seconds: float = 2.0,
                  max_retry_seconds: float = 60.0,
-                 record_event: Callable[[Obj, EventSpec], None] | None = None) -> None:
+                 record_event: Callable[[Obj, EventSpec], None] | None = None,
+                 wake: Callable[[str, str], None] | None = None) -> None:
         self.kube = client
+        #: Called with (namespace, base) when an evaluation ends, so its verdict is read at once.
+        self.wake = wake
+        #: (namespace, adapter) → its rollout's memory, and its evaluation task with (fingerprint, attempt).
+        self.rollouts: dict[tuple[str, str], rollouts.Memory] = {}
+        self.evaluations: dict[tuple[str, str], tuple[asyncio.Task[EvalResult], tuple[str, int]]] = {}
         #: Where the Events of a status write go (the controller's bounded queue); None: none made.
         self.record_event = record_event
         self.timeout = aiohttp.ClientTimeout(total=timeout_seconds)
@@ -108,7 +123,7 @@ class AdapterSync:
     async def sync_base(self, http: aiohttp.ClientSession | None, *, namespace: str,
                         base: ModelDeployment | None,
                         pods: Sequence[Obj], adapters: Sequence[Obj], every_adapter: Iterable[Obj],
-                        models: Iterable[Obj]) -> None:
+                        models: Iterable[Obj], gateways: Mapping[str, MetricSnapshot] | None = None) -> None:
         """Bring the base's Ready replicas to hold its loadable adapters; write the adapters' status."""
         scope = f"{namespace}/{base.name}" if base is not None else namespace
         valid, invalid = core.parse_adapters(adapters)
@@ -124,23 +139,123 @@ class AdapterSync:
         ready = {str(p["metadata"]["name"]): str(p["status"]["podIP"]) for p in pods
                  if health.is_ready(p) and (p.get("status") or {}).get("podIP")}
         loaded: dict[str, dict[str, str]] = {}
+        ticks: dict[tuple[str, str], rollouts.Tick] = {}
         if lora_on and ready and http is not None:
             listings = await asyncio.gather(*(self._listing(http, ip) for ip in ready.values()))
             loaded = {pod: held for pod, held in zip(ready, listings, strict=True) if held is not None}
-            wanted = [core.Wanted(a.served_name, verdicts[(a.namespace, a.name)].path, a.spec.revision)
-                      for a in valid if verdicts[(a.namespace, a.name)].loadable]
-            await self._act(http, scope, ready, loaded, wanted)
+        if base is not None and lora_on:
+            ticks = self._drive(base, scope, [a for a in valid if verdicts[(a.namespace, a.name)].loadable],
+                                raw=adapters, ready=ready, loaded=loaded, now=now, gateways=gateways,
+                                http=http)
+        if lora_on and ready and http is not None:
+            wanted = [w for tick in ticks.values() for w in tick.wanted]
+            keep = {name for tick in ticks.values() for name in tick.keep}
+            await self._act(http, scope, ready, loaded, wanted, keep)
         for adapter in valid:
-            verdict = verdicts[(adapter.namespace, adapter.name)]
+            key = (adapter.namespace, adapter.name)
+            verdict = verdicts[key]
+            tick = ticks.get(key)
+            path = verdict.path
+            if tick is not None and base is not None:
+                path = core.source_path(tick.stable["source"], base) or verdict.path
             failures = {pod: failure[1] for (ns, pod, name), failure in self.failures.items()
-                        if ns == scope and name == adapter.served_name and failure[0] == verdict.path
+                        if ns == scope and name == adapter.served_name and failure[0] == path
                         and pod in ready}
             old = self._old_status(adapters, adapter)
             status = core.build_status(adapter, verdict, ready_pods=sorted(ready), loaded=loaded,
-                                       failures=failures, old_status=old, now=now)
-            await self._write(adapter.namespace, adapter.name, old, status,
-                              version=str(adapter.metadata.get("resourceVersion") or ""))
+                                       failures=failures, old_status=old, now=now, path=path,
+                                       also=tick.moving_to if tick is not None else None)
+            if tick is not None and base is not None:
+                paths = {s: core.source_path(s, base)
+                         for s in (tick.stable["source"], tick.canary_source) if s}
+                failed = {pod: failure[1] for (ns, pod, name), failure in self.failures.items()
+                          if ns == scope and name == tick.canary_name and pod in ready}
+                doc, conditions = rollouts.rollout_status(tick, ready=sorted(ready), loaded=loaded,
+                                                          path_of=paths, old_status=old, now=now,
+                                                          generation=adapter.generation, failures=failed)
+                status.update(doc)
+                status["conditions"] = [*status["conditions"], *conditions]
+            elif old:
+                # Not loadable now: what the rollout knew stays (the serving revision, the history).
+                status.update({k: old[k] for k in ("stable", "canary", "rolloutHistory") if k in old})
+            written = await self._write(adapter.namespace, adapter.name, old, status,
+                                        version=str(adapter.metadata.get("resourceVersion") or ""))
+            if tick is not None and tick.events and self.record_event is not None:
+                target = written or self._raw(adapters, adapter)
+                for event in tick.events:
+                    self.record_event(target, EventSpec(event.type, event.reason.value, event.message,
+                                                        rollout=True))
         self._forget(scope, set(ready))
+
+    def _drive(self, base: ModelDeployment, scope: str, loadable: Sequence[ModelAdapter], *,
+               raw: Sequence[Obj], ready: Mapping[str, str],
+               loaded: Mapping[str, Mapping[str, str]], now: datetime,
+               gateways: Mapping[str, MetricSnapshot] | None,
+               http: aiohttp.ClientSession | None) -> dict[tuple[str, str], rollouts.Tick]:
+        """Each adapter's rollout tick; starts and stops their evaluations."""
+        revisions = {(pod, name): rev for (ns, pod, name), rev in self.revisions.items() if ns == scope}
+        ticks: dict[tuple[str, str], rollouts.Tick] = {}
+        for adapter in loadable:
+            key = (adapter.namespace, adapter.name)
+            status = self._old_status(raw, adapter)
+            spec_sources = [adapter.spec.source, *(str((status or {}).get(k, {}).get("source") or "")
+                                                   for k in ("stable", "canary"))]
+            paths = {s: core.source_path(s, base) for s in spec_sources if s}
+            memory = replace(self.rollouts.get(key, rollouts.Memory()), evaluation=self._slot(key))
+            tick = rollouts.drive(adapter, status=status, path_of=paths, ready=ready, loaded=loaded,
+                                  revisions=revisions, memory=memory, now=now, gateways=gateways)
+            self.rollouts[key] = tick.memory
+            if tick.cancel or (tick.memory.evaluation is None and tick.order is None):
+                self._stop_evaluation(key)
+            if tick.order is not None and http is not None:
+                self._stop_evaluation(key)
+                log.info("evaluating adapter %s/%s revision %s (attempt %d)", *key, tick.order.label,
+                         tick.order.attempt)
+                task = asyncio.create_task(self._evaluate(http, base, tick.order))
+                self.evaluations[key] = (task, (tick.order.revision, tick.order.attempt))
+            ticks[key] = tick
+        return ticks
+
+    async def _evaluate(self, http: aiohttp.ClientSession, base: ModelDeployment,
+                        order: driver.EvaluationOrder) -> EvalResult:
+        try:
+            return await rollouts_runtime.run_order(self.kube, http, order)
+        finally:
+            if self.wake is not None:
+                self.wake(base.namespace, base.name)
+
+    def _slot(self, key: tuple[str, str]) -> driver.EvalSlot | None:
+        """What the pure core needs to know of the adapter's evaluation task."""
+        found = self.evaluations.get(key)
+        if found is None:
+            return None
+        task, (fp, attempt) = found
+        if not task.done():
+            return driver.EvalSlot(fp, attempt, running=True)
+        if task.cancelled():
+            return driver.EvalSlot(fp, attempt, running=False, error="the evaluation was cancelled")
+        exc = task.exception()
+        if exc is not None:
+            return driver.EvalSlot(fp, attempt, running=False, error=f"{type(exc).__name__}: {exc}")
+        return driver.EvalSlot(fp, attempt, running=False, result=task.result())
+
+    def _stop_evaluation(self, key: tuple[str, str]) -> None:
+        found = self.evaluations.pop(key, None)
+        if found is None:
+            return
+        task = found[0]
+        if not task.done():
+            task.cancel()
+        elif not task.cancelled():
+            task.exception()  # read, so that an error already reported is not logged again
+
+    @staticmethod
+    def _raw(objs: Iterable[Obj], adapter: ModelAdapter) -> Obj:
+        for obj in objs:
+            meta = obj.get("metadata") or {}
+            if (meta.get("namespace"), meta.get("name")) == (adapter.namespace, adapter.name):
+                return obj
+        return {"apiVersion": ADAPTER_API_VERSION, "kind": ADAPTER_KIND, "metadata": adapter.metadata}
 
     async def sync_orphans(self, *, adapters: Iterable[Obj], known_bases: set[tuple[str, str]],
                            every_adapter: Sequence[Obj], models: Iterable[Obj]) -> None:
@@ -169,11 +284,13 @@ class AdapterSync:
                 if isinstance(c, dict) and c.get("parent") and "id" in c}
 
     async def _act(self, http: aiohttp.ClientSession, scope: str, ready: Mapping[str, str],
-                   loaded: dict[str, dict[str, str]], wanted: Sequence[core.Wanted]) -> None:
+                   loaded: dict[str, dict[str, str]], wanted: Sequence[core.Wanted],
+                   keep: Iterable[str] = ()) -> None:
         clock = time.monotonic()
         revisions = {(pod, name): rev for (ns, pod, name), rev in self.revisions.items() if ns == scope}
         retry_at = {(pod, name, f[0]): f[2] for (ns, pod, name), f in self.failures.items() if ns == scope}
-        actions = core.plan_actions(wanted, loaded=loaded, revisions=revisions, retry_at=retry_at, now=clock)
+        actions = core.plan_actions(wanted, loaded=loaded, revisions=revisions, retry_at=retry_at, now=clock,
+                                    keep=keep)
         if not actions:
             return
         outcomes = await asyncio.gather(*(self._call(http, ready[a.pod], a) for a in actions))
@@ -246,9 +363,10 @@ class AdapterSync:
                           {"phase": "Failed", "conditions": [condition]})
 
     async def _write(self, namespace: str, name: str, old: Mapping[str, Any] | None,
-                     status: Mapping[str, Any], *, version: str | None = None) -> None:
+                     status: Mapping[str, Any], *, version: str | None = None) -> Obj | None:
+        """Write the status if it changed; the object as written (None: nothing written)."""
         if not core.status_changed(old, status):
-            return
+            return None
         written = await self.kube.apply({"apiVersion": ADAPTER_API_VERSION, "kind": ADAPTER_KIND,
                                          "metadata": {"name": name, "namespace": namespace},
                                          "status": dict(status)},
@@ -260,6 +378,7 @@ class AdapterSync:
             self._written[(namespace, name)] = (version, dict(status))
         self.writes += 1
         opmetrics.API_WRITES.labels(ADAPTER_KIND, "status").inc()
+        return written
 
     def _forget(self, scope: str, ready: set[str]) -> None:
         """Drop the memory of the base's replicas that are no longer Ready (a restarted one starts empty)."""

@@ -67,14 +67,19 @@ class Verdict:
 
 
 def lora_path(adapter: ModelAdapter, base: ModelDeployment) -> str | None:
+    """The ``lora_path`` vLLM loads for the adapter's ``spec.source`` (``source_path``)."""
+    return source_path(adapter.spec.source, base)
+
+
+def source_path(source: str, base: ModelDeployment) -> str | None:
     """The ``lora_path`` vLLM loads: hf:// → the repo id (vLLM fetches it from the Hub), s3:// and gs://
     → the URI, pvc:// on the base's own claim → its path under the claim's mount. None: a pvc:// on
     another claim, which the base's pods do not mount."""
-    scheme, _, rest = adapter.spec.source.partition("://")
+    scheme, _, rest = source.partition("://")
     if scheme == "hf":
         return rest
     if scheme in ("s3", "gs"):
-        return adapter.spec.source
+        return source
     claim, _, path = rest.partition("/")
     base_scheme, _, base_rest = base.spec.model.source.partition("://")
     if base_scheme != "pvc" or base_rest.partition("/")[0] != claim:
@@ -155,15 +160,16 @@ class Action:
 
 def plan_actions(wanted: Sequence[Wanted], *, loaded: Mapping[str, Mapping[str, str]],
                  revisions: Mapping[tuple[str, str], str], retry_at: Mapping[tuple[str, str, str], float],
-                 now: float) -> list[Action]:
+                 now: float, keep: Iterable[str] = ()) -> list[Action]:
     """The loads and unloads that make each replica hold exactly ``wanted``.
 
     ``loaded``: pod → {adapter name: path} as its ``/v1/models`` lists (pods not in it are not
     acted on: their listing could not be read); ``revisions``: (pod, name) → the revision the
-    operator loaded there; ``retry_at``: (pod, name, path) → when a failed load may be tried again.
+    operator loaded there; ``retry_at``: (pod, name, path) → when a failed load may be tried again;
+    ``keep``: names not wanted any more that stay loaded for now (a rolled-out revision draining).
     """
     actions: list[Action] = []
-    names = {w.name for w in wanted}
+    names = {w.name for w in wanted} | set(keep)
     for pod in sorted(loaded):
         held = loaded[pod]
         for w in wanted:
@@ -193,11 +199,15 @@ def _condition(type_: AdapterConditionType, status: bool, reason: AdapterReason,
 
 def build_status(adapter: ModelAdapter, verdict: Verdict, *, ready_pods: Sequence[str],
                  loaded: Mapping[str, Mapping[str, str]], failures: Mapping[str, str],
-                 old_status: Mapping[str, Any] | None, now: datetime) -> dict[str, Any]:
+                 old_status: Mapping[str, Any] | None, now: datetime,
+                 path: str | None = None, also: str | None = None) -> dict[str, Any]:
     """The adapter's status. ``ready_pods``: the base's Ready replicas; ``loaded``: what each of
     them lists (missing: unread, kept as the old status said); ``failures``: pod → vLLM's message
-    of the last failed load of this adapter's current path."""
+    of the last failed load of this adapter's current path; ``path``: the path the served name
+    should be at (the serving revision's; default the spec's, ``verdict.path``); ``also``: another
+    path it may be at meanwhile (a promoted revision's, while it moves there)."""
     old_status = old_status or {}
+    path = path or verdict.path
     old_conditions = {c.get("type"): c for c in old_status.get("conditions") or [] if isinstance(c, Mapping)}
     old_replicas = {r.get("pod"): r for r in old_status.get("replicas") or [] if isinstance(r, Mapping)}
     generation = adapter.generation
@@ -206,10 +216,11 @@ def build_status(adapter: ModelAdapter, verdict: Verdict, *, ready_pods: Sequenc
     if verdict.loadable:
         for pod in sorted(ready_pods):
             if pod in loaded:
-                if loaded[pod].get(served) == verdict.path and pod not in failures:
-                    replicas.append({"pod": pod, "state": ReplicaState.LOADED.value, "path": verdict.path})
+                held = loaded[pod].get(served)
+                if held is not None and held in (path, also) and pod not in failures:
+                    replicas.append({"pod": pod, "state": ReplicaState.LOADED.value, "path": held})
                 elif pod in failures:
-                    replicas.append({"pod": pod, "state": ReplicaState.FAILED.value, "path": verdict.path,
+                    replicas.append({"pod": pod, "state": ReplicaState.FAILED.value, "path": path,
                                      "message": failures[pod]})
             elif pod in old_replicas:
                 replicas.append(dict(old_replicas[pod]))

@@ -251,7 +251,8 @@ class Controller:
             client, routes=self.informers["modelroutes"], models=self.informers["modeldeployments"],
             active=self._active, gateway_texts=self._gateway_texts)
         #: ModelAdapters: loads them onto their base's replicas, writes their status (adapterloop).
-        self.adapter_sync = adapterloop.AdapterSync(client, record_event=self.record_event)
+        self.adapter_sync = adapterloop.AdapterSync(client, record_event=self.record_event,
+                                                    wake=lambda ns, name: self.poke((ns, name)))
         self._orphans_due = asyncio.Event()
         #: (namespace, ConfigMap, key) → (expires at, cases or None); reads in flight.
         self._suites: dict[tuple[str, str, str], tuple[float, int | None]] = {}
@@ -698,7 +699,8 @@ class Controller:
         if md is not None and lora and self._http is not None:
             await self.adapter_sync.sync_base(
                 self._http, namespace=namespace, base=md, pods=observed.pods, adapters=observed.adapters,
-                every_adapter=self._all_adapters(), models=self.known.values())
+                every_adapter=self._all_adapters(), models=self.known.values(),
+                gateways=self._gateway_views() if any(map(_reads_gateway, observed.adapters)) else None)
         return rejected is None
 
     def _all_adapters(self) -> list[dict[str, Any]]:

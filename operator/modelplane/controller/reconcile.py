@@ -503,7 +503,7 @@ def _rollout_conditions(phase: Phase, conditions: list[Condition], rollout: roll
                 cond(ConditionType.READY, counts.ready >= 1, Reason.ROLLOUT_IN_PROGRESS,
                      f"{counts.ready}/{counts.total} replicas ready; {rollout_message}")]
     if rollout.rollout_spec is not None and rollout.rollout_spec.evaluation or state.eval_score is not None:
-        conditions.append(_evaluating_condition(state, cond))
+        conditions.append(evaluating_condition(state, cond))
     if state.power is not None:
         # A warning, never a block: the gate refuses most equal canaries on this suite.
         under = state.power.underpowered
@@ -754,7 +754,7 @@ def _group_condition(md: ModelDeployment, observed: Observed, counts: health.Pod
     return cond(ConditionType.GROUP_RECREATED, True, Reason.GROUP_RECREATED, message)
 
 
-def _evaluating_condition(state: RolloutState, cond: Cond) -> Condition:
+def evaluating_condition(state: RolloutState, cond: Cond) -> Condition:
     """``Evaluating``: True while the gate runs; afterwards False with the last gate's numbers."""
     if state.phase is RolloutPhase.EVALUATING:
         return cond(ConditionType.EVALUATING, True, Reason.EVALUATION_RUNNING,

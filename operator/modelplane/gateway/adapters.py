@@ -11,22 +11,38 @@ Names: only an adapter the operator accepted (``Loadable=True``) is routed, so o
 one name only the one the operator chose (the older) is; and an adapter never takes a name a
 ModelDeployment serves (the operator reports the conflict on the adapter, and here the
 ModelDeployment keeps the name).
+
+An adapter rollout (``status.canary`` in an active phase or Promoting, ``controller/adapterrollout.py``):
+the new revision is loaded beside the serving one on the same replicas under its own name
+(``status.canary.servedName``, ``<served>@<fingerprint[:8]>``). The backend then lists each replica
+holding the serving revision as a stable endpoint (revision: the served name) and each replica holding
+the new one as a canary endpoint (revision: the new name) whose requests go out with ``model``
+rewritten to the new name; the split is the rollout's exact ``status.canary.weight``, per request,
+as for a ModelDeployment's canary (``gateway/weights.py``). The base's own canary split does not
+apply to the adapter's requests meanwhile. The answer's ``model`` is the name the replica served:
+the new revision's answers say ``<served>@<fingerprint[:8]>``.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from modelplane.api.adapter import ModelAdapter
 from modelplane.api.models import InvalidSpecError
-from modelplane.gateway.table import Backend, _epoch
+from modelplane.gateway.table import Backend, CanarySplit, Endpoint, _epoch
 
 Key = tuple[str, str]
 
 
+#: The rollout phases in which the new revision takes its weight of the requests.
+SPLIT_PHASES = frozenset({"Deploying", "Evaluating", "Stepping", "Analyzing", "Paused", "Promoting"})
+
+
 def loaded_pods(status: Mapping[str, Any] | None) -> frozenset[str]:
-    """The pods the adapter's status lists as Loaded."""
+    """The pods the adapter's status (or its canary block) lists as Loaded."""
     replicas = (status or {}).get("replicas") or []
     return frozenset(str(r.get("pod")) for r in replicas
                      if isinstance(r, Mapping) and r.get("state") == "Loaded" and r.get("pod"))
@@ -51,10 +67,27 @@ def adapter_backend(obj: Mapping[str, Any], bases: Mapping[Key, Backend]) -> Bac
     if not loadable(status):
         return None  # the operator has not accepted it (yet): its name may be another's
     holders = loaded_pods(status)
+    endpoints: tuple[Endpoint, ...] = tuple(e for e in base.endpoints if e.pod in holders)
+    split = base.split
+    canary = (status or {}).get("canary")
+    if isinstance(canary, Mapping) and canary.get("phase") in SPLIT_PHASES and canary.get("servedName"):
+        name = str(canary["servedName"])
+        weight = min(100, max(0, int(canary.get("weight") or 0)))
+        canary_holders = loaded_pods(canary)
+        endpoints = (tuple(replace(e, revision=adapter.served_name) for e in endpoints)
+                     + tuple(replace(e, revision=name, model=name) for e in base.endpoints
+                             if e.pod in canary_holders))
+        split = CanarySplit(revision=name, weight=weight)
     return Backend(namespace=adapter.namespace, name=adapter.name, served_name=adapter.served_name,
-                   phase=str((status or {}).get("phase") or "Pending"),
-                   endpoints=tuple(e for e in base.endpoints if e.pod in holders), split=base.split,
+                   phase=str((status or {}).get("phase") or "Pending"), endpoints=endpoints, split=split,
                    created=_epoch(adapter.metadata.get("creationTimestamp")), adapter_of=base.name)
+
+
+def upstream_body(body: bytes, model: str) -> bytes:
+    """The request body with ``model`` replaced (the endpoint serves the revision under that name)."""
+    doc = json.loads(body)
+    doc["model"] = model
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def with_adapters(bases: Mapping[Key, Backend], adapters: Iterable[Mapping[str, Any]]) -> list[Backend]:

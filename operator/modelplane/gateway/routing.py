@@ -129,7 +129,7 @@ def model_card(backend: Backend) -> dict[str, Any]:
     card: dict[str, Any] = {"id": backend.served_name, "object": "model", "created": backend.created,
                             "owned_by": backend.namespace, "phase": backend.phase,
                             "namespace": backend.namespace, "model_deployment": backend.name,
-                            "ready_replicas": len(backend.endpoints)}
+                            "ready_replicas": len({e.address for e in backend.endpoints})}
     if backend.adapter_of is not None:
         card.update(model_deployment=backend.adapter_of, model_adapter=backend.name,
                     parent=backend.adapter_of)

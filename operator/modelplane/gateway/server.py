@@ -32,6 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from modelplane.gateway import metrics
 from modelplane.gateway.activator import HoldLimits, Holds
+from modelplane.gateway.adapters import upstream_body
 from modelplane.gateway.cache import Routes
 from modelplane.gateway.errors import ErrorKind, GatewayError
 from modelplane.gateway.meshserve import MeshServer
@@ -328,8 +329,9 @@ class Gateway:
         try:
             try:
                 # The last attempt relays a replica's 502/503/504 as it is, rather than retrying it.
+                sent = body if endpoint.model is None else upstream_body(body, endpoint.model)
                 response = await self.upstream.send(
-                    endpoint, request.path, body, headers,
+                    endpoint, request.path, sent, headers,
                     retry_statuses=len(state.failures) + 1 < MAX_ATTEMPTS)
             except UpstreamFailure as failure:
                 state.failures.append(failure)

@@ -43,6 +43,9 @@ class Endpoint:
     address: str  #: ``host:port`` (``[v6]:port`` for IPv6)
     pod: str = ""  #: the pod's name ("" for a fixed table's endpoint)
     revision: str | None = None  #: the pod's revision-hash label (its workload's key); None: unknown
+    #: The ``model`` to send this endpoint instead of the client's: an adapter revision being rolled
+    #: out, loaded under its own name beside the served one (``gateway/adapters.py``). None: as sent.
+    model: str | None = None
 
     @property
     def url(self) -> str:

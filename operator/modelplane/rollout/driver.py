@@ -167,6 +167,11 @@ class EvaluationOrder:
     max_error_rate: float
     concurrency: int
     timeout_seconds: float
+    #: The model name the canary answers to, when not ``served_name`` (an adapter revision loaded
+    #: beside the serving one on the same pod: ``controller/adapterrollout.py``).
+    canary_served_name: str | None = None
+    #: The kind that owns the report ConfigMap and the Job (same API group and version).
+    owner_kind: str = models.KIND
 
 
 @dataclass(frozen=True)
@@ -412,7 +417,7 @@ def drive(
             if isinstance(action, StartEvaluation):
                 started_now.add(action.revision)
                 slot = EvalSlot(action.revision, action.attempt, running=True)
-                order = _order(md_meta=md_meta, evaluation=evaluation, rspec=rspec,
+                order = evaluation_order(md_meta=md_meta, evaluation=evaluation, rspec=rspec,
                                state=new, action=action, pods=pods, served_name=served_name,
                                canary_key=key_of(action.revision), stable_key=key_of(new.stable_revision))
                 cancel = False
@@ -435,12 +440,7 @@ def drive(
         if not actions:
             break
 
-    if state.phase is not Phase.EVALUATING:
-        # The gate is decided (or skipped): whatever still runs for it is no longer wanted.
-        cancel = cancel or (slot is not None and slot.running)
-        slot, order = None, None
-    if state.phase is not Phase.ANALYZING:
-        window = None
+    slot, order, window, cancel = after_tick(state.phase, slot, order, window, cancel)
     new_memory = Memory(evaluation=slot, window=window)
 
     driving = state.phase in DRIVING or (
@@ -453,6 +453,18 @@ def drive(
         return outcome
     return _render(outcome, known=known, by_fp=by_fp, spec=spec, desired=desired, total=total,
                    shape=shape, services=services, narrowed=memory.narrowed, now=now, written=written)
+
+
+def after_tick(phase: Phase, slot: EvalSlot | None, order: EvaluationOrder | None, window: Window | None,
+               cancel: bool) -> tuple[EvalSlot | None, EvaluationOrder | None, Window | None, bool]:
+    """What of the evaluation and the analysis window outlives a tick that ended in ``phase``."""
+    if phase is not Phase.EVALUATING:
+        # The gate is decided (or skipped): whatever still runs for it is no longer wanted.
+        cancel = cancel or (slot is not None and slot.running)
+        slot, order = None, None
+    if phase is not Phase.ANALYZING:
+        window = None
+    return slot, order, window, cancel
 
 
 def suite_to_count(spec: ModelDeploymentSpec, status: Mapping[str, Any] | None) -> tuple[str, str] | None:
@@ -475,9 +487,10 @@ def suite_to_count(spec: ModelDeploymentSpec, status: Mapping[str, Any] | None) 
     return evaluation.suite_ref.config_map, evaluation.suite_ref.key
 
 
-def _order(*, md_meta: Mapping[str, Any], evaluation: EvaluationSpec | None, rspec: RolloutSpec | None,
-           state: RolloutState, action: StartEvaluation, pods: Sequence[Obj], served_name: str,
-           canary_key: str | None, stable_key: str | None) -> EvaluationOrder:
+def evaluation_order(*, md_meta: Mapping[str, Any], evaluation: EvaluationSpec | None,
+                     rspec: RolloutSpec | None, state: RolloutState, action: StartEvaluation,
+                     pods: Sequence[Obj], served_name: str, canary_key: str | None,
+                     stable_key: str | None) -> EvaluationOrder:
     # The machine starts an evaluation only when one is configured, so both are set here.
     assert evaluation is not None and rspec is not None
     name = str(md_meta.get("name"))

@@ -30,7 +30,7 @@ from typing import Any
 import aiohttp
 
 from modelplane import render
-from modelplane.api.models import API_VERSION, KIND
+from modelplane.api.models import API_VERSION
 from modelplane.controller import kube
 from modelplane.rollout import power
 from modelplane.rollout.driver import EvaluationOrder, ready_pod_url
@@ -53,7 +53,7 @@ class EvaluationError(Exception):
 
 
 def _owner(order: EvaluationOrder) -> list[dict[str, Any]]:
-    return [{"apiVersion": API_VERSION, "kind": KIND, "name": order.md_name, "uid": order.md_uid,
+    return [{"apiVersion": API_VERSION, "kind": order.owner_kind, "name": order.md_name, "uid": order.md_uid,
              "controller": True, "blockOwnerDeletion": True}]
 
 
@@ -99,6 +99,7 @@ def build_job(order: EvaluationOrder) -> dict[str, Any]:
         "env": [{"name": "CANARY_URL", "value": f"{order.canary_url}/v1"},
                 {"name": "STABLE_URL", "value": f"{order.stable_url}/v1"},
                 {"name": "MODEL", "value": order.served_name},
+                {"name": "CANARY_MODEL", "value": order.canary_served_name or order.served_name},
                 {"name": "RESULT_CONFIGMAP", "value": f"{order.job_name}-result"},
                 {"name": "RESULT_NAMESPACE", "value": order.namespace}],
         # The score comes back in /dev/termination-log, or in the log's last line if the evaluator
@@ -175,7 +176,8 @@ async def run_suite(client: kube.Kube, http: aiohttp.ClientSession, order: Evalu
                                   "spec.rollout.evaluation.judge names no ModelDeployment")
         judge = OpenAIJudge(await judge_endpoint(client, order.namespace, order.judge), session=http,
                             timeout_seconds=order.timeout_seconds)
-    run = await run_evaluation(suite=suite, canary=Endpoint(order.canary_url, order.served_name),
+    canary_model = order.canary_served_name or order.served_name
+    run = await run_evaluation(suite=suite, canary=Endpoint(order.canary_url, canary_model),
                                stable=Endpoint(order.stable_url, order.served_name),
                                concurrency=order.concurrency, timeout_seconds=order.timeout_seconds,
                                judge=judge, session=http)
