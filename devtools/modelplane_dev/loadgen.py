@@ -349,11 +349,13 @@ async def _first_model(http: aiohttp.ClientSession, base_url: str, timeout: floa
 
 
 async def run_load(config: LoadConfig, *, progress: Callable[[Progress], None] | None = None,
-                   progress_every: float = 5.0) -> LoadReport:
+                   progress_every: float = 5.0, stop: asyncio.Event | None = None) -> LoadReport:
     """Drive ``config``'s schedule against ``config.base_url``; returns when every request sent has ended.
 
     Failures of single requests are counted by kind, never raised; only finding the model (when
-    ``config.model`` is None) may raise ``aiohttp.ClientError``.
+    ``config.model`` is None) may raise ``aiohttp.ClientError``. Setting ``stop`` ends the arrivals
+    early (a test that waits for a condition under load); the requests in flight still finish, and
+    the report's ``window`` is then the seconds of arrivals there were.
     """
     rng = random.Random(config.seed)
     times = arrival_times(config.schedule, config.duration, rng)
@@ -391,7 +393,11 @@ async def run_load(config: LoadConfig, *, progress: Callable[[Progress], None] |
         try:
             for at in times:
                 delay = start + at - time.monotonic()
-                if delay > 0:
+                if stop is not None:
+                    if stop.is_set() or (delay > 0 and await _set_within(stop, delay)):
+                        report.window = time.monotonic() - start
+                        break
+                elif delay > 0:
                     await asyncio.sleep(delay)
                 elapsed = time.monotonic() - start
                 while elapsed >= next_progress:
@@ -413,6 +419,15 @@ async def run_load(config: LoadConfig, *, progress: Callable[[Progress], None] |
         report.duration = time.monotonic() - start
         report_progress(report.duration)
     return report
+
+
+async def _set_within(event: asyncio.Event, seconds: float) -> bool:
+    """Wait up to ``seconds`` for ``event``; whether it was set."""
+    try:
+        await asyncio.wait_for(event.wait(), timeout=seconds)
+    except TimeoutError:
+        return False
+    return True
 
 
 # ---- the command -------------------------------------------------------------------------------------------
