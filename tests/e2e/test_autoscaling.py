@@ -32,18 +32,20 @@ pytestmark = pytest.mark.e2e
 SAMPLE_SECONDS = 0.5
 
 #: The latency objective's e2e. The simulated replica (8B on an L4, ``maxNumSeqs`` 4, 100-token
-#: prompts, 16 output tokens) runs a request in ~1.3 s on one of its 4 slots: ~3 requests/s per
-#: replica, ~0.1 s to the first token with a free slot. At 6 requests/s one replica queues without
-#: bound (every TTFT grows past any objective), while 3 replicas carry it at ~65% of their slots,
-#: where a request rarely waits a whole request's time for a slot: 2 s at p90 is what such a fleet
-#: meets with room for a loaded host, and ``maxReplicas`` 6 is twice that fleet, room for the
-#: objective's own cuts. (An earlier version sent 14 requests/s against ``maxReplicas`` 4: four
-#: replicas serve at most ~12.5/s, so the queue grew at the cap and attainment could only fall.)
+#: prompts, 16 output tokens) runs a request in ~1.6 s on one of its 4 slots, in real time on this
+#: host: one replica alone, measured, completes ~2.6 requests/s; at 3/s its TTFT p90 is 1.5 s, at
+#: 4/s it queues without bound (p50 2.7 s and growing). So at 4 requests/s one replica misses any
+#: objective, while 3 replicas carry ~1.3/s each, well inside 2 s at p90 even on a loaded host. The
+#: default dev cluster has 4 L4 nodes of one GPU: ``maxReplicas`` 4 (a fifth replica would stay
+#: Pending, and a fleet with a replica "starting" forever is never settled for the feedback).
+#: (An earlier version sent 14 requests/s against ``maxReplicas`` 4: four replicas serve at most
+#: ~11/s, so the queue grew at the cap and attainment could only fall.)
 PERCENTILE = 90
 OBJECTIVE: dict[str, Any] = {"ttft": "2s", "percentile": PERCENTILE}
-OBJECTIVE_RATE = 6.0
+OBJECTIVE_RATE = 4.0
+OBJECTIVE_MAX_REPLICAS = 4
 #: Attainment is over the last 5 minutes (``objective.ObjectiveSpec.window``): the misses of the
-#: minute before the fleet grew leave it at the latest that long after it grew.
+#: cold start before the fleet grew (~20 s here) leave it at the latest that long after.
 ATTAINMENT_WINDOW = 300.0
 
 
@@ -298,13 +300,14 @@ async def test_with_a_prometheus_source_a_queue_read_from_prometheus_scales_up_a
         await kube_client.delete(kube.NAMESPACES, ns)
 
 
+@pytest.mark.timeout(ATTAINMENT_WINDOW + 600)
 async def test_a_latency_objective_is_met_by_scaling_up_under_load_and_attainment_is_in_status(
         kube_client: kube.Kube, namespace: str, operator: OperatorHandle, gateways: Gateways) -> None:
     # Through the session's gateway, whose TTFT histogram the operator reads (what clients see).
     gateways.ensure_running()
     served = f"slo-{namespace[-8:]}"  # the gateway serves every namespace: a name of its own
-    await kube_client.create(model("slo", namespace, served=served, minReplicas=1, maxReplicas=6,
-                                   objective=OBJECTIVE))
+    await kube_client.create(model("slo", namespace, served=served, minReplicas=1,
+                                   maxReplicas=OBJECTIVE_MAX_REPLICAS, objective=OBJECTIVE))
     await wait_for(lambda: _phase(kube_client, namespace, "slo", "Ready"), timeout=90,
                    what="Ready with one replica")
     gateway = gateways.replicas[0]
@@ -343,7 +346,7 @@ async def test_a_latency_objective_is_met_by_scaling_up_under_load_and_attainmen
                                interval=SAMPLE_SECONDS)
         grew = time.monotonic() - started
         # Scaled, the fleet meets the objective: once the misses of before fall out of the window.
-        await wait_for(met, timeout=ATTAINMENT_WINDOW + 180, interval=SAMPLE_SECONDS,
+        await wait_for(met, timeout=ATTAINMENT_WINDOW + 240, interval=SAMPLE_SECONDS,
                        what=f"status.autoscaler.objective.met under load (objective {OBJECTIVE})")
         at_met = dict(objective)
         fleet = desired[-1]
@@ -361,4 +364,4 @@ async def test_a_latency_objective_is_met_by_scaling_up_under_load_and_attainmen
     assert at_met["attainment"] >= PERCENTILE / 100 and at_met["requests"] > 0, at_met
     # The learnt capacity: a factor within (0, 1] of the profile, and the load one replica is sized for.
     assert 0 < at_met["capacityFactor"] <= 1 and at_met["replicaCapacity"] > 0, at_met
-    assert 1 < fleet <= 6, desired
+    assert 1 < fleet <= OBJECTIVE_MAX_REPLICAS, desired
