@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import random
@@ -393,12 +394,14 @@ async def run_load(config: LoadConfig, *, progress: Callable[[Progress], None] |
         try:
             for at in times:
                 delay = start + at - time.monotonic()
-                if stop is not None:
-                    if stop.is_set() or (delay > 0 and await _set_within(stop, delay)):
-                        report.window = time.monotonic() - start
-                        break
+                if stop is not None and delay > 0:
+                    with contextlib.suppress(TimeoutError):  # the next arrival's time, or the stop
+                        await asyncio.wait_for(stop.wait(), timeout=delay)
                 elif delay > 0:
                     await asyncio.sleep(delay)
+                if stop is not None and stop.is_set():
+                    report.window = time.monotonic() - start
+                    break
                 elapsed = time.monotonic() - start
                 while elapsed >= next_progress:
                     report_progress(elapsed)
@@ -419,15 +422,6 @@ async def run_load(config: LoadConfig, *, progress: Callable[[Progress], None] |
         report.duration = time.monotonic() - start
         report_progress(report.duration)
     return report
-
-
-async def _set_within(event: asyncio.Event, seconds: float) -> bool:
-    """Wait up to ``seconds`` for ``event``; whether it was set."""
-    try:
-        await asyncio.wait_for(event.wait(), timeout=seconds)
-    except TimeoutError:
-        return False
-    return True
 
 
 # ---- the command -------------------------------------------------------------------------------------------

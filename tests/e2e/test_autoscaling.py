@@ -266,6 +266,7 @@ async def test_with_a_prometheus_source_a_queue_read_from_prometheus_scales_up_a
             return got if "attainment" in got and int(got.get("requests") or 0) > 0 else None
 
         seen = await wait_for(attainment, timeout=60, what="attainment read through Prometheus")
+        print(f"the objective as read through Prometheus: {seen}")
         assert seen["source"] == "Pods" and 0 <= seen["attainment"] <= 1, seen
         assert seen["requests"] <= report.sent, seen
         assert seen["met"] == (seen["attainment"] >= PERCENTILE / 100), seen
