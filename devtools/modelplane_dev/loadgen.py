@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import random
@@ -349,11 +350,13 @@ async def _first_model(http: aiohttp.ClientSession, base_url: str, timeout: floa
 
 
 async def run_load(config: LoadConfig, *, progress: Callable[[Progress], None] | None = None,
-                   progress_every: float = 5.0) -> LoadReport:
+                   progress_every: float = 5.0, stop: asyncio.Event | None = None) -> LoadReport:
     """Drive ``config``'s schedule against ``config.base_url``; returns when every request sent has ended.
 
     Failures of single requests are counted by kind, never raised; only finding the model (when
-    ``config.model`` is None) may raise ``aiohttp.ClientError``.
+    ``config.model`` is None) may raise ``aiohttp.ClientError``. Setting ``stop`` ends the arrivals
+    early (a test that waits for a condition under load); the requests in flight still finish, and
+    the report's ``window`` is then the seconds of arrivals there were.
     """
     rng = random.Random(config.seed)
     times = arrival_times(config.schedule, config.duration, rng)
@@ -391,8 +394,14 @@ async def run_load(config: LoadConfig, *, progress: Callable[[Progress], None] |
         try:
             for at in times:
                 delay = start + at - time.monotonic()
-                if delay > 0:
+                if stop is not None and delay > 0:
+                    with contextlib.suppress(TimeoutError):  # the next arrival's time, or the stop
+                        await asyncio.wait_for(stop.wait(), timeout=delay)
+                elif delay > 0:
                     await asyncio.sleep(delay)
+                if stop is not None and stop.is_set():
+                    report.window = time.monotonic() - start
+                    break
                 elapsed = time.monotonic() - start
                 while elapsed >= next_progress:
                     report_progress(elapsed)

@@ -31,6 +31,23 @@ pytestmark = pytest.mark.e2e
 #: How often the status is sampled while the load runs.
 SAMPLE_SECONDS = 0.5
 
+#: The latency objective's e2e. The simulated replica (8B on an L4, ``maxNumSeqs`` 4, 100-token
+#: prompts, 16 output tokens) runs a request in ~1.6 s on one of its 4 slots, in real time on this
+#: host: one replica alone, measured, completes ~2.6 requests/s; at 3/s its TTFT p90 is 1.5 s, at
+#: 4/s it queues without bound (p50 2.7 s and growing). So at 4 requests/s one replica misses any
+#: objective, while 3 replicas carry ~1.3/s each, well inside 2 s at p90 even on a loaded host. The
+#: default dev cluster has 4 L4 nodes of one GPU: ``maxReplicas`` 4 (a fifth replica would stay
+#: Pending, and a fleet with a replica "starting" forever is never settled for the feedback).
+#: (An earlier version sent 14 requests/s against ``maxReplicas`` 4: four replicas serve at most
+#: ~11/s, so the queue grew at the cap and attainment could only fall.)
+PERCENTILE = 90
+OBJECTIVE: dict[str, Any] = {"ttft": "2s", "percentile": PERCENTILE}
+OBJECTIVE_RATE = 4.0
+OBJECTIVE_MAX_REPLICAS = 4
+#: Attainment is over the last 5 minutes (``objective.ObjectiveSpec.window``): the misses of the
+#: cold start before the fleet grew (~20 s here) leave it at the latest that long after.
+ATTAINMENT_WINDOW = 300.0
+
 
 def model(name: str, namespace: str, served: str | None = None, **scaling: Any) -> dict[str, Any]:
     return {"apiVersion": "modelplane.dev/v1alpha1", "kind": "ModelDeployment",
@@ -207,8 +224,10 @@ async def test_with_a_prometheus_source_a_queue_read_from_prometheus_scales_up_a
     try:
         handle = start_operator(cluster, log, namespaces=(ns,),
                                 extra_args=("--prometheus-url", prom.url, "--prometheus-max-age", "10"))
+        # With a latency objective: its attainment too comes from what Prometheus scraped (the
+        # pods' TTFT histograms; this operator reads no gateway).
         await kube_client.create(model("chat", ns, minReplicas=1, maxReplicas=3, targetQueueDepth=1,
-                                       scaleDownDelay="30s"))
+                                       scaleDownDelay="30s", objective=OBJECTIVE))
         await wait_for(lambda: _phase(kube_client, ns, "chat", "Ready"), timeout=90,
                        what="Ready with one replica")
 
@@ -241,6 +260,17 @@ async def test_with_a_prometheus_source_a_queue_read_from_prometheus_scales_up_a
         assert report.errors == 0 and report.ok == report.sent
         assert max(desired) >= 2, "no scale-up on the queue Prometheus saw"
 
+        async def attainment() -> dict[str, Any] | None:
+            status = await status_of(kube_client, ns, "chat")
+            got = dict((status.get("autoscaler") or {}).get("objective") or {})
+            return got if "attainment" in got and int(got.get("requests") or 0) > 0 else None
+
+        seen = await wait_for(attainment, timeout=60, what="attainment read through Prometheus")
+        print(f"the objective as read through Prometheus: {seen}")
+        assert seen["source"] == "Pods" and 0 <= seen["attainment"] <= 1, seen
+        assert seen["requests"] <= report.sent, seen
+        assert seen["met"] == (seen["attainment"] >= PERCENTILE / 100), seen
+
         # Prometheus stops getting the pods: once their newest samples are older than the max age,
         # the autoscaler holds what it has and says why.
         held = int((await status_of(kube_client, ns, "chat")).get("desiredReplicas") or 0)
@@ -271,48 +301,68 @@ async def test_with_a_prometheus_source_a_queue_read_from_prometheus_scales_up_a
         await kube_client.delete(kube.NAMESPACES, ns)
 
 
-async def test_a_latency_objective_scales_up_under_load_and_reports_attainment(
+@pytest.mark.timeout(ATTAINMENT_WINDOW + 600)
+async def test_a_latency_objective_is_met_by_scaling_up_under_load_and_attainment_is_in_status(
         kube_client: kube.Kube, namespace: str, operator: OperatorHandle, gateways: Gateways) -> None:
-    # Through the session's gateway, whose TTFT histogram the operator reads (else the pods').
+    # Through the session's gateway, whose TTFT histogram the operator reads (what clients see).
     gateways.ensure_running()
     served = f"slo-{namespace[-8:]}"  # the gateway serves every namespace: a name of its own
-    await kube_client.create(model("slo", namespace, served=served, minReplicas=1, maxReplicas=4,
-                                   scaleDownDelay="30s", objective={"ttft": "1s", "percentile": 90}))
+    await kube_client.create(model("slo", namespace, served=served, minReplicas=1,
+                                   maxReplicas=OBJECTIVE_MAX_REPLICAS, objective=OBJECTIVE))
     await wait_for(lambda: _phase(kube_client, namespace, "slo", "Ready"), timeout=90,
                    what="Ready with one replica")
     gateway = gateways.replicas[0]
-    # More than one replica of 4 batch slots serves within 1 s: a queue forms on one. (Whether the
-    # grown fleet then meets 1 s depends on the host's speed, the simulator being real processes:
-    # printed, not asserted.)
     config = loadgen.LoadConfig(base_url=f"{gateway.url}/v1", model=served,
-                                schedule=loadgen.parse_schedule("constant:14"), duration=20,
-                                prompt_tokens=loadgen.Lengths(100),
-                                output_tokens=loadgen.Lengths(16, maximum=24), timeout=240)
-    load = asyncio.create_task(loadgen.run_load(config))
+                                schedule=loadgen.parse_schedule(f"constant:{OBJECTIVE_RATE:g}"),
+                                duration=3600, prompt_tokens=loadgen.Lengths(100),
+                                output_tokens=loadgen.Lengths(16), timeout=240)
+    stop = asyncio.Event()
+    load = asyncio.create_task(loadgen.run_load(config, stop=stop))
     desired: list[int] = []
-    while not load.done():
-        desired.append(int((await status_of(kube_client, namespace, "slo")).get("desiredReplicas") or 0))
-        await asyncio.wait({load}, timeout=SAMPLE_SECONDS)
-    report = load.result()
-    assert report.errors == 0 and report.ok == report.sent, report.to_dict()
-    measured: dict[str, Any] = {}
+    objective: dict[str, Any] = {}
 
-    async def attainment_reported() -> bool:
+    async def sample() -> tuple[int, int]:
+        """(desired replicas, ready pods) now; records the status' objective as it goes."""
+        if load.done():
+            raise AssertionError(f"the load ended early: {load.result().to_dict()}")
         status = await status_of(kube_client, namespace, "slo")
-        measured.clear()
-        measured.update((status.get("autoscaler") or {}).get("objective") or {})
-        return int(measured.get("requests") or 0) > 0 and "attainment" in measured
+        desired.append(int(status.get("desiredReplicas") or 0))
+        objective.clear()
+        objective.update((status.get("autoscaler") or {}).get("objective") or {})
+        pods = await kube_client.list(kube.PODS, namespace=namespace)
+        return desired[-1], sum(1 for p in pods if health.is_ready(p) and not p["metadata"].get(
+            "deletionTimestamp"))
 
-    await wait_for(attainment_reported, timeout=30, what="status.autoscaler.objective.attainment")
-    within = sum(1 for t in report.ttft if t <= 1.0) / len(report.ttft)
-    tail = report.ttft[-len(report.ttft) // 3:]  # the last 10 s, once the fleet has grown
-    tail_within = sum(1 for t in tail if t <= 1.0) / len(tail)
-    print(f"\ndesired over time: {desired}; status objective: {measured}; the load generator saw "
-          f"{within:.1%} within 1 s, {tail_within:.1%} in the last third")
-    assert max(desired) > 1, "no scale-up under a queue with an objective"
-    assert measured["source"] in ("Gateway", "Pods")
-    assert 0 <= measured["attainment"] <= 1 and measured["met"] == (measured["attainment"] >= 0.9)
-    assert measured["capacityFactor"] > 0 and measured["replicaCapacity"] > 0
-    # What the operator measured is what the clients saw (the gateway's or the pods' histograms
-    # against the load generator's own clock; buckets and the pods' view make it approximate).
-    assert abs(measured["attainment"] - within) < 0.25
+    async def grown() -> int:
+        want, ready = await sample()
+        return ready if want > 1 and ready > 1 else 0
+
+    async def met() -> bool:
+        await sample()
+        return objective.get("met") is True
+
+    try:
+        started = time.monotonic()
+        ready = await wait_for(grown, timeout=180, what="more than one replica Ready under load",
+                               interval=SAMPLE_SECONDS)
+        grew = time.monotonic() - started
+        # Scaled, the fleet meets the objective: once the misses of before fall out of the window.
+        await wait_for(met, timeout=ATTAINMENT_WINDOW + 240, interval=SAMPLE_SECONDS,
+                       what=f"status.autoscaler.objective.met under load (objective {OBJECTIVE})")
+        at_met = dict(objective)
+        fleet = desired[-1]
+    finally:
+        stop.set()
+        report = await load
+    within = sum(1 for t in report.ttft if t <= 2.0) / max(1, len(report.ttft))
+    print(f"\n{ready} replicas Ready {grew:.0f} s into the load, the objective met at {fleet} "
+          f"{time.monotonic() - started:.0f} s into it; status objective then: {at_met}; the load generator "
+          f"saw {within:.1%} of {len(report.ttft)} within 2 s over the whole run, p50 TTFT "
+          f"{report.to_dict()['ttftSeconds']['p50']:.3f} s")
+    assert report.errors == 0 and report.ok == report.sent, report.to_dict()
+    # Measured where the clients are: the gateway's histogram, not the pods'.
+    assert at_met["source"] == "Gateway", at_met
+    assert at_met["attainment"] >= PERCENTILE / 100 and at_met["requests"] > 0, at_met
+    # The learnt capacity: a factor within (0, 1] of the profile, and the load one replica is sized for.
+    assert 0 < at_met["capacityFactor"] <= 1 and at_met["replicaCapacity"] > 0, at_met
+    assert 1 < fleet <= OBJECTIVE_MAX_REPLICAS, desired

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 
 import pytest
 from aiohttp import web
 
-from modelplane_dev.loadgen import Lengths, LoadConfig, arrivals, parse_schedule, percentile, run_load
+from modelplane_dev.loadgen import (
+    Lengths,
+    LoadConfig,
+    Progress,
+    arrivals,
+    parse_schedule,
+    percentile,
+    run_load,
+)
 from modelplane_dev.sim.config import SimConfig
 from modelplane_dev.sim.server import SimServer
 
@@ -86,6 +95,29 @@ async def test_a_short_run_against_the_simulator_measures_every_request() -> Non
     assert report.generated_tokens >= report.ok
     summary = report.to_dict()
     assert summary["ttftSeconds"]["p50"] is not None and summary["achievedRPS"] > 5
+
+
+async def test_stop_ends_the_arrivals_and_the_requests_in_flight_finish() -> None:
+    server = SimServer(SimConfig(model="sim/llama-3.1-8b", served_model_name="chat",
+                                 gpu_type="nvidia-l4", max_model_len=4096))
+    port = await server.start("127.0.0.1", 0)
+    stop = asyncio.Event()
+
+    def enough(seen: Progress) -> None:
+        if seen.sent >= 5:
+            stop.set()
+
+    try:
+        config = LoadConfig(base_url=f"http://127.0.0.1:{port}/v1", model="chat",
+                            schedule=parse_schedule("constant:20"), duration=600.0,
+                            prompt_tokens=Lengths(32), output_tokens=Lengths(8))
+        report = await asyncio.wait_for(run_load(config, progress=enough, progress_every=0.1, stop=stop),
+                                        timeout=120)
+    finally:
+        await server.stop()
+    assert stop.is_set() and 5 <= report.sent < 20 * 600
+    assert report.ok == report.sent and report.errors == 0  # none cut off by the stop
+    assert report.window < 600 and report.achieved_rps > 0
 
 
 async def test_errors_are_counted_by_kind() -> None:

@@ -15,7 +15,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from modelplane.api.models import ScalingSpec
+from modelplane.autoscaler.policy import Observation, PolicyState, ReadyPod, decide, policy_spec_from_scaling
 from modelplane.metrics.promquery import (
+    NAMES_REGEX,
     PrometheusError,
     PrometheusSource,
     build_query,
@@ -235,3 +238,89 @@ def test_without_a_prometheus_url_the_pods_are_scraped() -> None:
     from modelplane.controller.run import prometheus_source
 
     assert prometheus_source(build_parser().parse_args(["run"])) is None
+
+
+# --- the latency objective's attainment through Prometheus ----------------------------------------
+
+#: A simulator's page minus its TTFT histogram; ``_with_ttft`` adds one.
+BASE = "\n".join(line for line in PAGE.splitlines() if "time_to_first_token" not in line) + "\n"
+
+
+def _with_ttft(counts: dict[str, float], *, model: str = "chat") -> str:
+    """``BASE`` with ``vllm:time_to_first_token_seconds`` buckets ``{le: cumulative count}``."""
+    lines = [f'vllm:time_to_first_token_seconds_bucket{{le="{le}",model_name="{model}"}} {n}'
+             for le, n in counts.items()]
+    total = max(counts.values())
+    return (BASE + "# TYPE vllm:time_to_first_token_seconds histogram\n" + "\n".join(lines) + "\n"
+            + f'vllm:time_to_first_token_seconds_count{{model_name="{model}"}} {total}\n'
+            + f'vllm:time_to_first_token_seconds_sum{{model_name="{model}"}} 1.0\n')
+
+
+def _attainment(pages: dict[str, list[str]], ttft: str, *, through: FakePrometheus | None) -> tuple[
+        float | None, str | None]:
+    """Status attainment and source after each pod's pages were read in turn (two decisions 30 s
+    apart), through ``through`` (a Prometheus scraping every 30 s) or scraped directly (None)."""
+    spec = policy_spec_from_scaling(
+        ScalingSpec.model_validate({"maxReplicas": 8, "objective": {"ttft": ttft, "percentile": 90}}),
+        usd_per_replica_hour=1.0, replica_concurrency=4)
+    state, decision = PolicyState(), None
+    rounds = max(len(p) for p in pages.values())
+    for i in range(rounds):
+        wall = 1000.0 + 30 * i
+        ready = []
+        for pod, seq in pages.items():
+            page = seq[min(i, len(seq) - 1)]
+            if through is not None:
+                through.record("ns", pod, page, at=wall)
+        if through is not None:
+            got = results_from_answer(SOURCE, _answer(through, list(pages), now=wall + 1), pods=list(pages),
+                                      served_name="chat", wall_now=wall + 1, monotonic_now=wall + 1)
+            ready = [ReadyPod(r.pod, r.metrics) for r in got]
+        else:
+            ready = [ReadyPod(pod, parse_vllm_metrics(seq[min(i, len(seq) - 1)], scraped_at=wall + 1,
+                                                      model_name="chat")) for pod, seq in pages.items()]
+        decision = decide(Observation(now=wall + 1, current_replicas=len(pages), ready=tuple(ready)),
+                          spec, state)
+        state = decision.state
+    assert decision is not None and decision.objective is not None
+    return decision.objective.attainment, decision.objective.source
+
+
+#: vLLM's TTFT edges around the objectives below (1 s is an edge; 2 s is inside (1, 2.5]).
+EARLY = {"0.5": 8.0, "1.0": 10.0, "2.5": 10.0, "+Inf": 10.0}
+LATER = {"0.5": 18.0, "1.0": 22.0, "2.5": 28.0, "+Inf": 30.0}
+
+
+@pytest.mark.parametrize(("pages", "ttft", "want"), [
+    # 22 of 30 within 1 s: the first reading counts whole (a new pod), then the increase.
+    ({"p0": [_with_ttft(EARLY), _with_ttft(LATER)]}, "1s", 22 / 30),
+    # 2 s inside (1, 2.5]: 22 + 6 × (1 / 1.5) of 30, interpolated as histogram_quantile does.
+    ({"p0": [_with_ttft(EARLY), _with_ttft(LATER)]}, "2s", (22 + 4) / 30),
+    # Prometheus 3 writes le as a float ("1", not "1.0"): the same buckets.
+    ({"p0": [_with_ttft({"0.5": 8, "1": 10, "2.5": 10, "+Inf": 10}),
+             _with_ttft({"0.5": 18, "1": 22, "2.5": 28, "+Inf": 30})]}, "1s", 22 / 30),
+    # Two pods add up.
+    ({"p0": [_with_ttft(EARLY), _with_ttft(LATER)], "p1": [_with_ttft({"1.0": 0.0, "+Inf": 10.0})]},
+     "1s", 22 / 40),
+    # A pod whose histogram is another model's has none of ours: the other pod's alone.
+    ({"p0": [_with_ttft(LATER)], "p1": [_with_ttft(LATER, model="other")]}, "1s", 22 / 30),
+    # No TTFT histogram at all: no signal (no attainment, no source), not an error.
+    ({"p0": [BASE]}, "1s", None),
+], ids=["edge", "interpolated", "prometheus-3-le", "two-pods", "other-model", "no-histogram"])
+def test_attainment_through_prometheus_is_the_direct_scrapes(pages: dict[str, list[str]], ttft: str,
+                                                            want: float | None) -> None:
+    through, source = _attainment(pages, ttft, through=FakePrometheus())
+    direct, direct_source = _attainment(pages, ttft, through=None)
+    assert through == direct and source == direct_source
+    if want is None:
+        assert through is None and source is None
+    else:
+        assert through == pytest.approx(want, abs=1e-4) and source == "pods"
+
+
+@pytest.mark.parametrize("name", [
+    "vllm:time_to_first_token_seconds_bucket", "vllm:request_time_per_output_token_seconds_bucket",
+    "vllm:time_to_first_token_seconds_count"])
+def test_the_query_selects_the_latency_histograms(name: str) -> None:
+    # PromQL anchors label regexes: the query's name matcher must match the whole series name.
+    assert re.fullmatch(NAMES_REGEX, name)
