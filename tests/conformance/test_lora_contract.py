@@ -79,7 +79,8 @@ def test_load_serve_list_and_unload(target: Target, name: str) -> None:
     assert name not in model_cards(target)
     status, body = chat(target, name)
     assert status == 404
-    assert error_of(body)["message"] == f"The model `{name}` does not exist."
+    # vLLM 0.32 lists the base's served names only, never an adapter's.
+    assert error_of(body)["message"] == f"The model `{name}` does not exist. Valid aliases: {target.model}."
 
 
 def test_loading_a_loaded_name_again_is_refused_unless_in_place(target: Target, name: str) -> None:

@@ -553,7 +553,9 @@ class SimServer:
             raise _HTTPError(400, "the body must be a JSON object", "BadRequestError")
         model = body.get("model")
         if model is not None and model != self.config.served_name and model not in self.lora.adapters:
-            raise _HTTPError(404, f"The model `{model}` does not exist.", "NotFoundError")
+            # vLLM 0.32's text (entrypoints/serve/engine/serving.py): the base's served names, not adapters.
+            raise _HTTPError(404, f"The model `{model}` does not exist. "
+                                  f"Valid aliases: {self.config.served_name}.", "NotFoundError")
         n = body.get("n", 1)
         if n not in (None, 1):
             raise _HTTPError(400, "the simulator serves n=1 only", "BadRequestError")
