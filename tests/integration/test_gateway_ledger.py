@@ -30,11 +30,13 @@ SYNC = 0.2
 
 
 @contextlib.asynccontextmanager
-async def running(client: kube.Kube, namespace: str, name: str) -> AsyncIterator[ClusterLedger]:
-    ledger = ClusterLedger(client, namespace, name, sync_seconds=SYNC)
+async def running(client: kube.Kube, namespace: str, name: str, *,
+                  sync: float = SYNC) -> AsyncIterator[ClusterLedger]:
+    ledger = ClusterLedger(client, namespace, name, sync_seconds=sync)
     task = asyncio.create_task(ledger.run())
     try:
-        await wait_for(lambda: ledger.synced and ledger.ticks > 0, timeout=30, what=f"ledger {name} running")
+        await wait_for(lambda: ledger.synced and (ledger.ticks > 0 or sync > SYNC), timeout=30,
+                       what=f"ledger {name} running")
         yield ledger
     finally:
         task.cancel()
@@ -109,3 +111,15 @@ async def test_old_months_are_swept_and_a_bad_shard_counts_nothing(
 
 async def _eq(value: Awaitable[set[str]], want: set[str]) -> bool:
     return await value == want
+
+
+async def test_a_stopping_process_writes_what_it_counted_since_its_last_sync(
+        cluster: ClusterHandle, kube_client: kube.Kube, namespace: str) -> None:
+    async with running(kube_client, namespace, "modelplane-usage-stop-8000-w0", sync=3600) as ledger:
+        await wait_for(lambda: ledger._resumed, timeout=30, what="the ledger to read its shards")
+        ledger.add(team_key("alpha"), 0.25, now=time.time())
+        assert ledger.writes == 0  # no sync interval has passed (an hour)
+    # Cancelled like a gateway on SIGTERM: its last counts were written on the way out.
+    shard = await kube_client.get(kube.CONFIGMAPS, "modelplane-usage-stop-8000-w0", namespace=namespace)
+    assert shard is not None
+    assert Usage.decode(shard["data"][DATA_KEY]).usd == {team_key("alpha"): pytest.approx(0.25)}

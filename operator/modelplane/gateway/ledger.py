@@ -18,6 +18,7 @@ is the I/O.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -41,6 +42,8 @@ DATA_KEY = "usage.json"
 WINDOW_SECONDS = 60.0
 #: Seconds between two writes of a process's shard while its counts change.
 DEFAULT_SYNC_SECONDS = 1.0
+#: Seconds a stopping process waits to write its last counts.
+FLUSH_SECONDS = 2.0
 #: Seconds between two sweeps for shards of an earlier month.
 SWEEP_SECONDS = 600.0
 
@@ -246,6 +249,13 @@ class ClusterLedger(Watched, Ledger):
                     last_sweep = now
                     await self.sweep(now)
                 self.ticks += 1
+        except asyncio.CancelledError:
+            # Stopping (SIGTERM, a rolling update): write what was counted since the last sync, so
+            # the next replica's limits see it. Bounded: a stop never waits long on the API server.
+            if self._resumed:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.publish(time.time()), timeout=FLUSH_SECONDS)
+            raise
         finally:
             watching.cancel()
             await asyncio.gather(watching, return_exceptions=True)
